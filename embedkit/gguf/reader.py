@@ -196,17 +196,18 @@ class GGUFFile:
         c.pos = 4
         version = c.u32("header (version)")
         if version not in SUPPORTED_VERSIONS:
-            if version & 0xFFFF == 0 and version >> 16 in SUPPORTED_VERSIONS:
+            if int.from_bytes(version.to_bytes(4, "little"), "big") in SUPPORTED_VERSIONS:
                 raise c.fail("big-endian GGUF files are not supported", 4)
             raise c.fail(f"unsupported GGUF version {version} (supported: 2, 3)", 4)
         self.version = version
         n_tensors = c.u64("header (tensor count)")
         n_kv = c.u64("header (metadata count)")
         # each metadata pair takes at least 8 (key length) + 4 (type) + 1 bytes, each tensor info 8+4+4+8
-        if n_kv > (c.size - c.pos) // 13:
-            raise c.fail(f"absurd metadata count {n_kv} for a {c.size}-byte file", 16)
-        if n_tensors > (c.size - c.pos) // 24:
-            raise c.fail(f"absurd tensor count {n_tensors} for a {c.size}-byte file", 8)
+        left = c.size - c.pos
+        if n_kv > left // 13:
+            raise c.fail(f"metadata count {n_kv} cannot fit in the {left} bytes that follow the header", 16)
+        if n_tensors > left // 24:
+            raise c.fail(f"tensor count {n_tensors} cannot fit in the {left} bytes that follow the header", 8)
 
         for _ in range(n_kv):
             key_at = c.pos
@@ -342,7 +343,7 @@ class GGUFFile:
                 pos += 8
                 append(pos)
                 pos += n
-        except struct.error:
+        except (struct.error, OverflowError):
             c.pos = starts[-1] if starts else pos
             raise c.fail(f"metadata {key!r} string {len(starts)} runs past the end of the file") from None
         if pos > c.size:

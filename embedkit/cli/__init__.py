@@ -1,0 +1,1 @@
+"""The `embedkit` command line: thin click commands over the library."""

@@ -1,0 +1,91 @@
+"""The `embedkit` click group: commands load lazily, and every EmbedkitError becomes one line."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from embedkit import __version__
+from embedkit.errors import EmbedkitError
+
+# command name -> (module under embedkit.cli, attribute, short help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "info": ("info", "command", "Show what a GGUF model holds."),
+    "tokenize": ("tokenize", "command", "Turn text into token ids."),
+    "embed": ("embed", "command", "Embed texts into vectors."),
+    "convert": ("convert", "command", "Convert a Hugging Face model to GGUF."),
+    "models": ("models", "command", "List known and installed models."),
+    "index": ("index", "command", "Index files into a collection."),
+    "search": ("search", "command", "Search a collection."),
+    "similar": ("similar", "command", "Find documents similar to a document or chunk."),
+    "db": ("db", "group", "Manage the database."),
+    "generate": ("generate", "command", "Generate text from a prompt."),
+    "chat": ("chat", "command", "Chat with a model interactively."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported only when used (keeps `embedkit --help` fast)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name, (mod, _, _) in COMMANDS.items() if _module_exists(mod)]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS or not _module_exists(COMMANDS[name][0]):
+            return None
+        mod, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(f"embedkit.cli.{mod}"), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _module_exists(mod: str) -> bool:
+    return importlib.util.find_spec(f"embedkit.cli.{mod}") is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="embedkit")
+def cli() -> None:
+    """embedkit: run GGUF models with a Numba engine and search text with PostgreSQL+pgvector."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `embedkit` console script."""
+    try:
+        cli.main(args=argv, prog_name="embedkit", standalone_mode=False)
+    except EmbedkitError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        # stdout closed early (e.g. `| head`): not an error for a command-line tool
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
+        if os.environ.get("EMBEDKIT_DEBUG"):
+            raise
+        click.echo(f"error: internal error ({type(e).__name__}: {e}); set EMBEDKIT_DEBUG=1 for details", err=True)
+        sys.exit(2)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
