@@ -1,3 +1,46 @@
-"""embedkit: GGUF language models with a Numba inference engine, and embeddings into PostgreSQL+pgvector."""
+"""embedkit: GGUF language models with a Numba inference engine, and embeddings into PostgreSQL+pgvector.
+
+The public Python API (imported lazily, so `import embedkit` stays cheap)::
+
+    import embedkit
+    f = embedkit.GGUFFile(embedkit.resolve_model("gemma3-270m"))
+    tok = embedkit.load_tokenizer(f)
+    model = embedkit.load_model(f)
+    emb = embedkit.Embedder(embedkit.resolve_model(None, kind="embed"))
+    report = embedkit.index(["docs/"])
+    hits = embedkit.search("query", k=10)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "GGUFFile": "embedkit.gguf",
+    "GGMLType": "embedkit.gguf",
+    "resolve_model": "embedkit.catalog",
+    "KNOWN_MODELS": "embedkit.catalog",
+    "load_tokenizer": "embedkit.tokenizer",
+    "load_model": "embedkit.models",
+    "Embedder": "embedkit.embed",
+    "convert_hf_to_gguf": "embedkit.convert",
+    "open_store": "embedkit.store",
+    "index": "embedkit.index",
+    "search": "embedkit.search",
+    "similar": "embedkit.search",
+    "EmbedkitError": "embedkit.errors",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'embedkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

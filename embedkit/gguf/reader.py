@@ -70,10 +70,34 @@ class StringArray(Sequence[str]):
         if not len(self):
             return []
         base = int(self._starts[0])
+        fast = self._tolist_valid_utf8(base)
+        if fast is not None:
+            return fast
         region = bytes(self._buf[base : int(self._starts[-1] + self._lengths[-1])])
         starts = (self._starts - base).tolist()
         ends = (self._starts + self._lengths - base).tolist()
         return [region[s:e].decode("utf-8", "surrogateescape") for s, e in zip(starts, ends, strict=True)]
+
+    def _tolist_valid_utf8(self, base: int) -> list[str] | None:
+        """Fast path (tokenizers' vocabularies): drop the length prefixes with numpy, decode all items
+        as one string and slice it by character offsets. None when some item is not valid UTF-8."""
+        lengths = self._lengths.astype(np.int64)
+        starts = self._starts.astype(np.int64) - base
+        region = np.frombuffer(self._buf, np.uint8, count=int(starts[-1] + lengths[-1]), offset=base)
+        byte_ends = np.cumsum(lengths)
+        byte_starts = byte_ends - lengths
+        payload = region[np.repeat(starts - byte_starts, lengths) + np.arange(int(byte_ends[-1]))]
+        lead = (payload & 0xC0) != 0x80
+        nonempty = lengths > 0
+        if not lead[byte_starts[nonempty]].all():
+            return None  # an item starts inside a character
+        try:
+            text = payload.tobytes().decode("utf-8")  # strict: every item boundary is a char boundary
+        except UnicodeDecodeError:
+            return None
+        char_pos = np.concatenate(([0], np.cumsum(lead)))
+        cs, ce = char_pos[byte_starts].tolist(), char_pos[byte_ends].tolist()
+        return [text[s:e] for s, e in zip(cs, ce, strict=True)]
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Sequence):

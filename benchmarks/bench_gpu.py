@@ -1,0 +1,257 @@
+"""GPU benchmark: prompt (pp512) and decode (tg128) tokens/s, decode against the memory-bandwidth
+floor, and BERT-MiniLM-shaped embeddings/s, on random-weight models written here.
+
+The GPU machine gets no model files, so this script writes its own (random quants with sane
+scales, `embedkit.testing.random_quant`) in real shapes: Mistral 7B (dim 4096, 32 layers, 32
+heads, 8 KV heads, FFN 14336, vocab 32000) in Q4_0 and Q8_0, Gemma 3 270M in Q8_0, MiniLM-L6 in F32.
+The floor is (weight bytes a decode step reads) / (device-to-device copy bandwidth measured in the
+same run, counting bytes read + written). llama.cpp's figures on the same H100 model (issue 9,
+llama-bench -ngl 99, 2026-11-25) are printed alongside.
+
+    python benchmarks/bench_gpu.py [--quick] [--only mistral-q4_0,...] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+LLAMA_CPP = {  # llama.cpp CUDA build for sm_90 on the same H100, from issue 9
+    "mistral-q4_0": {"pp512": 11150.0, "tg128": 344.0},
+    "mistral-q8_0": {"pp512": 11100.0, "tg128": 240.0},
+    "mistral-q4_0-ngl16": {"pp512": 1620.0, "tg128": 25.0},
+}
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + write), median of 20 copies of 1 GiB."""
+    import cupy
+
+    a = cupy.ones(1 << 30, dtype=cupy.uint8)
+    b = cupy.empty_like(a)
+    b[...] = a
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    times = []
+    for _ in range(20):
+        start.record()
+        b[...] = a
+        end.record()
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
+    del a, b
+    cupy.get_default_memory_pool().free_all_blocks()
+    return 2 * (1 << 30) / statistics.median(times)
+
+
+def decode_bytes(model) -> int:
+    """Bytes of the GPU-resident matrices one decode step reads (every layer + output head)."""
+    from embedkit.backend.base import Weight
+    from embedkit.backend.cuda import _Matrix, bytes_per_token
+
+    total = 0
+    for layer in model.layers:
+        for w in vars(layer).values():
+            if isinstance(w, Weight) and isinstance(w.data, _Matrix):
+                total += bytes_per_token(w.data)
+    if isinstance(model.w_output.data, _Matrix):
+        total += bytes_per_token(model.w_output.data)
+    return total
+
+
+def bench_decoder(path: Path, ngl: int, n_prompt: int, n_gen: int, reps: int) -> dict:
+    """pp (n_prompt tokens from position 0) and tg (n_gen single-token steps) tokens/s."""
+    from embedkit.backend.placement import make_placement
+    from embedkit.models import load_model
+
+    t0 = time.perf_counter()
+    m = load_model(path, make_placement("cuda", ngl))
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    state = m.new_state(max(n_prompt, n_gen) + 16)
+    prompt = rng.integers(0, m.params.n_vocab, n_prompt).astype(np.int32)
+    m.forward(prompt, state, 0)  # warm-up: compiles the prompt path
+    pp = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        m.forward(prompt, state, 0)
+        pp.append(time.perf_counter() - t)
+    toks = rng.integers(0, m.params.n_vocab, n_gen).astype(np.int32)
+    for i in range(8):  # warm-up: compiles the decode kernels, records the graph
+        m.forward(toks[i : i + 1], state, i)
+    tg = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        for i in range(n_gen):
+            m.forward(toks[i : i + 1], state, i)
+        tg.append(time.perf_counter() - t)
+    gpu = m.placement.layer(m.params.n_layer - 1)
+    out = {
+        "load_s": round(load_s, 1),
+        "pp_tok_s": n_prompt / statistics.median(pp),
+        "tg_tok_s": n_gen / statistics.median(tg),
+        "decode_bytes": decode_bytes(m) if ngl < 0 else None,
+        "graph_stats": vars(gpu.stats).copy() if hasattr(gpu, "stats") else None,
+    }
+    del m, state
+    return out
+
+
+def bench_bert(path: Path, batch: int, seq: int, reps: int) -> dict:
+    """Embeddings/s of batches of `batch` sequences of `seq` tokens (hidden states to the host)."""
+    from embedkit.backend.placement import make_placement
+    from embedkit.models import load_model
+
+    m = load_model(path, make_placement("cuda", -1))
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, m.params.n_vocab, (batch, seq))
+    mask = np.ones((batch, seq), dtype=np.int64)
+    lengths = rng.integers(seq // 2, seq + 1, batch)
+    mask[np.arange(seq)[None, :] >= lengths[:, None]] = 0
+    m.encode(ids, mask)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        m.encode(ids, mask)
+        times.append(time.perf_counter() - t)
+    return {"emb_s": batch / statistics.median(times), "batch": batch, "seq": seq}
+
+
+def bench_matvec(bandwidth: float) -> list[dict]:
+    """Kernel-only matvec time of a 14336x4096 (and 4096x14336) weight, as % of the copy bandwidth."""
+    import cupy
+
+    from embedkit.backend.cuda import bytes_per_token, cuda_backend
+    from embedkit.testing.random_quant import random_tensor_bytes
+
+    be = cuda_backend()
+    rows = []
+    rng = np.random.default_rng(0)
+    for gtype in ("Q4_0", "Q8_0", "Q4_K", "Q6_K", "F16"):
+        for n_out, n_in in ((14336, 4096), (4096, 14336)):
+            m = be.upload_matrix(random_tensor_bytes(gtype, n_out, n_in, rng), gtype, n_out, n_in)
+            from embedkit.backend.base import Weight
+
+            w = Weight("w", 0, (n_out, n_in), m)
+            x = be.asarray(rng.standard_normal((1, n_in)).astype(np.float32))
+            be.to_host(be.matmul(x, w))
+            start, end = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record(be._cp_stream)
+            n = 50
+            for _ in range(n):
+                be.matmul(x, w)
+                be._xq_src = None  # re-quantize the activations each time, as a fresh step would
+            end.record(be._cp_stream)
+            end.synchronize()
+            sec = cupy.cuda.get_elapsed_time(start, end) / 1e3 / n
+            b = bytes_per_token(m)
+            rows.append({"type": gtype, "shape": f"{n_out}x{n_in}", "us": sec * 1e6,
+                         "GB_s": b / sec / 1e9, "pct_bw": 100 * b / sec / bandwidth})  # fmt: skip
+            be.flush()
+            be._mode = "idle"
+    return rows
+
+
+def launch_overhead() -> float:
+    """Microseconds of host time per eager backend op (a tiny add), the decode tax without graphs."""
+    from embedkit.backend.cuda import cuda_backend
+
+    be = cuda_backend()
+    x = be.asarray(np.ones((1, 64), np.float32))
+    be.to_host(be.add(x, x))
+    n = 2000
+    t = time.perf_counter()
+    for _ in range(n):
+        be.add(x, x)
+    be.synchronize()
+    be._mode = "idle"
+    return (time.perf_counter() - t) / n * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, no partial offload")
+    ap.add_argument("--only", default="", help="comma-separated subset of the model configs")
+    ap.add_argument("--json", default="", help="write all numbers to this file")
+    ap.add_argument("--workdir", default=os.environ.get("TMPDIR", tempfile.gettempdir()))
+    args = ap.parse_args()
+
+    from numba import cuda
+
+    from embedkit.testing.random_quant import bert_spec, gemma3_spec, llama_spec, write_random_gguf
+
+    dev = cuda.get_current_device()
+    name = dev.name.decode() if isinstance(dev.name, bytes) else dev.name
+    results: dict = {"device": name, "date": time.strftime("%Y-%m-%d")}
+    bw = copy_bandwidth()
+    results["copy_bandwidth_GB_s"] = bw / 1e9
+    print(f"device: {name}; device-to-device copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
+    results["eager_op_us"] = launch_overhead()
+    print(f"host time per eager backend op: {results['eager_op_us']:.1f} us", flush=True)
+    results["matvec"] = bench_matvec(bw)
+    for r in results["matvec"]:
+        print(f"  matvec {r['type']:5s} {r['shape']:>10s}: {r['us']:8.1f} us {r['GB_s']:7.0f} GB/s "
+              f"({r['pct_bw']:.0f}% of copy bw)", flush=True)  # fmt: skip
+
+    reps = 2 if args.quick else 3
+    work = Path(args.workdir)
+    configs = {
+        "mistral-q4_0": ("llama", llama_spec(4096, 32, 32, 8, 14336, 32000, "Q4_0"), -1),
+        "mistral-q8_0": ("llama", llama_spec(4096, 32, 32, 8, 14336, 32000, "Q8_0"), -1),
+        "gemma3-270m-q8_0": ("gemma3", gemma3_spec(640, 18, 4, 1, 256, 2048, 262144, "Q8_0"), -1),
+    }
+    if not args.quick:
+        configs["mistral-q4_0-ngl16"] = ("llama", None, 16)
+    only = [s for s in args.only.split(",") if s]
+    results["models"] = {}
+    for key, (arch, spec, ngl) in configs.items():
+        if only and key not in only:
+            continue
+        base = key.replace("-ngl16", "")
+        path = work / f"{base}.gguf"
+        if not path.exists():
+            t = time.perf_counter()
+            write_random_gguf(path, arch, *(spec or configs[base][1]))
+            print(f"{key}: wrote {path.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - t:.0f} s", flush=True)
+        n_prompt, n_gen = (512, 128) if ngl < 0 else (64, 16)
+        r = bench_decoder(path, ngl, n_prompt, n_gen, 1 if ngl >= 0 else reps)
+        r["n_prompt"], r["n_gen"] = n_prompt, n_gen
+        if r["decode_bytes"]:
+            r["floor_tok_s"] = bw / r["decode_bytes"]
+            r["pct_floor"] = 100 * r["tg_tok_s"] / r["floor_tok_s"]
+        results["models"][key] = r
+        print(f"{key}: {json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()})}",
+              flush=True)  # fmt: skip
+    if not only or "bert-minilm" in only:
+        path = work / "bert-minilm.gguf"
+        write_random_gguf(path, "bert", *bert_spec(384, 6, 12, 1536, 30522, "F32"))
+        results["bert"] = bench_bert(path, 256, 128, reps)
+
+    print()
+    print(f"| model | pp tok/s | llama.cpp pp | tg tok/s | llama.cpp tg | floor tok/s | % of floor |")
+    print("|---|---|---|---|---|---|---|")
+    for key, r in results["models"].items():
+        ref = LLAMA_CPP.get(key, {})
+        pp_name = f"pp{r['n_prompt']}"
+        print(f"| {key} | {pp_name} {r['pp_tok_s']:,.0f} | {ref.get('pp512', float('nan')):,.0f} | "
+              f"tg{r['n_gen']} {r['tg_tok_s']:,.1f} | {ref.get('tg128', float('nan')):,.0f} | "
+              f"{r.get('floor_tok_s', float('nan')):,.0f} | {r.get('pct_floor', float('nan')):.0f}% |")  # fmt: skip
+    if "bert" in results:
+        b = results["bert"]
+        print(f"| bert-minilm (F32 weights, fp16 GEMM) | embeddings/s at batch {b['batch']} x {b['seq']} tokens: "
+              f"{b['emb_s']:,.0f} | | | | | |")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The one interface model code calls: weights, matmul, norms, RoPE, activations, attention.
+
+Arrays are opaque handles owned by a backend (numpy float32 on the CPU, device arrays on CUDA).
+Architectures call only these methods, so one forward runs unchanged on every backend and on a
+mix of them (partial offload, see `placement.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+Array = Any  # a backend-owned float32 array (numpy.ndarray on CPU)
+RopeStyle = Literal["norm", "neox"]
+
+
+@dataclass
+class Weight:
+    """A tensor as a backend holds it.
+
+    `shape` is in numpy order: (n_rows, n_cols) for a matrix (a linear layer's (n_out, n_in)),
+    (n,) for a vector. `data` is backend-specific: on the CPU the raw GGUF bytes of a matrix as
+    a uint8 view of the mmap (never dequantized at load), a float32 array for vectors.
+    """
+
+    name: str
+    ggml_type: int
+    shape: tuple[int, ...]
+    data: Any
+
+    @property
+    def n_rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_cols(self) -> int:
+        return self.shape[-1]
+
+
+@dataclass
+class KVCache:
+    """Keys and values of one layer: `k`, `v` of shape [n_kv_heads, n_ctx, head_dim], allocated once."""
+
+    n_ctx: int
+    n_kv_heads: int
+    head_dim: int
+    k: Array
+    v: Array
+    backend_name: str = field(default="cpu")
+
+
+class Backend:
+    """Abstract compute backend. Every method returns a new array unless `out` is given."""
+
+    name: str = "abstract"
+
+    # -- data movement -------------------------------------------------------------------
+    def weight(self, t: Any) -> Weight:
+        """Wrap (CPU) or upload (GPU) a GGUF `TensorInfo` once, at load time."""
+        raise NotImplementedError
+
+    def asarray(self, x: np.ndarray) -> Array:
+        """Host float32/int32 array -> an array of this backend."""
+        raise NotImplementedError
+
+    def to_host(self, x: Array) -> np.ndarray:
+        """This backend's array -> host numpy array."""
+        raise NotImplementedError
+
+    def take(self, x: Array) -> Array:
+        """Adopt an array that may live on another backend (copies across the bus if needed)."""
+        raise NotImplementedError
+
+    def view(self, x: Array, shape: tuple[int, ...]) -> Array:
+        """The same contiguous data with another shape (no copy)."""
+        raise NotImplementedError
+
+    def rows(self, x: Array, start: int, stop: int) -> Array:
+        """Rows start:stop of a 2-D array (a contiguous view)."""
+        raise NotImplementedError
+
+    def split_cols(self, x: Array, sizes: list[int]) -> list[Array]:
+        """Split [n, sum(sizes)] into contiguous [n, size] arrays (e.g. a fused QKV projection)."""
+        raise NotImplementedError
+
+    # -- linear algebra ------------------------------------------------------------------
+    def get_rows(self, w: Weight, ids: np.ndarray) -> Array:
+        """Embedding lookup: rows `ids` of `w`, dequantized, [n, n_cols] float32."""
+        raise NotImplementedError
+
+    def matmul(self, x: Array, w: Weight, bias: Weight | None = None) -> Array:
+        """[n, n_in] @ W.T (+ bias) -> [n, n_out], W kept in its quantized layout."""
+        raise NotImplementedError
+
+    # -- elementwise ---------------------------------------------------------------------
+    def add(self, a: Array, b: Array) -> Array:
+        """a + b (b may be a Weight vector or broadcast over rows)."""
+        raise NotImplementedError
+
+    def mul(self, a: Array, b: Array) -> Array:
+        """a * b elementwise."""
+        raise NotImplementedError
+
+    def scale(self, a: Array, s: float) -> Array:
+        """a * s."""
+        raise NotImplementedError
+
+    def silu(self, x: Array) -> Array:
+        """x * sigmoid(x)."""
+        raise NotImplementedError
+
+    def gelu(self, x: Array) -> Array:
+        """GELU with the tanh approximation (ggml_gelu, HF gelu_pytorch_tanh)."""
+        raise NotImplementedError
+
+    def gelu_erf(self, x: Array) -> Array:
+        """Exact GELU, 0.5 x (1 + erf(x / sqrt 2))."""
+        raise NotImplementedError
+
+    def swiglu(self, gate: Array, up: Array) -> Array:
+        """silu(gate) * up."""
+        raise NotImplementedError
+
+    def geglu(self, gate: Array, up: Array) -> Array:
+        """gelu_tanh(gate) * up."""
+        raise NotImplementedError
+
+    def softmax(self, x: Array) -> Array:
+        """Softmax over the last dimension."""
+        raise NotImplementedError
+
+    # -- normalization -------------------------------------------------------------------
+    def rms_norm(self, x: Array, w: Weight | None, eps: float) -> Array:
+        """x / sqrt(mean(x^2) + eps) * w over the last dimension (any leading shape)."""
+        raise NotImplementedError
+
+    def layer_norm(self, x: Array, w: Weight | None, b: Weight | None, eps: float) -> Array:
+        """(x - mean) / sqrt(var + eps) * w + b over the last dimension."""
+        raise NotImplementedError
+
+    # -- positions and attention ---------------------------------------------------------
+    def rope(
+        self,
+        x: Array,
+        positions: np.ndarray,
+        n_rot: int,
+        base: float,
+        style: RopeStyle,
+        freq_scale: float = 1.0,
+    ) -> Array:
+        """Rotary embedding of [n, heads, head_dim] at `positions` over the first `n_rot` dims.
+
+        "norm" rotates adjacent pairs (x[2i], x[2i+1]) as LLAMA_ROPE_TYPE_NORM; "neox" rotates
+        (x[i], x[i + n_rot/2]) as LLAMA_ROPE_TYPE_NEOX / HF rotate_half. theta_i = p * freq_scale
+        * base^(-2i/n_rot).
+        """
+        raise NotImplementedError
+
+    def kv_cache(self, n_ctx: int, n_kv_heads: int, head_dim: int) -> KVCache:
+        """Allocate one layer's key/value cache on this backend."""
+        raise NotImplementedError
+
+    def attention(
+        self,
+        q: Array,
+        cache: KVCache,
+        k_new: Array,
+        v_new: Array,
+        pos0: int,
+        scale: float,
+        causal: bool = True,
+        window: int | None = None,
+        softcap: float | None = None,
+    ) -> Array:
+        """Store k_new/v_new [n, kv_heads, hd] at positions pos0.. in `cache`, then attend.
+
+        q is [n, heads, hd]; heads is a multiple of kv_heads (GQA/MQA: query head h reads kv head
+        h // (heads // kv_heads)). Token i sits at position pos0 + i and sees cached positions j
+        with j <= pos0 + i (causal) and pos0 + i - j < window (sliding window, llama.cpp's rule).
+        softcap: scores -> softcap * tanh(scores / softcap). Returns [n, heads * hd].
+        """
+        raise NotImplementedError
+
+    def attention_batch(
+        self, q: Array, k: Array, v: Array, mask: np.ndarray, scale: float
+    ) -> Array:
+        """Bidirectional attention over padded batches (BERT).
+
+        q, k, v: [b, t, heads, hd]; mask: [b, t] with 1 for real tokens and 0 for padding (keys
+        that are padding get no weight). Returns [b, t, heads * hd].
+        """
+        raise NotImplementedError

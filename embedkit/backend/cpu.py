@@ -1,0 +1,269 @@
+"""The CPU backend: numpy float32 activations, quantized weights read in place by `embedkit.kernels`."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import vectorize
+
+from embedkit import kernels
+from embedkit.backend.base import Array, Backend, KVCache, RopeStyle, Weight
+from embedkit.gguf import GGMLType
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _vec(w: Weight | Array) -> np.ndarray:
+    return w.data if isinstance(w, Weight) else w
+
+
+class CPUBackend(Backend):
+    """Numpy/Numba backend. Weights stay as uint8 views over the mmap'd GGUF file."""
+
+    name = "cpu"
+
+    def __init__(self) -> None:
+        self._rope_tables: dict[tuple[int, float, float, str], np.ndarray] = {}
+
+    # -- data movement -------------------------------------------------------------------
+    def weight(self, t) -> Weight:
+        """Wrap a GGUF TensorInfo: matrices as raw bytes, vectors (norms, biases) as float32."""
+        shape = tuple(int(s) for s in t.np_shape)
+        gtype = int(t.ggml_type)
+        if len(shape) == 1:
+            if gtype == GGMLType.F32:
+                data = t.data.view(np.float32)
+            else:
+                data = kernels.dequantize(t.data, gtype, (1, shape[0])).reshape(shape[0])
+            return Weight(t.name, int(GGMLType.F32), shape, np.ascontiguousarray(data, dtype=np.float32))
+        if len(shape) > 2:
+            shape = (int(np.prod(shape[:-1])), shape[-1])
+        return Weight(t.name, gtype, shape, t.data)
+
+    def asarray(self, x: np.ndarray) -> Array:
+        """Host array -> float32 (or int32) contiguous numpy array."""
+        if x.dtype.kind in "iu":
+            return np.ascontiguousarray(x, dtype=np.int32)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def to_host(self, x: Array) -> np.ndarray:
+        """Already on the host."""
+        return x
+
+    def take(self, x: Array) -> Array:
+        """Numpy arrays pass through; device arrays (anything with `copy_to_host`/`get`) come home."""
+        if isinstance(x, np.ndarray):
+            return x
+        if hasattr(x, "copy_to_host"):
+            return np.ascontiguousarray(x.copy_to_host())
+        if hasattr(x, "get"):
+            return np.ascontiguousarray(x.get())
+        return np.ascontiguousarray(np.asarray(x), dtype=np.float32)
+
+    def view(self, x: Array, shape: tuple[int, ...]) -> Array:
+        """Reshape without copying."""
+        return x.reshape(shape)
+
+    def rows(self, x: Array, start: int, stop: int) -> Array:
+        """Rows start:stop."""
+        return x[start:stop]
+
+    def split_cols(self, x: Array, sizes: list[int]) -> list[Array]:
+        """Contiguous column blocks of a 2-D array."""
+        out, c = [], 0
+        for s in sizes:
+            out.append(np.ascontiguousarray(x[:, c : c + s]))
+            c += s
+        return out
+
+    # -- linear algebra ------------------------------------------------------------------
+    def get_rows(self, w: Weight, ids: np.ndarray) -> Array:
+        """Dequantize only the rows asked for."""
+        n_rows, n_cols = w.shape
+        raw = w.data.reshape(n_rows, -1)[np.asarray(ids, dtype=np.int64)]
+        return np.ascontiguousarray(kernels.dequantize(raw, w.ggml_type, (len(ids), n_cols)), dtype=np.float32)
+
+    def matmul(self, x: Array, w: Weight, bias: Weight | None = None) -> Array:
+        """x @ W.T through the quantized kernels, plus an optional bias."""
+        y = kernels.matmul(np.ascontiguousarray(x, dtype=np.float32), w.data, w.ggml_type, w.shape)
+        if bias is not None:
+            y += bias.data
+        return y
+
+    # -- elementwise ---------------------------------------------------------------------
+    def add(self, a: Array, b: Array) -> Array:
+        """a + b."""
+        return a + _vec(b)
+
+    def mul(self, a: Array, b: Array) -> Array:
+        """a * b."""
+        return a * _vec(b)
+
+    def scale(self, a: Array, s: float) -> Array:
+        """a * s in float32."""
+        return a * np.float32(s)
+
+    def silu(self, x: Array) -> Array:
+        """x * sigmoid(x)."""
+        return x / (np.float32(1.0) + np.exp(-x))
+
+    def gelu(self, x: Array) -> Array:
+        """Tanh-approximated GELU."""
+        x3 = x * x * x
+        return np.float32(0.5) * x * (
+            np.float32(1.0) + np.tanh(np.float32(_SQRT_2_OVER_PI) * (x + np.float32(0.044715) * x3))
+        )
+
+    def gelu_erf(self, x: Array) -> Array:
+        """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)) (erf to 1.5e-7, multithreaded; see kernels/cpu/gelu_erf.py)."""
+        from embedkit.kernels.cpu.gelu_erf import gelu_erf_inplace
+
+        y = np.array(x, dtype=np.float32, order="C", copy=True)
+        kernels.apply_num_threads()
+        gelu_erf_inplace(y)
+        return y
+
+    def swiglu(self, gate: Array, up: Array) -> Array:
+        """silu(gate) * up."""
+        return self.silu(gate) * up
+
+    def geglu(self, gate: Array, up: Array) -> Array:
+        """gelu_tanh(gate) * up."""
+        return self.gelu(gate) * up
+
+    def softmax(self, x: Array) -> Array:
+        """Numerically stable softmax over the last dim."""
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        e /= e.sum(axis=-1, keepdims=True)
+        return e
+
+    # -- normalization -------------------------------------------------------------------
+    def rms_norm(self, x: Array, w: Weight | None, eps: float) -> Array:
+        """RMSNorm with the sum of squares in float64 (as ggml)."""
+        ms = np.einsum("...i,...i->...", x, x, dtype=np.float64) / x.shape[-1]
+        y = x * (1.0 / np.sqrt(ms + eps)).astype(np.float32)[..., None]
+        if w is not None:
+            y *= _vec(w)
+        return y
+
+    def layer_norm(self, x: Array, w: Weight | None, b: Weight | None, eps: float) -> Array:
+        """LayerNorm over the last dim."""
+        xd = x.astype(np.float64)
+        mu = xd.mean(axis=-1, keepdims=True)
+        xc = xd - mu
+        var = (xc * xc).mean(axis=-1, keepdims=True)
+        y = (xc / np.sqrt(var + eps)).astype(np.float32)
+        if w is not None:
+            y *= _vec(w)
+        if b is not None:
+            y += _vec(b)
+        return y
+
+    # -- positions and attention ---------------------------------------------------------
+    def _inv_freq(self, n_rot: int, base: float, freq_scale: float) -> np.ndarray:
+        key = (n_rot, float(base), float(freq_scale), "f")
+        t = self._rope_tables.get(key)
+        if t is None:
+            t = freq_scale * base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+            self._rope_tables[key] = t
+        return t
+
+    def rope(
+        self,
+        x: Array,
+        positions: np.ndarray,
+        n_rot: int,
+        base: float,
+        style: RopeStyle,
+        freq_scale: float = 1.0,
+    ) -> Array:
+        """Rotate the first n_rot dims of every head; returns a new [n, heads, hd] array."""
+        theta = np.asarray(positions, dtype=np.float64)[:, None] * self._inv_freq(n_rot, base, freq_scale)
+        cos = np.cos(theta).astype(np.float32)[:, None, :]  # [n, 1, n_rot/2]
+        sin = np.sin(theta).astype(np.float32)[:, None, :]
+        y = x.copy()
+        half = n_rot // 2
+        if style == "norm":
+            x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+            y[..., 0:n_rot:2] = x0 * cos - x1 * sin
+            y[..., 1:n_rot:2] = x0 * sin + x1 * cos
+        else:
+            x0, x1 = x[..., :half], x[..., half:n_rot]
+            y[..., :half] = x0 * cos - x1 * sin
+            y[..., half:n_rot] = x0 * sin + x1 * cos
+        return y
+
+    def kv_cache(self, n_ctx: int, n_kv_heads: int, head_dim: int) -> KVCache:
+        """Float32 keys and values, [n_kv_heads, n_ctx, head_dim] each."""
+        k = np.zeros((n_kv_heads, n_ctx, head_dim), dtype=np.float32)
+        v = np.zeros((n_kv_heads, n_ctx, head_dim), dtype=np.float32)
+        return KVCache(n_ctx, n_kv_heads, head_dim, k, v, "cpu")
+
+    def attention(
+        self,
+        q: Array,
+        cache: KVCache,
+        k_new: Array,
+        v_new: Array,
+        pos0: int,
+        scale: float,
+        causal: bool = True,
+        window: int | None = None,
+        softcap: float | None = None,
+    ) -> Array:
+        """Grouped-query attention over the cache (see Backend.attention)."""
+        n, n_head, hd = q.shape
+        n_kv = cache.n_kv_heads
+        g = n_head // n_kv
+        end = pos0 + n
+        cache.k[:, pos0:end] = k_new.transpose(1, 0, 2)
+        cache.v[:, pos0:end] = v_new.transpose(1, 0, 2)
+        start = 0
+        if window is not None:
+            start = max(0, pos0 - window + 1)
+        if not causal:
+            start = 0
+        keys = cache.k[:, start:end]  # [n_kv, T, hd]
+        vals = cache.v[:, start:end]
+        # query rows grouped by kv head: [n_kv, n*g, hd], row r = (token r // g, head r % g)
+        qg = q.reshape(n, n_kv, g, hd).transpose(1, 0, 2, 3).reshape(n_kv, n * g, hd)
+        s = np.matmul(qg, keys.transpose(0, 2, 1))  # [n_kv, n*g, T]
+        s *= np.float32(scale)
+        if softcap:
+            s = np.tanh(s / np.float32(softcap)) * np.float32(softcap)
+        if causal or window is not None:
+            qpos = pos0 + np.arange(n)
+            kpos = start + np.arange(end - start)
+            d = qpos[:, None] - kpos[None, :]  # [n, T]
+            masked = np.zeros(d.shape, dtype=bool)
+            if causal:
+                masked |= d < 0
+            if window is not None:
+                masked |= d >= window
+            if masked.any():
+                s4 = s.reshape(n_kv, n, g, end - start)  # a view: row r of s is (token r // g, head r % g)
+                s4 += np.where(masked, np.float32(-np.inf), np.float32(0.0))[:, None, :]
+        s -= s.max(axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        s /= s.sum(axis=-1, keepdims=True)
+        o = np.matmul(s, vals)  # [n_kv, n*g, hd]
+        return np.ascontiguousarray(o.reshape(n_kv, n, g, hd).transpose(1, 0, 2, 3)).reshape(n, n_head * hd)
+
+    def attention_batch(self, q: Array, k: Array, v: Array, mask: np.ndarray, scale: float) -> Array:
+        """Padded bidirectional attention: [b, t, heads, hd] -> [b, t, heads * hd] (padded query rows: zeros)."""
+        from embedkit.kernels.cpu.encoder_attention import encoder_attention
+
+        b, t, h, hd = q.shape
+        out = np.empty((b, t, h, hd), dtype=np.float32)
+        keep = np.ascontiguousarray(np.asarray(mask) != 0, dtype=np.uint8)
+        q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in (q, k, v))
+        kernels.apply_num_threads()
+        encoder_attention(q, k, v, keep, np.float32(scale), out)
+        return out.reshape(b, t, h * hd)
+
+
+
+@vectorize(["float32(float32)"], cache=True)
+def _gelu_erf(x):  # pragma: no cover - compiled
+    return np.float32(0.5 * x * (1.0 + math.erf(x * 0.7071067811865476)))

@@ -1,0 +1,678 @@
+"""The CUDA backend: weights, activations and KV caches in VRAM, kernels from `embedkit.kernels.cuda`.
+
+Arrays are numba device arrays (float32, C order). Weights are uploaded once: Q4_0 and Q8_0 are
+repacked into aligned quants + float16 scales for the dp4a decode kernels, other types stay in their
+GGUF bytes. Matmuls of up to `MATVEC_MAX_ROWS` rows run the quantized matvec kernels (decode);
+larger batches dequantize the weight to float16 and call cuBLAS (prompt, embeddings).
+
+Decode steps can run as CUDA graphs (`graphs=True`, used when a whole model sits on this backend):
+a one-token step is recorded (ops deferred, then captured on the backend's stream at the first
+`to_host`) and later steps with the same sequence of ops replay it. While replaying, each op only
+checks its key against the recording and returns the recorded output array, so a step costs one
+graph launch plus the model's Python; the per-step inputs (the token's embedding, ids, the position)
+are device buffers refreshed before the launch. A step that departs from the recording runs the
+recorded prefix eagerly and continues eagerly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from embedkit.backend.base import Array, Backend, KVCache, RopeStyle, Weight
+from embedkit.errors import DeviceError, UnsupportedQuantError
+from embedkit.gguf import GGMLType
+
+MATVEC_MAX_ROWS = 8  # up to this many tokens a matmul streams the quantized weight once per token
+F16_CACHE_MAX_BYTES = 64 << 20  # keep a float16 copy of matrices up to this size for GEMMs
+
+_GENERIC_TYPES = {"F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"}
+_FAST_TYPES = {"Q4_0", "Q8_0"}
+
+
+@dataclass
+class _Matrix:
+    """A weight matrix in VRAM: `views` (a uint8, b float16, c float32) as `quant_elem` reads them."""
+
+    layout: str
+    fast: str | None
+    views: tuple
+    n_rows: int
+    n_cols: int
+    f16: Any = None
+
+
+@dataclass
+class _Graph:
+    """A recorded decode step: op keys, launch functions, outputs, and the captured graph."""
+
+    keys: list
+    fns: list
+    outs: list
+    inputs: list  # device buffers refreshed from the host before each launch, in op order
+    graph: Any = None
+    launches: int = 0
+
+
+@dataclass
+class GraphStats:
+    """Counters of the graph machinery (for benchmarks)."""
+
+    recorded: int = 0
+    replayed: int = 0
+    derailed: int = 0
+    eager_steps: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _name(ggml_type: int) -> str:
+    return GGMLType(int(ggml_type)).name
+
+
+class CUDABackend(Backend):
+    """Backend on one CUDA device through numba-cuda (and CuPy for cuBLAS and the memory pool)."""
+
+    name = "cuda"
+
+    def __init__(self, device: int = 0, graphs: bool = False) -> None:
+        try:
+            from numba import cuda
+            from numba.cuda import config
+        except ImportError as e:
+            raise DeviceError("CUDA backend needs numba-cuda: pip install 'embedkit[cuda]'") from e
+        if not cuda.is_available():
+            raise DeviceError("no usable CUDA GPU (numba.cuda.is_available() is False)")
+        self._cuda = cuda
+        self._sim = bool(config.ENABLE_CUDASIM)
+        self._cp = None
+        if not self._sim:
+            from embedkit.kernels.cuda.memory import install_cupy_pool
+
+            if install_cupy_pool():
+                import cupy
+
+                self._cp = cupy
+        cuda.select_device(device)
+        if self._cp is not None:
+            self._cp_stream = self._cp.cuda.Stream(non_blocking=False)
+            self._cp_stream.use()
+            self.stream = cuda.external_stream(self._cp_stream.ptr)
+        else:
+            self._cp_stream = None
+            self.stream = cuda.stream()
+        self.graphs = bool(graphs) and self._cp is not None
+        self.stats = GraphStats()
+        name = getattr(cuda.get_current_device(), "name", "CUDA simulator")
+        self.device_name = name.decode() if isinstance(name, bytes) else str(name)
+        self._dummy_f32 = cuda.device_array((1, 1), dtype=np.float32)
+        self._dummy_i32 = cuda.device_array((1, 1), dtype=np.int32)
+        # step state
+        self._mode = "idle"  # idle | eager | record | replay
+        self._graph: _Graph | None = None
+        self._rec: _Graph | None = None
+        self._cursor = 0
+        self._dyn: list[tuple[Any, np.ndarray]] = []
+        self._step_pos: int | None = None
+        self._step_pos_buf = None
+        self._xq_src = None
+        self._xq = None
+
+    # -- step machinery ------------------------------------------------------------------
+    def _start(self, n_rows: int) -> None:
+        if self._mode != "idle":
+            return
+        self._step_pos = None
+        self._step_pos_buf = None
+        self._xq_src = None
+        self._dyn = []
+        if self.graphs and n_rows == 1:
+            self._cursor = 0
+            if self._graph is not None:
+                self._mode = "replay"
+            else:
+                self._mode = "record"
+                self._rec = _Graph([], [], [], [])
+        else:
+            self._mode = "eager"
+            self.stats.eager_steps += 1
+
+    def _replayed(self, key: tuple, n_rows: int):
+        """The recorded output for `key` when replaying and it matches; None otherwise."""
+        self._start(n_rows)
+        if self._mode != "replay":
+            return None
+        g = self._graph
+        if self._cursor < len(g.keys) and g.keys[self._cursor] == key:
+            out = g.outs[self._cursor]
+            self._cursor += 1
+            return out
+        self._derail()
+        return None
+
+    def _derail(self) -> None:
+        """The step left the recording: compute the replayed prefix now, continue eagerly."""
+        g = self._graph
+        self._push_inputs()
+        for fn in g.fns[: self._cursor]:
+            if fn is not None:
+                fn(self.stream)
+        self.stats.derailed += 1
+        self._mode = "eager"
+        self._graph = None  # record afresh at the next one-token step
+
+    def _op(self, key: tuple, fn, out):
+        """Run `fn(stream)` now (eager) or record it (graph recording); returns `out`."""
+        if self._mode == "record":
+            self._rec.keys.append(key)
+            self._rec.fns.append(fn)
+            self._rec.outs.append(out)
+        elif fn is not None:
+            fn(self.stream)
+        return out
+
+    def _input(self, host: np.ndarray, key_extra: tuple = ()):
+        """A device copy of `host` that a replayed graph reads (refreshed before each launch)."""
+        host = np.ascontiguousarray(host)
+        key = ("input", host.shape, host.dtype.str, *key_extra)
+        n_rows = host.shape[0] if host.ndim > 1 else 1
+        hit = self._replayed(key, n_rows)
+        if hit is not None:
+            self._dyn.append((hit, host))
+            return hit
+        buf = self._cuda.device_array(host.shape, dtype=host.dtype, stream=self.stream)
+        if self._mode == "record":
+            self._rec.inputs.append(buf)
+            self._dyn.append((buf, host))
+            return self._op(key, None, buf)
+        buf.copy_to_device(host, stream=self.stream)
+        return buf
+
+    def _push_inputs(self) -> None:
+        for buf, host in self._dyn:
+            buf.copy_to_device(host, stream=self.stream)
+        self._dyn = []
+
+    def _pos(self, pos0: int):
+        """Device int32 [1] holding pos0 (one per step, so graphs replay at any position)."""
+        if self._step_pos_buf is not None and self._step_pos == pos0:
+            return self._step_pos_buf
+        buf = self._input(np.array([pos0], dtype=np.int32), ("pos",))
+        self._step_pos, self._step_pos_buf = pos0, buf
+        return buf
+
+    def flush(self) -> None:
+        """Finish the current step: launch the recorded/replayed graph (eager work is queued already)."""
+        mode = self._mode
+        self._mode = "idle"
+        if mode == "record":
+            rec = self._rec
+            self._rec = None
+            self._push_inputs()
+            # run the step eagerly (this also compiles any kernel not yet compiled), then capture it
+            for fn in rec.fns:
+                if fn is not None:
+                    fn(self.stream)
+            try:
+                rec.graph = self._capture(rec.fns)
+            except Exception as e:  # capture unsupported here: stay eager from now on
+                self.stats.extra["capture_error"] = repr(e)[:300]
+                self.graphs = False
+                return
+            self._graph = rec
+            self.stats.recorded += 1
+        elif mode == "replay":
+            g = self._graph
+            if self._cursor != len(g.keys):
+                self._derail()
+                return
+            self._push_inputs()
+            g.graph.launch(self._cp_stream)
+            g.launches += 1
+            self.stats.replayed += 1
+
+    def _capture(self, fns):
+        s = self._cp_stream
+        self.stream.synchronize()
+        mode = getattr(self._cp.cuda.runtime, "streamCaptureModeRelaxed", None)
+        s.begin_capture() if mode is None else s.begin_capture(mode)
+        try:
+            for fn in fns:
+                if fn is not None:
+                    fn(self.stream)
+        finally:
+            graph = s.end_capture()
+        return graph
+
+    def synchronize(self) -> None:
+        """Finish the step and wait for the device."""
+        self.flush()
+        self.stream.synchronize()
+
+    # -- data movement -------------------------------------------------------------------
+    def weight(self, t) -> Weight:
+        """Upload a GGUF TensorInfo once: vectors as float32, matrices quantized (Q4_0/Q8_0 repacked)."""
+        from embedkit import kernels
+
+        cuda = self._cuda
+        shape = tuple(int(s) for s in t.np_shape)
+        gtype = int(t.ggml_type)
+        name = _name(gtype)
+        if len(shape) == 1:
+            data = t.data.view(np.float32) if gtype == GGMLType.F32 else kernels.dequantize(
+                t.data, gtype, (1, shape[0])
+            ).reshape(shape[0])
+            dev = cuda.to_device(np.ascontiguousarray(data, dtype=np.float32), stream=self.stream)
+            return Weight(t.name, int(GGMLType.F32), shape, dev)
+        if len(shape) > 2:
+            shape = (int(np.prod(shape[:-1])), shape[-1])
+        if name not in _GENERIC_TYPES:
+            raise UnsupportedQuantError(f"{t.name}: ggml type {name} has no CUDA kernel")
+        return Weight(t.name, gtype, shape, self.upload_matrix(np.asarray(t.data), name, *shape))
+
+    def upload_matrix(self, raw: np.ndarray, type_name: str, n_rows: int, n_cols: int) -> _Matrix:
+        """Upload raw GGUF bytes of a [n_rows, n_cols] matrix of `type_name` into a _Matrix."""
+        from embedkit.kernels.cuda import quant_fast
+
+        cuda = self._cuda
+        raw = np.ascontiguousarray(raw).reshape(n_rows, -1)
+        dev = cuda.to_device(raw, stream=self.stream)
+        if type_name in _FAST_TYPES:
+            qs, d = quant_fast.repack(dev, type_name, n_rows, n_cols, self.stream)
+            self.stream.synchronize()
+            del dev
+            return _Matrix(type_name + "R", type_name, (qs, d, self._dummy_f32), n_rows, n_cols)
+        row_bytes = raw.shape[1]
+        c = dev.view(np.float32) if row_bytes % 4 == 0 else self._dummy_f32
+        return _Matrix(type_name, None, (dev, dev.view(np.float16), c), n_rows, n_cols)
+
+    def asarray(self, x: np.ndarray) -> Array:
+        """Host array -> device float32 (or int32)."""
+        x = np.asarray(x)
+        x = x.astype(np.int32) if x.dtype.kind in "iu" else x.astype(np.float32, copy=False)
+        return self._input(x)
+
+    def to_host(self, x: Array) -> np.ndarray:
+        """Finish the step and copy to the host."""
+        if isinstance(x, np.ndarray):
+            return x
+        self.flush()
+        out = x.copy_to_host(stream=self.stream)
+        self.stream.synchronize()
+        return out
+
+    def take(self, x: Array) -> Array:
+        """Device arrays pass through; host arrays are uploaded."""
+        if isinstance(x, np.ndarray):
+            return self.asarray(x)
+        return x
+
+    def _empty(self, shape, dtype=np.float32):
+        return self._cuda.device_array(shape, dtype=dtype, stream=self.stream)
+
+    def view(self, x: Array, shape: tuple[int, ...]) -> Array:
+        """Reshape without copying."""
+        shape = tuple(int(s) for s in shape)
+        if -1 in shape:
+            known = int(np.prod([s for s in shape if s != -1]))
+            shape = tuple(x.size // known if s == -1 else s for s in shape)
+        key = ("view", x.shape, shape)
+        hit = self._replayed(key, x.shape[0])
+        if hit is not None:
+            return hit
+        return self._op(key, None, x.reshape(shape))
+
+    def rows(self, x: Array, start: int, stop: int) -> Array:
+        """Rows start:stop (a contiguous view)."""
+        key = ("rows", x.shape, start, stop)
+        hit = self._replayed(key, stop - start)
+        if hit is not None:
+            return hit
+        return self._op(key, None, x[start:stop])
+
+    def split_cols(self, x: Array, sizes: list[int]) -> list[Array]:
+        """Contiguous copies of column blocks of [n, sum(sizes)]."""
+        from embedkit.kernels.cuda import elementwise
+
+        n = x.shape[0]
+        outs, c0 = [], 0
+        for s in sizes:
+            key = ("split_cols", x.shape, c0, s)
+            hit = self._replayed(key, n)
+            if hit is not None:
+                outs.append(hit)
+            else:
+                out = self._empty((n, s))
+                outs.append(self._op(key, lambda st, c=c0, o=out: elementwise.copy_cols(x, c, o, st), out))
+            c0 += s
+        return outs
+
+    # -- linear algebra ------------------------------------------------------------------
+    def get_rows(self, w: Weight, ids: np.ndarray) -> Array:
+        """Dequantize rows `ids` of a matrix into [n, n_cols] float32."""
+        from embedkit.kernels.cuda import quant_generic
+
+        m: _Matrix = w.data
+        ids_dev = self._input(np.asarray(ids, dtype=np.int32).reshape(-1), ("ids",))
+        n = ids_dev.shape[0]
+        key = ("get_rows", id(w), n)
+        hit = self._replayed(key, n)
+        if hit is not None:
+            return hit
+        out = self._empty((n, m.n_cols))
+        return self._op(key, lambda s: quant_generic.dequantize_rows(m.layout, m.views, ids_dev, out, s), out)
+
+    def _quantized(self, x):
+        """int8 blocks of x for the dp4a kernels, shared by matmuls of the same input."""
+        from embedkit.kernels.cuda import quant_fast
+
+        if self._xq_src is x:
+            return self._xq
+        key = ("quantize", x.shape)
+        hit = self._replayed(key, x.shape[0])
+        if hit is None:
+            xq, xd = quant_fast.activation_buffers(x.shape[0], x.shape[1], self.stream)
+            hit = self._op(key, lambda s: quant_fast.quantize_activations(x, xq, xd, s), (xq, xd))
+        self._xq_src, self._xq = x, hit
+        return hit
+
+    def matmul(self, x: Array, w: Weight, bias: Weight | None = None) -> Array:
+        """[n, n_in] @ W.T (+ bias): quantized matvec for small n, float16 cuBLAS GEMM otherwise."""
+        from embedkit.kernels.cuda import quant_fast, quant_generic
+
+        m: _Matrix = w.data
+        if x.ndim != 2:
+            x = self.view(x, (x.size // m.n_cols, m.n_cols))
+        n = x.shape[0]
+        b = bias.data if bias is not None else None
+        if n > MATVEC_MAX_ROWS and self._cp is not None:
+            return self._gemm(x, m, b)
+        if m.fast is not None and m.n_cols % 32 == 0:
+            xq, xd = self._quantized(x)
+            key = ("matvec_fast", id(w), n, bias is not None)
+            hit = self._replayed(key, n)
+            if hit is not None:
+                return hit
+            y = self._empty((n, m.n_rows))
+            qs, d, _ = m.views
+            return self._op(key, lambda s: quant_fast.matvec_repacked(m.fast, qs, d, xq, xd, b, y, s), y)
+        key = ("matvec", id(w), n, bias is not None)
+        hit = self._replayed(key, n)
+        if hit is not None:
+            return hit
+        y = self._empty((n, m.n_rows))
+        return self._op(key, lambda s: quant_generic.matvec(m.layout, m.views, x, b, y, s), y)
+
+    def _f16_weight(self, m: _Matrix, stream):
+        """Float16 copy of W (cached for small matrices, else a fresh pool buffer)."""
+        from embedkit.kernels.cuda import quant_generic
+
+        if m.f16 is not None:
+            return m.f16
+        w16 = self._empty((m.n_rows, m.n_cols), np.float16)
+        quant_generic.dequantize_all(m.layout, m.views, w16, stream)
+        if m.n_rows * m.n_cols * 2 <= F16_CACHE_MAX_BYTES:
+            m.f16 = w16
+        return w16
+
+    def _gemm(self, x, m: _Matrix, b):
+        from embedkit.kernels.cuda import elementwise, gemm
+
+        n = x.shape[0]
+        key = ("gemm", id(m), n)
+        hit = self._replayed(key, n)
+        if hit is not None:
+            return hit
+        y = self._empty((n, m.n_rows))
+
+        def fn(s):
+            w16 = self._f16_weight(m, s)
+            x16 = self._empty(x.shape, np.float16)
+            elementwise.unary(x.reshape(x.size), x16.reshape(x16.size), elementwise.SCALE, 1.0, s)
+            gemm.gemm_f16(x16, w16, y, self._cp_stream.ptr)
+            if b is not None:
+                yf = y.reshape(y.size)
+                elementwise.binary(yf, b, yf, elementwise.ADD, s)
+
+        return self._op(key, fn, y)
+
+    # -- elementwise ---------------------------------------------------------------------
+    def _binary(self, a, b, op: int, name: str):
+        from embedkit.kernels.cuda import elementwise
+
+        bv = b.data if isinstance(b, Weight) else b
+        key = (name, a.shape, bv.shape, id(b) if isinstance(b, Weight) else None)
+        hit = self._replayed(key, a.shape[0])
+        if hit is not None:
+            return hit
+        out = self._empty(a.shape)
+        return self._op(
+            key, lambda s: elementwise.binary(a.reshape(a.size), bv.reshape(bv.size), out.reshape(out.size), op, s), out
+        )
+
+    def add(self, a: Array, b: Array) -> Array:
+        """a + b (b: same shape, or a vector/Weight broadcast over rows)."""
+        from embedkit.kernels.cuda import elementwise
+
+        return self._binary(a, b, elementwise.ADD, "add")
+
+    def mul(self, a: Array, b: Array) -> Array:
+        """a * b (b: same shape, or a vector/Weight broadcast over rows)."""
+        from embedkit.kernels.cuda import elementwise
+
+        return self._binary(a, b, elementwise.MUL, "mul")
+
+    def _unary(self, x, op: int, s_: float, name: str):
+        from embedkit.kernels.cuda import elementwise
+
+        key = (name, x.shape, s_)
+        hit = self._replayed(key, x.shape[0])
+        if hit is not None:
+            return hit
+        out = self._empty(x.shape)
+        return self._op(key, lambda s: elementwise.unary(x.reshape(x.size), out.reshape(out.size), op, s_, s), out)
+
+    def scale(self, a: Array, s: float) -> Array:
+        """a * s."""
+        from embedkit.kernels.cuda import elementwise
+
+        return self._unary(a, elementwise.SCALE, float(s), "scale")
+
+    def silu(self, x: Array) -> Array:
+        """x * sigmoid(x)."""
+        from embedkit.kernels.cuda import elementwise
+
+        return self._unary(x, elementwise.SILU, 1.0, "silu")
+
+    def gelu(self, x: Array) -> Array:
+        """Tanh-approximated GELU (ggml_gelu)."""
+        from embedkit.kernels.cuda import elementwise
+
+        return self._unary(x, elementwise.GELU, 1.0, "gelu")
+
+    def gelu_erf(self, x: Array) -> Array:
+        """Exact GELU."""
+        from embedkit.kernels.cuda import elementwise
+
+        return self._unary(x, elementwise.GELU_ERF, 1.0, "gelu_erf")
+
+    def _glu(self, gate, up, op: int, name: str):
+        from embedkit.kernels.cuda import elementwise
+
+        key = (name, gate.shape)
+        hit = self._replayed(key, gate.shape[0])
+        if hit is not None:
+            return hit
+        out = self._empty(gate.shape)
+        return self._op(
+            key, lambda s: elementwise.glu(gate.reshape(gate.size), up.reshape(up.size), out.reshape(out.size), op, s), out
+        )
+
+    def swiglu(self, gate: Array, up: Array) -> Array:
+        """silu(gate) * up."""
+        from embedkit.kernels.cuda import elementwise
+
+        return self._glu(gate, up, elementwise.SWIGLU, "swiglu")
+
+    def geglu(self, gate: Array, up: Array) -> Array:
+        """gelu_tanh(gate) * up."""
+        from embedkit.kernels.cuda import elementwise
+
+        return self._glu(gate, up, elementwise.GEGLU, "geglu")
+
+    def softmax(self, x: Array) -> Array:
+        """Softmax over the last dimension."""
+        from embedkit.kernels.cuda import softmax
+
+        key = ("softmax", x.shape)
+        hit = self._replayed(key, x.shape[0])
+        if hit is not None:
+            return hit
+        out = self._empty(x.shape)
+        d = x.shape[x.ndim - 1]
+        return self._op(key, lambda s: softmax.softmax(x.reshape(x.size // d, d), out.reshape(out.size // d, d), s), out)
+
+    # -- normalization -------------------------------------------------------------------
+    def rms_norm(self, x: Array, w: Weight | None, eps: float) -> Array:
+        """RMSNorm over the last dimension (any leading shape)."""
+        from embedkit.kernels.cuda import norms
+
+        key = ("rms_norm", x.shape, id(w), eps)
+        hit = self._replayed(key, x.shape[0])
+        if hit is not None:
+            return hit
+        out = self._empty(x.shape)
+        d = x.shape[x.ndim - 1]
+        wv = w.data if w is not None else None
+        return self._op(key, lambda s: norms.rms_norm(x.reshape(x.size // d, d), wv, eps, out.reshape(out.size // d, d), s), out)
+
+    def layer_norm(self, x: Array, w: Weight | None, b: Weight | None, eps: float) -> Array:
+        """LayerNorm over the last dimension (any leading shape)."""
+        from embedkit.kernels.cuda import norms
+
+        key = ("layer_norm", x.shape, id(w), id(b), eps)
+        hit = self._replayed(key, x.shape[0])
+        if hit is not None:
+            return hit
+        out = self._empty(x.shape)
+        d = x.shape[x.ndim - 1]
+        wv = w.data if w is not None else None
+        bv = b.data if b is not None else None
+        return self._op(
+            key, lambda s: norms.layer_norm(x.reshape(x.size // d, d), wv, bv, eps, out.reshape(out.size // d, d), s), out
+        )
+
+    # -- positions and attention ---------------------------------------------------------
+    def rope(
+        self,
+        x: Array,
+        positions: np.ndarray,
+        n_rot: int,
+        base: float,
+        style: RopeStyle,
+        freq_scale: float = 1.0,
+    ) -> Array:
+        """Rotary embedding of [n, heads, hd]; consecutive positions go through the step's pos buffer."""
+        from embedkit.kernels.cuda import rope
+
+        positions = np.asarray(positions, dtype=np.int32).reshape(-1)
+        n = x.shape[0]
+        p0 = int(positions[0])
+        consecutive = n == 1 or bool(np.all(positions == np.arange(p0, p0 + n, dtype=np.int32)))
+        pos_buf = self._pos(p0)
+        pos_arr = None if consecutive else self._input(positions, ("positions",))
+        key = ("rope", x.shape, n_rot, base, style, freq_scale, consecutive)
+        hit = self._replayed(key, n)
+        if hit is not None:
+            return hit
+        out = self._empty(x.shape)
+        neox = style == "neox"
+        return self._op(
+            key, lambda s: rope.rope(x, pos_arr, pos_buf, n_rot, base, freq_scale, neox, out, s), out
+        )
+
+    def kv_cache(self, n_ctx: int, n_kv_heads: int, head_dim: int) -> KVCache:
+        """Float32 keys and values in VRAM, laid out [n_ctx, n_kv_heads, head_dim] (position-major)."""
+        k = self._empty((n_ctx, n_kv_heads, head_dim))
+        v = self._empty((n_ctx, n_kv_heads, head_dim))
+        return KVCache(n_ctx, n_kv_heads, head_dim, k, v, "cuda")
+
+    def attention(
+        self,
+        q: Array,
+        cache: KVCache,
+        k_new: Array,
+        v_new: Array,
+        pos0: int,
+        scale: float,
+        causal: bool = True,
+        window: int | None = None,
+        softcap: float | None = None,
+    ) -> Array:
+        """Store k_new/v_new in the VRAM cache at pos0.., then attend (see Backend.attention)."""
+        from embedkit.kernels.cuda import attention
+
+        n, heads, hd = q.shape
+        pos_buf = self._pos(pos0)
+        key = ("attention", q.shape, id(cache), scale, causal, window, softcap)
+        hit = self._replayed(key, n)
+        if hit is not None:
+            return hit
+        out = self._empty((n, heads * hd))
+        win = int(window) if window else 0
+        cap = float(softcap) if softcap else 0.0
+
+        def fn(s):
+            attention.kv_store(k_new, v_new, cache.k, cache.v, pos_buf, s)
+            attention.attention_cache(q, cache.k, cache.v, pos_buf, causal, win, scale, cap, self._dummy_i32, out, s)
+
+        return self._op(key, fn, out)
+
+    def attention_batch(self, q: Array, k: Array, v: Array, mask: np.ndarray, scale: float) -> Array:
+        """Padded bidirectional attention: [b, t, heads, hd] -> [b, t, heads * hd]."""
+        from embedkit.kernels.cuda import attention
+
+        b, t, heads, hd = q.shape
+        mask_dev = self._input(np.asarray(mask, dtype=np.int32).reshape(b, t), ("mask",))
+        key = ("attention_batch", q.shape, scale)
+        hit = self._replayed(key, b * t)
+        if hit is not None:
+            return hit
+        out = self._empty((b * t, heads * hd))
+        fn = lambda s: attention.attention_batch(q, k, v, mask_dev, scale, out, s)  # noqa: E731
+        return self._op(key, fn, out.reshape(b, t, heads * hd))
+
+    def pool(self, x: Array, mask: np.ndarray, mode: str) -> Array:
+        """Pool hidden states [b, t, d] over tokens: "mean" (masked), "cls" (first), "last" (last real)."""
+        from embedkit.kernels.cuda import pooling
+
+        b, t, d = x.shape
+        mask_dev = self._input(np.asarray(mask, dtype=np.int32).reshape(b, t), ("mask",))
+        key = ("pool", x.shape, mode)
+        hit = self._replayed(key, b)
+        if hit is not None:
+            return hit
+        out = self._empty((b, d))
+        code = pooling.POOLING_MODES[mode]
+        return self._op(key, lambda s: pooling.pool(x, mask_dev, code, out, s), out)
+
+
+_BACKENDS: dict[tuple[int, bool], CUDABackend] = {}
+
+
+def cuda_backend(device: int = 0, graphs: bool = False) -> CUDABackend:
+    """The process-wide CUDA backend for `device` (one per graphs setting), created on first use."""
+    key = (device, bool(graphs))
+    be = _BACKENDS.get(key)
+    if be is None:
+        be = _BACKENDS[key] = CUDABackend(device, graphs)
+    return be
+
+
+def bytes_per_token(m: _Matrix) -> int:
+    """Bytes a matvec reads from this matrix (quants + scales), for bandwidth-floor arithmetic."""
+    return int(sum(v.nbytes for v in m.views if v.size > 1))
+
+
+__all__ = ["CUDABackend", "GraphStats", "MATVEC_MAX_ROWS", "bytes_per_token", "cuda_backend"]

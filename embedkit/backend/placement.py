@@ -1,0 +1,93 @@
+"""Which backend runs which part of a model: token embeddings, each layer, the output head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embedkit.backend.base import Backend
+
+
+@dataclass
+class Placement:
+    """Backends for the input embeddings, each of `n_layer` layers, and the output norm + head.
+
+    The forward moves activations with `be.take(x)` when it enters a layer, so a model runs
+    unchanged whether everything sits on one backend or layers are split across two.
+    """
+
+    input: Backend
+    layers: list[Backend]
+    output: Backend
+
+    def layer(self, i: int) -> Backend:
+        """Backend of layer i."""
+        return self.layers[i]
+
+    @property
+    def backends(self) -> list[Backend]:
+        """The distinct backends used, in first-use order."""
+        seen: list[Backend] = []
+        for b in [self.input, *self.layers, self.output]:
+            if all(b is not s for s in seen):
+                seen.append(b)
+        return seen
+
+    @classmethod
+    def single(cls, backend: Backend, n_layer: int) -> Placement:
+        """Everything on one backend."""
+        return cls(backend, [backend] * n_layer, backend)
+
+    @classmethod
+    def offload(cls, cpu: Backend, gpu: Backend, n_layer: int, n_gpu_layers: int) -> Placement:
+        """llama.cpp's -ngl: the last N layers on the GPU; N > n_layer (or -1) also moves the output.
+
+        Token embeddings stay on the CPU (as in llama.cpp); 0 puts everything on the CPU.
+        """
+        if n_gpu_layers < 0:
+            n_gpu_layers = n_layer + 1
+        first_gpu = max(n_layer - n_gpu_layers, 0)
+        layers = [gpu if i >= first_gpu else cpu for i in range(n_layer)]
+        output = gpu if n_gpu_layers > n_layer else cpu
+        return cls(cpu, layers, output)
+
+
+def cpu_placement(n_layer: int) -> Placement:
+    """All parts on a fresh CPU backend."""
+    from embedkit.backend.cpu import CPUBackend
+
+    return Placement.single(CPUBackend(), n_layer)
+
+
+def make_placement(device: str = "auto", gpu_layers: int | None = None):
+    """A placement factory (n_layer -> Placement) for `--device auto|cpu|cuda` and `-ngl N`.
+
+    gpu_layers follows llama.cpp: N layers (the last ones) on the GPU, 0 none, -1 (or None, or more
+    than the model has) all of them plus the output head. `cuda` without a usable GPU raises
+    DeviceError; `auto` falls back to the CPU. With everything on the GPU, decode steps run as
+    CUDA graphs.
+    """
+    from embedkit.errors import InputError
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if device == "cpu" or gpu_layers == 0:
+        return cpu_placement
+    from embedkit.kernels.cuda import cuda_available, cuda_unavailable_reason
+
+    if not cuda_available():
+        if device == "cuda":
+            from embedkit.errors import DeviceError
+
+            raise DeviceError(f"--device cuda: {cuda_unavailable_reason()}")
+        return cpu_placement
+    n_gpu = -1 if gpu_layers is None else int(gpu_layers)
+
+    def factory(n_layer: int) -> Placement:
+        from embedkit.backend.cpu import CPUBackend
+        from embedkit.backend.cuda import cuda_backend
+
+        full = n_gpu < 0 or n_gpu > n_layer
+        gpu = cuda_backend(graphs=full)
+        return Placement.offload(CPUBackend(), gpu, n_layer, n_gpu)
+
+    return factory

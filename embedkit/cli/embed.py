@@ -1,0 +1,75 @@
+"""`embedkit embed`: texts -> vectors, one JSON array per line (input order) or a .npy file."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import numpy as np
+
+from embedkit.errors import InputError
+
+
+def _read_jsonl(source: str) -> list[str]:
+    """One JSON string per line from a file or stdin ('-'); blank lines are skipped."""
+    fh = sys.stdin if source == "-" else None
+    try:
+        lines = (fh or open(source, encoding="utf-8")).read().splitlines()
+    except OSError as e:
+        raise InputError(f"{source}: cannot read ({e.strerror})") from e
+    texts = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            raise InputError(f"{source}:{n}: expected one JSON string per line") from None
+        if not isinstance(value, str):
+            raise InputError(f"{source}:{n}: expected a JSON string, got {type(value).__name__}")
+        texts.append(value)
+    return texts
+
+
+@click.command()
+@click.argument("texts", nargs=-1)
+@click.option("-m", "--model", default=None, help="GGUF path or known model name (default: all-minilm-l6-v2).")
+@click.option("--jsonl", "jsonl", default=None, help="Read texts from FILE, one JSON string per line ('-': stdin).")
+@click.option("--npy", "npy", default=None, type=click.Path(dir_okay=False),
+              help="Write float32 vectors to FILE.npy instead.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="CPU threads (default: EMBEDKIT_THREADS or all).")
+@click.option("--pooling", type=click.Choice(["mean", "cls", "last", "none"]), default=None,
+              help="Override the model's pooling.")
+@click.option("--no-normalize", is_flag=True, help="Keep raw pooled vectors (no L2 normalisation).")
+@click.option("--max-tokens", default=None, type=click.IntRange(min=2), help="Truncate texts to N tokens.")
+@click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
+def command(texts, model, jsonl, npy, batch_size, threads, pooling, no_normalize, max_tokens, quiet) -> None:
+    """Embed TEXT arguments (or --jsonl input) with an embedding model."""
+    from embedkit.catalog import resolve_model
+    from embedkit.embed import Embedder
+    from embedkit.kernels import set_num_threads
+
+    items = list(texts)
+    if jsonl is not None:
+        items += _read_jsonl(jsonl)
+    if not items:
+        raise InputError("no texts: give TEXT arguments or --jsonl FILE")
+    if threads is not None:
+        set_num_threads(threads)
+    path = resolve_model(model, kind="embed")
+    with Embedder(path, pooling=pooling, normalize=not no_normalize, max_tokens=max_tokens) as emb:
+        vectors = emb.embed(items, batch_size=batch_size)
+        stats = emb.stats
+    if npy is not None:
+        np.save(npy, vectors)
+    else:
+        out = click.get_text_stream("stdout")
+        for v in vectors:
+            out.write(json.dumps([float(x) for x in v]) + "\n")
+    if not quiet:
+        note = f", {stats.truncated} truncated to {emb.max_tokens} tokens" if stats.truncated else ""
+        click.echo(f"embedded {stats.texts} texts ({stats.tokens} tokens, dim {emb.dim}, "
+                   f"pooling {emb.pooling}{', normalized' if emb.normalize else ''}){note}", err=True)

@@ -1,0 +1,45 @@
+"""`embedkit search "query"`: ranked chunks of a collection."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def snippet(text: str, width: int = 160) -> str:
+    """The chunk's text on one line, cut to `width` characters."""
+    one = " ".join(text.split())
+    return one if len(one) <= width else one[: width - 1] + "…"
+
+
+@click.command()
+@click.argument("query")
+@click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="Number of results.")
+@click.option("-c", "--collection", default="default", show_default=True, help="Collection to search.")
+@click.option("-m", "--model", default=None, help="Embedding model (default: the one the collection was built with).")
+@click.option("--path", "path_glob", default=None, metavar="GLOB",
+              help="Only documents whose path matches (a folder or a glob with * and ?).")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Only documents whose metadata has KEY=VALUE.")
+@click.option("--min-score", type=float, default=None,
+              help="Drop results below this cosine similarity (not with --hybrid).")
+@click.option("--hybrid", is_flag=True, help="Fuse full-text and vector rankings (reciprocal rank fusion).")
+@click.option("--ef-search", type=click.IntRange(1, 1000), default=None, help="HNSW ef_search for this query.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"results": [...]} as one JSON object.')
+def command(query, k, collection, model, path_glob, meta, min_score, hybrid, ef_search, as_json) -> None:
+    """Search COLLECTION for chunks similar to QUERY."""
+    from embedkit.search import search
+    from embedkit.search.sql import parse_metadata_filters
+
+    hits = search(query, k=k, collection=collection, model=model, path_glob=path_glob,
+                  metadata=parse_metadata_filters(meta) or None, min_score=min_score, hybrid=hybrid,
+                  ef_search=ef_search)
+    if as_json:
+        click.echo(json.dumps({"results": [h.to_json() for h in hits]}, ensure_ascii=False))
+        return
+    if not hits:
+        click.echo("no results", err=True)
+        return
+    for rank, h in enumerate(hits, 1):
+        click.echo(f"{rank:>2}. {h.score:.3f}  {h.path}  (chunk {h.chunk_id})")
+        click.echo(f"    {snippet(h.text)}")

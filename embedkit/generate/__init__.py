@@ -1,0 +1,23 @@
+"""Text generation above the model: sampling, stop rules, chat templates and the decode loop."""
+
+from embedkit.generate.chat_template import BUILTIN_TEMPLATES, ChatTemplate, builtin_template, template_for_gguf
+from embedkit.generate.generator import Generation, GenerationResult, Generator, Timings, default_ctx
+from embedkit.generate.sampler import Sampler, SamplerParams, token_distribution
+from embedkit.generate.stops import StopReason, StopStrings
+
+__all__ = [
+    "BUILTIN_TEMPLATES",
+    "ChatTemplate",
+    "Generation",
+    "GenerationResult",
+    "Generator",
+    "Sampler",
+    "SamplerParams",
+    "StopReason",
+    "StopStrings",
+    "Timings",
+    "builtin_template",
+    "default_ctx",
+    "template_for_gguf",
+    "token_distribution",
+]

@@ -1,0 +1,189 @@
+"""The incremental indexing pipeline: walk -> read and hash -> (changed files only) extract and chunk ->
+embed -> write. Embedding and writing are separate steps: a batch of chunks is embedded, then each
+document whose chunks are all embedded is written in its own transaction."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from embedkit.index.chunk import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, TextChunk, chunk_text
+from embedkit.index.extract import SkipFile, content_sha256, extract, read_file
+from embedkit.index.walk import FoundFile, root_key, walk_paths
+from embedkit.store import Store
+from embedkit.store.collections import ModelIdentity, ensure_collection
+from embedkit.store.writes import ChunkRecord, DocumentRecord, delete_documents, document_hashes, write_document
+
+DEFAULT_COLLECTION = "default"
+
+
+class IndexProgress(Protocol):
+    """Callbacks the pipeline calls while it works (the CLI draws a progress bar from them)."""
+
+    def planned(self, files: int, chunks: int) -> None: ...
+
+    def embedded(self, chunks: int) -> None: ...  # called after each embedding batch
+
+    def written(self, files: int) -> None: ...
+
+
+@dataclass
+class IndexReport:
+    """What an index run did."""
+
+    collection: str
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    chunks_embedded: int = 0
+    embed_seconds: float = 0.0
+    write_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--json` object: integer counts plus the skipped files with their reasons."""
+        return {
+            "collection": self.collection,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+            "skipped": len(self.skipped),
+            "chunks_embedded": self.chunks_embedded,
+            "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
+            "embed_seconds": round(self.embed_seconds, 3),
+            "write_seconds": round(self.write_seconds, 3),
+            "total_seconds": round(self.total_seconds, 3),
+        }
+
+
+@dataclass
+class _Pending:
+    found: FoundFile
+    doc: DocumentRecord
+    chunks: list[TextChunk]
+    vectors: list[np.ndarray] = field(default_factory=list)
+
+
+def _under(path: str, roots: Sequence[str]) -> bool:
+    return any(r == "." or path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def index_paths(
+    store: Store,
+    paths: Sequence[str | os.PathLike[str]],
+    embedder: Any,
+    model: ModelIdentity,
+    collection: str = DEFAULT_COLLECTION,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    chunk_tokens: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    prune: bool = False,
+    reembed: bool = False,
+    batch_size: int = 32,
+    progress: IndexProgress | None = None,
+) -> IndexReport:
+    """Index files and folders into `collection`; unchanged files (same content hash) are not re-embedded.
+
+    With `prune`, documents under the given paths whose files are gone (or no longer indexable) are removed.
+    With `reembed`, a collection built with another model is emptied and rebuilt with this one.
+    """
+    t0 = time.perf_counter()
+    report = IndexReport(collection=collection)
+    if chunk_tokens is None:
+        chunk_tokens = default_chunk_tokens(embedder)
+    files = walk_paths(paths, include, exclude)
+    with store.connect() as conn:
+        info = ensure_collection(conn, collection, model, chunk_tokens, overlap, reembed=reembed)
+        known = document_hashes(conn, info.id)
+
+    pending: list[_Pending] = []
+    kept: set[str] = set()
+    for f in files:
+        try:
+            data, mtime = read_file(f.path)
+            sha = content_sha256(data)
+            if known.get(f.key) == sha:
+                report.unchanged += 1
+                kept.add(f.key)
+                continue
+            ex = extract(f.path, data, mtime)
+        except SkipFile as why:
+            report.skipped.append((f.key, str(why)))
+            continue
+        chunks = chunk_text(ex.text, embedder.count_tokens, info.chunk_tokens, info.chunk_overlap)
+        if not chunks:
+            report.skipped.append((f.key, "no text"))
+            continue
+        kept.add(f.key)
+        doc = DocumentRecord(f.key, ex.sha256, ex.mtime, ex.size, ex.metadata)
+        pending.append(_Pending(f, doc, chunks))
+
+    total_chunks = sum(len(p.chunks) for p in pending)
+    if progress is not None:
+        progress.planned(len(pending), total_chunks)
+    _embed_and_write(store, info.id, pending, embedder, batch_size, report, progress)
+
+    if report.chunks_embedded:
+        with store.connect() as conn:
+            # fresh statistics let the planner pick the HNSW index for the next searches
+            conn.execute("ANALYZE documents, chunks")
+    if prune:
+        roots = [root_key(p) for p in paths]
+        gone = [k for k in known if k not in kept and _under(k, roots)]
+        with store.connect() as conn:
+            report.removed = delete_documents(conn, info.id, gone)
+    report.total_seconds = time.perf_counter() - t0
+    return report
+
+
+def default_chunk_tokens(embedder: Any) -> int:
+    """Chunk size: DEFAULT_CHUNK_TOKENS, or less when the model's window is smaller (room for CLS/SEP)."""
+    limit = getattr(embedder, "max_tokens", None)
+    return min(DEFAULT_CHUNK_TOKENS, int(limit) - 4) if limit else DEFAULT_CHUNK_TOKENS
+
+
+def _embed_and_write(store, collection_id, pending, embedder, batch_size, report, progress) -> None:
+    group = max(batch_size * 4, 8)
+    flat = [(i, c) for i, p in enumerate(pending) for c in p.chunks]
+    next_doc = 0
+    with store.connect() as conn:
+        for s in range(0, len(flat), group):
+            part = flat[s : s + group]
+            t = time.perf_counter()
+            tick = progress.embedded if progress is not None else None
+            vecs = np.asarray(embedder.embed([c.text for _, c in part], batch_size=batch_size, progress=tick),
+                              dtype=np.float32)
+            report.embed_seconds += time.perf_counter() - t
+            report.chunks_embedded += len(part)
+            for (i, _), v in zip(part, vecs, strict=True):
+                pending[i].vectors.append(v)
+            t = time.perf_counter()
+            while next_doc < len(pending) and len(pending[next_doc].vectors) == len(pending[next_doc].chunks):
+                _write(conn, collection_id, pending[next_doc], report)
+                pending[next_doc] = None  # free the text and vectors of written documents
+                next_doc += 1
+                if progress is not None:
+                    progress.written(1)
+            report.write_seconds += time.perf_counter() - t
+
+
+def _write(conn, collection_id: int, p: _Pending, report: IndexReport) -> None:
+    records = [
+        ChunkRecord(i, c.text, c.token_count, c.char_start, c.char_end) for i, c in enumerate(p.chunks)
+    ]
+    outcome = write_document(conn, collection_id, p.doc, records, np.stack(p.vectors))
+    if outcome == "added":
+        report.added += 1
+    elif outcome == "updated":
+        report.updated += 1
+    else:
+        report.unchanged += 1

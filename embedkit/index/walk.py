@@ -1,0 +1,115 @@
+"""Finding the files to index: folders walked in sorted order, hidden and VCS folders skipped,
+`--include/--exclude` globs and `.embedkitignore` files (gitignore syntax, each applying below its folder)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pathspec
+
+from embedkit.errors import InputError
+
+IGNORE_FILE = ".embedkitignore"
+SKIPPED_DIRS = frozenset({"CVS", "__pycache__", "node_modules", "_darcs"})
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    """A file to index: where it is on disk and the path it is stored under (its key in the collection)."""
+
+    path: Path
+    key: str
+
+
+def root_key(arg: str | os.PathLike[str]) -> str:
+    """The stored form of a path given on the command line: relative to the current folder as given
+    (`examples/x.md`) when it lies below it, else absolute."""
+    p = Path(arg)
+    resolved = p.resolve()
+    if not p.is_absolute():
+        try:
+            return resolved.relative_to(Path.cwd().resolve()).as_posix() or "."
+        except ValueError:
+            pass
+    return resolved.as_posix()
+
+
+def _spec(patterns: Sequence[str]) -> pathspec.PathSpec | None:
+    return pathspec.GitIgnoreSpec.from_lines(patterns) if patterns else None
+
+
+def walk_paths(
+    paths: Sequence[str | os.PathLike[str]],
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> list[FoundFile]:
+    """Every file under `paths` that passes the filters, sorted by key, each once.
+
+    `include`/`exclude` are gitignore-style globs matched against the path relative to the folder given
+    (`*.md` matches at any depth, `drafts/` a folder). A file named explicitly is taken even if an
+    `.embedkitignore` would skip it, but still obeys `include`/`exclude`.
+    """
+    inc, exc = _spec(include), _spec(exclude)
+    found: dict[str, FoundFile] = {}
+
+    def wanted(rel: str) -> bool:
+        if inc is not None and not inc.match_file(rel):
+            return False
+        return exc is None or not exc.match_file(rel)
+
+    for arg in paths:
+        p = Path(arg)
+        if not p.exists():
+            raise InputError(f"{arg}: no such file or folder")
+        key = root_key(arg)
+        if p.is_file():
+            if wanted(p.name):
+                found.setdefault(key, FoundFile(p, key))
+            continue
+        for f in _walk_dir(p):
+            rel = f.relative_to(p).as_posix()
+            if wanted(rel):
+                k = rel if key == "." else f"{key}/{rel}"
+                found.setdefault(k, FoundFile(f, k))
+    return [found[k] for k in sorted(found)]
+
+
+def _walk_dir(root: Path) -> list[Path]:
+    out: list[Path] = []
+    # (folder relative to root, spec) for every .embedkitignore seen above the current folder
+    ignores: list[tuple[str, pathspec.PathSpec]] = []
+
+    def ignored(rel: str, is_dir: bool) -> bool:
+        for base, spec in ignores:
+            if base and not rel.startswith(base + "/"):
+                continue
+            sub = rel[len(base) + 1 :] if base else rel
+            if spec.match_file(sub + "/" if is_dir else sub):
+                return True
+        return False
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        rel_dir = here.relative_to(root).as_posix()
+        rel_dir = "" if rel_dir == "." else rel_dir
+        ignores = [(b, s) for b, s in ignores if not b or rel_dir == b or rel_dir.startswith(b + "/")]
+        if IGNORE_FILE in filenames:
+            lines = (here / IGNORE_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
+            ignores.append((rel_dir, pathspec.GitIgnoreSpec.from_lines(lines)))
+
+        prefix = f"{rel_dir}/" if rel_dir else ""
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if not d.startswith(".") and d not in SKIPPED_DIRS and not (here / d).is_symlink()
+            and not ignored(prefix + d, True)
+        )
+        for name in sorted(filenames):
+            if name.startswith(".") or ignored(prefix + name, False):
+                continue
+            f = here / name
+            if f.is_file():
+                out.append(f)
+    return out

@@ -1,0 +1,66 @@
+"""`y = x @ W.T` for quantized W: the fused matvec for a few tokens, dequantized tiles + BLAS for batches.
+
+Batches (and types without a fused matvec) dequantize TILE_BYTES-sized tiles of W rows into one small
+float32 buffer, reused for every tile, and multiply each tile with the whole batch through BLAS: the
+weight bytes are read once per batch, never once per token.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from embedkit.gguf.types import GGMLType
+from embedkit.kernels.cpu import matvec_kquants, matvec_legacy
+from embedkit.kernels.cpu.dispatch import DEQUANTIZERS
+
+MATVECS = {
+    GGMLType.Q8_0: matvec_legacy.matvec_q8_0,
+    GGMLType.Q4_0: matvec_legacy.matvec_q4_0,
+    GGMLType.Q4_1: matvec_legacy.matvec_q4_1,
+    GGMLType.Q5_0: matvec_legacy.matvec_q5_0,
+    GGMLType.Q5_1: matvec_legacy.matvec_q5_1,
+    GGMLType.IQ4_NL: matvec_legacy.matvec_iq4_nl,
+    GGMLType.Q4_K: matvec_kquants.matvec_q4_k,
+    GGMLType.Q5_K: matvec_kquants.matvec_q5_k,
+    GGMLType.Q6_K: matvec_kquants.matvec_q6_k,
+    GGMLType.IQ4_XS: matvec_kquants.matvec_iq4_xs,
+    GGMLType.F16: matvec_legacy.matvec_f16,
+    GGMLType.BF16: matvec_legacy.matvec_bf16,
+}
+
+# Up to this many tokens, run the fused matvec once per token; more, use dequantized tiles + BLAS.
+MAX_MATVEC_TOKENS = 4
+# Float32 bytes of one dequantized tile of W (fits in L2 with room for the BLAS panels).
+TILE_BYTES = 4 << 20
+
+
+def matmul_rows(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np.ndarray:
+    """x float32 [n_tokens, n_cols] @ W.T for W = `rows` (uint8 [n_rows, row_bytes] of type t)."""
+    n_tokens = x.shape[0]
+    n_rows = rows.shape[0]
+    if t == GGMLType.F32:
+        return x @ rows.view(np.float32).T
+    kernel = MATVECS.get(t)
+    if kernel is not None and n_tokens <= MAX_MATVEC_TOKENS:
+        y = np.empty((n_tokens, n_rows), dtype=np.float32)
+        xsum = np.empty((n_tokens, n_cols // 32), dtype=np.float32)
+        matvec_legacy.block_sums(x, xsum)
+        for i in range(n_tokens):
+            kernel(rows, x[i], xsum[i], y[i])
+        return y
+    return tiled_matmul(x, rows, t, n_cols)
+
+
+def tiled_matmul(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np.ndarray:
+    """x @ W.T by dequantizing W a tile of rows at a time into one reused buffer and calling BLAS."""
+    n_rows = rows.shape[0]
+    dequant = DEQUANTIZERS[t]
+    tile = max(16, min(n_rows, TILE_BYTES // (4 * n_cols)))
+    buf = np.empty((tile, n_cols), dtype=np.float32)
+    y = np.empty((x.shape[0], n_rows), dtype=np.float32)
+    for r0 in range(0, n_rows, tile):
+        r1 = min(n_rows, r0 + tile)
+        w = buf[: r1 - r0]
+        dequant(rows[r0:r1], w)
+        y[:, r0:r1] = x @ w.T
+    return y

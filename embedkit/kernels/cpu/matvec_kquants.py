@@ -1,0 +1,217 @@
+"""Fused decode matvec `y = W @ x` straight from K-quant rows (Q4_K, Q5_K, Q6_K) and IQ4_XS.
+
+Same scheme as `matvec_legacy`: float32 activations, `prange` over groups of output rows read side by
+side, flat inner loops over each sub-block's bytes so LLVM vectorises them; integer sub-block scales
+are applied once per sub-block. The min terms of Q4_K/Q5_K use xsum (sums of x per 32 elements).
+Signature: `(w uint8 [n_rows, row_bytes], x float32 [n_cols], xsum float32 [n_cols // 32], y float32 [n_rows])`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from embedkit.kernels.cpu.bitfields import ubits2_f32, ubits_f32
+from embedkit.kernels.cpu.dequant_kquants import kquant_scale_min
+from embedkit.kernels.cpu.dequant_legacy import IQ4NL_VALUES
+from embedkit.kernels.cpu.halfbits import load_f16
+from embedkit.kernels.cpu.matvec_legacy import FAST, store4
+
+
+@njit(cache=True, inline="always")
+def _kquant_terms(row, o, j, lo, hi, xsum, sb):
+    """d * (sc_lo * lo + sc_hi * hi) - dmin * (m_lo * xsum[sb] + m_hi * xsum[sb + 1]) for sub-blocks 2j, 2j+1."""
+    sc0, m0 = kquant_scale_min(row, o + 4, 2 * j)
+    sc1, m1 = kquant_scale_min(row, o + 4, 2 * j + 1)
+    d = load_f16(row, o)
+    dmin = load_f16(row, o + 2)
+    return d * (np.float32(sc0) * lo + np.float32(sc1) * hi) - dmin * (
+        np.float32(m0) * xsum[sb] + np.float32(m1) * xsum[sb + 1]
+    )
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q4_k(w, x, xsum, y):
+    """Q4_K rows: per 64 elements, 32 bytes hold sub-block 2j in low nibbles and 2j+1 in high nibbles."""
+    n_rows = w.shape[0]
+    nb = x.shape[0] // 256
+    last = n_rows - 1
+    for g in prange((n_rows + 3) // 4):
+        r = 4 * g
+        w0, w1, w2, w3 = w[r], w[min(r + 1, last)], w[min(r + 2, last)], w[min(r + 3, last)]
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for b in range(nb):
+            o = 144 * b
+            for j in range(4):
+                qo = o + 16 + 32 * j
+                xo = 256 * b + 64 * j
+                l0 = l1 = l2 = l3 = np.float32(0.0)
+                h0 = h1 = h2 = h3 = np.float32(0.0)
+                for i in range(32):
+                    xl = x[xo + i]
+                    xh = x[xo + 32 + i]
+                    v0 = w0[qo + i]
+                    v1 = w1[qo + i]
+                    v2 = w2[qo + i]
+                    v3 = w3[qo + i]
+                    l0 += ubits_f32(v0, 0, 15) * xl
+                    h0 += ubits_f32(v0, 4, 15) * xh
+                    l1 += ubits_f32(v1, 0, 15) * xl
+                    h1 += ubits_f32(v1, 4, 15) * xh
+                    l2 += ubits_f32(v2, 0, 15) * xl
+                    h2 += ubits_f32(v2, 4, 15) * xh
+                    l3 += ubits_f32(v3, 0, 15) * xl
+                    h3 += ubits_f32(v3, 4, 15) * xh
+                sb = 8 * b + 2 * j
+                a0 += _kquant_terms(w0, o, j, l0, h0, xsum, sb)
+                a1 += _kquant_terms(w1, o, j, l1, h1, xsum, sb)
+                a2 += _kquant_terms(w2, o, j, l2, h2, xsum, sb)
+                a3 += _kquant_terms(w3, o, j, l3, h3, xsum, sb)
+        store4(y, r, a0, a1, a2, a3)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q5_k(w, x, xsum, y):
+    """Q5_K rows: Q4_K's layout plus a 5th bit per element from qh (bit 2j / 2j+1 of qh[i])."""
+    n_rows = w.shape[0]
+    nb = x.shape[0] // 256
+    last = n_rows - 1
+    for g in prange((n_rows + 3) // 4):
+        r = 4 * g
+        w0, w1, w2, w3 = w[r], w[min(r + 1, last)], w[min(r + 2, last)], w[min(r + 3, last)]
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for b in range(nb):
+            o = 176 * b
+            for j in range(4):
+                qo = o + 48 + 32 * j
+                xo = 256 * b + 64 * j
+                sh = 2 * j
+                l0 = l1 = l2 = l3 = np.float32(0.0)
+                h0 = h1 = h2 = h3 = np.float32(0.0)
+                for i in range(32):
+                    xl = x[xo + i]
+                    xh = x[xo + 32 + i]
+                    v0 = w0[qo + i]
+                    v1 = w1[qo + i]
+                    v2 = w2[qo + i]
+                    v3 = w3[qo + i]
+                    e0 = w0[o + 16 + i]
+                    e1 = w1[o + 16 + i]
+                    e2 = w2[o + 16 + i]
+                    e3 = w3[o + 16 + i]
+                    l0 += ubits2_f32(v0, 0, 15, e0, sh, 1, 4) * xl
+                    h0 += ubits2_f32(v0, 4, 15, e0, sh + 1, 1, 4) * xh
+                    l1 += ubits2_f32(v1, 0, 15, e1, sh, 1, 4) * xl
+                    h1 += ubits2_f32(v1, 4, 15, e1, sh + 1, 1, 4) * xh
+                    l2 += ubits2_f32(v2, 0, 15, e2, sh, 1, 4) * xl
+                    h2 += ubits2_f32(v2, 4, 15, e2, sh + 1, 1, 4) * xh
+                    l3 += ubits2_f32(v3, 0, 15, e3, sh, 1, 4) * xl
+                    h3 += ubits2_f32(v3, 4, 15, e3, sh + 1, 1, 4) * xh
+                sb = 8 * b + 2 * j
+                a0 += _kquant_terms(w0, o, j, l0, h0, xsum, sb)
+                a1 += _kquant_terms(w1, o, j, l1, h1, xsum, sb)
+                a2 += _kquant_terms(w2, o, j, l2, h2, xsum, sb)
+                a3 += _kquant_terms(w3, o, j, l3, h3, xsum, sb)
+        store4(y, r, a0, a1, a2, a3)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q6_k(w, x, xsum, y):
+    """Q6_K rows, two rows per step (16 accumulators): q = (ql nibble | 2 qh bits << 4) - 32, int8 scale per 16."""
+    sw = w.view(np.int8)
+    n_rows = w.shape[0]
+    nb = x.shape[0] // 256
+    last = n_rows - 1
+    m32 = np.float32(32.0)
+    for g in prange((n_rows + 1) // 2):
+        r = 2 * g
+        ra = min(r + 1, last)
+        w0, w1 = w[r], w[ra]
+        s0, s1 = sw[r], sw[ra]
+        a0 = a1 = np.float32(0.0)
+        for b in range(nb):
+            o = 210 * b
+            for h in range(2):
+                for k in range(2):  # two groups of 16 lanes, each with its own 4 scales
+                    p0 = p1 = p2 = p3 = np.float32(0.0)
+                    u0 = u1 = u2 = u3 = np.float32(0.0)
+                    for t in range(16):
+                        i = 16 * k + t
+                        e = 256 * b + 128 * h + i
+                        x0 = x[e]
+                        x1 = x[e + 32]
+                        x2 = x[e + 64]
+                        x3 = x[e + 96]
+                        c0 = w0[o + 64 * h + i]
+                        c1 = w0[o + 64 * h + 32 + i]
+                        q = w0[o + 128 + 32 * h + i]
+                        p0 += (ubits2_f32(c0, 0, 15, q, 0, 3, 4) - m32) * x0
+                        p1 += (ubits2_f32(c1, 0, 15, q, 2, 3, 4) - m32) * x1
+                        p2 += (ubits2_f32(c0, 4, 15, q, 4, 3, 4) - m32) * x2
+                        p3 += (ubits2_f32(c1, 4, 15, q, 6, 3, 4) - m32) * x3
+                        c0 = w1[o + 64 * h + i]
+                        c1 = w1[o + 64 * h + 32 + i]
+                        q = w1[o + 128 + 32 * h + i]
+                        u0 += (ubits2_f32(c0, 0, 15, q, 0, 3, 4) - m32) * x0
+                        u1 += (ubits2_f32(c1, 0, 15, q, 2, 3, 4) - m32) * x1
+                        u2 += (ubits2_f32(c0, 4, 15, q, 4, 3, 4) - m32) * x2
+                        u3 += (ubits2_f32(c1, 4, 15, q, 6, 3, 4) - m32) * x3
+                    so = o + 192 + 8 * h + k
+                    a0 += load_f16(w0, o + 208) * (
+                        np.float32(s0[so]) * p0
+                        + np.float32(s0[so + 2]) * p1
+                        + np.float32(s0[so + 4]) * p2
+                        + np.float32(s0[so + 6]) * p3
+                    )
+                    a1 += load_f16(w1, o + 208) * (
+                        np.float32(s1[so]) * u0
+                        + np.float32(s1[so + 2]) * u1
+                        + np.float32(s1[so + 4]) * u2
+                        + np.float32(s1[so + 6]) * u3
+                    )
+        y[r] = a0
+        if r + 1 < n_rows:
+            y[r + 1] = a1
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_iq4_xs(w, x, xsum, y):
+    """IQ4_XS rows: 8 sub-blocks of 32 with 6-bit scales, values from IQ4NL_VALUES (a lookup per element)."""
+    n_rows = w.shape[0]
+    nb = x.shape[0] // 256
+    last = n_rows - 1
+    values = IQ4NL_VALUES.astype(np.float32)
+    for g in prange((n_rows + 3) // 4):
+        r = 4 * g
+        w0, w1, w2, w3 = w[r], w[min(r + 1, last)], w[min(r + 2, last)], w[min(r + 3, last)]
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for b in range(nb):
+            o = 136 * b
+            for ib in range(8):
+                qo = o + 8 + 16 * ib
+                xo = 256 * b + 32 * ib
+                t0 = t1 = t2 = t3 = np.float32(0.0)
+                for i in range(16):
+                    xl = x[xo + i]
+                    xh = x[xo + 16 + i]
+                    v0 = w0[qo + i]
+                    v1 = w1[qo + i]
+                    v2 = w2[qo + i]
+                    v3 = w3[qo + i]
+                    t0 += values[v0 & 0xF] * xl + values[v0 >> 4] * xh
+                    t1 += values[v1 & 0xF] * xl + values[v1 >> 4] * xh
+                    t2 += values[v2 & 0xF] * xl + values[v2 >> 4] * xh
+                    t3 += values[v3 & 0xF] * xl + values[v3 >> 4] * xh
+                a0 += _iq4_xs_scale(w0, o, ib) * t0
+                a1 += _iq4_xs_scale(w1, o, ib) * t1
+                a2 += _iq4_xs_scale(w2, o, ib) * t2
+                a3 += _iq4_xs_scale(w3, o, ib) * t3
+        store4(y, r, a0, a1, a2, a3)
+
+
+@njit(cache=True, inline="always")
+def _iq4_xs_scale(row, o, ib):
+    """d * (6-bit scale of sub-block ib - 32)."""
+    lo = (np.int32(row[o + 4 + (ib >> 1)]) >> (4 * (ib & 1))) & 0xF
+    hi = ((np.int32(row[o + 2]) | (np.int32(row[o + 3]) << 8)) >> (2 * ib)) & 3
+    return load_f16(row, o) * np.float32((lo | (hi << 4)) - 32)

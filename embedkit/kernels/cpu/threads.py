@@ -1,0 +1,54 @@
+"""Thread count for the Numba kernels: `set_num_threads(n)`, default from EMBEDKIT_THREADS or all cores."""
+
+from __future__ import annotations
+
+import os
+
+import numba
+
+from embedkit.errors import InputError
+
+_threads: int | None = None
+
+
+def _default_threads() -> int:
+    value = os.environ.get("EMBEDKIT_THREADS", "").strip()
+    if not value:
+        return numba.config.NUMBA_NUM_THREADS
+    try:
+        n = int(value)
+    except ValueError:
+        raise InputError(f"EMBEDKIT_THREADS={value!r}: expected a positive integer") from None
+    if n < 1:
+        raise InputError(f"EMBEDKIT_THREADS={value!r}: expected a positive integer")
+    return min(n, numba.config.NUMBA_NUM_THREADS)
+
+
+def set_num_threads(n: int | None) -> int:
+    """Use `n` threads in the kernels (None: EMBEDKIT_THREADS or all cores); returns the count in effect.
+
+    Counts above the number of cores Numba started with are capped to it.
+    """
+    global _threads
+    if n is None:
+        _threads = _default_threads()
+    else:
+        if int(n) < 1:
+            raise InputError(f"threads={n}: expected a positive integer")
+        _threads = min(int(n), numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(_threads)
+    return _threads
+
+
+def get_num_threads() -> int:
+    """Threads the kernels use."""
+    if _threads is None:
+        set_num_threads(None)
+    return _threads
+
+
+def apply_num_threads() -> None:
+    """Make the calling thread's Numba thread count ours (Numba's setting is per calling thread)."""
+    n = get_num_threads()
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)

@@ -1,0 +1,32 @@
+"""CUDA kernels on numba-cuda (optional extra `embedkit[cuda]`).
+
+Modules, one family of ops each: `quant_elem` (per-type element dequantization), `quant_generic`
+(matvec / dequantize for every type), `quant_fast` (Q4_0/Q8_0 repacked dp4a matvec), `gemm`
+(cuBLAS through CuPy), `norms`, `rope`, `softmax`, `attention`, `elementwise`, `pooling`,
+`memory` (numba allocations from CuPy's pool). Importing this package does not touch the GPU.
+"""
+
+from __future__ import annotations
+
+
+def cuda_available() -> bool:
+    """True when numba-cuda is installed and sees a usable GPU (or runs its simulator)."""
+    try:
+        from numba import cuda
+    except ImportError:
+        return False
+    try:
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+def cuda_unavailable_reason() -> str:
+    """One line saying why `cuda_available()` is False (for errors and test skips)."""
+    try:
+        from numba import cuda
+    except ImportError:
+        return "numba-cuda is not installed (pip install 'embedkit[cuda]')"
+    if not cuda.is_available():
+        return "no CUDA GPU (numba.cuda.is_available() is False)"
+    return ""

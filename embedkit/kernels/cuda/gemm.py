@@ -1,0 +1,36 @@
+"""Batched matmul through cuBLAS (CuPy): Y[n, rows] = X[n, k] @ W[rows, k]^T with float16 inputs,
+float32 accumulation and float32 output (cublasGemmEx). Arrays are numba device arrays, shared
+with CuPy through __cuda_array_interface__ (no copies).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_CUDA_R_32F = 0
+_CUDA_R_16F = 2
+_CUBLAS_COMPUTE_32F = 68
+_CUBLAS_GEMM_DEFAULT_TENSOR_OP = 99
+_OP_N, _OP_T = 0, 1
+
+_ONE = np.array(1.0, dtype=np.float32)
+_ZERO = np.array(0.0, dtype=np.float32)
+
+
+def gemm_f16(x16, w16, y32, stream_ptr: int = 0) -> None:
+    """y32 float32 [n, rows] = x16 float16 [n, k] @ w16 float16 [rows, k]^T (all device, C order)."""
+    import cupy
+    from cupy_backends.cuda.libs import cublas
+
+    n, k = x16.shape
+    rows = w16.shape[0]
+    handle = cupy.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, stream_ptr)
+    # column-major view: Y^T (rows x n) = W (k x rows)^T . X^T (k x n)
+    cublas.gemmEx(
+        handle, _OP_T, _OP_N, rows, n, k,
+        _ONE.ctypes.data, w16.__cuda_array_interface__["data"][0], _CUDA_R_16F, k,
+        x16.__cuda_array_interface__["data"][0], _CUDA_R_16F, k,
+        _ZERO.ctypes.data, y32.__cuda_array_interface__["data"][0], _CUDA_R_32F, rows,
+        _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+    )

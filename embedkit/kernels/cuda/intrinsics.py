@@ -1,0 +1,80 @@
+"""Warp-level helpers and PTX intrinsics numba-cuda lacks (dp4a), with twins for the CUDA simulator.
+
+The simulator has no warp shuffles: there `warp_sum`/`warp_max` go through shared memory and
+`syncthreads`, so every thread of the block must call them (kernels never return early before one).
+Blocks are one-dimensional.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda, types
+from numba.cuda import config
+
+
+def _sbyte(v: int, k: int) -> int:
+    b = (int(v) >> (8 * k)) & 0xFF
+    return b - 256 if b >= 128 else b
+
+
+if config.ENABLE_CUDASIM:
+
+    @cuda.jit(device=True)
+    def warp_sum(v):
+        """Sum of `v` over the 32 lanes of the warp, returned to every lane."""
+        buf = cuda.shared.array(1024, dtype=np.float64)
+        tid = cuda.threadIdx.x
+        buf[tid] = v
+        cuda.syncthreads()
+        base = tid - tid % 32
+        s = np.float32(buf[base : base + 32].sum())
+        cuda.syncthreads()
+        return s
+
+    @cuda.jit(device=True)
+    def warp_max(v):
+        """Max of `v` over the 32 lanes of the warp, returned to every lane."""
+        buf = cuda.shared.array(1024, dtype=np.float64)
+        tid = cuda.threadIdx.x
+        buf[tid] = v
+        cuda.syncthreads()
+        base = tid - tid % 32
+        s = np.float32(buf[base : base + 32].max())
+        cuda.syncthreads()
+        return s
+
+    def dp4a(a, b, c):
+        """Sum of the four signed byte products of `a` and `b`, plus `c` (PTX dp4a.s32.s32)."""
+        return int(c) + sum(_sbyte(a, k) * _sbyte(b, k) for k in range(4))
+
+else:
+    from llvmlite import ir
+
+    @cuda.jit(device=True, inline=True)
+    def warp_sum(v):
+        """Sum of `v` over the 32 lanes of the warp, returned to every lane."""
+        for off in (16, 8, 4, 2, 1):
+            v += cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
+        return v
+
+    @cuda.jit(device=True, inline=True)
+    def warp_max(v):
+        """Max of `v` over the 32 lanes of the warp, returned to every lane."""
+        for off in (16, 8, 4, 2, 1):
+            v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, off))
+        return v
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def dp4a(typingctx, a, b, c):
+        """Sum of the four signed byte products of `a` and `b`, plus `c` (PTX dp4a.s32.s32)."""
+        sig = types.int32(a, b, c)
+
+        def codegen(context, builder, sig, args):
+            i32 = ir.IntType(32)
+            vals = [context.cast(builder, v, t, types.int32) for v, t in zip(args, sig.args, strict=True)]
+            fnty = ir.FunctionType(i32, [i32, i32, i32])
+            asm = ir.InlineAsm(fnty, "dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r")
+            return builder.call(asm, vals)
+
+        return sig, codegen

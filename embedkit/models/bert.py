@@ -1,0 +1,151 @@
+"""BERT encoder (llama.cpp's LLM_ARCH_BERT): token + position + token-type embeddings, post-LayerNorm
+blocks of bidirectional attention and an exact-GELU feed-forward, over padded batches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from embedkit.backend import Placement, Weight, cpu_placement
+from embedkit.errors import InputError
+from embedkit.gguf import GGUFFile
+
+POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+
+
+@dataclass(frozen=True)
+class BertParams:
+    """Sizes and constants of a BERT encoder, from `bert.*` metadata."""
+
+    arch: str
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_ff: int
+    n_ctx_train: int
+    norm_eps: float
+    pooling: str | None  # from {arch}.pooling_type; None when the file does not say
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.n_embd // self.n_head
+
+
+def read_bert_params(f: GGUFFile) -> BertParams:
+    """Collect `{arch}.*` metadata (GGUFError naming a missing key)."""
+    arch = f.architecture
+    pooling = f.arch_get("pooling_type")
+    return BertParams(
+        arch=arch,
+        n_vocab=int(f.tensor("token_embd.weight").np_shape[0]),
+        n_embd=int(f.require(f"{arch}.embedding_length")),
+        n_layer=int(f.require(f"{arch}.block_count")),
+        n_head=int(f.require(f"{arch}.attention.head_count")),
+        n_ff=int(f.require(f"{arch}.feed_forward_length")),
+        n_ctx_train=int(f.require(f"{arch}.context_length")),
+        norm_eps=float(f.arch_get("attention.layer_norm_epsilon", 1e-12)),
+        pooling=None if pooling is None else POOLING_NAMES.get(int(pooling), "none"),
+    )
+
+
+@dataclass
+class BertLayer:
+    """Weights of one encoder block (numpy shapes: matrices are (n_out, n_in))."""
+
+    wq: Weight  # (n_embd, n_embd)
+    bq: Weight  # (n_embd,)
+    wk: Weight  # (n_embd, n_embd)
+    bk: Weight
+    wv: Weight  # (n_embd, n_embd)
+    bv: Weight
+    wo: Weight  # (n_embd, n_embd)
+    bo: Weight
+    attn_norm_w: Weight  # (n_embd,) LayerNorm after attention + residual
+    attn_norm_b: Weight
+    w_up: Weight  # (n_ff, n_embd)
+    b_up: Weight  # (n_ff,)
+    w_down: Weight  # (n_embd, n_ff)
+    b_down: Weight  # (n_embd,)
+    out_norm_w: Weight  # (n_embd,) LayerNorm after FFN + residual
+    out_norm_b: Weight
+
+
+class BertModel:
+    """A BERT encoder over a GGUF file; `encode` maps padded token batches to hidden states."""
+
+    def __init__(
+        self,
+        f: GGUFFile | str | Path,
+        placement: Placement | Callable[[int], Placement] | None = None,
+    ):
+        self.file = f if isinstance(f, GGUFFile) else GGUFFile(f)
+        self.params = p = read_bert_params(self.file)
+        if placement is None:
+            placement = cpu_placement(p.n_layer)
+        elif not isinstance(placement, Placement):
+            placement = placement(p.n_layer)  # a factory: n_layer -> Placement
+        self.placement = placement
+        t = self.file.tensor
+        inp = self.placement.input
+        self.tok_embd = inp.weight(t("token_embd.weight"))  # (n_vocab, n_embd)
+        self.pos_embd = inp.weight(t("position_embd.weight"))  # (n_ctx_train, n_embd)
+        self.type_embd = inp.weight(t("token_types.weight")) if "token_types.weight" in self.file.tensors else None
+        self.embd_norm_w = inp.weight(t("token_embd_norm.weight"))
+        self.embd_norm_b = inp.weight(t("token_embd_norm.bias"))
+        self.layers: list[BertLayer] = []
+        for i in range(p.n_layer):
+            be = self.placement.layer(i)
+
+            def w(name: str, i: int = i, be=be) -> Weight:
+                return be.weight(t(f"blk.{i}.{name}"))
+
+            self.layers.append(
+                BertLayer(
+                    w("attn_q.weight"), w("attn_q.bias"), w("attn_k.weight"), w("attn_k.bias"),
+                    w("attn_v.weight"), w("attn_v.bias"), w("attn_output.weight"), w("attn_output.bias"),
+                    w("attn_output_norm.weight"), w("attn_output_norm.bias"),
+                    w("ffn_up.weight"), w("ffn_up.bias"), w("ffn_down.weight"), w("ffn_down.bias"),
+                    w("layer_output_norm.weight"), w("layer_output_norm.bias"),
+                )
+            )
+
+    def encode(self, batch_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Hidden states [b, t, n_embd] (host float32) of right-padded token ids [b, t] with mask [b, t] (1 = token)."""
+        p = self.params
+        ids = np.asarray(batch_ids, dtype=np.int64)
+        if ids.ndim != 2:
+            raise InputError(f"encode: expected token ids of shape [batch, tokens], got {ids.shape}")
+        b, t = ids.shape
+        if t > p.n_ctx_train:
+            raise InputError(f"encode: {t} tokens exceed the model's context length {p.n_ctx_train}")
+        if ids.size and (ids.min() < 0 or ids.max() >= p.n_vocab):
+            raise InputError(f"encode: token ids must be in [0, {p.n_vocab})")
+        mask = np.asarray(attention_mask, dtype=np.float32)
+        n = b * t
+        d, h, hd = p.n_embd, p.n_head, p.head_dim
+
+        be = self.placement.input
+        x = be.get_rows(self.tok_embd, ids.reshape(n))
+        x = be.add(x, be.get_rows(self.pos_embd, np.tile(np.arange(t), b)))
+        if self.type_embd is not None:  # every token is "sequence A" (type 0), as llama.cpp
+            x = be.add(x, be.get_rows(self.type_embd, np.zeros(n, dtype=np.int64)))
+        x = be.layer_norm(x, self.embd_norm_w, self.embd_norm_b, p.norm_eps)
+
+        scale = 1.0 / math.sqrt(hd)
+        for i, L in enumerate(self.layers):
+            be = self.placement.layer(i)
+            x = be.take(x)
+            q = be.view(be.matmul(x, L.wq, L.bq), (b, t, h, hd))
+            k = be.view(be.matmul(x, L.wk, L.bk), (b, t, h, hd))
+            v = be.view(be.matmul(x, L.wv, L.bv), (b, t, h, hd))
+            attn = be.view(be.attention_batch(q, k, v, mask, scale), (n, d))
+            x = be.layer_norm(be.add(be.matmul(attn, L.wo, L.bo), x), L.attn_norm_w, L.attn_norm_b, p.norm_eps)
+            ff = be.matmul(be.gelu_erf(be.matmul(x, L.w_up, L.b_up)), L.w_down, L.b_down)
+            x = be.layer_norm(be.add(ff, x), L.out_norm_w, L.out_norm_b, p.norm_eps)
+        return self.placement.layer(p.n_layer - 1).to_host(x).reshape(b, t, d)

@@ -1,0 +1,116 @@
+"""What every decoder architecture shares: weight lookup, state, and the forward's outer shell.
+
+An architecture subclasses `DecoderModel` and writes `embed` and `layer`; this class walks the
+layers across the placement, checks the context, and applies the output norm and head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+
+from embedkit.backend import Array, Backend, Placement, Weight
+from embedkit.errors import GenerationError, InputError
+from embedkit.gguf import GGUFFile
+from embedkit.models.kv_cache import ModelState, new_state
+from embedkit.models.params import ModelParams, read_params
+
+
+class DecoderModel:
+    """A decoder-only language model over GGUF weights, run through `Backend` calls only."""
+
+    def __init__(
+        self,
+        f: GGUFFile,
+        placement: Placement | Callable[[int], Placement] | None = None,
+        params: ModelParams | None = None,
+    ):
+        from embedkit.backend import cpu_placement
+
+        self.file = f
+        self.params = params or read_params(f)
+        if placement is None:
+            placement = cpu_placement(self.params.n_layer)
+        elif not isinstance(placement, Placement):
+            placement = placement(self.params.n_layer)  # a factory: n_layer -> Placement
+        self.placement = placement
+        if len(self.placement.layers) != self.params.n_layer:
+            raise InputError(
+                f"placement has {len(self.placement.layers)} layers, the model has {self.params.n_layer}"
+            )
+        self.load_weights()
+
+    # -- weights ---------------------------------------------------------------------------
+    def tensor(self, be: Backend, name: str, optional: bool = False) -> Weight | None:
+        """Weight `name` wrapped/uploaded by backend `be` (None if optional and absent)."""
+        if optional and name not in self.file.tensors:
+            return None
+        return be.weight(self.file.tensor(name))
+
+    def output_weight(self) -> Weight:
+        """`output.weight`, or the tied token embedding when the file has none."""
+        name = "output.weight" if "output.weight" in self.file.tensors else "token_embd.weight"
+        return self.tensor(self.placement.output, name)
+
+    def load_weights(self) -> None:
+        """Subclasses bind their tensors here."""
+        raise NotImplementedError
+
+    # -- state -----------------------------------------------------------------------------
+    def new_state(self, n_ctx: int | None = None) -> ModelState:
+        """KV caches for `n_ctx` positions (default: the training context)."""
+        return new_state(self.params, self.placement, n_ctx or self.params.n_ctx_train)
+
+    # -- forward ---------------------------------------------------------------------------
+    def embed(self, ids: np.ndarray) -> Array:
+        """Token ids -> [n, n_embd] on the input backend."""
+        raise NotImplementedError
+
+    def layer(self, i: int, be: Backend, x: Array, state: ModelState, pos0: int, positions: np.ndarray) -> Array:
+        """One transformer block on backend `be`."""
+        raise NotImplementedError
+
+    def output_norm(self, be: Backend, x: Array) -> Array:
+        """The final norm (RMSNorm by default)."""
+        return be.rms_norm(x, self.w_output_norm, self.params.norm_eps)
+
+    def forward(
+        self,
+        ids: np.ndarray,
+        state: ModelState,
+        pos0: int,
+        output: Literal["logits", "hidden"] = "logits",
+        all_positions: bool = False,
+    ) -> np.ndarray:
+        """Run tokens `ids` at positions pos0.. and return logits (or final-normed hidden states).
+
+        Returns float32 [n, n_vocab] (all_positions) or [1, n_vocab] (last token only); "hidden"
+        gives [.., n_embd] instead. The KV caches in `state` are updated in place.
+        """
+        ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
+        n = len(ids)
+        if n == 0:
+            raise InputError("forward: no tokens")
+        if pos0 < 0 or pos0 + n > state.n_ctx:
+            raise GenerationError(f"context exceeded: positions {pos0}..{pos0 + n - 1} do not fit n_ctx={state.n_ctx}")
+        if ids.min() < 0 or ids.max() >= self.params.n_vocab:
+            raise InputError(f"token id out of range [0, {self.params.n_vocab})")
+        positions = np.arange(pos0, pos0 + n, dtype=np.int32)
+        x = self.embed(ids)
+        for i in range(self.params.n_layer):
+            be = self.placement.layer(i)
+            x = self.layer(i, be, be.take(x), state, pos0, positions)
+        be = self.placement.output
+        x = be.take(x)
+        if not all_positions and n > 1:
+            x = be.rows(x, n - 1, n)
+        x = self.output_norm(be, x)
+        if output == "hidden":
+            return np.array(be.to_host(x), dtype=np.float32)
+        return np.array(be.to_host(self.head(be, x)), dtype=np.float32)
+
+    def head(self, be: Backend, x: Array) -> Array:
+        """Hidden states -> logits."""
+        return be.matmul(x, self.w_output)

@@ -1,0 +1,112 @@
+"""SQL pieces shared by search and similar: the typed distance expression of a collection (which must
+match its partial HNSW index expression exactly for the planner to use the index), filters, and the
+per-query HNSW settings."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from typing import Any
+
+import psycopg
+
+from embedkit.errors import InputError
+from embedkit.store.collections import CollectionInfo, index_kind
+
+DEFAULT_EF_SEARCH = 100
+MAX_K = 1000  # pgvector caps hnsw.ef_search at 1000
+RERANK_FACTOR = 10  # candidates per result fetched from the binary-quantized index before exact re-ranking
+
+
+def index_order_expr(info: CollectionInfo, column: str) -> str:
+    """The ORDER BY expression served by the collection's HNSW index (`%(q)s` is the query vector).
+
+    `info.id` and `info.dim` are integers from our own table, so formatting them in is safe; they must
+    be literals for the planner to match the partial index predicate and its typed expression."""
+    d = int(info.dim)
+    kind = index_kind(d)
+    if kind == "vector":
+        return f"{column}::vector({d}) <=> %(q)s::vector({d})"
+    if kind == "halfvec":
+        return f"{column}::halfvec({d}) <=> %(q)s::halfvec({d})"
+    return f"binary_quantize({column})::bit({d}) <~> binary_quantize(%(q)s::vector)::bit({d})"
+
+
+def exact_distance_expr(column: str) -> str:
+    """Exact cosine distance (used for scores and for re-ranking binary-quantized candidates)."""
+    return f"{column} <=> %(q)s::vector"
+
+
+def glob_to_like(glob: str) -> str:
+    """A shell glob over stored paths as a LIKE pattern (escape character `\\`). A glob without wildcards
+    means the path itself or anything below it."""
+    if not any(ch in glob for ch in "*?["):
+        base = glob.rstrip("/")
+        return _like_escape(base) + "%" if base else "%"
+    if "[" in glob:
+        raise InputError(f"--path {glob!r}: character classes [...] are not supported; use * and ?")
+    out = []
+    for ch in glob:
+        out.append("%" if ch == "*" else "_" if ch == "?" else _like_escape(ch))
+    return "".join(out)
+
+
+def _like_escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def path_matches(path: str, glob: str) -> bool:
+    """Python twin of glob_to_like (folder prefix or fnmatch), for checks outside SQL."""
+    if not any(ch in glob for ch in "*?["):
+        base = glob.rstrip("/")
+        return path == base or path.startswith(base + "/") or not base
+    return fnmatch.fnmatchcase(path, glob)
+
+
+def document_filter(
+    info: CollectionInfo, path_glob: str | None, metadata: dict[str, Any] | None, params: dict[str, Any]
+) -> str:
+    """A SQL condition on chunk alias `c` restricting it to documents matching the filters ('' if none)."""
+    conds = []
+    if path_glob:
+        params["path_like"] = glob_to_like(path_glob)
+        conds.append(r"d.path LIKE %(path_like)s ESCAPE '\'")
+        if not any(ch in path_glob for ch in "*?["):
+            base = path_glob.rstrip("/")
+            params["path_like"] = _like_escape(base)
+            params["path_dir"] = _like_escape(base) + "/%"
+            conds[-1] = r"(d.path LIKE %(path_like)s ESCAPE '\' OR d.path LIKE %(path_dir)s ESCAPE '\')"
+    if metadata:
+        params["meta"] = json.dumps(metadata)
+        conds.append("d.metadata @> %(meta)s::jsonb")
+    if not conds:
+        return ""
+    return (
+        f" AND c.document_id IN (SELECT d.id FROM documents d WHERE d.collection_id = {int(info.id)} AND "
+        + " AND ".join(conds)
+        + ")"
+    )
+
+
+def set_hnsw(conn: psycopg.Connection, k: int, ef_search: int | None, filtered: bool) -> None:
+    """Per-transaction HNSW settings: ef_search >= k, and iterative scans when a filter may drop rows."""
+    ef = max(int(ef_search or DEFAULT_EF_SEARCH), min(k, MAX_K))
+    if not 1 <= ef <= MAX_K:
+        raise InputError(f"ef_search must be between 1 and {MAX_K}, got {ef}")
+    conn.execute(f"SET LOCAL hnsw.ef_search = {ef}")
+    if filtered:
+        conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+
+
+def parse_metadata_filters(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`key=value` pairs (value parsed as JSON when it is JSON, else a string) as a containment object."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--meta {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out

@@ -1,0 +1,163 @@
+"""Collections: create on first index, remember the model, refuse another model (unless re-embedding)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from embedkit.errors import CollectionMismatchError, StoreError
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a collection records about the model that embedded it."""
+
+    model_name: str
+    model_file: str
+    model_sha256: str
+    architecture: str
+    dim: int
+    pooling: str
+    normalize: bool
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """A collection row."""
+
+    id: int
+    name: str
+    model: ModelIdentity
+    chunk_tokens: int
+    chunk_overlap: int
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    @property
+    def index_kind(self) -> str:
+        """'vector' (d <= 2000), 'halfvec' (d <= 4000) or 'bit' (binary-quantized HNSW + exact re-rank)."""
+        return index_kind(self.model.dim)
+
+
+def index_kind(dim: int) -> str:
+    """The HNSW flavour used for a dimension (pgvector limits: vector 2000, halfvec 4000 dims)."""
+    return "vector" if dim <= 2000 else "halfvec" if dim <= 4000 else "bit"
+
+
+_COLUMNS = (
+    "id, name, model_name, model_file, model_sha256, architecture, dim, pooling, normalize, "
+    "chunk_tokens, chunk_overlap"
+)
+
+
+def _row_to_info(row) -> CollectionInfo:
+    return CollectionInfo(
+        id=row[0],
+        name=row[1],
+        model=ModelIdentity(row[2], row[3], row[4], row[5], row[6], row[7], row[8]),
+        chunk_tokens=row[9],
+        chunk_overlap=row[10],
+    )
+
+
+def get_collection(conn: psycopg.Connection, name: str) -> CollectionInfo | None:
+    """The collection called `name`, or None."""
+    row = conn.execute(f"SELECT {_COLUMNS} FROM collections WHERE name = %s", (name,)).fetchone()
+    return _row_to_info(row) if row else None
+
+
+def require_collection(conn: psycopg.Connection, name: str) -> CollectionInfo:
+    """The collection called `name`, or a StoreError listing the ones that exist."""
+    info = get_collection(conn, name)
+    if info is None:
+        names = [r[0] for r in conn.execute("SELECT name FROM collections ORDER BY name")]
+        have = ", ".join(names) if names else "none yet; run `embedkit index PATH` first"
+        raise StoreError(f"no collection named {name!r} (collections: {have})")
+    return info
+
+
+def list_collections(conn: psycopg.Connection) -> list[tuple[CollectionInfo, int, int]]:
+    """Every collection with its document and chunk counts."""
+    rows = conn.execute(
+        f"SELECT {', '.join('c.' + c.strip() for c in _COLUMNS.split(','))}, "
+        "(SELECT count(*) FROM documents d WHERE d.collection_id = c.id), "
+        "(SELECT count(*) FROM chunks k WHERE k.collection_id = c.id) FROM collections c ORDER BY c.name"
+    ).fetchall()
+    return [(_row_to_info(r[:11]), r[11], r[12]) for r in rows]
+
+
+def mismatch(have: ModelIdentity, want: ModelIdentity) -> str | None:
+    """A sentence naming the first difference between two model identities, or None if they match."""
+    if have.model_sha256 != want.model_sha256:
+        return f"model {have.model_file} (sha256 {have.model_sha256[:12]}), not {want.model_file} " \
+               f"(sha256 {want.model_sha256[:12]})"
+    for field in ("dim", "pooling", "normalize"):
+        if getattr(have, field) != getattr(want, field):
+            return f"{field}={getattr(have, field)}, not {getattr(want, field)}"
+    return None
+
+
+def check_model(info: CollectionInfo, want: ModelIdentity) -> None:
+    """Refuse to use a collection with a model other than the one it was built with."""
+    diff = mismatch(info.model, want)
+    if diff:
+        raise CollectionMismatchError(
+            f"collection {info.name!r} was embedded with {diff}; use another collection (-c NAME) "
+            "or re-embed it on purpose with `embedkit index --reembed`"
+        )
+
+
+def ensure_collection(
+    conn: psycopg.Connection,
+    name: str,
+    model: ModelIdentity,
+    chunk_tokens: int,
+    chunk_overlap: int,
+    reembed: bool = False,
+) -> CollectionInfo:
+    """Get or create collection `name` for `model`, with its HNSW indexes. With `reembed`, a collection built
+    with another model is emptied and switched to this one; otherwise a mismatch raises."""
+    with conn.transaction():
+        # Serialise creators of the same name so index creation never races.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('embedkit.collection:' || %s))", (name,))
+        info = get_collection(conn, name)
+        if info is None:
+            row = conn.execute(
+                "INSERT INTO collections (name, model_name, model_file, model_sha256, architecture, dim, "
+                "pooling, normalize, chunk_tokens, chunk_overlap) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                f"RETURNING {_COLUMNS}",
+                (name, model.model_name, model.model_file, model.model_sha256, model.architecture, model.dim,
+                 model.pooling, model.normalize, chunk_tokens, chunk_overlap),
+            ).fetchone()
+            info = _row_to_info(row)
+            conn.execute("SELECT embedkit_ensure_vector_indexes(%s, %s)", (info.id, model.dim))
+            return info
+        if not reembed:
+            # Same model: the collection keeps its own chunking so its documents stay comparable.
+            check_model(info, model)
+            return info
+        conn.execute("SELECT embedkit_drop_vector_indexes(%s)", (info.id,))
+        conn.execute("DELETE FROM documents WHERE collection_id = %s", (info.id,))
+        row = conn.execute(
+            "UPDATE collections SET model_name=%s, model_file=%s, model_sha256=%s, architecture=%s, dim=%s, "
+            "pooling=%s, normalize=%s, chunk_tokens=%s, chunk_overlap=%s WHERE id = %s "
+            f"RETURNING {_COLUMNS}",
+            (model.model_name, model.model_file, model.model_sha256, model.architecture, model.dim,
+             model.pooling, model.normalize, chunk_tokens, chunk_overlap, info.id),
+        ).fetchone()
+        conn.execute("SELECT embedkit_ensure_vector_indexes(%s, %s)", (info.id, model.dim))
+        return _row_to_info(row)
+
+
+def drop_collection(conn: psycopg.Connection, name: str) -> bool:
+    """Delete a collection, its documents, chunks and indexes."""
+    with conn.transaction():
+        info = get_collection(conn, name)
+        if info is None:
+            return False
+        conn.execute("SELECT embedkit_drop_vector_indexes(%s)", (info.id,))
+        conn.execute("DELETE FROM collections WHERE id = %s", (info.id,))
+        return True

@@ -1,0 +1,135 @@
+"""Engine and connections: pick the database (EMBEDKIT_DATABASE_URL or the embedded server), check that it
+is reachable and has pgvector >= 0.8, and bring its schema to the newest migration on first use."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from embedkit.errors import StoreError
+from embedkit.store import migrate
+from embedkit.store.server import start_embedded
+
+MIN_PGVECTOR = (0, 8, 0)
+MIN_POSTGRES = 130000
+
+
+def _home() -> Path:
+    from embedkit.paths import embedkit_home
+
+    return Path(embedkit_home())
+
+
+def normalize_url(url: str) -> str:
+    """Turn any postgres URL (postgres://, postgresql://, postgresql+psycopg2://) into a psycopg 3 one."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise StoreError(f"EMBEDKIT_DATABASE_URL is not a database URL: {url!r}") from exc
+    if parsed.get_backend_name() != "postgresql":
+        raise StoreError(f"EMBEDKIT_DATABASE_URL must be a PostgreSQL URL, got {parsed.get_backend_name()!r}")
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def database_url(home: Path | None = None) -> str:
+    """The SQLAlchemy URL to use: EMBEDKIT_DATABASE_URL if set, else the embedded server (started on demand)."""
+    env = os.environ.get("EMBEDKIT_DATABASE_URL")
+    if env:
+        return normalize_url(env)
+    return start_embedded(home if home is not None else _home())
+
+
+def psql_url(url: str) -> str:
+    """The same URL without the SQLAlchemy driver suffix, ready for `psql`."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in v.split("-")[0].split(".") if p.isdigit())
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the server runs: PostgreSQL and pgvector versions, and the schema revision."""
+
+    postgres: str
+    pgvector: str | None
+    revision: str | None
+
+
+def _where(url: str) -> str:
+    u = make_url(url)
+    return u.host or (u.query.get("host") if u.query else None) or "localhost"
+
+
+def create_store_engine(url: str) -> Engine:
+    """A SQLAlchemy engine for `url` (psycopg 3 driver), checked for reachability and pgvector, with the
+    schema upgraded to the newest migration."""
+    engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    where = _where(url)
+    try:
+        with engine.connect() as conn:
+            check_server(conn, where)
+            if migrate.current_revision(conn) != migrate.head_revision():
+                migrate.upgrade(conn)
+            check_pgvector_installed(conn, where)
+    except OperationalError as exc:
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise StoreError(
+            f"cannot connect to PostgreSQL at {where}: {first}; start it (e.g. `docker compose up -d`) "
+            "or unset EMBEDKIT_DATABASE_URL to use the embedded server"
+        ) from None
+    except DBAPIError as exc:
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise StoreError(f"database error on {where}: {first}") from None
+    return engine
+
+
+def check_server(conn, where: str) -> None:
+    """Refuse PostgreSQL < 13 and servers where pgvector is not available at all (or older than 0.8)."""
+    num = conn.execute(text("SHOW server_version_num")).scalar_one()
+    if int(num) < MIN_POSTGRES:
+        raise StoreError(f"PostgreSQL at {where} is version {num}; embedkit needs PostgreSQL >= 13")
+    row = conn.execute(
+        text("SELECT default_version, installed_version FROM pg_available_extensions WHERE name = 'vector'")
+    ).first()
+    if row is None:
+        raise StoreError(
+            f"PostgreSQL at {where} has no pgvector extension; install pgvector >= 0.8 on it "
+            "(or use the pgvector/pgvector image from docker-compose.yml)"
+        )
+    newest = row.installed_version or row.default_version
+    if _version_tuple(newest) < MIN_PGVECTOR and _version_tuple(row.default_version) < MIN_PGVECTOR:
+        raise StoreError(
+            f"PostgreSQL at {where} has pgvector {newest}; embedkit needs pgvector >= 0.8 "
+            "(install a newer pgvector, then ALTER EXTENSION vector UPDATE)"
+        )
+    conn.rollback()
+
+
+def check_pgvector_installed(conn, where: str) -> None:
+    """After migrations: the extension is installed and new enough."""
+    v = conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
+    if v is None:
+        raise StoreError(
+            f"pgvector is not installed in the database at {where}; run `CREATE EXTENSION vector` as a superuser"
+        )
+    if _version_tuple(v) < MIN_PGVECTOR:
+        raise StoreError(
+            f"the database at {where} has pgvector {v}; embedkit needs >= 0.8: run ALTER EXTENSION vector UPDATE"
+        )
+    conn.rollback()
+
+
+def server_info(engine: Engine) -> ServerInfo:
+    """Versions of the server, pgvector and the schema."""
+    with engine.connect() as conn:
+        pg = conn.execute(text("SHOW server_version")).scalar_one()
+        vec = conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
+        return ServerInfo(postgres=pg, pgvector=vec, revision=migrate.current_revision(conn))

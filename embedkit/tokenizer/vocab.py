@@ -1,0 +1,171 @@
+"""The vocabulary read from `tokenizer.ggml.*` metadata: tokens, types, scores, special ids, flags.
+
+Defaults per tokenizer model and per BPE pre-tokenizer mirror llama.cpp's `llama_vocab::impl::load`
+(src/llama-vocab.cpp); values present in the metadata override them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from embedkit.errors import TokenizerError
+
+# tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
+TYPE_UNDEFINED = 0
+TYPE_NORMAL = 1
+TYPE_UNKNOWN = 2
+TYPE_CONTROL = 3
+TYPE_USER_DEFINED = 4
+TYPE_UNUSED = 5
+TYPE_BYTE = 6
+
+SUPPORTED_MODELS = ("llama", "gpt2", "bert")
+
+# Texts llama.cpp recognises as end-of-generation tokens; a token with one of these texts that is
+# not typed CONTROL is treated as CONTROL (so it is never matched in plain text).
+EOG_TEXTS = (
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
+    "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>", "<｜end▁of▁sentence｜>",
+)
+_EOT_TEXTS = (
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>", "_<EOT>",
+    "<｜end▁of▁sentence｜>", "<end_of_utterance>",
+)
+_FIM_TEXTS = (
+    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>", "▁<PRE>", "<|fim▁begin|>",
+    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>", "▁<SUF>", "<|fim▁hole|>",
+    "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<MID>", "▁<MID>", "<|fim▁end|>",
+    "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<|fim_repo|>", "<fim-repo>", "<fim_repo>",
+    "<|fim_file_separator|>", "<fim-file-separator>", "<fim_file_separator>",
+)
+
+
+@dataclass
+class Vocab:
+    """Everything a tokenizer needs from the GGUF metadata, with llama.cpp's defaults applied."""
+
+    model: str
+    pre: str | None
+    tokens: list[str]
+    types: np.ndarray  # int32 [n_vocab], tokenizer.ggml.token_type (NORMAL where absent)
+    scores: np.ndarray | None  # float32 [n_vocab] (SentencePiece) or None
+    merges: list[str] | None = None  # "left right" merge lines (gpt2) or None
+    token_to_id: dict[str, int] = field(default_factory=dict)
+    bos_id: int | None = None
+    eos_id: int | None = None
+    eot_id: int | None = None
+    unk_id: int | None = None
+    pad_id: int | None = None
+    sep_id: int | None = None
+    cls_id: int | None = None
+    mask_id: int | None = None
+    add_bos: bool = False
+    add_eos: bool = False
+    add_sep: bool = False
+    add_space_prefix: bool = False
+    lowercase: bool | None = None  # tokenizer.ggml.normalizer.lowercase (WordPiece), None if absent
+    eog_ids: frozenset[int] = frozenset()
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+
+def _id(md: Mapping[str, Any], key: str, default: int | None, n: int) -> int | None:
+    v = md.get(key, default)
+    if v is None:
+        return None
+    v = int(v)
+    if v < 0 or v == 0xFFFFFFFF:
+        return None
+    if v >= n:
+        raise TokenizerError(f"{key} = {v} is outside the vocabulary (size {n})")
+    return v
+
+
+def read_vocab(md: Mapping[str, Any], pre_add_bos: dict[str, bool] | None = None) -> Vocab:
+    """Build a Vocab from a GGUF metadata mapping (`GGUFFile.metadata`)."""
+    model = md.get("tokenizer.ggml.model")
+    if model is None:
+        raise TokenizerError("the file has no tokenizer (metadata key tokenizer.ggml.model is missing)")
+    if model not in SUPPORTED_MODELS:
+        raise TokenizerError(
+            f"tokenizer.ggml.model = {model!r} is not supported (supported: {', '.join(SUPPORTED_MODELS)})"
+        )
+    raw_tokens = md.get("tokenizer.ggml.tokens")
+    if raw_tokens is None or len(raw_tokens) == 0:
+        raise TokenizerError("tokenizer.ggml.tokens is missing or empty")
+    tokens = raw_tokens.tolist() if hasattr(raw_tokens, "tolist") else list(raw_tokens)
+    n = len(tokens)
+    # llama.cpp names empty tokens so they can't collide in the text->id map
+    if "" in tokens:
+        for i in [i for i, t in enumerate(tokens) if not t]:
+            tokens[i] = f"[EMPTY_{i}]"
+    types = md.get("tokenizer.ggml.token_type")
+    # copies, not views: the tokenizer may outlive the file's mmap
+    types = np.full(n, TYPE_NORMAL, np.int32) if types is None else np.array(types, dtype=np.int32)
+    scores = md.get("tokenizer.ggml.scores")
+    scores = None if scores is None else np.array(scores, dtype=np.float32)
+    if len(types) != n or (scores is not None and len(scores) != n):
+        raise TokenizerError(
+            f"tokenizer.ggml.token_type/scores have {len(types)}/{len(scores) if scores is not None else '-'}"
+            f" entries, expected {n} (one per token)"
+        )
+    pre = md.get("tokenizer.ggml.pre")
+    v = Vocab(model=model, pre=pre, tokens=tokens, types=types, scores=scores)
+    v.token_to_id = dict(zip(tokens, range(n), strict=True))
+
+    # defaults per model (llama.cpp), then metadata overrides
+    if model == "llama":
+        bos, eos, unk, sep, pad = 1, 2, 0, None, None
+        v.add_space_prefix, v.add_bos = True, True
+    elif model == "bert":
+        bos, eos, unk, sep, pad = 101, None, 100, 102, 0
+        v.add_bos, v.add_sep = True, True
+    else:
+        bos, eos, unk, sep, pad = 11, 11, None, None, None
+        merges = md.get("tokenizer.ggml.merges")
+        if merges is None:
+            raise TokenizerError("tokenizer.ggml.merges is missing (needed by a gpt2 tokenizer)")
+        # copied now: the file's mmap may be closed before the first encode
+        v.merges = merges.tolist() if hasattr(merges, "tolist") else list(merges)
+        v.add_bos = bool((pre_add_bos or {}).get(pre or "default", False))
+    g = "tokenizer.ggml."
+    v.bos_id = _id(md, g + "bos_token_id", bos if bos is not None and bos < n else None, n)
+    v.eos_id = _id(md, g + "eos_token_id", eos if eos is not None and eos < n else None, n)
+    v.unk_id = _id(md, g + "unknown_token_id", unk if unk is not None and unk < n else None, n)
+    v.sep_id = _id(md, g + "seperator_token_id", sep if sep is not None and sep < n else None, n)
+    v.pad_id = _id(md, g + "padding_token_id", pad if pad is not None and pad < n else None, n)
+    v.cls_id = _id(md, g + "cls_token_id", None, n)
+    v.mask_id = _id(md, g + "mask_token_id", None, n)
+    v.eot_id = _id(md, g + "eot_token_id", None, n)
+    if model == "bert" and v.cls_id is None:
+        v.cls_id = v.bos_id
+    v.add_bos = bool(md.get(g + "add_bos_token", v.add_bos))
+    v.add_eos = bool(md.get(g + "add_eos_token", v.add_eos))
+    v.add_sep = bool(md.get(g + "add_sep_token", v.add_sep))
+    v.add_space_prefix = bool(md.get(g + "add_space_prefix", v.add_space_prefix))
+    lowercase = md.get(g + "normalizer.lowercase")
+    v.lowercase = None if lowercase is None else bool(lowercase)
+
+    _mark_control_lookalikes(v)
+    eog = {i for i in (v.eos_id, v.eot_id) if i is not None}
+    eog.update(v.token_to_id[t] for t in EOG_TEXTS if t in v.token_to_id)
+    v.eog_ids = frozenset(eog)
+    return v
+
+
+def _mark_control_lookalikes(v: Vocab) -> None:
+    """Set eot_id by text if absent, and type EOT/FIM-looking tokens CONTROL, as llama.cpp does."""
+    for text in _EOT_TEXTS:
+        i = v.token_to_id.get(text)
+        if i is not None and v.eot_id is None:
+            v.eot_id = i
+    for text in (*_EOT_TEXTS, *EOG_TEXTS, *_FIM_TEXTS):
+        i = v.token_to_id.get(text)
+        if i is not None and v.types[i] != TYPE_CONTROL:
+            v.types[i] = TYPE_CONTROL

@@ -1,0 +1,209 @@
+"""Every CUDA backend op against the CPU backend on fresh random data.
+
+Runs on a CUDA GPU with numba-cuda, or (small sizes, slowly) under NUMBA_ENABLE_CUDASIM=1;
+skipped elsewhere. Tolerances, as max |gpu - cpu| / max |cpu|:
+- dequantization (get_rows): bit-exact against gguf-py's reference (float32).
+- elementwise ops, norms, softmax, RoPE, attention: 1e-5 (float32, different summation order;
+  RoPE angles in float64 on both sides).
+- matvec on F32/F16/K-quants/Q5/Q4_1 (float activations): 1e-5.
+- matvec on Q4_0/Q8_0 (activations quantized to int8 blocks, as llama.cpp does): 1e-2.
+- GEMM path (weights and activations rounded to float16, float32 accumulation): 5e-3.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from embedkit.kernels.cuda import cuda_available, cuda_unavailable_reason
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not cuda_available(), reason=cuda_unavailable_reason() or "no CUDA GPU"),
+]
+
+QUANT_TYPES = ["F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"]
+
+
+@pytest.fixture(scope="module")
+def backends():
+    from embedkit.backend.cpu import CPUBackend
+    from embedkit.backend.cuda import CUDABackend
+
+    return CPUBackend(), CUDABackend()
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(abs(hash(request.node.name)) % 2**32)
+
+
+def _tensor(name, ggml_type, n_rows, n_cols, rng):
+    from embedkit.gguf import GGMLType
+    from embedkit.testing.random_quant import random_tensor_bytes
+
+    raw = random_tensor_bytes(ggml_type, n_rows, n_cols, rng)
+    return SimpleNamespace(
+        name=name, ggml_type=GGMLType[ggml_type], np_shape=(n_rows, n_cols), data=raw.reshape(-1)
+    )
+
+
+def _vector(name, n, rng):
+    from embedkit.gguf import GGMLType
+
+    data = (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+    return SimpleNamespace(name=name, ggml_type=GGMLType.F32, np_shape=(n,), data=data.view(np.uint8))
+
+
+def _rel(got, ref):
+    return float(np.abs(np.asarray(got, np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def _sim() -> bool:
+    from numba.cuda import config
+
+    return bool(config.ENABLE_CUDASIM)
+
+
+@pytest.mark.parametrize("qtype", QUANT_TYPES)
+def test_get_rows_bit_exact(backends, rng, qtype):
+    from gguf import GGMLQuantizationType, quants
+
+    cpu, gpu = backends
+    t = _tensor("tok", qtype, 6, 256, rng)
+    ref = quants.dequantize(t.data.reshape(6, -1), GGMLQuantizationType[qtype]).reshape(6, 256)
+    ids = rng.permutation(6)[:4]
+    got = gpu.to_host(gpu.get_rows(gpu.weight(t), ids))
+    np.testing.assert_array_equal(got, ref[ids].astype(np.float32))
+
+
+@pytest.mark.parametrize("qtype", QUANT_TYPES)
+@pytest.mark.parametrize("n_tok", [1, 3])
+def test_matvec_vs_cpu(backends, rng, qtype, n_tok):
+    cpu, gpu = backends
+    t = _tensor("w", qtype, 9, 256, rng)
+    b = _vector("b", 9, rng)
+    x = rng.standard_normal((n_tok, 256)).astype(np.float32)
+    ref = cpu.matmul(x, cpu.weight(t), cpu.weight(b)).astype(np.float64)
+    got = gpu.to_host(gpu.matmul(gpu.asarray(x), gpu.weight(t), gpu.weight(b)))
+    tol = 1e-2 if qtype in ("Q4_0", "Q8_0") else 1e-5
+    assert got.shape == ref.shape
+    assert _rel(got, ref) < tol
+
+
+@pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+def test_gemm_vs_cpu(backends, rng, qtype):
+    cpu, gpu = backends
+    if gpu._cp is None:
+        pytest.skip("GEMM path needs CuPy (cuBLAS); not under the simulator")
+    t = _tensor("w", qtype, 96, 512, rng)
+    b = _vector("b", 96, rng)
+    x = rng.standard_normal((40, 512)).astype(np.float32)
+    ref = cpu.matmul(x, cpu.weight(t), cpu.weight(b)).astype(np.float64)
+    got = gpu.to_host(gpu.matmul(gpu.asarray(x), gpu.weight(t), gpu.weight(b)))
+    assert _rel(got, ref) < 5e-3
+
+
+def test_elementwise_and_norms_vs_cpu(backends, rng):
+    cpu, gpu = backends
+    x = rng.standard_normal((3, 96)).astype(np.float32) * 2
+    y = rng.standard_normal((3, 96)).astype(np.float32)
+    wt = _vector("w", 96, rng)
+    bt = _vector("b", 96, rng)
+    wc, wg = cpu.weight(wt), gpu.weight(wt)
+    bc, bg = cpu.weight(bt), gpu.weight(bt)
+    gx, gy = gpu.asarray(x), gpu.asarray(y)
+    cases = {
+        "add": (cpu.add(x, y), gpu.add(gx, gy)),
+        "add_vec": (cpu.add(x, wc), gpu.add(gx, wg)),
+        "mul_vec": (cpu.mul(x, wc), gpu.mul(gx, wg)),
+        "scale": (cpu.scale(x, 0.37), gpu.scale(gx, 0.37)),
+        "silu": (cpu.silu(x), gpu.silu(gx)),
+        "gelu": (cpu.gelu(x), gpu.gelu(gx)),
+        "gelu_erf": (cpu.gelu_erf(x), gpu.gelu_erf(gx)),
+        "swiglu": (cpu.swiglu(x, y), gpu.swiglu(gx, gy)),
+        "geglu": (cpu.geglu(x, y), gpu.geglu(gx, gy)),
+        "softmax": (cpu.softmax(x), gpu.softmax(gx)),
+        "rms_norm": (cpu.rms_norm(x, wc, 1e-6), gpu.rms_norm(gx, wg, 1e-6)),
+        "rms_norm_heads": (
+            cpu.rms_norm(x.reshape(3, 3, 32), None, 1e-6),
+            gpu.rms_norm(gpu.view(gx, (3, 3, 32)), None, 1e-6),
+        ),
+        "layer_norm": (cpu.layer_norm(x, wc, bc, 1e-12), gpu.layer_norm(gx, wg, bg, 1e-12)),
+    }
+    for name, (ref, got) in cases.items():
+        got = gpu.to_host(got)
+        assert got.shape == ref.shape, name
+        assert _rel(got, ref.astype(np.float64)) < 1e-5, name
+
+
+def test_split_cols_and_rows(backends, rng):
+    cpu, gpu = backends
+    x = rng.standard_normal((4, 40)).astype(np.float32)
+    for ref, got in zip(cpu.split_cols(x, [8, 16, 16]), gpu.split_cols(gpu.asarray(x), [8, 16, 16]), strict=True):
+        np.testing.assert_array_equal(gpu.to_host(got), ref)
+    np.testing.assert_array_equal(gpu.to_host(gpu.rows(gpu.asarray(x), 3, 4)), x[3:4])
+
+
+@pytest.mark.parametrize("style", ["norm", "neox"])
+def test_rope_vs_cpu(backends, rng, style):
+    cpu, gpu = backends
+    x = rng.standard_normal((3, 2, 16)).astype(np.float32)
+    pos = np.arange(7, 10, dtype=np.int32)
+    ref = cpu.rope(x, pos, 12, 10000.0, style, 0.5)
+    got = gpu.to_host(gpu.rope(gpu.asarray(x), pos, 12, 10000.0, style, 0.5))
+    assert _rel(got, ref.astype(np.float64)) < 1e-5
+    scattered = np.array([5, 1, 9], dtype=np.int32)
+    ref = cpu.rope(x, scattered, 16, 500.0, style)
+    got = gpu.to_host(gpu.rope(gpu.asarray(x), scattered, 16, 500.0, style))
+    assert _rel(got, ref.astype(np.float64)) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "heads,kv_heads,window,softcap", [(4, 2, None, None), (2, 1, 3, None), (2, 2, None, 5.0)]
+)
+def test_attention_cache_vs_cpu(backends, rng, heads, kv_heads, window, softcap):
+    """Prompt of 5 tokens then 2 single-token steps, causal, against the CPU backend's cache."""
+    cpu, gpu = backends
+    hd, n_ctx = 32, 8
+    cc, gc = cpu.kv_cache(n_ctx, kv_heads, hd), gpu.kv_cache(n_ctx, kv_heads, hd)
+    pos0 = 0
+    for n in (5, 1, 1):
+        q = rng.standard_normal((n, heads, hd)).astype(np.float32)
+        k = rng.standard_normal((n, kv_heads, hd)).astype(np.float32)
+        v = rng.standard_normal((n, kv_heads, hd)).astype(np.float32)
+        ref = cpu.attention(q, cc, k, v, pos0, 0.3, window=window, softcap=softcap)
+        got = gpu.attention(gpu.asarray(q), gc, gpu.asarray(k), gpu.asarray(v), pos0, 0.3, window=window,
+                            softcap=softcap)
+        got = gpu.to_host(got)
+        assert got.shape == ref.shape
+        assert _rel(got, ref.astype(np.float64)) < 1e-5
+        pos0 += n
+
+
+def test_attention_batch_vs_cpu(backends, rng):
+    cpu, gpu = backends
+    b, t, h, hd = 2, 5, 2, 32
+    q, k, v = (rng.standard_normal((b, t, h, hd)).astype(np.float32) for _ in range(3))
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=np.int32)
+    ref = cpu.attention_batch(q, k, v, mask, 0.25)
+    got = gpu.to_host(gpu.attention_batch(gpu.asarray(q), gpu.asarray(k), gpu.asarray(v), mask, 0.25))
+    assert got.shape == ref.shape
+    assert _rel(got[mask.astype(bool)], ref[mask.astype(bool)].astype(np.float64)) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls", "last"])
+def test_pooling(backends, rng, mode):
+    _, gpu = backends
+    x = rng.standard_normal((2, 4, 8)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=np.int32)
+    if mode == "mean":
+        ref = (x * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    elif mode == "cls":
+        ref = x[:, 0]
+    else:
+        ref = x[np.arange(2), mask.sum(1) - 1]
+    got = gpu.to_host(gpu.pool(gpu.asarray(x), mask, mode))
+    assert _rel(got, ref.astype(np.float64)) < 1e-5

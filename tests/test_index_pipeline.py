@@ -1,0 +1,71 @@
+"""Incremental pipeline with the tiny embedder on the embedded PostgreSQL: unchanged files embed nothing,
+edits replace only their chunks, --prune removes deleted files, skipped files have reasons, progress adds up."""
+
+from __future__ import annotations
+
+from store_fixtures import *  # noqa: F403
+from store_fixtures import HashEmbedder
+
+from embedkit.index import index_paths
+from embedkit.store.collections import require_collection
+
+
+class Progress:
+    def __init__(self):
+        self.plan, self.n_embedded, self.n_written = None, 0, 0
+
+    def planned(self, files, chunks):
+        self.plan = (files, chunks)
+
+    def embedded(self, n):
+        self.n_embedded += n
+
+    def written(self, n):
+        self.n_written += n
+
+
+def _rows(store, collection):
+    with store.connect() as conn:
+        info = require_collection(conn, collection)
+        return conn.execute(
+            "SELECT d.path, c.id, c.ordinal, c.text FROM chunks c JOIN documents d ON d.collection_id = "
+            "c.collection_id AND d.id = c.document_id WHERE c.collection_id = %s ORDER BY 1, 3", (info.id,)
+        ).fetchall()
+
+
+def test_incremental_runs(store, tmp_path, fresh_collection):
+    root = tmp_path / "docs"
+    root.mkdir()
+    for i in range(6):
+        (root / f"f{i}.md").write_text(f"# File {i}\n\n" + " ".join(f"word{i}x{j}" for j in range(60)) + "\n")
+    (root / "pic.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (root / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    emb = HashEmbedder()
+    prog = Progress()
+    run = lambda **kw: index_paths(store, [str(root)], emb, emb.identity(), collection=fresh_collection,  # noqa: E731
+                                   chunk_tokens=32, overlap=4, batch_size=3, **kw)
+    first = run(progress=prog)
+    assert (first.added, first.updated, first.unchanged) == (6, 0, 0)
+    assert sorted((p.rsplit("/", 1)[1], r) for p, r in first.skipped) == [("latin.txt", "not UTF-8 text"),
+                                                                           ("pic.png", "binary file")]
+    assert prog.plan == (6, first.chunks_embedded) and prog.n_embedded == first.chunks_embedded
+    assert prog.n_written == 6 and emb.texts_embedded == first.chunks_embedded
+
+    emb.texts_embedded = 0
+    second = run()
+    assert (second.unchanged, second.chunks_embedded, emb.texts_embedded) == (6, 0, 0)
+
+    before = _rows(store, fresh_collection)
+    (root / "f2.md").write_text("# File 2\n\nnew words entirely\n")
+    third = run()
+    assert (third.updated, third.unchanged, third.added) == (1, 5, 0) and third.chunks_embedded == 1
+    after = _rows(store, fresh_collection)
+    key = str(root / "f2.md")
+    assert [r for r in before if r[0] != key] == [r for r in after if r[0] != key]
+    assert [r[3] for r in after if r[0] == key] == ["# File 2\n\nnew words entirely"]
+
+    (root / "f4.md").unlink()
+    assert run().removed == 0
+    pruned = run(prune=True)
+    assert pruned.removed == 1 and pruned.chunks_embedded == 0
+    assert str(root / "f4.md") not in {r[0] for r in _rows(store, fresh_collection)}

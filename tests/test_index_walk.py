@@ -1,0 +1,85 @@
+"""Walker (include/exclude globs, .embedkitignore, hidden and VCS folders, stored keys) and extraction
+(binary, encoding, HTML, content hash)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from embedkit.errors import InputError
+from embedkit.index.extract import SkipFile, extract, html_to_text
+from embedkit.index.walk import root_key, walk_paths
+
+
+def _tree(root):
+    files = {
+        "a.md": "# A\n\ntext",
+        "b.txt": "bee",
+        "sub/c.py": "print(1)",
+        "sub/deep/d.md": "dee",
+        "drafts/e.md": "draft",
+        ".hidden/f.md": "hidden",
+        ".git/config": "vcs",
+        "sub/.secret.md": "hidden file",
+        "sub/skip.log": "log",
+        "sub/.embedkitignore": "*.log\ndeep/\n",
+        ".embedkitignore": "drafts/\n",
+    }
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return root
+
+
+def test_walk_skips_hidden_vcs_and_ignored(tmp_path, monkeypatch):
+    _tree(tmp_path / "docs")
+    monkeypatch.chdir(tmp_path)
+    keys = [f.key for f in walk_paths(["docs"])]
+    assert keys == ["docs/a.md", "docs/b.txt", "docs/sub/c.py"]
+
+
+def test_include_exclude(tmp_path, monkeypatch):
+    _tree(tmp_path / "docs")
+    monkeypatch.chdir(tmp_path)
+    assert [f.key for f in walk_paths(["docs"], include=["*.md"])] == ["docs/a.md"]
+    assert [f.key for f in walk_paths(["docs/"], exclude=["sub/"])] == ["docs/a.md", "docs/b.txt"]
+
+
+def test_explicit_file_and_keys(tmp_path, monkeypatch):
+    _tree(tmp_path / "docs")
+    monkeypatch.chdir(tmp_path)
+    # an explicitly named file is taken even if an .embedkitignore would skip it
+    assert [f.key for f in walk_paths(["docs/sub/skip.log"])] == ["docs/sub/skip.log"]
+    absolute = str(tmp_path / "docs")
+    assert root_key(absolute) == absolute
+    assert root_key("./docs/") == "docs"
+    with pytest.raises(InputError, match="nope"):
+        walk_paths(["nope"])
+    monkeypatch.chdir(tmp_path / "docs" / "sub")
+    assert root_key("../a.md") == os.path.join(str(tmp_path), "docs", "a.md")
+
+
+def test_extract_text_binary_encoding(tmp_path):
+    p = tmp_path / "x.md"
+    data = "# Title\r\n\r\nBody é\r\n".encode()
+    ex = extract(p, data, 1.0)
+    assert ex.text == "# Title\n\nBody é\n"
+    assert ex.sha256 == hashlib.sha256(data).hexdigest()
+    assert ex.metadata == {"ext": ".md", "title": "Title"}
+    with pytest.raises(SkipFile, match="binary"):
+        extract(tmp_path / "x.bin", b"\x89PNG\x00\x00data", 1.0)
+    with pytest.raises(SkipFile, match="UTF-8"):
+        extract(tmp_path / "x.txt", "café".encode("latin-1"), 1.0)
+    with pytest.raises(SkipFile, match="empty"):
+        extract(tmp_path / "x.txt", b"  \n\n", 1.0)
+
+
+def test_html_to_text():
+    html = ("<html><head><title>The  Page</title><style>p{}</style></head><body><h1>Head</h1>"
+            "<p>One &amp; two</p><script>var x;</script><p>Three</p></body></html>")
+    text, title = html_to_text(html)
+    assert title == "The Page"
+    assert text == "Head\n\nOne & two\n\nThree"
