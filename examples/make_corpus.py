@@ -9,7 +9,6 @@ from __future__ import annotations
 import email
 from importlib import metadata
 from pathlib import Path
-
 from pydoc_data.topics import topics  # the Python Language Reference text used by help() (PSF-2.0)
 
 OUT = Path(__file__).resolve().parent / "corpus"

@@ -118,6 +118,9 @@ def test_context_limits_are_clear_errors():
     # exactly filling the context is fine: 4 prompt + 5 generated (the last is never run)
     res = gen.generate("abc", n_predict=5, sampler=GREEDY)
     assert res.text == "defgh"
+    # no budget (-n -1): stop cleanly when the context is full
+    res = gen.generate("abc", n_predict=-1, sampler=GREEDY)
+    assert res.text == "defgh" and res.stop_reason == StopReason.CONTEXT
 
 
 def test_cached_prefix_is_reused():
@@ -252,3 +255,20 @@ def test_cli_chat_keeps_history_and_exits_on_eof(monkeypatch):
     first_call_of_turn2 = [c for c in made["model"].calls if c[1] > 0 and len(c[0]) > 1][-1]
     assert made["gen"].cached[:8] == made["gen"].tokenize("ab .! cd")[:8]
     assert first_call_of_turn2[1] == 6
+
+
+def test_conversation_drops_oldest_turns_to_fit():
+    from embedkit.generate.chat_template import ChatTemplate
+    from embedkit.generate.conversation import Conversation
+
+    gen, _ = make(n_ctx=16)
+    gen.__dict__["chat_template"] = ChatTemplate("{% for m in messages %}{{ m.content }} {% endfor %}")
+    convo = Conversation(system="s")
+    for role, text in [("user", "aaa"), ("assistant", "bbb"), ("user", "ccc")]:
+        convo.add(role, text)
+    assert len(convo.prompt_ids(gen, reserve=1)) == 15  # BOS "s aaa bbb ccc ": fits with 1 to spare
+    ids = convo.prompt_ids(gen, reserve=4)  # no longer fits: the first user turn and its reply go
+    assert convo.dropped == 2 and ids == gen.tokenize("s ccc ") and convo.messages[0]["content"] == "s"
+    convo.add("user", "x" * 20)
+    with pytest.raises(GenerationError, match="raise -c"):
+        convo.prompt_ids(gen, reserve=4)

@@ -69,3 +69,50 @@ def test_incremental_runs(store, tmp_path, fresh_collection):
     pruned = run(prune=True)
     assert pruned.removed == 1 and pruned.chunks_embedded == 0
     assert str(root / "f4.md") not in {r[0] for r in _rows(store, fresh_collection)}
+
+
+def test_bulk_load_builds_indexes_at_the_end(store, tmp_path, fresh_collection, monkeypatch):
+    import embedkit.index.pipeline as pipeline
+    from embedkit.store.collections import drop_vector_indexes, has_vector_indexes
+
+    monkeypatch.setattr(pipeline, "BULK_LOAD_CHUNKS", 5)
+    root = tmp_path / "bulk"
+    root.mkdir()
+    for i in range(4):
+        (root / f"b{i}.txt").write_text(" ".join(f"term{i}y{j}" for j in range(80)))
+    emb = HashEmbedder()
+    rep = index_paths(store, [str(root)], emb, emb.identity(), collection=fresh_collection, chunk_tokens=32)
+    assert rep.added == 4 and rep.chunks_embedded >= 5
+    with store.connect() as conn:
+        info = require_collection(conn, fresh_collection)
+        assert has_vector_indexes(conn, info.id)
+        drop_vector_indexes(conn, info.id)  # as if a bulk run was killed before rebuilding them
+        assert not has_vector_indexes(conn, info.id)
+    again = index_paths(store, [str(root)], emb, emb.identity(), collection=fresh_collection, chunk_tokens=32)
+    assert again.unchanged == 4
+    with store.connect() as conn:
+        assert has_vector_indexes(conn, info.id)
+
+
+def test_other_model_refused_then_reembedded(store, tmp_path, fresh_collection):
+    import pytest
+
+    from embedkit.errors import CollectionMismatchError
+    from embedkit.store.collections import has_vector_indexes
+
+    root = tmp_path / "m"
+    root.mkdir()
+    for i in range(3):
+        (root / f"m{i}.txt").write_text(f"model switch document {i} with a few words")
+    small, other = HashEmbedder(dim=64), HashEmbedder(dim=32, name="other-model")
+    index_paths(store, [str(root)], small, small.identity(), collection=fresh_collection)
+    with pytest.raises(CollectionMismatchError, match="--reembed"):
+        index_paths(store, [str(root)], other, other.identity(), collection=fresh_collection)
+    rep = index_paths(store, [str(root)], other, other.identity(), collection=fresh_collection, reembed=True)
+    assert rep.added == 3 and rep.chunks_embedded == 3
+    with store.connect() as conn:
+        info = require_collection(conn, fresh_collection)
+        assert info.dim == 32 and info.model.model_name == "other-model" and has_vector_indexes(conn, info.id)
+        dims = conn.execute("SELECT DISTINCT vector_dims(embedding) FROM chunks WHERE collection_id = %s",
+                            (info.id,)).fetchall()
+        assert dims == [(32,)]

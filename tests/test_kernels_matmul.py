@@ -58,6 +58,17 @@ def test_matmul_1d_input_returns_1d() -> None:
     assert _rel_err(y, ref) < TOL
 
 
+@pytest.mark.parametrize("name", ["F16", "BF16", "F32"])
+def test_float_types_any_row_length(name: str) -> None:
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((13, 100)).astype(np.float32)
+    raw = kernels.quantize(w, name)
+    w64 = kernels.dequantize(raw, name, (13, 100)).astype(np.float64)
+    for n_tokens in (1, 7):
+        x = rng.standard_normal((n_tokens, 100)).astype(np.float32)
+        assert _rel_err(kernels.matmul(x, raw, name, (13, 100)), x.astype(np.float64) @ w64.T) < TOL
+
+
 def test_matmul_rejects_mismatched_shapes() -> None:
     raw = np.zeros(8 * 34, dtype=np.uint8)
     with pytest.raises(InputError, match="Q8_0"):

@@ -152,3 +152,16 @@ def test_large_vocab_matches_naive_reference(kw):
 def test_bad_params_are_clear_errors(kw):
     with pytest.raises(GenerationError):
         Sampler(SamplerParams(**kw))
+
+
+@pytest.mark.parametrize("peak", [None, 40.0, 100.0])  # top-k candidates found by the cheap mask, or not
+def test_top_k_ids_exact(peak):
+    from embedkit.generate.sampler import top_k_ids
+
+    rng = np.random.default_rng(11)
+    logits = (rng.standard_normal(262_144) * 3.0).astype(np.float32)
+    if peak is not None:
+        logits[rng.choice(262_144, 3, replace=False)] = [peak, peak - 1.0, peak - 2.5]  # no ties
+    for k in (1, 40, 1000):
+        ids = top_k_ids(logits, k)
+        assert sorted(ids.tolist()) == sorted(np.argsort(-logits, kind="stable")[:k].tolist())

@@ -13,7 +13,7 @@ from store_fixtures import *  # noqa: F403
 from embedkit.errors import CollectionMismatchError, StoreError
 from embedkit.store import Store, migrate
 from embedkit.store.collections import ModelIdentity, drop_collection, ensure_collection, get_collection
-from embedkit.store.engine import check_server, normalize_url
+from embedkit.store.engine import check_server, normalize_url, psql_url
 from embedkit.store.writes import ChunkRecord, DocumentRecord, document_hashes, write_document
 
 MODEL = ModelIdentity("m", "m.gguf", "a" * 64, "bert", 8, "mean", True)
@@ -62,8 +62,9 @@ def test_model_mismatch_refused_unless_reembed(store, fresh_collection):
         with pytest.raises(CollectionMismatchError, match="dim"):
             ensure_collection(conn, fresh_collection, dataclasses.replace(MODEL, dim=16), 100, 10)
         again = ensure_collection(conn, fresh_collection, other, 100, 10, reembed=True)
-        assert again.id == info.id and again.model.model_file == "other.gguf"
-        assert document_hashes(conn, info.id) == {}
+        assert again.model.model_file == "other.gguf"
+        assert again.id != info.id  # a new row: old, not yet vacuumed chunks never meet the new index
+        assert document_hashes(conn, info.id) == {} and document_hashes(conn, again.id) == {}
         assert get_collection(conn, fresh_collection).model == other
 
 
@@ -99,6 +100,13 @@ def test_unreachable_server_is_one_line(tmp_path):
         Store(url)
     msg = str(err.value)
     assert "\n" not in msg and "cannot connect to PostgreSQL" in msg and "docker compose up -d" in msg
+
+
+def test_psql_url():
+    assert psql_url("postgresql+psycopg://postgres:@/postgres?host=/tmp/a b") == \
+        "postgresql://postgres@/postgres?host=/tmp/a b"
+    assert psql_url("postgresql+psycopg://u:p%40x@h:5432/db?sslmode=require") == \
+        "postgresql://u:p%40x@h:5432/db?sslmode=require"
 
 
 def test_url_normalisation():

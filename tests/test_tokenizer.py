@@ -136,3 +136,14 @@ def test_pre_tokenizer_rules() -> None:
     assert PreTokenizer("llama-bpe").split("abc 12345\n\n  x") == ["abc", " ", "123", "45", "\n\n", " ", " x"]
     assert PreTokenizer("qwen2").split("ab12 IT'S") == ["ab", "1", "2", " IT", "'S"]
     assert PreTokenizer("smollm").split("x 123") == ["x", " ", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("pre", ["gpt-2", "llama-bpe", "qwen2"])
+def test_numba_splitter_matches_regex(pre: str) -> None:
+    tok = PreTokenizer(pre)
+    rng = random.Random(11)
+    pools = ["aZé", " ", "  ", "\t", "\n", "\r\n", "'", "'s", "'RE", "'ll", "12", "٣", "中文", "!?.", "😀",
+             "\u00a0", "\u3000", "\x85", "\x1c"]
+    for _ in range(500):
+        text = "".join(rng.choice(pools) for _ in range(rng.randint(1, 25)))
+        assert tok.split(text) == tok.split_regex(text), repr(text)

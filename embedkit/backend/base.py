@@ -183,9 +183,7 @@ class Backend:
         """
         raise NotImplementedError
 
-    def attention_batch(
-        self, q: Array, k: Array, v: Array, mask: np.ndarray, scale: float
-    ) -> Array:
+    def attention_batch(self, q: Array, k: Array, v: Array, mask: np.ndarray, scale: float) -> Array:
         """Bidirectional attention over padded batches (BERT).
 
         q, k, v: [b, t, heads, hd]; mask: [b, t] with 1 for real tokens and 0 for padding (keys

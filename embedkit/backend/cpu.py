@@ -8,10 +8,14 @@ import numpy as np
 from numba import vectorize
 
 from embedkit import kernels
+from embedkit.backend import cpu_ops
 from embedkit.backend.base import Array, Backend, KVCache, RopeStyle, Weight
 from embedkit.gguf import GGMLType
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_NO_WEIGHT = np.empty(0, dtype=np.float32)
+# Up to this many query tokens attention runs in one fused loop; more go through BLAS batches.
+_SMALL_ATTENTION_TOKENS = 8
 
 
 def _vec(w: Weight | Array) -> np.ndarray:
@@ -24,7 +28,7 @@ class CPUBackend(Backend):
     name = "cpu"
 
     def __init__(self) -> None:
-        self._rope_tables: dict[tuple[int, float, float, str], np.ndarray] = {}
+        self._rope_tables: dict[tuple[int, float, float], tuple[np.ndarray, np.ndarray]] = {}
 
     # -- data movement -------------------------------------------------------------------
     def weight(self, t) -> Weight:
@@ -111,26 +115,33 @@ class CPUBackend(Backend):
     def gelu(self, x: Array) -> Array:
         """Tanh-approximated GELU."""
         x3 = x * x * x
-        return np.float32(0.5) * x * (
-            np.float32(1.0) + np.tanh(np.float32(_SQRT_2_OVER_PI) * (x + np.float32(0.044715) * x3))
+        return (
+            np.float32(0.5)
+            * x
+            * (np.float32(1.0) + np.tanh(np.float32(_SQRT_2_OVER_PI) * (x + np.float32(0.044715) * x3)))
         )
 
     def gelu_erf(self, x: Array) -> Array:
         """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)) (erf to 1.5e-7, multithreaded; see kernels/cpu/gelu_erf.py)."""
-        from embedkit.kernels.cpu.gelu_erf import gelu_erf_inplace
+        from embedkit.kernels.cpu.gelu_erf import gelu_erf_into
 
-        y = np.array(x, dtype=np.float32, order="C", copy=True)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        y = np.empty_like(x)
         kernels.apply_num_threads()
-        gelu_erf_inplace(y)
+        gelu_erf_into(x, y)
         return y
 
     def swiglu(self, gate: Array, up: Array) -> Array:
-        """silu(gate) * up."""
-        return self.silu(gate) * up
+        """silu(gate) * up, one fused pass."""
+        out = np.empty_like(gate)
+        cpu_ops.silu_mul(gate.reshape(-1), up.reshape(-1), out.reshape(-1))
+        return out
 
     def geglu(self, gate: Array, up: Array) -> Array:
-        """gelu_tanh(gate) * up."""
-        return self.gelu(gate) * up
+        """gelu_tanh(gate) * up, one fused pass."""
+        out = np.empty_like(gate)
+        cpu_ops.gelu_tanh_mul(gate.reshape(-1), up.reshape(-1), out.reshape(-1))
+        return out
 
     def softmax(self, x: Array) -> Array:
         """Numerically stable softmax over the last dim."""
@@ -140,15 +151,23 @@ class CPUBackend(Backend):
 
     # -- normalization -------------------------------------------------------------------
     def rms_norm(self, x: Array, w: Weight | None, eps: float) -> Array:
-        """RMSNorm with the sum of squares in float64 (as ggml)."""
-        ms = np.einsum("...i,...i->...", x, x, dtype=np.float64) / x.shape[-1]
-        y = x * (1.0 / np.sqrt(ms + eps)).astype(np.float32)[..., None]
-        if w is not None:
-            y *= _vec(w)
-        return y
+        """RMSNorm over the last dim, sum of squares in float64 (as ggml)."""
+        d = x.shape[-1]
+        x2 = np.ascontiguousarray(x).reshape(-1, d)
+        out = np.empty_like(x2)
+        cpu_ops.rms_norm_rows(x2, _vec(w) if w is not None else _NO_WEIGHT, float(eps), out)
+        return out.reshape(x.shape)
 
     def layer_norm(self, x: Array, w: Weight | None, b: Weight | None, eps: float) -> Array:
-        """LayerNorm over the last dim."""
+        """LayerNorm over the last dim (mean and variance in float64)."""
+        if w is not None and b is not None:
+            from embedkit.kernels.cpu.gelu_erf import layer_norm_rows
+
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            y = np.empty_like(x)
+            kernels.apply_num_threads()
+            layer_norm_rows(x.reshape(-1, x.shape[-1]), _vec(w), _vec(b), float(eps), y.reshape(-1, x.shape[-1]))
+            return y
         xd = x.astype(np.float64)
         mu = xd.mean(axis=-1, keepdims=True)
         xc = xd - mu
@@ -161,11 +180,15 @@ class CPUBackend(Backend):
         return y
 
     # -- positions and attention ---------------------------------------------------------
-    def _inv_freq(self, n_rot: int, base: float, freq_scale: float) -> np.ndarray:
-        key = (n_rot, float(base), float(freq_scale), "f")
+    def _rope_table(self, n_rot: int, base: float, freq_scale: float, n_pos: int) -> tuple[np.ndarray, np.ndarray]:
+        """cos, sin [n_pos', n_rot/2] for positions 0.. (grown by doubling, computed in float64)."""
+        key = (n_rot, float(base), float(freq_scale))
         t = self._rope_tables.get(key)
-        if t is None:
-            t = freq_scale * base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+        if t is None or t[0].shape[0] < n_pos:
+            size = max(n_pos, 2 * (t[0].shape[0] if t is not None else 256))
+            inv = freq_scale * base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+            theta = np.arange(size, dtype=np.float64)[:, None] * inv
+            t = (np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32))
             self._rope_tables[key] = t
         return t
 
@@ -179,20 +202,17 @@ class CPUBackend(Backend):
         freq_scale: float = 1.0,
     ) -> Array:
         """Rotate the first n_rot dims of every head; returns a new [n, heads, hd] array."""
-        theta = np.asarray(positions, dtype=np.float64)[:, None] * self._inv_freq(n_rot, base, freq_scale)
-        cos = np.cos(theta).astype(np.float32)[:, None, :]  # [n, 1, n_rot/2]
-        sin = np.sin(theta).astype(np.float32)[:, None, :]
-        y = x.copy()
-        half = n_rot // 2
-        if style == "norm":
-            x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
-            y[..., 0:n_rot:2] = x0 * cos - x1 * sin
-            y[..., 1:n_rot:2] = x0 * sin + x1 * cos
+        positions = np.asarray(positions)
+        p0 = int(positions[0])
+        cos, sin = self._rope_table(n_rot, base, freq_scale, int(positions.max()) + 1)
+        if positions[-1] - p0 == len(positions) - 1:
+            cos, sin = cos[p0 : p0 + len(positions)], sin[p0 : p0 + len(positions)]
         else:
-            x0, x1 = x[..., :half], x[..., half:n_rot]
-            y[..., :half] = x0 * cos - x1 * sin
-            y[..., half:n_rot] = x0 * sin + x1 * cos
-        return y
+            cos, sin = cos[positions], sin[positions]
+        x = np.ascontiguousarray(x)
+        out = np.empty_like(x)
+        cpu_ops.rope_rows(x, cos, sin, n_rot, style == "neox", out)
+        return out
 
     def kv_cache(self, n_ctx: int, n_kv_heads: int, head_dim: int) -> KVCache:
         """Float32 keys and values, [n_kv_heads, n_ctx, head_dim] each."""
@@ -219,6 +239,13 @@ class CPUBackend(Backend):
         end = pos0 + n
         cache.k[:, pos0:end] = k_new.transpose(1, 0, 2)
         cache.v[:, pos0:end] = v_new.transpose(1, 0, 2)
+        if causal and n <= _SMALL_ATTENTION_TOKENS:
+            out = np.empty((n, n_head * hd), dtype=np.float32)
+            cpu_ops.attention_small(
+                np.ascontiguousarray(q), cache.k, cache.v, pos0, np.float32(scale), window or 0,
+                np.float32(softcap or 0.0), out,
+            )  # fmt: skip
+            return out
         start = 0
         if window is not None:
             start = max(0, pos0 - window + 1)
@@ -261,7 +288,6 @@ class CPUBackend(Backend):
         kernels.apply_num_threads()
         encoder_attention(q, k, v, keep, np.float32(scale), out)
         return out.reshape(b, t, h * hd)
-
 
 
 @vectorize(["float32(float32)"], cache=True)

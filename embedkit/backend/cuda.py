@@ -118,6 +118,7 @@ class CUDABackend(Backend):
         self._step_pos_buf = None
         self._xq_src = None
         self._xq = None
+        self._launched = False
 
     # -- step machinery ------------------------------------------------------------------
     def _start(self, n_rows: int) -> None:
@@ -127,6 +128,7 @@ class CUDABackend(Backend):
         self._step_pos_buf = None
         self._xq_src = None
         self._dyn = []
+        self._launched = False
         if self.graphs and n_rows == 1:
             self._cursor = 0
             if self._graph is not None:
@@ -180,6 +182,12 @@ class CUDABackend(Backend):
         hit = self._replayed(key, n_rows)
         if hit is not None:
             self._dyn.append((hit, host))
+            if len(self._dyn) == len(self._graph.inputs):
+                # every per-step input is known: launch now, so the GPU runs while the rest of the
+                # model's Python replays (a later departure from the recording recomputes eagerly)
+                self._push_inputs()
+                self._graph.graph.launch(self._cp_stream)
+                self._launched = True
             return hit
         buf = self._cuda.device_array(host.shape, dtype=host.dtype, stream=self.stream)
         if self._mode == "record":
@@ -227,8 +235,9 @@ class CUDABackend(Backend):
             if self._cursor != len(g.keys):
                 self._derail()
                 return
-            self._push_inputs()
-            g.graph.launch(self._cp_stream)
+            if not self._launched:
+                self._push_inputs()
+                g.graph.launch(self._cp_stream)
             g.launches += 1
             self.stats.replayed += 1
 
@@ -260,9 +269,11 @@ class CUDABackend(Backend):
         gtype = int(t.ggml_type)
         name = _name(gtype)
         if len(shape) == 1:
-            data = t.data.view(np.float32) if gtype == GGMLType.F32 else kernels.dequantize(
-                t.data, gtype, (1, shape[0])
-            ).reshape(shape[0])
+            data = (
+                t.data.view(np.float32)
+                if gtype == GGMLType.F32
+                else kernels.dequantize(t.data, gtype, (1, shape[0])).reshape(shape[0])
+            )
             dev = cuda.to_device(np.ascontiguousarray(data, dtype=np.float32), stream=self.stream)
             return Weight(t.name, int(GGMLType.F32), shape, dev)
         if len(shape) > 2:
@@ -506,7 +517,9 @@ class CUDABackend(Backend):
             return hit
         out = self._empty(gate.shape)
         return self._op(
-            key, lambda s: elementwise.glu(gate.reshape(gate.size), up.reshape(up.size), out.reshape(out.size), op, s), out
+            key,
+            lambda s: elementwise.glu(gate.reshape(gate.size), up.reshape(up.size), out.reshape(out.size), op, s),
+            out,
         )
 
     def swiglu(self, gate: Array, up: Array) -> Array:
@@ -531,7 +544,9 @@ class CUDABackend(Backend):
             return hit
         out = self._empty(x.shape)
         d = x.shape[x.ndim - 1]
-        return self._op(key, lambda s: softmax.softmax(x.reshape(x.size // d, d), out.reshape(out.size // d, d), s), out)
+        return self._op(
+            key, lambda s: softmax.softmax(x.reshape(x.size // d, d), out.reshape(out.size // d, d), s), out
+        )
 
     # -- normalization -------------------------------------------------------------------
     def rms_norm(self, x: Array, w: Weight | None, eps: float) -> Array:
@@ -545,7 +560,9 @@ class CUDABackend(Backend):
         out = self._empty(x.shape)
         d = x.shape[x.ndim - 1]
         wv = w.data if w is not None else None
-        return self._op(key, lambda s: norms.rms_norm(x.reshape(x.size // d, d), wv, eps, out.reshape(out.size // d, d), s), out)
+        return self._op(
+            key, lambda s: norms.rms_norm(x.reshape(x.size // d, d), wv, eps, out.reshape(out.size // d, d), s), out
+        )
 
     def layer_norm(self, x: Array, w: Weight | None, b: Weight | None, eps: float) -> Array:
         """LayerNorm over the last dimension (any leading shape)."""
@@ -560,7 +577,9 @@ class CUDABackend(Backend):
         wv = w.data if w is not None else None
         bv = b.data if b is not None else None
         return self._op(
-            key, lambda s: norms.layer_norm(x.reshape(x.size // d, d), wv, bv, eps, out.reshape(out.size // d, d), s), out
+            key,
+            lambda s: norms.layer_norm(x.reshape(x.size // d, d), wv, bv, eps, out.reshape(out.size // d, d), s),
+            out,
         )
 
     # -- positions and attention ---------------------------------------------------------
@@ -588,9 +607,7 @@ class CUDABackend(Backend):
             return hit
         out = self._empty(x.shape)
         neox = style == "neox"
-        return self._op(
-            key, lambda s: rope.rope(x, pos_arr, pos_buf, n_rot, base, freq_scale, neox, out, s), out
-        )
+        return self._op(key, lambda s: rope.rope(x, pos_arr, pos_buf, n_rot, base, freq_scale, neox, out, s), out)
 
     def kv_cache(self, n_ctx: int, n_kv_heads: int, head_dim: int) -> KVCache:
         """Float32 keys and values in VRAM, laid out [n_ctx, n_kv_heads, head_dim] (position-major)."""

@@ -24,6 +24,7 @@ def _read_line(prompt: str) -> str | None:
 def command(system, **kw) -> None:
     """Chat with a model: type a message at the `> ` prompt; Ctrl-C stops a reply, Ctrl-D exits."""
     from embedkit.generate import Sampler
+    from embedkit.generate.conversation import Conversation
 
     try:
         import readline  # noqa: F401  (line editing and history for input())
@@ -32,7 +33,9 @@ def command(system, **kw) -> None:
     gen = load_generator(kw)
     sampler = Sampler(sampler_params(kw))
     stops = gen.chat_template.stops
-    messages = [{"role": "system", "content": system}] if system else []
+    convo = Conversation(system)
+    # room kept for a reply when old turns must be dropped to fit the context
+    reserve = min(kw["n_predict"] if kw["n_predict"] > 0 else 512, gen.n_ctx // 2)
     out = sys.stdout
     model_name = gen.file.path.name if gen.file is not None else "model"
     click.echo(f"chat with {model_name} (template: {gen.chat_template.name}); "
@@ -48,21 +51,24 @@ def command(system, **kw) -> None:
             break
         if not line.strip():
             continue
-        messages.append({"role": "user", "content": line})
+        convo.add("user", line)
         run = None
         try:
-            run = gen.start(gen.chat_prompt(messages), n_predict=kw["n_predict"], sampler=sampler, stop=stops)
+            dropped = convo.dropped
+            ids = convo.prompt_ids(gen, reserve)
+            if convo.dropped > dropped:
+                click.echo(f"(context full: forgot the {convo.dropped - dropped} oldest messages)", err=True)
+            run = gen.start(ids, n_predict=kw["n_predict"], sampler=sampler, stop=stops)
             for piece in run:
                 out.write(piece)
                 out.flush()
         except KeyboardInterrupt:
             out.write(" [stopped]")
         except GenerationError as e:
-            click.echo(f"\nerror: {e}", err=True)
-            if run is None or not run.text:
-                messages.pop()  # the turn did not fit: forget it
-                out.write("\n")
+            click.echo(f"error: {e}", err=True)
+            if run is None:
+                convo.turns.pop()  # the message did not fit: forget it
                 continue
         out.write("\n")
         out.flush()
-        messages.append({"role": "assistant", "content": run.text if run else ""})
+        convo.add("assistant", run.text if run else "")

@@ -66,9 +66,8 @@ def command(texts, model, jsonl, npy, batch_size, threads, pooling, no_normalize
     if npy is not None:
         np.save(npy, vectors)
     else:
-        out = click.get_text_stream("stdout")
         for v in vectors:
-            out.write(json.dumps([float(x) for x in v]) + "\n")
+            click.echo(json.dumps(v.tolist()))
     if not quiet:
         note = f", {stats.truncated} truncated to {emb.max_tokens} tokens" if stats.truncated else ""
         click.echo(f"embedded {stats.texts} texts ({stats.tokens} tokens, dim {emb.dim}, "

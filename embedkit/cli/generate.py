@@ -121,6 +121,8 @@ def command(prompt, file, stop, echo, ignore_eos, chat, system, as_json, quiet, 
     for piece in run:
         out.write(piece)
         out.flush()
+    if run.result.stop_reason == "context":
+        click.echo(f"\nnote: stopped: the context ({gen.n_ctx} tokens, -c) is full", err=True)
     if not quiet:
         if sys.stderr.isatty():
             click.echo("", err=True)

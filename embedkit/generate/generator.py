@@ -143,6 +143,9 @@ class Generation:
                     break
                 if not budget_left(len(self.tokens), self.n_predict):
                     break  # no need to run the model on the last token
+                if self.n_predict < 0 and len(gen.cached) >= gen.n_ctx:
+                    self.stop_reason = StopReason.CONTEXT  # "until the context is full" was asked for
+                    break
                 logits = gen._decode(token)
             else:
                 self.stop_reason = StopReason.LENGTH
@@ -232,7 +235,11 @@ class Generator:
         stop: Sequence[str] = (),
         ignore_eos: bool = False,
     ) -> Generation:
-        """Prepare a run; iterate the returned Generation to produce text. ``n_predict < 0``: until EOG/context."""
+        """Prepare a run; iterate the returned Generation to produce text.
+
+        ``n_predict < 0`` generates until an end-of-generation token, a stop string or a full context
+        (stop reason "context"); with a budget, running out of context raises GenerationError.
+        """
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise GenerationError("the prompt is empty (no tokens)")

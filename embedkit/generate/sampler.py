@@ -86,6 +86,23 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+def top_k_ids(logits: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the k largest logits (unordered), in O(n).
+
+    A cheap mask ``logit >= max - c`` usually leaves a few hundred candidates; when it keeps at least k,
+    the k largest are certainly among them, and only those are partitioned.
+    """
+    n = logits.shape[0]
+    mx = logits.max()
+    for margin in (8.0, 16.0, 32.0):
+        sub = np.flatnonzero(logits >= mx - np.float32(margin))
+        if sub.shape[0] >= k:
+            if sub.shape[0] == k:
+                return sub
+            return sub[np.argpartition(logits[sub], sub.shape[0] - k)[sub.shape[0] - k :]]
+    return np.argpartition(logits, n - k)[n - k :]
+
+
 def candidates(logits: np.ndarray, params: SamplerParams) -> tuple[np.ndarray, np.ndarray]:
     """Run the truncation samplers on (already penalised) logits.
 
@@ -94,21 +111,23 @@ def candidates(logits: np.ndarray, params: SamplerParams) -> tuple[np.ndarray, n
     n = logits.shape[0]
     if n == 0:
         raise GenerationError("the model returned an empty logits vector")
-    ids = np.arange(n)
+    ids: np.ndarray | None = None  # None: every token (no index array is built for the full vocabulary)
     vals = logits
-    # top-k: keep the k largest
     k = params.top_k
     if 0 < k < n:
-        ids = np.argpartition(logits, n - k)[n - k :]
+        ids = top_k_ids(logits, k)
         vals = logits[ids]
     # Normaliser of the top-p softmax: over all top-k survivors (top-p comes before min-p).
     mx = float(vals.max())
-    z = float(np.exp(vals.astype(np.float64) - mx).sum())
+    z = float(np.exp(vals.astype(np.float64) - mx).sum()) if params.top_p < 1.0 else 1.0
     # min-p keeps logit >= max + log(min_p): a cheap O(n) filter that can be done before sorting,
     # since min-p's threshold does not depend on what top-p removes (the max survives top-p).
     if params.min_p > 0.0:
         keep = vals >= np.float32(mx + np.log(params.min_p))
-        ids, vals = ids[keep], vals[keep]
+        ids = np.flatnonzero(keep) if ids is None else ids[keep]
+        vals = vals[keep]
+    if ids is None:
+        ids = np.arange(n)
     if params.top_p < 1.0 and vals.shape[0] > _TOP_P_PARTIAL:
         # Sort only the head; fall back to all when the head does not reach p.
         head = np.argpartition(vals, vals.shape[0] - _TOP_P_PARTIAL)[-_TOP_P_PARTIAL:]
@@ -126,12 +145,20 @@ def candidates(logits: np.ndarray, params: SamplerParams) -> tuple[np.ndarray, n
     return ids, vals
 
 
+def _penalties_active(history: Sequence[int] | np.ndarray, p: SamplerParams) -> bool:
+    if p.repeat_last_n == 0 or len(history) == 0:
+        return False
+    return p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+
+
 def token_distribution(
     logits: np.ndarray, history: Sequence[int] | np.ndarray, params: SamplerParams
 ) -> tuple[np.ndarray, np.ndarray]:
     """The distribution the sampler draws from: ``(ids, probs)``, sorted by probability descending."""
-    work = np.array(logits, dtype=np.float32, copy=True)
-    apply_penalties(work, history, params)
+    work = np.asarray(logits, dtype=np.float32)
+    if _penalties_active(history, params):
+        work = work.copy()
+        apply_penalties(work, history, params)
     if params.greedy:
         best = int(np.argmax(work))
         return np.array([best]), np.array([1.0])
@@ -152,21 +179,9 @@ class Sampler:
     def __call__(self, logits: np.ndarray, history: Sequence[int] | np.ndarray = ()) -> int:
         """Sample one token id from a [n_vocab] (or [1, n_vocab]) logits vector."""
         logits = np.asarray(logits).reshape(-1)
-        if self.params.greedy:
-            if self._penalties_active(history):
-                work = np.array(logits, dtype=np.float32, copy=True)
-                apply_penalties(work, history, self.params)
-                return int(np.argmax(work))
-            return int(np.argmax(logits))
         ids, probs = token_distribution(logits, history, self.params)
         if ids.shape[0] == 1:
             return int(ids[0])
         u = self._rng.random()
         pick = int(np.searchsorted(np.cumsum(probs), u * probs.sum(), side="right"))
         return int(ids[min(pick, ids.shape[0] - 1)])
-
-    def _penalties_active(self, history: Sequence[int] | np.ndarray) -> bool:
-        p = self.params
-        if p.repeat_last_n == 0 or len(history) == 0:
-            return False
-        return p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0

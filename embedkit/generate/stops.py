@@ -61,6 +61,7 @@ class StopReason:
     EOG = "eog"
     LENGTH = "length"
     STOP_STRING = "stop"
+    CONTEXT = "context"  # only with no token budget (n_predict < 0): the context is full
 
 
 def is_end_of_generation(token: int, is_eog: Callable[[int], bool], ignore_eos: bool) -> bool:

@@ -29,16 +29,16 @@ def index(
 ) -> IndexReport:
     """Index files and folders into `collection` (see `index_paths`), loading the model (known name or GGUF
     path; None: the default embedding model) and opening the store as needed."""
-    if embedder is None:
-        embedder, name, path = load_embedder(model)
-    else:
-        name, path = os.fspath(model) if model is not None else str(embedder.model_name), None
-    limit = getattr(embedder, "max_tokens", None)
-    if limit:
-        chunk_tokens = min(chunk_tokens, int(limit) - 4)
     own = store is None
-    store = store or Store()
+    store = store or Store()  # first, so an unreachable database fails before the model loads
     try:
+        if embedder is None:
+            embedder, name, path = load_embedder(model)
+        else:
+            name, path = os.fspath(model) if model is not None else str(embedder.model_name), None
+        limit = getattr(embedder, "max_tokens", None)
+        if limit:
+            chunk_tokens = min(chunk_tokens, int(limit) - 4)
         return index_paths(
             store, paths, embedder, model_identity(embedder, name, path), collection=collection, include=include,
             exclude=exclude, chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, reembed=reembed,

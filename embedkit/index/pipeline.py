@@ -16,10 +16,17 @@ from embedkit.index.chunk import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, TextChun
 from embedkit.index.extract import SkipFile, content_sha256, extract, read_file
 from embedkit.index.walk import FoundFile, root_key, walk_paths
 from embedkit.store import Store
-from embedkit.store.collections import ModelIdentity, ensure_collection
+from embedkit.store.collections import (
+    ModelIdentity,
+    drop_vector_indexes,
+    ensure_collection,
+    ensure_vector_indexes,
+    has_vector_indexes,
+)
 from embedkit.store.writes import ChunkRecord, DocumentRecord, delete_documents, document_hashes, write_document
 
 DEFAULT_COLLECTION = "default"
+BULK_LOAD_CHUNKS = 20_000
 
 
 class IndexProgress(Protocol):
@@ -130,7 +137,20 @@ def index_paths(
     total_chunks = sum(len(p.chunks) for p in pending)
     if progress is not None:
         progress.planned(len(pending), total_chunks)
-    _embed_and_write(store, info.id, pending, embedder, batch_size, report, progress)
+    # A first load of many chunks builds the HNSW indexes once at the end instead of maintaining them row by
+    # row (several times faster). A run killed meanwhile leaves them missing; the next run restores them.
+    bulk = total_chunks >= BULK_LOAD_CHUNKS and not known
+    with store.connect() as conn:
+        if bulk:
+            drop_vector_indexes(conn, info.id)
+        elif not has_vector_indexes(conn, info.id):
+            ensure_vector_indexes(conn, info.id, info.dim)
+    try:
+        _embed_and_write(store, info.id, pending, embedder, batch_size, report, progress)
+    finally:
+        if bulk:
+            with store.connect() as conn:
+                ensure_vector_indexes(conn, info.id, info.dim)
 
     if report.chunks_embedded:
         with store.connect() as conn:

@@ -38,7 +38,10 @@ def model_class(arch: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def load_model(f: GGUFFile | str | os.PathLike[str], placement: Placement | Callable[[int], Placement] | None = None) -> Any:
+def load_model(
+    f: GGUFFile | str | os.PathLike[str],
+    placement: Placement | Callable[[int], Placement] | None = None,
+) -> Any:
     """Open (if a path) a GGUF file and build its model; weights stay mmap'd and quantized.
 
     `placement` chooses backends per part: a Placement, a factory n_layer -> Placement, or None

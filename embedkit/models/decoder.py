@@ -37,9 +37,7 @@ class DecoderModel:
             placement = placement(self.params.n_layer)  # a factory: n_layer -> Placement
         self.placement = placement
         if len(self.placement.layers) != self.params.n_layer:
-            raise InputError(
-                f"placement has {len(self.placement.layers)} layers, the model has {self.params.n_layer}"
-            )
+            raise InputError(f"placement has {len(self.placement.layers)} layers, the model has {self.params.n_layer}")
         self.load_weights()
 
     # -- weights ---------------------------------------------------------------------------

@@ -22,8 +22,5 @@ class ModelState:
 
 def new_state(params: ModelParams, placement: Placement, n_ctx: int) -> ModelState:
     """Allocate every layer's cache on the backend that runs it."""
-    caches = [
-        placement.layer(i).kv_cache(n_ctx, params.n_head_kv, params.head_dim)
-        for i in range(params.n_layer)
-    ]
+    caches = [placement.layer(i).kv_cache(n_ctx, params.n_head_kv, params.head_dim) for i in range(params.n_layer)]
     return ModelState(n_ctx, caches)

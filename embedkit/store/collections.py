@@ -125,31 +125,52 @@ def ensure_collection(
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('embedkit.collection:' || %s))", (name,))
         info = get_collection(conn, name)
         if info is None:
-            row = conn.execute(
-                "INSERT INTO collections (name, model_name, model_file, model_sha256, architecture, dim, "
-                "pooling, normalize, chunk_tokens, chunk_overlap) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
-                f"RETURNING {_COLUMNS}",
-                (name, model.model_name, model.model_file, model.model_sha256, model.architecture, model.dim,
-                 model.pooling, model.normalize, chunk_tokens, chunk_overlap),
-            ).fetchone()
-            info = _row_to_info(row)
-            conn.execute("SELECT embedkit_ensure_vector_indexes(%s, %s)", (info.id, model.dim))
-            return info
+            return _create(conn, name, model, chunk_tokens, chunk_overlap)
         if not reembed:
             # Same model: the collection keeps its own chunking so its documents stay comparable.
             check_model(info, model)
             return info
+        # Re-embedding replaces the collection by a new row (a new id): the old chunks, deleted but not yet
+        # vacuumed, keep the old id, so the new partial indexes never evaluate their cast on old-dimension rows.
         conn.execute("SELECT embedkit_drop_vector_indexes(%s)", (info.id,))
-        conn.execute("DELETE FROM documents WHERE collection_id = %s", (info.id,))
-        row = conn.execute(
-            "UPDATE collections SET model_name=%s, model_file=%s, model_sha256=%s, architecture=%s, dim=%s, "
-            "pooling=%s, normalize=%s, chunk_tokens=%s, chunk_overlap=%s WHERE id = %s "
-            f"RETURNING {_COLUMNS}",
-            (model.model_name, model.model_file, model.model_sha256, model.architecture, model.dim,
-             model.pooling, model.normalize, chunk_tokens, chunk_overlap, info.id),
-        ).fetchone()
-        conn.execute("SELECT embedkit_ensure_vector_indexes(%s, %s)", (info.id, model.dim))
-        return _row_to_info(row)
+        conn.execute("DELETE FROM collections WHERE id = %s", (info.id,))
+        return _create(conn, name, model, chunk_tokens, chunk_overlap)
+
+
+def _create(conn: psycopg.Connection, name: str, model: ModelIdentity, chunk_tokens: int,
+            chunk_overlap: int) -> CollectionInfo:
+    row = conn.execute(
+        "INSERT INTO collections (name, model_name, model_file, model_sha256, architecture, dim, "
+        "pooling, normalize, chunk_tokens, chunk_overlap) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+        f"RETURNING {_COLUMNS}",
+        (name, model.model_name, model.model_file, model.model_sha256, model.architecture, model.dim,
+         model.pooling, model.normalize, chunk_tokens, chunk_overlap),
+    ).fetchone()
+    info = _row_to_info(row)
+    conn.execute("SELECT embedkit_ensure_vector_indexes(%s, %s)", (info.id, model.dim))
+    return info
+
+
+def has_vector_indexes(conn: psycopg.Connection, collection_id: int) -> bool:
+    """Whether both HNSW indexes of a collection exist."""
+    n = conn.execute(
+        "SELECT count(*) FROM pg_indexes WHERE indexname IN (%s, %s)",
+        (f"chunks_hnsw_c{int(collection_id)}", f"documents_hnsw_c{int(collection_id)}"),
+    ).fetchone()[0]
+    return n == 2
+
+
+def drop_vector_indexes(conn: psycopg.Connection, collection_id: int) -> None:
+    """Drop a collection's HNSW indexes (before a bulk load)."""
+    conn.execute("SELECT embedkit_drop_vector_indexes(%s)", (collection_id,))
+
+
+def ensure_vector_indexes(conn: psycopg.Connection, collection_id: int, dim: int,
+                          maintenance_work_mem: str = "512MB") -> None:
+    """(Re)build a collection's HNSW indexes if missing, with enough memory for a fast build."""
+    with conn.transaction():
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (maintenance_work_mem,))
+        conn.execute("SELECT embedkit_ensure_vector_indexes(%s, %s)", (collection_id, dim))
 
 
 def drop_collection(conn: psycopg.Connection, name: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -46,8 +47,14 @@ def database_url(home: Path | None = None) -> str:
 
 
 def psql_url(url: str) -> str:
-    """The same URL without the SQLAlchemy driver suffix, ready for `psql`."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    """The same URL without the SQLAlchemy driver suffix, ready for `psql` (a Unix-socket folder is left
+    unescaped in `?host=`, which libpq accepts, so the URL stays readable)."""
+    u = make_url(url).set(drivername="postgresql")
+    socket_dir = u.query.get("host") if not u.host else None
+    if isinstance(socket_dir, str) and socket_dir.startswith("/") and len(u.query) == 1:
+        auth = quote(u.username or "", safe="") + (":" + quote(u.password, safe="") if u.password else "")
+        return f"postgresql://{auth}{'@' if auth else ''}/{quote(u.database or '', safe='')}?host={socket_dir}"
+    return u.render_as_string(hide_password=False)
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:

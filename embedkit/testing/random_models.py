@@ -96,7 +96,7 @@ class _Source:
         if t.name not in ("F32", "F16") and n_cols % type_info(t).block_size:
             t = GGMLType.F16 if n_cols % 32 else GGMLType.Q8_0  # as llama.cpp falls back
         if self.distinct:
-            w = (self.rng.standard_normal((n_rows, n_cols), dtype=np.float32) * np.float32(std))
+            w = self.rng.standard_normal((n_rows, n_cols), dtype=np.float32) * np.float32(std)
             return w if t == GGMLType.F32 else kernels.quantize(w, t)
         key = (n_rows, n_cols, int(t), kind)
         if key not in self._shared:

@@ -43,9 +43,7 @@ def random_tensor_bytes(
     nb = n_cols // info.block_size
     raw = np.frombuffer(rng.bytes(n_rows * nb * info.type_size), dtype=np.uint8).reshape(n_rows, nb, -1).copy()
     for off in _SCALE_FIELDS[name]:
-        d = (rng.uniform(0.5, 1.5, size=(n_rows, nb)).astype(np.float32) * (scale / _LEVELS[name])).astype(
-            np.float16
-        )
+        d = (rng.uniform(0.5, 1.5, size=(n_rows, nb)).astype(np.float32) * (scale / _LEVELS[name])).astype(np.float16)
         raw[:, :, off : off + 2] = d.view(np.uint8).reshape(n_rows, nb, 2)
     return raw.reshape(n_rows, nb * info.type_size)
 
@@ -74,8 +72,17 @@ def write_random_gguf(
     return w.write(path)
 
 
-def llama_spec(n_embd: int, n_layer: int, n_head: int, n_head_kv: int, n_ff: int, n_vocab: int,
-               gtype: str, n_ctx: int = 4096, window: int | None = None) -> tuple[dict, list]:
+def llama_spec(
+    n_embd: int,
+    n_layer: int,
+    n_head: int,
+    n_head_kv: int,
+    n_ff: int,
+    n_vocab: int,
+    gtype: str,
+    n_ctx: int = 4096,
+    window: int | None = None,
+) -> tuple[dict, list]:
     """(metadata, tensors) of a LLaMA/Mistral-shaped model with every matrix in `gtype`."""
     hd = n_embd // n_head
     meta = {
@@ -101,8 +108,18 @@ def llama_spec(n_embd: int, n_layer: int, n_head: int, n_head_kv: int, n_ff: int
     return meta, t
 
 
-def gemma3_spec(n_embd: int, n_layer: int, n_head: int, n_head_kv: int, head_dim: int, n_ff: int,
-                n_vocab: int, gtype: str, window: int = 512, n_ctx: int = 32768) -> tuple[dict, list]:
+def gemma3_spec(
+    n_embd: int,
+    n_layer: int,
+    n_head: int,
+    n_head_kv: int,
+    head_dim: int,
+    n_ff: int,
+    n_vocab: int,
+    gtype: str,
+    window: int = 512,
+    n_ctx: int = 32768,
+) -> tuple[dict, list]:
     """(metadata, tensors) of a Gemma 3-shaped model (tied embeddings, q/k norms, sliding window)."""
     meta = {
         "embedding_length": n_embd, "block_count": n_layer, "attention.head_count": n_head,
@@ -127,8 +144,9 @@ def gemma3_spec(n_embd: int, n_layer: int, n_head: int, n_head_kv: int, head_dim
     return meta, t
 
 
-def bert_spec(n_embd: int, n_layer: int, n_head: int, n_ff: int, n_vocab: int, gtype: str = "F32",
-              n_ctx: int = 512) -> tuple[dict, list]:
+def bert_spec(
+    n_embd: int, n_layer: int, n_head: int, n_ff: int, n_vocab: int, gtype: str = "F32", n_ctx: int = 512
+) -> tuple[dict, list]:
     """(metadata, tensors) of a BERT-shaped encoder (MiniLM: 384, 6, 12, 1536, 30522), mean pooling."""
     meta = {
         "embedding_length": n_embd, "block_count": n_layer, "attention.head_count": n_head,

@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 from functools import cache
 
+import numpy as np
+
 from embedkit.errors import TokenizerError
+from embedkit.tokenizer.splitters import MODE_GPT2, MODE_LLAMA3, flag_table, split_pieces
 from embedkit.tokenizer.unicode_classes import char_class
 
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -120,8 +123,30 @@ def translate(expr: str) -> str:
 
 
 @cache
-def _compiled(canon: str) -> tuple[re.Pattern[str], ...]:
-    return tuple(re.compile(translate(e)) for e in _REGEXES[canon])
+def _compile(expr: str) -> re.Pattern[str]:
+    return re.compile(translate(expr))
+
+
+# regexes with a hand-written Numba splitter: regex -> (mode, max digits)
+_FAST = {_GPT2 + r"|\s+": (MODE_GPT2, 0), _LLAMA3: (MODE_LLAMA3, 3), _QWEN2: (MODE_LLAMA3, 1)}
+
+
+def _regex_ends(pat: re.Pattern[str], text: str, ends: list[int]) -> list[int]:
+    """Split each piece text[start:end] at the matches of `pat` (text between matches is kept)."""
+    out, start = [], 0
+    for end in ends:
+        pos = start
+        for m in pat.finditer(text, start, end):
+            s, e = m.span()
+            if s > pos:
+                out.append(s)
+            if e > s:
+                out.append(e)
+            pos = e
+        if pos < end:
+            out.append(end)
+        start = end
+    return out
 
 
 class PreTokenizer:
@@ -129,11 +154,28 @@ class PreTokenizer:
 
     def __init__(self, pre: str | None):
         self.canon, self.ignore_merges = resolve_pre(pre)
+        self._stages = [_FAST.get(e, e) for e in _REGEXES[self.canon]]
 
     def split(self, text: str) -> list[str]:
         """Words of `text`, in order; their concatenation is `text`."""
+        if not text:
+            return []
+        cps = None
+        ends = [len(text)]
+        for stage in self._stages:
+            if isinstance(stage, tuple):
+                if cps is None:
+                    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+                ends = split_pieces(cps, flag_table(), np.array(ends, np.int64), *stage).tolist()
+            else:
+                ends = _regex_ends(_compile(stage), text, ends)
+        bounds = [0, *ends]
+        return [text[a:b] for a, b in zip(bounds, ends, strict=False)]
+
+    def split_regex(self, text: str) -> list[str]:
+        """split() with Python `re` only (every pre-tokenizer; the reference for the fast path)."""
         pieces = [text]
-        for pat in _compiled(self.canon):
+        for pat in map(_compile, _REGEXES[self.canon]):
             out: list[str] = []
             for piece in pieces:
                 found = pat.findall(piece) if not pat.groups else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from embedkit.tokenizer.hashtables import build_str_table, str_lookup
+from embedkit.tokenizer.hashtables import build_pair_table, build_str_table, pair_lookup, str_lookup
 from embedkit.tokenizer.heap import heap_pop, heap_push
 from embedkit.tokenizer.vocab import Vocab
 
@@ -31,6 +31,10 @@ class VocabSpans:
         self.off = np.zeros(len(tokens) + 1, np.int64)
         np.cumsum(np.fromiter(map(len, tokens), np.int64, len(tokens)), out=self.off[1:])
         self.slots = build_str_table(self.cps, self.off)
+        # every pair of adjacent code points inside some token: text between two code points that
+        # form no such pair can never be merged across, so the merge loop runs segment by segment
+        pairs = np.unique(_inner_pairs(self.cps, self.off))
+        self.pair_keys, self.pair_values = build_pair_table(pairs, np.zeros(len(pairs), np.int64))
 
 
 class SentencePieceModel:
@@ -43,11 +47,10 @@ class SentencePieceModel:
     def tables(self) -> tuple[VocabSpans, np.ndarray, np.ndarray]:
         """(vocabulary spans, -score per token, token id per byte value for byte fallback), built once."""
         if self._tables is None:
-            v, t2i = self.vocab, self.vocab.token_to_id
+            v = self.vocab
             scores = v.scores if v.scores is not None else np.zeros(v.size, np.float32)
             unk = v.unk_id if v.unk_id is not None else 0
-            byte_ids = np.array([t2i.get(f"<0x{b:02X}>", t2i.get(chr(b), unk) if b < 0x80 else unk)
-                                 for b in range(256)], np.int64)
+            byte_ids = np.array([_byte_token(v, b, unk) for b in range(256)], np.int64)
             self._tables = (VocabSpans(v.tokens), -scores.astype(np.float64), byte_ids)
         return self._tables
 
@@ -57,24 +60,74 @@ class SentencePieceModel:
             return
         spans, neg_scores, byte_ids = self.tables()
         cps = codepoints(text.replace(" ", SPM_SPACE))
-        out.extend(spm_encode(cps, spans.slots, spans.cps, spans.off, neg_scores, byte_ids).tolist())
+        ids = spm_encode(cps, spans.slots, spans.cps, spans.off, neg_scores, byte_ids, spans.pair_keys,
+                         spans.pair_values)
+        out.extend(ids.tolist())
+
+
+def _byte_token(v: Vocab, b: int, unk: int) -> int:
+    """llama.cpp's byte_to_token: <0xXX>, else the byte itself as a one-character token, else unk."""
+    for text in (f"<0x{b:02X}>", chr(b) if b < 0x80 else None):
+        i = v.find(text) if text is not None else None
+        if i is not None:
+            return i
+    return unk
 
 
 @njit(cache=True)
-def spm_encode(cps, slots, tok_cps, tok_off, neg_scores, byte_ids):  # noqa: ANN001, ANN201
+def _inner_pairs(tok_cps, tok_off):  # noqa: ANN001, ANN202
+    n = 0
+    for t in range(len(tok_off) - 1):
+        n += max(0, tok_off[t + 1] - tok_off[t] - 1)
+    keys = np.empty(n, np.int64)
+    m = 0
+    for t in range(len(tok_off) - 1):
+        for k in range(tok_off[t], tok_off[t + 1] - 1):
+            keys[m] = (np.int64(tok_cps[k]) << 32) | np.int64(tok_cps[k + 1])
+            m += 1
+    return keys
+
+
+@njit(cache=True)
+def spm_encode(cps, slots, tok_cps, tok_off, neg_scores, byte_ids, pair_keys, pair_values):  # noqa: ANN001, ANN201
     """Ids of the code points `cps` (merge loop of llama.cpp's SPM session, then byte fallback)."""
     n = len(cps)
+    out = np.empty(4 * n, np.int64)
     length = np.ones(n, np.int64)  # symbol i covers cps[i : i + length[i]]; 0 once merged away
-    nxt = np.arange(1, n + 1)
-    nxt[n - 1] = -1
-    prv = np.arange(-1, n - 1)
-    cap = 3 * n + 4
+    nxt = np.empty(n, np.int64)
+    prv = np.empty(n, np.int64)
+    seg_max = 1
+    s = 0
+    for i in range(1, n + 1):
+        if i == n or pair_lookup(pair_keys, pair_values, (np.int64(cps[i - 1]) << 32) | np.int64(cps[i])) < 0:
+            seg_max = max(seg_max, i - s)
+            s = i
+    cap = 3 * seg_max + 4
     hk = np.empty(cap, np.float64)
     hl = np.empty(cap, np.int64)
     hr = np.empty(cap, np.int64)
     hs = np.empty(cap, np.int64)
+    m = 0
+    s = 0
+    for e in range(1, n + 1):
+        if e < n and pair_lookup(pair_keys, pair_values, (np.int64(cps[e - 1]) << 32) | np.int64(cps[e])) >= 0:
+            continue
+        m = _segment(cps, s, e, slots, tok_cps, tok_off, neg_scores, byte_ids, length, nxt, prv, hk, hl, hr, hs,
+                     out, m)
+        s = e
+    return out[:m]
+
+
+@njit(cache=True)
+def _segment(cps, s, e, slots, tok_cps, tok_off, neg_scores, byte_ids, length, nxt, prv, hk, hl, hr, hs, out, m):  # noqa: ANN001, ANN202, E501
+    """Merge loop and output for the independent segment cps[s:e]; returns the new output count."""
+    for i in range(s, e):
+        nxt[i] = i + 1
+        prv[i] = i - 1
+    nxt[e - 1] = -1
+    prv[s] = -1
     hn = 0
-    for i in range(n - 1):
+    for i in range(s, e - 1):
         t = str_lookup(slots, tok_cps, tok_off, cps, i, i + 2)
         if t >= 0:
             hn = heap_push(hk, hl, hr, hs, hn, neg_scores[t], i, i + 1, 2)
@@ -100,9 +153,7 @@ def spm_encode(cps, slots, tok_cps, tok_off, neg_scores, byte_ids):  # noqa: ANN
             t = str_lookup(slots, tok_cps, tok_off, cps, pl, end)
             if t >= 0:
                 hn = heap_push(hk, hl, hr, hs, hn, neg_scores[t], pl, left, end - pl)
-    out = np.empty(4 * n, np.int64)
-    m = 0
-    i = 0
+    i = s
     while i != -1:
         t = str_lookup(slots, tok_cps, tok_off, cps, i, i + length[i])
         if t >= 0:
@@ -130,4 +181,4 @@ def spm_encode(cps, slots, tok_cps, tok_off, neg_scores, byte_ids):  # noqa: ANN
                     out[m + 3] = byte_ids[0x80 | (c & 0x3F)]
                     m += 4
         i = nxt[i]
-    return out[:m]
+    return m

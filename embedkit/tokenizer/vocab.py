@@ -7,7 +7,8 @@ Defaults per tokenizer model and per BPE pre-tokenizer mirror llama.cpp's `llama
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,6 @@ class Vocab:
     types: np.ndarray  # int32 [n_vocab], tokenizer.ggml.token_type (NORMAL where absent)
     scores: np.ndarray | None  # float32 [n_vocab] (SentencePiece) or None
     merges: list[str] | None = None  # "left right" merge lines (gpt2) or None
-    token_to_id: dict[str, int] = field(default_factory=dict)
     bos_id: int | None = None
     eos_id: int | None = None
     eot_id: int | None = None
@@ -73,6 +73,29 @@ class Vocab:
     @property
     def size(self) -> int:
         return len(self.tokens)
+
+    @cached_property
+    def token_to_id(self) -> dict[str, int]:
+        """text -> id (a later duplicate wins, as in llama.cpp); built on first use."""
+        return dict(zip(self.tokens, range(len(self.tokens)), strict=True))
+
+    @cached_property
+    def _joined(self) -> tuple[str, np.ndarray] | None:
+        # all tokens in one NUL-separated string: find() of a few texts without hashing 262k strings
+        joined = "\0" + "\0".join(self.tokens) + "\0"
+        if joined.count("\0") != len(self.tokens) + 1:
+            return None  # some token holds a NUL
+        starts = np.zeros(len(self.tokens), np.int64)
+        np.cumsum(np.fromiter(map(len, self.tokens), np.int64, len(self.tokens))[:-1] + 1, out=starts[1:])
+        return joined, starts + 1
+
+    def find(self, text: str) -> int | None:
+        """Id of the token whose text is `text` (the last one if duplicated), or None."""
+        if "token_to_id" in self.__dict__ or self._joined is None:
+            return self.token_to_id.get(text)
+        joined, starts = self._joined
+        pos = joined.rfind("\0" + text + "\0")
+        return None if pos < 0 else int(np.searchsorted(starts, pos + 1))
 
 
 def _id(md: Mapping[str, Any], key: str, default: int | None, n: int) -> int | None:
@@ -117,7 +140,6 @@ def read_vocab(md: Mapping[str, Any], pre_add_bos: dict[str, bool] | None = None
         )
     pre = md.get("tokenizer.ggml.pre")
     v = Vocab(model=model, pre=pre, tokens=tokens, types=types, scores=scores)
-    v.token_to_id = dict(zip(tokens, range(n), strict=True))
 
     # defaults per model (llama.cpp), then metadata overrides
     if model == "llama":
@@ -154,7 +176,7 @@ def read_vocab(md: Mapping[str, Any], pre_add_bos: dict[str, bool] | None = None
 
     _mark_control_lookalikes(v)
     eog = {i for i in (v.eos_id, v.eot_id) if i is not None}
-    eog.update(v.token_to_id[t] for t in EOG_TEXTS if t in v.token_to_id)
+    eog.update(i for i in map(v.find, EOG_TEXTS) if i is not None)
     v.eog_ids = frozenset(eog)
     return v
 
@@ -162,10 +184,10 @@ def read_vocab(md: Mapping[str, Any], pre_add_bos: dict[str, bool] | None = None
 def _mark_control_lookalikes(v: Vocab) -> None:
     """Set eot_id by text if absent, and type EOT/FIM-looking tokens CONTROL, as llama.cpp does."""
     for text in _EOT_TEXTS:
-        i = v.token_to_id.get(text)
+        i = v.find(text)
         if i is not None and v.eot_id is None:
             v.eot_id = i
-    for text in (*_EOT_TEXTS, *EOG_TEXTS, *_FIM_TEXTS):
-        i = v.token_to_id.get(text)
+    for text in dict.fromkeys((*_EOT_TEXTS, *EOG_TEXTS, *_FIM_TEXTS)):
+        i = v.find(text)
         if i is not None and v.types[i] != TYPE_CONTROL:
             v.types[i] = TYPE_CONTROL

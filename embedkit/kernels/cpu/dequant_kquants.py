@@ -131,14 +131,19 @@ def dequant_q6_k(data, out):
         for b in range(nb):
             o = 210 * b
             d = load_f16(row, o + 208)
-            for e in range(256):
-                h = e >> 7
-                s = (e >> 5) & 3
-                l = e & 31
-                dl = d * np.float32(srow[o + 192 + (e >> 4)])
-                ql = (np.int32(row[o + 64 * h + 32 * (s & 1) + l]) >> (4 * (s >> 1))) & 0xF
-                qh = (np.int32(row[o + 128 + 32 * h + l]) >> (2 * s)) & 3
-                dst[256 * b + e] = dl * np.float32((ql | (qh << 4)) - 32)
+            for h in range(2):
+                for s in range(4):  # quarter s of half h: 32 elements, low nibbles of ql[64h + 32(s&1):] or high
+                    lo = o + 64 * h + 32 * (s & 1)
+                    lo_shift = 4 * (s >> 1)
+                    hi = o + 128 + 32 * h
+                    e0 = 256 * b + 128 * h + 32 * s
+                    for k in range(2):
+                        dl = d * np.float32(srow[o + 192 + 8 * h + 2 * s + k])
+                        for t in range(16):
+                            i = 16 * k + t
+                            q_lo = (np.int32(row[lo + i]) >> lo_shift) & 0xF
+                            q = q_lo | (((np.int32(row[hi + i]) >> (2 * s)) & 3) << 4)
+                            dst[e0 + i] = dl * np.float32(q - 32)
 
 
 @njit(parallel=True, cache=True)

@@ -1,8 +1,7 @@
 """Bidirectional attention over padded batches (BERT encoders), one (sequence, head) pair per thread.
 
 Many small [t, hd] x [hd, t] products are slow through BLAS on a busy machine (threading overhead
-dominates); plain loops, vectorised over the head dimension, are faster and skip padded rows and
-keys entirely.
+dominates); plain loops are faster and skip padded rows and keys entirely.
 """
 
 from __future__ import annotations

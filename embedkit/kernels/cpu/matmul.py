@@ -7,6 +7,7 @@ weight bytes are read once per batch, never once per token.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from embedkit.gguf.types import GGMLType
@@ -30,8 +31,11 @@ MATVECS = {
 
 # Up to this many tokens, run the fused matvec once per token; more, use dequantized tiles + BLAS.
 MAX_MATVEC_TOKENS = 4
-# Float32 bytes of one dequantized tile of W (fits in L2 with room for the BLAS panels).
-TILE_BYTES = 4 << 20
+# Float32 bytes of one dequantized tile of W (8 MiB: 512 rows of 4096; larger tiles gave BLAS more room).
+TILE_BYTES = 8 << 20
+# Dequantize tiles on the calling thread: switching between Numba's and OpenBLAS's thread pools for
+# every tile cost milliseconds (spinning BLAS workers), more than the dequantization itself.
+SERIAL = True
 
 
 def matmul_rows(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np.ndarray:
@@ -43,8 +47,11 @@ def matmul_rows(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np
     kernel = MATVECS.get(t)
     if kernel is not None and n_tokens <= MAX_MATVEC_TOKENS:
         y = np.empty((n_tokens, n_rows), dtype=np.float32)
-        xsum = np.empty((n_tokens, n_cols // 32), dtype=np.float32)
-        matvec_legacy.block_sums(x, xsum)
+        # sums of x per 32 elements, for the offset/min terms (numpy: cheaper than another parallel launch)
+        if n_cols % 32 == 0:
+            xsum = x.reshape(n_tokens, n_cols // 32, 32).sum(axis=2, dtype=np.float32)
+        else:  # float types of any length: no offsets
+            xsum = np.zeros((n_tokens, 0), dtype=np.float32)
         for i in range(n_tokens):
             kernel(rows, x[i], xsum[i], y[i])
         return y
@@ -58,9 +65,15 @@ def tiled_matmul(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> n
     tile = max(16, min(n_rows, TILE_BYTES // (4 * n_cols)))
     buf = np.empty((tile, n_cols), dtype=np.float32)
     y = np.empty((x.shape[0], n_rows), dtype=np.float32)
+    n_threads = numba.get_num_threads()
     for r0 in range(0, n_rows, tile):
         r1 = min(n_rows, r0 + tile)
         w = buf[: r1 - r0]
-        dequant(rows[r0:r1], w)
+        if SERIAL:
+            numba.set_num_threads(1)
+            dequant(rows[r0:r1], w)
+            numba.set_num_threads(n_threads)
+        else:
+            dequant(rows[r0:r1], w)
         y[:, r0:r1] = x @ w.T
     return y

@@ -12,22 +12,42 @@ import numpy as np
 from numba import njit, prange
 
 from embedkit.kernels.cpu.bitfields import ubits2_f32, ubits_f32
-from embedkit.kernels.cpu.dequant_kquants import kquant_scale_min
 from embedkit.kernels.cpu.dequant_legacy import IQ4NL_VALUES
 from embedkit.kernels.cpu.halfbits import load_f16
 from embedkit.kernels.cpu.matvec_legacy import FAST, store4
 
 
 @njit(cache=True, inline="always")
-def _kquant_terms(row, o, j, lo, hi, xsum, sb):
-    """d * (sc_lo * lo + sc_hi * hi) - dmin * (m_lo * xsum[sb] + m_hi * xsum[sb + 1]) for sub-blocks 2j, 2j+1."""
-    sc0, m0 = kquant_scale_min(row, o + 4, 2 * j)
-    sc1, m1 = kquant_scale_min(row, o + 4, 2 * j + 1)
-    d = load_f16(row, o)
-    dmin = load_f16(row, o + 2)
-    return d * (np.float32(sc0) * lo + np.float32(sc1) * hi) - dmin * (
-        np.float32(m0) * xsum[sb] + np.float32(m1) * xsum[sb + 1]
-    )
+def _u32(row, o):
+    return np.int64(row[o]) | (np.int64(row[o + 1]) << 8) | (np.int64(row[o + 2]) << 16) | (np.int64(row[o + 3]) << 24)
+
+
+@njit(cache=True, inline="always")
+def kquant_scale_words(row, o):
+    """The 8 six-bit scales and 8 mins of a Q4_K/Q5_K super-block as four words of 4 bytes each:
+    (scales 0-3, scales 4-7, mins 0-3, mins 4-7), from the 12 packed bytes at row[o + 4:]
+    (the word trick of ggml's vec_dot_q4_K: a few masks instead of one get_scale_min_k4 per sub-block)."""
+    w0 = _u32(row, o + 4)
+    w1 = _u32(row, o + 8)
+    w2 = _u32(row, o + 12)
+    sc_lo = w0 & 0x3F3F3F3F
+    sc_hi = (w2 & 0x0F0F0F0F) | (((w0 >> 6) & 0x03030303) << 4)
+    m_lo = w1 & 0x3F3F3F3F
+    m_hi = ((w2 >> 4) & 0x0F0F0F0F) | (((w1 >> 6) & 0x03030303) << 4)
+    return sc_lo, sc_hi, m_lo, m_hi
+
+
+@njit(cache=True, inline="always")
+def _kquant_terms(sc_lo, sc_hi, m_lo, m_hi, d, dmin, j, lo, hi, xsum, sb):
+    """d * (sc_2j * lo + sc_2j+1 * hi) - dmin * (m_2j * xsum[sb] + m_2j+1 * xsum[sb + 1])."""
+    sc_word = sc_lo if j < 2 else sc_hi
+    m_word = m_lo if j < 2 else m_hi
+    shift = 16 * (j & 1)
+    sc0 = np.float32((sc_word >> shift) & 0xFF)
+    sc1 = np.float32((sc_word >> (shift + 8)) & 0xFF)
+    m0 = np.float32((m_word >> shift) & 0xFF)
+    m1 = np.float32((m_word >> (shift + 8)) & 0xFF)
+    return d * (sc0 * lo + sc1 * hi) - dmin * (m0 * xsum[sb] + m1 * xsum[sb + 1])
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
@@ -42,6 +62,12 @@ def matvec_q4_k(w, x, xsum, y):
         a0 = a1 = a2 = a3 = np.float32(0.0)
         for b in range(nb):
             o = 144 * b
+            s0a, s0b, s0c, s0d = kquant_scale_words(w0, o)
+            s1a, s1b, s1c, s1d = kquant_scale_words(w1, o)
+            s2a, s2b, s2c, s2d = kquant_scale_words(w2, o)
+            s3a, s3b, s3c, s3d = kquant_scale_words(w3, o)
+            d0, d1, d2, d3 = load_f16(w0, o), load_f16(w1, o), load_f16(w2, o), load_f16(w3, o)
+            m0, m1, m2, m3 = load_f16(w0, o + 2), load_f16(w1, o + 2), load_f16(w2, o + 2), load_f16(w3, o + 2)
             for j in range(4):
                 qo = o + 16 + 32 * j
                 xo = 256 * b + 64 * j
@@ -63,10 +89,10 @@ def matvec_q4_k(w, x, xsum, y):
                     l3 += ubits_f32(v3, 0, 15) * xl
                     h3 += ubits_f32(v3, 4, 15) * xh
                 sb = 8 * b + 2 * j
-                a0 += _kquant_terms(w0, o, j, l0, h0, xsum, sb)
-                a1 += _kquant_terms(w1, o, j, l1, h1, xsum, sb)
-                a2 += _kquant_terms(w2, o, j, l2, h2, xsum, sb)
-                a3 += _kquant_terms(w3, o, j, l3, h3, xsum, sb)
+                a0 += _kquant_terms(s0a, s0b, s0c, s0d, d0, m0, j, l0, h0, xsum, sb)
+                a1 += _kquant_terms(s1a, s1b, s1c, s1d, d1, m1, j, l1, h1, xsum, sb)
+                a2 += _kquant_terms(s2a, s2b, s2c, s2d, d2, m2, j, l2, h2, xsum, sb)
+                a3 += _kquant_terms(s3a, s3b, s3c, s3d, d3, m3, j, l3, h3, xsum, sb)
         store4(y, r, a0, a1, a2, a3)
 
 
@@ -82,6 +108,12 @@ def matvec_q5_k(w, x, xsum, y):
         a0 = a1 = a2 = a3 = np.float32(0.0)
         for b in range(nb):
             o = 176 * b
+            s0a, s0b, s0c, s0d = kquant_scale_words(w0, o)
+            s1a, s1b, s1c, s1d = kquant_scale_words(w1, o)
+            s2a, s2b, s2c, s2d = kquant_scale_words(w2, o)
+            s3a, s3b, s3c, s3d = kquant_scale_words(w3, o)
+            d0, d1, d2, d3 = load_f16(w0, o), load_f16(w1, o), load_f16(w2, o), load_f16(w3, o)
+            m0, m1, m2, m3 = load_f16(w0, o + 2), load_f16(w1, o + 2), load_f16(w2, o + 2), load_f16(w3, o + 2)
             for j in range(4):
                 qo = o + 48 + 32 * j
                 xo = 256 * b + 64 * j
@@ -108,10 +140,10 @@ def matvec_q5_k(w, x, xsum, y):
                     l3 += ubits2_f32(v3, 0, 15, e3, sh, 1, 4) * xl
                     h3 += ubits2_f32(v3, 4, 15, e3, sh + 1, 1, 4) * xh
                 sb = 8 * b + 2 * j
-                a0 += _kquant_terms(w0, o, j, l0, h0, xsum, sb)
-                a1 += _kquant_terms(w1, o, j, l1, h1, xsum, sb)
-                a2 += _kquant_terms(w2, o, j, l2, h2, xsum, sb)
-                a3 += _kquant_terms(w3, o, j, l3, h3, xsum, sb)
+                a0 += _kquant_terms(s0a, s0b, s0c, s0d, d0, m0, j, l0, h0, xsum, sb)
+                a1 += _kquant_terms(s1a, s1b, s1c, s1d, d1, m1, j, l1, h1, xsum, sb)
+                a2 += _kquant_terms(s2a, s2b, s2c, s2d, d2, m2, j, l2, h2, xsum, sb)
+                a3 += _kquant_terms(s3a, s3b, s3c, s3d, d3, m3, j, l3, h3, xsum, sb)
         store4(y, r, a0, a1, a2, a3)
 
 

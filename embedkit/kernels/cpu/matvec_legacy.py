@@ -24,18 +24,6 @@ from embedkit.kernels.cpu.halfbits import bits_to_f32, f16_to_f32, load_f16
 FAST = {"reassoc", "contract", "nsz", "arcp"}
 
 
-@njit(parallel=True, cache=True)
-def block_sums(x, xsum):
-    """xsum[t, b] = sum of x[t, 32 b : 32 b + 32] (float32, for the offset terms)."""
-    nb = xsum.shape[1]
-    for t in range(x.shape[0]):
-        for b in prange(nb):
-            s = np.float32(0.0)
-            for j in range(32):
-                s += x[t, 32 * b + j]
-            xsum[t, b] = s
-
-
 @njit(cache=True, inline="always")
 def store4(y, r, a0, a1, a2, a3):
     """y[r:r+4] = a0..a3, skipping rows past the end (the clamped tail group)."""

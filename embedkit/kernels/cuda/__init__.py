@@ -8,6 +8,13 @@ Modules, one family of ops each: `quant_elem` (per-type element dequantization),
 
 from __future__ import annotations
 
+import numpy as _np
+
+# numba-cuda 0.30 registers an overload for np.row_stack, which NumPy 2.5 removed: without this
+# alias every kernel compile fails with AttributeError (seen on the H100 image, numpy 2.5).
+if not hasattr(_np, "row_stack"):
+    _np.row_stack = _np.vstack
+
 
 def cuda_available() -> bool:
     """True when numba-cuda is installed and sees a usable GPU (or runs its simulator)."""

@@ -20,6 +20,7 @@ from embedkit.kernels.cuda.intrinsics import warp_sum
 WARPS = 8
 MAX_HEAD_DIM = 256
 PER_LANE = MAX_HEAD_DIM // 32
+MERGE_COLS = MAX_HEAD_DIM + 2  # per warp: running max, running sum, accumulator
 
 
 @cuda.jit
@@ -106,7 +107,7 @@ def attention_cache_kernel(q, kc, vc, pos_buf, causal, window, scale, softcap, d
     """q [n, heads, hd]; kc, vc [1, n_ctx, kv_heads, hd]; out [n, heads*hd]."""
     t = cuda.blockIdx.x
     h = cuda.blockIdx.y
-    merge = cuda.shared.array((WARPS, MAX_HEAD_DIM + 2), dtype=np.float32)
+    merge = cuda.shared.array((WARPS, MERGE_COLS), dtype=np.float32)
     group = q.shape[1] // kc.shape[2]
     pos0 = pos_buf[0]
     p = pos0 + t
@@ -122,7 +123,7 @@ def attention_batch_kernel(q, k, v, mask, scale, out):
     """q, k, v [b*t... as [b, t, heads, hd]] -> out [b*t, heads*hd]; bidirectional, keys masked."""
     bt = cuda.blockIdx.x
     h = cuda.blockIdx.y
-    merge = cuda.shared.array((WARPS, MAX_HEAD_DIM + 2), dtype=np.float32)
+    merge = cuda.shared.array((WARPS, MERGE_COLS), dtype=np.float32)
     T = q.shape[1]
     b = bt // T
     t = bt % T
@@ -134,11 +135,14 @@ def kv_store(k_new, v_new, k_cache, v_cache, pos_buf, stream=0) -> None:
     """Write [n, kv_heads, hd] keys/values into the caches [n_ctx, kv_heads, hd] at rows pos_buf[0].."""
     n, kvh, hd = k_new.shape
     threads = 128
-    kv_store_kernel[(max(1, math.ceil(kvh * hd / threads)), n), threads, stream](k_new, v_new, k_cache, v_cache, pos_buf)
+    kv_store_kernel[(max(1, math.ceil(kvh * hd / threads)), n), threads, stream](
+        k_new, v_new, k_cache, v_cache, pos_buf
+    )
 
 
-def attention_cache(q, k_cache, v_cache, pos_buf, causal: bool, window: int, scale: float,
-                    softcap: float, dummy_mask, out, stream=0) -> None:
+def attention_cache(
+    q, k_cache, v_cache, pos_buf, causal: bool, window: int, scale: float, softcap: float, dummy_mask, out, stream=0
+) -> None:
     """out [n, heads*hd] = attention of q [n, heads, hd] over cache rows [0, pos_buf[0] + n)."""
     n, heads, hd = q.shape
     if hd > MAX_HEAD_DIM:
@@ -146,8 +150,16 @@ def attention_cache(q, k_cache, v_cache, pos_buf, causal: bool, window: int, sca
     kc = k_cache.reshape(1, *k_cache.shape)
     vc = v_cache.reshape(1, *v_cache.shape)
     attention_cache_kernel[(n, heads), WARPS * 32, stream](
-        q, kc, vc, pos_buf, causal, np.int32(window), np.float32(scale), np.float32(softcap),
-        dummy_mask, out,
+        q,
+        kc,
+        vc,
+        pos_buf,
+        causal,
+        np.int32(window),
+        np.float32(scale),
+        np.float32(softcap),
+        dummy_mask,
+        out,
     )
 
 

@@ -23,7 +23,11 @@ _INV_SQRT2 = np.float32(0.7071067811865476)
 
 @cuda.jit(device=True, inline=True)
 def _gelu(v):
-    return np.float32(0.5) * v * (np.float32(1.0) + math.tanh(_SQRT_2_OVER_PI * v * (np.float32(1.0) + _GELU_COEF_A * v * v)))
+    return (
+        np.float32(0.5)
+        * v
+        * (np.float32(1.0) + math.tanh(_SQRT_2_OVER_PI * v * (np.float32(1.0) + _GELU_COEF_A * v * v)))
+    )
 
 
 @cuda.jit(device=True, inline=True)

@@ -28,9 +28,23 @@ def gemm_f16(x16, w16, y32, stream_ptr: int = 0) -> None:
     cublas.setStream(handle, stream_ptr)
     # column-major view: Y^T (rows x n) = W (k x rows)^T . X^T (k x n)
     cublas.gemmEx(
-        handle, _OP_T, _OP_N, rows, n, k,
-        _ONE.ctypes.data, w16.__cuda_array_interface__["data"][0], _CUDA_R_16F, k,
-        x16.__cuda_array_interface__["data"][0], _CUDA_R_16F, k,
-        _ZERO.ctypes.data, y32.__cuda_array_interface__["data"][0], _CUDA_R_32F, rows,
-        _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+        handle,
+        _OP_T,
+        _OP_N,
+        rows,
+        n,
+        k,
+        _ONE.ctypes.data,
+        w16.__cuda_array_interface__["data"][0],
+        _CUDA_R_16F,
+        k,
+        x16.__cuda_array_interface__["data"][0],
+        _CUDA_R_16F,
+        k,
+        _ZERO.ctypes.data,
+        y32.__cuda_array_interface__["data"][0],
+        _CUDA_R_32F,
+        rows,
+        _CUBLAS_COMPUTE_32F,
+        _CUBLAS_GEMM_DEFAULT_TENSOR_OP,
     )

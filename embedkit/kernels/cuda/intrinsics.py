@@ -63,6 +63,7 @@ else:
         for off in (16, 8, 4, 2, 1):
             v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, off))
         return v
+
     from numba.cuda.extending import intrinsic
 
     @intrinsic

@@ -61,6 +61,11 @@ def rms_norm(x, w, eps: float, out, stream=0) -> None:
 def layer_norm(x, w, b, eps: float, out, stream=0) -> None:
     """x, out float32 [n, d] device; w, b float32 [d] or None."""
     layer_norm_kernel[x.shape[0], THREADS, stream](
-        x, w if w is not None else x[0], b if b is not None else x[0], w is not None, b is not None,
-        np.float32(eps), out,
+        x,
+        w if w is not None else x[0],
+        b if b is not None else x[0],
+        w is not None,
+        b is not None,
+        np.float32(eps),
+        out,
     )

@@ -13,8 +13,8 @@ from functools import cache
 import numpy as np
 from numba import cuda
 
-from embedkit.kernels.cuda.quant_elem import ELEMENT_FUNCTIONS
 from embedkit.kernels.cuda.intrinsics import warp_sum
+from embedkit.kernels.cuda.quant_elem import ELEMENT_FUNCTIONS
 from embedkit.kernels.cuda.quant_fast import ROWS_PER_BLOCK, WARP
 
 

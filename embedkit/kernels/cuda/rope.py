@@ -51,6 +51,13 @@ def rope(x, positions, pos_buf, n_rot: int, base: float, freq_scale: float, neox
     threads = 128
     use = positions is not None
     rope_kernel[(max(1, math.ceil(heads * (hd // 2) / threads)), n), threads, stream](
-        x, positions if use else pos_buf, pos_buf, use, np.int32(n_rot), np.float64(math.log(base)),
-        np.float64(freq_scale), neox, out,
+        x,
+        positions if use else pos_buf,
+        pos_buf,
+        use,
+        np.int32(n_rot),
+        np.float64(math.log(base)),
+        np.float64(freq_scale),
+        neox,
+        out,
     )

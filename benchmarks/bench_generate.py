@@ -1,0 +1,122 @@
+"""Prompt processing (512 tokens) and generation (128 tokens) speed, embedkit vs llama.cpp, in one run.
+
+    nice .venv/bin/python benchmarks/bench_generate.py [--threads 2] [--models gemma3-270m,smollm2-135m,...]
+
+llama-cpp-python is the reference when importable (dev machine only). Both sides get the same prompt ids,
+the same context (1024), batch (512) and thread count. Generation is greedy from the end of a 16-token prompt;
+embedkit's figure includes its Python loop and sampling (argmax) per token. A short warm-up run
+compiles/caches the Numba kernels first. Also prints the per-token cost of the default sampler chain on
+each model's vocabulary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+
+from embedkit.catalog import resolve_model
+from embedkit.generate import Generator, Sampler, SamplerParams
+
+N_PROMPT, N_GEN, N_CTX, N_BATCH = 512, 128, 1024, 512
+TEXT = (
+    "The history of computing is a story of ideas meeting machines. From the abacus to the analytical engine, "
+    "from vacuum tubes to transistors, each step made calculation cheaper and more widely available. "
+)
+
+
+def prompt_ids(gen: Generator, n: int) -> list[int]:
+    """n token ids of ordinary English text (BOS first when the model asks for it)."""
+    ids = gen.tokenize(TEXT * (4 * n // 30 + 1))
+    return ids[:n]
+
+
+def bench_embedkit(path, threads: int) -> tuple[float, float, float, Generator]:
+    gen = Generator(path, n_ctx=N_CTX, n_batch=N_BATCH, n_threads=threads)
+    greedy = SamplerParams(temp=0.0)
+    gen.generate(prompt_ids(gen, 16), n_predict=4, sampler=greedy, ignore_eos=True)  # warm-up (JIT caches)
+    ids = prompt_ids(gen, N_PROMPT)
+    gen.reset()
+    res = gen.generate(ids, n_predict=1, sampler=greedy)
+    pp = 1000.0 * res.timings.prompt_tokens / res.timings.prompt_ms
+    gen.reset()
+    # N_GEN + 1 sampled tokens = N_GEN decode steps (the last sampled token is never run)
+    res = gen.generate(ids[:16], n_predict=N_GEN + 1, sampler=greedy, ignore_eos=True)
+    tg = 1000.0 * N_GEN / res.timings.gen_ms
+    return pp, tg, gen.load_ms, gen
+
+
+def bench_llama_cpp(path, ids: list[int], threads: int) -> tuple[float, float] | None:
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    llm = llama_cpp.Llama(str(path), n_ctx=N_CTX, n_batch=N_BATCH, n_threads=threads, n_threads_batch=threads,
+                          verbose=False)
+    n_vocab = llm.n_vocab()
+
+    def last_logits() -> np.ndarray:
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
+
+    llm.eval(ids[:16])  # warm-up
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(ids)
+    pp = len(ids) / (time.perf_counter() - t)
+    llm.reset()
+    llm.eval(ids[:16])
+    tok = int(np.argmax(last_logits()))
+    t = time.perf_counter()
+    for _ in range(N_GEN):
+        llm.eval([tok])
+        tok = int(np.argmax(last_logits()))
+    tg = N_GEN / (time.perf_counter() - t)
+    return pp, tg
+
+
+def sampler_cost_ms(n_vocab: int) -> tuple[float, float]:
+    """Milliseconds per token of greedy and of the default chain (top-k 40, top-p .95, min-p .05, temp .8)."""
+    logits = (np.random.default_rng(0).standard_normal(n_vocab) * 3).astype(np.float32)
+    history = list(range(64))
+    out = []
+    for p in (SamplerParams(temp=0.0), SamplerParams(seed=0, repeat_penalty=1.1)):
+        s = Sampler(p)
+        t = time.perf_counter()
+        for _ in range(50):
+            s(logits, history)
+        out.append(1000.0 * (time.perf_counter() - t) / 50)
+    return out[0], out[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="gemma3-270m,smollm2-135m,qwen2.5-coder-0.5b")
+    args = ap.parse_args()
+    print(f"# {platform.machine()} {platform.system()}, {args.threads} threads, "
+          f"pp{N_PROMPT} / tg{N_GEN}, n_ctx {N_CTX}, batch {N_BATCH}")
+    rows = []
+    for name in args.models.split(","):
+        path = resolve_model(name, kind="generate")
+        pp, tg, load_ms, gen = bench_embedkit(path, args.threads)
+        ref = bench_llama_cpp(path, prompt_ids(gen, N_PROMPT), args.threads)
+        greedy_ms, chain_ms = sampler_cost_ms(gen.model.params.n_vocab)
+        rows.append((name, pp, tg, ref, load_ms, greedy_ms, chain_ms))
+        del gen
+    head = (f"{'model':22} {'embedkit pp t/s':>16} {'llama.cpp pp t/s':>17} {'ratio':>6} "
+            f"{'embedkit tg t/s':>16} {'llama.cpp tg t/s':>17} {'ratio':>6} {'load ms':>8} "
+            f"{'argmax ms':>9} {'chain ms':>8}")
+    print(head)
+    print("-" * len(head))
+    for name, pp, tg, ref, load_ms, greedy_ms, chain_ms in rows:
+        rpp, rtg = ref if ref else (float("nan"), float("nan"))
+        print(f"{name:22} {pp:16.1f} {rpp:17.1f} {pp / rpp:6.2f} {tg:16.1f} {rtg:17.1f} {tg / rtg:6.2f} "
+              f"{load_ms:8.0f} {greedy_ms:9.2f} {chain_ms:8.2f}")
+    print("ratio = embedkit / llama.cpp; sampler columns: per-token cost on the model's vocabulary "
+          "(chain = top-k 40, top-p 0.95, min-p 0.05, temp 0.8, repeat penalty 1.1 over 64 tokens)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Fused Numba loops behind the CPU backend's small ops: one compiled call instead of a chain of
+numpy temporaries, which matters in decode where each op touches only a few thousand floats.
+
+Every function writes into `out` (preallocated by the caller) and allocates nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, fastmath=False)
+def rms_norm_rows(x, w, eps, out):  # pragma: no cover - compiled
+    """out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w (w of length 0: no weight); sums in float64."""
+    n, d = x.shape
+    has_w = w.shape[0] == d
+    for r in range(n):
+        s = 0.0
+        for i in range(d):
+            v = np.float64(x[r, i])
+            s += v * v
+        inv = np.float32(1.0 / math.sqrt(s / d + eps))
+        if has_w:
+            for i in range(d):
+                out[r, i] = x[r, i] * inv * w[i]
+        else:
+            for i in range(d):
+                out[r, i] = x[r, i] * inv
+
+
+@njit(cache=True)
+def rope_rows(x, cos, sin, n_rot, neox, out):  # pragma: no cover - compiled
+    """Rotate x [n, heads, hd] by angles cos/sin [n, n_rot/2] into out (dims >= n_rot copied)."""
+    n, h, hd = x.shape
+    half = n_rot // 2
+    for t in range(n):
+        for j in range(h):
+            for i in range(half):
+                c = cos[t, i]
+                s = sin[t, i]
+                if neox:
+                    a = x[t, j, i]
+                    b = x[t, j, i + half]
+                    out[t, j, i] = a * c - b * s
+                    out[t, j, i + half] = a * s + b * c
+                else:
+                    a = x[t, j, 2 * i]
+                    b = x[t, j, 2 * i + 1]
+                    out[t, j, 2 * i] = a * c - b * s
+                    out[t, j, 2 * i + 1] = a * s + b * c
+            for i in range(n_rot, hd):
+                out[t, j, i] = x[t, j, i]
+
+
+@njit(cache=True, parallel=True)
+def attention_small(q, k, v, pos0, scale, window, softcap, out):  # pragma: no cover - compiled
+    """Attention of a few query tokens over the cache; q [n, H, hd], k/v [Hkv, n_ctx, hd], out [n, H*hd].
+
+    Token t (position pos0 + t) sees key j when j <= pos0 + t and pos0 + t - j < window (window <= 0:
+    unlimited). softcap > 0 applies softcap * tanh(s / softcap) to scores.
+    """
+    n, n_head, hd = q.shape
+    g = n_head // k.shape[0]
+    for hh in prange(n * n_head):
+        t = hh // n_head
+        h = hh % n_head
+        kv = h // g
+        p = pos0 + t
+        start = 0
+        if window > 0 and p - window + 1 > 0:
+            start = p - window + 1
+        m = p + 1 - start
+        s = np.empty(m, dtype=np.float32)
+        mx = -np.inf
+        for jj in range(m):
+            j = start + jj
+            acc = np.float32(0.0)
+            for i in range(hd):
+                acc += q[t, h, i] * k[kv, j, i]
+            acc *= scale
+            if softcap > 0:
+                acc = np.float32(softcap * math.tanh(acc / softcap))
+            s[jj] = acc
+            if acc > mx:
+                mx = acc
+        tot = 0.0
+        for jj in range(m):
+            e = math.exp(s[jj] - mx)
+            s[jj] = e
+            tot += e
+        inv = np.float32(1.0 / tot)
+        base = h * hd
+        for i in range(hd):
+            out[t, base + i] = 0.0
+        for jj in range(m):
+            wgt = s[jj] * inv
+            j = start + jj
+            for i in range(hd):
+                out[t, base + i] += wgt * v[kv, j, i]
+
+
+@njit(cache=True)
+def gelu_tanh_mul(gate, up, out):  # pragma: no cover - compiled
+    """out = gelu_tanh(gate) * up, elementwise over 1-D arrays."""
+    c = np.float32(math.sqrt(2.0 / math.pi))
+    for i in range(gate.size):
+        x = gate[i]
+        out[i] = np.float32(0.5) * x * (np.float32(1.0) + math.tanh(c * (x + np.float32(0.044715) * x * x * x))) * up[i]
+
+
+@njit(cache=True)
+def silu_mul(gate, up, out):  # pragma: no cover - compiled
+    """out = silu(gate) * up, elementwise over 1-D arrays."""
+    for i in range(gate.size):
+        x = gate[i]
+        out[i] = x / (np.float32(1.0) + math.exp(-x)) * up[i]
