@@ -117,11 +117,12 @@ def bench_decoder(path: Path, ngl: int, n_prompt: int, n_gen: int, reps: int) ->
 
 
 def bench_bert(path: Path, batch: int, seq: int, reps: int) -> dict:
-    """Embeddings/s of batches of `batch` sequences of `seq` tokens (hidden states to the host)."""
+    """Embeddings/s of batches of `batch` sequences of `seq` tokens (hidden states to the host);
+    the embedding stage runs on the GPU too (`input_on_gpu`)."""
     from embedkit.backend.placement import make_placement
     from embedkit.models import load_model
 
-    m = load_model(path, make_placement("cuda", -1))
+    m = load_model(path, make_placement("cuda", -1, input_on_gpu=True))
     rng = np.random.default_rng(0)
     ids = rng.integers(0, m.params.n_vocab, (batch, seq))
     mask = np.ones((batch, seq), dtype=np.int64)
@@ -159,7 +160,8 @@ def bench_matvec(bandwidth: float) -> list[dict]:
             if m.fast:
                 xq, xd = be._xq
                 fn = lambda st, m=m, y=y, xq=xq, xd=xd: quant_fast.matvec_repacked(  # noqa: E731
-                    m.fast, m.views[0], m.views[1], xq, xd, None, y, st)
+                    m.fast, m.views[0], m.views[1], xq, xd, None, y, st
+                )
             else:
                 fn = lambda st, m=m, y=y, x=x: quant_generic.matvec(m.layout, m.views, x, None, y, st)  # noqa: E731
             n = 20

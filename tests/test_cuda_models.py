@@ -60,12 +60,12 @@ def _check_logits(got, ref):
 
 
 @pytest.mark.parametrize("name", ["llama", "llama_q8", "gemma3"])
-@pytest.mark.parametrize("ngl", [-1, 1])
-def test_decoder_logits_gpu_vs_cpu(model_files, name, ngl):
+@pytest.mark.parametrize("ngl,input_on_gpu", [(-1, False), (-1, True), (1, False)])
+def test_decoder_logits_gpu_vs_cpu(model_files, name, ngl, input_on_gpu):
     from embedkit.backend.placement import make_placement
 
     ref = _run(model_files[name], None)
-    got = _run(model_files[name], make_placement("cuda", ngl))
+    got = _run(model_files[name], make_placement("cuda", ngl, input_on_gpu))
     _check_logits(got, ref)
 
 
@@ -98,8 +98,9 @@ def test_bert_embeddings_gpu_vs_cpu(model_files):
         e = (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
         return e / np.linalg.norm(e, axis=1, keepdims=True)
 
-    ref, got = pooled(None), pooled(make_placement("cuda", -1))
-    assert np.all((ref * got).sum(1) >= 0.999)
+    ref = pooled(None)
+    for placement in (make_placement("cuda", -1), make_placement("cuda", -1, input_on_gpu=True)):
+        assert np.all((ref * pooled(placement)).sum(1) >= 0.999)
 
 
 def test_device_errors():

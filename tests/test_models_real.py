@@ -1,11 +1,13 @@
 """Real models vs llama.cpp: teacher-forced logits on English, Chinese and code prompts.
 
-Goldens: tests/data/models/*.logits.npz (see the README there). llama.cpp quantizes activations
-to 8 bits inside its quantized matmuls and keeps the KV cache in float16; we keep float32, so
-logits differ by that rounding noise, amplified through the layers (measured: our float32 path
-and the same path with llama.cpp-style Q8 activations differ by up to ~2 logits on these models).
-Tolerances: top-1 agreement >= 99% of all positions of a model (pooled over prompts) and, on
-llama.cpp's 8 largest logits, max-abs error <= 4.0 and mean-abs error <= 0.6.
+Goldens: tests/data/models/*.logits.npz (see the README there). llama.cpp rounds activations to
+8 bits inside quantized matmuls, keeps the KV cache in float16 and more; we compute in float32
+and match Hugging Face transformers run on the same dequantized weights to ~2e-6 relative error
+(tests/data/models/check_hf_agreement.py). transformers itself agrees with llama.cpp's top-1 on
+93.4% (Gemma 3 270M), 97.3% (SmolLM2) and 99.2% (Qwen2.5-Coder) of these positions, every
+disagreement being a near tie (llama.cpp's top-2 margin < 0.44). So the tolerances are:
+top-1 agreement at every position where llama.cpp's margin is >= 0.5, >= 90% overall, and on
+llama.cpp's 8 largest logits max-abs error <= 2.5 and mean-abs error <= 0.4.
 """
 
 from __future__ import annotations
@@ -25,27 +27,31 @@ MODELS = {
 }
 
 
-def _compare(model_path: Path, golden: Path) -> tuple[float, float, float]:
+def _compare(model_path: Path, golden: Path) -> tuple[float, float, float, float]:
+    """(overall top-1 agreement, agreement where llama.cpp's margin >= 0.5, max-abs, mean-abs error)."""
     g = np.load(golden)
     m = load_model(model_path)
-    agree, max_err, abs_errs = [], 0.0, []
+    agree, clear, max_err, abs_errs = [], [], 0.0, []
     for name in sorted({k.split("/")[0] for k in g.files}):
         tokens = g[f"{name}/tokens"]
         top_ids = g[f"{name}/top_ids"]
         ref = g[f"{name}/top_logits"].astype(np.float32)
         logits = m.forward(tokens, m.new_state(len(tokens)), 0, all_positions=True)
         agree.append(logits.argmax(axis=1) == top_ids[:, 0])
+        clear.append(ref[:, 0] - ref[:, 1] >= 0.5)
         err = np.abs(np.take_along_axis(logits, top_ids, axis=1) - ref)
         max_err = max(max_err, float(err.max()))
         abs_errs.append(err.ravel())
-    return float(np.concatenate(agree).mean()), max_err, float(np.concatenate(abs_errs).mean())
+    agree_all, clear_all = np.concatenate(agree), np.concatenate(clear)
+    return float(agree_all.mean()), float(agree_all[clear_all].mean()), max_err, float(np.concatenate(abs_errs).mean())
 
 
 @pytest.mark.parametrize("fixture", list(MODELS))
 def test_real_model_matches_llama_cpp(fixture: str, request: pytest.FixtureRequest) -> None:
-    """Top-1 agreement >= 99%, top-8 logits within 4.0 (max) / 0.6 (mean) of llama.cpp's."""
+    """Top-1 agrees wherever llama.cpp is not near a tie; top-8 logits within 2.5 (max) / 0.4 (mean)."""
     path = request.getfixturevalue(fixture)
-    top1, max_err, mean_err = _compare(path, DATA / f"{MODELS[fixture]}.logits.npz")
-    assert top1 >= 0.99, f"top-1 agreement {top1:.3f}"
-    assert max_err <= 4.0, f"max-abs error {max_err:.3f}"
-    assert mean_err <= 0.6, f"mean-abs error {mean_err:.3f}"
+    top1, top1_clear, max_err, mean_err = _compare(path, DATA / f"{MODELS[fixture]}.logits.npz")
+    assert top1_clear == 1.0, f"top-1 agreement {top1_clear:.3f} where llama.cpp's margin >= 0.5"
+    assert top1 >= 0.90, f"top-1 agreement {top1:.3f}"
+    assert max_err <= 2.5, f"max-abs error {max_err:.3f}"
+    assert mean_err <= 0.4, f"mean-abs error {mean_err:.3f}"

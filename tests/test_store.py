@@ -150,3 +150,21 @@ def test_missing_or_old_pgvector_messages():
     with pytest.raises(StoreError, match="pgvector 0.7.4; embedkit needs pgvector >= 0.8"):
         check_server(_FakeConn(("0.7.4", "0.7.4")), "db.example")
     check_server(_FakeConn(("0.8.1", None)), "db.example")  # available and new enough: fine
+
+
+def test_missing_extension_without_privilege_is_one_line(store):
+    from sqlalchemy import make_url
+
+    with store.connect() as conn:
+        conn.execute("DROP DATABASE IF EXISTS ek_plain_db")
+        conn.execute("DROP ROLE IF EXISTS ek_plain")
+        conn.execute("CREATE ROLE ek_plain LOGIN")
+        conn.execute("CREATE DATABASE ek_plain_db OWNER ek_plain")
+    url = make_url(store.url).set(username="ek_plain", database="ek_plain_db").render_as_string(hide_password=False)
+    with pytest.raises(StoreError) as err:
+        Store(url)
+    msg = str(err.value)
+    assert "\n" not in msg and "ask a superuser to run CREATE EXTENSION vector" in msg
+    with store.connect() as conn:
+        conn.execute("DROP DATABASE ek_plain_db WITH (FORCE)")
+        conn.execute("DROP ROLE ek_plain")

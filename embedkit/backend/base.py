@@ -187,6 +187,6 @@ class Backend:
         """Bidirectional attention over padded batches (BERT).
 
         q, k, v: [b, t, heads, hd]; mask: [b, t] with 1 for real tokens and 0 for padding (keys
-        that are padding get no weight). Returns [b, t, heads * hd].
+        that are padding get no weight; padded query rows come back as zeros). Returns [b, t, heads * hd].
         """
         raise NotImplementedError

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
 @njit(cache=True, fastmath=False)
@@ -55,7 +55,7 @@ def rope_rows(x, cos, sin, n_rot, neox, out):  # pragma: no cover - compiled
                 out[t, j, i] = x[t, j, i]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)  # serial: a decode step has only n_head rows of work, less than a thread wake-up costs
 def attention_small(q, k, v, pos0, scale, window, softcap, out):  # pragma: no cover - compiled
     """Attention of a few query tokens over the cache; q [n, H, hd], k/v [Hkv, n_ctx, hd], out [n, H*hd].
 
@@ -64,7 +64,7 @@ def attention_small(q, k, v, pos0, scale, window, softcap, out):  # pragma: no c
     """
     n, n_head, hd = q.shape
     g = n_head // k.shape[0]
-    for hh in prange(n * n_head):
+    for hh in range(n * n_head):
         t = hh // n_head
         h = hh % n_head
         kv = h // g

@@ -8,10 +8,11 @@ larger batches dequantize the weight to float16 and call cuBLAS (prompt, embeddi
 Decode steps can run as CUDA graphs (`graphs=True`, used when a whole model sits on this backend):
 a one-token step is recorded (ops deferred, then captured on the backend's stream at the first
 `to_host`) and later steps with the same sequence of ops replay it. While replaying, each op only
-checks its key against the recording and returns the recorded output array, so a step costs one
-graph launch plus the model's Python; the per-step inputs (the token's embedding, ids, the position)
-are device buffers refreshed before the launch. A step that departs from the recording runs the
-recorded prefix eagerly and continues eagerly.
+checks its key against the recording and returns the recorded output array; the per-step inputs
+(the token's embedding or ids, the position) are device buffers refreshed before the launch, and
+the graph is launched as soon as the last of them is known, so the GPU runs while the rest of the
+model's Python replays. A step that departs from the recording runs the recorded prefix eagerly
+(recomputing anything an early launch did) and continues eagerly; the next step records afresh.
 """
 
 from __future__ import annotations

@@ -34,11 +34,19 @@ def supported_types() -> list[GGMLType]:
     return list(DEQUANTIZERS)
 
 
+_RESOLVED: dict[object, GGMLType] = {}  # type argument -> GGMLType, so the decode loop skips the parsing
+
+
 def _resolve(t: str | int | GGMLType) -> GGMLType:
+    hit = _RESOLVED.get(t)
+    if hit is not None:
+        return hit
     try:
-        return ggml_type(t)
+        resolved = ggml_type(t)
     except Exception:
         raise UnsupportedQuantError(f"unknown ggml type {t!r}") from None
+    _RESOLVED[t] = resolved
+    return resolved
 
 
 def _rows(data: np.ndarray, t: GGMLType, shape: tuple[int, int]) -> np.ndarray:
@@ -50,6 +58,13 @@ def _rows(data: np.ndarray, t: GGMLType, shape: tuple[int, int]) -> np.ndarray:
     if n_cols % info.block_size:
         raise InputError(f"{t.name}: row length {n_cols} is not a multiple of the block size {info.block_size}")
     row_bytes = n_cols // info.block_size * info.type_size
+    if (
+        type(data) is np.ndarray
+        and data.dtype == np.uint8
+        and data.shape == (n_rows, row_bytes)
+        and data.flags.c_contiguous
+    ):
+        return data  # already rows of bytes (e.g. TensorInfo.rows_view())
     raw = np.asarray(data)
     if raw.dtype != np.uint8:
         raw = raw.view(np.uint8)

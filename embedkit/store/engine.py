@@ -94,6 +94,11 @@ def create_store_engine(url: str) -> Engine:
         ) from None
     except DBAPIError as exc:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        if "extension" in first and "vector" in first:
+            raise StoreError(
+                f"could not create the pgvector extension on {where} ({first}); ask a superuser to run "
+                "CREATE EXTENSION vector in this database"
+            ) from None
         raise StoreError(f"database error on {where}: {first}") from None
     return engine
 

@@ -26,10 +26,8 @@ def codepoints(text: str) -> np.ndarray:
 class VocabSpans:
     """The vocabulary as one code-point array + offsets, and its hash table."""
 
-    def __init__(self, tokens: list[str]):
-        self.cps = codepoints("".join(tokens))
-        self.off = np.zeros(len(tokens) + 1, np.int64)
-        np.cumsum(np.fromiter(map(len, tokens), np.int64, len(tokens)), out=self.off[1:])
+    def __init__(self, vocab: Vocab):
+        self.cps, self.off = vocab.spans
         self.slots = build_str_table(self.cps, self.off)
         # every pair of adjacent code points inside some token: text between two code points that
         # form no such pair can never be merged across, so the merge loop runs segment by segment
@@ -51,7 +49,7 @@ class SentencePieceModel:
             scores = v.scores if v.scores is not None else np.zeros(v.size, np.float32)
             unk = v.unk_id if v.unk_id is not None else 0
             byte_ids = np.array([_byte_token(v, b, unk) for b in range(256)], np.int64)
-            self._tables = (VocabSpans(v.tokens), -scores.astype(np.float64), byte_ids)
+            self._tables = (VocabSpans(v), -scores.astype(np.float64), byte_ids)
         return self._tables
 
     def encode(self, text: str, out: list[int]) -> None:

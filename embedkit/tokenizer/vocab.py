@@ -80,22 +80,32 @@ class Vocab:
         return dict(zip(self.tokens, range(len(self.tokens)), strict=True))
 
     @cached_property
-    def _joined(self) -> tuple[str, np.ndarray] | None:
-        # all tokens in one NUL-separated string: find() of a few texts without hashing 262k strings
-        joined = "\0" + "\0".join(self.tokens) + "\0"
-        if joined.count("\0") != len(self.tokens) + 1:
-            return None  # some token holds a NUL
-        starts = np.zeros(len(self.tokens), np.int64)
-        np.cumsum(np.fromiter(map(len, self.tokens), np.int64, len(self.tokens))[:-1] + 1, out=starts[1:])
-        return joined, starts + 1
+    def spans(self) -> tuple[np.ndarray, np.ndarray]:
+        """All tokens' code points in one uint32 array, and each token's offsets into it (n + 1)."""
+        n = len(self.tokens)
+        cps = np.frombuffer("".join(self.tokens).encode("utf-32-le", "surrogatepass"), np.uint32)
+        off = np.zeros(n + 1, np.int64)
+        np.cumsum(np.fromiter(map(len, self.tokens), np.int64, n), out=off[1:])
+        return cps, off
+
+    @cached_property
+    def _first_and_length(self) -> tuple[np.ndarray, np.ndarray]:
+        cps, off = self.spans
+        return cps[np.minimum(off[:-1], max(len(cps) - 1, 0))], np.diff(off)
 
     def find(self, text: str) -> int | None:
-        """Id of the token whose text is `text` (the last one if duplicated), or None."""
-        if "token_to_id" in self.__dict__ or self._joined is None:
+        """Id of the token whose text is `text` (the last one if duplicated), or None.
+
+        Before token_to_id is built, candidates are narrowed with numpy (first code point and
+        length), so looking up a few texts does not hash the whole vocabulary."""
+        if "token_to_id" in self.__dict__ or not text:
             return self.token_to_id.get(text)
-        joined, starts = self._joined
-        pos = joined.rfind("\0" + text + "\0")
-        return None if pos < 0 else int(np.searchsorted(starts, pos + 1))
+        first, length = self._first_and_length
+        cand = np.nonzero((length == len(text)) & (first == ord(text[0])))[0]
+        for i in cand[::-1].tolist():
+            if self.tokens[i] == text:
+                return i
+        return None
 
 
 def _id(md: Mapping[str, Any], key: str, default: int | None, n: int) -> int | None:

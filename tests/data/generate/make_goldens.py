@@ -19,6 +19,7 @@ import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 HERE = Path(__file__).resolve().parent
+GGML_TYPE_F32 = 0
 N_GEN = 32
 
 MODELS = {
@@ -60,6 +61,11 @@ CHATS = [
 def greedy(llm: llama_cpp.Llama, prompt: str) -> dict:
     """Prompt ids (BOS as the model asks) and N_GEN argmax tokens, ignoring end-of-generation."""
     ids = llm.tokenize(prompt.encode(), add_bos=True, special=False)
+    return {"prompt": prompt, "prompt_ids": ids, **continue_greedy(llm, ids)}
+
+
+def continue_greedy(llm: llama_cpp.Llama, ids: list[int]) -> dict:
+    """N_GEN argmax tokens after ``ids`` and the top-2 logit margin at each step."""
     llm.reset()
     llm.eval(ids)
     out, margins = [], []
@@ -72,7 +78,7 @@ def greedy(llm: llama_cpp.Llama, prompt: str) -> dict:
         margins.append(round(float(top2[1] - top2[0]), 4))
         llm.eval([tok])
     text = llm.detokenize(out).decode("utf-8", errors="replace")
-    return {"prompt": prompt, "prompt_ids": ids, "output_ids": out, "top2_margins": margins, "text": text}
+    return {"output_ids": out, "top2_margins": margins, "text": text}
 
 
 def cpp_template(template: str, messages: list[dict], add_ass: bool = True) -> str:
@@ -92,11 +98,21 @@ def cpp_template(template: str, messages: list[dict], add_ass: bool = True) -> s
 
 def main(models_dir: Path) -> None:
     for name, file in MODELS.items():
+        # The reference keeps its KV cache in F32 (-ctk f32 -ctv f32), like embedkit; llama.cpp's default
+        # F16 cache moves these small models' logits by up to ~0.3, enough to flip near-ties. The default
+        # run is kept beside it (`*_kv_f16`) for comparison.
         llm = llama_cpp.Llama(
-            str(models_dir / file), n_ctx=512, n_batch=512, n_threads=2, seed=0, verbose=False
+            str(models_dir / file), n_ctx=512, n_batch=512, n_threads=2, seed=0, verbose=False,
+            type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32,
         )
         rows = [greedy(llm, p) for p in PROMPTS]
-        meta = {"model": name, "file": file, "llama_cpp_python": llama_cpp.__version__, "n_gen": N_GEN}
+        llm_f16 = llama_cpp.Llama(str(models_dir / file), n_ctx=512, n_batch=512, n_threads=2, verbose=False)
+        for row in rows:
+            f16 = continue_greedy(llm_f16, row["prompt_ids"])
+            row["output_ids_kv_f16"], row["top2_margins_kv_f16"] = f16["output_ids"], f16["top2_margins"]
+        del llm_f16
+        meta = {"model": name, "file": file, "llama_cpp_python": llama_cpp.__version__, "n_gen": N_GEN,
+                "kv_cache": "f32 (output_ids); f16, llama.cpp's default (output_ids_kv_f16)"}
         (HERE / f"greedy_{name}.json").write_text(
             json.dumps({**meta, "cases": rows}, ensure_ascii=False, indent=1) + "\n"
         )

@@ -17,9 +17,11 @@ import numpy as np
 PROMPTS = {
     "en": "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
     "combined movable metal type with an oil-based ink. Within decades, books became",
-    "zh": "人工智能是计算机科学的一个分支，它试图理解智能的本质，并生产出一种新的能以人类智能相似的方式做出反应的智能机器。",
+    "zh": "人工智能是计算机科学的一个分支，它试图理解智能的本质，"
+    "并生产出一种新的能以人类智能相似的方式做出反应的智能机器。",
     "code": 'def fibonacci(n: int) -> list[int]:\n    """Return the first n Fibonacci numbers."""\n'
-    "    seq = [0, 1]\n    while len(seq) < n:\n        seq.append(seq[-1] + seq[-2])\n    return seq[:n]\n\n\nif __name__ ==",
+    "    seq = [0, 1]\n    while len(seq) < n:\n        seq.append(seq[-1] + seq[-2])\n"
+    "    return seq[:n]\n\n\nif __name__ ==",
 }
 TOP_K = 8
 DEFAULT_MODELS = [

@@ -1,0 +1,146 @@
+"""CPU backend ops vs float64 numpy references on fresh random inputs.
+
+Tolerances: elementwise ops, norms and RoPE within 2e-6 relative (float32 rounding); attention
+within 1e-5 absolute (outputs are O(1)); matmul/get_rows exact vs `embedkit.kernels` on F32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from embedkit.backend import Placement, Weight
+from embedkit.backend.cpu import CPUBackend
+from embedkit.gguf import GGMLType
+
+rng = np.random.default_rng(20261125)
+
+
+@pytest.fixture(scope="module")
+def be() -> CPUBackend:
+    return CPUBackend()
+
+
+def _vec(x: np.ndarray) -> Weight:
+    return Weight("v", int(GGMLType.F32), x.shape, x.astype(np.float32))
+
+
+def _close(a: np.ndarray, ref: np.ndarray, rel: float) -> None:
+    err = np.abs(a.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30)
+    assert err < rel, f"relative error {err:.2e} >= {rel}"
+
+
+def test_norms(be: CPUBackend) -> None:
+    x = rng.standard_normal((5, 3, 64)).astype(np.float32) * 3
+    w = rng.standard_normal(64).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    xd = x.astype(np.float64)
+    ref = xd / np.sqrt((xd**2).mean(-1, keepdims=True) + 1e-6) * w
+    _close(be.rms_norm(x, _vec(w), 1e-6), ref, 2e-6)
+    _close(be.rms_norm(x, None, 1e-6), ref / w, 2e-6)
+    mu = xd.mean(-1, keepdims=True)
+    ref = (xd - mu) / np.sqrt(((xd - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * w + b
+    _close(be.layer_norm(x, _vec(w), _vec(b), 1e-5), ref, 2e-6)
+
+
+def test_activations(be: CPUBackend) -> None:
+    g = rng.standard_normal((7, 33)).astype(np.float32) * 4
+    u = rng.standard_normal((7, 33)).astype(np.float32)
+    gd = g.astype(np.float64)
+    gelu_tanh = 0.5 * gd * (1 + np.tanh(math.sqrt(2 / math.pi) * (gd + 0.044715 * gd**3)))
+    gelu_erf = 0.5 * gd * (1 + np.vectorize(math.erf)(gd / math.sqrt(2)))
+    silu = gd / (1 + np.exp(-gd))
+    _close(be.gelu(g), gelu_tanh, 2e-6)
+    _close(be.gelu_erf(g), gelu_erf, 2e-6)
+    _close(be.silu(g), silu, 2e-6)
+    _close(be.swiglu(g, u), silu * u, 2e-6)
+    _close(be.geglu(g, u), gelu_tanh * u, 2e-6)
+    e = np.exp(gd - gd.max(-1, keepdims=True))
+    _close(be.softmax(g), e / e.sum(-1, keepdims=True), 2e-6)
+
+
+@pytest.mark.parametrize("style", ["norm", "neox"])
+def test_rope(be: CPUBackend, style: str) -> None:
+    n, h, hd, n_rot, base = 6, 3, 32, 24, 10000.0
+    x = rng.standard_normal((n, h, hd)).astype(np.float32)
+    pos = np.array([0, 1, 7, 8, 100, 4095], dtype=np.int32)
+    ref = x.astype(np.float64).copy()
+    for t in range(n):
+        for i in range(n_rot // 2):
+            th = pos[t] * 0.5 * base ** (-2 * i / n_rot)
+            a, b = (2 * i, 2 * i + 1) if style == "norm" else (i, i + n_rot // 2)
+            x0, x1 = x[t, :, a].astype(np.float64), x[t, :, b].astype(np.float64)
+            ref[t, :, a] = x0 * math.cos(th) - x1 * math.sin(th)
+            ref[t, :, b] = x0 * math.sin(th) + x1 * math.cos(th)
+    _close(be.rope(x, pos, n_rot, base, style, freq_scale=0.5), ref, 2e-6)
+
+
+def _attention_ref(q, k, v, pos0, scale, window, softcap):
+    n, nh, hd = q.shape
+    g = nh // k.shape[1]
+    out = np.zeros((n, nh, hd))
+    for t in range(n):
+        p = pos0 + t
+        for h in range(nh):
+            keys = np.arange(p + 1)
+            if window:
+                keys = keys[p - keys < window]
+            s = k[keys, h // g].astype(np.float64) @ q[t, h] * scale
+            if softcap:
+                s = softcap * np.tanh(s / softcap)
+            w = np.exp(s - s.max())
+            out[t, h] = (w / w.sum()) @ v[keys, h // g]
+    return out.reshape(n, nh * hd)
+
+
+@pytest.mark.parametrize("window,softcap", [(None, None), (5, None), (None, 30.0)])
+def test_attention_prompt_then_decode(be: CPUBackend, window: int | None, softcap: float | None) -> None:
+    """A 12-token batch (BLAS path) then 3 single tokens (fused path), GQA 6 heads over 2."""
+    n_ctx, nh, nkv, hd, total = 32, 6, 2, 16, 15
+    q = rng.standard_normal((total, nh, hd)).astype(np.float32)
+    k = rng.standard_normal((total, nkv, hd)).astype(np.float32)
+    v = rng.standard_normal((total, nkv, hd)).astype(np.float32)
+    cache = be.kv_cache(n_ctx, nkv, hd)
+    scale = 1 / math.sqrt(hd)
+    ref = _attention_ref(q, k, v, 0, scale, window, softcap)
+    out = be.attention(q[:12], cache, k[:12], v[:12], 0, scale, window=window, softcap=softcap)
+    assert np.abs(out - ref[:12]).max() < 1e-5
+    for p in range(12, total):
+        out = be.attention(q[p : p + 1], cache, k[p : p + 1], v[p : p + 1], p, scale, window=window, softcap=softcap)
+        assert np.abs(out[0] - ref[p]).max() < 1e-5
+
+
+def test_attention_batch_ignores_padding(be: CPUBackend) -> None:
+    b, t, h, hd = 2, 5, 2, 8
+    q, k, v = (rng.standard_normal((b, t, h, hd)).astype(np.float32) for _ in range(3))
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    out = be.attention_batch(q, k, v, mask, 0.3)
+    for i in range(b):
+        keep = mask[i].astype(bool)
+        for hh in range(h):
+            s = q[i, keep, hh].astype(np.float64) @ k[i, keep, hh].T * 0.3
+            w = np.exp(s - s.max(-1, keepdims=True))
+            ref = (w / w.sum(-1, keepdims=True)) @ v[i, keep, hh]
+            assert np.abs(out[i, keep, hh * hd : (hh + 1) * hd] - ref).max() < 1e-5
+            assert not out[i, ~keep].any()  # padded query rows are zeros
+
+
+def test_matmul_and_get_rows(be: CPUBackend) -> None:
+    w = rng.standard_normal((40, 64)).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    wt = Weight("w", int(GGMLType.F32), (40, 64), w.view(np.uint8).reshape(-1))
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    _close(be.matmul(x, wt, _vec(bias)), x.astype(np.float64) @ w.T + bias, 2e-6)
+    ids = np.array([3, 0, 39, 3])
+    assert np.array_equal(be.get_rows(wt, ids), w[ids])
+
+
+def test_offload_placement_follows_llama_cpp() -> None:
+    cpu, gpu = CPUBackend(), CPUBackend()
+    p = Placement.offload(cpu, gpu, 4, 2)
+    assert [b is gpu for b in p.layers] == [False, False, True, True] and p.output is cpu and p.input is cpu
+    p = Placement.offload(cpu, gpu, 4, -1)
+    assert all(b is gpu for b in p.layers) and p.output is gpu and p.input is cpu
+    assert all(b is cpu for b in Placement.offload(cpu, gpu, 4, 0).layers)
