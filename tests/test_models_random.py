@@ -1,4 +1,4 @@
-"""Tiny random-weight llama (+ sliding window), qwen2 and falcon models vs Hugging Face transformers.
+"""Tiny random-weight llama (+ sliding window), qwen2, falcon and gemma3 models vs Hugging Face transformers.
 
 Each model is written by `embedkit.testing.random_models` in F32, F16, Q8_0, Q4_0 and Q4_K; the
 transformers model (torch, float64 on CPU) is built from a config and loaded with the same
@@ -28,6 +28,8 @@ CASES = {
     "llama_swa": ("llama", {"sliding_window": 5}),
     "qwen2": ("qwen2", {}),
     "falcon": ("falcon", {"n_head_kv": 1}),
+    # 6 layers: 5 local (window 5, RoPE base 10000) and 1 global, as Gemma 3's pattern
+    "gemma3": ("gemma3", {"n_layer": 6, "n_head_kv": 1, "sliding_window": 5, "rope_base": 1e6, "eps": 1e-6}),
 }
 TOLERANCE = {"F32": 1e-4, "F16": 2e-3, "Q8_0": 2e-2, "Q4_0": 5e-2, "Q4_K": 5e-2}
 N_TOKENS = 14
@@ -50,6 +52,8 @@ def _hf_model(arch: str, s: dict, w: dict[str, np.ndarray]):
         num_attention_heads=s["n_head"], max_position_embeddings=s["n_ctx"], rope_theta=s["rope_base"],
     )  # fmt: skip
     sd: dict[str, np.ndarray] = {}
+    if arch == "gemma3":
+        return _hf_gemma3(s, w, hd, common)
     if arch == "falcon":
         cfg = transformers.FalconConfig(
             **common, multi_query=True, new_decoder_architecture=False, parallel_attn=True, bias=False,
@@ -106,6 +110,39 @@ def _hf_model(arch: str, s: dict, w: dict[str, np.ndarray]):
     return model
 
 
+def _hf_gemma3(s: dict, w: dict[str, np.ndarray], hd: int, common: dict):
+    """Gemma3ForCausalLM; HF's RMSNorm multiplies by (1 + w) where the GGUF stores 1 + w."""
+    cfg = transformers.Gemma3TextConfig(
+        **{k: v for k, v in common.items() if k != "rope_theta"}, intermediate_size=s["n_ff"],
+        num_key_value_heads=s["n_head_kv"], head_dim=hd, query_pre_attn_scalar=hd, rms_norm_eps=s["eps"],
+        sliding_window=s["sliding_window"], rope_theta=s["rope_base"], rope_local_base_freq=10000.0,
+        layer_types=["full_attention" if i % 6 == 5 else "sliding_attention" for i in range(s["n_layer"])],
+        tie_word_embeddings=True, final_logit_softcapping=None, attn_logit_softcapping=None,
+        hidden_activation="gelu_pytorch_tanh",
+    )  # fmt: skip
+    model = transformers.Gemma3ForCausalLM(cfg)
+    norms = {
+        "input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
+        "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+        "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+    }  # fmt: skip
+    sd = {"model.embed_tokens.weight": w["token_embd.weight"], "model.norm.weight": w["output_norm.weight"] - 1}
+    for i in range(s["n_layer"]):
+        p, q = f"model.layers.{i}.", f"blk.{i}."
+        for hf, g in (("q_proj", "attn_q"), ("k_proj", "attn_k"), ("v_proj", "attn_v"), ("o_proj", "attn_output")):
+            sd[f"{p}self_attn.{hf}.weight"] = w[f"{q}{g}.weight"]
+        for hf, g in (("gate_proj", "ffn_gate"), ("up_proj", "ffn_up"), ("down_proj", "ffn_down")):
+            sd[f"{p}mlp.{hf}.weight"] = w[f"{q}{g}.weight"]
+        for hf, g in norms.items():
+            sd[f"{p}{hf}.weight"] = w[f"{q}{g}.weight"] - 1
+    sd["lm_head.weight"] = w["token_embd.weight"]
+    model = model.to(torch.float64).eval()
+    missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
+    assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
+    model.config._attn_implementation = "eager"
+    return model
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """(case, type) -> (gguf path, shape); written lazily."""
@@ -145,3 +182,23 @@ def test_logits_match_transformers(models: dict, case: str, gtype: str) -> None:
         last = m.forward(ids[pos : pos + 1], state, pos)
     err = np.abs(last[0] - ref[-1]).max() / scale
     assert err < TOLERANCE[gtype], f"{case} {gtype} decode: relative error {err:.2e}"
+
+
+def test_unknown_architecture_lists_supported() -> None:
+    from embedkit.errors import UnsupportedModelError
+    from embedkit.models import model_class
+
+    with pytest.raises(UnsupportedModelError, match="supported: .*falcon.*gemma3.*llama.*mistral.*qwen2"):
+        model_class("gpt2")
+    assert model_class("mistral") is model_class("llama")
+
+
+def test_context_overflow_is_an_error(models: dict) -> None:
+    from embedkit.errors import GenerationError
+
+    path, _, _ = _case(models, "llama", "F32")
+    m = load_model(path)
+    state = m.new_state(8)
+    m.forward(np.arange(3, 9, dtype=np.int32), state, 0)
+    with pytest.raises(GenerationError, match="n_ctx=8"):
+        m.forward(np.arange(3, 6, dtype=np.int32), state, 6)

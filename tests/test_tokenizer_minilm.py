@@ -57,3 +57,25 @@ def test_minilm_matches_hf_tokenizers(minilm_gguf_path: Path, minilm_hf_dir: Pat
     want = [e.ids for e in hf.encode_batch(texts, add_special_tokens=True)]
     bad = [(t, w, g) for t, w, g in zip(texts, want, tok.encode_batch(texts), strict=True) if w != g]
     assert not bad, f"{len(bad)}/{len(texts)} differ, first: {json.dumps(bad[0], ensure_ascii=False)[:600]}"
+
+
+@pytest.mark.slow
+def test_wordpiece_vocab_with_hash_continuations(minilm_hf_dir: Path) -> None:
+    """A bert vocabulary that kept HF's "##" continuations (not llama.cpp's U+2581 word starts)."""
+    import numpy as np
+    from tokenizers import Tokenizer as HFTokenizer
+
+    spec = json.loads((minilm_hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    types = np.array([3 if t.startswith("[") and t.endswith("]") else 1 for t in tokens], np.int32)
+    md = {"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types,
+          "tokenizer.ggml.unknown_token_id": vocab["[UNK]"], "tokenizer.ggml.cls_token_id": vocab["[CLS]"],
+          "tokenizer.ggml.seperator_token_id": vocab["[SEP]"]}
+    tok = load_tokenizer(md)
+    hf = HFTokenizer.from_file(str(minilm_hf_dir / "tokenizer.json"))
+    hf.no_padding()
+    hf.no_truncation()
+    texts = _stdlib_paragraphs(300) + list(CORPUS)
+    want = [e.ids for e in hf.encode_batch(texts)]
+    assert tok.encode_batch(texts) == want

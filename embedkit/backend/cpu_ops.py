@@ -11,8 +11,11 @@ import math
 import numpy as np
 from numba import njit
 
+# Fast-math flags that allow vectorised reductions but keep inf/nan semantics (-inf is used as a start).
+_REASSOC = {"reassoc", "contract", "nsz", "arcp"}
 
-@njit(cache=True, fastmath=False)
+
+@njit(cache=True, fastmath=_REASSOC)  # reassociating the sum lets LLVM vectorise it
 def rms_norm_rows(x, w, eps, out):  # pragma: no cover - compiled
     """out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w (w of length 0: no weight); sums in float64."""
     n, d = x.shape
@@ -55,7 +58,7 @@ def rope_rows(x, cos, sin, n_rot, neox, out):  # pragma: no cover - compiled
                 out[t, j, i] = x[t, j, i]
 
 
-@njit(cache=True)  # serial: a decode step has only n_head rows of work, less than a thread wake-up costs
+@njit(cache=True, fastmath=_REASSOC)  # serial: a decode step has n_head rows of work, less than a thread wake-up
 def attention_small(q, k, v, pos0, scale, window, softcap, out):  # pragma: no cover - compiled
     """Attention of a few query tokens over the cache; q [n, H, hd], k/v [Hkv, n_ctx, hd], out [n, H*hd].
 

@@ -26,23 +26,23 @@ TYPE_BYTE = 6
 
 SUPPORTED_MODELS = ("llama", "gpt2", "bert")
 
-# Texts llama.cpp recognises as end-of-generation tokens; a token with one of these texts that is
-# not typed CONTROL is treated as CONTROL (so it is never matched in plain text).
-EOG_TEXTS = (
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
-    "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>", "<｜end▁of▁sentence｜>",
-)
-_EOT_TEXTS = (
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>", "_<EOT>",
-    "<｜end▁of▁sentence｜>", "<end_of_utterance>",
-)
-_FIM_TEXTS = (
-    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>", "▁<PRE>", "<|fim▁begin|>",
-    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>", "▁<SUF>", "<|fim▁hole|>",
-    "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<MID>", "▁<MID>", "<|fim▁end|>",
-    "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<|fim_repo|>", "<fim-repo>", "<fim_repo>",
-    "<|fim_file_separator|>", "<fim-file-separator>", "<fim_file_separator>",
-)
+# Special tokens llama.cpp recognises by their text (llama_vocab::impl::load): a match that is not
+# typed CONTROL is treated as CONTROL (so plain text never produces it).
+_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+              "<EOT>", "_<EOT>", "[EOT]", "<end_of_utterance>")
+_EOM_TEXTS = ("<|eom_id|>",)
+_FIM_TEXTS = {
+    "pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>", "<|code_prefix|>", "<|prefix|>"),
+    "suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>", "<|code_suffix|>", "<|suffix|>"),
+    "mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<MID>", "<|code_middle|>", "<|middle|>"),
+    "pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "sep": ("<|file_sep|>",),
+}
+EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+             "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+             "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>")
+_ALWAYS_USER_DEFINED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")  # gpt-oss
 
 
 @dataclass
@@ -184,20 +184,44 @@ def read_vocab(md: Mapping[str, Any], pre_add_bos: dict[str, bool] | None = None
     lowercase = md.get(g + "normalizer.lowercase")
     v.lowercase = None if lowercase is None else bool(lowercase)
 
-    _mark_control_lookalikes(v)
-    eog = {i for i in (v.eos_id, v.eot_id) if i is not None}
-    eog.update(i for i in map(v.find, EOG_TEXTS) if i is not None)
-    v.eog_ids = frozenset(eog)
+    _special_tokens_by_text(v, md)
     return v
 
 
-def _mark_control_lookalikes(v: Vocab) -> None:
-    """Set eot_id by text if absent, and type EOT/FIM-looking tokens CONTROL, as llama.cpp does."""
-    for text in _EOT_TEXTS:
-        i = v.find(text)
-        if i is not None and v.eot_id is None:
-            v.eot_id = i
-    for text in dict.fromkeys((*_EOT_TEXTS, *EOG_TEXTS, *_FIM_TEXTS)):
-        i = v.find(text)
-        if i is not None and v.types[i] != TYPE_CONTROL:
+def _special_tokens_by_text(v: Vocab, md: Mapping[str, Any]) -> None:
+    """EOT/EOM/FIM/EOG tokens found by their text, typed CONTROL, as llama.cpp does at load."""
+
+    def control(i: int) -> int:
+        if v.types[i] != TYPE_CONTROL:
             v.types[i] = TYPE_CONTROL
+        return i
+
+    def first(texts: tuple[str, ...]) -> int | None:
+        return next((i for i in map(v.find, texts) if i is not None), None)
+
+    if v.eot_id is None and (i := first(_EOT_TEXTS)) is not None:
+        v.eot_id = control(i)
+    eom = _id(md, "tokenizer.ggml.eom_token_id", None, v.size)
+    if eom is None and (eom := first(_EOM_TEXTS)) is not None:
+        control(eom)
+    fim = {}
+    for kind, texts in _FIM_TEXTS.items():
+        fim[kind] = _id(md, f"tokenizer.ggml.fim_{kind}_token_id", None, v.size)
+        if fim[kind] is None and (i := first(texts)) is not None:
+            fim[kind] = control(i)
+    eog = {fim[k] for k in ("pad", "rep", "sep") if fim[k] is not None}
+    by_text = {t: i for t in EOG_TEXTS if (i := v.find(t)) is not None}
+    eog.update(control(i) for i in by_text.values())
+    for t in _ALWAYS_USER_DEFINED:
+        if (i := v.find(t)) is not None:
+            v.types[i] = TYPE_USER_DEFINED
+    eog.update(i for i in (v.eos_id, v.eot_id, eom) if i is not None)
+    # o200k_harmony / solar-open: <|end|> is not end-of-generation there
+    has_call = "<|call|>" in by_text or "<|calls|>" in by_text
+    if "<|end|>" in by_text and has_call and ("<|return|>" in by_text or "<|flush|>" in by_text):
+        eog.discard(by_text["<|end|>"])
+        v.types[by_text["<|end|>"]] = TYPE_USER_DEFINED
+    if "<|tool_response>" in by_text and "</s>" in by_text:  # gemma4: </s> is text
+        eog.discard(by_text["</s>"])
+        v.types[by_text["</s>"]] = TYPE_NORMAL
+    v.eog_ids = frozenset(eog)

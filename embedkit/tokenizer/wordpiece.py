@@ -13,6 +13,10 @@ import re
 import unicodedata
 from functools import cached_property
 
+import numpy as np
+from numba import njit
+
+from embedkit.tokenizer.hashtables import build_str_table, str_lookup
 from embedkit.tokenizer.unicode_classes import char_class
 from embedkit.tokenizer.vocab import TYPE_NORMAL, Vocab
 
@@ -31,7 +35,6 @@ class WordPieceModel:
 
     def __init__(self, vocab: Vocab):
         self.vocab = vocab
-        t2i = vocab.token_to_id
         hf_style = any(t.startswith("##") for t in vocab.tokens[:: max(1, len(vocab.tokens) // 4000)])
         self._first, self._cont = ("", "##") if hf_style else (SPM_SPACE, "")
         normal = [t for t, ty in zip(vocab.tokens, vocab.types.tolist(), strict=True) if ty == TYPE_NORMAL]
@@ -40,10 +43,8 @@ class WordPieceModel:
         else:  # uncased vocabularies have (almost) no ASCII capitals outside the [CLS]-style specials
             n_upper = sum(1 for t in normal if _HAS_ASCII_UPPER.search(t))
             self.uncased = n_upper < 0.001 * max(1, len(normal))
-        self._t2i = t2i
-        self._max_len = max(len(t) for t in normal) if normal else 1
         self._cache: dict[str, tuple[int, ...]] = {}
-        self.unk_id = vocab.unk_id if vocab.unk_id is not None else t2i.get("[UNK]", 100)
+        self.unk_id = vocab.unk_id if vocab.unk_id is not None else (vocab.find("[UNK]") or 0)
 
     @cached_property
     def _patterns(self) -> tuple[re.Pattern[str], ...]:
@@ -73,26 +74,73 @@ class WordPieceModel:
     def encode(self, text: str, out: list[int]) -> None:
         """Append the ids of `text` (one raw-text fragment) to `out`."""
         cache = self._cache
-        for w in self.words(text):
+        words = self.words(text)
+        new = [w for w in dict.fromkeys(words) if w not in cache]
+        fresh = self._encode_words(new) if new else {}
+        if len(cache) < 200_000:
+            cache.update(fresh)
+        for w in words:
             ids = cache.get(w)
-            if ids is None:
-                ids = self._word(w)
-                if len(cache) < 200_000:
-                    cache[w] = ids
-            out.extend(ids)
+            out.extend(fresh[w] if ids is None else ids)
 
-    def _word(self, word: str) -> tuple[int, ...]:
-        if len(word) > MAX_WORD_CHARS:
-            return (self.unk_id,)
-        t2i, ids, start, n = self._t2i, [], 0, len(word)
+    @cached_property
+    def _table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        # tokens in llama.cpp's form (word starts marked with U+2581, continuations bare), as code points
+        toks = self.vocab.tokens
+        if self._first == "":  # vocabulary kept HF's "##" continuations
+            toks = [t[2:] if t.startswith("##") else SPM_SPACE + t for t in toks]
+        n = len(toks)
+        cps = np.frombuffer("".join(toks).encode("utf-32-le", "surrogatepass"), np.uint32)
+        off = np.zeros(n + 1, np.int64)
+        np.cumsum(np.fromiter(map(len, toks), np.int64, n), out=off[1:])
+        return build_str_table(cps, off), cps, off, int(np.diff(off).max())
+
+    def _encode_words(self, words: list[str]) -> dict[str, tuple[int, ...]]:
+        """Greedy longest-match pieces of each word, in one Numba call."""
+        slots, tok_cps, tok_off, max_len = self._table
+        marked = [SPM_SPACE + w for w in words]
+        cps = np.frombuffer("".join(marked).encode("utf-32-le", "surrogatepass"), np.uint32)
+        offsets = np.zeros(len(words) + 1, np.int64)
+        np.cumsum(np.fromiter(map(len, marked), np.int64, len(marked)), out=offsets[1:])
+        ids, id_off = wordpiece_words(cps, offsets, slots, tok_cps, tok_off, max_len, self.unk_id, MAX_WORD_CHARS)
+        flat, bounds = ids.tolist(), id_off.tolist()
+        return {w: tuple(flat[bounds[k] : bounds[k + 1]]) for k, w in enumerate(words)}
+
+
+@njit(cache=True)
+def wordpiece_words(cps, offsets, slots, tok_cps, tok_off, max_len, unk, max_chars):  # noqa: ANN001, ANN201
+    """Ids of every marked word cps[offsets[k]:offsets[k+1]] (U+2581 + word) and where each starts."""
+    n_words = len(offsets) - 1
+    out = np.empty(len(cps) + n_words, np.int64)
+    out_off = np.zeros(n_words + 1, np.int64)
+    m = 0
+    for k in range(n_words):
+        a = offsets[k]
+        n = offsets[k + 1] - a - 1  # characters of the word, without the mark
+        if n > max_chars:
+            out[m] = unk
+            m += 1
+            out_off[k + 1] = m
+            continue
+        m0 = m
+        start = 0
         while start < n:
-            prefix = self._first if start == 0 else self._cont
-            for end in range(min(n, start + self._max_len), start, -1):
-                tid = t2i.get(prefix + word[start:end])
-                if tid is not None:
-                    ids.append(tid)
-                    start = end
+            found = -1
+            end = min(n, start + max_len)
+            while end > start:
+                s0 = a if start == 0 else a + 1 + start  # the first piece keeps the word-start mark
+                t = str_lookup(slots, tok_cps, tok_off, cps, s0, a + 1 + end)
+                if t >= 0:
+                    found = t
                     break
-            else:
-                return (self.unk_id,)
-        return tuple(ids)
+                end -= 1
+            if found < 0:  # a part of the word matches nothing: the whole word is [UNK]
+                m = m0
+                out[m] = unk
+                m += 1
+                break
+            out[m] = found
+            m += 1
+            start = end
+        out_off[k + 1] = m
+    return out[:m], out_off

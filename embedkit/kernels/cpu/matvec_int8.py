@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from embedkit.kernels.cpu.halfbits import load_f16
-from embedkit.kernels.cpu.int8dot import dot_s8s8, dot_u4s8
+from embedkit.kernels.cpu.int8dot import dot4_q4_0, dot4_q4_1, dot4_q5_0, dot4_q5_1, dot4_q8_0, dot_u4s8
 from embedkit.kernels.cpu.matvec_kquants import _kquant_terms, kquant_scale_words
 from embedkit.kernels.cpu.matvec_legacy import FAST, store4
 
@@ -37,24 +37,51 @@ def quantize_activations(x, xq, xd, xsum):
 
 @njit(parallel=True, cache=True, fastmath=FAST)
 def matvec_q8_0_i8(w, xq, xd, xsum, y):
-    """Q8_0 rows against int8 activations: y[r] = sum_b d_b * xd_b * (q . xq)_b."""
-    sw = w.view(np.int8)
-    n_rows = w.shape[0]
-    nb = xd.shape[0]
-    last = n_rows - 1
-    for g in prange((n_rows + 3) // 4):
+    """Q8_0 rows against int8 activations: y[r] = sum_b d_b * xd_b * (q . xq)_b (ggml_vec_dot_q8_0_q8_0)."""
+    last = w.shape[0] - 1
+    for g in prange((w.shape[0] + 3) // 4):
         r = 4 * g
-        q0, q1, q2, q3 = sw[r], sw[min(r + 1, last)], sw[min(r + 2, last)], sw[min(r + 3, last)]
-        w0, w1, w2, w3 = w[r], w[min(r + 1, last)], w[min(r + 2, last)], w[min(r + 3, last)]
-        a0 = a1 = a2 = a3 = np.float32(0.0)
-        for b in range(nb):
-            o = 34 * b
-            xo = 32 * b
-            dx = xd[b]
-            a0 += load_f16(w0, o) * dx * np.float32(dot_s8s8(q0, o + 2, xq, xo))
-            a1 += load_f16(w1, o) * dx * np.float32(dot_s8s8(q1, o + 2, xq, xo))
-            a2 += load_f16(w2, o) * dx * np.float32(dot_s8s8(q2, o + 2, xq, xo))
-            a3 += load_f16(w3, o) * dx * np.float32(dot_s8s8(q3, o + 2, xq, xo))
+        a0, a1, a2, a3 = dot4_q8_0(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
+        store4(y, r, a0, a1, a2, a3)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q4_0_i8(w, xq, xd, xsum, y):
+    """Q4_0 rows against int8 activations (ggml_vec_dot_q4_0_q8_0): q = nibble - 8."""
+    last = w.shape[0] - 1
+    for g in prange((w.shape[0] + 3) // 4):
+        r = 4 * g
+        a0, a1, a2, a3 = dot4_q4_0(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
+        store4(y, r, a0, a1, a2, a3)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q4_1_i8(w, xq, xd, xsum, y):
+    """Q4_1 rows against int8 activations (ggml_vec_dot_q4_1_q8_1): d_b xd_b (q . xq)_b + m_b xsum_b."""
+    last = w.shape[0] - 1
+    for g in prange((w.shape[0] + 3) // 4):
+        r = 4 * g
+        a0, a1, a2, a3 = dot4_q4_1(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
+        store4(y, r, a0, a1, a2, a3)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q5_0_i8(w, xq, xd, xsum, y):
+    """Q5_0 rows against int8 activations (ggml_vec_dot_q5_0_q8_0): q = (nibble | 5th bit << 4) - 16."""
+    last = w.shape[0] - 1
+    for g in prange((w.shape[0] + 3) // 4):
+        r = 4 * g
+        a0, a1, a2, a3 = dot4_q5_0(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
+        store4(y, r, a0, a1, a2, a3)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q5_1_i8(w, xq, xd, xsum, y):
+    """Q5_1 rows against int8 activations (ggml_vec_dot_q5_1_q8_1): d_b xd_b (q . xq)_b + m_b xsum_b."""
+    last = w.shape[0] - 1
+    for g in prange((w.shape[0] + 3) // 4):
+        r = 4 * g
+        a0, a1, a2, a3 = dot4_q5_1(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
         store4(y, r, a0, a1, a2, a3)
 
 

@@ -42,6 +42,7 @@ CORPUS = [
     "<tool_call>{\"name\": \"f\"}</tool_call>",
     "[PAD151646] <|fim_prefix|>x<|fim_suffix|>y<|fim_middle|>",
     "<0x41> looks like a byte token",
+    "</s> and <s> in text, [EOS] <eos> <|file_sep|> <reponame> <|fim_pad|> <|end|>",
     "\u2581 literal sentencepiece marker \u2581\u2581",
     "Numbers: 3 33 333 3333 33333 333333 3333333 0.001 1e-9 ٣٤٥ ⅷ ½",
     "!!!!!! ??? ... --- *** ___ ((( ))) {{{ }}} <<< >>>",
