@@ -97,23 +97,20 @@ def main() -> None:
     args = ap.parse_args()
     print(f"# {platform.machine()} {platform.system()}, {args.threads} threads, "
           f"pp{N_PROMPT} / tg{N_GEN}, n_ctx {N_CTX}, batch {N_BATCH}")
-    rows = []
+    head = (f"{'model':22} {'embedkit pp t/s':>16} {'llama.cpp pp t/s':>17} {'ratio':>6} "
+            f"{'embedkit tg t/s':>16} {'llama.cpp tg t/s':>17} {'ratio':>6} {'load ms':>8} "
+            f"{'argmax ms':>9} {'chain ms':>8}")
+    print(head)
+    print("-" * len(head), flush=True)
     for name in args.models.split(","):
         path = resolve_model(name, kind="generate")
         pp, tg, load_ms, gen = bench_embedkit(path, args.threads)
         ref = bench_llama_cpp(path, prompt_ids(gen, N_PROMPT), args.threads)
         greedy_ms, chain_ms = sampler_cost_ms(gen.model.params.n_vocab)
-        rows.append((name, pp, tg, ref, load_ms, greedy_ms, chain_ms))
         del gen
-    head = (f"{'model':22} {'embedkit pp t/s':>16} {'llama.cpp pp t/s':>17} {'ratio':>6} "
-            f"{'embedkit tg t/s':>16} {'llama.cpp tg t/s':>17} {'ratio':>6} {'load ms':>8} "
-            f"{'argmax ms':>9} {'chain ms':>8}")
-    print(head)
-    print("-" * len(head))
-    for name, pp, tg, ref, load_ms, greedy_ms, chain_ms in rows:
         rpp, rtg = ref if ref else (float("nan"), float("nan"))
         print(f"{name:22} {pp:16.1f} {rpp:17.1f} {pp / rpp:6.2f} {tg:16.1f} {rtg:17.1f} {tg / rtg:6.2f} "
-              f"{load_ms:8.0f} {greedy_ms:9.2f} {chain_ms:8.2f}")
+              f"{load_ms:8.0f} {greedy_ms:9.2f} {chain_ms:8.2f}", flush=True)
     print("ratio = embedkit / llama.cpp; sampler columns: per-token cost on the model's vocabulary "
           "(chain = top-k 40, top-p 0.95, min-p 0.05, temp 0.8, repeat penalty 1.1 over 64 tokens)")
 

@@ -49,18 +49,26 @@ def _resolve(t: str | int | GGMLType) -> GGMLType:
     return resolved
 
 
+_U8 = np.dtype(np.uint8)
+_ROW_BYTES: dict[tuple[GGMLType, int], int] = {}  # (type, n_cols) -> bytes per row, checked once
+
+
 def _rows(data: np.ndarray, t: GGMLType, shape: tuple[int, int]) -> np.ndarray:
     """The raw bytes as a C-contiguous uint8 [n_rows, row_bytes] view, checked against `shape`."""
     if len(shape) != 2:
         raise InputError(f"shape {tuple(shape)}: expected (n_rows, n_cols)")
-    n_rows, n_cols = (int(s) for s in shape)
-    info = type_info(t)
-    if n_cols % info.block_size:
-        raise InputError(f"{t.name}: row length {n_cols} is not a multiple of the block size {info.block_size}")
-    row_bytes = n_cols // info.block_size * info.type_size
+    n_rows, n_cols = shape
+    row_bytes = _ROW_BYTES.get((t, n_cols))
+    if row_bytes is None:
+        n_cols = int(n_cols)
+        info = type_info(t)
+        if n_cols % info.block_size:
+            raise InputError(f"{t.name}: row length {n_cols} is not a multiple of the block size {info.block_size}")
+        row_bytes = _ROW_BYTES[(t, n_cols)] = n_cols // info.block_size * info.type_size
+    n_rows = int(n_rows)
     if (
         type(data) is np.ndarray
-        and data.dtype == np.uint8
+        and data.dtype is _U8
         and data.shape == (n_rows, row_bytes)
         and data.flags.c_contiguous
     ):

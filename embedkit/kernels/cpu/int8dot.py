@@ -172,8 +172,14 @@ def _decode_q5_1(builder, blk):
 
 
 def _hsum(builder, vec):
-    fn = _intrinsic_fn(builder, "llvm.vector.reduce.fadd.v8f32", _F32, [_F32, _V8F32])
-    return builder.call(fn, [ir.Constant(_F32, 0.0), vec])
+    """Sum of 8 float lanes as a tree of 3 vector adds (reduce.fadd without reassoc adds them one by one)."""
+    v4 = ir.VectorType(_F32, 4)
+    lo = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, 4), [0, 1, 2, 3]))
+    hi = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, 4), [4, 5, 6, 7]))
+    s4 = builder.fadd(lo, hi)
+    s2 = builder.fadd(s4, builder.shuffle_vector(s4, ir.Constant(v4, ir.Undefined), ir.Constant(ir.VectorType(_I32, 4), [2, 3, 2, 3])))
+    s1 = builder.fadd(s2, builder.shuffle_vector(s2, ir.Constant(v4, ir.Undefined), ir.Constant(ir.VectorType(_I32, 4), [1, 1, 1, 1])))
+    return builder.extract_element(s1, ir.Constant(_I32, 0))
 
 
 def _make_dot4(name, block_bytes, decode):
@@ -236,3 +242,70 @@ dot4_q4_0 = _make_dot4("dot4_q4_0", 18, _decode_q4_0)
 dot4_q4_1 = _make_dot4("dot4_q4_1", 20, _decode_q4_1)
 dot4_q5_0 = _make_dot4("dot4_q5_0", 22, _decode_q5_0)
 dot4_q5_1 = _make_dot4("dot4_q5_1", 24, _decode_q5_1)
+
+
+def _dot_scaled_i32x8(builder, q, xq, sc):
+    """8 int32 partial sums of q[i] * xq[i] * sc[i // 16] (sc: <2 x i16>, the scales of the two halves)."""
+    if HAS_AVX2:
+        absf = _intrinsic_fn(builder, "llvm.abs.v32i8", _V32I8, [_V32I8, ir.IntType(1)])
+        sign = _intrinsic_fn(builder, "llvm.x86.avx2.psign.b", _V32I8, [_V32I8, _V32I8])
+        maddubs = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8])
+        maddwd = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
+        p16 = builder.call(maddubs, [builder.call(absf, [q, ir.Constant(ir.IntType(1), 0)]), builder.call(sign, [xq, q])])
+        scv = builder.shuffle_vector(sc, sc, ir.Constant(ir.VectorType(_I32, 16), [0] * 8 + [1] * 8))
+        return builder.call(maddwd, [p16, scv])  # i16 lane j holds elements 2j, 2j+1
+    prod = builder.mul(builder.sext(q, _V32I32), builder.sext(xq, _V32I32))
+    sc32 = builder.sext(sc, ir.VectorType(_I32, 2))
+    prod = builder.mul(prod, builder.shuffle_vector(sc32, sc32, ir.Constant(_V32I32, [0] * 16 + [1] * 16)))
+    parts = [builder.shuffle_vector(prod, prod, ir.Constant(_V8I32, list(range(8 * i, 8 * i + 8)))) for i in range(4)]
+    return builder.add(builder.add(parts[0], parts[1]), builder.add(parts[2], parts[3]))
+
+
+def _dot_row_q6_k(typingctx, w, r, xq, xd):
+    """Row r of Q6_K bytes w (uint8 2-D, C order) against int8 activations xq with scales xd per 32:
+    sum over super-blocks b and 32-element groups g of d_b * xd[8 b + g] * sum_i sc[i // 16] q_i xq_i
+    (ggml_vec_dot_q6_K_q8_K, with our per-32 activation scales)."""
+    if not (isinstance(w, types.Array) and w.ndim == 2 and isinstance(xq, types.Array)):
+        return None
+    sig = types.float32(w, r, xq, xd)
+
+    def codegen(context, builder, signature, args):
+        wa = context.make_array(signature.args[0])(context, builder, args[0])
+        xqa = context.make_array(signature.args[2])(context, builder, args[2])
+        xda = context.make_array(signature.args[3])(context, builder, args[3])
+        stride = cgutils.unpack_tuple(builder, wa.strides, 2)[0]
+        intp = stride.type
+        row = builder.gep(wa.data, [builder.mul(context.cast(builder, args[1], signature.args[1], types.intp), stride)])
+        xq_ptr = builder.bitcast(xqa.data, _I8.as_pointer())
+        nb = builder.udiv(cgutils.unpack_tuple(builder, xda.shape, 1)[0], ir.Constant(intp, 8))
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, [0.0] * 8)) for _ in range(2)]
+        fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v8f32", _V8F32, [_V8F32] * 3)
+        with cgutils.for_range(builder, nb) as loop:
+            b = loop.index
+            blk = builder.gep(row, [builder.mul(b, ir.Constant(intp, 210))])
+            d = _f16(builder, blk, 208)
+            for h in range(2):
+                qh = _load(builder, blk, ir.Constant(_I32, 128 + 32 * h), _V32I8)
+                for k in range(4):
+                    ql = _load(builder, blk, ir.Constant(_I32, 64 * h + 32 * (k & 1)), _V32I8)
+                    nib = builder.lshr(ql, ir.Constant(_V32I8, [4] * 32)) if k >= 2 else ql
+                    nib = builder.and_(nib, ir.Constant(_V32I8, [15] * 32))
+                    hb = builder.and_(builder.lshr(qh, ir.Constant(_V32I8, [2 * k] * 32)), ir.Constant(_V32I8, [3] * 32))
+                    q = builder.or_(nib, builder.shl(hb, ir.Constant(_V32I8, [4] * 32)))
+                    q = builder.sub(q, ir.Constant(_V32I8, [32] * 32))
+                    sc = builder.sext(_load(builder, blk, ir.Constant(_I32, 192 + 8 * h + 2 * k), ir.VectorType(_I8, 2)),
+                                      ir.VectorType(_I16, 2))
+                    g = builder.add(builder.mul(b, ir.Constant(intp, 8)), ir.Constant(intp, 4 * h + k))
+                    xv = _load(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)), _V32I8)
+                    dot = builder.sitofp(_dot_scaled_i32x8(builder, q, xv, sc), _V8F32)
+                    s = builder.fmul(d, builder.load(builder.gep(xda.data, [g])))
+                    sv = builder.insert_element(ir.Constant(_V8F32, ir.Undefined), s, ir.Constant(_I32, 0))
+                    sv = builder.shuffle_vector(sv, sv, ir.Constant(_V8I32, [0] * 8))
+                    acc = accs[k & 1]
+                    builder.store(builder.call(fmuladd, [dot, sv, builder.load(acc)]), acc)
+        return _hsum(builder, builder.fadd(builder.load(accs[0]), builder.load(accs[1])))
+
+    return sig, codegen
+
+
+dot_row_q6_k = intrinsic(_dot_row_q6_k)

@@ -39,6 +39,7 @@ INT8_MATVECS = {
     GGMLType.Q5_0: matvec_int8.matvec_q5_0_i8,
     GGMLType.Q5_1: matvec_int8.matvec_q5_1_i8,
     GGMLType.Q4_K: matvec_int8.matvec_q4_k_i8,
+    GGMLType.Q6_K: matvec_int8.matvec_q6_k_i8,
 }
 INT8_ACTIVATIONS = True
 

@@ -13,7 +13,15 @@ import numpy as np
 from numba import njit, prange
 
 from embedkit.kernels.cpu.halfbits import load_f16
-from embedkit.kernels.cpu.int8dot import dot4_q4_0, dot4_q4_1, dot4_q5_0, dot4_q5_1, dot4_q8_0, dot_u4s8
+from embedkit.kernels.cpu.int8dot import (
+    dot4_q4_0,
+    dot4_q4_1,
+    dot4_q5_0,
+    dot4_q5_1,
+    dot4_q8_0,
+    dot_row_q6_k,
+    dot_u4s8,
+)
 from embedkit.kernels.cpu.matvec_kquants import _kquant_terms, kquant_scale_words
 from embedkit.kernels.cpu.matvec_legacy import FAST, store4
 
@@ -106,3 +114,10 @@ def matvec_q4_k_i8(w, xq, xd, xsum, y):
                 h0 = xd[sb + 1] * np.float32(dot_u4s8(w0, qo, 4, xq, xo + 32))
                 a0 += _kquant_terms(s0a, s0b, s0c, s0d, d0, m0, j, l0, h0, xsum, sb)
         y[r] = a0
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q6_k_i8(w, xq, xd, xsum, y):
+    """Q6_K rows against int8 activations (ggml_vec_dot_q6_K_q8_K), one row per step."""
+    for r in prange(w.shape[0]):
+        y[r] = dot_row_q6_k(w, r, xq, xd)

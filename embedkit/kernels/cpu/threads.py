@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import numba
 
 from embedkit.errors import InputError
 
 _threads: int | None = None
+# The count last applied on each calling thread: numba.get_num_threads() costs ~2 us, too much to ask on
+# every matmul of a decode step (~130 calls a token).
+_applied = threading.local()
 
 
 def _default_threads() -> int:
@@ -37,6 +41,7 @@ def set_num_threads(n: int | None) -> int:
             raise InputError(f"threads={n}: expected a positive integer")
         _threads = min(int(n), numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(_threads)
+    _applied.n = _threads
     return _threads
 
 
@@ -49,6 +54,10 @@ def get_num_threads() -> int:
 
 def apply_num_threads() -> None:
     """Make the calling thread's Numba thread count ours (Numba's setting is per calling thread)."""
+    n = _threads
+    if n is not None and getattr(_applied, "n", None) == n:
+        return
     n = get_num_threads()
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
+    _applied.n = n
