@@ -16,6 +16,7 @@ from embedkit import kernels
 from embedkit.errors import InputError
 from embedkit.gguf.types import GGMLType
 from embedkit.kernels.cpu import matmul as cpu_matmul
+from embedkit.kernels.cpu import matvec_int8
 
 TOL = 1e-5
 TOL_INT8 = 2e-2
@@ -40,10 +41,13 @@ def test_matmul_matches_float64(name: str, monkeypatch) -> None:
         assert err < TOL, (name, n_tokens, err)
 
 
+@pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("name", [t.name for t in cpu_matmul.INT8_MATVECS])
-def test_int8_activation_matvec_within_bound(name: str) -> None:
+def test_int8_activation_matvec_within_bound(name: str, parallel: bool, monkeypatch) -> None:
+    if parallel:  # small weights run the serial row kernel; force the parallel one, over 2 chunks of rows
+        monkeypatch.setattr(cpu_matmul, "PARALLEL_MIN_BYTES", 0)
     rng = np.random.default_rng(zlib.crc32(name.encode()) + 2)
-    n_rows, n_cols = 41, 1024
+    n_rows, n_cols = (matvec_int8.CHUNK_ROWS + 45 if parallel else 41), 1024
     raw = random_blocks(rng, name, n_rows, n_cols)
     w64 = kernels.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)
     for n_tokens in (1, 2):

@@ -8,6 +8,7 @@ import sys
 import click
 import numpy as np
 
+from embedkit.cli.device_options import device_options, placement_from_options
 from embedkit.errors import InputError
 
 
@@ -46,7 +47,9 @@ def _read_jsonl(source: str) -> list[str]:
 @click.option("--no-normalize", is_flag=True, help="Keep raw pooled vectors (no L2 normalisation).")
 @click.option("--max-tokens", default=None, type=click.IntRange(min=2), help="Truncate texts to N tokens.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
-def command(texts, model, jsonl, npy, batch_size, threads, pooling, no_normalize, max_tokens, quiet) -> None:
+@device_options
+def command(texts, model, jsonl, npy, batch_size, threads, pooling, no_normalize, max_tokens, quiet,
+            device, gpu_layers) -> None:
     """Embed TEXT arguments (or --jsonl input) with an embedding model."""
     from embedkit.catalog import resolve_model
     from embedkit.embed import Embedder
@@ -60,7 +63,9 @@ def command(texts, model, jsonl, npy, batch_size, threads, pooling, no_normalize
     if threads is not None:
         set_num_threads(threads)
     path = resolve_model(model, kind="embed")
-    with Embedder(path, pooling=pooling, normalize=not no_normalize, max_tokens=max_tokens) as emb:
+    placement = placement_from_options(device, gpu_layers, input_on_gpu=True)
+    with Embedder(path, pooling=pooling, normalize=not no_normalize, max_tokens=max_tokens,
+                  placement=placement) as emb:
         vectors = emb.embed(items, batch_size=batch_size)
         stats = emb.stats
     if npy is not None:

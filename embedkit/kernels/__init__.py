@@ -66,12 +66,7 @@ def _rows(data: np.ndarray, t: GGMLType, shape: tuple[int, int]) -> np.ndarray:
             raise InputError(f"{t.name}: row length {n_cols} is not a multiple of the block size {info.block_size}")
         row_bytes = _ROW_BYTES[(t, n_cols)] = n_cols // info.block_size * info.type_size
     n_rows = int(n_rows)
-    if (
-        type(data) is np.ndarray
-        and data.dtype is _U8
-        and data.shape == (n_rows, row_bytes)
-        and data.flags.c_contiguous
-    ):
+    if type(data) is np.ndarray and data.dtype is _U8 and data.shape == (n_rows, row_bytes) and data.flags.c_contiguous:
         return data  # already rows of bytes (e.g. TensorInfo.rows_view())
     raw = np.asarray(data)
     if raw.dtype != np.uint8:
@@ -108,8 +103,9 @@ def matmul(x: np.ndarray, data: np.ndarray, ggml_type: str | int | GGMLType, sha
     """`x @ W.T` for float32 x [n_tokens, n_cols] and W given as raw GGUF bytes of `shape` (n_rows, n_cols).
 
     Returns float32 [n_tokens, n_rows]. Up to 4 tokens run the fused decode matvec, more run dequantized
-    tiles through BLAS. Accuracy: float32 activations everywhere (relative error ~1e-6) except Q4_K decode,
-    which quantizes x to int8 blocks like llama.cpp (~1e-2; `embedkit.kernels.cpu.matmul.INT8_ACTIVATIONS`).
+    tiles through BLAS. Accuracy: float32 activations (relative error ~1e-6) except the decode of Q8_0, Q4_0,
+    Q4_1, Q5_0, Q5_1, Q4_K and Q6_K, which quantizes x to int8 blocks like llama.cpp (~1e-2 of max|y|;
+    `embedkit.kernels.cpu.matmul.INT8_ACTIVATIONS = False` turns it off).
     """
     t = _resolve(ggml_type)
     _dequantizer(t)

@@ -1,8 +1,10 @@
-"""32-lane integer dot products on raw bytes, emitted as LLVM vector IR (portable; on AVX2 the backend
-turns the widened multiply-add into `vpmaddwd`), for the matvec kernels with int8 activations.
+"""Integer block dot products for the decode matvec with int8 activations, emitted as LLVM vector IR.
 
-Numba's own integer arithmetic widens to 64 bits and defeats these instruction patterns; here the
-whole 32-byte block is one vector load, a widening multiply and one `llvm.vector.reduce.add`.
+Each intrinsic computes whole rows (Q8_0/Q4_0/Q4_1/Q5_0/Q5_1: 4 rows a call, Q4_K/Q6_K: one row) against
+activations quantized to int8 blocks of 32 (`matvec_int8.quantize_activations`). Numba's own integer
+arithmetic widens to 64 bits and defeats the SIMD instruction patterns, so the loops are written in IR.
+On AVX2 a 32-element block dot is vpmaddubsw/vpmaddwd, as in llama.cpp's ggml_vec_dot_*_q8_0; elsewhere
+a portable widening multiply (same results).
 """
 
 from __future__ import annotations
@@ -17,58 +19,7 @@ _I32 = ir.IntType(32)
 _V32I8 = ir.VectorType(_I8, 32)
 _V32I32 = ir.VectorType(_I32, 32)
 
-
-def _load32(context, builder, aryty, ary, offset):
-    data = context.make_array(aryty)(context, builder, ary).data
-    ptr = builder.gep(data, [offset])
-    return builder.load(builder.bitcast(ptr, _V32I8.as_pointer()), align=1)
-
-
-def _reduce_add(builder, vec):
-    fnty = ir.FunctionType(_I32, [_V32I32])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.vector.reduce.add.v32i32")
-    return builder.call(fn, [vec])
-
-
-def _splat8(value):
-    return ir.Constant(_V32I8, [value] * 32)
-
-
-@intrinsic
-def dot_s8s8(typingctx, a, a_off, b, b_off):
-    """sum_{i<32} int8(a[a_off + i]) * int8(b[b_off + i]) as int32 (a, b: 1-D int8 or uint8 arrays)."""
-    if not (isinstance(a, types.Array) and isinstance(b, types.Array)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        va = _load32(context, builder, signature.args[0], args[0], args[1])
-        vb = _load32(context, builder, signature.args[2], args[2], args[3])
-        prod = builder.mul(builder.sext(va, _V32I32), builder.sext(vb, _V32I32))
-        return _reduce_add(builder, prod)
-
-    return types.int32(a, a_off, b, b_off), codegen
-
-
-@intrinsic
-def dot_u4s8(typingctx, a, a_off, shift, b, b_off):
-    """sum_{i<32} ((a[a_off + i] >> shift) & 15) * int8(b[b_off + i]) as int32 (nibbles times int8)."""
-    if not (isinstance(a, types.Array) and isinstance(b, types.Array) and isinstance(shift, types.Integer)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        va = _load32(context, builder, signature.args[0], args[0], args[1])
-        sh = builder.trunc(args[2], _I8) if args[2].type.width > 8 else args[2]
-        sh_vec = builder.insert_element(ir.Constant(_V32I8, ir.Undefined), sh, ir.Constant(_I32, 0))
-        sh_vec = builder.shuffle_vector(sh_vec, sh_vec, ir.Constant(ir.VectorType(_I32, 32), [0] * 32))
-        nib = builder.and_(builder.lshr(va, sh_vec), _splat8(15))
-        vb = _load32(context, builder, signature.args[3], args[3], args[4])
-        prod = builder.mul(builder.zext(nib, _V32I32), builder.sext(vb, _V32I32))
-        return _reduce_add(builder, prod)
-
-    return types.int32(a, a_off, shift, b, b_off), codegen
-
-
-# ---- Four rows at a time, float vector accumulators (llama.cpp's ggml_vec_dot_q8_0_q8_0 scheme) ----
+# Four rows at a time, float vector accumulators (llama.cpp's ggml_vec_dot_q8_0_q8_0 scheme).
 # The four rows are read one after the other (interleaving four row streams measured 3-4x slower than
 # address order on the 2-core dev VM); the activations (a few KB of int8) stay in L1.
 # Each 32-element block's integer dot stays an 8-lane int32 vector, is converted to float and multiply-added
@@ -140,9 +91,8 @@ def _nibbles32(builder, ptr, offset):
 
 
 def _decode_q8_0(builder, blk):
-    return builder.load(builder.bitcast(builder.gep(blk, [ir.Constant(_I32, 2)]), _V32I8.as_pointer()), align=1), (
-        _f16(builder, blk, 0)
-    ), None
+    """(32 signed weights, scale d, no min) of a Q8_0 block; the decoders below return the same triple."""
+    return _load(builder, blk, ir.Constant(_I32, 2), _V32I8), _f16(builder, blk, 0), None
 
 
 def _decode_q4_0(builder, blk):
@@ -177,8 +127,12 @@ def _hsum(builder, vec):
     lo = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, 4), [0, 1, 2, 3]))
     hi = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, 4), [4, 5, 6, 7]))
     s4 = builder.fadd(lo, hi)
-    s2 = builder.fadd(s4, builder.shuffle_vector(s4, ir.Constant(v4, ir.Undefined), ir.Constant(ir.VectorType(_I32, 4), [2, 3, 2, 3])))
-    s1 = builder.fadd(s2, builder.shuffle_vector(s2, ir.Constant(v4, ir.Undefined), ir.Constant(ir.VectorType(_I32, 4), [1, 1, 1, 1])))
+    s2 = builder.fadd(
+        s4, builder.shuffle_vector(s4, ir.Constant(v4, ir.Undefined), ir.Constant(ir.VectorType(_I32, 4), [2, 3, 2, 3]))
+    )
+    s1 = builder.fadd(
+        s2, builder.shuffle_vector(s2, ir.Constant(v4, ir.Undefined), ir.Constant(ir.VectorType(_I32, 4), [1, 1, 1, 1]))
+    )
     return builder.extract_element(s1, ir.Constant(_I32, 0))
 
 
@@ -251,7 +205,9 @@ def _dot_scaled_i32x8(builder, q, xq, sc):
         sign = _intrinsic_fn(builder, "llvm.x86.avx2.psign.b", _V32I8, [_V32I8, _V32I8])
         maddubs = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8])
         maddwd = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
-        p16 = builder.call(maddubs, [builder.call(absf, [q, ir.Constant(ir.IntType(1), 0)]), builder.call(sign, [xq, q])])
+        p16 = builder.call(
+            maddubs, [builder.call(absf, [q, ir.Constant(ir.IntType(1), 0)]), builder.call(sign, [xq, q])]
+        )
         scv = builder.shuffle_vector(sc, sc, ir.Constant(ir.VectorType(_I32, 16), [0] * 8 + [1] * 8))
         return builder.call(maddwd, [p16, scv])  # i16 lane j holds elements 2j, 2j+1
     prod = builder.mul(builder.sext(q, _V32I32), builder.sext(xq, _V32I32))
@@ -290,11 +246,15 @@ def _dot_row_q6_k(typingctx, w, r, xq, xd):
                     ql = _load(builder, blk, ir.Constant(_I32, 64 * h + 32 * (k & 1)), _V32I8)
                     nib = builder.lshr(ql, ir.Constant(_V32I8, [4] * 32)) if k >= 2 else ql
                     nib = builder.and_(nib, ir.Constant(_V32I8, [15] * 32))
-                    hb = builder.and_(builder.lshr(qh, ir.Constant(_V32I8, [2 * k] * 32)), ir.Constant(_V32I8, [3] * 32))
+                    hb = builder.and_(
+                        builder.lshr(qh, ir.Constant(_V32I8, [2 * k] * 32)), ir.Constant(_V32I8, [3] * 32)
+                    )
                     q = builder.or_(nib, builder.shl(hb, ir.Constant(_V32I8, [4] * 32)))
                     q = builder.sub(q, ir.Constant(_V32I8, [32] * 32))
-                    sc = builder.sext(_load(builder, blk, ir.Constant(_I32, 192 + 8 * h + 2 * k), ir.VectorType(_I8, 2)),
-                                      ir.VectorType(_I16, 2))
+                    sc = builder.sext(
+                        _load(builder, blk, ir.Constant(_I32, 192 + 8 * h + 2 * k), ir.VectorType(_I8, 2)),
+                        ir.VectorType(_I16, 2),
+                    )
                     g = builder.add(builder.mul(b, ir.Constant(intp, 8)), ir.Constant(intp, 4 * h + k))
                     xv = _load(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)), _V32I8)
                     dot = builder.sitofp(_dot_scaled_i32x8(builder, q, xv, sc), _V8F32)
@@ -309,3 +269,81 @@ def _dot_row_q6_k(typingctx, w, r, xq, xd):
 
 
 dot_row_q6_k = intrinsic(_dot_row_q6_k)
+
+
+def _scale_min_k4(builder, blk):
+    """The 8 (scale, min) pairs of a Q4_K/Q5_K super-block as float32 values (ggml's get_scale_min_k4)."""
+    byte = [builder.zext(_load(builder, blk, ir.Constant(_I32, 4 + i), _I8), _I32) for i in range(12)]
+
+    def c(v):
+        return ir.Constant(_I32, v)
+
+    out = []
+    for s in range(8):
+        if s < 4:
+            sc = builder.and_(byte[s], c(63))
+            m = builder.and_(byte[s + 4], c(63))
+        else:
+            sc = builder.or_(builder.and_(byte[s + 4], c(15)), builder.shl(builder.lshr(byte[s - 4], c(6)), c(4)))
+            m = builder.or_(builder.lshr(byte[s + 4], c(4)), builder.shl(builder.lshr(byte[s], c(6)), c(4)))
+        out.append((builder.uitofp(sc, _F32), builder.uitofp(m, _F32)))
+    return out
+
+
+def _dot_row_q4_k(typingctx, w, r, xq, xd, xsum):
+    """Row r of Q4_K bytes w (uint8 2-D, C order) against int8 activations (ggml_vec_dot_q4_K_q8_K):
+    sum over sub-blocks s of d sc_s xd_s (q . xq)_s - dmin m_s xsum_s."""
+    if not (isinstance(w, types.Array) and w.ndim == 2 and isinstance(xq, types.Array)):
+        return None
+    sig = types.float32(w, r, xq, xd, xsum)
+
+    def codegen(context, builder, signature, args):
+        wa = context.make_array(signature.args[0])(context, builder, args[0])
+        xqa = context.make_array(signature.args[2])(context, builder, args[2])
+        xda = context.make_array(signature.args[3])(context, builder, args[3])
+        xsa = context.make_array(signature.args[4])(context, builder, args[4])
+        stride = cgutils.unpack_tuple(builder, wa.strides, 2)[0]
+        intp = stride.type
+        row = builder.gep(wa.data, [builder.mul(context.cast(builder, args[1], signature.args[1], types.intp), stride)])
+        xq_ptr = builder.bitcast(xqa.data, _I8.as_pointer())
+        nb = builder.udiv(cgutils.unpack_tuple(builder, xda.shape, 1)[0], ir.Constant(intp, 8))
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, [0.0] * 8)) for _ in range(2)]
+        mins = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+        fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v8f32", _V8F32, [_V8F32] * 3)
+        ones = ir.Constant(_V16I16, [1] * 16)
+        maddwd = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
+        maddubs = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8])
+        with cgutils.for_range(builder, nb) as loop:
+            b = loop.index
+            blk = builder.gep(row, [builder.mul(b, ir.Constant(intp, 144))])
+            d = _f16(builder, blk, 0)
+            dmin = _f16(builder, blk, 2)
+            scm = _scale_min_k4(builder, blk)
+            msum = ir.Constant(_F32, 0.0)
+            for j in range(4):
+                qs = _load(builder, blk, ir.Constant(_I32, 16 + 32 * j), _V32I8)
+                for half in range(2):
+                    s = 2 * j + half
+                    nib = builder.lshr(qs, ir.Constant(_V32I8, [4] * 32)) if half else qs
+                    nib = builder.and_(nib, ir.Constant(_V32I8, [15] * 32))
+                    g = builder.add(builder.mul(b, ir.Constant(intp, 8)), ir.Constant(intp, s))
+                    xv = _load(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)), _V32I8)
+                    if HAS_AVX2:  # nibbles are unsigned: no sign trick needed
+                        dot = builder.call(maddwd, [builder.call(maddubs, [nib, xv]), ones])
+                    else:
+                        dot = _dot_i32x8(builder, nib, xv)
+                    sc, m = scm[s]
+                    scale = builder.fmul(builder.fmul(d, sc), builder.load(builder.gep(xda.data, [g])))
+                    sv = builder.insert_element(ir.Constant(_V8F32, ir.Undefined), scale, ir.Constant(_I32, 0))
+                    sv = builder.shuffle_vector(sv, sv, ir.Constant(_V8I32, [0] * 8))
+                    acc = accs[half]
+                    builder.store(builder.call(fmuladd, [builder.sitofp(dot, _V8F32), sv, builder.load(acc)]), acc)
+                    msum = builder.fadd(msum, builder.fmul(m, builder.load(builder.gep(xsa.data, [g]))))
+            builder.store(builder.fadd(builder.load(mins), builder.fmul(dmin, msum)), mins)
+        total = _hsum(builder, builder.fadd(builder.load(accs[0]), builder.load(accs[1])))
+        return builder.fsub(total, builder.load(mins))
+
+    return sig, codegen
+
+
+dot_row_q4_k = intrinsic(_dot_row_q4_k)

@@ -29,19 +29,25 @@ MATVECS = {
     GGMLType.BF16: matvec_legacy.matvec_bf16,
 }
 
-# Decode kernels with int8 activations, used where they measured faster than the float32 ones (Q4_K:
-# 11.0 vs 6.8 GB/s at 4096x4096 on 2 cores; Q8_0 was not faster, 17.0 vs 18.1, so it stays float32).
+# Decode kernels with int8 activations (llama.cpp's scheme: x quantized to int8 blocks of 32 once per
+# matvec, integer block dots, float accumulators). Single thread on Gemma 3 270M's 262144x640 Q8_0 head:
+# 18 GB/s vs 3 GB/s for the float32 kernel (benchmarks/RESULTS.md).
 # Their relative error is ~1e-2 of max|y| instead of ~1e-6; INT8_ACTIVATIONS = False turns them off.
-INT8_MATVECS = {
-    GGMLType.Q8_0: matvec_int8.matvec_q8_0_i8,
-    GGMLType.Q4_0: matvec_int8.matvec_q4_0_i8,
-    GGMLType.Q4_1: matvec_int8.matvec_q4_1_i8,
-    GGMLType.Q5_0: matvec_int8.matvec_q5_0_i8,
-    GGMLType.Q5_1: matvec_int8.matvec_q5_1_i8,
-    GGMLType.Q4_K: matvec_int8.matvec_q4_k_i8,
-    GGMLType.Q6_K: matvec_int8.matvec_q6_k_i8,
+INT8_MATVECS = {  # type -> (parallel kernel, serial kernel over a row range)
+    GGMLType.Q8_0: (matvec_int8.matvec_q8_0_i8, matvec_int8.rows_q8_0_i8),
+    GGMLType.Q4_0: (matvec_int8.matvec_q4_0_i8, matvec_int8.rows_q4_0_i8),
+    GGMLType.Q4_1: (matvec_int8.matvec_q4_1_i8, matvec_int8.rows_q4_1_i8),
+    GGMLType.Q5_0: (matvec_int8.matvec_q5_0_i8, matvec_int8.rows_q5_0_i8),
+    GGMLType.Q5_1: (matvec_int8.matvec_q5_1_i8, matvec_int8.rows_q5_1_i8),
+    GGMLType.Q4_K: (matvec_int8.matvec_q4_k_i8, matvec_int8.rows_q4_k_i8),
+    GGMLType.Q6_K: (matvec_int8.matvec_q6_k_i8, matvec_int8.rows_q6_k_i8),
 }
 INT8_ACTIVATIONS = True
+
+# Weights smaller than this run the int8 decode kernels on the calling thread: waking Numba's OpenMP workers
+# costs ~5 us on idle cores but measured 4-12 ms when the other core is busy, and a decode step makes ~130
+# such calls. Gemma 3 270M: every layer matrix (<= 1.1 MB) is serial, the 178 MB output head parallel.
+PARALLEL_MIN_BYTES = 4 << 20
 
 # Up to this many tokens, run the fused matvec once per token; more, use dequantized tiles + BLAS.
 MAX_MATVEC_TOKENS = 4
@@ -58,15 +64,19 @@ def matmul_rows(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np
     n_rows = rows.shape[0]
     if t == GGMLType.F32:
         return x @ rows.view(np.float32).T
-    int8_kernel = INT8_MATVECS.get(t) if INT8_ACTIVATIONS else None
-    if int8_kernel is not None and n_tokens <= MAX_MATVEC_TOKENS:
+    int8_kernels = INT8_MATVECS.get(t) if INT8_ACTIVATIONS else None
+    if int8_kernels is not None and n_tokens <= MAX_MATVEC_TOKENS:
         y = np.empty((n_tokens, n_rows), dtype=np.float32)
         xq = np.empty(n_cols, dtype=np.int8)
         xd = np.empty(n_cols // 32, dtype=np.float32)
         xsum = np.empty(n_cols // 32, dtype=np.float32)
+        parallel = rows.nbytes >= PARALLEL_MIN_BYTES and numba.get_num_threads() > 1
         for i in range(n_tokens):
             matvec_int8.quantize_activations(x[i], xq, xd, xsum)
-            int8_kernel(rows, xq, xd, xsum, y[i])
+            if parallel:
+                int8_kernels[0](rows, xq, xd, xsum, y[i])
+            else:
+                int8_kernels[1](rows, xq, xd, xsum, y[i], 0, n_rows)
         return y
     kernel = MATVECS.get(t)
     if kernel is not None and n_tokens <= MAX_MATVEC_TOKENS:

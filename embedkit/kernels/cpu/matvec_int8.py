@@ -1,10 +1,11 @@
-"""Decode matvec with activations quantized to int8 blocks of 32 (like ggml's Q8_0 activations), for the
-types whose block dot maps onto 32-lane integer multiply-adds (`int8dot`): Q8_0 and Q4_K.
+"""Decode matvec with activations quantized to int8 blocks of 32 (like ggml's Q8_0 activations), for
+Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q6_K (block dots in `int8dot`).
 
 x ~= xd[b] * xq[32 b : 32 b + 32] with xd[b] = max|x_block| / 127 (float32, more precise than ggml's
 f16 scale); per element the activation error is at most xd[b] / 2, so a row's relative error is
 about 1e-3 to 1e-2 of |y| on random data (tests bound it). Min terms use exact float sums of x.
-Signature: `(w uint8 [n_rows, row_bytes], xq int8 [n], xd float32 [n // 32], xsum float32 [n // 32], y)`.
+Signature: `(w uint8 [n_rows, row_bytes], xq int8 [n], xd float32 [n // 32], xsum float32 [n // 32], y)`
+(+ `r0, r1` for the serial `rows_*` kernels).
 """
 
 from __future__ import annotations
@@ -12,17 +13,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from embedkit.kernels.cpu.halfbits import load_f16
 from embedkit.kernels.cpu.int8dot import (
     dot4_q4_0,
     dot4_q4_1,
     dot4_q5_0,
     dot4_q5_1,
     dot4_q8_0,
+    dot_row_q4_k,
     dot_row_q6_k,
-    dot_u4s8,
 )
-from embedkit.kernels.cpu.matvec_kquants import _kquant_terms, kquant_scale_words
 from embedkit.kernels.cpu.matvec_legacy import FAST, store4
 
 
@@ -43,81 +42,123 @@ def quantize_activations(x, xq, xd, xsum):
         xsum[b] = s
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q8_0_i8(w, xq, xd, xsum, y):
-    """Q8_0 rows against int8 activations: y[r] = sum_b d_b * xd_b * (q . xq)_b (ggml_vec_dot_q8_0_q8_0)."""
+# Each type has `rows_<type>_i8(w, xq, xd, xsum, y, r0, r1)`, the serial kernel over rows [r0, r1) (r0 a
+# multiple of 4), called directly for small matrices, and `matvec_<type>_i8(w, xq, xd, xsum, y)`, which runs
+# it over chunks of CHUNK_ROWS rows in parallel.
+CHUNK_ROWS = 256
+
+
+@njit(cache=True, fastmath=FAST)
+def rows_q8_0_i8(w, xq, xd, xsum, y, r0, r1):
+    """Rows [r0, r1) of Q8_0 (ggml_vec_dot_q8_0_q8_0): y[r] = sum_b d_b * xd_b * (q . xq)_b."""
     last = w.shape[0] - 1
-    for g in prange((w.shape[0] + 3) // 4):
-        r = 4 * g
+    for r in range(r0, r1, 4):
         a0, a1, a2, a3 = dot4_q8_0(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
         store4(y, r, a0, a1, a2, a3)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q4_0_i8(w, xq, xd, xsum, y):
-    """Q4_0 rows against int8 activations (ggml_vec_dot_q4_0_q8_0): q = nibble - 8."""
+def matvec_q8_0_i8(w, xq, xd, xsum, y):
+    """Q8_0 rows against int8 activations, chunks of CHUNK_ROWS rows in parallel."""
+    n = w.shape[0]
+    for c in prange((n + CHUNK_ROWS - 1) // CHUNK_ROWS):
+        rows_q8_0_i8(w, xq, xd, xsum, y, c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
+
+
+@njit(cache=True, fastmath=FAST)
+def rows_q4_0_i8(w, xq, xd, xsum, y, r0, r1):
+    """Rows [r0, r1) of Q4_0 (ggml_vec_dot_q4_0_q8_0): q = nibble - 8."""
     last = w.shape[0] - 1
-    for g in prange((w.shape[0] + 3) // 4):
-        r = 4 * g
+    for r in range(r0, r1, 4):
         a0, a1, a2, a3 = dot4_q4_0(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
         store4(y, r, a0, a1, a2, a3)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q4_1_i8(w, xq, xd, xsum, y):
-    """Q4_1 rows against int8 activations (ggml_vec_dot_q4_1_q8_1): d_b xd_b (q . xq)_b + m_b xsum_b."""
+def matvec_q4_0_i8(w, xq, xd, xsum, y):
+    """Q4_0 rows against int8 activations, chunks of CHUNK_ROWS rows in parallel."""
+    n = w.shape[0]
+    for c in prange((n + CHUNK_ROWS - 1) // CHUNK_ROWS):
+        rows_q4_0_i8(w, xq, xd, xsum, y, c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
+
+
+@njit(cache=True, fastmath=FAST)
+def rows_q4_1_i8(w, xq, xd, xsum, y, r0, r1):
+    """Rows [r0, r1) of Q4_1 (ggml_vec_dot_q4_1_q8_1): d_b xd_b (q . xq)_b + m_b xsum_b."""
     last = w.shape[0] - 1
-    for g in prange((w.shape[0] + 3) // 4):
-        r = 4 * g
+    for r in range(r0, r1, 4):
         a0, a1, a2, a3 = dot4_q4_1(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
         store4(y, r, a0, a1, a2, a3)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q5_0_i8(w, xq, xd, xsum, y):
-    """Q5_0 rows against int8 activations (ggml_vec_dot_q5_0_q8_0): q = (nibble | 5th bit << 4) - 16."""
+def matvec_q4_1_i8(w, xq, xd, xsum, y):
+    """Q4_1 rows against int8 activations, chunks of CHUNK_ROWS rows in parallel."""
+    n = w.shape[0]
+    for c in prange((n + CHUNK_ROWS - 1) // CHUNK_ROWS):
+        rows_q4_1_i8(w, xq, xd, xsum, y, c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
+
+
+@njit(cache=True, fastmath=FAST)
+def rows_q5_0_i8(w, xq, xd, xsum, y, r0, r1):
+    """Rows [r0, r1) of Q5_0 (ggml_vec_dot_q5_0_q8_0): q = (nibble | 5th bit << 4) - 16."""
     last = w.shape[0] - 1
-    for g in prange((w.shape[0] + 3) // 4):
-        r = 4 * g
+    for r in range(r0, r1, 4):
         a0, a1, a2, a3 = dot4_q5_0(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
         store4(y, r, a0, a1, a2, a3)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q5_1_i8(w, xq, xd, xsum, y):
-    """Q5_1 rows against int8 activations (ggml_vec_dot_q5_1_q8_1): d_b xd_b (q . xq)_b + m_b xsum_b."""
+def matvec_q5_0_i8(w, xq, xd, xsum, y):
+    """Q5_0 rows against int8 activations, chunks of CHUNK_ROWS rows in parallel."""
+    n = w.shape[0]
+    for c in prange((n + CHUNK_ROWS - 1) // CHUNK_ROWS):
+        rows_q5_0_i8(w, xq, xd, xsum, y, c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
+
+
+@njit(cache=True, fastmath=FAST)
+def rows_q5_1_i8(w, xq, xd, xsum, y, r0, r1):
+    """Rows [r0, r1) of Q5_1 (ggml_vec_dot_q5_1_q8_1): d_b xd_b (q . xq)_b + m_b xsum_b."""
     last = w.shape[0] - 1
-    for g in prange((w.shape[0] + 3) // 4):
-        r = 4 * g
+    for r in range(r0, r1, 4):
         a0, a1, a2, a3 = dot4_q5_1(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
         store4(y, r, a0, a1, a2, a3)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q4_k_i8(w, xq, xd, xsum, y):
-    """Q4_K rows against int8 activations: integer nibble dots per 32-element sub-block, one row per step
+def matvec_q5_1_i8(w, xq, xd, xsum, y):
+    """Q5_1 rows against int8 activations, chunks of CHUNK_ROWS rows in parallel."""
+    n = w.shape[0]
+    for c in prange((n + CHUNK_ROWS - 1) // CHUNK_ROWS):
+        rows_q5_1_i8(w, xq, xd, xsum, y, c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
+
+
+@njit(cache=True, fastmath=FAST)
+def rows_q4_k_i8(w, xq, xd, xsum, y, r0, r1):
+    """Rows [r0, r1) of Q4_K against int8 activations (ggml_vec_dot_q4_K_q8_K), one row after the other
     (rows side by side measured slower than reading the bytes in address order)."""
-    nb = xd.shape[0] // 8
-    for r in prange(w.shape[0]):
-        w0 = w[r]
-        a0 = np.float32(0.0)
-        for b in range(nb):
-            o = 144 * b
-            s0a, s0b, s0c, s0d = kquant_scale_words(w0, o)
-            d0 = load_f16(w0, o)
-            m0 = load_f16(w0, o + 2)
-            for j in range(4):
-                qo = o + 16 + 32 * j
-                xo = 256 * b + 64 * j
-                sb = 8 * b + 2 * j
-                l0 = xd[sb] * np.float32(dot_u4s8(w0, qo, 0, xq, xo))
-                h0 = xd[sb + 1] * np.float32(dot_u4s8(w0, qo, 4, xq, xo + 32))
-                a0 += _kquant_terms(s0a, s0b, s0c, s0d, d0, m0, j, l0, h0, xsum, sb)
-        y[r] = a0
+    for r in range(r0, r1):
+        y[r] = dot_row_q4_k(w, r, xq, xd, xsum)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q4_k_i8(w, xq, xd, xsum, y):
+    """Q4_K rows against int8 activations, chunks of CHUNK_ROWS rows in parallel."""
+    n = w.shape[0]
+    for c in prange((n + CHUNK_ROWS - 1) // CHUNK_ROWS):
+        rows_q4_k_i8(w, xq, xd, xsum, y, c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
+
+
+@njit(cache=True, fastmath=FAST)
+def rows_q6_k_i8(w, xq, xd, xsum, y, r0, r1):
+    """Rows [r0, r1) of Q6_K against int8 activations (ggml_vec_dot_q6_K_q8_K), one row after the other."""
+    for r in range(r0, r1):
+        y[r] = dot_row_q6_k(w, r, xq, xd)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
 def matvec_q6_k_i8(w, xq, xd, xsum, y):
-    """Q6_K rows against int8 activations (ggml_vec_dot_q6_K_q8_K), one row per step."""
-    for r in prange(w.shape[0]):
-        y[r] = dot_row_q6_k(w, r, xq, xd)
+    """Q6_K rows against int8 activations, chunks of CHUNK_ROWS rows in parallel."""
+    n = w.shape[0]
+    for c in prange((n + CHUNK_ROWS - 1) // CHUNK_ROWS):
+        rows_q6_k_i8(w, xq, xd, xsum, y, c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
