@@ -23,6 +23,8 @@ from embedkit.errors import ConversionError
 MANIFEST = Path(__file__).parent / "data" / "embed" / "llamacpp_minilm_manifest.json"
 # Free-form naming llama.cpp derives heuristically (model card, folder names); not part of the format contract.
 DESCRIPTIVE_KEYS = {"general.name", "general.version", "general.organization", "general.basename", "general.size_label"}
+# embedkit's own addition (sentence-transformers' truncation length); llama.cpp ignores unknown keys
+EMBEDKIT_KEYS = {"sentence_transformers.max_seq_length"}
 
 
 def test_safetensors_reader_matches_reference(tmp_path: Path) -> None:
@@ -93,7 +95,10 @@ def test_convert_matches_llamacpp(minilm_hf_dir: Path, tmp_path: Path, outtype: 
     ours = _gguf_manifest(convert_hf_to_gguf(minilm_hf_dir, tmp_path / f"m-{outtype}.gguf", outtype))
     theirs = json.loads(MANIFEST.read_text())[outtype]
     assert ours["alignment"] == theirs["alignment"]
-    ours_kv = [e for e in ours["metadata"] if e["key"] not in DESCRIPTIVE_KEYS]
+    assert {e["key"]: e["value"] for e in ours["metadata"] if e["key"] in EMBEDKIT_KEYS} == {
+        "sentence_transformers.max_seq_length": 256
+    }
+    ours_kv = [e for e in ours["metadata"] if e["key"] not in DESCRIPTIVE_KEYS | EMBEDKIT_KEYS]
     theirs_kv = [e for e in theirs["metadata"] if e["key"] not in DESCRIPTIVE_KEYS]
     assert [e["key"] for e in ours_kv] == [e["key"] for e in theirs_kv]
     for a, b in zip(ours_kv, theirs_kv, strict=True):

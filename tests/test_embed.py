@@ -139,6 +139,22 @@ def test_truncation_is_counted(minilm_gguf_path: Path) -> None:
     np.testing.assert_allclose(got[0], want[0], atol=1e-6)
 
 
+def test_long_texts_truncate_like_sentence_transformers(minilm: Embedder, minilm_hf_dir: Path) -> None:
+    """The default limit is sentence-transformers' max_seq_length (256, recorded by the converter), not
+    the 512 positions of the model, so long texts embed as sentence-transformers embeds them."""
+    from sentence_transformers import SentenceTransformer
+
+    rng = np.random.default_rng()
+    words = json.loads((DATA / "texts.json").read_text())
+    long_texts = [" ".join(rng.choice(words, size=40)) for _ in range(3)]
+    assert all(minilm.count_tokens(t) > 300 for t in long_texts)
+    assert minilm.max_tokens == 256
+    ours = minilm.embed(long_texts)
+    st = SentenceTransformer(str(minilm_hf_dir), device="cpu")
+    ref = st.encode(long_texts, normalize_embeddings=True, convert_to_numpy=True)
+    assert _cosines(ours, ref).min() >= COSINE_MIN["f32"]
+
+
 def test_pooling_override(minilm_gguf_path: Path) -> None:
     """--pooling cls gives the [CLS] hidden state, different from mean."""
     cls = Embedder(minilm_gguf_path, pooling="cls", normalize=False)

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from embedkit.cli.device_options import device_options, placement_from_options
 from embedkit.errors import InputError
 
 
@@ -40,7 +41,7 @@ def sampling_options(n_predict: int = 128) -> Callable[[Callable[..., Any]], Cal
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         for opt in reversed(options):
             f = opt(f)
-        return f
+        return device_options(f)
 
     return decorate
 
@@ -62,7 +63,9 @@ def load_generator(kw: dict[str, Any]) -> Any:
     from embedkit.generate import Generator
 
     path = resolve_model(kw["model"], kind="generate")
-    return Generator(path, n_ctx=kw["ctx_size"], n_batch=kw["batch_size"], n_threads=kw["threads"])
+    placement = placement_from_options(kw["device"], kw["gpu_layers"])
+    return Generator(path, n_ctx=kw["ctx_size"], n_batch=kw["batch_size"], n_threads=kw["threads"],
+                     placement=placement)
 
 
 def _read_prompt(prompt: str | None, file: str | None) -> str:

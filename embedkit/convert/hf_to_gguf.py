@@ -19,6 +19,7 @@ from embedkit.convert.safetensors import SafeTensor, read_model_tensors
 from embedkit.convert.wordpiece_vocab import read_wordpiece_vocab
 from embedkit.errors import ConversionError
 from embedkit.gguf.constants import ValueType
+from embedkit.gguf.keys import ST_MAX_SEQ_LENGTH_KEY
 from embedkit.gguf.types import GGMLType
 from embedkit.gguf.writer import GGUFWriter
 
@@ -40,6 +41,15 @@ def _read_json(path: Path) -> Any:
         raise ConversionError(f"{path}: not found") from e
     except (OSError, json.JSONDecodeError) as e:
         raise ConversionError(f"{path}: cannot read JSON ({e})") from e
+
+
+def sentence_transformers_max_seq_length(hf_dir: Path) -> int | None:
+    """``max_seq_length`` from a sentence-transformers ``sentence_bert_config.json``, if any."""
+    path = hf_dir / "sentence_bert_config.json"
+    if not path.is_file():
+        return None
+    value = _read_json(path).get("max_seq_length")
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def sentence_transformers_pooling(hf_dir: Path) -> str | None:
@@ -136,6 +146,11 @@ def convert_hf_to_gguf(
     w.add(f"{arch}.attention.causal", False, ValueType.BOOL)
     if pooling is not None:
         w.add(f"{arch}.pooling_type", POOLING_TYPES[pooling], ValueType.UINT32)
+    max_seq_length = sentence_transformers_max_seq_length(hf_dir)
+    if max_seq_length is not None:
+        # embedkit's own key (llama.cpp ignores it): the length sentence-transformers truncates at,
+        # which the Embedder uses as its default so vectors of long texts match sentence-transformers.
+        w.add(ST_MAX_SEQ_LENGTH_KEY, max_seq_length, ValueType.UINT32)
     w.add("general.quantization_version", GGML_QUANTIZATION_VERSION, ValueType.UINT32)
     w.add("tokenizer.ggml.token_type_count", int(config.get("type_vocab_size", 1)), ValueType.UINT32)
     w.add("tokenizer.ggml.model", "bert")

@@ -13,6 +13,7 @@ from embedkit.embed.batching import pad_batch, plan_batches
 from embedkit.embed.pooling import POOLINGS, l2_normalize, pool
 from embedkit.errors import InputError
 from embedkit.gguf import GGUFFile
+from embedkit.gguf.keys import ST_MAX_SEQ_LENGTH_KEY
 from embedkit.models import load_model
 from embedkit.tokenizer import load_tokenizer
 
@@ -62,6 +63,9 @@ class Embedder:
         self.pooling = chosen
         self.normalize = bool(normalize)
         limit = int(params.n_ctx_train) if self.is_encoder else min(int(params.n_ctx_train), DECODER_MAX_TOKENS)
+        st_limit = self.file.get(ST_MAX_SEQ_LENGTH_KEY)
+        if self.is_encoder and isinstance(st_limit, int) and 2 <= st_limit < limit:
+            limit = st_limit  # the length the model was trained and is used at (sentence-transformers)
         if max_tokens is not None:
             if max_tokens < 2:
                 raise InputError(f"max_tokens={max_tokens}: expected at least 2")
