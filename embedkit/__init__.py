@@ -26,6 +26,8 @@ _EXPORTS: dict[str, str] = {
     "load_tokenizer": "embedkit.tokenizer",
     "load_model": "embedkit.models",
     "Embedder": "embedkit.embed",
+    "Generator": "embedkit.generate",
+    "SamplerParams": "embedkit.generate",
     "convert_hf_to_gguf": "embedkit.convert",
     "open_store": "embedkit.store",
     "index": "embedkit.index",
