@@ -7,8 +7,13 @@ The public Python API (imported lazily, so `import embedkit` stays cheap)::
     tok = embedkit.load_tokenizer(f)
     model = embedkit.load_model(f)
     emb = embedkit.Embedder(embedkit.resolve_model(None, kind="embed"))
-    report = embedkit.index(["docs/"])
-    hits = embedkit.search("query", k=10)
+    gen = embedkit.Generator(embedkit.resolve_model("gemma3-270m"))
+
+Indexing and search live in their packages (their names are taken by the subpackages)::
+
+    from embedkit.index import index
+    from embedkit.search import search, similar
+    index(["docs/"]); hits = search("query", k=10)
 """
 
 from __future__ import annotations
@@ -30,9 +35,6 @@ _EXPORTS: dict[str, str] = {
     "SamplerParams": "embedkit.generate",
     "convert_hf_to_gguf": "embedkit.convert",
     "open_store": "embedkit.store",
-    "index": "embedkit.index",
-    "search": "embedkit.search",
-    "similar": "embedkit.search",
     "EmbedkitError": "embedkit.errors",
 }
 
