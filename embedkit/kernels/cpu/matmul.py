@@ -13,6 +13,7 @@ import numpy as np
 from embedkit.gguf.types import GGMLType
 from embedkit.kernels.cpu import matvec_int8, matvec_kquants, matvec_legacy
 from embedkit.kernels.cpu.dispatch import DEQUANTIZERS
+from embedkit.kernels.cpu.threads import get_num_threads
 
 MATVECS = {
     GGMLType.Q8_0: matvec_legacy.matvec_q8_0,
@@ -33,21 +34,23 @@ MATVECS = {
 # matvec, integer block dots, float accumulators). Single thread on Gemma 3 270M's 262144x640 Q8_0 head:
 # 18 GB/s vs 3 GB/s for the float32 kernel (benchmarks/RESULTS.md).
 # Their relative error is ~1e-2 of max|y| instead of ~1e-6; INT8_ACTIVATIONS = False turns them off.
-INT8_MATVECS = {  # type -> (parallel kernel, serial kernel over a row range)
-    GGMLType.Q8_0: (matvec_int8.matvec_q8_0_i8, matvec_int8.rows_q8_0_i8),
-    GGMLType.Q4_0: (matvec_int8.matvec_q4_0_i8, matvec_int8.rows_q4_0_i8),
-    GGMLType.Q4_1: (matvec_int8.matvec_q4_1_i8, matvec_int8.rows_q4_1_i8),
-    GGMLType.Q5_0: (matvec_int8.matvec_q5_0_i8, matvec_int8.rows_q5_0_i8),
-    GGMLType.Q5_1: (matvec_int8.matvec_q5_1_i8, matvec_int8.rows_q5_1_i8),
-    GGMLType.Q4_K: (matvec_int8.matvec_q4_k_i8, matvec_int8.rows_q4_k_i8),
-    GGMLType.Q6_K: (matvec_int8.matvec_q6_k_i8, matvec_int8.rows_q6_k_i8),
+INT8_MATVECS = {  # type -> (parallel kernel, serial kernel over a row range, activation format)
+    GGMLType.Q8_0: (matvec_int8.matvec_q8_0_i8, matvec_int8.rows_q8_0_i8, matvec_int8.ACT_Q8_0),
+    GGMLType.Q4_0: (matvec_int8.matvec_q4_0_i8, matvec_int8.rows_q4_0_i8, matvec_int8.ACT_Q8_0),
+    GGMLType.Q4_1: (matvec_int8.matvec_q4_1_i8, matvec_int8.rows_q4_1_i8, matvec_int8.ACT_Q8_1),
+    GGMLType.Q5_0: (matvec_int8.matvec_q5_0_i8, matvec_int8.rows_q5_0_i8, matvec_int8.ACT_Q8_0),
+    GGMLType.Q5_1: (matvec_int8.matvec_q5_1_i8, matvec_int8.rows_q5_1_i8, matvec_int8.ACT_Q8_1),
+    GGMLType.Q4_K: (matvec_int8.matvec_q4_k_i8, matvec_int8.rows_q4_k_i8, matvec_int8.ACT_Q8_K),
+    GGMLType.Q6_K: (matvec_int8.matvec_q6_k_i8, matvec_int8.rows_q6_k_i8, matvec_int8.ACT_Q8_K),
 }
 INT8_ACTIVATIONS = True
 
-# Weights smaller than this run the int8 decode kernels on the calling thread: waking Numba's OpenMP workers
-# costs ~5 us on idle cores but measured 4-12 ms when the other core is busy, and a decode step makes ~130
-# such calls. Gemma 3 270M: every layer matrix (<= 1.1 MB) is serial, the 178 MB output head parallel.
-PARALLEL_MIN_BYTES = 4 << 20
+# Weights smaller than this run the int8 decode kernels on the calling thread. Gemma 3 270M decode, 2 threads,
+# idle dev VM: 75.0 tok/s with 256 KiB, 72.9 with 0 (every call parallel), 65.4 with 4 MiB (only the output
+# head parallel). With the second core busy, each parallel launch can stall for milliseconds (an empty prange
+# took 3.7-12 ms there) and the 4 MiB setting did far better (25.6 tok/s vs 1.1 all-parallel); use
+# EMBEDKIT_THREADS=1 on a loaded machine.
+PARALLEL_MIN_BYTES = 256 << 10
 
 # Up to this many tokens, run the fused matvec once per token; more, use dequantized tiles + BLAS.
 MAX_MATVEC_TOKENS = 4
@@ -70,9 +73,9 @@ def matmul_rows(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np
         xq = np.empty(n_cols, dtype=np.int8)
         xd = np.empty(n_cols // 32, dtype=np.float32)
         xsum = np.empty(n_cols // 32, dtype=np.float32)
-        parallel = rows.nbytes >= PARALLEL_MIN_BYTES and numba.get_num_threads() > 1
+        parallel = rows.nbytes >= PARALLEL_MIN_BYTES and get_num_threads() > 1
         for i in range(n_tokens):
-            matvec_int8.quantize_activations(x[i], xq, xd, xsum)
+            matvec_int8.quantize_activations(x[i], xq, xd, xsum, int8_kernels[2])
             if parallel:
                 int8_kernels[0](rows, xq, xd, xsum, y[i])
             else:

@@ -1,9 +1,9 @@
 """Decode matvec with activations quantized to int8 blocks of 32 (like ggml's Q8_0 activations), for
 Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q6_K (block dots in `int8dot`).
 
-x ~= xd[b] * xq[32 b : 32 b + 32] with xd[b] = max|x_block| / 127 (float32, more precise than ggml's
-f16 scale); per element the activation error is at most xd[b] / 2, so a row's relative error is
-about 1e-3 to 1e-2 of |y| on random data (tests bound it). Min terms use exact float sums of x.
+x ~= xd[b] * xq[32 b : 32 b + 32], rounded exactly as llama.cpp rounds its activations for the same weight
+type (`quantize_activations`); per element the error is at most |xd[b]| / 2, so a row's relative error
+is about 1e-3 to 1e-2 of |y| on random data (tests bound it).
 Signature: `(w uint8 [n_rows, row_bytes], xq int8 [n], xd float32 [n // 32], xsum float32 [n // 32], y)`
 (+ `r0, r1` for the serial `rows_*` kernels).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from embedkit.kernels.cpu.halfbits import f16_to_f32, f32_to_f16
 from embedkit.kernels.cpu.int8dot import (
     dot4_q4_0,
     dot4_q4_1,
@@ -24,22 +25,57 @@ from embedkit.kernels.cpu.int8dot import (
 )
 from embedkit.kernels.cpu.matvec_legacy import FAST, store4
 
+# Activation formats, as llama.cpp quantizes x for each weight type (its vec_dot_type), so that our rounding
+# matches its rounding: Q8_0 (Q8_0/Q4_0/Q5_0 weights), Q8_1 (Q4_1/Q5_1: plus s = d * sum(q)), Q8_K (K-quants:
+# one float32 scale per 256 elements, sums of q for the min terms).
+ACT_Q8_0 = 0
+ACT_Q8_1 = 1
+ACT_Q8_K = 2
+
 
 @njit(cache=True)
-def quantize_activations(x, xq, xd, xsum):
-    """x float32 [n] -> xq int8 [n], xd (scales) and xsum (exact float sums) float32 [n // 32]."""
+def quantize_activations(x, xq, xd, xsum, kind):
+    """x float32 [n] -> xq int8 [n], scales xd and sums xsum (float32 [n // 32]) in format `kind`.
+
+    x[32 b + i] ~= xd[b] * xq[32 b + i]; xsum[b] = xd[b] * sum(xq[32 b : 32 b + 32]) (ggml's s / bsums).
+    Q8_0/Q8_1 (quantize_row_q8_0/q8_1, AVX2): d = amax / 127 rounded to f16, q = rint(x * 127 / amax).
+    Q8_K (quantize_row_q8_K_ref): per 256, q = rint(-127 / max * x) with max the signed element of largest
+    magnitude, d = 1 / (-127 / max) in float32 (negative when max > 0; q has the flipped sign).
+    """
+    if kind == ACT_Q8_K:
+        for sb in range(x.shape[0] // 256):
+            amax = np.float32(0.0)
+            vmax = np.float32(0.0)
+            for i in range(256):
+                v = x[256 * sb + i]
+                if abs(v) > amax:
+                    amax = abs(v)
+                    vmax = v
+            iscale = np.float32(-127.0) / vmax if amax > np.float32(0.0) else np.float32(0.0)
+            d = np.float32(1.0) / iscale if amax > np.float32(0.0) else np.float32(0.0)
+            for k in range(8):
+                b = 8 * sb + k
+                qsum = 0
+                for i in range(32):
+                    q = min(127, int(np.rint(iscale * x[32 * b + i])))
+                    xq[32 * b + i] = np.int8(q)
+                    qsum += q
+                xd[b] = d
+                xsum[b] = d * np.float32(qsum)
+        return
     for b in range(x.shape[0] // 32):
         amax = np.float32(0.0)
-        s = np.float32(0.0)
         for i in range(32):
-            v = x[32 * b + i]
-            amax = max(amax, abs(v))
-            s += v
+            amax = max(amax, abs(x[32 * b + i]))
         inv = np.float32(127.0) / amax if amax > np.float32(0.0) else np.float32(0.0)
+        qsum = 0
         for i in range(32):
-            xq[32 * b + i] = np.int8(np.rint(x[32 * b + i] * inv))
-        xd[b] = amax / np.float32(127.0)
-        xsum[b] = s
+            q = int(np.rint(x[32 * b + i] * inv))
+            xq[32 * b + i] = np.int8(q)
+            qsum += q
+        d = amax / np.float32(127.0)
+        xd[b] = f16_to_f32(f32_to_f16(d))
+        xsum[b] = f16_to_f32(f32_to_f16(d * np.float32(qsum)))
 
 
 # Each type has `rows_<type>_i8(w, xq, xd, xsum, y, r0, r1)`, the serial kernel over rows [r0, r1) (r0 a
