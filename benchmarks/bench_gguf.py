@@ -46,7 +46,7 @@ def gguf_py_open(path) -> None:
 
 def main() -> None:
     path = resolve_model(sys.argv[1] if len(sys.argv) > 1 else "gemma3-270m")
-    print(f"model: {path.name}   machine: {platform.machine()} {platform.processor() or ''}, python {platform.python_version()}")
+    print(f"model: {path.name}   machine: {platform.machine()}, python {platform.python_version()}")
     rows = [
         ("embedkit GGUFFile (metadata parsed, strings lazy)", best_of(lambda: embedkit_open(path), 10)),
         ("embedkit GGUFFile + decode every string", best_of(lambda: embedkit_open_decode(path), 5)),
