@@ -272,3 +272,16 @@ def test_conversation_drops_oldest_turns_to_fit():
     convo.add("user", "x" * 20)
     with pytest.raises(GenerationError, match="raise -c"):
         convo.prompt_ids(gen, reserve=4)
+
+
+def test_generating_with_an_embedding_model_is_one_clear_error(minilm_gguf_path) -> None:
+    """An encoder GGUF given to `generate` is refused by name, not with an internal error."""
+    from click.testing import CliRunner
+
+    from embedkit.cli.main import cli
+    from embedkit.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="embedding .encoder. model"):
+        Generator(minilm_gguf_path)
+    r = CliRunner().invoke(cli, ["generate", "-m", str(minilm_gguf_path), "-p", "hi"])
+    assert isinstance(r.exception, UnsupportedModelError)

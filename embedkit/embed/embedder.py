@@ -14,10 +14,9 @@ from embedkit.embed.pooling import POOLINGS, l2_normalize, pool
 from embedkit.errors import InputError
 from embedkit.gguf import GGUFFile
 from embedkit.gguf.keys import ST_MAX_SEQ_LENGTH_KEY
-from embedkit.models import load_model
+from embedkit.models import ENCODER_ARCHITECTURES, load_model
 from embedkit.tokenizer import load_tokenizer
 
-ENCODER_ARCHITECTURES = ("bert",)
 # Decoders embed one text at a time through their KV cache; cap the context they allocate.
 DECODER_MAX_TOKENS = 2048
 

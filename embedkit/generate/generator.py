@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from embedkit.errors import GenerationError
+from embedkit.errors import GenerationError, UnsupportedModelError
 from embedkit.generate.chat_template import ChatTemplate, template_for_gguf
 from embedkit.generate.sampler import Sampler, SamplerParams
 from embedkit.generate.stops import StopReason, StopStrings, budget_left, is_end_of_generation
@@ -171,7 +171,7 @@ class Generator:
         placement: Any = None,
     ) -> None:
         """Load ``model`` (a GGUF path or open file); ``n_ctx`` None = the model's context capped at 4096."""
-        from embedkit.models import load_model
+        from embedkit.models import ENCODER_ARCHITECTURES, GENERATIVE_ARCHITECTURES, load_model
         from embedkit.tokenizer import load_tokenizer
 
         if n_threads is not None:
@@ -180,6 +180,11 @@ class Generator:
             set_num_threads(n_threads)
         t0 = time.perf_counter()
         f = model if isinstance(model, GGUFFile) else GGUFFile(Path(model))
+        if f.architecture in ENCODER_ARCHITECTURES:
+            raise UnsupportedModelError(
+                f"{f.path}: {f.architecture!r} is an embedding (encoder) model and cannot generate text; "
+                f"generation supports {', '.join(GENERATIVE_ARCHITECTURES)}"
+            )
         self._setup(f, load_model(f, placement), load_tokenizer(f), n_ctx, n_batch)
         self.load_ms = 1000.0 * (time.perf_counter() - t0)
 

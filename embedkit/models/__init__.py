@@ -24,6 +24,9 @@ _REGISTRY: dict[str, str] = {
 ALIASES: dict[str, str] = {"mistral": "llama"}
 
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(sorted([*_REGISTRY, *ALIASES]))
+# encoders embed text but cannot generate it (no causal cache, no output head)
+ENCODER_ARCHITECTURES: tuple[str, ...] = ("bert",)
+GENERATIVE_ARCHITECTURES: tuple[str, ...] = tuple(a for a in SUPPORTED_ARCHITECTURES if a not in ENCODER_ARCHITECTURES)
 
 
 def model_class(arch: str) -> type:
@@ -52,4 +55,11 @@ def load_model(
     return model_class(f.architecture)(f, placement)
 
 
-__all__ = ["ALIASES", "SUPPORTED_ARCHITECTURES", "load_model", "model_class"]
+__all__ = [
+    "ALIASES",
+    "ENCODER_ARCHITECTURES",
+    "GENERATIVE_ARCHITECTURES",
+    "SUPPORTED_ARCHITECTURES",
+    "load_model",
+    "model_class",
+]
