@@ -8,12 +8,11 @@ Tolerance: exact, except the descriptive general.* naming keys llama.cpp guesses
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import json
 import struct
 from pathlib import Path
 
-import gguf
 import numpy as np
 import pytest
 
@@ -64,29 +63,18 @@ def test_safetensors_reader_rejects_bad_files(tmp_path: Path) -> None:
         read_safetensors(bad)
 
 
+def _load_manifest_maker():
+    """tests/data/embed/make_llamacpp_manifest.py, the script that made the committed manifest."""
+    maker = MANIFEST.parent / "make_llamacpp_manifest.py"
+    spec = importlib.util.spec_from_file_location("make_llamacpp_manifest", maker)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _gguf_manifest(path: Path) -> dict:
-    """The same manifest as tests/data/embed/make_llamacpp_manifest.py, read with gguf-py."""
-    r = gguf.GGUFReader(path)
-    kv = []
-    for key, field in r.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        types = [int(t) for t in field.types]
-        if field.types[0] == gguf.GGUFValueType.ARRAY:
-            if field.types[1] == gguf.GGUFValueType.STRING:
-                items = [field.contents(i) for i in range(len(field.data))]
-            else:
-                items = [int(x) if isinstance(x, (int, np.integer)) else float(x) for x in field.contents()]
-            digest = hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()
-            kv.append({"key": key, "types": types, "length": len(items), "sha256": digest})
-        else:
-            kv.append({"key": key, "types": types, "value": field.contents()})
-    tensors = [
-        {"name": t.name, "type": t.tensor_type.name, "shape": [int(d) for d in t.shape],
-         "sha256": hashlib.sha256(np.ascontiguousarray(t.data).view(np.uint8).tobytes()).hexdigest()}
-        for t in r.tensors
-    ]
-    return {"alignment": r.alignment, "metadata": kv, "tensors": tensors}
+    """Our file's manifest, made by the same code as the committed llama.cpp one (gguf-py reads it)."""
+    return _load_manifest_maker().manifest(str(path))
 
 
 @pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0"])
