@@ -94,6 +94,11 @@ class Backend:
         """[n, n_in] @ W.T (+ bias) -> [n, n_out], W kept in its quantized layout."""
         raise NotImplementedError
 
+    def matmuls(self, x: Array, ws: list[Weight], biases: list[Weight | None] | None = None) -> list[Array]:
+        """[x @ W.T (+ b) for each W] with one input (Q/K/V, gate/up); a backend may share work between them."""
+        biases = biases or [None] * len(ws)
+        return [self.matmul(x, w, b) for w, b in zip(ws, biases, strict=True)]
+
     # -- elementwise ---------------------------------------------------------------------
     def add(self, a: Array, b: Array) -> Array:
         """a + b (b may be a Weight vector or broadcast over rows)."""

@@ -105,13 +105,18 @@ def attention_small(q, k, v, pos0, scale, window, softcap, out):  # pragma: no c
                 out[t, base + i] += wgt * v[kv, j, i]
 
 
-@njit(cache=True)
+@njit(cache=True)  # no fastmath: its no-infinities flag would void the exp-overflow limit below
 def gelu_tanh_mul(gate, up, out):  # pragma: no cover - compiled
-    """out = gelu_tanh(gate) * up, elementwise over 1-D arrays."""
-    c = np.float32(math.sqrt(2.0 / math.pi))
+    """out = gelu_tanh(gate) * up, elementwise over 1-D arrays.
+
+    Uses 0.5 (1 + tanh(z)) = 1 / (1 + exp(-2 z)): libm's expf is ~4x cheaper than tanhf here, same accuracy
+    (relative error ~1e-7); exp overflowing to inf for very negative inputs gives the right limit, -0.
+    """
+    c = np.float32(2.0 * math.sqrt(2.0 / math.pi))
     for i in range(gate.size):
         x = gate[i]
-        out[i] = np.float32(0.5) * x * (np.float32(1.0) + math.tanh(c * (x + np.float32(0.044715) * x * x * x))) * up[i]
+        z = c * (x + np.float32(0.044715) * x * x * x)
+        out[i] = x / (np.float32(1.0) + math.exp(-z)) * up[i]
 
 
 @njit(cache=True)

@@ -80,14 +80,15 @@ class Gemma3Model(DecoderModel):
         base = self.local_rope_base if local else hp.rope_base
         freq_scale = 1.0 if local else hp.rope_freq_scale
         h = be.rms_norm(x, w.attn_norm, eps)
-        q = be.rms_norm(be.view(be.matmul(h, w.wq), (n, hp.n_head, hp.head_dim)), w.q_norm, eps)
-        k = be.rms_norm(be.view(be.matmul(h, w.wk), (n, hp.n_head_kv, hp.head_dim)), w.k_norm, eps)
-        v = be.view(be.matmul(h, w.wv), (n, hp.n_head_kv, hp.head_dim))
+        q, k, v = be.matmuls(h, [w.wq, w.wk, w.wv])
+        q = be.rms_norm(be.view(q, (n, hp.n_head, hp.head_dim)), w.q_norm, eps)
+        k = be.rms_norm(be.view(k, (n, hp.n_head_kv, hp.head_dim)), w.k_norm, eps)
+        v = be.view(v, (n, hp.n_head_kv, hp.head_dim))
         q = be.rope(q, positions, hp.n_rot, base, "neox", freq_scale)
         k = be.rope(k, positions, hp.n_rot, base, "neox", freq_scale)
         window = hp.sliding_window if local else None
         a = be.attention(q, state.layer(i), k, v, pos0, self.attn_scale, window=window)
         x = be.add(x, be.rms_norm(be.matmul(a, w.wo), w.post_attn_norm, eps))
         h = be.rms_norm(x, w.ffn_norm, eps)
-        h = be.geglu(be.matmul(h, w.w_gate), be.matmul(h, w.w_up))
+        h = be.geglu(*be.matmuls(h, [w.w_gate, w.w_up]))
         return be.add(x, be.rms_norm(be.matmul(h, w.w_down), w.post_ffn_norm, eps))

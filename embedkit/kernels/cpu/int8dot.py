@@ -159,24 +159,31 @@ def _make_dot4(name, block_bytes, decode):
                 rows.append(builder.gep(wa.data, [builder.mul(r, stride)]))
             xq_ptr = builder.bitcast(xqa.data, ir.IntType(8).as_pointer())
             nb = cgutils.unpack_tuple(builder, xda.shape, 1)[0]
+            # One accumulator per row, blocks in order: the float operations of ggml_vec_dot_*_q8_0 (AVX2) and
+            # tinyBLAS, so results can match llama.cpp's bit for bit. Two rows advance side by side so that two
+            # FMA chains overlap (one chain alone was bound by the FMA latency).
             accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, [0.0] * 8)) for _ in range(4)]
             mins = [cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0)) for _ in range(4)]
             fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v8f32", _V8F32, [_V8F32] * 3)
-            for k in range(4):  # one row after the other: the group's bytes are read in address order
+
+            def block(k, b):
+                xv = _load(builder, xq_ptr, builder.mul(b, ir.Constant(intp, 32)), _V32I8)
+                scale = builder.load(builder.gep(xda.data, [b]))
+                q, d, m = decode(builder, builder.gep(rows[k], [builder.mul(b, ir.Constant(intp, block_bytes))]))
+                dot = builder.sitofp(_dot_i32x8(builder, q, xv), _V8F32)
+                sv = builder.insert_element(
+                    ir.Constant(_V8F32, ir.Undefined), builder.fmul(d, scale), ir.Constant(_I32, 0)
+                )
+                sv = builder.shuffle_vector(sv, sv, ir.Constant(_V8I32, [0] * 8))
+                builder.store(builder.call(fmuladd, [dot, sv, builder.load(accs[k])]), accs[k])
+                if m is not None:
+                    xs = builder.load(builder.gep(xsa.data, [b]))
+                    builder.store(builder.fadd(builder.load(mins[k]), builder.fmul(m, xs)), mins[k])
+
+            for k in (0, 2):
                 with cgutils.for_range(builder, nb) as loop:
-                    b = loop.index
-                    xv = _load(builder, xq_ptr, builder.mul(b, ir.Constant(intp, 32)), _V32I8)
-                    scale = builder.load(builder.gep(xda.data, [b]))
-                    q, d, m = decode(builder, builder.gep(rows[k], [builder.mul(b, ir.Constant(intp, block_bytes))]))
-                    dot = builder.sitofp(_dot_i32x8(builder, q, xv), _V8F32)
-                    sv = builder.insert_element(
-                        ir.Constant(_V8F32, ir.Undefined), builder.fmul(d, scale), ir.Constant(_I32, 0)
-                    )
-                    sv = builder.shuffle_vector(sv, sv, ir.Constant(_V8I32, [0] * 8))
-                    builder.store(builder.call(fmuladd, [dot, sv, builder.load(accs[k])]), accs[k])
-                    if m is not None:
-                        xs = builder.load(builder.gep(xsa.data, [b]))
-                        builder.store(builder.fadd(builder.load(mins[k]), builder.fmul(m, xs)), mins[k])
+                    block(k, loop.index)
+                    block(k + 1, loop.index)
             outs = []
             for k in range(4):
                 v = _hsum(builder, builder.load(accs[k]))

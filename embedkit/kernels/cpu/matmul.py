@@ -95,6 +95,39 @@ def matmul_rows(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np
     return tiled_matmul(x, rows, t, n_cols)
 
 
+def matmul_rows_many(x: np.ndarray, weights: list[tuple[np.ndarray, GGMLType]], n_cols: int) -> list[np.ndarray]:
+    """`matmul_rows` for several W sharing the input x: decode quantizes x once per activation format."""
+    n_tokens = x.shape[0]
+    if n_tokens > MAX_MATVEC_TOKENS or not INT8_ACTIVATIONS:
+        return [matmul_rows(x, rows, t, n_cols) for rows, t in weights]
+    quantized: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    out = []
+    for rows, t in weights:
+        kernels = INT8_MATVECS.get(t)
+        if kernels is None:
+            out.append(matmul_rows(x, rows, t, n_cols))
+            continue
+        acts = quantized.get(kernels[2])
+        if acts is None:
+            acts = quantized[kernels[2]] = []
+            for i in range(n_tokens):
+                xq = np.empty(n_cols, dtype=np.int8)
+                xd = np.empty(n_cols // 32, dtype=np.float32)
+                xsum = np.empty(n_cols // 32, dtype=np.float32)
+                matvec_int8.quantize_activations(x[i], xq, xd, xsum, kernels[2])
+                acts.append((xq, xd, xsum))
+        n_rows = rows.shape[0]
+        y = np.empty((n_tokens, n_rows), dtype=np.float32)
+        parallel = rows.nbytes >= PARALLEL_MIN_BYTES and get_num_threads() > 1
+        for i, (xq, xd, xsum) in enumerate(acts):
+            if parallel:
+                kernels[0](rows, xq, xd, xsum, y[i])
+            else:
+                kernels[1](rows, xq, xd, xsum, y[i], 0, n_rows)
+        out.append(y)
+    return out
+
+
 def tiled_matmul(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np.ndarray:
     """x @ W.T by dequantizing W a tile of rows at a time into one reused buffer and calling BLAS."""
     n_rows = rows.shape[0]

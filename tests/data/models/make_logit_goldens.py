@@ -31,6 +31,21 @@ DEFAULT_MODELS = [
 ]
 
 
+# llama.cpp run again with one precision setting changed, for the noise floor: how often llama.cpp agrees
+# with itself when only its own rounding changes (see README.md).
+VARIANTS = {
+    "kv_f32": {"type_k": 0, "type_v": 0},  # GGML_TYPE_F32 KV cache (the CLI's -ctk f32 -ctv f32)
+    "flash_attn": {"flash_attn": True},  # flash attention (the CLI's -fa on)
+}
+
+
+def _teacher_forced(llm, text: str) -> tuple[list[int], np.ndarray]:
+    llm.reset()
+    tokens = llm.tokenize(text.encode("utf-8"), add_bos=True)
+    llm.eval(tokens)
+    return tokens, np.array(llm.scores[: len(tokens)], dtype=np.float32)
+
+
 def record(model_path: str, out_dir: Path) -> Path:
     """Evaluate every prompt with llama.cpp (2 threads, n_ctx 512) and save the top-k logits."""
     from llama_cpp import Llama
@@ -38,14 +53,18 @@ def record(model_path: str, out_dir: Path) -> Path:
     llm = Llama(model_path=model_path, logits_all=True, n_ctx=512, n_threads=2, verbose=False)
     arrays: dict[str, np.ndarray] = {}
     for name, text in PROMPTS.items():
-        llm.reset()
-        tokens = llm.tokenize(text.encode("utf-8"), add_bos=True)
-        llm.eval(tokens)
-        scores = np.array(llm.scores[: len(tokens)], dtype=np.float32)
+        tokens, scores = _teacher_forced(llm, text)
         top = np.argsort(-scores, axis=1)[:, :TOP_K]
         arrays[f"{name}/tokens"] = np.array(tokens, dtype=np.int32)
         arrays[f"{name}/top_ids"] = top.astype(np.int32)
         arrays[f"{name}/top_logits"] = np.take_along_axis(scores, top, axis=1).astype(np.float16)
+    del llm
+    for variant, kwargs in VARIANTS.items():
+        llm = Llama(model_path=model_path, logits_all=True, n_ctx=512, n_threads=2, verbose=False, **kwargs)
+        for name, text in PROMPTS.items():
+            _, scores = _teacher_forced(llm, text)
+            arrays[f"{name}/top1_{variant}"] = scores.argmax(axis=1).astype(np.int32)
+        del llm
     out = out_dir / (Path(model_path).name.removesuffix(".gguf") + ".logits.npz")
     np.savez_compressed(out, **arrays)
     return out
