@@ -44,8 +44,9 @@ def _first_difference(ours: list[int], theirs: list[int]) -> int | None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 8 open: greedy agreement with llama.cpp is below 8/10 prompts; "
-                   "llama.cpp quantizes activations (Q8_0/Q8_1/Q8_K) and keeps an F16 KV cache, we compute in F32")
+@pytest.mark.xfail(strict=False, reason="issue 8 open: 6/10 (Gemma 3) and 3/10 (SmolLM2) prompts match, where "
+                   "llama.cpp matches itself on 5/10 and 1/10 with only its KV cache type changed (the test below; "
+                   "tests/data/models/README.md)")
 def test_greedy_matches_llama_cpp(greedy_runs):
     golden, runs = greedy_runs
     report, matching = [], 0
@@ -71,6 +72,26 @@ def test_greedy_diverges_only_where_llama_cpp_is_near_a_tie(greedy_runs):
                 f"{golden['model']} {case['prompt'][:30]!r}: token {first} differs although llama.cpp's "
                 f"top-2 margin there is {margin}"
             )
+
+
+@pytest.mark.slow
+def test_greedy_agrees_with_llama_cpp_at_least_as_often_as_llama_cpp_with_itself(greedy_runs):
+    """The noise floor under the acceptance above: llama.cpp rerun with only its KV cache in F32 instead of F16
+    (`output_ids_kv_f32`) repeats its own 32 greedy tokens on 5/10 (Gemma 3), 1/10 (SmolLM2) and 9/10 (Qwen2.5)
+    prompts, and its mean matching prefix is 22.6 / 10.3 / 29.2 tokens. We must match llama.cpp's default run
+    at least that well on both counts (tests/data/models/README.md explains the floor)."""
+    golden, runs = greedy_runs
+
+    def prefix(ours: list[int], theirs: list[int]) -> int:
+        first = _first_difference(ours, theirs)
+        return len(theirs) if first is None else first
+
+    cases = golden["cases"]
+    ours = [prefix(tokens, case["output_ids"]) for case, tokens in zip(cases, runs, strict=True)]
+    itself = [prefix(case["output_ids_kv_f32"], case["output_ids"]) for case in cases]
+    n = golden["n_gen"]
+    assert sum(p == n for p in ours) >= sum(p == n for p in itself), (golden["model"], ours, itself)
+    assert sum(ours) >= sum(itself), (golden["model"], ours, itself)
 
 
 @pytest.mark.slow

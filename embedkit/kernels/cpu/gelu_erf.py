@@ -1,7 +1,7 @@
-"""Exact (erf) GELU and LayerNorm on float32 rows, multithreaded (the elementwise steps of a BERT forward).
+"""Exact (erf) GELU and LayerNorm on float32 rows (the elementwise steps of a BERT forward).
 
-erf uses Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7, float32 rounding level) so the loop stays
-vectorisable; libm's erf per element was the slowest step of a BERT forward.
+erf is `fast_f32.erf_f32` (rational approximation, |error| ~4e-7, vectorised); the `*_block` kernels are
+serial and release the GIL, for `row_blocks.run_blocks`; the `*_into` / `*_rows` kernels are Numba-parallel.
 """
 
 from __future__ import annotations
@@ -9,10 +9,25 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from embedkit.kernels.cpu.fast_f32 import erf_f32
 
-@njit(parallel=True, cache=True, fastmath=True)
-def gelu_erf_into(x, out):  # pragma: no cover - compiled
+# Reassociation lets LLVM vectorise the LayerNorm sums; inf/nan semantics stay.
+_REASSOC = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@njit(cache=True, fastmath=True, error_model="numpy", nogil=True)
+def gelu_erf_block(x, out):  # pragma: no cover - compiled
     """out <- 0.5 x (1 + erf(x / sqrt 2)) for C-contiguous float32 arrays of the same size (viewed flat)."""
+    src = x.reshape(-1)
+    dst = out.reshape(-1)
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = np.float32(0.5) * v * (np.float32(1.0) + erf_f32(v * np.float32(0.7071067811865476)))
+
+
+@njit(parallel=True, cache=True, fastmath=True, error_model="numpy")
+def gelu_erf_into(x, out):  # pragma: no cover - compiled
+    """gelu_erf_block, multithreaded over chunks of the flat arrays."""
     src = x.reshape(-1)
     dst = out.reshape(-1)
     n = src.size
@@ -20,18 +35,30 @@ def gelu_erf_into(x, out):  # pragma: no cover - compiled
     for c in prange((n + chunk - 1) // chunk):
         for i in range(c * chunk, min(n, (c + 1) * chunk)):
             v = src[i]
-            z = abs(v) * np.float32(0.7071067811865476)
-            t = np.float32(1.0) / (np.float32(1.0) + np.float32(0.3275911) * z)
-            poly = t * (np.float32(0.254829592) + t * (np.float32(-0.284496736) + t * (
-                np.float32(1.421413741) + t * (np.float32(-1.453152027) + t * np.float32(1.061405429)))))
-            erf_abs = np.float32(1.0) - poly * np.exp(-z * z)
-            erf = erf_abs if v >= 0 else -erf_abs
-            dst[i] = np.float32(0.5) * v * (np.float32(1.0) + erf)
+            dst[i] = np.float32(0.5) * v * (np.float32(1.0) + erf_f32(v * np.float32(0.7071067811865476)))
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(cache=True, fastmath=_REASSOC, nogil=True)
+def layer_norm_block(x, w, b, eps, out):  # pragma: no cover - compiled
+    """out[r] = (x[r] - mean) / sqrt(var + eps) * w + b for x, out [rows, n]; sums in float64."""
+    n_rows, n = x.shape
+    for r in range(n_rows):
+        s = 0.0
+        for i in range(n):
+            s += x[r, i]
+        mu = s / n
+        ss = 0.0
+        for i in range(n):
+            d = x[r, i] - mu
+            ss += d * d
+        inv = 1.0 / np.sqrt(ss / n + eps)
+        for i in range(n):
+            out[r, i] = np.float32((x[r, i] - mu) * inv) * w[i] + b[i]
+
+
+@njit(parallel=True, cache=True, fastmath=_REASSOC)
 def layer_norm_rows(x, w, b, eps, out):  # pragma: no cover - compiled
-    """out[r] = (x[r] - mean) / sqrt(var + eps) * w + b, mean and variance accumulated in float64."""
+    """layer_norm_block, multithreaded over rows."""
     n_rows, n = x.shape
     for r in prange(n_rows):
         s = 0.0

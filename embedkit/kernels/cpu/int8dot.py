@@ -1,4 +1,4 @@
-"""Integer block dot products for the decode matvec with int8 activations, emitted as LLVM vector IR.
+"""Integer block dot products for the decode matvec with int8 or int16 activations, emitted as LLVM vector IR.
 
 Each intrinsic computes whole rows (Q8_0/Q4_0/Q4_1/Q5_0/Q5_1: 4 rows a call, Q4_K/Q6_K: one row) against
 activations quantized to int8 blocks of 32 (`matvec_int8.quantize_activations`). Numba's own integer
@@ -90,8 +90,15 @@ def _nibbles32(builder, ptr, offset):
     return builder.shuffle_vector(lo, hi, ir.Constant(_V32I32, list(range(32))))
 
 
+# Decoders return (32 weights as i8 lanes, scale d, min m or None). Q8_0/Q4_0/Q5_0 give signed weights (their
+# offsets subtracted); Q4_1/Q5_1 give their unsigned codes u (0..15 / 0..31) and a min term m * xsum[b], so
+# u . x is vpmaddubsw's unsigned-times-signed product directly, without the sign trick.
+# (Folding Q4_0/Q5_0's offsets into a min term the same way measured no faster: the scalar min chain costs
+# what the sign trick saves.)
+
+
 def _decode_q8_0(builder, blk):
-    """(32 signed weights, scale d, no min) of a Q8_0 block; the decoders below return the same triple."""
+    """(32 signed weights, scale d, no min) of a Q8_0 block."""
     return _load(builder, blk, ir.Constant(_I32, 2), _V32I8), _f16(builder, blk, 0), None
 
 
@@ -117,8 +124,60 @@ def _decode_q5_0(builder, blk):
 
 
 def _decode_q5_1(builder, blk):
-    q = builder.or_(_nibbles32(builder, blk, 8), _high_bits(builder, blk, 4))
-    return q, _f16(builder, blk, 0), _f16(builder, blk, 2)
+    u = builder.or_(_nibbles32(builder, blk, 8), _high_bits(builder, blk, 4))
+    return u, _f16(builder, blk, 0), _f16(builder, blk, 2)
+
+
+def _dot_u8_i32x8(builder, u, xq):
+    """8 int32 partial sums of the 32 products of unsigned weights u (< 128) and int8 activations xq."""
+    if not HAS_AVX2:
+        return _dot_i32x8(builder, u, xq)  # u < 128 reads the same as a signed byte
+    maddubs = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8])
+    maddwd = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
+    return builder.call(maddwd, [builder.call(maddubs, [u, xq]), ir.Constant(_V16I16, [1] * 16)])
+
+
+# Int16 activations (matvec_int8.quantize_activations16: 15-bit scale per 32 elements, ~256x finer than
+# int8): the weights are widened to 16 bits and multiplied pairwise with vpmaddwd; sums stay exact in int32
+# (at most 2 * 32 * 127 * 32767 per lane, or 2 * 32 * 32767 * 127 with Q6_K's scales).
+_V16I32 = ir.VectorType(_I32, 16)
+
+
+def _x16_halves(builder, xq_ptr, elem_offset):
+    """The 32 int16 activations at xq_ptr + elem_offset as two <16 x i16> halves."""
+    lo = _load(builder, xq_ptr, elem_offset, _V16I16)
+    hi = _load(builder, xq_ptr, builder.add(elem_offset, ir.Constant(elem_offset.type, 16)), _V16I16)
+    return lo, hi
+
+
+def _pairs_i32x8(builder, a, b):
+    """<16 x i16> a, b -> <8 x i32> with lane j = a[2j] b[2j] + a[2j+1] b[2j+1] (vpmaddwd)."""
+    if HAS_AVX2:
+        maddwd = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
+        return builder.call(maddwd, [a, b])
+    prod = builder.mul(builder.sext(a, _V16I32), builder.sext(b, _V16I32))
+    even = builder.shuffle_vector(prod, prod, ir.Constant(_V8I32, list(range(0, 16, 2))))
+    odd = builder.shuffle_vector(prod, prod, ir.Constant(_V8I32, list(range(1, 16, 2))))
+    return builder.add(even, odd)
+
+
+def _dot16_halves(builder, q, xlo, xhi, signed):
+    """(<8 x i32> of elements 0-15, <8 x i32> of 16-31) of 32 weights q (i8 lanes, signed or unsigned codes)
+    times int16 activations."""
+    ext = builder.sext if signed else builder.zext
+    qlo = ext(builder.shuffle_vector(q, q, ir.Constant(_V16I32, list(range(16)))), _V16I16)
+    qhi = ext(builder.shuffle_vector(q, q, ir.Constant(_V16I32, list(range(16, 32)))), _V16I16)
+    return _pairs_i32x8(builder, qlo, xlo), _pairs_i32x8(builder, qhi, xhi)
+
+
+def _dot16_i32x8(builder, q, xlo, xhi, signed):
+    """8 int32 partial sums of 32 weights times 32 int16 activations."""
+    lo, hi = _dot16_halves(builder, q, xlo, xhi, signed)
+    return builder.add(lo, hi)
+
+
+def _is_x16(sig_arg) -> bool:
+    return isinstance(sig_arg, types.Array) and sig_arg.dtype == types.int16
 
 
 def _hsum(builder, vec):
@@ -157,7 +216,8 @@ def _make_dot4(name, block_bytes, decode):
             for k in range(4):
                 r = context.cast(builder, args[1 + k], signature.args[1 + k], types.intp)
                 rows.append(builder.gep(wa.data, [builder.mul(r, stride)]))
-            xq_ptr = builder.bitcast(xqa.data, ir.IntType(8).as_pointer())
+            x16 = _is_x16(signature.args[5])
+            xq_ptr = builder.bitcast(xqa.data, (_I16 if x16 else _I8).as_pointer())
             nb = cgutils.unpack_tuple(builder, xda.shape, 1)[0]
             # One accumulator per row, blocks in order: the float operations of ggml_vec_dot_*_q8_0 (AVX2) and
             # tinyBLAS, so results can match llama.cpp's bit for bit. Two rows advance side by side so that two
@@ -167,10 +227,15 @@ def _make_dot4(name, block_bytes, decode):
             fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v8f32", _V8F32, [_V8F32] * 3)
 
             def block(k, b):
-                xv = _load(builder, xq_ptr, builder.mul(b, ir.Constant(intp, 32)), _V32I8)
                 scale = builder.load(builder.gep(xda.data, [b]))
                 q, d, m = decode(builder, builder.gep(rows[k], [builder.mul(b, ir.Constant(intp, block_bytes))]))
-                dot = builder.sitofp(_dot_i32x8(builder, q, xv), _V8F32)
+                if x16:
+                    xlo, xhi = _x16_halves(builder, xq_ptr, builder.mul(b, ir.Constant(intp, 32)))
+                    idot = _dot16_i32x8(builder, q, xlo, xhi, signed=m is None)
+                else:
+                    xv = _load(builder, xq_ptr, builder.mul(b, ir.Constant(intp, 32)), _V32I8)
+                    idot = _dot_i32x8(builder, q, xv) if m is None else _dot_u8_i32x8(builder, q, xv)
+                dot = builder.sitofp(idot, _V8F32)
                 sv = builder.insert_element(
                     ir.Constant(_V8F32, ir.Undefined), builder.fmul(d, scale), ir.Constant(_I32, 0)
                 )
@@ -239,7 +304,8 @@ def _dot_row_q6_k(typingctx, w, r, xq, xd):
         stride = cgutils.unpack_tuple(builder, wa.strides, 2)[0]
         intp = stride.type
         row = builder.gep(wa.data, [builder.mul(context.cast(builder, args[1], signature.args[1], types.intp), stride)])
-        xq_ptr = builder.bitcast(xqa.data, _I8.as_pointer())
+        x16 = _is_x16(signature.args[2])
+        xq_ptr = builder.bitcast(xqa.data, (_I16 if x16 else _I8).as_pointer())
         nb = builder.udiv(cgutils.unpack_tuple(builder, xda.shape, 1)[0], ir.Constant(intp, 8))
         accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, [0.0] * 8)) for _ in range(2)]
         fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v8f32", _V8F32, [_V8F32] * 3)
@@ -263,8 +329,24 @@ def _dot_row_q6_k(typingctx, w, r, xq, xd):
                         ir.VectorType(_I16, 2),
                     )
                     g = builder.add(builder.mul(b, ir.Constant(intp, 8)), ir.Constant(intp, 4 * h + k))
-                    xv = _load(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)), _V32I8)
-                    dot = builder.sitofp(_dot_scaled_i32x8(builder, q, xv, sc), _V8F32)
+                    if x16:
+                        xlo, xhi = _x16_halves(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)))
+                        # weights times their 16-element group's scale in 16 bits (|q sc| <= 32 * 128), then
+                        # vpmaddwd with the activations: cheaper than scaling the int32 sums (vpmulld)
+                        qlo, qhi = (
+                            builder.sext(builder.shuffle_vector(q, q, ir.Constant(_V16I32, idx)), _V16I16)
+                            for idx in (list(range(16)), list(range(16, 32)))
+                        )
+                        s0 = builder.shuffle_vector(sc, sc, ir.Constant(_V16I32, [0] * 16))
+                        s1 = builder.shuffle_vector(sc, sc, ir.Constant(_V16I32, [1] * 16))
+                        idot = builder.add(
+                            _pairs_i32x8(builder, builder.mul(qlo, s0), xlo),
+                            _pairs_i32x8(builder, builder.mul(qhi, s1), xhi),
+                        )
+                    else:
+                        xv = _load(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)), _V32I8)
+                        idot = _dot_scaled_i32x8(builder, q, xv, sc)
+                    dot = builder.sitofp(idot, _V8F32)
                     s = builder.fmul(d, builder.load(builder.gep(xda.data, [g])))
                     sv = builder.insert_element(ir.Constant(_V8F32, ir.Undefined), s, ir.Constant(_I32, 0))
                     sv = builder.shuffle_vector(sv, sv, ir.Constant(_V8I32, [0] * 8))
@@ -312,7 +394,8 @@ def _dot_row_q4_k(typingctx, w, r, xq, xd, xsum):
         stride = cgutils.unpack_tuple(builder, wa.strides, 2)[0]
         intp = stride.type
         row = builder.gep(wa.data, [builder.mul(context.cast(builder, args[1], signature.args[1], types.intp), stride)])
-        xq_ptr = builder.bitcast(xqa.data, _I8.as_pointer())
+        x16 = _is_x16(signature.args[2])
+        xq_ptr = builder.bitcast(xqa.data, (_I16 if x16 else _I8).as_pointer())
         nb = builder.udiv(cgutils.unpack_tuple(builder, xda.shape, 1)[0], ir.Constant(intp, 8))
         accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, [0.0] * 8)) for _ in range(2)]
         mins = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
@@ -334,10 +417,14 @@ def _dot_row_q4_k(typingctx, w, r, xq, xd, xsum):
                     nib = builder.lshr(qs, ir.Constant(_V32I8, [4] * 32)) if half else qs
                     nib = builder.and_(nib, ir.Constant(_V32I8, [15] * 32))
                     g = builder.add(builder.mul(b, ir.Constant(intp, 8)), ir.Constant(intp, s))
-                    xv = _load(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)), _V32I8)
-                    if HAS_AVX2:  # nibbles are unsigned: no sign trick needed
+                    if x16:
+                        xlo, xhi = _x16_halves(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)))
+                        dot = _dot16_i32x8(builder, nib, xlo, xhi, signed=False)
+                    elif HAS_AVX2:  # nibbles are unsigned: no sign trick needed
+                        xv = _load(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)), _V32I8)
                         dot = builder.call(maddwd, [builder.call(maddubs, [nib, xv]), ones])
                     else:
+                        xv = _load(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)), _V32I8)
                         dot = _dot_i32x8(builder, nib, xv)
                     sc, m = scm[s]
                     scale = builder.fmul(builder.fmul(d, sc), builder.load(builder.gep(xda.data, [g])))

@@ -44,6 +44,11 @@ INT8_MATVECS = {  # type -> (parallel kernel, serial kernel over a row range, ac
     GGMLType.Q6_K: (matvec_int8.matvec_q6_k_i8, matvec_int8.rows_q6_k_i8, matvec_int8.ACT_Q8_K),
 }
 INT8_ACTIVATIONS = True
+# Bits of those integer activations: 16 (default: decode stays within ~1e-5 of float32, at the int8 kernels'
+# speed) or 8 (llama.cpp's own rounding, ~1e-2). llama.cpp's 8-bit rounding is noise that depends on ulps
+# upstream; an engine that is not bit-identical to llama.cpp agrees with it more often without adding its
+# own draw of that noise (tests/data/models/README.md).
+ACTIVATION_BITS = 16
 
 # Weights smaller than this run the int8 decode kernels on the calling thread. Gemma 3 270M decode, 2 threads,
 # idle dev VM: 75.0 tok/s with 256 KiB, 72.9 with 0 (every call parallel), 65.4 with 4 MiB (only the output
@@ -61,6 +66,21 @@ TILE_BYTES = 8 << 20
 SERIAL = True
 
 
+def quantize_activations(x: np.ndarray, fmt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One token's activations for the integer decode kernels: (xq int16 or int8, xd, xsum), see ACTIVATION_BITS.
+    With 16 bits the format is the same for every weight type (`fmt`, llama.cpp's int8 format, is unused)."""
+    n = x.shape[0]
+    xd = np.empty(n // 32, dtype=np.float32)
+    xsum = np.empty(n // 32, dtype=np.float32)
+    if ACTIVATION_BITS == 16:
+        xq = np.empty(n, dtype=np.int16)
+        matvec_int8.quantize_activations16(x, xq, xd, xsum)
+    else:
+        xq = np.empty(n, dtype=np.int8)
+        matvec_int8.quantize_activations(x, xq, xd, xsum, fmt)
+    return xq, xd, xsum
+
+
 def matmul_rows(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np.ndarray:
     """x float32 [n_tokens, n_cols] @ W.T for W = `rows` (uint8 [n_rows, row_bytes] of type t)."""
     n_tokens = x.shape[0]
@@ -70,12 +90,9 @@ def matmul_rows(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np
     int8_kernels = INT8_MATVECS.get(t) if INT8_ACTIVATIONS else None
     if int8_kernels is not None and n_tokens <= MAX_MATVEC_TOKENS:
         y = np.empty((n_tokens, n_rows), dtype=np.float32)
-        xq = np.empty(n_cols, dtype=np.int8)
-        xd = np.empty(n_cols // 32, dtype=np.float32)
-        xsum = np.empty(n_cols // 32, dtype=np.float32)
         parallel = rows.nbytes >= PARALLEL_MIN_BYTES and get_num_threads() > 1
         for i in range(n_tokens):
-            matvec_int8.quantize_activations(x[i], xq, xd, xsum, int8_kernels[2])
+            xq, xd, xsum = quantize_activations(x[i], int8_kernels[2])
             if parallel:
                 int8_kernels[0](rows, xq, xd, xsum, y[i])
             else:
@@ -107,15 +124,10 @@ def matmul_rows_many(x: np.ndarray, weights: list[tuple[np.ndarray, GGMLType]], 
         if kernels is None:
             out.append(matmul_rows(x, rows, t, n_cols))
             continue
-        acts = quantized.get(kernels[2])
+        key = kernels[2] if ACTIVATION_BITS == 8 else -1  # int16 activations: one format for every type
+        acts = quantized.get(key)
         if acts is None:
-            acts = quantized[kernels[2]] = []
-            for i in range(n_tokens):
-                xq = np.empty(n_cols, dtype=np.int8)
-                xd = np.empty(n_cols // 32, dtype=np.float32)
-                xsum = np.empty(n_cols // 32, dtype=np.float32)
-                matvec_int8.quantize_activations(x[i], xq, xd, xsum, kernels[2])
-                acts.append((xq, xd, xsum))
+            acts = quantized[key] = [quantize_activations(x[i], kernels[2]) for i in range(n_tokens)]
         n_rows = rows.shape[0]
         y = np.empty((n_tokens, n_rows), dtype=np.float32)
         parallel = rows.nbytes >= PARALLEL_MIN_BYTES and get_num_threads() > 1

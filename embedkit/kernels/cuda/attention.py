@@ -11,11 +11,13 @@ scaled scores (Gemma 2).
 from __future__ import annotations
 
 import math
+from functools import cache
 
 import numpy as np
 from numba import cuda
 
-from embedkit.kernels.cuda.intrinsics import warp_sum
+from embedkit.kernels.cuda.intrinsics import warp_max, warp_sum
+from embedkit.kernels.cuda.launch import fast
 
 WARPS = 8
 MAX_HEAD_DIM = 256
@@ -135,7 +137,7 @@ def kv_store(k_new, v_new, k_cache, v_cache, pos_buf, stream=0) -> None:
     """Write [n, kv_heads, hd] keys/values into the caches [n_ctx, kv_heads, hd] at rows pos_buf[0].."""
     n, kvh, hd = k_new.shape
     threads = 128
-    kv_store_kernel[(max(1, math.ceil(kvh * hd / threads)), n), threads, stream](
+    fast(kv_store_kernel)[(max(1, math.ceil(kvh * hd / threads)), n), threads, stream](
         k_new, v_new, k_cache, v_cache, pos_buf
     )
 
@@ -149,7 +151,7 @@ def attention_cache(
         raise ValueError(f"head_dim {hd} > {MAX_HEAD_DIM}")
     kc = k_cache.reshape(1, *k_cache.shape)
     vc = v_cache.reshape(1, *v_cache.shape)
-    attention_cache_kernel[(n, heads), WARPS * 32, stream](
+    fast(attention_cache_kernel)[(n, heads), WARPS * 32, stream](
         q,
         kc,
         vc,
@@ -168,4 +170,280 @@ def attention_batch(q, k, v, mask, scale: float, out, stream=0) -> None:
     b, t, heads, hd = q.shape
     if hd > MAX_HEAD_DIM:
         raise ValueError(f"head_dim {hd} > {MAX_HEAD_DIM}")
-    attention_batch_kernel[(b * t, heads), WARPS * 32, stream](q, k, v, mask, np.float32(scale), out)
+    fast(attention_batch_kernel)[(b * t, heads), WARPS * 32, stream](q, k, v, mask, np.float32(scale), out)
+
+
+# -- prompt attention: query tiles through shared memory ---------------------------------------------
+# A block takes BQ queries of one head and walks the keys BK at a time: the key and value tiles go
+# through shared memory (rows padded by one float so the column reads hit distinct banks), scores
+# are kept per row with an online softmax. Thread t owns query row t // 8, score columns t % 8 + 8i
+# and output dimensions t % 8 + 8j. Tiles past the diagonal (causal) or before the window are skipped.
+
+_PREFILL_CONFIGS = ((128, 32, 16), (256, 16, 8))  # (max head_dim, BQ, BK)
+
+
+@cache
+def _prefill_kernel(hdp: int, bq: int, bk: int):
+    threads = bq * 8
+    nc = bk // 8
+    nd = hdp // 8
+    hdp1 = hdp + 1
+    bk1 = bk + 1
+
+    @cuda.jit
+    def kern(q, kc, vc, pos_buf, causal, window, scale, softcap, out, out16, want16):
+        """q [n, heads, hd]; kc, vc [n_ctx, kv_heads, hd]; out [n, heads*hd] (and float16 copy)."""
+        qt0 = (cuda.gridDim.x - 1 - cuda.blockIdx.x) * bq  # the longest (causal) tiles start first
+        h = cuda.blockIdx.y
+        tid = cuda.threadIdx.x
+        r = tid // 8
+        c8 = tid % 8
+        n = q.shape[0]
+        hd = q.shape[2]
+        kvh = h // (q.shape[1] // kc.shape[1])
+        pos0 = pos_buf[0]
+        qs = cuda.shared.array((bq, hdp1), dtype=np.float32)
+        ks = cuda.shared.array((bk, hdp1), dtype=np.float32)
+        vs = cuda.shared.array((bk, hdp), dtype=np.float32)
+        ss = cuda.shared.array((bq, bk1), dtype=np.float32)
+        for e in range(tid, bq * hd, threads):
+            rr = e // hd
+            dd = e % hd
+            tq = qt0 + rr
+            qs[rr, dd] = q[tq, h, dd] * scale if tq < n else np.float32(0.0)
+        acc = cuda.local.array(nd, dtype=np.float32)
+        sc = cuda.local.array(nc, dtype=np.float32)
+        for j in range(nd):
+            acc[j] = np.float32(0.0)
+        m = np.float32(-np.inf)
+        l = np.float32(0.0)
+        qpos = pos0 + qt0 + r
+        j_end = pos0 + min(qt0 + bq, n) if causal else pos0 + n
+        j_start = 0
+        if window > 0:
+            j_start = max(0, pos0 + qt0 - window + 1)
+        for j0 in range(j_start, j_end, bk):
+            cuda.syncthreads()  # the previous tile is consumed
+            for e in range(tid, bk * hd, threads):
+                kk = e // hd
+                dd = e % hd
+                j = j0 + kk
+                if j < j_end:
+                    ks[kk, dd] = kc[j, kvh, dd]
+                    vs[kk, dd] = vc[j, kvh, dd]
+                else:
+                    ks[kk, dd] = np.float32(0.0)
+                    vs[kk, dd] = np.float32(0.0)
+            cuda.syncthreads()
+            for ci in range(nc):
+                sc[ci] = np.float32(0.0)
+            for dd in range(hd):
+                qv = qs[r, dd]
+                for ci in range(nc):
+                    sc[ci] += qv * ks[c8 + 8 * ci, dd]
+            for ci in range(nc):
+                c = c8 + 8 * ci
+                j = j0 + c
+                s = sc[ci]
+                if softcap > 0:
+                    s = softcap * math.tanh(s / softcap)
+                ok = j < j_end
+                if causal and j > qpos:
+                    ok = False
+                if window > 0 and qpos - j >= window:
+                    ok = False
+                ss[r, c] = s if ok else np.float32(-np.inf)
+            cuda.syncthreads()
+            mx = np.float32(-np.inf)
+            for c in range(bk):
+                mx = max(mx, ss[r, c])
+            m_new = max(m, mx)
+            if m_new > np.float32(-np.inf):
+                corr = math.exp(m - m_new)
+                psum = np.float32(0.0)
+                for j in range(nd):
+                    acc[j] *= corr
+                for c in range(bk):
+                    p = math.exp(ss[r, c] - m_new)
+                    psum += p
+                    for j in range(nd):
+                        dd = c8 + 8 * j
+                        if dd < hd:
+                            acc[j] += p * vs[c, dd]
+                l = l * corr + psum
+                m = m_new
+        tq = qt0 + r
+        if tq < n:
+            inv = np.float32(1.0) / l if l > 0 else np.float32(0.0)
+            for j in range(nd):
+                dd = c8 + 8 * j
+                if dd < hd:
+                    v = acc[j] * inv
+                    out[tq, h * hd + dd] = v
+                    if want16:
+                        out16[tq, h * hd + dd] = v
+
+    return kern, threads
+
+
+def prefill_ok(head_dim: int) -> bool:
+    """Whether `attention_prefill` handles this head size."""
+    return head_dim <= _PREFILL_CONFIGS[-1][0]
+
+
+def attention_prefill(
+    q, k_cache, v_cache, pos_buf, causal: bool, window: int, scale: float, softcap: float, out, out16=None, stream=0
+) -> None:
+    """out [n, heads*hd] = attention of q [n, heads, hd] over cache rows [0, pos_buf[0] + n) (keys
+    already stored), tiled through shared memory; optionally also a float16 copy in out16."""
+    n, heads, hd = q.shape
+    hdp, bq, bk = next(c for c in _PREFILL_CONFIGS if hd <= c[0])
+    kern, threads = _prefill_kernel(hdp, bq, bk)
+    want16 = out16 is not None
+    fast(kern)[(math.ceil(n / bq), heads), threads, stream](
+        q,
+        k_cache,
+        v_cache,
+        pos_buf,
+        causal,
+        np.int32(window),
+        np.float32(scale),
+        np.float32(softcap),
+        out,
+        out16 if want16 else out,
+        want16,
+    )
+
+
+# -- decode attention: a few query rows, keys four at a time per warp ---------------------------------
+# One block of 8 warps per (query row, head); each warp takes four keys per step (their loads issued
+# together, four independent warp reductions), online softmax, warps merged through shared memory.
+# The output can also come out as int8 blocks for the next dp4a matvec (want_q; head_dim % 32 == 0).
+
+DEC_KEYS = 4
+
+
+@cache
+def _decode_kernel(per: int):
+    @cuda.jit
+    def kern(q, kc, vc, pos_buf, causal, window, scale, softcap, out, xq, xd, want_q):
+        t = cuda.blockIdx.x
+        h = cuda.blockIdx.y
+        tid = cuda.threadIdx.x
+        lane = tid % 32
+        warp = tid // 32
+        merge = cuda.shared.array((WARPS, MERGE_COLS), dtype=np.float32)
+        n = q.shape[0]
+        hd = q.shape[2]
+        kvh = h // (q.shape[1] // kc.shape[1])
+        pos0 = pos_buf[0]
+        p = pos0 + t
+        j1 = p + 1 if causal else pos0 + n
+        j0 = 0
+        if window > 0:
+            j0 = max(0, p - window + 1)
+        qv = cuda.local.array(per, dtype=np.float32)
+        acc = cuda.local.array(per, dtype=np.float32)
+        kv = cuda.local.array((DEC_KEYS, per), dtype=np.float32)
+        vv = cuda.local.array((DEC_KEYS, per), dtype=np.float32)
+        sv = cuda.local.array(DEC_KEYS, dtype=np.float32)
+        for c in range(per):
+            qv[c] = q[t, h, c * 32 + lane] * scale
+            acc[c] = np.float32(0.0)
+        m = np.float32(-np.inf)
+        l = np.float32(0.0)
+        for jb in range(j0, j1, WARPS * DEC_KEYS):
+            ja = jb + warp * DEC_KEYS
+            for u in range(DEC_KEYS):
+                jj = min(ja + u, j1 - 1)
+                for c in range(per):
+                    kv[u, c] = kc[jj, kvh, c * 32 + lane]
+                    vv[u, c] = vc[jj, kvh, c * 32 + lane]
+            for u in range(DEC_KEYS):
+                s = np.float32(0.0)
+                for c in range(per):
+                    s += qv[c] * kv[u, c]
+                sv[u] = s
+            for u in range(DEC_KEYS):
+                sv[u] = warp_sum(sv[u])
+            mx = np.float32(-np.inf)
+            for u in range(DEC_KEYS):
+                s = sv[u]
+                if softcap > 0:
+                    s = softcap * math.tanh(s / softcap)
+                if ja + u >= j1:
+                    s = np.float32(-np.inf)
+                sv[u] = s
+                mx = max(mx, s)
+            m_new = max(m, mx)
+            if m_new > np.float32(-np.inf):
+                corr = math.exp(m - m_new)
+                l = l * corr
+                for c in range(per):
+                    acc[c] *= corr
+                for u in range(DEC_KEYS):
+                    pu = math.exp(sv[u] - m_new)
+                    l += pu
+                    for c in range(per):
+                        acc[c] += pu * vv[u, c]
+                m = m_new
+        if lane == 0:
+            merge[warp, 0] = m
+            merge[warp, 1] = l
+        for c in range(per):
+            merge[warp, 2 + c * 32 + lane] = acc[c]
+        cuda.syncthreads()
+        mm = merge[0, 0]
+        for w in range(1, WARPS):
+            mm = max(mm, merge[w, 0])
+        ll = np.float32(0.0)
+        o = np.float32(0.0)
+        valid = tid < hd
+        for w in range(WARPS):
+            if merge[w, 0] > -np.inf:
+                f = math.exp(merge[w, 0] - mm)
+                ll += merge[w, 1] * f
+                if valid:
+                    o += merge[w, 2 + tid] * f
+        o = o / ll if ll > 0 else np.float32(0.0)
+        if valid:
+            out[t, h * hd + tid] = o
+        if want_q:
+            amax = warp_max(abs(o))
+            if valid:
+                dd = amax / np.float32(127.0)
+                qinv = np.float32(0.0) if dd == 0 else np.float32(1.0) / dd
+                xq[t, h * hd + tid] = np.int8(round(o * qinv))
+                if lane == 0:
+                    xd[t, (h * hd + tid) // 32] = dd
+
+    return kern
+
+
+def decode_ok(head_dim: int) -> bool:
+    """Whether `attention_decode` handles this head size (a multiple of 32, at most 256)."""
+    return head_dim % 32 == 0 and head_dim <= WARPS * 32
+
+
+def attention_decode(
+    q, k_cache, v_cache, pos_buf, causal: bool, window: int, scale: float, softcap: float, out, xq=None, xd=None,
+    stream=0,
+) -> None:  # fmt: skip
+    """out [n, heads*hd] = attention of q [n, heads, hd] (a few rows) over cache rows [0, pos_buf[0] + n)
+    (keys already stored); with xq int8 [n, heads*hd] and xd [n, heads*hd/32] also its int8 blocks."""
+    n, heads, hd = q.shape
+    want_q = xq is not None
+    fast(_decode_kernel(hd // 32))[(n, heads), WARPS * 32, stream](
+        q,
+        k_cache,
+        v_cache,
+        pos_buf,
+        causal,
+        np.int32(window),
+        np.float32(scale),
+        np.float32(softcap),
+        out,
+        xq if want_q else out,
+        xd if want_q else out,
+        want_q,
+    )

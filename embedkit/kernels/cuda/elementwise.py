@@ -10,6 +10,9 @@ import math
 import numpy as np
 from numba import cuda
 
+from embedkit.kernels.cuda.intrinsics import warp_max
+from embedkit.kernels.cuda.launch import fast
+
 THREADS = 256
 
 ADD, MUL = 0, 1
@@ -73,17 +76,17 @@ def _blocks(n: int) -> int:
 
 def binary(a, b, out, op: int, stream=0) -> None:
     """out = a op b on flat views; b's length divides a's (broadcast over rows)."""
-    binary_kernel[_blocks(out.shape[0]), THREADS, stream](a, b, out, op)
+    fast(binary_kernel)[_blocks(out.shape[0]), THREADS, stream](a, b, out, op)
 
 
 def unary(x, out, op: int, s: float = 1.0, stream=0) -> None:
     """out = op(x) on flat views (SCALE multiplies by `s`)."""
-    unary_kernel[_blocks(out.shape[0]), THREADS, stream](x, out, op, np.float32(s))
+    fast(unary_kernel)[_blocks(out.shape[0]), THREADS, stream](x, out, op, np.float32(s))
 
 
 def glu(gate, up, out, op: int, stream=0) -> None:
     """out = act(gate) * up on flat views (SWIGLU: silu, GEGLU: tanh-gelu)."""
-    glu_kernel[_blocks(out.shape[0]), THREADS, stream](gate, up, out, op)
+    fast(glu_kernel)[_blocks(out.shape[0]), THREADS, stream](gate, up, out, op)
 
 
 @cuda.jit
@@ -98,4 +101,36 @@ def copy_cols_kernel(x, c0, out):
 def copy_cols(x, c0: int, out, stream=0) -> None:
     """out [n, w] = columns c0..c0+w of x [n, k]."""
     n, w = out.shape
-    copy_cols_kernel[(_blocks(w), n), THREADS, stream](x, c0, out)
+    fast(copy_cols_kernel)[(_blocks(w), n), THREADS, stream](x, c0, out)
+
+
+@cuda.jit
+def glu_fused_kernel(gate, up, out, op, xq, xd, want_q, out16, want16):
+    """out = act(gate) * up on flat views, plus int8 blocks of 32 (want_q) and/or a float16 copy."""
+    i = cuda.grid(1)
+    valid = i < out.shape[0]
+    v = np.float32(0.0)
+    if valid:
+        g = gate[i]
+        v = (_silu(g) if op == SWIGLU else _gelu(g)) * up[i]
+        out[i] = v
+        if want16:
+            out16[i] = v
+    if want_q:
+        amax = warp_max(abs(v))
+        if valid:
+            dd = amax / np.float32(127.0)
+            qinv = np.float32(0.0) if dd == 0 else np.float32(1.0) / dd
+            xq[i] = np.int8(round(v * qinv))
+            if cuda.threadIdx.x % 32 == 0:
+                xd[i // 32] = dd
+
+
+def glu_fused(gate, up, out, op: int, xq=None, xd=None, out16=None, stream=0) -> None:
+    """glu() that also writes int8 blocks (xq int8, xd float32 flat; row length % 32 == 0) and/or a
+    float16 copy (out16 flat) for the next matmul."""
+    want_q = xq is not None
+    want16 = out16 is not None
+    fast(glu_fused_kernel)[_blocks(out.shape[0]), THREADS, stream](
+        gate, up, out, op, xq if want_q else out, xd if want_q else out, want_q, out16 if want16 else out, want16
+    )

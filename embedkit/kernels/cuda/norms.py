@@ -7,6 +7,8 @@ import math
 import numpy as np
 from numba import cuda
 
+from embedkit.kernels.cuda.intrinsics import warp_max
+from embedkit.kernels.cuda.launch import fast
 from embedkit.kernels.cuda.reduce import block_sum
 
 THREADS = 256
@@ -55,12 +57,13 @@ def layer_norm_kernel(x, w, b, has_w, has_b, eps, out):
 
 def rms_norm(x, w, eps: float, out, stream=0) -> None:
     """x, out float32 [n, d] device; w float32 [d] or None."""
-    rms_norm_kernel[x.shape[0], THREADS, stream](x, w if w is not None else x[0], w is not None, np.float32(eps), out)
+    wv = w if w is not None else x[0]
+    fast(rms_norm_kernel)[x.shape[0], THREADS, stream](x, wv, w is not None, np.float32(eps), out)
 
 
 def layer_norm(x, w, b, eps: float, out, stream=0) -> None:
     """x, out float32 [n, d] device; w, b float32 [d] or None."""
-    layer_norm_kernel[x.shape[0], THREADS, stream](
+    fast(layer_norm_kernel)[x.shape[0], THREADS, stream](
         x,
         w if w is not None else x[0],
         b if b is not None else x[0],
@@ -68,4 +71,80 @@ def layer_norm(x, w, b, eps: float, out, stream=0) -> None:
         b is not None,
         np.float32(eps),
         out,
+    )
+
+
+# -- RMSNorm fused with what the next matmul wants ------------------------------------------------
+# One block per row, each thread keeps up to FUSED_PER values in registers (one read of x). Besides
+# the float32 output it can write the int8 blocks + scales the dp4a matvecs read (want_q, as
+# `quant_fast.quantize_activations` computes them) and a float16 copy for the cuBLAS GEMMs (want16).
+
+FUSED_PER = 8
+FUSED_MAX_THREADS = 1024
+
+
+@cuda.jit
+def rms_norm_fused_kernel(x, w, has_w, eps, out, xq, xd, want_q, out16, want16):
+    """out[r] = x[r] / sqrt(mean(x[r]^2) + eps) (* w); optionally int8 blocks and a float16 copy."""
+    r = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    bd = cuda.blockDim.x
+    lane = tid % 32
+    scratch = cuda.shared.array(32, dtype=np.float32)
+    vals = cuda.local.array(FUSED_PER, dtype=np.float32)
+    n = x.shape[1]
+    ss = np.float32(0.0)
+    for k in range(FUSED_PER):
+        i = tid + k * bd
+        v = x[r, i] if i < n else np.float32(0.0)
+        vals[k] = v
+        ss += v * v
+    ss = block_sum(ss, scratch)
+    inv = np.float32(1.0) / math.sqrt(ss / np.float32(n) + eps)
+    for k in range(FUSED_PER):
+        if k * bd < n:  # uniform over the block
+            i = tid + k * bd
+            valid = i < n
+            v = vals[k] * inv
+            if valid:
+                if has_w:
+                    v *= w[i]
+                out[r, i] = v
+                if want16:
+                    out16[r, i] = v
+            else:
+                v = np.float32(0.0)
+            if want_q:
+                amax = warp_max(abs(v))
+                if valid:
+                    dd = amax / np.float32(127.0)
+                    qinv = np.float32(0.0) if dd == 0 else np.float32(1.0) / dd
+                    xq[r, i] = np.int8(round(v * qinv))
+                    if lane == 0:
+                        xd[r, i // 32] = dd
+
+
+def rms_norm_fused_ok(d: int) -> bool:
+    """Whether rows of length d fit the fused kernel."""
+    return d <= FUSED_PER * FUSED_MAX_THREADS
+
+
+def rms_norm_fused(x, w, eps: float, out, xq=None, xd=None, out16=None, stream=0) -> None:
+    """x, out float32 [n, d]; w float32 [d] or None; xq int8 [n, d] + xd float32 [n, d/32] (d % 32 == 0)
+    to also quantize; out16 float16 [n, d] for a float16 copy."""
+    n, d = x.shape
+    threads = min(FUSED_MAX_THREADS, -(-d // 32) * 32)
+    want_q = xq is not None
+    want16 = out16 is not None
+    fast(rms_norm_fused_kernel)[n, threads, stream](
+        x,
+        w if w is not None else x[0],
+        w is not None,
+        np.float32(eps),
+        out,
+        xq if want_q else out,
+        xd if want_q else out,
+        want_q,
+        out16 if want16 else out,
+        want16,
     )

@@ -7,6 +7,8 @@ import math
 import numpy as np
 from numba import cuda
 
+from embedkit.kernels.cuda.launch import fast
+
 MEAN, CLS, LAST = 0, 1, 2
 POOLING_MODES = {"mean": MEAN, "cls": CLS, "last": LAST}
 
@@ -41,4 +43,4 @@ def pool(x, mask, mode: int, out, stream=0) -> None:
     """Pool x [b, t, d] over t into out [b, d] with `mode` (MEAN, CLS, LAST)."""
     b, t, d = x.shape
     threads = 128
-    pool_kernel[(max(1, math.ceil(d / threads)), b), threads, stream](x, mask, mode, out)
+    fast(pool_kernel)[(max(1, math.ceil(d / threads)), b), threads, stream](x, mask, mode, out)

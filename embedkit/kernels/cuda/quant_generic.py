@@ -14,6 +14,7 @@ import numpy as np
 from numba import cuda
 
 from embedkit.kernels.cuda.intrinsics import warp_sum
+from embedkit.kernels.cuda.launch import fast
 from embedkit.kernels.cuda.quant_elem import ELEMENT_FUNCTIONS
 from embedkit.kernels.cuda.quant_fast import ROWS_PER_BLOCK, WARP
 
@@ -67,7 +68,7 @@ def matvec(layout: str, views, x, bias, y, stream=0) -> None:
     """y[t, r] = W[r, :] . x[t, :] (+ bias) for a weight held as `views` = (a, b, c) of `layout`."""
     n, rows = y.shape
     has_bias = bias is not None
-    _matvec_kernel(layout)[(math.ceil(rows / ROWS_PER_BLOCK), n), ROWS_PER_BLOCK * WARP, stream](
+    fast(_matvec_kernel(layout))[(math.ceil(rows / ROWS_PER_BLOCK), n), ROWS_PER_BLOCK * WARP, stream](
         *views, x, bias if has_bias else y[0], has_bias, y
     )
 
@@ -76,11 +77,11 @@ def dequantize_rows(layout: str, views, rows, out, stream=0) -> None:
     """out[i, :] = W[rows[i], :] (rows: device int32); out float32 or float16 [len(rows), n_cols]."""
     n, k = out.shape
     threads = 256
-    _dequant_kernel(layout)[0][(n, math.ceil(k / threads)), threads, stream](*views, rows, out)
+    fast(_dequant_kernel(layout)[0])[(n, math.ceil(k / threads)), threads, stream](*views, rows, out)
 
 
 def dequantize_all(layout: str, views, out, stream=0) -> None:
     """out[r, :] = W[r, :] for all rows; out float32 or float16 [n_rows, n_cols]."""
     n, k = out.shape
     threads = 256
-    _dequant_kernel(layout)[1][(n, math.ceil(k / threads)), threads, stream](*views, out)
+    fast(_dequant_kernel(layout)[1])[(n, math.ceil(k / threads)), threads, stream](*views, out)

@@ -10,6 +10,8 @@ import math
 import numpy as np
 from numba import cuda
 
+from embedkit.kernels.cuda.launch import fast
+
 
 @cuda.jit
 def rope_kernel(x, positions, pos_buf, use_positions, n_rot, log_base, freq_scale, neox, out):
@@ -50,7 +52,7 @@ def rope(x, positions, pos_buf, n_rot: int, base: float, freq_scale: float, neox
     n, heads, hd = x.shape
     threads = 128
     use = positions is not None
-    rope_kernel[(max(1, math.ceil(heads * (hd // 2) / threads)), n), threads, stream](
+    fast(rope_kernel)[(max(1, math.ceil(heads * (hd // 2) / threads)), n), threads, stream](
         x,
         positions if use else pos_buf,
         pos_buf,

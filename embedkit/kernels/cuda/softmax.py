@@ -7,6 +7,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from embedkit.kernels.cuda.launch import fast
 from embedkit.kernels.cuda.reduce import block_max, block_sum
 
 THREADS = 256
@@ -31,4 +32,4 @@ def softmax_kernel(x, out):
 
 def softmax(x, out, stream=0) -> None:
     """x, out float32 [n, d] device."""
-    softmax_kernel[x.shape[0], THREADS, stream](x, out)
+    fast(softmax_kernel)[x.shape[0], THREADS, stream](x, out)

@@ -1,0 +1,127 @@
+"""Run one op over blocks of rows on a few Python threads, each with single-threaded BLAS.
+
+Why not OpenBLAS's own threads plus Numba's `prange`: an encoder forward alternates BLAS calls with
+Numba loops, and each pool's workers spin for a while after their region ends. On a 2-core machine
+the spinning pool steals the core the other one needs; one batch of MiniLM ran ~2x slower than
+the sum of its ops timed alone. Here the threads are plain Python threads that sleep between ops, and
+every block runs serially inside (BLAS limited to one thread, Numba kernels compiled `nogil`).
+
+OpenBLAS's thread count is process-wide, set to one through threadpoolctl for the duration of a split
+op that calls BLAS and restored after it. Without threadpoolctl such ops run unsplit on the calling
+thread (and BLAS uses its own threads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from embedkit.kernels.cpu.threads import get_num_threads
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_blas: list | None = None
+# Ranges per thread in run_blocks (more: better balance under load, more per-call overhead).
+BLOCKS_PER_THREAD = 4  # threadpoolctl LibController objects of the BLAS libraries, once looked up
+
+
+def _blas_controllers() -> list:
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _blas = []
+        else:
+            _blas = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _blas
+
+
+def can_split_blas() -> bool:
+    """True when BLAS can be held to one thread while blocks run (threadpoolctl found a BLAS library)."""
+    return bool(_blas_controllers())
+
+
+class _SingleThreadBlas:
+    """Context manager: every BLAS library at one thread, previous counts restored on exit."""
+
+    def __enter__(self) -> None:
+        self._saved = [(c, c.get_num_threads()) for c in _blas_controllers()]
+        for c, n in self._saved:
+            if n != 1:
+                c.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        for c, n in self._saved:
+            if n != 1:
+                c.set_num_threads(n)
+
+
+def _executor(n_workers: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size < n_workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="embedkit-rows")
+            _pool_size = n_workers
+        return _pool
+
+
+def block_bounds(cost: np.ndarray, n_blocks: int) -> list[tuple[int, int]]:
+    """Split items 0..len(cost) into up to n_blocks contiguous, non-empty ranges of about equal total cost."""
+    n = len(cost)
+    n_blocks = max(1, min(n_blocks, n))
+    cum = np.cumsum(np.asarray(cost, dtype=np.float64))
+    total = cum[-1] if n else 0.0
+    cuts = [0]
+    for i in range(1, n_blocks):
+        c = int(np.searchsorted(cum, total * i / n_blocks)) + 1
+        cuts.append(min(max(c, cuts[-1] + 1), n - (n_blocks - i)))
+    cuts.append(n)
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+
+
+def run_blocks(
+    fn: Callable[[int, int], None],
+    n_items: int,
+    min_items: int = 1,
+    cost: np.ndarray | None = None,
+    blas: bool = False,
+) -> None:
+    """Call fn(start, stop) over ranges covering 0..n_items, in parallel on the kernel threads.
+
+    Ranges hold at least `min_items` items (fewer items: one call on this thread); `cost` (one value per
+    item) balances them. There are a few ranges per thread, taken in turn by whichever thread is free,
+    so a thread the OS preempts (a busy machine) delays the op by one range, not by half of the work.
+    `blas=True`: fn calls BLAS (numpy matmul), which is then held to one thread.
+    """
+    n_threads = get_num_threads()
+    n_blocks = min(BLOCKS_PER_THREAD * n_threads, n_items // max(min_items, 1))
+    if n_threads <= 1 or n_blocks <= 1 or (blas and not can_split_blas()):
+        fn(0, n_items)
+        return
+    if cost is None:
+        cuts = np.linspace(0, n_items, n_blocks + 1).round().astype(np.int64)
+        bounds = [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+    else:
+        bounds = block_bounds(cost, n_blocks)
+    queue = iter(bounds)  # next() on it is atomic under the GIL
+    pool = _executor(n_threads - 1)
+
+    def drain() -> None:
+        for a, b in queue:
+            fn(a, b)
+
+    with _SingleThreadBlas() if blas else contextlib.nullcontext():
+        futures = [pool.submit(drain) for _ in range(min(n_threads, len(bounds)) - 1)]
+        try:
+            drain()
+        finally:
+            for f in futures:
+                f.result()
