@@ -127,6 +127,86 @@ def test_attention_batch_ignores_padding(be: CPUBackend) -> None:
             assert not out[i, ~keep].any()  # padded query rows are zeros
 
 
+def test_attention_batch_any_mask_and_row_blocks(be: CPUBackend) -> None:
+    """Prefix masks, masks with holes and an all-padding sequence, split over row blocks (1e-5 absolute)."""
+    b, t, h, hd = 7, 37, 3, 16
+    q, k, v = (rng.standard_normal((b, t, h, hd)).astype(np.float32) for _ in range(3))
+    mask = (np.arange(t)[None, :] < rng.integers(1, t + 1, size=b)[:, None]).astype(np.uint8)
+    mask[2] = rng.integers(0, 2, size=t)
+    mask[2, 5] = 1
+    mask[4] = 0
+    out = be.attention_batch(q, k, v, mask, 0.25).reshape(b, t, h, hd)
+    for i in range(b):
+        keep = mask[i].astype(bool)
+        assert not out[i, ~keep].any()
+        for hh in range(h):
+            if not keep.any():
+                continue
+            s = q[i, keep, hh].astype(np.float64) @ k[i, keep, hh].T * 0.25
+            w = np.exp(s - s.max(-1, keepdims=True))
+            ref = (w / w.sum(-1, keepdims=True)) @ v[i, keep, hh]
+            assert np.abs(out[i, keep, hh] - ref).max() < 1e-5
+
+
+def test_encoder_sized_ops_over_row_blocks(be: CPUBackend) -> None:
+    """F32 matmul + bias, add, exact GELU and LayerNorm on inputs large enough to be split across threads."""
+    n, d_in, d_out = 301, 48, 80
+    x = rng.standard_normal((n, d_in)).astype(np.float32)
+    w = rng.standard_normal((d_out, d_in)).astype(np.float32)
+    bias = rng.standard_normal(d_out).astype(np.float32)
+    wt = Weight("w", int(GGMLType.F32), (d_out, d_in), w.view(np.uint8).reshape(-1))
+    _close(be.matmul(x, wt, _vec(bias)), x.astype(np.float64) @ w.T.astype(np.float64) + bias, 2e-6)
+    g = rng.standard_normal((700, 131)).astype(np.float32) * 4
+    gd = g.astype(np.float64)
+    _close(be.gelu_erf(g), 0.5 * gd * (1 + np.vectorize(math.erf)(gd / math.sqrt(2))), 2e-6)
+    u = rng.standard_normal(g.shape).astype(np.float32)
+    _close(be.add(g, u), gd + u, 2e-7)
+    lw, lb = rng.standard_normal(131).astype(np.float32), rng.standard_normal(131).astype(np.float32)
+    mu = gd.mean(-1, keepdims=True)
+    ref = (gd - mu) / np.sqrt(((gd - mu) ** 2).mean(-1, keepdims=True) + 1e-12) * lw + lb
+    _close(be.layer_norm(g, _vec(lw), _vec(lb), 1e-12), ref, 2e-6)
+
+
+def test_fast_exp_and_erf() -> None:
+    """The vectorisable float32 exp (relative error < 3e-7 on [-87, 88]) and erf (absolute error < 5e-7)."""
+    from numba import njit
+
+    from embedkit.kernels.cpu.fast_f32 import erf_f32, exp_f32
+
+    @njit(error_model="numpy")
+    def apply(x, which):
+        out = np.empty_like(x)
+        for i in range(x.size):
+            out[i] = exp_f32(x[i]) if which == 0 else erf_f32(x[i])
+        return out
+
+    x = np.concatenate([rng.uniform(-87, 88, 20000), rng.uniform(-3, 3, 20000)]).astype(np.float32)
+    ref = np.exp(x.astype(np.float64))
+    assert (np.abs(apply(x, 0) - ref) / ref).max() < 3e-7
+    x = np.concatenate([rng.uniform(-6, 6, 20000), [-np.inf, np.inf, 0.0]]).astype(np.float32)
+    ref = np.array([math.erf(float(v)) for v in x])
+    assert np.abs(apply(x, 1) - ref).max() < 5e-7
+
+
+def test_run_blocks_covers_every_item_once() -> None:
+    from embedkit.kernels.cpu.row_blocks import block_bounds, run_blocks
+
+    cost = rng.integers(1, 100, size=23).astype(np.float64) ** 2
+    for n_blocks in (1, 2, 5, 23, 40):
+        bounds = block_bounds(cost, n_blocks)
+        assert bounds[0][0] == 0 and bounds[-1][1] == 23
+        assert all(a < b for a, b in bounds) and all(p[1] == q[0] for p, q in zip(bounds, bounds[1:], strict=False))
+        assert len(bounds) <= min(n_blocks, 23)
+    for kw in ({}, {"cost": cost}, {"min_items": 30}, {"blas": True}):
+        seen = np.zeros(23, dtype=np.int64)
+
+        def mark(a: int, b: int, seen: np.ndarray = seen) -> None:
+            seen[a:b] += 1
+
+        run_blocks(mark, 23, **kw)
+        assert (seen == 1).all(), kw
+
+
 def test_matmul_and_get_rows(be: CPUBackend) -> None:
     w = rng.standard_normal((40, 64)).astype(np.float32)
     bias = rng.standard_normal(40).astype(np.float32)

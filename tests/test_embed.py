@@ -125,6 +125,23 @@ def test_batching_does_not_change_vectors(minilm: Embedder, reference) -> None:
     np.testing.assert_allclose(_cosines(one, reference[1][:15]), 1.0, atol=1e-5)
 
 
+def test_concurrent_batches_match_one_at_a_time(minilm: Embedder, reference, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches run side by side on the kernel threads give the vectors of one-at-a-time runs (2e-6), in order."""
+    import embedkit.embed.embedder as embedder_module
+
+    texts = reference[0][:24]
+    assert all(be.forward_threads() >= 1 for be in minilm.model.placement.backends)
+    monkeypatch.setattr(embedder_module, "CONCURRENT_BATCHES", False)
+    serial = minilm.embed(texts, batch_size=3)
+    monkeypatch.setattr(embedder_module, "CONCURRENT_BATCHES", True)
+    monkeypatch.setattr(embedder_module, "CONCURRENT_BATCH_TOKENS", 64)  # several batches even of short texts
+    seen: list[int] = []
+    side_by_side = minilm.embed(texts, batch_size=3, progress=seen.append)
+    assert sum(seen) == len(texts)
+    np.testing.assert_allclose(side_by_side, serial, atol=2e-6)
+    np.testing.assert_allclose(_cosines(side_by_side, reference[1][:24]), 1.0, atol=1e-5)
+
+
 def test_truncation_is_counted(minilm_gguf_path: Path) -> None:
     """Texts over max_tokens keep [CLS] + the first tokens + [SEP]; the stats count them."""
     emb = Embedder(minilm_gguf_path, max_tokens=12)

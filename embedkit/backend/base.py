@@ -7,6 +7,7 @@ mix of them (partial offload, see `placement.py`).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -195,3 +196,12 @@ class Backend:
         that are padding get no weight; padded query rows come back as zeros). Returns [b, t, heads * hd].
         """
         raise NotImplementedError
+
+    # -- independent forward passes on several threads (encoder batches) -----------------
+    def forward_threads(self) -> int:
+        """How many forward passes may run at once, one per thread, inside `concurrent_forwards()`."""
+        return 1
+
+    def concurrent_forwards(self) -> contextlib.AbstractContextManager[None]:
+        """Context for running `forward_threads()` forward passes at once (each op then stays on its thread)."""
+        return contextlib.nullcontext()

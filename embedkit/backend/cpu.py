@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -11,11 +12,19 @@ from embedkit import kernels
 from embedkit.backend import cpu_ops
 from embedkit.backend.base import Array, Backend, KVCache, RopeStyle, Weight
 from embedkit.gguf import GGMLType
+from embedkit.kernels.cpu.matmul import MAX_MATVEC_TOKENS
+from embedkit.kernels.cpu.row_blocks import can_split_blas, concurrent_callers, run_blocks
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _NO_WEIGHT = np.empty(0, dtype=np.float32)
 # Up to this many query tokens attention runs in one fused loop; more go through BLAS batches.
 _SMALL_ATTENTION_TOKENS = 8
+# Encoder-sized ops (F32 matmul, exact GELU, LayerNorm, add, batched attention) run over row blocks on
+# the kernel threads with single-threaded BLAS (see kernels/cpu/row_blocks.py). False: BLAS's and
+# Numba's own thread pools, as before (kept for A/B benchmarks).
+ROW_BLOCKS = True
+# Fewest rows per block: smaller ops run on the calling thread.
+_MIN_BLOCK_ROWS = 16
 
 
 def _vec(w: Weight | Array) -> np.ndarray:
@@ -90,15 +99,61 @@ class CPUBackend(Backend):
 
     def matmul(self, x: Array, w: Weight, bias: Weight | None = None) -> Array:
         """x @ W.T through the quantized kernels, plus an optional bias."""
-        y = kernels.matmul(np.ascontiguousarray(x, dtype=np.float32), w.data, w.ggml_type, w.shape)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if (
+            ROW_BLOCKS
+            and w.ggml_type == GGMLType.F32
+            and x.ndim == 2
+            and x.shape[0] >= 2 * _MIN_BLOCK_ROWS
+            and x.shape[1] == w.shape[1]
+        ):
+            return self._matmul_f32_blocks(x, w, bias)
+        y = kernels.matmul(x, w.data, w.ggml_type, w.shape)
         if bias is not None:
             y += bias.data
+        return y
+
+    def matmuls(self, x: Array, ws: list[Weight], biases: list[Weight | None] | None = None) -> list[Array]:
+        """Several x @ W.T with one input; decode quantizes x once per activation format."""
+        if x.ndim != 2 or x.shape[0] > MAX_MATVEC_TOKENS:
+            return super().matmuls(x, ws, biases)
+        ys = kernels.matmul_many(x, [(w.data, w.ggml_type, w.shape) for w in ws])
+        for y, b in zip(ys, biases or [None] * len(ws), strict=True):
+            if b is not None:
+                y += b.data
+        return ys
+
+    def _matmul_f32_blocks(self, x: np.ndarray, w: Weight, bias: Weight | None) -> np.ndarray:
+        """Float32 x @ W.T (+ bias) over row blocks on the kernel threads, single-threaded BLAS in each."""
+        wt = w.data.view(np.float32).reshape(w.shape).T
+        y = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
+        b = None if bias is None else bias.data
+
+        def block(r0: int, r1: int) -> None:
+            np.matmul(x[r0:r1], wt, out=y[r0:r1])
+            if b is not None:
+                y[r0:r1] += b
+
+        run_blocks(block, x.shape[0], min_items=_MIN_BLOCK_ROWS, blas=True)
         return y
 
     # -- elementwise ---------------------------------------------------------------------
     def add(self, a: Array, b: Array) -> Array:
         """a + b."""
-        return a + _vec(b)
+        b = _vec(b)
+        if (
+            ROW_BLOCKS
+            and a.shape == b.shape
+            and a.size >= 1 << 16
+            and a.dtype == b.dtype == np.float32
+            and a.flags.c_contiguous
+            and b.flags.c_contiguous
+        ):
+            out = np.empty(a.shape, dtype=np.float32)
+            af, bf, of = a.reshape(-1), b.reshape(-1), out.reshape(-1)
+            run_blocks(lambda i, j: np.add(af[i:j], bf[i:j], out=of[i:j]), af.size, min_items=1 << 14)
+            return out
+        return a + b
 
     def mul(self, a: Array, b: Array) -> Array:
         """a * b."""
@@ -122,11 +177,15 @@ class CPUBackend(Backend):
         )
 
     def gelu_erf(self, x: Array) -> Array:
-        """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)) (erf to 1.5e-7, multithreaded; see kernels/cpu/gelu_erf.py)."""
-        from embedkit.kernels.cpu.gelu_erf import gelu_erf_into
+        """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)) (erf to ~4e-7, multithreaded; see kernels/cpu/gelu_erf.py)."""
+        from embedkit.kernels.cpu.gelu_erf import gelu_erf_block, gelu_erf_into
 
         x = np.ascontiguousarray(x, dtype=np.float32)
         y = np.empty_like(x)
+        if ROW_BLOCKS:
+            xf, yf = x.reshape(-1), y.reshape(-1)
+            run_blocks(lambda a, b: gelu_erf_block(xf[a:b], yf[a:b]), xf.size, min_items=1 << 14)
+            return y
         kernels.apply_num_threads()
         gelu_erf_into(x, y)
         return y
@@ -161,12 +220,20 @@ class CPUBackend(Backend):
     def layer_norm(self, x: Array, w: Weight | None, b: Weight | None, eps: float) -> Array:
         """LayerNorm over the last dim (mean and variance in float64)."""
         if w is not None and b is not None:
-            from embedkit.kernels.cpu.gelu_erf import layer_norm_rows
+            from embedkit.kernels.cpu.gelu_erf import layer_norm_block, layer_norm_rows
 
             x = np.ascontiguousarray(x, dtype=np.float32)
             y = np.empty_like(x)
+            x2, y2, wv, bv = x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1]), _vec(w), _vec(b)
+            if ROW_BLOCKS:
+                run_blocks(
+                    lambda r0, r1: layer_norm_block(x2[r0:r1], wv, bv, float(eps), y2[r0:r1]),
+                    x2.shape[0],
+                    min_items=_MIN_BLOCK_ROWS,
+                )
+                return y
             kernels.apply_num_threads()
-            layer_norm_rows(x.reshape(-1, x.shape[-1]), _vec(w), _vec(b), float(eps), y.reshape(-1, x.shape[-1]))
+            layer_norm_rows(x2, wv, bv, float(eps), y2)
             return y
         xd = x.astype(np.float64)
         mu = xd.mean(axis=-1, keepdims=True)
@@ -279,15 +346,34 @@ class CPUBackend(Backend):
 
     def attention_batch(self, q: Array, k: Array, v: Array, mask: np.ndarray, scale: float) -> Array:
         """Padded bidirectional attention: [b, t, heads, hd] -> [b, t, heads * hd] (padded query rows: zeros)."""
-        from embedkit.kernels.cpu.encoder_attention import encoder_attention
+        from embedkit.kernels.cpu.encoder_attention import attention_items
 
         b, t, h, hd = q.shape
         out = np.empty((b, t, h, hd), dtype=np.float32)
         keep = np.ascontiguousarray(np.asarray(mask) != 0, dtype=np.uint8)
+        n_keep = keep.sum(axis=1, dtype=np.int64)
+        prefix = (keep == (np.arange(t)[None, :] < n_keep[:, None])).all(axis=1)
         q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in (q, k, v))
-        kernels.apply_num_threads()
-        encoder_attention(q, k, v, keep, np.float32(scale), out)
+        s = np.float32(scale)
+        if not ROW_BLOCKS:
+            attention_items(q, k, v, keep, n_keep, prefix, s, out, 0, b)
+            return out.reshape(b, t, h * hd)
+        run_blocks(
+            lambda b0, b1: attention_items(q, k, v, keep, n_keep, prefix, s, out, b0, b1),
+            b,
+            cost=np.where(prefix, n_keep, t).astype(np.float64) ** 2,
+            blas=True,
+        )
         return out.reshape(b, t, h * hd)
+
+    # -- independent forward passes on several threads -----------------------------------
+    def forward_threads(self) -> int:
+        """The kernel thread count when BLAS can be held to one thread per caller, else 1."""
+        return kernels.get_num_threads() if ROW_BLOCKS and can_split_blas() else 1
+
+    def concurrent_forwards(self) -> contextlib.AbstractContextManager[None]:
+        """Ops run on their calling thread with single-threaded BLAS (see kernels/cpu/row_blocks.py)."""
+        return concurrent_callers()
 
 
 @vectorize(["float32(float32)"], cache=True)
