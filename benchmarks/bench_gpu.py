@@ -14,6 +14,7 @@ llama-bench -ngl 99, 2026-11-25) are printed alongside.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -79,12 +80,14 @@ def bench_decoder(path: Path, ngl: int, n_prompt: int, n_gen: int, reps: int) ->
     rng = np.random.default_rng(0)
     state = m.new_state(max(n_prompt, n_gen) + 16)
     prompt = rng.integers(0, m.params.n_vocab, n_prompt).astype(np.int32)
-    m.forward(prompt, state, 0)  # warm-up: compiles the prompt path
+    for _ in range(2):  # warm-up: compiles the prompt path, fills the memory pool and float16 caches
+        m.forward(prompt, state, 0)
     pp = []
-    for _ in range(reps):
+    for _ in range(max(reps, 3)):
         t = time.perf_counter()
         m.forward(prompt, state, 0)
         pp.append(time.perf_counter() - t)
+    gc_ms, gc_n = _gc_time(functools.partial(m.forward, prompt, state, 0))
     toks = rng.integers(0, m.params.n_vocab, n_gen).astype(np.int32)
     for i in range(8):  # warm-up: compiles the decode kernels, records the graph
         m.forward(toks[i : i + 1], state, i)
@@ -111,9 +114,32 @@ def bench_decoder(path: Path, ngl: int, n_prompt: int, n_gen: int, reps: int) ->
         "decode_bytes": decode_bytes(m) if ngl < 0 else None,
         "graph_stats": vars(gpu.stats).copy() if hasattr(gpu, "stats") else None,
         "graph_step_ms": graph_ms,
+        "pp_gc_ms": round(gc_ms, 1),
+        "pp_gc_collections": gc_n,
     }
     del m, state
     return out
+
+
+def _gc_time(fn) -> tuple[float, int]:
+    """(ms spent in Python's cyclic garbage collector, collections) while fn() runs."""
+    import gc
+
+    spent = [0.0, 0, 0.0]
+
+    def cb(phase, info):
+        if phase == "start":
+            spent[2] = time.perf_counter()
+        else:
+            spent[0] += time.perf_counter() - spent[2]
+            spent[1] += 1
+
+    gc.callbacks.append(cb)
+    try:
+        fn()
+    finally:
+        gc.callbacks.remove(cb)
+    return spent[0] * 1e3, spent[1]
 
 
 def bench_bert(path: Path, batch: int, seq: int, reps: int) -> dict:
@@ -138,9 +164,12 @@ def bench_bert(path: Path, batch: int, seq: int, reps: int) -> dict:
 
 
 def bench_matvec(bandwidth: float) -> list[dict]:
-    """Kernel-only matvec time of a 14336x4096 (and 4096x14336) weight, as % of the copy bandwidth."""
+    """Kernel-only matvec time of Mistral-7B-shaped weights, as % of the copy bandwidth: one matrix
+    (14336x4096, 4096x14336) for every type, and for Q4_0/Q8_0 also the first-generation kernel
+    and the merged launches (Q/K/V 4096+1024+1024 rows, gate/up 2x14336 rows)."""
     import cupy
 
+    from embedkit.backend.base import Weight
     from embedkit.backend.cuda import bytes_per_token, cuda_backend
     from embedkit.kernels.cuda import quant_fast, quant_generic
     from embedkit.testing.random_quant import random_tensor_bytes
@@ -148,34 +177,74 @@ def bench_matvec(bandwidth: float) -> list[dict]:
     be = cuda_backend()
     rows = []
     rng = np.random.default_rng(0)
+
+    def timed(fn, n=20) -> float:
+        graph = be._capture([fn] * n)  # kernel time only: one graph of n launches
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        graph.launch(be._cp_stream)
+        start.record(be._cp_stream)
+        graph.launch(be._cp_stream)
+        end.record(be._cp_stream)
+        end.synchronize()
+        return cupy.cuda.get_elapsed_time(start, end) / 1e3 / n
+
+    def row(label, shape, sec, nbytes):
+        rows.append({"type": label, "shape": shape, "us": sec * 1e6,
+                     "GB_s": nbytes / sec / 1e9, "pct_bw": 100 * nbytes / sec / bandwidth})  # fmt: skip
+
+    def upload(gtype, n_out, n_in):
+        m = be.upload_matrix(random_tensor_bytes(gtype, n_out, n_in, rng), gtype, n_out, n_in)
+        return Weight("w", 0, (n_out, n_in), m)
+
     for gtype in ("Q4_0", "Q8_0", "Q4_K", "Q6_K", "F16"):
         for n_out, n_in in ((14336, 4096), (4096, 14336)):
-            m = be.upload_matrix(random_tensor_bytes(gtype, n_out, n_in, rng), gtype, n_out, n_in)
-            from embedkit.backend.base import Weight
-
-            w = Weight("w", 0, (n_out, n_in), m)
+            w = upload(gtype, n_out, n_in)
+            m = w.data
             x = be.asarray(rng.standard_normal((1, n_in)).astype(np.float32))
-            y = be.to_host(be.matmul(x, w))  # compiles; leaves x's int8 blocks memoized
+            be.to_host(be.matmul(x, w))  # compiles; leaves x's int8 blocks memoized
             y = be._empty((1, n_out))
+            shape = f"{n_out}x{n_in}"
             if m.fast:
                 xq, xd = be._xq
-                fn = lambda st, m=m, y=y, xq=xq, xd=xd: quant_fast.matvec_repacked(  # noqa: E731
-                    m.fast, m.views[0], m.views[1], xq, xd, None, y, st
+                qs, d = m.views[0], m.views[1]
+                old = lambda st, y=y, xq=xq, xd=xd, qs=qs, d=d, f=m.fast: quant_fast.matvec_repacked(  # noqa: E731
+                    f, qs, d, xq, xd, None, y, st
                 )
+                row(f"{gtype} (gen 1)", shape, timed(old), bytes_per_token(m))
+                new = lambda st, y=y, xq=xq, xd=xd, qs=qs, d=d, f=m.fast: quant_fast.matvec_multi(  # noqa: E731
+                    f, [(qs, d, None, y)], xq, xd, stream=st
+                )
+                default_rows = quant_fast._MV_ROWS[gtype]
+                for rows_per_warp in (1, 2, 4):
+                    quant_fast._MV_ROWS[gtype] = rows_per_warp
+                    new(be.stream)  # compile outside the graph capture
+                    be.stream.synchronize()
+                    label = gtype + (" (default)" if rows_per_warp == default_rows else "")
+                    row(f"{label} {rows_per_warp} rows/warp", shape, timed(new), bytes_per_token(m))
+                quant_fast._MV_ROWS[gtype] = default_rows
             else:
                 fn = lambda st, m=m, y=y, x=x: quant_generic.matvec(m.layout, m.views, x, None, y, st)  # noqa: E731
-            n = 20
-            graph = be._capture([fn] * n)  # kernel time only: one graph of n launches
-            start, end = cupy.cuda.Event(), cupy.cuda.Event()
-            start.record(be._cp_stream)
-            graph.launch(be._cp_stream)
-            end.record(be._cp_stream)
-            end.synchronize()
-            sec = cupy.cuda.get_elapsed_time(start, end) / 1e3 / n
-            b = bytes_per_token(m)
-            rows.append({"type": gtype, "shape": f"{n_out}x{n_in}", "us": sec * 1e6,
-                         "GB_s": b / sec / 1e9, "pct_bw": 100 * b / sec / bandwidth})  # fmt: skip
+                row(gtype, shape, timed(fn), bytes_per_token(m))
             be.flush()
+        if gtype in ("Q4_0", "Q8_0"):
+            for label, outs in (("Q/K/V merged", (4096, 1024, 1024)), ("gate/up merged", (14336, 14336))):
+                ws = [upload(gtype, r, 4096) for r in outs]
+                x = be.asarray(rng.standard_normal((1, 4096)).astype(np.float32))
+                be.to_host(be.matmuls(x, ws)[0])
+                xq, xd = be._xq
+                mats = [(w.data.views[0], w.data.views[1], None, be._empty((1, w.data.n_rows))) for w in ws]
+                fn = lambda st, mats=mats, xq=xq, xd=xd, f=gtype: quant_fast.matvec_multi(  # noqa: E731
+                    f, mats, xq, xd, stream=st
+                )
+                row(f"{gtype} {label}", "+".join(map(str, outs)) + "x4096", timed(fn),
+                    sum(bytes_per_token(w.data) for w in ws))  # fmt: skip
+                be.flush()
+    for name in ("matvec_q4_0r", "matvec_q8_0r", "mv_q4_0r_pairs", "mv_q8_0r"):
+        try:
+            regs = getattr(quant_fast, name).get_regs_per_thread()
+        except Exception as e:  # noqa: BLE001 - diagnostics only
+            regs = repr(e)[:80]
+        print(f"  registers per thread, {name}: {regs}", flush=True)
     return rows
 
 
@@ -201,6 +270,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated subset of the model configs")
     ap.add_argument("--json", default="", help="write all numbers to this file")
     ap.add_argument("--workdir", default=os.environ.get("TMPDIR", tempfile.gettempdir()))
+    ap.add_argument("--no-matvec", action="store_true", help="skip the kernel-only matvec table")
     args = ap.parse_args()
 
     from numba import cuda
@@ -215,9 +285,9 @@ def main() -> None:
     print(f"device: {name}; device-to-device copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
     results["eager_op_us"] = launch_overhead()
     print(f"host time per eager backend op: {results['eager_op_us']:.1f} us", flush=True)
-    results["matvec"] = bench_matvec(bw)
+    results["matvec"] = [] if args.no_matvec else bench_matvec(bw)
     for r in results["matvec"]:
-        print(f"  matvec {r['type']:5s} {r['shape']:>10s}: {r['us']:8.1f} us {r['GB_s']:7.0f} GB/s "
+        print(f"  matvec {r['type']:28s} {r['shape']:>20s}: {r['us']:8.1f} us {r['GB_s']:7.0f} GB/s "
               f"({r['pct_bw']:.0f}% of copy bw)", flush=True)  # fmt: skip
 
     reps = 2 if args.quick else 3

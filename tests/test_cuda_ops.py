@@ -5,8 +5,9 @@ skipped elsewhere. Tolerances, as max |gpu - cpu| / max |cpu|:
 - dequantization (get_rows): bit-exact against gguf-py's reference (float32).
 - elementwise ops, norms, softmax, RoPE, attention: 1e-5 (float32, different summation order;
   RoPE angles in float64 on both sides).
-- matvec on F32/F16/K-quants/Q5/Q4_1 (float activations): 1e-5.
-- matvec on Q4_0/Q8_0 (activations quantized to int8 blocks, as llama.cpp does): 1e-2.
+- matvec on F32/F16: 1e-5.
+- matvec on the quantized types: 1e-2 (the GPU's Q4_0/Q8_0 kernels and the CPU's decode kernels for
+  every quantized type round activations to int8 blocks, as llama.cpp does).
 - GEMM path (weights and activations rounded to float16, float32 accumulation): 5e-3.
 """
 
@@ -90,9 +91,36 @@ def test_matvec_vs_cpu(backends, rng, qtype, n_tok):
     x = rng.standard_normal((n_tok, 256)).astype(np.float32)
     ref = cpu.matmul(x, cpu.weight(t), cpu.weight(b)).astype(np.float64)
     got = gpu.to_host(gpu.matmul(gpu.asarray(x), gpu.weight(t), gpu.weight(b)))
-    tol = 1e-2 if qtype in ("Q4_0", "Q8_0") else 1e-5
+    tol = 1e-5 if qtype in ("F32", "F16") else 1e-2
     assert got.shape == ref.shape
     assert _rel(got, ref) < tol
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0"])
+@pytest.mark.parametrize("n_tok", [1, 2])
+def test_fused_decode_ops_vs_cpu(backends, rng, qtype, n_tok):
+    """RMSNorm writing int8 blocks, three matvecs in one launch (with biases), GLU writing int8
+    blocks, a matvec plus residual: each against the CPU backend (3e-2: int8 activations on both
+    sides, twice in a row for the last two)."""
+    cpu, gpu = backends
+    d, ff = 2080, 96  # 2080: whole trips of the unrolled loop plus a remainder
+    x = rng.standard_normal((n_tok, d)).astype(np.float32)
+    norm = _vector("norm", d, rng)
+    mats = [_tensor(f"w{i}", qtype, r, d, rng) for i, r in enumerate((64, 32, 32))]
+    biases = [_vector(f"b{i}", r, rng) for i, r in enumerate((64, 32, 32))]
+    gate_up = [_tensor(f"g{i}", qtype, ff, d, rng) for i in range(2)]
+    down = _tensor("down", qtype, d, ff, rng)
+
+    def run(be):
+        h = be.rms_norm(be.asarray(x), be.weight(norm), 1e-6)
+        outs = be.matmuls(h, [be.weight(t) for t in mats], [be.weight(b) for b in biases])
+        g = be.swiglu(*be.matmuls(h, [be.weight(t) for t in gate_up]))
+        y = be.add(be.asarray(x), be.matmul(g, be.weight(down)))
+        return [be.to_host(a) for a in (*outs, g, y)]
+
+    for got, ref in zip(run(gpu), run(cpu), strict=True):
+        assert got.shape == ref.shape
+        assert _rel(got, ref.astype(np.float64)) < 3e-2
 
 
 @pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"])
@@ -179,6 +207,29 @@ def test_attention_cache_vs_cpu(backends, rng, heads, kv_heads, window, softcap)
             gpu.asarray(q), gc, gpu.asarray(k), gpu.asarray(v), pos0, 0.3, window=window, softcap=softcap
         )
         got = gpu.to_host(got)
+        assert got.shape == ref.shape
+        assert _rel(got, ref.astype(np.float64)) < 1e-5
+        pos0 += n
+
+
+@pytest.mark.parametrize("hd,window", [(64, None), (96, 7), (160, None)])
+@pytest.mark.parametrize("blas", [True, False])
+def test_attention_prompt_vs_cpu(backends, rng, hd, window, blas, monkeypatch):
+    """A prompt longer than one query tile (cuBLAS path, or the tiled kernel: several query and key
+    tiles, GQA, a partial last tile), then one step, against the CPU backend (1e-5)."""
+    import embedkit.backend.cuda as cuda_backend_module
+
+    monkeypatch.setattr(cuda_backend_module, "PROMPT_ATTENTION_BLAS", blas)
+    cpu, gpu = backends
+    heads, kv_heads, n_ctx = 4, 2, 48
+    cc, gc = cpu.kv_cache(n_ctx, kv_heads, hd), gpu.kv_cache(n_ctx, kv_heads, hd)
+    pos0 = 0
+    for n in (37, 1):
+        q = rng.standard_normal((n, heads, hd)).astype(np.float32)
+        k = rng.standard_normal((n, kv_heads, hd)).astype(np.float32)
+        v = rng.standard_normal((n, kv_heads, hd)).astype(np.float32)
+        ref = cpu.attention(q, cc, k, v, pos0, 0.2, window=window)
+        got = gpu.to_host(gpu.attention(gpu.asarray(q), gc, gpu.asarray(k), gpu.asarray(v), pos0, 0.2, window=window))
         assert got.shape == ref.shape
         assert _rel(got, ref.astype(np.float64)) < 1e-5
         pos0 += n

@@ -13,11 +13,18 @@ checks its key against the recording and returns the recorded output array; the 
 the graph is launched as soon as the last of them is known, so the GPU runs while the rest of the
 model's Python replays. A step that departs from the recording runs the recorded prefix eagerly
 (recomputing anything an early launch did) and continues eagerly; the next step records afresh.
+Per-step inputs are staged in pinned host memory and copied by the graph's own memcpy nodes.
+
+Fusions (results unchanged, fewer kernels): RMSNorm, GLU and decode attention write the int8 blocks
+of their output for the next dp4a matvec (or a float16 copy for the next GEMM); `matmuls` runs up to
+three Q4_0/Q8_0 matvecs sharing an input in one launch; while recording a graph, `add(x, W @ h)`
+right after that matvec is folded into it. Prompt attention runs a tiled shared-memory kernel.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -28,6 +35,7 @@ from embedkit.gguf import GGMLType
 
 MATVEC_MAX_ROWS = 8  # up to this many tokens a matmul streams the quantized weight once per token
 F16_CACHE_MAX_BYTES = 64 << 20  # keep a float16 copy of matrices up to this size for GEMMs
+PROMPT_ATTENTION_BLAS = True  # prompts: cuBLAS batched GEMMs (else the tiled shared-memory kernel)
 
 _GENERIC_TYPES = {"F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"}
 _FAST_TYPES = {"Q4_0", "Q8_0"}
@@ -53,8 +61,22 @@ class _Graph:
     fns: list
     outs: list
     inputs: list  # device buffers refreshed from the host before each launch, in op order
+    extras: list = field(default_factory=list)  # per op: None, ("q", src, (xq, xd)) memo, or an input's stage
     graph: Any = None
     launches: int = 0
+
+
+class _MatvecLaunch:
+    """One dp4a matvec launch over 1-3 matrices sharing (xq, xd); mutable until it runs (fusions)."""
+
+    __slots__ = ("fast", "mats", "xq", "xd", "res", "y2", "kernels")
+
+    def __init__(self, kernels, fast: str, mats: list, xq, xd) -> None:
+        self.kernels, self.fast, self.mats, self.xq, self.xd = kernels, fast, mats, xq, xd
+        self.res = self.y2 = None
+
+    def __call__(self, stream) -> None:
+        self.kernels.matvec_multi(self.fast, self.mats, self.xq, self.xd, self.res, self.y2, stream)
 
 
 @dataclass
@@ -72,6 +94,11 @@ def _name(ggml_type: int) -> str:
     return GGMLType(int(ggml_type)).name
 
 
+def _ptr(a) -> int:
+    """Device address of a numba device array."""
+    return a.__cuda_array_interface__["data"][0]
+
+
 class CUDABackend(Backend):
     """Backend on one CUDA device through numba-cuda (and CuPy for cuBLAS and the memory pool)."""
 
@@ -87,6 +114,39 @@ class CUDABackend(Backend):
             raise DeviceError("no usable CUDA GPU (numba.cuda.is_available() is False)")
         self._cuda = cuda
         self._sim = bool(config.ENABLE_CUDASIM)
+        if self._sim:
+            self._DeviceNDArray = lambda shape, strides, dtype, stream, gpu_data=None: cuda.device_array(
+                shape, dtype, stream=stream
+            )
+        else:
+            from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+            self._DeviceNDArray = DeviceNDArray
+        config.CUDA_LOW_OCCUPANCY_WARNINGS = 0  # decode kernels run small grids on purpose
+        from embedkit.kernels.cuda import (
+            attention,
+            elementwise,
+            gemm,
+            norms,
+            pooling,
+            quant_fast,
+            quant_generic,
+            rope,
+            softmax,
+        )
+
+        # the kernel modules, looked up once (a function-level import costs ~1 us per op)
+        self._k = SimpleNamespace(
+            attention=attention,
+            elementwise=elementwise,
+            gemm=gemm,
+            norms=norms,
+            pooling=pooling,
+            quant_fast=quant_fast,
+            quant_generic=quant_generic,
+            rope=rope,
+            softmax=softmax,
+        )
         self._cp = None
         if not self._sim:
             from embedkit.kernels.cuda.memory import install_cupy_pool
@@ -96,6 +156,7 @@ class CUDABackend(Backend):
 
                 self._cp = cupy
         cuda.select_device(device)
+        self._emm = None if self._sim or self._cp is None else cuda.current_context().memory_manager
         if self._cp is not None:
             self._cp_stream = self._cp.cuda.Stream(non_blocking=False)
             self._cp_stream.use()
@@ -119,6 +180,11 @@ class CUDABackend(Backend):
         self._step_pos_buf = None
         self._xq_src = None
         self._xq = None
+        self._x16_src = None
+        self._x16 = None
+        self._hit_extra = None
+        self._open_mv: _MatvecLaunch | None = None  # recording: the last op, if a fusable matvec
+        self._pinned = None  # host buffer for to_host
         self._launched = False
 
     # -- step machinery ------------------------------------------------------------------
@@ -127,7 +193,9 @@ class CUDABackend(Backend):
             return
         self._step_pos = None
         self._step_pos_buf = None
-        self._xq_src = None
+        self._xq_src = self._xq = None
+        self._x16_src = self._x16 = None
+        self._open_mv = None
         self._dyn = []
         self._launched = False
         if self.graphs and n_rows == 1:
@@ -142,15 +210,25 @@ class CUDABackend(Backend):
             self.stats.eager_steps += 1
 
     def _replayed(self, key: tuple, n_rows: int):
-        """The recorded output for `key` when replaying and it matches; None otherwise."""
-        self._start(n_rows)
-        if self._mode != "replay":
+        """The recorded output for `key` when replaying and it matches; None otherwise.
+
+        A hit restores the op's memo (int8 blocks of its output) and leaves its extra in
+        `_hit_extra` (an input's pinned stage)."""
+        mode = self._mode
+        if mode == "idle":
+            self._start(n_rows)
+            mode = self._mode
+        if mode != "replay":
             return None
         g = self._graph
-        if self._cursor < len(g.keys) and g.keys[self._cursor] == key:
-            out = g.outs[self._cursor]
-            self._cursor += 1
-            return out
+        c = self._cursor
+        if c < len(g.keys) and g.keys[c] == key:
+            self._cursor = c + 1
+            extra = g.extras[c]
+            if extra is not None and extra[0] == "q":
+                self._xq_src, self._xq = extra[1], extra[2]
+            self._hit_extra = extra
+            return g.outs[c]
         self._derail()
         return None
 
@@ -165,24 +243,33 @@ class CUDABackend(Backend):
         self._mode = "eager"
         self._graph = None  # record afresh at the next one-token step
 
-    def _op(self, key: tuple, fn, out):
-        """Run `fn(stream)` now (eager) or record it (graph recording); returns `out`."""
+    def _op(self, key: tuple, fn, out, extra=None):
+        """Run `fn(stream)` now (eager) or record it (graph recording); returns `out`.
+
+        `extra`: ("q", out, (xq, xd)) when the op also wrote its output's int8 blocks (restored as
+        the memo on replay), or ("stage", pinned) for a per-step input."""
         if self._mode == "record":
-            self._rec.keys.append(key)
-            self._rec.fns.append(fn)
-            self._rec.outs.append(out)
+            rec = self._rec
+            rec.keys.append(key)
+            rec.fns.append(fn)
+            rec.outs.append(out)
+            rec.extras.append(extra)
+            if fn is not None:
+                self._open_mv = None
         elif fn is not None:
             fn(self.stream)
+        if extra is not None and extra[0] == "q":
+            self._xq_src, self._xq = extra[1], extra[2]
         return out
 
     def _input(self, host: np.ndarray, key_extra: tuple = ()):
         """A device copy of `host` that a replayed graph reads (refreshed before each launch)."""
         host = np.ascontiguousarray(host)
         key = ("input", host.shape, host.dtype.str, *key_extra)
-        n_rows = host.shape[0] if host.ndim > 1 else 1
+        n_rows = host.shape[0] if host.ndim else 1  # token ids [n] count as n rows (a prompt is not a step)
         hit = self._replayed(key, n_rows)
         if hit is not None:
-            self._dyn.append((hit, host))
+            self._dyn.append((self._hit_extra[1], host))
             if len(self._dyn) == len(self._graph.inputs):
                 # every per-step input is known: launch now, so the GPU runs while the rest of the
                 # model's Python replays (a later departure from the recording recomputes eagerly)
@@ -192,15 +279,24 @@ class CUDABackend(Backend):
             return hit
         buf = self._cuda.device_array(host.shape, dtype=host.dtype, stream=self.stream)
         if self._mode == "record":
+            # pinned stage written by the host before each launch, copied by the graph itself
+            stage = self._cuda.pinned_array(host.shape, dtype=host.dtype)
             self._rec.inputs.append(buf)
-            self._dyn.append((buf, host))
-            return self._op(key, None, buf)
+            self._dyn.append((stage, host))
+            dst, src, nbytes = _ptr(buf), stage.ctypes.data, host.nbytes
+            memcpy = self._cp.cuda.runtime.memcpyAsync
+            stream_ptr = self._cp_stream.ptr
+
+            def fn(s, dst=dst, src=src, nbytes=nbytes):
+                memcpy(dst, src, nbytes, 1, stream_ptr)  # 1: host to device
+
+            return self._op(key, fn, buf, ("stage", stage))
         buf.copy_to_device(host, stream=self.stream)
         return buf
 
     def _push_inputs(self) -> None:
-        for buf, host in self._dyn:
-            buf.copy_to_device(host, stream=self.stream)
+        for stage, host in self._dyn:
+            stage[...] = host
         self._dyn = []
 
     def _pos(self, pos0: int):
@@ -285,7 +381,7 @@ class CUDABackend(Backend):
 
     def upload_matrix(self, raw: np.ndarray, type_name: str, n_rows: int, n_cols: int) -> _Matrix:
         """Upload raw GGUF bytes of a [n_rows, n_cols] matrix of `type_name` into a _Matrix."""
-        from embedkit.kernels.cuda import quant_fast
+        quant_fast = self._k.quant_fast
 
         cuda = self._cuda
         raw = np.ascontiguousarray(raw).reshape(n_rows, -1)
@@ -310,9 +406,15 @@ class CUDABackend(Backend):
         if isinstance(x, np.ndarray):
             return x
         self.flush()
-        out = x.copy_to_host(stream=self.stream)
-        self.stream.synchronize()
-        return out
+        if self._cp is None or not x.is_c_contiguous() or x.nbytes == 0:
+            out = x.copy_to_host(stream=self.stream)
+            self.stream.synchronize()
+            return out
+        if self._pinned is None or self._pinned.nbytes < x.nbytes:
+            self._pinned = self._cuda.pinned_array(max(x.nbytes, 1 << 20), dtype=np.uint8)
+        self._cp.cuda.runtime.memcpyAsync(self._pinned.ctypes.data, _ptr(x), x.nbytes, 2, self._cp_stream.ptr)
+        self._cp_stream.synchronize()
+        return self._pinned[: x.nbytes].view(x.dtype).reshape(x.shape).copy()
 
     def take(self, x: Array) -> Array:
         """Device arrays pass through; host arrays are uploaded."""
@@ -321,7 +423,19 @@ class CUDABackend(Backend):
         return x
 
     def _empty(self, shape, dtype=np.float32):
-        return self._cuda.device_array(shape, dtype=dtype, stream=self.stream)
+        # DeviceNDArray directly: cuda.device_array's context check and argument normalisation
+        # cost more than the allocation itself (C-order strides computed here)
+        shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        dtype = np.dtype(dtype)
+        strides, step = [], dtype.itemsize
+        for s in reversed(shape):
+            strides.append(step)
+            step *= s
+        if self._emm is not None and step:  # straight to the memory manager (CuPy's pool)
+            return self._DeviceNDArray(
+                shape, tuple(reversed(strides)), dtype, self.stream, gpu_data=self._emm.memalloc(step)
+            )
+        return self._DeviceNDArray(shape, tuple(reversed(strides)), dtype, self.stream)
 
     def view(self, x: Array, shape: tuple[int, ...]) -> Array:
         """Reshape without copying."""
@@ -345,7 +459,7 @@ class CUDABackend(Backend):
 
     def split_cols(self, x: Array, sizes: list[int]) -> list[Array]:
         """Contiguous copies of column blocks of [n, sum(sizes)]."""
-        from embedkit.kernels.cuda import elementwise
+        elementwise = self._k.elementwise
 
         n = x.shape[0]
         outs, c0 = [], 0
@@ -363,7 +477,7 @@ class CUDABackend(Backend):
     # -- linear algebra ------------------------------------------------------------------
     def get_rows(self, w: Weight, ids: np.ndarray) -> Array:
         """Dequantize rows `ids` of a matrix into [n, n_cols] float32."""
-        from embedkit.kernels.cuda import quant_generic
+        quant_generic = self._k.quant_generic
 
         m: _Matrix = w.data
         ids_dev = self._input(np.asarray(ids, dtype=np.int32).reshape(-1), ("ids",))
@@ -377,10 +491,9 @@ class CUDABackend(Backend):
 
     def _quantized(self, x):
         """int8 blocks of x for the dp4a kernels, shared by matmuls of the same input."""
-        from embedkit.kernels.cuda import quant_fast
-
         if self._xq_src is x:
             return self._xq
+        quant_fast = self._k.quant_fast
         key = ("quantize", x.shape)
         hit = self._replayed(key, x.shape[0])
         if hit is None:
@@ -389,26 +502,29 @@ class CUDABackend(Backend):
         self._xq_src, self._xq = x, hit
         return hit
 
+    def _fast_ok(self, x, ws: list[Weight]) -> bool:
+        """Whether the dp4a matvec takes x @ W.T for every W (a few rows, Q4_0/Q8_0 of one type)."""
+        m0: _Matrix = ws[0].data
+        return (
+            x.ndim == 2
+            and x.shape[0] <= MATVEC_MAX_ROWS
+            and m0.fast is not None
+            and m0.n_cols % 32 == 0
+            and all(w.data.fast == m0.fast and w.data.n_cols == m0.n_cols for w in ws)
+        )
+
     def matmul(self, x: Array, w: Weight, bias: Weight | None = None) -> Array:
         """[n, n_in] @ W.T (+ bias): quantized matvec for small n, float16 cuBLAS GEMM otherwise."""
-        from embedkit.kernels.cuda import quant_fast, quant_generic
-
         m: _Matrix = w.data
         if x.ndim != 2:
             x = self.view(x, (x.size // m.n_cols, m.n_cols))
+        if self._fast_ok(x, [w]):
+            return self._matvec_fast(x, [w], [bias])[0]
         n = x.shape[0]
         b = bias.data if bias is not None else None
         if n > MATVEC_MAX_ROWS and self._cp is not None:
             return self._gemm(x, m, b)
-        if m.fast is not None and m.n_cols % 32 == 0:
-            xq, xd = self._quantized(x)
-            key = ("matvec_fast", id(w), n, bias is not None)
-            hit = self._replayed(key, n)
-            if hit is not None:
-                return hit
-            y = self._empty((n, m.n_rows))
-            qs, d, _ = m.views
-            return self._op(key, lambda s: quant_fast.matvec_repacked(m.fast, qs, d, xq, xd, b, y, s), y)
+        quant_generic = self._k.quant_generic
         key = ("matvec", id(w), n, bias is not None)
         hit = self._replayed(key, n)
         if hit is not None:
@@ -416,32 +532,75 @@ class CUDABackend(Backend):
         y = self._empty((n, m.n_rows))
         return self._op(key, lambda s: quant_generic.matvec(m.layout, m.views, x, b, y, s), y)
 
+    def matmuls(self, x: Array, ws: list[Weight], biases: list[Weight | None] | None = None) -> list[Array]:
+        """Several x @ W.T (+ b) with one input: up to three Q4_0/Q8_0 matvecs in one launch."""
+        biases = list(biases or [None] * len(ws))
+        if (
+            len(ws) <= 3
+            and self._fast_ok(x, ws)
+            and (all(b is None for b in biases) or all(b is not None for b in biases))
+        ):
+            return self._matvec_fast(x, ws, biases)
+        return super().matmuls(x, ws, biases)
+
+    def _matvec_fast(self, x, ws: list[Weight], biases: list) -> list:
+        """One dp4a launch for 1-3 repacked matrices; a single one stays open for a residual fusion."""
+        xq, xd = self._quantized(x)
+        n = x.shape[0]
+        key = ("matvec_fast", tuple(id(w) for w in ws), n, biases[0] is not None)
+        hit = self._replayed(key, n)
+        if hit is not None:
+            return hit
+        ys = [self._empty((n, w.data.n_rows)) for w in ws]
+        mats = [
+            (w.data.views[0], w.data.views[1], b.data if b is not None else None, y)
+            for w, b, y in zip(ws, biases, ys, strict=True)
+        ]
+        launch = _MatvecLaunch(self._k.quant_fast, ws[0].data.fast, mats, xq, xd)
+        out = self._op(key, launch, ys)
+        if self._mode == "record" and len(ws) == 1:
+            self._open_mv = launch
+        return out
+
     def _f16_weight(self, m: _Matrix, stream):
         """Float16 copy of W (cached for small matrices, else a fresh pool buffer)."""
-        from embedkit.kernels.cuda import quant_generic
-
         if m.f16 is not None:
             return m.f16
         w16 = self._empty((m.n_rows, m.n_cols), np.float16)
-        quant_generic.dequantize_all(m.layout, m.views, w16, stream)
+        if m.fast is not None:
+            self._k.quant_fast.dequantize_f16(m.fast, m.views[0], m.views[1], w16, stream)
+        else:
+            self._k.quant_generic.dequantize_all(m.layout, m.views, w16, stream)
         if m.n_rows * m.n_cols * 2 <= F16_CACHE_MAX_BYTES:
             m.f16 = w16
         return w16
 
-    def _gemm(self, x, m: _Matrix, b):
-        from embedkit.kernels.cuda import elementwise, gemm
+    def _f16_input(self, x):
+        """Float16 copy of x for the GEMMs (from the op that made x, or converted once)."""
+        if self._x16_src is x:
+            return self._x16
+        elementwise = self._k.elementwise
+        x16 = self._empty(x.shape, np.float16)
+        self._op(
+            ("to_f16", x.shape),
+            lambda s: elementwise.unary(x.reshape(x.size), x16.reshape(x16.size), elementwise.SCALE, 1.0, s),
+            x16,
+        )
+        self._x16_src, self._x16 = x, x16
+        return x16
 
+    def _gemm(self, x, m: _Matrix, b):
+        elementwise, gemm = self._k.elementwise, self._k.gemm
         n = x.shape[0]
         key = ("gemm", id(m), n)
         hit = self._replayed(key, n)
         if hit is not None:
             return hit
+        x16 = self._f16_input(x)
         y = self._empty((n, m.n_rows))
 
         def fn(s):
             w16 = self._f16_weight(m, s)
-            x16 = self._empty(x.shape, np.float16)
-            elementwise.unary(x.reshape(x.size), x16.reshape(x16.size), elementwise.SCALE, 1.0, s)
             gemm.gemm_f16(x16, w16, y, self._cp_stream.ptr)
             if b is not None:
                 yf = y.reshape(y.size)
@@ -449,34 +608,51 @@ class CUDABackend(Backend):
 
         return self._op(key, fn, y)
 
+    def _want(self, x) -> tuple[bool, bool]:
+        """(int8 blocks, float16 copy): what the next matmul of x [n, d] will read."""
+        if x.ndim != 2:
+            return False, False
+        n, d = x.shape
+        if n <= MATVEC_MAX_ROWS:
+            return d % 32 == 0, False
+        return False, self._cp is not None
+
     # -- elementwise ---------------------------------------------------------------------
     def _binary(self, a, b, op: int, name: str):
-        from embedkit.kernels.cuda import elementwise
-
         bv = b.data if isinstance(b, Weight) else b
         key = (name, a.shape, bv.shape, id(b) if isinstance(b, Weight) else None)
         hit = self._replayed(key, a.shape[0])
         if hit is not None:
             return hit
         out = self._empty(a.shape)
+        mv = self._open_mv
+        if mv is not None and op == self._k.elementwise.ADD and bv.shape == a.shape and not isinstance(b, Weight):
+            y = mv.mats[0][3]
+            other = a if bv is y else (bv if a is y else None)
+            if other is not None and mv.res is None:
+                mv.res, mv.y2 = other, out  # the matvec also writes y + other
+                return self._op(key, None, out)
+        elementwise = self._k.elementwise
         return self._op(
-            key, lambda s: elementwise.binary(a.reshape(a.size), bv.reshape(bv.size), out.reshape(out.size), op, s), out
+            key,
+            lambda s: elementwise.binary(a.reshape(a.size), bv.reshape(bv.size), out.reshape(out.size), op, s),
+            out,
         )
 
     def add(self, a: Array, b: Array) -> Array:
         """a + b (b: same shape, or a vector/Weight broadcast over rows)."""
-        from embedkit.kernels.cuda import elementwise
+        elementwise = self._k.elementwise
 
         return self._binary(a, b, elementwise.ADD, "add")
 
     def mul(self, a: Array, b: Array) -> Array:
         """a * b (b: same shape, or a vector/Weight broadcast over rows)."""
-        from embedkit.kernels.cuda import elementwise
+        elementwise = self._k.elementwise
 
         return self._binary(a, b, elementwise.MUL, "mul")
 
     def _unary(self, x, op: int, s_: float, name: str):
-        from embedkit.kernels.cuda import elementwise
+        elementwise = self._k.elementwise
 
         key = (name, x.shape, s_)
         hit = self._replayed(key, x.shape[0])
@@ -487,57 +663,73 @@ class CUDABackend(Backend):
 
     def scale(self, a: Array, s: float) -> Array:
         """a * s."""
-        from embedkit.kernels.cuda import elementwise
+        elementwise = self._k.elementwise
 
         return self._unary(a, elementwise.SCALE, float(s), "scale")
 
     def silu(self, x: Array) -> Array:
         """x * sigmoid(x)."""
-        from embedkit.kernels.cuda import elementwise
+        elementwise = self._k.elementwise
 
         return self._unary(x, elementwise.SILU, 1.0, "silu")
 
     def gelu(self, x: Array) -> Array:
         """Tanh-approximated GELU (ggml_gelu)."""
-        from embedkit.kernels.cuda import elementwise
+        elementwise = self._k.elementwise
 
         return self._unary(x, elementwise.GELU, 1.0, "gelu")
 
     def gelu_erf(self, x: Array) -> Array:
         """Exact GELU."""
-        from embedkit.kernels.cuda import elementwise
+        elementwise = self._k.elementwise
 
         return self._unary(x, elementwise.GELU_ERF, 1.0, "gelu_erf")
 
     def _glu(self, gate, up, op: int, name: str):
-        from embedkit.kernels.cuda import elementwise
-
         key = (name, gate.shape)
         hit = self._replayed(key, gate.shape[0])
         if hit is not None:
             return hit
+        elementwise = self._k.elementwise
         out = self._empty(gate.shape)
+        want_q, want16 = self._want(gate)
+        size = out.size
+        if want_q:
+            xq, xd = self._k.quant_fast.activation_buffers(gate.shape[0], gate.shape[1], self.stream)
+            fn = lambda s: elementwise.glu_fused(  # noqa: E731
+                gate.reshape(size), up.reshape(size), out.reshape(size), op,
+                xq.view(np.int8).reshape(size), xd.reshape(xd.size), None, s,
+            )  # fmt: skip
+            return self._op(key, fn, out, ("q", out, (xq, xd)))
+        if want16:
+            o16 = self._empty(gate.shape, np.float16)
+            fn = lambda s: elementwise.glu_fused(  # noqa: E731
+                gate.reshape(size), up.reshape(size), out.reshape(size), op, None, None, o16.reshape(size), s
+            )
+            out = self._op(key, fn, out)
+            self._x16_src, self._x16 = out, o16
+            return out
         return self._op(
             key,
-            lambda s: elementwise.glu(gate.reshape(gate.size), up.reshape(up.size), out.reshape(out.size), op, s),
+            lambda s: elementwise.glu(gate.reshape(size), up.reshape(size), out.reshape(size), op, s),
             out,
         )
 
     def swiglu(self, gate: Array, up: Array) -> Array:
         """silu(gate) * up."""
-        from embedkit.kernels.cuda import elementwise
+        elementwise = self._k.elementwise
 
         return self._glu(gate, up, elementwise.SWIGLU, "swiglu")
 
     def geglu(self, gate: Array, up: Array) -> Array:
         """gelu_tanh(gate) * up."""
-        from embedkit.kernels.cuda import elementwise
+        elementwise = self._k.elementwise
 
         return self._glu(gate, up, elementwise.GEGLU, "geglu")
 
     def softmax(self, x: Array) -> Array:
         """Softmax over the last dimension."""
-        from embedkit.kernels.cuda import softmax
+        softmax = self._k.softmax
 
         key = ("softmax", x.shape)
         hit = self._replayed(key, x.shape[0])
@@ -551,23 +743,33 @@ class CUDABackend(Backend):
 
     # -- normalization -------------------------------------------------------------------
     def rms_norm(self, x: Array, w: Weight | None, eps: float) -> Array:
-        """RMSNorm over the last dimension (any leading shape)."""
-        from embedkit.kernels.cuda import norms
-
+        """RMSNorm over the last dimension (any leading shape); a matmul input also gets its int8
+        blocks (a few rows) or float16 copy (a batch) in the same kernel."""
         key = ("rms_norm", x.shape, id(w), eps)
         hit = self._replayed(key, x.shape[0])
         if hit is not None:
             return hit
+        norms = self._k.norms
         out = self._empty(x.shape)
         d = x.shape[x.ndim - 1]
         wv = w.data if w is not None else None
+        want_q, want16 = self._want(x)
+        if (want_q or want16) and norms.rms_norm_fused_ok(d):
+            if want_q:
+                xq, xd = self._k.quant_fast.activation_buffers(x.shape[0], d, self.stream)
+                fn = lambda s: norms.rms_norm_fused(x, wv, eps, out, xq.view(np.int8), xd, None, s)  # noqa: E731
+                return self._op(key, fn, out, ("q", out, (xq, xd)))
+            o16 = self._empty(x.shape, np.float16)
+            out = self._op(key, lambda s: norms.rms_norm_fused(x, wv, eps, out, None, None, o16, s), out)
+            self._x16_src, self._x16 = out, o16
+            return out
         return self._op(
             key, lambda s: norms.rms_norm(x.reshape(x.size // d, d), wv, eps, out.reshape(out.size // d, d), s), out
         )
 
     def layer_norm(self, x: Array, w: Weight | None, b: Weight | None, eps: float) -> Array:
         """LayerNorm over the last dimension (any leading shape)."""
-        from embedkit.kernels.cuda import norms
+        norms = self._k.norms
 
         key = ("layer_norm", x.shape, id(w), id(b), eps)
         hit = self._replayed(key, x.shape[0])
@@ -594,7 +796,7 @@ class CUDABackend(Backend):
         freq_scale: float = 1.0,
     ) -> Array:
         """Rotary embedding of [n, heads, hd]; consecutive positions go through the step's pos buffer."""
-        from embedkit.kernels.cuda import rope
+        rope = self._k.rope
 
         positions = np.asarray(positions, dtype=np.int32).reshape(-1)
         n = x.shape[0]
@@ -629,8 +831,7 @@ class CUDABackend(Backend):
         softcap: float | None = None,
     ) -> Array:
         """Store k_new/v_new in the VRAM cache at pos0.., then attend (see Backend.attention)."""
-        from embedkit.kernels.cuda import attention
-
+        attention = self._k.attention
         n, heads, hd = q.shape
         pos_buf = self._pos(pos0)
         key = ("attention", q.shape, id(cache), scale, causal, window, softcap)
@@ -640,16 +841,41 @@ class CUDABackend(Backend):
         out = self._empty((n, heads * hd))
         win = int(window) if window else 0
         cap = float(softcap) if softcap else 0.0
+        extra = o16 = None
+        if not (attention.decode_ok(hd) and attention.prefill_ok(hd)):
+            attend = lambda s: attention.attention_cache(  # noqa: E731
+                q, cache.k, cache.v, pos_buf, causal, win, scale, cap, self._dummy_i32, out, s
+            )
+        elif n == 1:
+            xq, xd = self._k.quant_fast.activation_buffers(n, heads * hd, self.stream)
+            extra = ("q", out, (xq, xd))
+            attend = lambda s: attention.attention_decode(  # noqa: E731
+                q, cache.k, cache.v, pos_buf, causal, win, scale, cap, out, xq.view(np.int8), xd, s
+            )
+        elif PROMPT_ATTENTION_BLAS and n > MATVEC_MAX_ROWS and self._cp is not None and attention.blas_ok(
+            n, heads, pos0 + n
+        ):
+            attend = lambda s: attention.attention_blas(  # noqa: E731
+                q, cache.k, cache.v, pos0, pos_buf, causal, win, scale, cap, out, self._empty, s, self._cp_stream.ptr
+            )
+        else:
+            o16 = self._empty((n, heads * hd), np.float16) if n > MATVEC_MAX_ROWS and self._cp else None
+            attend = lambda s: attention.attention_prefill(  # noqa: E731
+                q, cache.k, cache.v, pos_buf, causal, win, scale, cap, out, o16, s
+            )
 
         def fn(s):
             attention.kv_store(k_new, v_new, cache.k, cache.v, pos_buf, s)
-            attention.attention_cache(q, cache.k, cache.v, pos_buf, causal, win, scale, cap, self._dummy_i32, out, s)
+            attend(s)
 
-        return self._op(key, fn, out)
+        out = self._op(key, fn, out, extra)
+        if o16 is not None:
+            self._x16_src, self._x16 = out, o16
+        return out
 
     def attention_batch(self, q: Array, k: Array, v: Array, mask: np.ndarray, scale: float) -> Array:
         """Padded bidirectional attention: [b, t, heads, hd] -> [b, t, heads * hd]."""
-        from embedkit.kernels.cuda import attention
+        attention = self._k.attention
 
         b, t, heads, hd = q.shape
         mask_dev = self._input(np.asarray(mask, dtype=np.int32).reshape(b, t), ("mask",))
@@ -663,7 +889,7 @@ class CUDABackend(Backend):
 
     def pool(self, x: Array, mask: np.ndarray, mode: str) -> Array:
         """Pool hidden states [b, t, d] over tokens: "mean" (masked), "cls" (first), "last" (last real)."""
-        from embedkit.kernels.cuda import pooling
+        pooling = self._k.pooling
 
         b, t, d = x.shape
         mask_dev = self._input(np.asarray(mask, dtype=np.int32).reshape(b, t), ("mask",))

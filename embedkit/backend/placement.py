@@ -58,14 +58,16 @@ def cpu_placement(n_layer: int) -> Placement:
     return Placement.single(CPUBackend(), n_layer)
 
 
-def make_placement(device: str = "auto", gpu_layers: int | None = None, input_on_gpu: bool = False):
+def make_placement(device: str = "auto", gpu_layers: int | None = None, input_on_gpu: bool | None = None):
     """A placement factory (n_layer -> Placement) for `--device auto|cpu|cuda` and `-ngl N`.
 
     gpu_layers follows llama.cpp: N layers (the last ones) on the GPU, 0 none, -1 (or None, or more
     than the model has) all of them plus the output head. `cuda` without a usable GPU raises
     DeviceError; `auto` falls back to the CPU. With everything on the GPU, decode steps run as
     CUDA graphs. Token embeddings stay on the CPU (as in llama.cpp) unless `input_on_gpu` and every
-    layer is on the GPU (worth it for encoders, whose embedding stage is a large batch).
+    layer is on the GPU (worth it for encoders, whose embedding stage is a large batch). The default
+    (None) puts them on the GPU with full offload: the lookup then joins the decode step's graph
+    instead of costing a host dequantization and an upload per token.
     """
     from embedkit.errors import InputError
 
@@ -90,7 +92,8 @@ def make_placement(device: str = "auto", gpu_layers: int | None = None, input_on
         full = n_gpu < 0 or n_gpu > n_layer
         gpu = cuda_backend(graphs=full)
         placement = Placement.offload(CPUBackend(), gpu, n_layer, n_gpu)
-        if input_on_gpu and (full or n_gpu >= n_layer):
+        on_gpu = full if input_on_gpu is None else input_on_gpu
+        if on_gpu and (full or n_gpu >= n_layer):
             placement.input = gpu
         return placement
 

@@ -21,7 +21,7 @@ def device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def placement_from_options(device: str, gpu_layers: int | None, input_on_gpu: bool = False):
+def placement_from_options(device: str, gpu_layers: int | None, input_on_gpu: bool | None = None):
     """The placement factory that `load_model` / `Embedder` take, from the two options."""
     from embedkit.backend.placement import make_placement
 

@@ -3,7 +3,8 @@
 Modules, one family of ops each: `quant_elem` (per-type element dequantization), `quant_generic`
 (matvec / dequantize for every type), `quant_fast` (Q4_0/Q8_0 repacked dp4a matvec), `gemm`
 (cuBLAS through CuPy), `norms`, `rope`, `softmax`, `attention`, `elementwise`, `pooling`,
-`memory` (numba allocations from CuPy's pool). Importing this package does not touch the GPU.
+`memory` (numba allocations from CuPy's pool), `launch` (kernel launches with a per-signature fast
+path). Importing this package does not touch the GPU.
 """
 
 from __future__ import annotations

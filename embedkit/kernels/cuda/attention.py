@@ -18,6 +18,7 @@ from numba import cuda
 
 from embedkit.kernels.cuda.intrinsics import warp_max, warp_sum
 from embedkit.kernels.cuda.launch import fast
+from embedkit.kernels.cuda.reduce import block_max, block_sum
 
 WARPS = 8
 MAX_HEAD_DIM = 256
@@ -447,3 +448,97 @@ def attention_decode(
         xd if want_q else out,
         want_q,
     )
+
+
+# -- prompt attention through cuBLAS -----------------------------------------------------------------
+# Scores S_h = Q_h K_h^T for every head in one strided-batched float32 GEMM, a masked softmax kernel
+# (scale, softcap, causal and window masks), then O_h = P_h V_h in a second GEMM written straight
+# into out [n, heads*hd]. Grouped-query caches are first expanded to one key/value head per query
+# head (the batched GEMM needs one stride per operand). Takes heads * n * n_keys floats of scratch.
+
+
+@cuda.jit
+def expand_kv_kernel(kc, vc, kx, vx):
+    """kx[j, h, d] = kc[j, h // group, d] (and v) for j < kx.shape[0]."""
+    j = cuda.blockIdx.y
+    i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    heads = kx.shape[1]
+    hd = kx.shape[2]
+    if i < heads * hd:
+        h = i // hd
+        d = i % hd
+        g = h // (heads // kc.shape[1])
+        kx[j, h, d] = kc[j, g, d]
+        vx[j, h, d] = vc[j, g, d]
+
+
+@cuda.jit
+def masked_softmax_kernel(s, pos_buf, causal, window, scale, softcap):
+    """In place over s [heads, n, n_keys]: row (h, t) -> softmax of the scaled, capped, masked scores."""
+    row = cuda.blockIdx.x
+    n = s.shape[1]
+    nk = s.shape[2]
+    h = row // n
+    t = row % n
+    scratch = cuda.shared.array(32, dtype=np.float32)
+    p = pos_buf[0] + t
+    j_hi = min(p + 1, nk) if causal else nk
+    j_lo = max(0, p - window + 1) if window > 0 else 0
+    m = np.float32(-np.inf)
+    for j in range(cuda.threadIdx.x, nk, cuda.blockDim.x):
+        v = s[h, t, j] * scale
+        if softcap > 0:
+            v = softcap * math.tanh(v / softcap)
+        if j < j_lo or j >= j_hi:
+            v = np.float32(-np.inf)
+        s[h, t, j] = v
+        m = max(m, v)
+    m = block_max(m, scratch)
+    total = np.float32(0.0)
+    for j in range(cuda.threadIdx.x, nk, cuda.blockDim.x):
+        e = math.exp(s[h, t, j] - m)
+        s[h, t, j] = e
+        total += e
+    total = block_sum(total, scratch)
+    inv = np.float32(1.0) / total
+    for j in range(cuda.threadIdx.x, nk, cuda.blockDim.x):
+        s[h, t, j] *= inv
+
+
+BLAS_MAX_SCORE_BYTES = 512 << 20
+
+
+def blas_ok(n: int, heads: int, n_keys: int) -> bool:
+    """Whether the scores of a prompt fit the cuBLAS path's scratch limit."""
+    return heads * n * n_keys * 4 <= BLAS_MAX_SCORE_BYTES
+
+
+def attention_blas(
+    q, k_cache, v_cache, pos0: int, pos_buf, causal: bool, window: int, scale: float, softcap: float, out,
+    empty, stream, stream_ptr: int,
+) -> None:  # fmt: skip
+    """out [n, heads*hd] = attention of q [n, heads, hd] over cache rows [0, pos0 + n) (keys already
+    stored) with two batched cuBLAS GEMMs; `empty(shape)` allocates float32 scratch."""
+    from embedkit.kernels.cuda.gemm import gemm_f32_strided_batched
+
+    n, heads, hd = q.shape
+    kvh = k_cache.shape[1]
+    nk = pos0 + n
+    if kvh == heads:
+        kx, vx = k_cache, v_cache
+    else:
+        kx, vx = empty((nk, heads, hd)), empty((nk, heads, hd))
+        fast(expand_kv_kernel)[(math.ceil(heads * hd / 128), nk), 128, stream](k_cache, v_cache, kx, vx)
+    s = empty((heads, n, nk))
+    ld = heads * hd
+
+    def ptr(a) -> int:
+        return a.__cuda_array_interface__["data"][0]
+
+    # S_h^T (nk x n, column-major) = K_h (hd x nk)^T . Q_h (hd x n)
+    gemm_f32_strided_batched(1, 0, nk, n, hd, ptr(kx), ld, hd, ptr(q), ld, hd, ptr(s), nk, n * nk, heads, stream_ptr)
+    fast(masked_softmax_kernel)[heads * n, 128, stream](
+        s, pos_buf, causal, np.int32(window), np.float32(scale), np.float32(softcap)
+    )
+    # O_h^T (hd x n) = V_h (hd x nk) . P_h^T (nk x n), written into out with row stride heads*hd
+    gemm_f32_strided_batched(0, 0, hd, n, nk, ptr(vx), ld, hd, ptr(s), nk, n * nk, ptr(out), ld, hd, heads, stream_ptr)

@@ -48,3 +48,20 @@ def gemm_f16(x16, w16, y32, stream_ptr: int = 0) -> None:
         _CUBLAS_COMPUTE_32F,
         _CUBLAS_GEMM_DEFAULT_TENSOR_OP,
     )
+
+
+def gemm_f32_strided_batched(
+    transa: int, transb: int, m: int, n: int, k: int, a, lda: int, stride_a: int, b, ldb: int, stride_b: int,
+    c, ldc: int, stride_c: int, batch: int, stream_ptr: int = 0,
+) -> None:  # fmt: skip
+    """Column-major C_i = op(A_i) op(B_i) in float32 (cublasSgemmStridedBatched, no TF32); a, b, c
+    are device addresses (ints), strides in elements, transa/transb 0 = N, 1 = T."""
+    import cupy
+    from cupy_backends.cuda.libs import cublas
+
+    handle = cupy.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, stream_ptr)
+    cublas.sgemmStridedBatched(
+        handle, transa, transb, m, n, k, _ONE.ctypes.data, a, lda, stride_a, b, ldb, stride_b,
+        _ZERO.ctypes.data, c, ldc, stride_c, batch,
+    )  # fmt: skip

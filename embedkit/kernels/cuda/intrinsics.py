@@ -50,18 +50,25 @@ if config.ENABLE_CUDASIM:
 else:
     from llvmlite import ir
 
+    # written out rather than looped over a tuple of offsets, so no loop or tuple indexing is left
     @cuda.jit(device=True, inline=True)
     def warp_sum(v):
         """Sum of `v` over the 32 lanes of the warp, returned to every lane."""
-        for off in (16, 8, 4, 2, 1):
-            v += cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
+        v += cuda.shfl_xor_sync(0xFFFFFFFF, v, 16)
+        v += cuda.shfl_xor_sync(0xFFFFFFFF, v, 8)
+        v += cuda.shfl_xor_sync(0xFFFFFFFF, v, 4)
+        v += cuda.shfl_xor_sync(0xFFFFFFFF, v, 2)
+        v += cuda.shfl_xor_sync(0xFFFFFFFF, v, 1)
         return v
 
     @cuda.jit(device=True, inline=True)
     def warp_max(v):
         """Max of `v` over the 32 lanes of the warp, returned to every lane."""
-        for off in (16, 8, 4, 2, 1):
-            v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, off))
+        v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, 16))
+        v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, 8))
+        v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, 4))
+        v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, 2))
+        v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, 1))
         return v
 
     from numba.cuda.extending import intrinsic

@@ -13,12 +13,12 @@ def block_sum(v, scratch):
     """Sum of `v` over the block, returned to every thread; `scratch` is shared float32[32]."""
     v = warp_sum(v)
     tid = cuda.threadIdx.x
-    if tid % 32 == 0:
+    lane = tid % 32
+    if lane == 0:
         scratch[tid // 32] = v
     cuda.syncthreads()
-    total = np.float32(0.0)
-    for w in range(cuda.blockDim.x // 32):
-        total += scratch[w]
+    # every warp reduces the per-warp partials itself (no serial loop, no second broadcast)
+    total = warp_sum(scratch[lane] if lane < cuda.blockDim.x // 32 else np.float32(0.0))
     cuda.syncthreads()
     return total
 
@@ -28,11 +28,10 @@ def block_max(v, scratch):
     """Max of `v` over the block, returned to every thread; `scratch` is shared float32[32]."""
     v = warp_max(v)
     tid = cuda.threadIdx.x
-    if tid % 32 == 0:
+    lane = tid % 32
+    if lane == 0:
         scratch[tid // 32] = v
     cuda.syncthreads()
-    total = scratch[0]
-    for w in range(1, cuda.blockDim.x // 32):
-        total = max(total, scratch[w])
+    total = warp_max(scratch[lane] if lane < cuda.blockDim.x // 32 else np.float32(-np.inf))
     cuda.syncthreads()
     return total
