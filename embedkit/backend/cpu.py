@@ -12,7 +12,8 @@ from embedkit import kernels
 from embedkit.backend import cpu_ops
 from embedkit.backend.base import Array, Backend, KVCache, RopeStyle, Weight
 from embedkit.gguf import GGMLType
-from embedkit.kernels.cpu.matmul import MAX_MATVEC_TOKENS
+from embedkit.kernels.cpu.dispatch import DEQUANTIZERS
+from embedkit.kernels.cpu.matmul import MAX_MATVEC_TOKENS, matmul_rows, matmul_rows_many
 from embedkit.kernels.cpu.row_blocks import can_split_blas, concurrent_callers, run_blocks
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -29,6 +30,19 @@ _MIN_BLOCK_ROWS = 16
 
 def _vec(w: Weight | Array) -> np.ndarray:
     return w.data if isinstance(w, Weight) else w
+
+
+def _decode_ready(x: np.ndarray, w: Weight) -> bool:
+    """A few float32 tokens against a matrix this backend wrapped (2-D rows of a type with kernels)."""
+    return (
+        x.ndim == 2
+        and x.shape[0] <= MAX_MATVEC_TOKENS
+        and x.dtype == np.float32
+        and x.flags.c_contiguous
+        and x.shape[1] == w.shape[1]
+        and w.data.ndim == 2
+        and w.ggml_type in DEQUANTIZERS
+    )
 
 
 class CPUBackend(Backend):
@@ -52,7 +66,7 @@ class CPUBackend(Backend):
             return Weight(t.name, int(GGMLType.F32), shape, np.ascontiguousarray(data, dtype=np.float32))
         if len(shape) > 2:
             shape = (int(np.prod(shape[:-1])), shape[-1])
-        return Weight(t.name, gtype, shape, t.data)
+        return Weight(t.name, gtype, shape, t.rows_view())  # 2-D rows: kernels take them without reshaping
 
     def asarray(self, x: np.ndarray) -> Array:
         """Host array -> float32 (or int32) contiguous numpy array."""
@@ -108,7 +122,11 @@ class CPUBackend(Backend):
             and x.shape[1] == w.shape[1]
         ):
             return self._matmul_f32_blocks(x, w, bias)
-        y = kernels.matmul(x, w.data, w.ggml_type, w.shape)
+        if _decode_ready(x, w):  # decode: weights were checked at load, skip the per-call validation
+            kernels.apply_num_threads()
+            y = matmul_rows(x, w.data, w.ggml_type, w.shape[1])
+        else:
+            y = kernels.matmul(x, w.data, w.ggml_type, w.shape)
         if bias is not None:
             y += bias.data
         return y
@@ -117,7 +135,12 @@ class CPUBackend(Backend):
         """Several x @ W.T with one input; decode quantizes x once per activation format."""
         if x.ndim != 2 or x.shape[0] > MAX_MATVEC_TOKENS:
             return super().matmuls(x, ws, biases)
-        ys = kernels.matmul_many(x, [(w.data, w.ggml_type, w.shape) for w in ws])
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if all(_decode_ready(x, w) for w in ws):
+            kernels.apply_num_threads()
+            ys = matmul_rows_many(x, [(w.data, w.ggml_type) for w in ws], x.shape[1])
+        else:
+            ys = kernels.matmul_many(x, [(w.data, w.ggml_type, w.shape) for w in ws])
         for y, b in zip(ys, biases or [None] * len(ws), strict=True):
             if b is not None:
                 y += b.data
@@ -270,10 +293,11 @@ class CPUBackend(Backend):
     ) -> Array:
         """Rotate the first n_rot dims of every head; returns a new [n, heads, hd] array."""
         positions = np.asarray(positions)
-        p0 = int(positions[0])
-        cos, sin = self._rope_table(n_rot, base, freq_scale, int(positions.max()) + 1)
-        if positions[-1] - p0 == len(positions) - 1:
-            cos, sin = cos[p0 : p0 + len(positions)], sin[p0 : p0 + len(positions)]
+        n, p0, p1 = len(positions), int(positions[0]), int(positions[-1])
+        contiguous = p1 - p0 == n - 1 and (n < 3 or bool((np.diff(positions) == 1).all()))
+        cos, sin = self._rope_table(n_rot, base, freq_scale, (p1 if contiguous else int(positions.max())) + 1)
+        if contiguous:
+            cos, sin = cos[p0 : p0 + n], sin[p0 : p0 + n]
         else:
             cos, sin = cos[positions], sin[positions]
         x = np.ascontiguousarray(x)

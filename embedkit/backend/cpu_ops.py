@@ -67,6 +67,8 @@ def attention_small(q, k, v, pos0, scale, window, softcap, out):  # pragma: no c
     """
     n, n_head, hd = q.shape
     g = n_head // k.shape[0]
+    s = np.empty(pos0 + n, dtype=np.float32)
+    acc = np.empty(hd, dtype=np.float32)  # a local accumulator: LLVM can't prove `out` doesn't alias v
     for hh in range(n * n_head):
         t = hh // n_head
         h = hh % n_head
@@ -76,33 +78,34 @@ def attention_small(q, k, v, pos0, scale, window, softcap, out):  # pragma: no c
         if window > 0 and p - window + 1 > 0:
             start = p - window + 1
         m = p + 1 - start
-        s = np.empty(m, dtype=np.float32)
         mx = -np.inf
         for jj in range(m):
             j = start + jj
-            acc = np.float32(0.0)
+            dot = np.float32(0.0)
             for i in range(hd):
-                acc += q[t, h, i] * k[kv, j, i]
-            acc *= scale
+                dot += q[t, h, i] * k[kv, j, i]
+            dot *= scale
             if softcap > 0:
-                acc = np.float32(softcap * math.tanh(acc / softcap))
-            s[jj] = acc
-            if acc > mx:
-                mx = acc
+                dot = np.float32(softcap * math.tanh(dot / softcap))
+            s[jj] = dot
+            if dot > mx:
+                mx = dot
         tot = 0.0
         for jj in range(m):
             e = math.exp(s[jj] - mx)
             s[jj] = e
             tot += e
         inv = np.float32(1.0 / tot)
-        base = h * hd
         for i in range(hd):
-            out[t, base + i] = 0.0
+            acc[i] = 0.0
         for jj in range(m):
             wgt = s[jj] * inv
             j = start + jj
             for i in range(hd):
-                out[t, base + i] += wgt * v[kv, j, i]
+                acc[i] += wgt * v[kv, j, i]
+        base = h * hd
+        for i in range(hd):
+            out[t, base + i] = acc[i]
 
 
 @njit(cache=True)  # no fastmath: its no-infinities flag would void the exp-overflow limit below

@@ -5,6 +5,9 @@ activations quantized to int8 blocks of 32 (`matvec_int8.quantize_activations`).
 arithmetic widens to 64 bits and defeats the SIMD instruction patterns, so the loops are written in IR.
 On AVX2 a 32-element block dot is vpmaddubsw/vpmaddwd, as in llama.cpp's ggml_vec_dot_*_q8_0; elsewhere
 a portable widening multiply (same results).
+
+Numba caches the kernels that call these (matvec_int8.py) keyed on *that* file's timestamp only: after
+editing this module, touch matvec_int8.py or delete the `*.nbi`/`*.nbc` files, or stale code keeps running.
 """
 
 from __future__ import annotations
@@ -219,36 +222,33 @@ def _make_dot4(name, block_bytes, decode):
             x16 = _is_x16(signature.args[5])
             xq_ptr = builder.bitcast(xqa.data, (_I16 if x16 else _I8).as_pointer())
             nb = cgutils.unpack_tuple(builder, xda.shape, 1)[0]
-            # One accumulator per row, blocks in order: the float operations of ggml_vec_dot_*_q8_0 (AVX2) and
-            # tinyBLAS, so results can match llama.cpp's bit for bit. Two rows advance side by side so that two
-            # FMA chains overlap (one chain alone was bound by the FMA latency).
+            # One accumulator per row, rows one after the other, blocks in address order: with int8 activations
+            # the float operations of llama.cpp's ggml_vec_dot_*_q8_0 (AVX2). Reading two rows side by side
+            # streamed 3-4x slower from DRAM on the 2-core dev VM; two accumulators per row measured no faster.
             accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, [0.0] * 8)) for _ in range(4)]
             mins = [cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0)) for _ in range(4)]
             fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v8f32", _V8F32, [_V8F32] * 3)
-
-            def block(k, b):
-                scale = builder.load(builder.gep(xda.data, [b]))
-                q, d, m = decode(builder, builder.gep(rows[k], [builder.mul(b, ir.Constant(intp, block_bytes))]))
-                if x16:
-                    xlo, xhi = _x16_halves(builder, xq_ptr, builder.mul(b, ir.Constant(intp, 32)))
-                    idot = _dot16_i32x8(builder, q, xlo, xhi, signed=m is None)
-                else:
-                    xv = _load(builder, xq_ptr, builder.mul(b, ir.Constant(intp, 32)), _V32I8)
-                    idot = _dot_i32x8(builder, q, xv) if m is None else _dot_u8_i32x8(builder, q, xv)
-                dot = builder.sitofp(idot, _V8F32)
-                sv = builder.insert_element(
-                    ir.Constant(_V8F32, ir.Undefined), builder.fmul(d, scale), ir.Constant(_I32, 0)
-                )
-                sv = builder.shuffle_vector(sv, sv, ir.Constant(_V8I32, [0] * 8))
-                builder.store(builder.call(fmuladd, [dot, sv, builder.load(accs[k])]), accs[k])
-                if m is not None:
-                    xs = builder.load(builder.gep(xsa.data, [b]))
-                    builder.store(builder.fadd(builder.load(mins[k]), builder.fmul(m, xs)), mins[k])
-
-            for k in (0, 2):
+            for k in range(4):
                 with cgutils.for_range(builder, nb) as loop:
-                    block(k, loop.index)
-                    block(k + 1, loop.index)
+                    b = loop.index
+                    scale = builder.load(builder.gep(xda.data, [b]))
+                    blk = builder.gep(rows[k], [builder.mul(b, ir.Constant(intp, block_bytes))])
+                    q, d, m = decode(builder, blk)
+                    if x16:
+                        xlo, xhi = _x16_halves(builder, xq_ptr, builder.mul(b, ir.Constant(intp, 32)))
+                        idot = _dot16_i32x8(builder, q, xlo, xhi, signed=m is None)
+                    else:
+                        xv = _load(builder, xq_ptr, builder.mul(b, ir.Constant(intp, 32)), _V32I8)
+                        idot = _dot_i32x8(builder, q, xv) if m is None else _dot_u8_i32x8(builder, q, xv)
+                    dot = builder.sitofp(idot, _V8F32)
+                    sv = builder.insert_element(
+                        ir.Constant(_V8F32, ir.Undefined), builder.fmul(d, scale), ir.Constant(_I32, 0)
+                    )
+                    sv = builder.shuffle_vector(sv, sv, ir.Constant(_V8I32, [0] * 8))
+                    builder.store(builder.call(fmuladd, [dot, sv, builder.load(accs[k])]), accs[k])
+                    if m is not None:
+                        xs = builder.load(builder.gep(xsa.data, [b]))
+                        builder.store(builder.fadd(builder.load(mins[k]), builder.fmul(m, xs)), mins[k])
             outs = []
             for k in range(4):
                 v = _hsum(builder, builder.load(accs[k]))
