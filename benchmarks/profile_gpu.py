@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_gpu import _gc_time  # noqa: E402  (benchmarks/ is not a package)
 
 
 def _events_ms(be, fn) -> tuple[float, float]:
@@ -132,27 +135,6 @@ def profile_model(path: Path, n_prompt: int, n_steps: int, out_dir: Path | None,
         _host_profile(lambda: m.forward(prompt, st, 0), "host_prompt", out_dir)
         _host_profile(steps, "host_decode", out_dir)
     return res
-
-
-def _gc_time(fn) -> tuple[float, int]:
-    """(ms spent in the cyclic garbage collector, collections) while fn() runs."""
-    import gc
-
-    spent = [0.0, 0, 0.0]
-
-    def cb(phase, info):
-        if phase == "start":
-            spent[2] = time.perf_counter()
-        else:
-            spent[0] += time.perf_counter() - spent[2]
-            spent[1] += 1
-
-    gc.callbacks.append(cb)
-    try:
-        fn()
-    finally:
-        gc.callbacks.remove(cb)
-    return spent[0] * 1e3, spent[1]
 
 
 def _host_profile(fn, label: str, out_dir: Path | None) -> None:
