@@ -44,3 +44,17 @@ def test_info_bad_input_is_one_line(tmp_path: Path) -> None:
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_cli_starts_in_an_interpreter_without_site_imports() -> None:
+    """A wheel install has no editable-install finder that imports importlib.util at startup; `python -S`
+    reproduces that bare start (a missing `import importlib.util` once broke every command there)."""
+    import os
+    import sysconfig
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), sysconfig.get_path("purelib")])}
+    code = "import sys; sys.argv = ['embedkit', '--help']; from embedkit.cli.main import main; main()"
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "search" in proc.stdout and "generate" in proc.stdout

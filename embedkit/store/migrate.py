@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import sysconfig
 from pathlib import Path
 
 from alembic import command
@@ -10,13 +12,28 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
+from embedkit.errors import StoreError
+
 # Any two int4 values work; this pair is embedkit's "schema migration" lock.
 _MIGRATION_LOCK = (0x656B, 1)
 
 
 def migrations_dir() -> Path:
-    """The `migrations/` folder beside the `embedkit` package."""
-    return Path(__file__).resolve().parents[2] / "migrations"
+    """The `migrations/` folder: beside the `embedkit` package in a checkout (or editable install), else the
+    copy a wheel installs under <prefix>/share/embedkit/migrations (any install scheme's data path)."""
+    beside = Path(__file__).resolve().parents[2] / "migrations"
+    if (beside / "env.py").is_file():
+        return beside
+    candidates = [Path(sys.prefix)] + [Path(sysconfig.get_path("data", scheme)) for scheme in _schemes()]
+    for data in candidates:
+        installed = data / "share" / "embedkit" / "migrations"
+        if (installed / "env.py").is_file():
+            return installed
+    raise StoreError(f"embedkit's database migrations are missing (looked in {beside} and <prefix>/share/embedkit)")
+
+
+def _schemes() -> list[str]:
+    return [s for s in ("posix_user", "nt_user", "osx_framework_user") if s in sysconfig.get_scheme_names()]
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
