@@ -133,14 +133,11 @@ class CPUBackend(Backend):
 
     def matmuls(self, x: Array, ws: list[Weight], biases: list[Weight | None] | None = None) -> list[Array]:
         """Several x @ W.T with one input; decode quantizes x once per activation format."""
-        if x.ndim != 2 or x.shape[0] > MAX_MATVEC_TOKENS:
-            return super().matmuls(x, ws, biases)
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if all(_decode_ready(x, w) for w in ws):
-            kernels.apply_num_threads()
-            ys = matmul_rows_many(x, [(w.data, w.ggml_type) for w in ws], x.shape[1])
-        else:
-            ys = kernels.matmul_many(x, [(w.data, w.ggml_type, w.shape) for w in ws])
+        if not all(_decode_ready(x, w) for w in ws):  # batches, or weights the decode kernels don't take
+            return super().matmuls(x, ws, biases)
+        kernels.apply_num_threads()
+        ys = matmul_rows_many(x, [(w.data, w.ggml_type) for w in ws], x.shape[1])
         for y, b in zip(ys, biases or [None] * len(ws), strict=True):
             if b is not None:
                 y += b.data

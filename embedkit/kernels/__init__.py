@@ -15,7 +15,7 @@ import numpy as np
 from embedkit.errors import InputError, UnsupportedQuantError
 from embedkit.gguf.types import GGMLType, ggml_type, type_info
 from embedkit.kernels.cpu.dispatch import DEQUANTIZERS, QUANTIZERS
-from embedkit.kernels.cpu.matmul import matmul_rows, matmul_rows_many
+from embedkit.kernels.cpu.matmul import matmul_rows
 from embedkit.kernels.cpu.threads import apply_num_threads, get_num_threads, set_num_threads
 
 __all__ = [
@@ -120,25 +120,6 @@ def matmul(x: np.ndarray, data: np.ndarray, ggml_type: str | int | GGMLType, sha
     apply_num_threads()
     y = matmul_rows(x, rows, t, int(shape[1]))
     return y[0] if squeeze else y
-
-
-def matmul_many(
-    x: np.ndarray, weights: list[tuple[np.ndarray, str | int | GGMLType, tuple[int, int]]]
-) -> list[np.ndarray]:
-    """`[matmul(x, data, type, shape) for each weight]` for weights with the same n_cols; the decode path
-    quantizes x once per activation format instead of once per weight."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise InputError(f"matmul_many: expected x of shape (n_tokens, n_cols), got {x.shape}")
-    items = []
-    for data, wtype, shape in weights:
-        t = _resolve(wtype)
-        _dequantizer(t)
-        if x.shape[1] != int(shape[1]):
-            raise InputError(f"matmul: x of shape {x.shape} does not match weight shape {tuple(shape)}")
-        items.append((_rows(data, t, shape), t))
-    apply_num_threads()
-    return matmul_rows_many(x, items, x.shape[1])
 
 
 def quantize(x: np.ndarray, ggml_type: str | int | GGMLType) -> np.ndarray:

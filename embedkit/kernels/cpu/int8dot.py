@@ -164,12 +164,17 @@ def _pairs_i32x8(builder, a, b):
     return builder.add(even, odd)
 
 
-def _dot16_halves(builder, q, xlo, xhi, signed):
-    """(<8 x i32> of elements 0-15, <8 x i32> of 16-31) of 32 weights q (i8 lanes, signed or unsigned codes)
-    times int16 activations."""
+def _widen16(builder, q, signed):
+    """32 weights q (i8 lanes, signed or unsigned codes) as two <16 x i16> halves (elements 0-15, 16-31)."""
     ext = builder.sext if signed else builder.zext
     qlo = ext(builder.shuffle_vector(q, q, ir.Constant(_V16I32, list(range(16)))), _V16I16)
     qhi = ext(builder.shuffle_vector(q, q, ir.Constant(_V16I32, list(range(16, 32)))), _V16I16)
+    return qlo, qhi
+
+
+def _dot16_halves(builder, q, xlo, xhi, signed):
+    """(<8 x i32> of elements 0-15, <8 x i32> of 16-31) of 32 weights q times int16 activations."""
+    qlo, qhi = _widen16(builder, q, signed)
     return _pairs_i32x8(builder, qlo, xlo), _pairs_i32x8(builder, qhi, xhi)
 
 
@@ -289,6 +294,21 @@ def _dot_scaled_i32x8(builder, q, xq, sc):
     return builder.add(builder.add(parts[0], parts[1]), builder.add(parts[2], parts[3]))
 
 
+def _superblock_row(context, builder, signature, args):
+    """The common start of the K-quant row dots `(w, r, xq, xd, ...)`: (pointer to row r of w, pointer to the
+    activations, whether they are int16, xd's array, super-blocks of 256 per row, the index type)."""
+    wa = context.make_array(signature.args[0])(context, builder, args[0])
+    xqa = context.make_array(signature.args[2])(context, builder, args[2])
+    xda = context.make_array(signature.args[3])(context, builder, args[3])
+    stride = cgutils.unpack_tuple(builder, wa.strides, 2)[0]
+    intp = stride.type
+    row = builder.gep(wa.data, [builder.mul(context.cast(builder, args[1], signature.args[1], types.intp), stride)])
+    x16 = _is_x16(signature.args[2])
+    xq_ptr = builder.bitcast(xqa.data, (_I16 if x16 else _I8).as_pointer())
+    nb = builder.udiv(cgutils.unpack_tuple(builder, xda.shape, 1)[0], ir.Constant(intp, 8))
+    return row, xq_ptr, x16, xda, nb, intp
+
+
 def _dot_row_q6_k(typingctx, w, r, xq, xd):
     """Row r of Q6_K bytes w (uint8 2-D, C order) against int8 activations xq with scales xd per 32:
     sum over super-blocks b and 32-element groups g of d_b * xd[8 b + g] * sum_i sc[i // 16] q_i xq_i
@@ -298,15 +318,7 @@ def _dot_row_q6_k(typingctx, w, r, xq, xd):
     sig = types.float32(w, r, xq, xd)
 
     def codegen(context, builder, signature, args):
-        wa = context.make_array(signature.args[0])(context, builder, args[0])
-        xqa = context.make_array(signature.args[2])(context, builder, args[2])
-        xda = context.make_array(signature.args[3])(context, builder, args[3])
-        stride = cgutils.unpack_tuple(builder, wa.strides, 2)[0]
-        intp = stride.type
-        row = builder.gep(wa.data, [builder.mul(context.cast(builder, args[1], signature.args[1], types.intp), stride)])
-        x16 = _is_x16(signature.args[2])
-        xq_ptr = builder.bitcast(xqa.data, (_I16 if x16 else _I8).as_pointer())
-        nb = builder.udiv(cgutils.unpack_tuple(builder, xda.shape, 1)[0], ir.Constant(intp, 8))
+        row, xq_ptr, x16, xda, nb, intp = _superblock_row(context, builder, signature, args)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, [0.0] * 8)) for _ in range(2)]
         fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v8f32", _V8F32, [_V8F32] * 3)
         with cgutils.for_range(builder, nb) as loop:
@@ -333,10 +345,7 @@ def _dot_row_q6_k(typingctx, w, r, xq, xd):
                         xlo, xhi = _x16_halves(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)))
                         # weights times their 16-element group's scale in 16 bits (|q sc| <= 32 * 128), then
                         # vpmaddwd with the activations: cheaper than scaling the int32 sums (vpmulld)
-                        qlo, qhi = (
-                            builder.sext(builder.shuffle_vector(q, q, ir.Constant(_V16I32, idx)), _V16I16)
-                            for idx in (list(range(16)), list(range(16, 32)))
-                        )
+                        qlo, qhi = _widen16(builder, q, signed=True)
                         s0 = builder.shuffle_vector(sc, sc, ir.Constant(_V16I32, [0] * 16))
                         s1 = builder.shuffle_vector(sc, sc, ir.Constant(_V16I32, [1] * 16))
                         idot = builder.add(
@@ -387,16 +396,8 @@ def _dot_row_q4_k(typingctx, w, r, xq, xd, xsum):
     sig = types.float32(w, r, xq, xd, xsum)
 
     def codegen(context, builder, signature, args):
-        wa = context.make_array(signature.args[0])(context, builder, args[0])
-        xqa = context.make_array(signature.args[2])(context, builder, args[2])
-        xda = context.make_array(signature.args[3])(context, builder, args[3])
+        row, xq_ptr, x16, xda, nb, intp = _superblock_row(context, builder, signature, args)
         xsa = context.make_array(signature.args[4])(context, builder, args[4])
-        stride = cgutils.unpack_tuple(builder, wa.strides, 2)[0]
-        intp = stride.type
-        row = builder.gep(wa.data, [builder.mul(context.cast(builder, args[1], signature.args[1], types.intp), stride)])
-        x16 = _is_x16(signature.args[2])
-        xq_ptr = builder.bitcast(xqa.data, (_I16 if x16 else _I8).as_pointer())
-        nb = builder.udiv(cgutils.unpack_tuple(builder, xda.shape, 1)[0], ir.Constant(intp, 8))
         accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, [0.0] * 8)) for _ in range(2)]
         mins = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
         fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v8f32", _V8F32, [_V8F32] * 3)

@@ -66,7 +66,7 @@ TILE_BYTES = 8 << 20
 SERIAL = True
 
 
-def quantize_activations(x: np.ndarray, fmt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def integer_activations(x: np.ndarray, fmt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One token's activations for the integer decode kernels: (xq int16 or int8, xd, xsum), see ACTIVATION_BITS.
     With 16 bits the format is the same for every weight type (`fmt`, llama.cpp's int8 format, is unused)."""
     n = x.shape[0]
@@ -81,23 +81,28 @@ def quantize_activations(x: np.ndarray, fmt: int) -> tuple[np.ndarray, np.ndarra
     return xq, xd, xsum
 
 
+def _integer_matvec(rows: np.ndarray, kernels: tuple, acts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
+    """y [n_tokens, n_rows] from the integer decode kernels of one weight type, one token's activations each."""
+    n_rows = rows.shape[0]
+    y = np.empty((len(acts), n_rows), dtype=np.float32)
+    parallel = rows.nbytes >= PARALLEL_MIN_BYTES and get_num_threads() > 1
+    for i, (xq, xd, xsum) in enumerate(acts):
+        if parallel:
+            kernels[0](rows, xq, xd, xsum, y[i])
+        else:
+            kernels[1](rows, xq, xd, xsum, y[i], 0, n_rows)
+    return y
+
+
 def matmul_rows(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np.ndarray:
     """x float32 [n_tokens, n_cols] @ W.T for W = `rows` (uint8 [n_rows, row_bytes] of type t)."""
     n_tokens = x.shape[0]
     n_rows = rows.shape[0]
     if t == GGMLType.F32:
         return x @ rows.view(np.float32).T
-    int8_kernels = INT8_MATVECS.get(t) if INT8_ACTIVATIONS else None
-    if int8_kernels is not None and n_tokens <= MAX_MATVEC_TOKENS:
-        y = np.empty((n_tokens, n_rows), dtype=np.float32)
-        parallel = rows.nbytes >= PARALLEL_MIN_BYTES and get_num_threads() > 1
-        for i in range(n_tokens):
-            xq, xd, xsum = quantize_activations(x[i], int8_kernels[2])
-            if parallel:
-                int8_kernels[0](rows, xq, xd, xsum, y[i])
-            else:
-                int8_kernels[1](rows, xq, xd, xsum, y[i], 0, n_rows)
-        return y
+    int_kernels = INT8_MATVECS.get(t) if INT8_ACTIVATIONS else None
+    if int_kernels is not None and n_tokens <= MAX_MATVEC_TOKENS:
+        return _integer_matvec(rows, int_kernels, [integer_activations(x[i], int_kernels[2]) for i in range(n_tokens)])
     kernel = MATVECS.get(t)
     if kernel is not None and n_tokens <= MAX_MATVEC_TOKENS:
         y = np.empty((n_tokens, n_rows), dtype=np.float32)
@@ -120,23 +125,15 @@ def matmul_rows_many(x: np.ndarray, weights: list[tuple[np.ndarray, GGMLType]], 
     quantized: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     out = []
     for rows, t in weights:
-        kernels = INT8_MATVECS.get(t)
-        if kernels is None:
+        int_kernels = INT8_MATVECS.get(t)
+        if int_kernels is None:
             out.append(matmul_rows(x, rows, t, n_cols))
             continue
-        key = kernels[2] if ACTIVATION_BITS == 8 else -1  # int16 activations: one format for every type
+        key = int_kernels[2] if ACTIVATION_BITS == 8 else -1  # int16 activations: one format for every type
         acts = quantized.get(key)
         if acts is None:
-            acts = quantized[key] = [quantize_activations(x[i], kernels[2]) for i in range(n_tokens)]
-        n_rows = rows.shape[0]
-        y = np.empty((n_tokens, n_rows), dtype=np.float32)
-        parallel = rows.nbytes >= PARALLEL_MIN_BYTES and get_num_threads() > 1
-        for i, (xq, xd, xsum) in enumerate(acts):
-            if parallel:
-                kernels[0](rows, xq, xd, xsum, y[i])
-            else:
-                kernels[1](rows, xq, xd, xsum, y[i], 0, n_rows)
-        out.append(y)
+            acts = quantized[key] = [integer_activations(x[i], int_kernels[2]) for i in range(n_tokens)]
+        out.append(_integer_matvec(rows, int_kernels, acts))
     return out
 
 

@@ -65,18 +65,25 @@ def quantize_activations(x, xq, xd, xsum, kind):
                 xsum[b] = d * np.float32(qsum)
         return
     for b in range(x.shape[0] // 32):
-        amax = np.float32(0.0)
-        for i in range(32):
-            amax = max(amax, abs(x[32 * b + i]))
-        inv = np.float32(127.0) / amax if amax > np.float32(0.0) else np.float32(0.0)
-        qsum = 0
-        for i in range(32):
-            q = int(np.rint(x[32 * b + i] * inv))
-            xq[32 * b + i] = np.int8(q)
-            qsum += q
+        amax, qsum = _quantize_block32(x, b, xq, 127)
         d = amax / np.float32(127.0)
         xd[b] = f16_to_f32(f32_to_f16(d))
         xsum[b] = f16_to_f32(f32_to_f16(d * np.float32(qsum)))
+
+
+@njit(cache=True)
+def _quantize_block32(x, b, xq, levels):
+    """Block b of 32: xq = rint(x * levels / max|x|) (within +-levels), returns (max|x|, sum of xq)."""
+    amax = np.float32(0.0)
+    for i in range(32):
+        amax = max(amax, abs(x[32 * b + i]))
+    inv = np.float32(levels) / amax if amax > np.float32(0.0) else np.float32(0.0)
+    qsum = 0
+    for i in range(32):
+        q = min(levels, max(-levels, int(np.rint(x[32 * b + i] * inv))))
+        xq[32 * b + i] = q
+        qsum += q
+    return amax, qsum
 
 
 @njit(cache=True)
@@ -88,15 +95,7 @@ def quantize_activations16(x, xq, xd, xsum):
     per element the error is at most xd[b] / 2, ~256x below int8's, so decode results stay within ~1e-5
     of float32 arithmetic."""
     for b in range(x.shape[0] // 32):
-        amax = np.float32(0.0)
-        for i in range(32):
-            amax = max(amax, abs(x[32 * b + i]))
-        inv = np.float32(32767.0) / amax if amax > np.float32(0.0) else np.float32(0.0)
-        qsum = 0
-        for i in range(32):
-            q = min(32767, max(-32767, int(np.rint(x[32 * b + i] * inv))))
-            xq[32 * b + i] = np.int16(q)
-            qsum += q
+        amax, qsum = _quantize_block32(x, b, xq, 32767)
         d = amax / np.float32(32767.0)
         xd[b] = d
         xsum[b] = d * np.float32(qsum)
