@@ -1,7 +1,9 @@
 """Kernel speed: embedkit's fused matvec (decode) and tiled batch matmul vs numpy, per ggml type.
 
 For each type: matvec at 4096x4096 and 14336x4096 in GB/s of weight bytes streamed (the decode
-bound is memory bandwidth, measured in the same run with a large numpy copy), and a batch-512
+bound is memory bandwidth, measured in the same run with a large numpy copy), the same matvec on the
+weights repacked once into a decode layout where the type has one ("packed", Q5_0; what the CPU backend
+runs in decode), and a batch-512
 matmul in GFLOP/s. The numpy column dequantizes W with gguf-py's numpy code then calls np.dot
 (BLAS) on float32; "np.dot only" is BLAS on an already-float32 W (the batch ceiling).
 
@@ -19,7 +21,8 @@ import time
 import numpy as np
 
 from embedkit import kernels
-from embedkit.gguf.types import type_info
+from embedkit.gguf.types import ggml_type, type_info
+from embedkit.kernels.cpu.matmul import decode_layout, matmul_rows
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL",
          "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"]  # fmt: skip
@@ -76,10 +79,16 @@ def bench_row(rng: np.random.Generator, name: str, n_rows: int, n_cols: int, arg
     x1 = rng.standard_normal((1, n_cols)).astype(np.float32)
     kernels.matmul(x1, raw, name, shape)  # compile / load the numba cache
     mv = raw.nbytes / best_of(lambda: kernels.matmul(x1, raw, name, shape), args.repeat) / 1e9
+    rows, t = raw.reshape(n_rows, -1), ggml_type(name)
+    packed = decode_layout(rows, t, n_cols)
+    packed_mv = float("nan")
+    if packed is not None:
+        matmul_rows(x1, rows, t, n_cols, packed)
+        packed_mv = raw.nbytes / best_of(lambda: matmul_rows(x1, rows, t, n_cols, packed), args.repeat) / 1e9
     np_mv = float("nan")
     if not args.no_numpy:
         np_mv = raw.nbytes / best_of(lambda: numpy_dequantize(raw, name, shape) @ x1[0], 1) / 1e9
-    row = f"{name:7} {n_rows:>5}x{n_cols:<5} {raw.nbytes / 1e6:6.1f} | {mv:11.2f} {np_mv:10.2f} | "
+    row = f"{name:7} {n_rows:>5}x{n_cols:<5} {raw.nbytes / 1e6:6.1f} | {mv:11.2f} {packed_mv:7.2f} {np_mv:10.2f} | "
     if n_rows != 4096:
         return row
     xb = rng.standard_normal((args.batch, n_cols)).astype(np.float32)
@@ -110,7 +119,7 @@ def main() -> None:
     copy_gbs, read_gbs = copy_bandwidth()
     print(f"memory: numpy copy {copy_gbs:.1f} GB/s (read+write), numpy sum {read_gbs:.1f} GB/s (read)\n")
 
-    head = f"{'type':7} {'shape':>11} {'MB':>6} | {'matvec GB/s':>11} {'numpy GB/s':>10} | "
+    head = f"{'type':7} {'shape':>11} {'MB':>6} | {'matvec GB/s':>11} {'packed':>7} {'numpy GB/s':>10} | "
     head += f"{'b' + str(args.batch) + ' GFLOP/s':>13} {'numpy':>7} {'np.dot only':>11}"
     print(head)
     print("-" * len(head))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numba import vectorize
@@ -13,7 +14,7 @@ from embedkit.backend import cpu_ops
 from embedkit.backend.base import Array, Backend, KVCache, RopeStyle, Weight
 from embedkit.gguf import GGMLType
 from embedkit.kernels.cpu.dispatch import DEQUANTIZERS
-from embedkit.kernels.cpu.matmul import MAX_MATVEC_TOKENS, matmul_rows, matmul_rows_many
+from embedkit.kernels.cpu.matmul import MAX_MATVEC_TOKENS, decode_layout, matmul_rows, matmul_rows_many
 from embedkit.kernels.cpu.row_blocks import can_split_blas, concurrent_callers, run_blocks
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -26,6 +27,24 @@ _SMALL_ATTENTION_TOKENS = 8
 ROW_BLOCKS = True
 # Fewest rows per block: smaller ops run on the calling thread.
 _MIN_BLOCK_ROWS = 16
+
+
+@dataclass(eq=False)
+class CPUWeight(Weight):
+    """A CPU matrix: `data` the mmap'd GGUF rows; `packed` its copy in a decode layout (kernels/cpu/matmul.py
+    `decode_layout`), made on the first decode matmul so that weights only looked up by row (token
+    embeddings) are never copied; False until then, None where the type has no such layout."""
+
+    packed: np.ndarray | None | bool = False
+
+
+def _packed(w: Weight) -> np.ndarray | None:
+    """The decode layout of w, made on first use."""
+    if not isinstance(w, CPUWeight):
+        return None
+    if w.packed is False:
+        w.packed = decode_layout(w.data, w.ggml_type, w.shape[1])
+    return w.packed
 
 
 def _vec(w: Weight | Array) -> np.ndarray:
@@ -66,7 +85,7 @@ class CPUBackend(Backend):
             return Weight(t.name, int(GGMLType.F32), shape, np.ascontiguousarray(data, dtype=np.float32))
         if len(shape) > 2:
             shape = (int(np.prod(shape[:-1])), shape[-1])
-        return Weight(t.name, gtype, shape, t.rows_view())  # 2-D rows: kernels take them without reshaping
+        return CPUWeight(t.name, gtype, shape, t.rows_view())  # 2-D rows: kernels take them without reshaping
 
     def asarray(self, x: np.ndarray) -> Array:
         """Host array -> float32 (or int32) contiguous numpy array."""
@@ -75,7 +94,7 @@ class CPUBackend(Backend):
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def to_host(self, x: Array) -> np.ndarray:
-        """Already on the host."""
+        """Already on the host (every op returns a fresh array, so the caller may keep it)."""
         return x
 
     def take(self, x: Array) -> Array:
@@ -124,7 +143,7 @@ class CPUBackend(Backend):
             return self._matmul_f32_blocks(x, w, bias)
         if _decode_ready(x, w):  # decode: weights were checked at load, skip the per-call validation
             kernels.apply_num_threads()
-            y = matmul_rows(x, w.data, w.ggml_type, w.shape[1])
+            y = matmul_rows(x, w.data, w.ggml_type, w.shape[1], _packed(w))
         else:
             y = kernels.matmul(x, w.data, w.ggml_type, w.shape)
         if bias is not None:
@@ -137,7 +156,7 @@ class CPUBackend(Backend):
         if not all(_decode_ready(x, w) for w in ws):  # batches, or weights the decode kernels don't take
             return super().matmuls(x, ws, biases)
         kernels.apply_num_threads()
-        ys = matmul_rows_many(x, [(w.data, w.ggml_type) for w in ws], x.shape[1])
+        ys = matmul_rows_many(x, [(w.data, w.ggml_type, _packed(w)) for w in ws], x.shape[1])
         for y, b in zip(ys, biases or [None] * len(ws), strict=True):
             if b is not None:
                 y += b.data

@@ -7,7 +7,8 @@ On AVX2 a 32-element block dot is vpmaddubsw/vpmaddwd, as in llama.cpp's ggml_ve
 a portable widening multiply (same results).
 
 Numba caches the kernels that call these (matvec_int8.py) keyed on *that* file's timestamp only: after
-editing this module, touch matvec_int8.py or delete the `*.nbi`/`*.nbc` files, or stale code keeps running.
+editing this module, touch matvec_int8.py (and q5_0_packed.py, q4_1_packed.py, which use its helpers) or delete
+the `*.nbi`/`*.nbc` files, or stale code keeps running.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ HAS_AVX2 = _host_has_avx2()
 
 def _intrinsic_fn(builder, name, ret, args):
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def _fma(builder, a, b, c):
+    """a * b + c rounded once (llvm.fma.f32: never split into a multiply and an add)."""
+    return builder.call(_intrinsic_fn(builder, "llvm.fma.f32", _F32, [_F32] * 3), [a, b, c])
 
 
 def _dot_i32x8(builder, wq, xq):
@@ -309,64 +315,111 @@ def _superblock_row(context, builder, signature, args):
     return row, xq_ptr, x16, xda, nb, intp
 
 
-def _dot_row_q6_k(typingctx, w, r, xq, xd):
-    """Row r of Q6_K bytes w (uint8 2-D, C order) against int8 activations xq with scales xd per 32:
-    sum over super-blocks b and 32-element groups g of d_b * xd[8 b + g] * sum_i sc[i // 16] q_i xq_i
-    (ggml_vec_dot_q6_K_q8_K, with our per-32 activation scales)."""
-    if not (isinstance(w, types.Array) and w.ndim == 2 and isinstance(xq, types.Array)):
-        return None
-    sig = types.float32(w, r, xq, xd)
+def _q6_k_typer(vector_x16: bool):
+    def _dot_row_q6_k(typingctx, w, r, xq, xd):
+        """Row r of Q6_K bytes w (uint8 2-D, C order) against int8 or int16 activations xq with scales xd
+        per 32: sum over super-blocks b and 32-element groups g of d_b * xd[8 b + g] * sum_i sc[i // 16] q_i xq_i
+        (ggml_vec_dot_q6_K_q8_K, with our per-32 activation scales)."""
+        if not (isinstance(w, types.Array) and w.ndim == 2 and isinstance(xq, types.Array)):
+            return None
+        return types.float32(w, r, xq, xd), lambda *a: _q6_k_codegen(*a, vector_x16=vector_x16)
 
-    def codegen(context, builder, signature, args):
-        row, xq_ptr, x16, xda, nb, intp = _superblock_row(context, builder, signature, args)
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, [0.0] * 8)) for _ in range(2)]
-        fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v8f32", _V8F32, [_V8F32] * 3)
-        with cgutils.for_range(builder, nb) as loop:
-            b = loop.index
-            blk = builder.gep(row, [builder.mul(b, ir.Constant(intp, 210))])
-            d = _f16(builder, blk, 208)
-            for h in range(2):
-                qh = _load(builder, blk, ir.Constant(_I32, 128 + 32 * h), _V32I8)
-                for k in range(4):
-                    ql = _load(builder, blk, ir.Constant(_I32, 64 * h + 32 * (k & 1)), _V32I8)
-                    nib = builder.lshr(ql, ir.Constant(_V32I8, [4] * 32)) if k >= 2 else ql
-                    nib = builder.and_(nib, ir.Constant(_V32I8, [15] * 32))
-                    hb = builder.and_(
-                        builder.lshr(qh, ir.Constant(_V32I8, [2 * k] * 32)), ir.Constant(_V32I8, [3] * 32)
+    name = "dot_row_q6_k" if vector_x16 else "dot_row_q6_k_scalar_scales"
+    _dot_row_q6_k.__name__ = _dot_row_q6_k.__qualname__ = name
+    return _dot_row_q6_k
+
+
+def _q6_k_row_x16(builder, row, xq_ptr, xda, nb, intp):
+    """`dot_row_q6_k` on int16 activations: the same float operations in the same order, with the 16
+    scales of a super-block sign-extended once and d * xd of its 8 groups in one vector multiply."""
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, [0.0] * 8)) for _ in range(2)]
+    fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v8f32", _V8F32, [_V8F32] * 3)
+    with cgutils.for_range(builder, nb) as loop:
+        b = loop.index
+        blk = builder.gep(row, [builder.mul(b, ir.Constant(intp, 210))])
+        g0 = builder.mul(b, ir.Constant(intp, 8))
+        xd8 = builder.load(builder.bitcast(builder.gep(xda.data, [g0]), _V8F32.as_pointer()), align=4)
+        dv = builder.insert_element(ir.Constant(_V8F32, ir.Undefined), _f16(builder, blk, 208), ir.Constant(_I32, 0))
+        gscale = builder.fmul(builder.shuffle_vector(dv, dv, ir.Constant(_V8I32, [0] * 8)), xd8)  # d * xd_g
+        sc16 = builder.sext(_load(builder, blk, ir.Constant(_I32, 192), _V16I8), _V16I16)
+        for h in range(2):
+            qh = _load(builder, blk, ir.Constant(_I32, 128 + 32 * h), _V32I8)
+            for k in range(4):
+                ql = _load(builder, blk, ir.Constant(_I32, 64 * h + 32 * (k & 1)), _V32I8)
+                nib = builder.lshr(ql, ir.Constant(_V32I8, [4] * 32)) if k >= 2 else ql
+                nib = builder.and_(nib, ir.Constant(_V32I8, [15] * 32))
+                hb = builder.and_(builder.lshr(qh, ir.Constant(_V32I8, [2 * k] * 32)), ir.Constant(_V32I8, [3] * 32))
+                q = builder.sub(
+                    builder.or_(nib, builder.shl(hb, ir.Constant(_V32I8, [4] * 32))), ir.Constant(_V32I8, [32] * 32)
+                )
+                g = builder.add(g0, ir.Constant(intp, 4 * h + k))
+                xlo, xhi = _x16_halves(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)))
+                qlo, qhi = _widen16(builder, q, signed=True)
+                i = 8 * h + 2 * k
+                s0 = builder.shuffle_vector(sc16, sc16, ir.Constant(_V16I32, [i] * 16))
+                s1 = builder.shuffle_vector(sc16, sc16, ir.Constant(_V16I32, [i + 1] * 16))
+                idot = builder.add(
+                    _pairs_i32x8(builder, builder.mul(qlo, s0), xlo),
+                    _pairs_i32x8(builder, builder.mul(qhi, s1), xhi),
+                )
+                sv = builder.shuffle_vector(gscale, gscale, ir.Constant(_V8I32, [4 * h + k] * 8))
+                acc = accs[k & 1]
+                builder.store(builder.call(fmuladd, [builder.sitofp(idot, _V8F32), sv, builder.load(acc)]), acc)
+    return _hsum(builder, builder.fadd(builder.load(accs[0]), builder.load(accs[1])))
+
+
+def _q6_k_codegen(context, builder, signature, args, vector_x16):
+    """Code of the Q6_K row dot; `vector_x16`: the vector scale handling for int16 activations."""
+    row, xq_ptr, x16, xda, nb, intp = _superblock_row(context, builder, signature, args)
+    if x16 and vector_x16:
+        return _q6_k_row_x16(builder, row, xq_ptr, xda, nb, intp)
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, [0.0] * 8)) for _ in range(2)]
+    fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v8f32", _V8F32, [_V8F32] * 3)
+    with cgutils.for_range(builder, nb) as loop:
+        b = loop.index
+        blk = builder.gep(row, [builder.mul(b, ir.Constant(intp, 210))])
+        d = _f16(builder, blk, 208)
+        for h in range(2):
+            qh = _load(builder, blk, ir.Constant(_I32, 128 + 32 * h), _V32I8)
+            for k in range(4):
+                ql = _load(builder, blk, ir.Constant(_I32, 64 * h + 32 * (k & 1)), _V32I8)
+                nib = builder.lshr(ql, ir.Constant(_V32I8, [4] * 32)) if k >= 2 else ql
+                nib = builder.and_(nib, ir.Constant(_V32I8, [15] * 32))
+                hb = builder.and_(builder.lshr(qh, ir.Constant(_V32I8, [2 * k] * 32)), ir.Constant(_V32I8, [3] * 32))
+                q = builder.or_(nib, builder.shl(hb, ir.Constant(_V32I8, [4] * 32)))
+                q = builder.sub(q, ir.Constant(_V32I8, [32] * 32))
+                sc = builder.sext(
+                    _load(builder, blk, ir.Constant(_I32, 192 + 8 * h + 2 * k), ir.VectorType(_I8, 2)),
+                    ir.VectorType(_I16, 2),
+                )
+                g = builder.add(builder.mul(b, ir.Constant(intp, 8)), ir.Constant(intp, 4 * h + k))
+                if x16:
+                    xlo, xhi = _x16_halves(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)))
+                    # weights times their 16-element group's scale in 16 bits (|q sc| <= 32 * 128), then
+                    # vpmaddwd with the activations: cheaper than scaling the int32 sums (vpmulld)
+                    qlo, qhi = _widen16(builder, q, signed=True)
+                    s0 = builder.shuffle_vector(sc, sc, ir.Constant(_V16I32, [0] * 16))
+                    s1 = builder.shuffle_vector(sc, sc, ir.Constant(_V16I32, [1] * 16))
+                    idot = builder.add(
+                        _pairs_i32x8(builder, builder.mul(qlo, s0), xlo),
+                        _pairs_i32x8(builder, builder.mul(qhi, s1), xhi),
                     )
-                    q = builder.or_(nib, builder.shl(hb, ir.Constant(_V32I8, [4] * 32)))
-                    q = builder.sub(q, ir.Constant(_V32I8, [32] * 32))
-                    sc = builder.sext(
-                        _load(builder, blk, ir.Constant(_I32, 192 + 8 * h + 2 * k), ir.VectorType(_I8, 2)),
-                        ir.VectorType(_I16, 2),
-                    )
-                    g = builder.add(builder.mul(b, ir.Constant(intp, 8)), ir.Constant(intp, 4 * h + k))
-                    if x16:
-                        xlo, xhi = _x16_halves(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)))
-                        # weights times their 16-element group's scale in 16 bits (|q sc| <= 32 * 128), then
-                        # vpmaddwd with the activations: cheaper than scaling the int32 sums (vpmulld)
-                        qlo, qhi = _widen16(builder, q, signed=True)
-                        s0 = builder.shuffle_vector(sc, sc, ir.Constant(_V16I32, [0] * 16))
-                        s1 = builder.shuffle_vector(sc, sc, ir.Constant(_V16I32, [1] * 16))
-                        idot = builder.add(
-                            _pairs_i32x8(builder, builder.mul(qlo, s0), xlo),
-                            _pairs_i32x8(builder, builder.mul(qhi, s1), xhi),
-                        )
-                    else:
-                        xv = _load(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)), _V32I8)
-                        idot = _dot_scaled_i32x8(builder, q, xv, sc)
-                    dot = builder.sitofp(idot, _V8F32)
-                    s = builder.fmul(d, builder.load(builder.gep(xda.data, [g])))
-                    sv = builder.insert_element(ir.Constant(_V8F32, ir.Undefined), s, ir.Constant(_I32, 0))
-                    sv = builder.shuffle_vector(sv, sv, ir.Constant(_V8I32, [0] * 8))
-                    acc = accs[k & 1]
-                    builder.store(builder.call(fmuladd, [dot, sv, builder.load(acc)]), acc)
-        return _hsum(builder, builder.fadd(builder.load(accs[0]), builder.load(accs[1])))
-
-    return sig, codegen
+                else:
+                    xv = _load(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)), _V32I8)
+                    idot = _dot_scaled_i32x8(builder, q, xv, sc)
+                dot = builder.sitofp(idot, _V8F32)
+                s = builder.fmul(d, builder.load(builder.gep(xda.data, [g])))
+                sv = builder.insert_element(ir.Constant(_V8F32, ir.Undefined), s, ir.Constant(_I32, 0))
+                sv = builder.shuffle_vector(sv, sv, ir.Constant(_V8I32, [0] * 8))
+                acc = accs[k & 1]
+                builder.store(builder.call(fmuladd, [dot, sv, builder.load(acc)]), acc)
+    return _hsum(builder, builder.fadd(builder.load(accs[0]), builder.load(accs[1])))
 
 
-dot_row_q6_k = intrinsic(_dot_row_q6_k)
+dot_row_q6_k = intrinsic(_q6_k_typer(vector_x16=True))
+# The same row dot with the scalar scale handling on int16 activations too (what ran before; tests check
+# the two give the same float32 bits).
+dot_row_q6_k_scalar_scales = intrinsic(_q6_k_typer(vector_x16=False))
 
 
 def _scale_min_k4(builder, blk):
@@ -388,57 +441,133 @@ def _scale_min_k4(builder, blk):
     return out
 
 
-def _dot_row_q4_k(typingctx, w, r, xq, xd, xsum):
-    """Row r of Q4_K bytes w (uint8 2-D, C order) against int8 activations (ggml_vec_dot_q4_K_q8_K):
-    sum over sub-blocks s of d sc_s xd_s (q . xq)_s - dmin m_s xsum_s."""
-    if not (isinstance(w, types.Array) and w.ndim == 2 and isinstance(xq, types.Array)):
-        return None
-    sig = types.float32(w, r, xq, xd, xsum)
+def _q4_k_typer(vector_x16: bool):
+    def _dot_row_q4_k(typingctx, w, r, xq, xd, xsum):
+        """Row r of Q4_K bytes w (uint8 2-D, C order) against int8 or int16 activations
+        (ggml_vec_dot_q4_K_q8_K): sum over sub-blocks s of d sc_s xd_s (q . xq)_s - dmin m_s xsum_s."""
+        if not (isinstance(w, types.Array) and w.ndim == 2 and isinstance(xq, types.Array)):
+            return None
+        return types.float32(w, r, xq, xd, xsum), lambda *a: _q4_k_codegen(*a, vector_x16=vector_x16)
 
-    def codegen(context, builder, signature, args):
-        row, xq_ptr, x16, xda, nb, intp = _superblock_row(context, builder, signature, args)
-        xsa = context.make_array(signature.args[4])(context, builder, args[4])
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, [0.0] * 8)) for _ in range(2)]
-        mins = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
-        fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v8f32", _V8F32, [_V8F32] * 3)
-        ones = ir.Constant(_V16I16, [1] * 16)
-        maddwd = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
-        maddubs = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8])
-        with cgutils.for_range(builder, nb) as loop:
-            b = loop.index
-            blk = builder.gep(row, [builder.mul(b, ir.Constant(intp, 144))])
-            d = _f16(builder, blk, 0)
-            dmin = _f16(builder, blk, 2)
-            scm = _scale_min_k4(builder, blk)
-            msum = ir.Constant(_F32, 0.0)
-            for j in range(4):
-                qs = _load(builder, blk, ir.Constant(_I32, 16 + 32 * j), _V32I8)
-                for half in range(2):
-                    s = 2 * j + half
-                    nib = builder.lshr(qs, ir.Constant(_V32I8, [4] * 32)) if half else qs
-                    nib = builder.and_(nib, ir.Constant(_V32I8, [15] * 32))
-                    g = builder.add(builder.mul(b, ir.Constant(intp, 8)), ir.Constant(intp, s))
-                    if x16:
-                        xlo, xhi = _x16_halves(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)))
-                        dot = _dot16_i32x8(builder, nib, xlo, xhi, signed=False)
-                    elif HAS_AVX2:  # nibbles are unsigned: no sign trick needed
-                        xv = _load(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)), _V32I8)
-                        dot = builder.call(maddwd, [builder.call(maddubs, [nib, xv]), ones])
-                    else:
-                        xv = _load(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)), _V32I8)
-                        dot = _dot_i32x8(builder, nib, xv)
-                    sc, m = scm[s]
-                    scale = builder.fmul(builder.fmul(d, sc), builder.load(builder.gep(xda.data, [g])))
-                    sv = builder.insert_element(ir.Constant(_V8F32, ir.Undefined), scale, ir.Constant(_I32, 0))
-                    sv = builder.shuffle_vector(sv, sv, ir.Constant(_V8I32, [0] * 8))
-                    acc = accs[half]
-                    builder.store(builder.call(fmuladd, [builder.sitofp(dot, _V8F32), sv, builder.load(acc)]), acc)
-                    msum = builder.fadd(msum, builder.fmul(m, builder.load(builder.gep(xsa.data, [g]))))
-            builder.store(builder.fadd(builder.load(mins), builder.fmul(dmin, msum)), mins)
-        total = _hsum(builder, builder.fadd(builder.load(accs[0]), builder.load(accs[1])))
-        return builder.fsub(total, builder.load(mins))
-
-    return sig, codegen
+    name = "dot_row_q4_k" if vector_x16 else "dot_row_q4_k_scalar_scales"
+    _dot_row_q4_k.__name__ = _dot_row_q4_k.__qualname__ = name
+    return _dot_row_q4_k
 
 
-dot_row_q4_k = intrinsic(_dot_row_q4_k)
+def _q4_k_codegen(context, builder, signature, args, vector_x16):
+    """Code of the Q4_K row dot; `vector_x16`: the vector scale unpacking for int16 activations."""
+    row, xq_ptr, x16, xda, nb, intp = _superblock_row(context, builder, signature, args)
+    xsa = context.make_array(signature.args[4])(context, builder, args[4])
+    if x16 and vector_x16:
+        return _q4_k_row_x16(builder, row, xq_ptr, xda, xsa, nb, intp)
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, [0.0] * 8)) for _ in range(2)]
+    mins = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+    fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v8f32", _V8F32, [_V8F32] * 3)
+    ones = ir.Constant(_V16I16, [1] * 16)
+    maddwd = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
+    maddubs = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8])
+    with cgutils.for_range(builder, nb) as loop:
+        b = loop.index
+        blk = builder.gep(row, [builder.mul(b, ir.Constant(intp, 144))])
+        d = _f16(builder, blk, 0)
+        dmin = _f16(builder, blk, 2)
+        scm = _scale_min_k4(builder, blk)
+        msum = ir.Constant(_F32, 0.0)
+        for j in range(4):
+            qs = _load(builder, blk, ir.Constant(_I32, 16 + 32 * j), _V32I8)
+            for half in range(2):
+                s = 2 * j + half
+                nib = builder.lshr(qs, ir.Constant(_V32I8, [4] * 32)) if half else qs
+                nib = builder.and_(nib, ir.Constant(_V32I8, [15] * 32))
+                g = builder.add(builder.mul(b, ir.Constant(intp, 8)), ir.Constant(intp, s))
+                if x16:
+                    xlo, xhi = _x16_halves(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)))
+                    dot = _dot16_i32x8(builder, nib, xlo, xhi, signed=False)
+                elif HAS_AVX2:  # nibbles are unsigned: no sign trick needed
+                    xv = _load(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)), _V32I8)
+                    dot = builder.call(maddwd, [builder.call(maddubs, [nib, xv]), ones])
+                else:
+                    xv = _load(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)), _V32I8)
+                    dot = _dot_i32x8(builder, nib, xv)
+                sc, m = scm[s]
+                scale = builder.fmul(builder.fmul(d, sc), builder.load(builder.gep(xda.data, [g])))
+                sv = builder.insert_element(ir.Constant(_V8F32, ir.Undefined), scale, ir.Constant(_I32, 0))
+                sv = builder.shuffle_vector(sv, sv, ir.Constant(_V8I32, [0] * 8))
+                acc = accs[half]
+                builder.store(builder.call(fmuladd, [builder.sitofp(dot, _V8F32), sv, builder.load(acc)]), acc)
+                msum = builder.fadd(msum, builder.fmul(m, builder.load(builder.gep(xsa.data, [g]))))
+        builder.store(builder.fadd(builder.load(mins), builder.fmul(dmin, msum)), mins)
+    total = _hsum(builder, builder.fadd(builder.load(accs[0]), builder.load(accs[1])))
+    return builder.fsub(total, builder.load(mins))
+
+
+dot_row_q4_k = intrinsic(_q4_k_typer(vector_x16=True))
+# The same row dot with the scalar scale unpacking on int16 activations too (what ran before the vector
+# version; tests check the two give the same float32 bits).
+dot_row_q4_k_scalar_scales = intrinsic(_q4_k_typer(vector_x16=False))
+
+
+def _scale_min_k4_vec(builder, blk):
+    """The 8 (scale, min) pairs of a Q4_K super-block (ggml's get_scale_min_k4) as two <8 x float> vectors,
+    unpacked in vector lanes (the same values as `_scale_min_k4`, which takes ~100 scalar instructions)."""
+    bytes_ = builder.zext(_load(builder, blk, ir.Constant(_I32, 4), _V16I8), _V16I32)  # 12 scale bytes (+4)
+    zero = ir.Constant(_V16I32, [0] * 16)
+
+    def pick(idx):
+        return builder.shuffle_vector(bytes_, zero, ir.Constant(_V8I32, idx))
+
+    def c(values):
+        return ir.Constant(_V8I32, values)
+
+    a, b = pick([0, 1, 2, 3, 8, 9, 10, 11]), pick([4, 5, 6, 7, 8, 9, 10, 11])
+    top_sc, top_m = pick([16] * 4 + [0, 1, 2, 3]), pick([16] * 4 + [4, 5, 6, 7])  # lanes 0-3 zero
+    sc = builder.or_(builder.and_(a, c([63] * 4 + [15] * 4)), builder.shl(builder.lshr(top_sc, c([6] * 8)), c([4] * 8)))
+    m = builder.and_(builder.lshr(b, c([0] * 4 + [4] * 4)), c([63] * 4 + [15] * 4))
+    m = builder.or_(m, builder.shl(builder.lshr(top_m, c([6] * 8)), c([4] * 8)))
+    return builder.sitofp(sc, _V8F32), builder.sitofp(m, _V8F32)
+
+
+def _q4_k_row_x16(builder, row, xq_ptr, xda, xsa, nb, intp):
+    """`dot_row_q4_k` on int16 activations: the same float operations in the same order, with the scales
+    unpacked in vector lanes and each 16 bytes of nibbles zero-extended to 16-bit lanes before masking."""
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, [0.0] * 8)) for _ in range(2)]
+    mins = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+    fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v8f32", _V8F32, [_V8F32] * 3)
+    with cgutils.for_range(builder, nb) as loop:
+        b = loop.index
+        blk = builder.gep(row, [builder.mul(b, ir.Constant(intp, 144))])
+        d = _f16(builder, blk, 0)
+        dmin = _f16(builder, blk, 2)
+        sc, mv = _scale_min_k4_vec(builder, blk)
+        g0 = builder.mul(b, ir.Constant(intp, 8))
+        xd8 = builder.load(builder.bitcast(builder.gep(xda.data, [g0]), _V8F32.as_pointer()), align=4)
+        dv = builder.insert_element(ir.Constant(_V8F32, ir.Undefined), d, ir.Constant(_I32, 0))
+        dv = builder.shuffle_vector(dv, dv, ir.Constant(_V8I32, [0] * 8))
+        # (d * sc_s) * xd_g, rounded as the scalar code: the fence keeps LLVM (the kernels compile with
+        # reassociation allowed) from computing (d * xd_g) * sc_s instead, which rounds differently
+        fence = _intrinsic_fn(builder, "llvm.arithmetic.fence.v8f32", _V8F32, [_V8F32])
+        scales = builder.fmul(builder.call(fence, [builder.fmul(dv, sc)]), xd8)
+        msum = ir.Constant(_F32, 0.0)
+        for j in range(4):
+            halves = [
+                builder.zext(_load(builder, blk, ir.Constant(_I32, 16 + 32 * j + 16 * h), _V16I8), _V16I16)
+                for h in range(2)
+            ]
+            for half in range(2):
+                s = 2 * j + half
+                if half:
+                    q = [builder.lshr(v, ir.Constant(_V16I16, [4] * 16)) for v in halves]
+                else:
+                    q = [builder.and_(v, ir.Constant(_V16I16, [15] * 16)) for v in halves]
+                g = builder.add(g0, ir.Constant(intp, s))
+                xlo, xhi = _x16_halves(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)))
+                dot = builder.add(_pairs_i32x8(builder, q[0], xlo), _pairs_i32x8(builder, q[1], xhi))
+                sv = builder.shuffle_vector(scales, scales, ir.Constant(_V8I32, [s] * 8))
+                acc = accs[half]
+                builder.store(builder.call(fmuladd, [builder.sitofp(dot, _V8F32), sv, builder.load(acc)]), acc)
+                m = builder.extract_element(mv, ir.Constant(_I32, s))
+                xs = builder.load(builder.gep(xsa.data, [g]))
+                msum = builder.fmul(m, xs) if s == 0 else _fma(builder, m, xs, msum)  # as compiled from the scalar code
+        builder.store(_fma(builder, dmin, msum, builder.load(mins)), mins)
+    total = _hsum(builder, builder.fadd(builder.load(accs[0]), builder.load(accs[1])))
+    return builder.fsub(total, builder.load(mins))

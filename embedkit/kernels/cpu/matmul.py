@@ -11,7 +11,7 @@ import numba
 import numpy as np
 
 from embedkit.gguf.types import GGMLType
-from embedkit.kernels.cpu import matvec_int8, matvec_kquants, matvec_legacy
+from embedkit.kernels.cpu import matvec_int8, matvec_kquants, matvec_legacy, q4_1_packed, q5_0_packed
 from embedkit.kernels.cpu.dispatch import DEQUANTIZERS
 from embedkit.kernels.cpu.threads import get_num_threads
 
@@ -50,12 +50,33 @@ INT8_ACTIVATIONS = True
 # own draw of that noise (tests/data/models/README.md).
 ACTIVATION_BITS = 16
 
+# Types with a decode layout repacked once from the GGUF bytes (same size, cheaper to decode; used with int16
+# activations only): type -> (whether rows of n_cols have it, pack(rows) -> packed, (parallel, serial) kernels).
+# Q5_0 (Qwen2.5's gate/up/q/o): 14.6 -> 25 GB/s on two threads; Q4_1 (SmolLM2): 102.6 -> 108.7 tok/s decode
+# (same process, alternating). Both give bit-identical results (q5_0_packed.py, q4_1_packed.py).
+PACKED_MATVECS = {
+    GGMLType.Q5_0: (
+        q5_0_packed.can_pack,
+        q5_0_packed.pack_q5_0,
+        (q5_0_packed.matvec_q5_0_packed, q5_0_packed.rows_q5_0_packed),
+    ),
+    GGMLType.Q4_1: (
+        q4_1_packed.can_pack,
+        q4_1_packed.pack_q4_1,
+        (q4_1_packed.matvec_q4_1_packed, q4_1_packed.rows_q4_1_packed),
+    ),
+}
+PACKED_DECODE = True
+
 # Weights smaller than this run the int8 decode kernels on the calling thread. Gemma 3 270M decode, 2 threads,
 # idle dev VM: 75.0 tok/s with 256 KiB, 72.9 with 0 (every call parallel), 65.4 with 4 MiB (only the output
 # head parallel). With the second core busy, each parallel launch can stall for milliseconds (an empty prange
 # took 3.7-12 ms there) and the 4 MiB setting did far better (25.6 tok/s vs 1.1 all-parallel); use
 # EMBEDKIT_THREADS=1 on a loaded machine.
-PARALLEL_MIN_BYTES = 256 << 10
+# 2026-11-25 night, same process alternating (best of 4 x 128 tokens): 128 KiB vs 256 KiB gave SmolLM2 112.4 vs
+# 106.9 tok/s (its 576x576 Q4_1 attn_q/o, 199 KiB, now parallel), Gemma 3 85.1 vs 82.5, Qwen2.5 49.5 vs 49.6;
+# 64 KiB no better. A parallel launch (Numba's omp layer) costs ~2 us on the idle VM.
+PARALLEL_MIN_BYTES = 128 << 10
 
 # Up to this many tokens, run the fused matvec once per token; more, use dequantized tiles + BLAS.
 MAX_MATVEC_TOKENS = 4
@@ -81,9 +102,30 @@ def integer_activations(x: np.ndarray, fmt: int) -> tuple[np.ndarray, np.ndarray
     return xq, xd, xsum
 
 
-def _integer_matvec(rows: np.ndarray, kernels: tuple, acts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
-    """y [n_tokens, n_rows] from the integer decode kernels of one weight type, one token's activations each."""
-    n_rows = rows.shape[0]
+def decode_layout(rows: np.ndarray, t: GGMLType, n_cols: int) -> np.ndarray | None:
+    """W's bytes repacked for the decode kernels (a new array, made once per weight and passed back as
+    `packed`), or None where its type or row length has no such layout or decode would not use it (int8
+    activations)."""
+    entry = PACKED_MATVECS.get(t)
+    if entry is None or not (PACKED_DECODE and INT8_ACTIVATIONS and ACTIVATION_BITS == 16) or not entry[0](n_cols):
+        return None
+    return entry[1](rows)
+
+
+def _uses_packed(packed: np.ndarray | None) -> bool:
+    return packed is not None and INT8_ACTIVATIONS and ACTIVATION_BITS == 16 and PACKED_DECODE
+
+
+def _integer_matvec(
+    rows: np.ndarray,
+    kernels: tuple,
+    acts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    n_rows: int | None = None,
+):
+    """y [n_tokens, n_rows] from the integer decode kernels of one weight type, one token's activations each
+    (`n_rows`: where `rows` is a packed layout whose first dimension is not the row count)."""
+    if n_rows is None:
+        n_rows = rows.shape[0]
     y = np.empty((len(acts), n_rows), dtype=np.float32)
     parallel = rows.nbytes >= PARALLEL_MIN_BYTES and get_num_threads() > 1
     for i, (xq, xd, xsum) in enumerate(acts):
@@ -94,10 +136,16 @@ def _integer_matvec(rows: np.ndarray, kernels: tuple, acts: list[tuple[np.ndarra
     return y
 
 
-def matmul_rows(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np.ndarray:
-    """x float32 [n_tokens, n_cols] @ W.T for W = `rows` (uint8 [n_rows, row_bytes] of type t)."""
+def matmul_rows(
+    x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int, packed: np.ndarray | None = None
+) -> np.ndarray:
+    """x float32 [n_tokens, n_cols] @ W.T for W = `rows` (uint8 [n_rows, row_bytes] of type t); `packed`, W's
+    `decode_layout` if it has one, serves decode."""
     n_tokens = x.shape[0]
     n_rows = rows.shape[0]
+    if n_tokens <= MAX_MATVEC_TOKENS and _uses_packed(packed):
+        acts = [integer_activations(x[i], matvec_int8.ACT_Q8_0) for i in range(n_tokens)]
+        return _integer_matvec(packed, PACKED_MATVECS[t][2], acts, n_rows)
     if t == GGMLType.F32:
         return x @ rows.view(np.float32).T
     int_kernels = INT8_MATVECS.get(t) if INT8_ACTIVATIONS else None
@@ -117,14 +165,23 @@ def matmul_rows(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np
     return tiled_matmul(x, rows, t, n_cols)
 
 
-def matmul_rows_many(x: np.ndarray, weights: list[tuple[np.ndarray, GGMLType]], n_cols: int) -> list[np.ndarray]:
-    """`matmul_rows` for several W sharing the input x: decode quantizes x once per activation format."""
+def matmul_rows_many(
+    x: np.ndarray, weights: list[tuple[np.ndarray, GGMLType, np.ndarray | None]], n_cols: int
+) -> list[np.ndarray]:
+    """`matmul_rows` for several W (rows, type, packed layout or None) sharing the input x: decode quantizes x
+    once per activation format."""
     n_tokens = x.shape[0]
     if n_tokens > MAX_MATVEC_TOKENS or not INT8_ACTIVATIONS:
-        return [matmul_rows(x, rows, t, n_cols) for rows, t in weights]
+        return [matmul_rows(x, rows, t, n_cols) for rows, t, _ in weights]
     quantized: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     out = []
-    for rows, t in weights:
+    for rows, t, packed in weights:
+        if _uses_packed(packed):  # int16 activations: the same format as every other type's
+            acts = quantized.get(-1)
+            if acts is None:
+                acts = quantized[-1] = [integer_activations(x[i], matvec_int8.ACT_Q8_0) for i in range(n_tokens)]
+            out.append(_integer_matvec(packed, PACKED_MATVECS[t][2], acts, rows.shape[0]))
+            continue
         int_kernels = INT8_MATVECS.get(t)
         if int_kernels is None:
             out.append(matmul_rows(x, rows, t, n_cols))

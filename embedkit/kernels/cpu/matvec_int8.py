@@ -103,8 +103,10 @@ def quantize_activations16(x, xq, xd, xsum):
 
 # Each type has `rows_<type>_i8(w, xq, xd, xsum, y, r0, r1)`, the serial kernel over rows [r0, r1) (r0 a
 # multiple of 4), called directly for small matrices, and `matvec_<type>_i8(w, xq, xd, xsum, y)`, which runs
-# it over chunks of CHUNK_ROWS rows in parallel.
-CHUNK_ROWS = 256
+# it over chunks of CHUNK_ROWS rows in parallel. Numba hands each thread an equal share of the chunks: 64 rows
+# split a 896-row matrix (Qwen2.5's ffn_down, attn_q/o) 7/7 over two threads, where 256 gave 2/2 chunks of
+# 512 and 384 rows.
+CHUNK_ROWS = 64
 
 
 @njit(cache=True, fastmath=FAST)
