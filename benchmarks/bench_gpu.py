@@ -82,22 +82,43 @@ def bench_decoder(path: Path, ngl: int, n_prompt: int, n_gen: int, reps: int) ->
     prompt = rng.integers(0, m.params.n_vocab, n_prompt).astype(np.int32)
     for _ in range(2):  # warm-up: compiles the prompt path, fills the memory pool and float16 caches
         m.forward(prompt, state, 0)
-    pp = []
+    pp, pp_dev = [], []
+    gpu = m.placement.layer(m.params.n_layer - 1)
     for _ in range(max(reps, 3)):
         t = time.perf_counter()
-        m.forward(prompt, state, 0)
+        dev_ms = _device_ms(gpu, lambda: m.forward(prompt, state, 0))
         pp.append(time.perf_counter() - t)
+        pp_dev.append(dev_ms)
     gc_ms, gc_n = _gc_time(functools.partial(m.forward, prompt, state, 0))
     toks = rng.integers(0, m.params.n_vocab, n_gen).astype(np.int32)
     for i in range(8):  # warm-up: compiles the decode kernels, records the graph
         m.forward(toks[i : i + 1], state, i)
-    tg = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        for i in range(n_gen):
+    def decode() -> float:
+        tg = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            for i in range(n_gen):
+                m.forward(toks[i : i + 1], state, i)
+            tg.append(time.perf_counter() - t)
+        return n_gen / statistics.median(tg)
+
+    tg_tok_s = decode()
+    tg_unfused = None
+    import embedkit.backend.cuda as cuda_module
+
+    if getattr(gpu, "_graph", None) is not None and cuda_module.FUSE_DECODE_ROPE:
+        # the same steps with RoPE + KV store as separate launches (graph recorded again), then back
+        cuda_module.FUSE_DECODE_ROPE = False
+        gpu._graph = None
+        try:
+            for i in range(4):
+                m.forward(toks[i : i + 1], state, i)
+            tg_unfused = decode()
+        finally:
+            cuda_module.FUSE_DECODE_ROPE = True
+            gpu._graph = None
+        for i in range(4):
             m.forward(toks[i : i + 1], state, i)
-        tg.append(time.perf_counter() - t)
-    gpu = m.placement.layer(m.params.n_layer - 1)
     graph_ms = None
     if getattr(gpu, "_graph", None) is not None:  # device time of one decode step: graph replays alone
         cs = gpu._cp_stream
@@ -110,15 +131,34 @@ def bench_decoder(path: Path, ngl: int, n_prompt: int, n_gen: int, reps: int) ->
     out = {
         "load_s": round(load_s, 1),
         "pp_tok_s": n_prompt / statistics.median(pp),
-        "tg_tok_s": n_gen / statistics.median(tg),
+        "pp_device_ms": statistics.median(pp_dev),
+        "pp_wall_ms": 1e3 * statistics.median(pp),
+        "tg_tok_s": tg_tok_s,
+        "tg_unfused_rope_tok_s": tg_unfused,
         "decode_bytes": decode_bytes(m) if ngl < 0 else None,
         "graph_stats": vars(gpu.stats).copy() if hasattr(gpu, "stats") else None,
         "graph_step_ms": graph_ms,
         "pp_gc_ms": round(gc_ms, 1),
         "pp_gc_collections": gc_n,
     }
-    del m, state
+    m = state = None  # free the model before the next one loads
     return out
+
+
+def _device_ms(be, fn) -> float | None:
+    """Device time (ms) between CuPy events on the backend's stream around fn() (None without CuPy)."""
+    cs = getattr(be, "_cp_stream", None)
+    if cs is None:
+        fn()
+        return None
+    import cupy
+
+    a, b = cupy.cuda.Event(), cupy.cuda.Event()
+    a.record(cs)
+    fn()
+    b.record(cs)
+    b.synchronize()
+    return cupy.cuda.get_elapsed_time(a, b)
 
 
 def _gc_time(fn) -> tuple[float, int]:

@@ -28,6 +28,8 @@ def model_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("cuda_models")
     return {
         "llama": write_random_gguf(d / "llama.gguf", "llama", *llama_spec(64, 2, 4, 2, 128, 96, "Q4_0", 64), seed=1),
+        "llama_hd32": write_random_gguf(d / "llama32.gguf", "llama", *llama_spec(128, 2, 4, 2, 256, 96, "Q4_0", 64),
+                                        seed=5),
         "llama_q8": write_random_gguf(d / "llama8.gguf", "llama", *llama_spec(64, 2, 4, 1, 128, 96, "Q8_0", 64, 4),
                                       seed=2),
         "gemma3": write_random_gguf(d / "gemma3.gguf", "gemma3", *gemma3_spec(256, 2, 2, 1, 128, 256, 96, "Q4_K", 3),
@@ -59,7 +61,7 @@ def _check_logits(got, ref):
     assert np.all(picked >= best - tol)
 
 
-@pytest.mark.parametrize("name", ["llama", "llama_q8", "gemma3"])
+@pytest.mark.parametrize("name", ["llama", "llama_hd32", "llama_q8", "gemma3"])
 @pytest.mark.parametrize("ngl,input_on_gpu", [(-1, False), (-1, True), (1, False)])
 def test_decoder_logits_gpu_vs_cpu(model_files, name, ngl, input_on_gpu):
     from embedkit.backend.placement import make_placement
@@ -81,6 +83,33 @@ def test_decode_graph_replays(model_files):
     _check_logits(got, ref)
     if be.graphs:
         assert be.stats.replayed - before >= 3
+
+
+def test_decode_graph_new_state(model_files):
+    """A second KV state on the same model leaves the recorded graph at the first attention (its
+    cache differs): the replayed prefix is recomputed with the unfused RoPE and KV-store launches
+    (the graph had them inside the attention kernel), and both runs agree with the CPU."""
+    from embedkit.backend.placement import make_placement
+    from embedkit.models import load_model
+
+    path = model_files["llama_hd32"]
+    cpu, gpu = load_model(path), load_model(path, make_placement("cuda", -1))
+
+    def run(m, steps):
+        st = m.new_state(32)
+        rng = np.random.default_rng(11)
+        out, pos = [], 0
+        for n in steps:
+            out.append(m.forward(rng.integers(0, 96, n).astype(np.int32), st, pos))
+            pos += n
+        return np.concatenate(out)
+
+    be = gpu.placement.layer(0)
+    derailed = be.stats.derailed
+    for steps in ((3, 1, 1, 1, 1), (3, 1, 1)):
+        _check_logits(run(gpu, steps), run(cpu, steps))
+    if be.graphs:
+        assert be.stats.derailed > derailed
 
 
 def test_bert_embeddings_gpu_vs_cpu(model_files):

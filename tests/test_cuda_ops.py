@@ -46,7 +46,10 @@ def _tensor(name, ggml_type, n_rows, n_cols, rng):
     from embedkit.testing.random_quant import random_tensor_bytes
 
     raw = random_tensor_bytes(ggml_type, n_rows, n_cols, rng)
-    return SimpleNamespace(name=name, ggml_type=GGMLType[ggml_type], np_shape=(n_rows, n_cols), data=raw.reshape(-1))
+    return SimpleNamespace(
+        name=name, ggml_type=GGMLType[ggml_type], np_shape=(n_rows, n_cols), data=raw.reshape(-1),
+        rows_view=lambda: raw.reshape(n_rows, -1),
+    )  # fmt: skip
 
 
 def _vector(name, n, rng):
@@ -210,6 +213,52 @@ def test_attention_cache_vs_cpu(backends, rng, heads, kv_heads, window, softcap)
         assert got.shape == ref.shape
         assert _rel(got, ref.astype(np.float64)) < 1e-5
         pos0 += n
+
+
+@pytest.mark.parametrize("style,n_rot,window", [("norm", 64, None), ("neox", 48, 3)])
+def test_decode_attention_fused_rope(backends, rng, style, n_rot, window):
+    """One token: attention_decode with the RoPE of q and k and the KV store inside the kernel gives
+    what rope, rope, store, attend give (bit for bit under the simulator, 1e-6 on a GPU, where the
+    compiler may contract the float64 rotation differently), cache included; and 1e-5 of the CPU."""
+    from numba import cuda
+
+    from embedkit.kernels.cuda import attention, quant_fast
+
+    cpu, gpu = backends
+    heads, kvh, hd, n_ctx, pos = 4, 2, 64, 12, 6
+    cc = cpu.kv_cache(n_ctx, kvh, hd)
+    caches = [gpu.kv_cache(n_ctx, kvh, hd) for _ in range(2)]
+    q, k, v = (rng.standard_normal((pos, h, hd)).astype(np.float32) for h in (heads, kvh, kvh))
+    cpu.attention(q, cc, k, v, 0, 0.125, window=window)
+    for c in caches:
+        gpu.attention(gpu.asarray(q), c, gpu.asarray(k), gpu.asarray(v), 0, 0.125, window=window)
+    q, k, v = (rng.standard_normal((1, h, hd)).astype(np.float32) for h in (heads, kvh, kvh))
+    positions = np.array([pos], dtype=np.int32)
+    ref = cpu.attention(
+        cpu.rope(q, positions, n_rot, 1e4, style), cc, cpu.rope(k, positions, n_rot, 1e4, style), v, pos, 0.125,
+        window=window,
+    )  # fmt: skip
+    unfused = gpu.attention(
+        gpu.rope(gpu.asarray(q), positions, n_rot, 1e4, style), caches[0],
+        gpu.rope(gpu.asarray(k), positions, n_rot, 1e4, style), gpu.asarray(v), pos, 0.125, window=window,
+    )  # fmt: skip
+    unfused = gpu.to_host(unfused)
+    fused = cuda.device_array((1, heads * hd), dtype=np.float32)
+    xq, xd = quant_fast.activation_buffers(1, heads * hd)
+    attention.attention_decode(
+        gpu.asarray(q), caches[1].k, caches[1].v, cuda.to_device(positions), True, window or 0, 0.125, 0.0,
+        fused, xq.view(np.int8), xd, rope=(gpu.asarray(k), gpu.asarray(v), n_rot, 1e4, 1.0, style == "neox"),
+    )  # fmt: skip
+    fused = fused.copy_to_host()
+    k_cache = [c.k.copy_to_host()[: pos + 1] for c in caches]  # rows past the step are never written
+    assert _rel(fused, ref.astype(np.float64)) < 1e-5
+    if _sim():
+        np.testing.assert_array_equal(fused, unfused)
+        np.testing.assert_array_equal(k_cache[1], k_cache[0])
+    else:
+        assert _rel(fused, unfused.astype(np.float64)) < 1e-6
+        assert _rel(k_cache[1], k_cache[0].astype(np.float64)) < 1e-6
+    np.testing.assert_array_equal(caches[1].v.copy_to_host()[: pos + 1], caches[0].v.copy_to_host()[: pos + 1])
 
 
 @pytest.mark.parametrize("hd,window", [(64, None), (96, 7), (160, None)])

@@ -67,7 +67,7 @@ class Backend:
         raise NotImplementedError
 
     def to_host(self, x: Array) -> np.ndarray:
-        """This backend's array -> host numpy array."""
+        """This backend's array -> a host numpy array the caller owns (no later op writes to it)."""
         raise NotImplementedError
 
     def take(self, x: Array) -> Array:

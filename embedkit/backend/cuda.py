@@ -18,7 +18,11 @@ Per-step inputs are staged in pinned host memory and copied by the graph's own m
 Fusions (results unchanged, fewer kernels): RMSNorm, GLU and decode attention write the int8 blocks
 of their output for the next dp4a matvec (or a float16 copy for the next GEMM); `matmuls` runs up to
 three Q4_0/Q8_0 matvecs sharing an input in one launch; while recording a graph, `add(x, W @ h)`
-right after that matvec is folded into it. Prompt attention runs a tiled shared-memory kernel.
+right after that matvec is folded into it; the RoPE of q and k and the KV store of a one-token step
+run inside the decode attention kernel (`FUSE_DECODE_ROPE`: the graph drops the two RoPE launches; the
+roped q/k arrays are then never written, which holds because every architecture hands them only to the
+attention). A step that leaves the recording recomputes its prefix with the unfused launches. Prompt
+attention runs two cuBLAS batched GEMMs around a masked softmax.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from embedkit.gguf import GGMLType
 MATVEC_MAX_ROWS = 8  # up to this many tokens a matmul streams the quantized weight once per token
 F16_CACHE_MAX_BYTES = 64 << 20  # keep a float16 copy of matrices up to this size for GEMMs
 PROMPT_ATTENTION_BLAS = True  # prompts: cuBLAS batched GEMMs (else the tiled shared-memory kernel)
+FUSE_DECODE_ROPE = True  # graphs: RoPE of q and k + KV store inside the decode attention kernel
 
 _GENERIC_TYPES = {"F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"}
 _FAST_TYPES = {"Q4_0", "Q8_0"}
@@ -62,6 +67,7 @@ class _Graph:
     outs: list
     inputs: list  # device buffers refreshed from the host before each launch, in op order
     extras: list = field(default_factory=list)  # per op: None, ("q", src, (xq, xd)) memo, or an input's stage
+    capture: dict = field(default_factory=dict)  # op index -> what the captured graph runs instead (fusions)
     graph: Any = None
     launches: int = 0
 
@@ -156,7 +162,13 @@ class CUDABackend(Backend):
 
                 self._cp = cupy
         cuda.select_device(device)
-        self._emm = None if self._sim or self._cp is None else cuda.current_context().memory_manager
+        self._emm = None
+        if not self._sim and self._cp is not None:
+            from embedkit.kernels.cuda.memory import attach_cupy_pool
+
+            ctx = cuda.current_context()
+            attach_cupy_pool(ctx)  # the context may predate install_cupy_pool (see memory.py)
+            self._emm = ctx.memory_manager
         if self._cp is not None:
             self._cp_stream = self._cp.cuda.Stream(non_blocking=False)
             self._cp_stream.use()
@@ -184,6 +196,7 @@ class CUDABackend(Backend):
         self._x16 = None
         self._hit_extra = None
         self._open_mv: _MatvecLaunch | None = None  # recording: the last op, if a fusable matvec
+        self._ropes: dict[int, tuple] = {}  # recording: id(roped output) -> (output, op index, input, params)
         self._pinned = None  # host buffer for to_host
         self._launched = False
 
@@ -196,6 +209,7 @@ class CUDABackend(Backend):
         self._xq_src = self._xq = None
         self._x16_src = self._x16 = None
         self._open_mv = None
+        self._ropes = {}
         self._dyn = []
         self._launched = False
         if self.graphs and n_rows == 1:
@@ -315,12 +329,13 @@ class CUDABackend(Backend):
             rec = self._rec
             self._rec = None
             self._push_inputs()
+            fns = [rec.capture.get(i, fn) for i, fn in enumerate(rec.fns)]
             # run the step eagerly (this also compiles any kernel not yet compiled), then capture it
-            for fn in rec.fns:
+            for fn in fns:
                 if fn is not None:
                     fn(self.stream)
             try:
-                rec.graph = self._capture(rec.fns)
+                rec.graph = self._capture(fns)
             except Exception as e:  # capture unsupported here: stay eager from now on
                 self.stats.extra["capture_error"] = repr(e)[:300]
                 self.graphs = False
@@ -810,7 +825,10 @@ class CUDABackend(Backend):
             return hit
         out = self._empty(x.shape)
         neox = style == "neox"
-        return self._op(key, lambda s: rope.rope(x, pos_arr, pos_buf, n_rot, base, freq_scale, neox, out, s), out)
+        out = self._op(key, lambda s: rope.rope(x, pos_arr, pos_buf, n_rot, base, freq_scale, neox, out, s), out)
+        if self._mode == "record" and n == 1:
+            self._ropes[id(out)] = (out, len(self._rec.fns) - 1, x, (n_rot, base, freq_scale, neox))
+        return out
 
     def kv_cache(self, n_ctx: int, n_kv_heads: int, head_dim: int) -> KVCache:
         """Float32 keys and values in VRAM, laid out [n_ctx, n_kv_heads, head_dim] (position-major)."""
@@ -868,7 +886,22 @@ class CUDABackend(Backend):
             attention.kv_store(k_new, v_new, cache.k, cache.v, pos_buf, s)
             attend(s)
 
+        rq, rk = self._ropes.get(id(q)), self._ropes.get(id(k_new))
+        fuse = (
+            FUSE_DECODE_ROPE and n == 1 and extra is not None and rq is not None and rk is not None
+            and rq[0] is q and rk[0] is k_new and rq[3] == rk[3]
+        )  # fmt: skip
         out = self._op(key, fn, out, extra)
+        if fuse:
+            # the graph runs this instead of rope(q), rope(k) and fn (same results)
+            xq, xd = extra[2]
+            n_rot, base, freq_scale, neox = rq[3]
+            rec = self._rec
+            rec.capture[rq[1]] = rec.capture[rk[1]] = None
+            rec.capture[len(rec.fns) - 1] = lambda s: attention.attention_decode(
+                rq[2], cache.k, cache.v, pos_buf, causal, win, scale, cap, out, xq.view(np.int8), xd, s,
+                rope=(rk[2], v_new, n_rot, base, freq_scale, neox),
+            )  # fmt: skip
         if o16 is not None:
             self._x16_src, self._x16 = out, o16
         return out

@@ -105,9 +105,10 @@ class DecoderModel:
         if not all_positions and n > 1:
             x = be.rows(x, n - 1, n)
         x = self.output_norm(be, x)
+        # to_host gives an array the caller owns: no second copy of the logits
         if output == "hidden":
-            return np.array(be.to_host(x), dtype=np.float32)
-        return np.array(be.to_host(self.head(be, x)), dtype=np.float32)
+            return np.asarray(be.to_host(x), dtype=np.float32)
+        return np.asarray(be.to_host(self.head(be, x)), dtype=np.float32)
 
     def head(self, be: Backend, x: Array) -> Array:
         """Hidden states -> logits."""

@@ -19,6 +19,7 @@ from numba import cuda
 from embedkit.kernels.cuda.intrinsics import warp_max, warp_sum
 from embedkit.kernels.cuda.launch import fast
 from embedkit.kernels.cuda.reduce import block_max, block_sum
+from embedkit.kernels.cuda.rope import pair_slots, rope_angle, rotate
 
 WARPS = 8
 MAX_HEAD_DIM = 256
@@ -320,14 +321,20 @@ def attention_prefill(
 # One block of 8 warps per (query row, head); each warp takes four keys per step (their loads issued
 # together, four independent warp reductions), online softmax, warps merged through shared memory.
 # The output can also come out as int8 blocks for the next dp4a matvec (want_q; head_dim % 32 == 0).
+# The one-token variant with `rope` set also does what the two RoPE launches and the KV store did
+# before it: each block rotates its query head and its KV head's new key in shared memory (the same
+# float64 angles as `rope.rope_kernel`, so the results are identical), the first query head of each
+# KV group writes the new key and value into the cache, and the current position is read from
+# shared memory (another block may not have written it yet).
 
 DEC_KEYS = 4
 
 
 @cache
-def _decode_kernel(per: int):
+def _decode_kernel(per: int, rope: bool):
     @cuda.jit
-    def kern(q, kc, vc, pos_buf, causal, window, scale, softcap, out, xq, xd, want_q):
+    def kern(q, kc, vc, pos_buf, causal, window, scale, softcap, out, xq, xd, want_q,
+             k_new, v_new, n_rot, log_base, freq_scale, neox):  # fmt: skip
         t = cuda.blockIdx.x
         h = cuda.blockIdx.y
         tid = cuda.threadIdx.x
@@ -336,20 +343,46 @@ def _decode_kernel(per: int):
         merge = cuda.shared.array((WARPS, MERGE_COLS), dtype=np.float32)
         n = q.shape[0]
         hd = q.shape[2]
-        kvh = h // (q.shape[1] // kc.shape[1])
+        group = q.shape[1] // kc.shape[1]
+        kvh = h // group
         pos0 = pos_buf[0]
         p = pos0 + t
         j1 = p + 1 if causal else pos0 + n
         j0 = 0
         if window > 0:
             j0 = max(0, p - window + 1)
+        qs = cuda.shared.array(MAX_HEAD_DIM, dtype=np.float32)
+        ks = cuda.shared.array(MAX_HEAD_DIM, dtype=np.float32)
+        vs = cuda.shared.array(MAX_HEAD_DIM, dtype=np.float32)
+        if rope:
+            for i in range(tid, hd // 2, cuda.blockDim.x):
+                a, b = pair_slots(i, n_rot, neox)
+                if 2 * i >= n_rot:
+                    qs[a], qs[b] = q[t, h, a], q[t, h, b]
+                    ks[a], ks[b] = k_new[t, kvh, a], k_new[t, kvh, b]
+                else:  # one angle for the query and the key pair
+                    c, sn = rope_angle(i, p, n_rot, log_base, freq_scale)
+                    qa, qb = rotate(q[t, h, a], q[t, h, b], c, sn)
+                    qs[a], qs[b] = qa, qb
+                    ka, kb = rotate(k_new[t, kvh, a], k_new[t, kvh, b], c, sn)
+                    ks[a], ks[b] = ka, kb
+            for d in range(tid, hd, cuda.blockDim.x):
+                vs[d] = v_new[t, kvh, d]
+            cuda.syncthreads()
+            if h % group == 0:
+                for d in range(tid, hd, cuda.blockDim.x):
+                    kc[p, kvh, d] = ks[d]
+                    vc[p, kvh, d] = vs[d]
         qv = cuda.local.array(per, dtype=np.float32)
         acc = cuda.local.array(per, dtype=np.float32)
         kv = cuda.local.array((DEC_KEYS, per), dtype=np.float32)
         vv = cuda.local.array((DEC_KEYS, per), dtype=np.float32)
         sv = cuda.local.array(DEC_KEYS, dtype=np.float32)
         for c in range(per):
-            qv[c] = q[t, h, c * 32 + lane] * scale
+            if rope:
+                qv[c] = qs[c * 32 + lane] * scale
+            else:
+                qv[c] = q[t, h, c * 32 + lane] * scale
             acc[c] = np.float32(0.0)
         m = np.float32(-np.inf)
         l = np.float32(0.0)
@@ -357,9 +390,14 @@ def _decode_kernel(per: int):
             ja = jb + warp * DEC_KEYS
             for u in range(DEC_KEYS):
                 jj = min(ja + u, j1 - 1)
-                for c in range(per):
-                    kv[u, c] = kc[jj, kvh, c * 32 + lane]
-                    vv[u, c] = vc[jj, kvh, c * 32 + lane]
+                if rope and jj == p:
+                    for c in range(per):
+                        kv[u, c] = ks[c * 32 + lane]
+                        vv[u, c] = vs[c * 32 + lane]
+                else:  # (rope is a compile-time constant: without it only this branch is left)
+                    for c in range(per):
+                        kv[u, c] = kc[jj, kvh, c * 32 + lane]
+                        vv[u, c] = vc[jj, kvh, c * 32 + lane]
             for u in range(DEC_KEYS):
                 s = np.float32(0.0)
                 for c in range(per):
@@ -428,13 +466,23 @@ def decode_ok(head_dim: int) -> bool:
 
 def attention_decode(
     q, k_cache, v_cache, pos_buf, causal: bool, window: int, scale: float, softcap: float, out, xq=None, xd=None,
-    stream=0,
+    stream=0, rope=None,
 ) -> None:  # fmt: skip
     """out [n, heads*hd] = attention of q [n, heads, hd] (a few rows) over cache rows [0, pos_buf[0] + n)
-    (keys already stored); with xq int8 [n, heads*hd] and xd [n, heads*hd/32] also its int8 blocks."""
+    (keys already stored); with xq int8 [n, heads*hd] and xd [n, heads*hd/32] also its int8 blocks.
+
+    rope = (k_new, v_new, n_rot, base, freq_scale, neox), one token only: q and k_new [1, kv_heads, hd]
+    are not rotated yet; the kernel rotates both to position pos_buf[0] and stores k/v in the cache."""
     n, heads, hd = q.shape
     want_q = xq is not None
-    fast(_decode_kernel(hd // 32))[(n, heads), WARPS * 32, stream](
+    if rope is not None:
+        if n != 1:
+            raise ValueError("attention_decode: the fused RoPE takes one token")
+        k_new, v_new, n_rot, base, freq_scale, neox = rope
+        extra = (k_new, v_new, np.int32(n_rot), np.float64(math.log(base)), np.float64(freq_scale), bool(neox))
+    else:
+        extra = (q, q, np.int32(0), np.float64(0.0), np.float64(1.0), False)
+    fast(_decode_kernel(hd // 32, rope is not None))[(n, heads), WARPS * 32, stream](
         q,
         k_cache,
         v_cache,
@@ -447,6 +495,7 @@ def attention_decode(
         xq if want_q else out,
         xd if want_q else out,
         want_q,
+        *extra,
     )
 
 

@@ -4,6 +4,11 @@ numba's default allocator calls cuMemAlloc/cuMemFree for every array (tens of mi
 frees are batched behind synchronisations); a decode step allocates a few hundred small arrays.
 CuPy's pool recycles them. Both libraries issue work on the legacy default stream, so a block
 returned to the pool is only reused by work ordered after its last use.
+
+numba reads the plugin only when it creates a context: a context made earlier (any
+`cuda.get_current_device()`, `cuda.to_device` ... before the backend exists) keeps numba's own
+allocator, whose frees are queued and flushed with cuMemFree (which synchronises the device) every
+ten or so arrays. `attach_cupy_pool` gives such a context the plugin as well.
 """
 
 from __future__ import annotations
@@ -57,3 +62,19 @@ def install_cupy_pool() -> bool:
     cuda.set_memory_manager(CupyPoolMemoryManager)
     _installed = True
     return True
+
+
+def attach_cupy_pool(ctx) -> None:
+    """Make the existing numba context `ctx` allocate from CuPy's pool (if it does not already).
+
+    Arrays the old allocator made keep their own finalizers; its queued frees are flushed first."""
+    old = ctx.memory_manager
+    if isinstance(old, CupyPoolMemoryManager):
+        return
+    try:
+        old.deallocations.clear()
+    except AttributeError:  # another plugin without a deallocation queue
+        pass
+    mm = CupyPoolMemoryManager(context=ctx)
+    mm.initialize()
+    ctx.memory_manager = mm

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import cache
 
 import numpy as np
 from numba import cuda
@@ -75,73 +76,140 @@ def layer_norm(x, w, b, eps: float, out, stream=0) -> None:
 
 
 # -- RMSNorm fused with what the next matmul wants ------------------------------------------------
-# One block per row, each thread keeps up to FUSED_PER values in registers (one read of x). Besides
+# One block per row, each thread keeps a few values in registers (one read of x). Besides
 # the float32 output it can write the int8 blocks + scales the dp4a matvecs read (want_q, as
 # `quant_fast.quantize_activations` computes them) and a float16 copy for the cuBLAS GEMMs (want16).
 
-FUSED_PER = 8
-FUSED_MAX_THREADS = 1024
+FUSED_MAX_THREADS = 1024  # threads per row (each keeps ceil(d / threads) values, rounded up to a power of 2)
 
 
-@cuda.jit
-def rms_norm_fused_kernel(x, w, has_w, eps, out, xq, xd, want_q, out16, want16):
-    """out[r] = x[r] / sqrt(mean(x[r]^2) + eps) (* w); optionally int8 blocks and a float16 copy."""
-    r = cuda.blockIdx.x
-    tid = cuda.threadIdx.x
-    bd = cuda.blockDim.x
-    lane = tid % 32
-    scratch = cuda.shared.array(32, dtype=np.float32)
-    vals = cuda.local.array(FUSED_PER, dtype=np.float32)
-    wv = cuda.local.array(FUSED_PER, dtype=np.float32)
-    n = x.shape[1]
-    ss = np.float32(0.0)
-    # unconditional loads at clamped indices, so they issue together (a load under a branch
-    # waits for the one before it: ~1 us each, which made a one-row norm take ~10 us)
-    for k in range(FUSED_PER):
-        i = tid + k * bd
-        ic = min(i, n - 1)
-        v = x[r, ic]
-        wl = w[ic]  # w is a row of x when there is no weight: in bounds either way
-        wv[k] = wl if has_w else np.float32(1.0)
-        v = v if i < n else np.float32(0.0)
-        vals[k] = v
-        ss += v * v
-    ss = block_sum(ss, scratch)
-    inv = np.float32(1.0) / math.sqrt(ss / np.float32(n) + eps)
-    for k in range(FUSED_PER):
-        if k * bd < n:  # uniform over the block
+@cache
+def _fused_kernel(per: int):
+    @cuda.jit
+    def kern(x, w, has_w, eps, out, xq, xd, want_q, out16, want16):
+        """out[r] = x[r] / sqrt(mean(x[r]^2) + eps) (* w); optionally int8 blocks and a float16 copy."""
+        r = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        bd = cuda.blockDim.x
+        lane = tid % 32
+        scratch = cuda.shared.array(32, dtype=np.float32)
+        vals = cuda.local.array(per, dtype=np.float32)
+        wv = cuda.local.array(per, dtype=np.float32)
+        n = x.shape[1]
+        ss = np.float32(0.0)
+        # unconditional loads at clamped indices, so they issue together (a load under a branch
+        # waits for the one before it: ~1 us each, which made a one-row norm take ~10 us)
+        for k in range(per):
             i = tid + k * bd
-            valid = i < n
-            v = vals[k] * inv * wv[k]
-            if valid:
-                out[r, i] = v
-                if want16:
-                    out16[r, i] = v
-            else:
-                v = np.float32(0.0)
-            if want_q:
-                amax = warp_max(abs(v))
+            ic = min(i, n - 1)
+            v = x[r, ic]
+            wl = w[ic]  # w is a row of x when there is no weight: in bounds either way
+            wv[k] = wl if has_w else np.float32(1.0)
+            v = v if i < n else np.float32(0.0)
+            vals[k] = v
+            ss += v * v
+        ss = block_sum(ss, scratch)
+        inv = np.float32(1.0) / math.sqrt(ss / np.float32(n) + eps)
+        for k in range(per):
+            if k * bd < n:  # uniform over the block
+                i = tid + k * bd
+                valid = i < n
+                v = vals[k] * inv * wv[k]
                 if valid:
-                    dd = amax / np.float32(127.0)
-                    qinv = np.float32(0.0) if dd == 0 else np.float32(1.0) / dd
-                    xq[r, i] = np.int8(round(v * qinv))
-                    if lane == 0:
-                        xd[r, i // 32] = dd
+                    out[r, i] = v
+                    if want16:
+                        out16[r, i] = v
+                else:
+                    v = np.float32(0.0)
+                if want_q:
+                    amax = warp_max(abs(v))
+                    if valid:
+                        dd = amax / np.float32(127.0)
+                        qinv = np.float32(0.0) if dd == 0 else np.float32(1.0) / dd
+                        xq[r, i] = np.int8(round(v * qinv))
+                        if lane == 0:
+                            xd[r, i // 32] = dd
+
+    return kern
+
+
+FUSED_MAX_PER = 32
 
 
 def rms_norm_fused_ok(d: int) -> bool:
     """Whether rows of length d fit the fused kernel."""
-    return d <= FUSED_PER * FUSED_MAX_THREADS
+    return d <= FUSED_MAX_PER * FUSED_MAX_THREADS
+
+
+# -- RMSNorm of a few rows over many blocks (decode) -------------------------------------------------
+# A one-block norm of a 4096-wide row is a chain of latencies on one SM (~5 us on the H100). Here
+# each block of SPLIT_THREADS threads sums the squares of the whole row itself (every block the same
+# way, so all get the same scale; the row is in L2) and normalizes, quantizes and writes only its
+# own SPLIT_THREADS elements: one element per thread.
+
+SPLIT_THREADS = 256
+SPLIT_MAX_ROWS = 8  # more rows than this: one block per row (prompts)
+
+
+@cache
+def _split_kernel(per: int):
+    @cuda.jit
+    def kern(x, w, has_w, eps, out, xq, xd, want_q):
+        r = cuda.blockIdx.y
+        tid = cuda.threadIdx.x
+        bd = cuda.blockDim.x
+        scratch = cuda.shared.array(32, dtype=np.float32)
+        n = x.shape[1]
+        i = cuda.blockIdx.x * bd + tid
+        ic = min(i, n - 1)
+        own = x[r, ic]
+        wl = w[ic]
+        ss = np.float32(0.0)
+        for k in range(per):  # clamped, unconditional loads: they issue together
+            j = tid + k * bd
+            v = x[r, min(j, n - 1)]
+            ss += v * v if j < n else np.float32(0.0)
+        ss = block_sum(ss, scratch)
+        inv = np.float32(1.0) / math.sqrt(ss / np.float32(n) + eps)
+        valid = i < n
+        v = own * inv * (wl if has_w else np.float32(1.0))
+        if not valid:
+            v = np.float32(0.0)
+        else:
+            out[r, i] = v
+        if want_q:
+            amax = warp_max(abs(v))
+            if valid:
+                dd = amax / np.float32(127.0)
+                qinv = np.float32(0.0) if dd == 0 else np.float32(1.0) / dd
+                xq[r, i] = np.int8(round(v * qinv))
+                if tid % 32 == 0:
+                    xd[r, i // 32] = dd
+
+    return kern
 
 
 def rms_norm_fused(x, w, eps: float, out, xq=None, xd=None, out16=None, stream=0) -> None:
     """x, out float32 [n, d]; w float32 [d] or None; xq int8 [n, d] + xd float32 [n, d/32] (d % 32 == 0)
     to also quantize; out16 float16 [n, d] for a float16 copy."""
     n, d = x.shape
+    if n <= SPLIT_MAX_ROWS and out16 is None and SPLIT_THREADS:
+        per = 1
+        while per * SPLIT_THREADS < d:
+            per *= 2
+        want_q = xq is not None
+        fast(_split_kernel(per))[(-(-d // SPLIT_THREADS), n), SPLIT_THREADS, stream](
+            x, w if w is not None else x[0], w is not None, np.float32(eps), out,
+            xq if want_q else out, xd if want_q else out, want_q,
+        )  # fmt: skip
+        return
     threads = min(FUSED_MAX_THREADS, -(-d // 32) * 32)
+    per = 1
+    while per * threads < d:
+        per *= 2
     want_q = xq is not None
     want16 = out16 is not None
-    fast(rms_norm_fused_kernel)[n, threads, stream](
+    fast(_fused_kernel(per))[n, threads, stream](
         x,
         w if w is not None else x[0],
         w is not None,

@@ -430,25 +430,32 @@ def _make_mv_rows(q4: bool, rows_per_warp: int, words: int):
     return mv
 
 
-# rows per warp for the decode matvec (the H100 measured: Q4_0 one row 52%, two rows 70-80% of copy
-# bandwidth); EMBEDKIT_MV_ROWS_Q4 / _Q8 override for measurements
+# rows per warp for the decode matvec and 8-byte words per lane per trip. The grid of
+# benchmarks/tune_gpu_decode.py on the H100 (2026-11-26) put Q4_0 at four rows x two words (2.68 ms
+# of graph time a Mistral-7B step) and Q8_0 at one row x four words (3.76 ms).
+# EMBEDKIT_MV_ROWS_Q4 / _Q8 and EMBEDKIT_MV_WORDS_Q4 / _Q8 override them for measurements.
 _MV_ROWS = {
-    "Q4_0": int(os.environ.get("EMBEDKIT_MV_ROWS_Q4", "2")),
+    "Q4_0": int(os.environ.get("EMBEDKIT_MV_ROWS_Q4", "4")),
     "Q8_0": int(os.environ.get("EMBEDKIT_MV_ROWS_Q8", "1")),
+}
+_MV_WORDS = {
+    "Q4_0": int(os.environ.get("EMBEDKIT_MV_WORDS_Q4", "2")),
+    "Q8_0": int(os.environ.get("EMBEDKIT_MV_WORDS_Q8", "4")),
 }
 _MV_KERNELS: dict = {}
 
 
 def _mv_kernel(ggml_name: str):
     """(kernel, rows per warp) for the multi-matrix matvec of a repacked type."""
-    rows = _MV_ROWS[ggml_name]
-    if rows == 1:
-        return (mv_q4_0r if ggml_name == "Q4_0" else mv_q8_0r), 1
-    if ggml_name == "Q4_0" and rows == 2:
-        return mv_q4_0r_pairs, 2
-    key = (ggml_name, rows)
+    rows, words = _MV_ROWS[ggml_name], _MV_WORDS[ggml_name]
+    if words == 4:
+        if rows == 1:
+            return (mv_q4_0r if ggml_name == "Q4_0" else mv_q8_0r), 1
+        if ggml_name == "Q4_0" and rows == 2:
+            return mv_q4_0r_pairs, 2
+    key = (ggml_name, rows, words)
     if key not in _MV_KERNELS:
-        _MV_KERNELS[key] = _make_mv_rows(ggml_name == "Q4_0", rows, 4)
+        _MV_KERNELS[key] = _make_mv_rows(ggml_name == "Q4_0", rows, words)
     return _MV_KERNELS[key], rows
 
 

@@ -13,6 +13,30 @@ from numba import cuda
 from embedkit.kernels.cuda.launch import fast
 
 
+@cuda.jit(device=True, inline=True)
+def rope_angle(i, p, n_rot, log_base, freq_scale):
+    """(cos, sin) of pair i at position p, in float64: theta = p * freq_scale * base^(-2i/n_rot)."""
+    theta = np.float64(p) * freq_scale * math.exp(-2.0 * i / n_rot * log_base)
+    return math.cos(theta), math.sin(theta)
+
+
+@cuda.jit(device=True, inline=True)
+def rotate(x0, x1, c, s):
+    """(x0 c - x1 s, x0 s + x1 c) in float64, rounded to float32."""
+    a = np.float64(x0)
+    b = np.float64(x1)
+    return np.float32(a * c - b * s), np.float32(a * s + b * c)
+
+
+@cuda.jit(device=True, inline=True)
+def pair_slots(i, n_rot, neox):
+    """The two element indices pair i rotates ("norm": 2i, 2i+1; "neox": i, i + n_rot/2); pairs
+    with 2i >= n_rot pass through and own slots 2i, 2i+1 in both styles."""
+    if neox and 2 * i < n_rot:
+        return i, i + n_rot // 2
+    return 2 * i, 2 * i + 1
+
+
 @cuda.jit
 def rope_kernel(x, positions, pos_buf, use_positions, n_rot, log_base, freq_scale, neox, out):
     """x, out float32 [n, heads, head_dim]; one thread per (token, head, dim pair)."""
@@ -25,25 +49,16 @@ def rope_kernel(x, positions, pos_buf, use_positions, n_rot, log_base, freq_scal
         return
     h = idx // half
     i = idx % half  # pair index over the whole head; pairs >= n_rot/2 pass through
+    a, b = pair_slots(i, n_rot, neox)
     if 2 * i >= n_rot:
-        # pass-through: copy the two elements this pair slot owns (same slots in both styles)
-        out[t, h, 2 * i] = x[t, h, 2 * i]
-        out[t, h, 2 * i + 1] = x[t, h, 2 * i + 1]
+        out[t, h, a] = x[t, h, a]
+        out[t, h, b] = x[t, h, b]
         return
     p = positions[t] if use_positions else pos_buf[0] + t
-    theta = np.float64(p) * freq_scale * math.exp(-2.0 * i / n_rot * log_base)
-    c = math.cos(theta)
-    s = math.sin(theta)
-    if neox:
-        a = i
-        b = i + n_rot // 2
-    else:
-        a = 2 * i
-        b = 2 * i + 1
-    x0 = np.float64(x[t, h, a])
-    x1 = np.float64(x[t, h, b])
-    out[t, h, a] = np.float32(x0 * c - x1 * s)
-    out[t, h, b] = np.float32(x0 * s + x1 * c)
+    c, sn = rope_angle(i, p, n_rot, log_base, freq_scale)
+    ya, yb = rotate(x[t, h, a], x[t, h, b], c, sn)
+    out[t, h, a] = ya
+    out[t, h, b] = yb
 
 
 def rope(x, positions, pos_buf, n_rot: int, base: float, freq_scale: float, neox: bool, out, stream=0) -> None:
