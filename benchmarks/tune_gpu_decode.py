@@ -1,6 +1,6 @@
 """Decode-kernel settings measured end to end: the device time of one recorded decode step (a CUDA
 graph) of a 32-layer Mistral-7B-shaped random model, for each matvec layout (rows per warp, words
-per lane per trip, warps per block) and RMSNorm layout (threads per block of the many-block decode
+per lane per trip, warps per block, split-K threshold) and RMSNorm layout (threads per block of the many-block decode
 norm, 0 for one block per row), all in one process on the same model.
 
 Each setting re-records the graph, then times 20 graph launches between CUDA events (weights stream
@@ -24,10 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SETTINGS = {  # (rows per warp, words per lane per trip, warps per block, RMSNorm split threads)
-    "Q4_0": [(4, 2, 4, 256), (4, 2, 4, 0), (4, 2, 4, 128), (4, 2, 4, 512), (2, 4, 4, 256), (4, 4, 4, 256),
-             (4, 2, 8, 256), (4, 2, 2, 256)],
-    "Q8_0": [(1, 4, 4, 256), (1, 4, 4, 0), (1, 4, 4, 128), (1, 8, 4, 256), (1, 2, 4, 256), (1, 4, 2, 256)],
+SETTINGS = {  # (rows per warp, words per lane per trip, warps per block, RMSNorm split threads,
+    # split-K below this many warps a launch)
+    "Q4_0": [(4, 2, 4, 256, 4096), (4, 2, 4, 256, 0), (4, 2, 4, 256, 2048), (4, 2, 8, 256, 8192),
+             (4, 2, 8, 256, 4096), (2, 4, 4, 256, 4096), (4, 4, 4, 256, 4096), (4, 2, 4, 0, 4096)],
+    "Q8_0": [(1, 4, 4, 256, 4096), (1, 4, 4, 256, 0), (1, 4, 4, 256, 8192), (2, 4, 4, 256, 4096),
+             (2, 2, 4, 256, 4096), (1, 4, 8, 256, 8192)],
 }  # fmt: skip
 
 
@@ -38,9 +40,9 @@ def measure(m, gpu, toks, setting) -> tuple[float, float, np.ndarray]:
     from embedkit.kernels.cuda import norms, quant_fast
 
     gtype = m.layers[0].wq.data.fast
-    rows, words, warps, norm_threads = setting
+    rows, words, warps, norm_threads, split_min = setting
     quant_fast._MV_ROWS[gtype], quant_fast._MV_WORDS[gtype] = rows, words
-    quant_fast.MV_WARPS = warps
+    quant_fast.MV_WARPS, quant_fast.MV_SPLIT_MIN_WARPS = warps, split_min
     norms.SPLIT_THREADS = norm_threads
     gpu._graph = None
     state = m.new_state(256)
@@ -98,7 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--types", default="Q4_0,Q8_0")
     ap.add_argument("--workdir", default=os.environ.get("TMPDIR", tempfile.gettempdir()))
-    ap.add_argument("--settings", default="", help='"TYPE:r,w,b,t;r,w,b,t TYPE:..." instead of the built-in lists')
+    ap.add_argument("--settings", default="", help='"TYPE:r,w,b,t,s;r,w,b,t,s TYPE:..." instead of the built-in lists')
     args = ap.parse_args()
     for spec in args.settings.split():
         gtype, lists = spec.split(":")
@@ -108,7 +110,8 @@ def main() -> None:
     from embedkit.models import load_model
     from embedkit.testing.random_quant import llama_spec, write_random_gguf
 
-    defaults = (dict(quant_fast._MV_ROWS), dict(quant_fast._MV_WORDS), quant_fast.MV_WARPS, norms.SPLIT_THREADS)
+    defaults = (dict(quant_fast._MV_ROWS), dict(quant_fast._MV_WORDS), quant_fast.MV_WARPS, norms.SPLIT_THREADS,
+                quant_fast.MV_SPLIT_MIN_WARPS)  # fmt: skip
     for gtype in args.types.split(","):
         path = Path(args.workdir) / f"mistral-{gtype.lower()}.gguf"
         if not path.exists():
@@ -117,9 +120,9 @@ def main() -> None:
         gpu = m.placement.layer(0)
         toks = np.random.default_rng(0).integers(0, m.params.n_vocab, 64).astype(np.int32)
         print(f"\nMistral-7B shape, {gtype}: graph = device ms of one decode step (20 replays), wall = ms/token")
-        print("| rows/warp | words/trip | warps/block | norm split threads | graph ms | tok/s (graph) | wall ms | "
-              "max rel diff |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|")
+        print("| rows/warp | words/trip | warps/block | norm split threads | split-K below warps | graph ms | "
+              "tok/s (graph) | wall ms | max rel diff |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|")
         ref = None
         for setting in SETTINGS[gtype]:
             graph_ms, wall_ms, logits = measure(m, gpu, toks, setting)
@@ -129,7 +132,7 @@ def main() -> None:
                   f"{diff:.1e} |", flush=True)  # fmt: skip
         quant_fast._MV_ROWS.update(defaults[0])
         quant_fast._MV_WORDS.update(defaults[1])
-        quant_fast.MV_WARPS, norms.SPLIT_THREADS = defaults[2], defaults[3]
+        quant_fast.MV_WARPS, norms.SPLIT_THREADS, quant_fast.MV_SPLIT_MIN_WARPS = defaults[2:]
         gpu._graph = None
         b = host_breakdown(m, gpu, toks)
         print(f"\nhost time of a replayed step at the defaults (median ms): forward entry to graph launch "

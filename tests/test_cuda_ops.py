@@ -101,10 +101,15 @@ def test_matvec_vs_cpu(backends, rng, qtype, n_tok):
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0"])
 @pytest.mark.parametrize("n_tok", [1, 2])
-def test_fused_decode_ops_vs_cpu(backends, rng, qtype, n_tok):
+@pytest.mark.parametrize("split", ["split-K", "whole-row"])
+def test_fused_decode_ops_vs_cpu(backends, rng, qtype, n_tok, split, monkeypatch):
     """RMSNorm writing int8 blocks, three matvecs in one launch (with biases), GLU writing int8
     blocks, a matvec plus residual: each against the CPU backend (3e-2: int8 activations on both
-    sides, twice in a row for the last two)."""
+    sides, twice in a row for the last two). These small matrices take split-K matvecs by default;
+    the other case turns it off, as the big matrices of a real model run."""
+    from embedkit.kernels.cuda import quant_fast
+
+    monkeypatch.setattr(quant_fast, "MV_SPLIT_MIN_WARPS", 4096 if split == "split-K" else 0)
     cpu, gpu = backends
     d, ff = 2080, 96  # 2080: whole trips of the unrolled loop plus a remainder
     x = rng.standard_normal((n_tok, d)).astype(np.float32)

@@ -351,16 +351,28 @@ def _q8_dot(wv, xv):
     return dp4a(wv >> _THIRTY_TWO, xv >> _THIRTY_TWO, s)
 
 
-def _make_mv_rows(q4: bool, rows_per_warp: int, words: int):
+MV_MAX_WARPS = 32  # warps per block the split-K partial sums have room for
+
+
+def _make_mv_rows(q4: bool, rows_per_warp: int, words: int, split: int = 1):
     """Multi-matrix dp4a matvec with `rows_per_warp` rows per warp (sharing the activation loads)
-    and `words` words per lane per trip: rows_per_warp * words weight loads in flight."""
+    and `words` words per lane per trip: rows_per_warp * words weight loads in flight.
+
+    With `split` > 1, that many consecutive warps of a block share a group of rows, warp k taking
+    words k*32 + lane, (k + split)*32 + lane, ...; their partial sums meet in shared memory. A
+    matrix with few rows (Mistral's 4096-row down projection: 1024 groups of four rows) then still
+    puts enough warps on every SM to keep the loads in flight."""
     R = rows_per_warp
     U = words
+    S = split
+    STEP = S * WARP
 
     @cuda.jit
     def mv(xq64, xd, qa, da, ya, ba, na, qb, db, yb, bb, nb_, qc, dc, yc, bc, nc, has_bias, res, y2, has_res):
         lane = cuda.threadIdx.x % WARP
-        g = cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP
+        warp = cuda.threadIdx.x // WARP
+        g = cuda.blockIdx.x * (cuda.blockDim.x // WARP // S) + warp // S
+        part = warp % S
         t = cuda.blockIdx.y
         wa = (na + R - 1) // R
         wb = (nb_ + R - 1) // R
@@ -377,13 +389,13 @@ def _make_mv_rows(q4: bool, rows_per_warp: int, words: int):
             rr[i] = min(r0 + i, rows - 1)  # rows past the end repeat the last one (not written)
             acc[i] = np.float32(0.0)
         n_words = qs.shape[1] if r0 < rows else 0
-        w = lane
-        while w + (U - 1) * WARP < n_words:
+        w = lane + part * WARP
+        while w + (U - 1) * STEP < n_words:
             for u in range(U):
                 for i in range(R):
-                    wv[u, i] = qs[rr[i], w + u * WARP]
+                    wv[u, i] = qs[rr[i], w + u * STEP]
             for u in range(U):
-                ww = w + u * WARP
+                ww = w + u * STEP
                 if q4:
                     blk = ww >> 1
                     k = ww & 1
@@ -399,7 +411,7 @@ def _make_mv_rows(q4: bool, rows_per_warp: int, words: int):
                     x = xd[t, blk]
                     for i in range(R):
                         acc[i] += np.float32(_q8_dot(wv[u, i], xv)) * (np.float32(d[rr[i], blk]) * x)
-            w += U * WARP
+            w += U * STEP
         while w < n_words:
             if q4:
                 blk = w >> 1
@@ -416,11 +428,29 @@ def _make_mv_rows(q4: bool, rows_per_warp: int, words: int):
                 x = xd[t, blk]
                 for i in range(R):
                     acc[i] += np.float32(_q8_dot(qs[rr[i], w], xv)) * (np.float32(d[rr[i], blk]) * x)
-            w += WARP
-        for i in range(R):
-            a = warp_sum(acc[i])
-            r = r0 + i
-            if lane == i and r < rows:
+            w += STEP
+        if S == 1:
+            for i in range(R):
+                a = warp_sum(acc[i])
+                r = r0 + i
+                if lane == i and r < rows:
+                    if has_bias:
+                        a += b[r]
+                    y[t, r] = a
+                    if has_res:
+                        y2[t, r] = a + res[t, r]
+        else:
+            parts = cuda.shared.array((MV_MAX_WARPS, R), dtype=np.float32)
+            for i in range(R):
+                a = warp_sum(acc[i])
+                if lane == 0:
+                    parts[warp, i] = a
+            cuda.syncthreads()
+            r = r0 + lane
+            if part == 0 and lane < R and r < rows:
+                a = parts[warp, lane]
+                for k in range(1, S):
+                    a += parts[warp + k, lane]
                 if has_bias:
                     a += b[r]
                 y[t, r] = a
@@ -442,21 +472,29 @@ _MV_WORDS = {
     "Q4_0": int(os.environ.get("EMBEDKIT_MV_WORDS_Q4", "2")),
     "Q8_0": int(os.environ.get("EMBEDKIT_MV_WORDS_Q8", "4")),
 }
+# a launch whose row groups come to fewer warps than this gets split-K (see _make_mv_rows): 2, 4, ...
+# warps a group, up to MV_WARPS; 0 turns it off
+MV_SPLIT_MIN_WARPS = int(os.environ.get("EMBEDKIT_MV_SPLIT_MIN_WARPS", "2048"))
 _MV_KERNELS: dict = {}
 
 
-def _mv_kernel(ggml_name: str):
-    """(kernel, rows per warp) for the multi-matrix matvec of a repacked type."""
+def _mv_kernel(ggml_name: str, n_rows: list[int]):
+    """(kernel, rows per warp, warps per row group) of the multi-matrix matvec of a repacked type
+    over matrices of `n_rows` rows."""
     rows, words = _MV_ROWS[ggml_name], _MV_WORDS[ggml_name]
-    if words == 4:
+    groups = sum(-(-r // rows) for r in n_rows)
+    split = 1
+    while MV_SPLIT_MIN_WARPS and groups * split < MV_SPLIT_MIN_WARPS and split * 2 <= MV_WARPS:
+        split *= 2
+    if words == 4 and split == 1:
         if rows == 1:
-            return (mv_q4_0r if ggml_name == "Q4_0" else mv_q8_0r), 1
+            return (mv_q4_0r if ggml_name == "Q4_0" else mv_q8_0r), 1, 1
         if ggml_name == "Q4_0" and rows == 2:
-            return mv_q4_0r_pairs, 2
-    key = (ggml_name, rows, words)
+            return mv_q4_0r_pairs, 2, 1
+    key = (ggml_name, rows, words, split)
     if key not in _MV_KERNELS:
-        _MV_KERNELS[key] = _make_mv_rows(ggml_name == "Q4_0", rows, words)
-    return _MV_KERNELS[key], rows
+        _MV_KERNELS[key] = _make_mv_rows(ggml_name == "Q4_0", rows, words, split)
+    return _MV_KERNELS[key], rows, split
 
 
 def matvec_multi(ggml_name: str, mats, xq64, xd, res=None, y2=None, stream=0) -> None:
@@ -481,8 +519,8 @@ def matvec_multi(ggml_name: str, mats, xq64, xd, res=None, y2=None, stream=0) ->
         args += [qs.view(np.uint64), d, y, b if b is not None else y[0], rows]
     has_res = res is not None
     y0 = mats[0][3]
-    kernel, per_warp = _mv_kernel(ggml_name)
-    total = sum(-(-m[3].shape[1] // per_warp) for m in mats)  # warps
+    kernel, per_warp, split = _mv_kernel(ggml_name, [m[3].shape[1] for m in mats])
+    total = sum(-(-m[3].shape[1] // per_warp) for m in mats) * split  # warps
     fast(kernel)[(math.ceil(total / MV_WARPS), n), MV_WARPS * WARP, stream](
         xq64, xd, *args, has_bias, res if has_res else y0, y2 if has_res else y0, has_res
     )
