@@ -16,7 +16,7 @@ from functools import cache
 import numpy as np
 from numba import cuda
 
-from embedkit.kernels.cuda.intrinsics import warp_max, warp_sum
+from embedkit.kernels.cuda.intrinsics import q8_lane, warp_sum
 from embedkit.kernels.cuda.launch import fast
 from embedkit.kernels.cuda.reduce import block_max, block_sum
 from embedkit.kernels.cuda.rope import pair_slots, rope_angle, rotate
@@ -448,11 +448,9 @@ def _decode_kernel(per: int, rope: bool):
         if valid:
             out[t, h * hd + tid] = o
         if want_q:
-            amax = warp_max(abs(o))
+            q, dd = q8_lane(o)
             if valid:
-                dd = amax / np.float32(127.0)
-                qinv = np.float32(0.0) if dd == 0 else np.float32(1.0) / dd
-                xq[t, h * hd + tid] = np.int8(round(o * qinv))
+                xq[t, h * hd + tid] = q
                 if lane == 0:
                     xd[t, (h * hd + tid) // 32] = dd
 

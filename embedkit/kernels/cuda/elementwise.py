@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from embedkit.kernels.cuda.intrinsics import warp_max
+from embedkit.kernels.cuda.intrinsics import q8_lane
 from embedkit.kernels.cuda.launch import fast
 
 THREADS = 256
@@ -117,11 +117,9 @@ def glu_fused_kernel(gate, up, out, op, xq, xd, want_q, out16, want16):
         if want16:
             out16[i] = v
     if want_q:
-        amax = warp_max(abs(v))
+        q, dd = q8_lane(v)
         if valid:
-            dd = amax / np.float32(127.0)
-            qinv = np.float32(0.0) if dd == 0 else np.float32(1.0) / dd
-            xq[i] = np.int8(round(v * qinv))
+            xq[i] = q
             if cuda.threadIdx.x % 32 == 0:
                 xd[i // 32] = dd
 

@@ -86,3 +86,14 @@ else:
             return builder.call(asm, vals)
 
         return sig, codegen
+
+
+@cuda.jit(device=True, inline=True)
+def q8_lane(v):
+    """(int8 quant, block scale) of `v` for a warp holding one block of 32 activations, lane j value j
+    (lanes past the end pass 0): llama.cpp's symmetric rounding, d = max|v| / 127, q = round(v / d).
+    Every lane of the warp must call it (a warp reduction)."""
+    amax = warp_max(abs(v))
+    dd = amax / np.float32(127.0)
+    qinv = np.float32(0.0) if dd == 0 else np.float32(1.0) / dd
+    return np.int8(round(v * qinv)), dd

@@ -8,7 +8,7 @@ from functools import cache
 import numpy as np
 from numba import cuda
 
-from embedkit.kernels.cuda.intrinsics import warp_max
+from embedkit.kernels.cuda.intrinsics import q8_lane
 from embedkit.kernels.cuda.launch import fast
 from embedkit.kernels.cuda.reduce import block_sum
 
@@ -122,11 +122,9 @@ def _fused_kernel(per: int):
                 else:
                     v = np.float32(0.0)
                 if want_q:
-                    amax = warp_max(abs(v))
+                    q, dd = q8_lane(v)
                     if valid:
-                        dd = amax / np.float32(127.0)
-                        qinv = np.float32(0.0) if dd == 0 else np.float32(1.0) / dd
-                        xq[r, i] = np.int8(round(v * qinv))
+                        xq[r, i] = q
                         if lane == 0:
                             xd[r, i // 32] = dd
 
@@ -178,11 +176,9 @@ def _split_kernel(per: int):
         else:
             out[r, i] = v
         if want_q:
-            amax = warp_max(abs(v))
+            q, dd = q8_lane(v)
             if valid:
-                dd = amax / np.float32(127.0)
-                qinv = np.float32(0.0) if dd == 0 else np.float32(1.0) / dd
-                xq[r, i] = np.int8(round(v * qinv))
+                xq[r, i] = q
                 if tid % 32 == 0:
                     xd[r, i // 32] = dd
 

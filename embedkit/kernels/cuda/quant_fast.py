@@ -15,7 +15,7 @@ import os
 import numpy as np
 from numba import cuda
 
-from embedkit.kernels.cuda.intrinsics import dp4a, warp_max, warp_sum
+from embedkit.kernels.cuda.intrinsics import dp4a, q8_lane, warp_sum
 from embedkit.kernels.cuda.launch import fast
 
 WARP = 32
@@ -62,11 +62,9 @@ def quantize_rows_q8(x, xq, xd):
     blk = cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP
     valid = blk < xd.shape[1]
     v = x[t, blk * 32 + lane] if valid else np.float32(0.0)
-    amax = warp_max(abs(v))
+    q, dd = q8_lane(v)
     if valid:
-        dd = amax / np.float32(127.0)
-        inv = np.float32(0.0) if dd == 0 else np.float32(1.0) / dd
-        xq[t, blk * 32 + lane] = np.int8(round(v * inv))
+        xq[t, blk * 32 + lane] = q
         if lane == 0:
             xd[t, blk] = dd
 
