@@ -350,7 +350,7 @@ def main() -> None:
             t = time.perf_counter()
             write_random_gguf(path, arch, *(spec or configs[base][1]))
             print(f"{key}: wrote {path.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - t:.0f} s", flush=True)
-        n_prompt, n_gen = (512, 128) if ngl < 0 else (64, 16)
+        n_prompt, n_gen = (512, 128) if ngl < 0 else (512, 64)  # llama.cpp: pp512 and tg64 at -ngl 16
         r = bench_decoder(path, ngl, n_prompt, n_gen, 1 if ngl >= 0 else reps)
         r["n_prompt"], r["n_gen"] = n_prompt, n_gen
         if r["decode_bytes"]:

@@ -1,7 +1,8 @@
 """Whole models on the GPU against the CPU backend, on random-weight GGUFs written by the test.
 
 Full offload (`-ngl -1`, decode steps as CUDA graphs where CuPy is present) and partial offload
-(`-ngl 1` of 2 layers: activations cross the bus at the boundary). Prompt then single-token steps,
+(`-ngl 1` of 2 layers: activations cross the bus at the boundary; the CPU layer's matmuls over
+32 or more tokens run on the GPU). Prompt then single-token steps,
 so both the prompt path and the decode path (graph recorded on the first step, replayed after)
 are checked. Tolerances: logits max |gpu - cpu| <= 3e-2 * max |cpu| (Q4_0/Q8_0 matvecs quantize
 activations to int8 blocks, GEMMs round to float16) and top-1 agreement up to that tolerance (the
@@ -42,7 +43,7 @@ def _run(path, placement, steps=(9, 1, 1, 1)):
     from embedkit.models import load_model
 
     m = load_model(path, placement)
-    st = m.new_state(32)
+    st = m.new_state(64)
     rng = np.random.default_rng(7)
     out, pos = [], 0
     for n in steps:
@@ -69,6 +70,23 @@ def test_decoder_logits_gpu_vs_cpu(model_files, name, ngl, input_on_gpu):
     ref = _run(model_files[name], None)
     got = _run(model_files[name], make_placement("cuda", ngl, input_on_gpu))
     _check_logits(got, ref)
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_partial_offload_prompt_matmuls_on_gpu(model_files, name):
+    """-ngl 1 of 2 layers: the CPU layer's matmuls over a 40-token prompt run on the GPU (each weight
+    uploaded for the call, as llama.cpp does with large batches), decode stays on the CPU's kernels,
+    and the logits agree with the CPU's."""
+    from embedkit.backend.cuda import OFFLOAD_MIN_TOKENS, cuda_backend
+    from embedkit.backend.placement import make_placement
+
+    assert OFFLOAD_MIN_TOKENS <= 40
+    be = cuda_backend(graphs=False)
+    before = be.stats.extra.get("host_matmuls", 0)
+    ref = _run(model_files[name], None, steps=(40, 1, 1))
+    got = _run(model_files[name], make_placement("cuda", 1, False), steps=(40, 1, 1))
+    _check_logits(got, ref)
+    assert be.stats.extra.get("host_matmuls", 0) - before >= 4  # Q, K, V, O, gate, up, down of layer 0
 
 
 def test_decode_graph_replays(model_files):

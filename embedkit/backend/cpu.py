@@ -69,8 +69,11 @@ class CPUBackend(Backend):
 
     name = "cpu"
 
-    def __init__(self) -> None:
+    def __init__(self, batch_offload: Backend | None = None) -> None:
+        """`batch_offload`: a GPU backend that runs this backend's large-batch matmuls (partial
+        offload: the CPU layers' prompt matmuls, through its `offload_takes` / `host_matmul`)."""
         self._rope_tables: dict[tuple[int, float, float], tuple[np.ndarray, np.ndarray]] = {}
+        self.batch_offload = batch_offload
 
     # -- data movement -------------------------------------------------------------------
     def weight(self, t) -> Weight:
@@ -141,9 +144,12 @@ class CPUBackend(Backend):
             and x.shape[1] == w.shape[1]
         ):
             return self._matmul_f32_blocks(x, w, bias)
+        off = self.batch_offload
         if _decode_ready(x, w):  # decode: weights were checked at load, skip the per-call validation
             kernels.apply_num_threads()
             y = matmul_rows(x, w.data, w.ggml_type, w.shape[1], _packed(w))
+        elif off is not None and off.offload_takes(x, w):
+            y = off.host_matmul(x, w)
         else:
             y = kernels.matmul(x, w.data, w.ggml_type, w.shape)
         if bias is not None:

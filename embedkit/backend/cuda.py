@@ -41,6 +41,9 @@ MATVEC_MAX_ROWS = 8  # up to this many tokens a matmul streams the quantized wei
 F16_CACHE_MAX_BYTES = 64 << 20  # keep a float16 copy of matrices up to this size for GEMMs
 PROMPT_ATTENTION_BLAS = True  # prompts: cuBLAS batched GEMMs (else the tiled shared-memory kernel)
 FUSE_DECODE_ROPE = True  # graphs: RoPE of q and k + KV store inside the decode attention kernel
+# partial offload: a CPU layer's matmul over at least this many tokens runs here, its weight crossing
+# the bus for the call (llama.cpp's threshold for the same move)
+OFFLOAD_MIN_TOKENS = 32
 
 _GENERIC_TYPES = {"F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"}
 _FAST_TYPES = {"Q4_0", "Q8_0"}
@@ -409,6 +412,28 @@ class CUDABackend(Backend):
         row_bytes = raw.shape[1]
         c = dev.view(np.float32) if row_bytes % 4 == 0 else self._dummy_f32
         return _Matrix(type_name, None, (dev, dev.view(np.float16), c), n_rows, n_cols)
+
+    def offload_takes(self, x: np.ndarray, w: Weight) -> bool:
+        """Whether `host_matmul` should run x @ W.T for a CPU layer: a batch of OFFLOAD_MIN_TOKENS or
+        more against a matrix of a type these kernels read."""
+        return (
+            x.ndim == 2
+            and x.shape[0] >= OFFLOAD_MIN_TOKENS
+            and len(w.shape) == 2
+            and isinstance(w.data, np.ndarray)
+            and _name(w.ggml_type) in _GENERIC_TYPES
+        )
+
+    def host_matmul(self, x: np.ndarray, w: Weight) -> np.ndarray:
+        """x @ W.T for host x [n, k] and a CPU-resident W (its raw GGUF rows): W is uploaded for this call
+        only, dequantized to float16 and multiplied by cuBLAS; the result comes back to the host. A
+        prompt batch does far more arithmetic per weight byte than the CPU does in the time the bus
+        takes to carry the bytes."""
+        n_rows, n_cols = w.shape
+        m = self.upload_matrix(w.data, _name(w.ggml_type), n_rows, n_cols)
+        y = self.to_host(self.matmul(self.asarray(x), Weight(w.name, w.ggml_type, w.shape, m)))
+        self.stats.extra["host_matmuls"] = self.stats.extra.get("host_matmuls", 0) + 1
+        return y
 
     def asarray(self, x: np.ndarray) -> Array:
         """Host array -> device float32 (or int32)."""

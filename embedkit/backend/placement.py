@@ -67,7 +67,8 @@ def make_placement(device: str = "auto", gpu_layers: int | None = None, input_on
     CUDA graphs. Token embeddings stay on the CPU (as in llama.cpp) unless `input_on_gpu` and every
     layer is on the GPU (worth it for encoders, whose embedding stage is a large batch). The default
     (None) puts them on the GPU with full offload: the lookup then joins the decode step's graph
-    instead of costing a host dequantization and an upload per token.
+    instead of costing a host dequantization and an upload per token. With partial offload the CPU
+    layers' matmuls over 32 or more tokens run on the GPU too, as llama.cpp's do.
     """
     from embedkit.errors import InputError
 
@@ -91,7 +92,8 @@ def make_placement(device: str = "auto", gpu_layers: int | None = None, input_on
 
         full = n_gpu < 0 or n_gpu > n_layer
         gpu = cuda_backend(graphs=full)
-        placement = Placement.offload(CPUBackend(), gpu, n_layer, n_gpu)
+        # the CPU layers hand their prompt-sized matmuls to the GPU (see CUDABackend.host_matmul)
+        placement = Placement.offload(CPUBackend(batch_offload=gpu), gpu, n_layer, n_gpu)
         on_gpu = full if input_on_gpu is None else input_on_gpu
         if on_gpu and (full or n_gpu >= n_layer):
             placement.input = gpu
