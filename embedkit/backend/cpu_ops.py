@@ -108,7 +108,7 @@ def attention_small(q, k, v, pos0, scale, window, softcap, out):  # pragma: no c
             out[t, base + i] = acc[i]
 
 
-@njit(cache=True)  # no fastmath: its no-infinities flag would void the exp-overflow limit below
+@njit(cache=True, nogil=True)  # no fastmath: its no-infinities flag would void the exp-overflow limit below
 def gelu_tanh_mul(gate, up, out):  # pragma: no cover - compiled
     """out = gelu_tanh(gate) * up, elementwise over 1-D arrays.
 
@@ -122,7 +122,7 @@ def gelu_tanh_mul(gate, up, out):  # pragma: no cover - compiled
         out[i] = x / (np.float32(1.0) + math.exp(-z)) * up[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def silu_mul(gate, up, out):  # pragma: no cover - compiled
     """out = silu(gate) * up, elementwise over 1-D arrays."""
     for i in range(gate.size):
