@@ -1,7 +1,8 @@
 """Matvec and row dequantization for every supported layout, built from `quant_elem` functions.
 
 One warp per output row; lanes walk the row 32 consecutive elements at a time (so a warp reads
-whole blocks together). Used for every type without a dedicated fast kernel, for embedding lookups
+whole blocks together). Used for every type without a dedicated fast kernel (Q4_0/Q8_0 have
+`quant_fast`, Q4_K/Q6_K matvecs `quant_kmatvec`), for embedding lookups
 (`dequantize_rows`) and to dequantize weights to float16 before a cuBLAS GEMM.
 """
 
@@ -13,6 +14,7 @@ from functools import cache
 import numpy as np
 from numba import cuda
 
+from embedkit.kernels.cuda import quant_kmatvec
 from embedkit.kernels.cuda.intrinsics import warp_sum
 from embedkit.kernels.cuda.launch import fast
 from embedkit.kernels.cuda.quant_elem import ELEMENT_FUNCTIONS
@@ -65,7 +67,11 @@ def _dequant_kernel(layout: str):
 
 
 def matvec(layout: str, views, x, bias, y, stream=0) -> None:
-    """y[t, r] = W[r, :] . x[t, :] (+ bias) for a weight held as `views` = (a, b, c) of `layout`."""
+    """y[t, r] = W[r, :] . x[t, :] (+ bias) for a weight held as `views` = (a, b, c) of `layout`
+    (Q4_K and Q6_K through their own kernels, `quant_kmatvec`)."""
+    if layout in quant_kmatvec.KMATVECS:
+        quant_kmatvec.matvec(layout, views, x, bias, y, stream)
+        return
     n, rows = y.shape
     has_bias = bias is not None
     fast(_matvec_kernel(layout))[(math.ceil(rows / ROWS_PER_BLOCK), n), ROWS_PER_BLOCK * WARP, stream](

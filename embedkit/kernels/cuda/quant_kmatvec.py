@@ -1,0 +1,131 @@
+"""Decode matvecs for the K-quants Q4_K and Q6_K, one warp per output row, a 256-element super-block
+per warp step.
+
+The element-wise kernel of `quant_generic` decodes every weight on its own (five or more loads and
+the scale unpacking per element: 7-10% of the H100's bandwidth). Here each lane takes eight weights of
+the super-block from four (Q4_K) or six (Q6_K) bytes it loads itself, with the super-block's scales
+read once per lane, and multiplies them with float32 activations; the warp's partial sums meet in one
+reduction per row. Same arithmetic as ggml's `dequantize_row_q4_K` / `dequantize_row_q6_K` followed by
+a float32 dot product, in another summation order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from embedkit.kernels.cuda.intrinsics import warp_sum
+from embedkit.kernels.cuda.launch import fast
+
+WARP = 32
+WARPS_PER_BLOCK = 4
+Q4_K_BYTES = 144  # d, dmin (float16), scales[12], qs[128]
+Q6_K_BYTES = 210  # ql[128], qh[64], scales[16] (int8), d (float16)
+
+
+@cuda.jit(device=True, inline=True)
+def _q4_k_scale_min(a, row, s, sub):
+    """(scale, min) of sub-block `sub` (0-7) from the 12 packed 6-bit scale bytes at a[row, s:]."""
+    if sub < 4:
+        sc = np.int32(a[row, s + sub]) & 63
+        mn = np.int32(a[row, s + sub + 4]) & 63
+    else:
+        sc = (np.int32(a[row, s + sub + 4]) & 0xF) | ((np.int32(a[row, s + sub - 4]) >> 6) << 4)
+        mn = (np.int32(a[row, s + sub + 4]) >> 4) | ((np.int32(a[row, s + sub]) >> 6) << 4)
+    return sc, mn
+
+
+@cuda.jit
+def matvec_q4_k(a, b, x, bias, has_bias, y):
+    """y[t, r] = W[r] . x[t] (+ bias) for Q4_K rows (a uint8 [rows, row_bytes], b its float16 view).
+
+    Lane l takes 64-element chunk l // 8 of each super-block and, in it, the four low-nibble weights
+    at 4 (l % 8) .. +3 (sub-block 2 chunk) and the four high-nibble ones 32 further (sub-block 2 chunk + 1)."""
+    lane = cuda.threadIdx.x % WARP
+    r = cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP
+    t = cuda.blockIdx.y
+    n_blocks = x.shape[1] // 256 if r < y.shape[1] else 0
+    chunk = lane // 8
+    k0 = (lane % 8) * 4
+    acc = np.float32(0.0)
+    for blk in range(n_blocks):
+        base = blk * Q4_K_BYTES
+        d = np.float32(b[r, blk * (Q4_K_BYTES // 2)])
+        dmin = np.float32(b[r, blk * (Q4_K_BYTES // 2) + 1])
+        sc_lo, mn_lo = _q4_k_scale_min(a, r, base + 4, 2 * chunk)
+        sc_hi, mn_hi = _q4_k_scale_min(a, r, base + 4, 2 * chunk + 1)
+        q0 = base + 16 + chunk * 32 + k0
+        x0 = blk * 256 + chunk * 64 + k0
+        dot_lo = np.float32(0.0)
+        dot_hi = np.float32(0.0)
+        sum_lo = np.float32(0.0)
+        sum_hi = np.float32(0.0)
+        for k in range(4):
+            q = np.int32(a[r, q0 + k])
+            xl = x[t, x0 + k]
+            xh = x[t, x0 + 32 + k]
+            dot_lo += np.float32(q & 15) * xl
+            dot_hi += np.float32(q >> 4) * xh
+            sum_lo += xl
+            sum_hi += xh
+        acc += d * (np.float32(sc_lo) * dot_lo + np.float32(sc_hi) * dot_hi)
+        acc -= dmin * (np.float32(mn_lo) * sum_lo + np.float32(mn_hi) * sum_hi)
+    acc = warp_sum(acc)
+    if lane == 0 and r < y.shape[1]:
+        if has_bias:
+            acc += bias[r]
+        y[t, r] = acc
+
+
+@cuda.jit
+def matvec_q6_k(a, b, x, bias, has_bias, y):
+    """y[t, r] = W[r] . x[t] (+ bias) for Q6_K rows (a uint8 [rows, row_bytes], b its float16 view).
+
+    Lane l takes half l // 16 of each super-block and, in it, positions 2 (l % 16) and 2 (l % 16) + 1
+    of all four 32-element quarters: eight weights from two ql pairs and one qh pair."""
+    lane = cuda.threadIdx.x % WARP
+    r = cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP
+    t = cuda.blockIdx.y
+    n_blocks = x.shape[1] // 256 if r < y.shape[1] else 0
+    half = lane // 16
+    l0 = (lane % 16) * 2
+    acc = np.float32(0.0)
+    for blk in range(n_blocks):
+        base = blk * Q6_K_BYTES
+        d = np.float32(b[r, blk * (Q6_K_BYTES // 2) + 104])  # d sits at byte 208 of the block
+        ql = base + half * 64
+        qh = base + 128 + half * 32
+        sc = base + 192 + half * 8
+        xb = blk * 256 + half * 128
+        for quarter in range(4):
+            s = np.int32(a[r, sc + l0 // 16 + 2 * quarter])
+            if s >= 128:
+                s -= 256
+            dot = np.float32(0.0)
+            for u in range(2):
+                l = l0 + u
+                lo = np.int32(a[r, ql + l + (32 if quarter % 2 == 1 else 0)])
+                lo = (lo & 0xF) if quarter < 2 else (lo >> 4)
+                hi = (np.int32(a[r, qh + l]) >> (2 * quarter)) & 3
+                dot += np.float32((lo | (hi << 4)) - 32) * x[t, xb + quarter * 32 + l]
+            acc += d * np.float32(s) * dot
+    acc = warp_sum(acc)
+    if lane == 0 and r < y.shape[1]:
+        if has_bias:
+            acc += bias[r]
+        y[t, r] = acc
+
+
+KMATVECS = {"Q4_K": matvec_q4_k, "Q6_K": matvec_q6_k}
+
+
+def matvec(layout: str, views, x, bias, y, stream=0) -> None:
+    """y = x @ W.T (+ bias) for a Q4_K or Q6_K matrix held as `views` (uint8, float16, float32) and
+    x float32 [n, k] with k a multiple of 256."""
+    n, rows = y.shape
+    has_bias = bias is not None
+    fast(KMATVECS[layout])[(math.ceil(rows / WARPS_PER_BLOCK), n), WARPS_PER_BLOCK * WARP, stream](
+        views[0], views[1], x, bias if has_bias else y[0], has_bias, y
+    )
