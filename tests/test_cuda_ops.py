@@ -101,9 +101,14 @@ def test_matvec_vs_cpu(backends, rng, qtype, n_tok):
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
 @pytest.mark.parametrize("n_tok", [1, 2])
-def test_kquant_matvec_vs_cpu(backends, rng, qtype, n_tok):
+@pytest.mark.parametrize("rows_per_warp", [1, 4])
+def test_kquant_matvec_vs_cpu(backends, rng, qtype, n_tok, rows_per_warp, monkeypatch):
     """The K-quant decode kernels over rows of six super-blocks (every lane's slice of each), with a
-    bias, against the CPU's (2e-3: the CPU rounds activations to int16 blocks, the GPU keeps float32)."""
+    bias, one or four rows a warp (37 or 5 rows: a partial last group), against the CPU's (2e-3: the
+    CPU rounds activations to int16 blocks, the GPU keeps float32)."""
+    from embedkit.kernels.cuda import quant_kmatvec
+
+    monkeypatch.setattr(quant_kmatvec, "ROWS_PER_WARP", rows_per_warp)
     cpu, gpu = backends
     rows, cols = (37, 1536) if not _sim() else (5, 512)
     t = _tensor("w", qtype, rows, cols, rng)

@@ -12,6 +12,7 @@ a float32 dot product, in another summation order.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from numba import cuda
@@ -37,88 +38,136 @@ def _q4_k_scale_min(a, row, s, sub):
     return sc, mn
 
 
-@cuda.jit
-def matvec_q4_k(a, b, x, bias, has_bias, y):
-    """y[t, r] = W[r] . x[t] (+ bias) for Q4_K rows (a uint8 [rows, row_bytes], b its float16 view).
+def _make_q4_k(R: int):
+    @cuda.jit
+    def matvec_q4_k(a, b, x, bias, has_bias, y):
+        """y[t, r] = W[r] . x[t] (+ bias) for Q4_K rows (a uint8 [rows, row_bytes], b its float16 view),
+        R rows per warp sharing the activation loads.
 
-    Lane l takes 64-element chunk l // 8 of each super-block and, in it, the four low-nibble weights
-    at 4 (l % 8) .. +3 (sub-block 2 chunk) and the four high-nibble ones 32 further (sub-block 2 chunk + 1)."""
-    lane = cuda.threadIdx.x % WARP
-    r = cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP
-    t = cuda.blockIdx.y
-    n_blocks = x.shape[1] // 256 if r < y.shape[1] else 0
-    chunk = lane // 8
-    k0 = (lane % 8) * 4
-    acc = np.float32(0.0)
-    for blk in range(n_blocks):
-        base = blk * Q4_K_BYTES
-        d = np.float32(b[r, blk * (Q4_K_BYTES // 2)])
-        dmin = np.float32(b[r, blk * (Q4_K_BYTES // 2) + 1])
-        sc_lo, mn_lo = _q4_k_scale_min(a, r, base + 4, 2 * chunk)
-        sc_hi, mn_hi = _q4_k_scale_min(a, r, base + 4, 2 * chunk + 1)
-        q0 = base + 16 + chunk * 32 + k0
-        x0 = blk * 256 + chunk * 64 + k0
-        dot_lo = np.float32(0.0)
-        dot_hi = np.float32(0.0)
-        sum_lo = np.float32(0.0)
-        sum_hi = np.float32(0.0)
-        for k in range(4):
-            q = np.int32(a[r, q0 + k])
-            xl = x[t, x0 + k]
-            xh = x[t, x0 + 32 + k]
-            dot_lo += np.float32(q & 15) * xl
-            dot_hi += np.float32(q >> 4) * xh
-            sum_lo += xl
-            sum_hi += xh
-        acc += d * (np.float32(sc_lo) * dot_lo + np.float32(sc_hi) * dot_hi)
-        acc -= dmin * (np.float32(mn_lo) * sum_lo + np.float32(mn_hi) * sum_hi)
-    acc = warp_sum(acc)
-    if lane == 0 and r < y.shape[1]:
-        if has_bias:
-            acc += bias[r]
-        y[t, r] = acc
+        Lane l takes 64-element chunk l // 8 of each super-block and, in it, the four low-nibble weights
+        at 4 (l % 8) .. +3 (sub-block 2 chunk) and the four high-nibble ones 32 further (sub-block
+        2 chunk + 1)."""
+        lane = cuda.threadIdx.x % WARP
+        r0 = (cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP) * R
+        t = cuda.blockIdx.y
+        rows = y.shape[1]
+        n_blocks = x.shape[1] // 256 if r0 < rows else 0
+        chunk = lane // 8
+        k0 = (lane % 8) * 4
+        acc = cuda.local.array(R, dtype=np.float32)
+        rr = cuda.local.array(R, dtype=np.int64)
+        for i in range(R):
+            acc[i] = np.float32(0.0)
+            rr[i] = min(r0 + i, rows - 1)  # rows past the end repeat the last one (not written)
+        xl = cuda.local.array(4, dtype=np.float32)
+        xh = cuda.local.array(4, dtype=np.float32)
+        for blk in range(n_blocks):
+            x0 = blk * 256 + chunk * 64 + k0
+            sum_lo = np.float32(0.0)
+            sum_hi = np.float32(0.0)
+            for k in range(4):
+                xl[k] = x[t, x0 + k]
+                xh[k] = x[t, x0 + 32 + k]
+                sum_lo += xl[k]
+                sum_hi += xh[k]
+            base = blk * Q4_K_BYTES
+            for i in range(R):
+                r = rr[i]
+                d = np.float32(b[r, blk * (Q4_K_BYTES // 2)])
+                dmin = np.float32(b[r, blk * (Q4_K_BYTES // 2) + 1])
+                sc_lo, mn_lo = _q4_k_scale_min(a, r, base + 4, 2 * chunk)
+                sc_hi, mn_hi = _q4_k_scale_min(a, r, base + 4, 2 * chunk + 1)
+                q0 = base + 16 + chunk * 32 + k0
+                dot_lo = np.float32(0.0)
+                dot_hi = np.float32(0.0)
+                for k in range(4):
+                    q = np.int32(a[r, q0 + k])
+                    dot_lo += np.float32(q & 15) * xl[k]
+                    dot_hi += np.float32(q >> 4) * xh[k]
+                acc[i] += d * (np.float32(sc_lo) * dot_lo + np.float32(sc_hi) * dot_hi)
+                acc[i] -= dmin * (np.float32(mn_lo) * sum_lo + np.float32(mn_hi) * sum_hi)
+        for i in range(R):
+            v = warp_sum(acc[i])
+            r = r0 + i
+            if lane == 0 and r < rows:
+                if has_bias:
+                    v += bias[r]
+                y[t, r] = v
 
-
-@cuda.jit
-def matvec_q6_k(a, b, x, bias, has_bias, y):
-    """y[t, r] = W[r] . x[t] (+ bias) for Q6_K rows (a uint8 [rows, row_bytes], b its float16 view).
-
-    Lane l takes half l // 16 of each super-block and, in it, positions 2 (l % 16) and 2 (l % 16) + 1
-    of all four 32-element quarters: eight weights from two ql pairs and one qh pair."""
-    lane = cuda.threadIdx.x % WARP
-    r = cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP
-    t = cuda.blockIdx.y
-    n_blocks = x.shape[1] // 256 if r < y.shape[1] else 0
-    half = lane // 16
-    l0 = (lane % 16) * 2
-    acc = np.float32(0.0)
-    for blk in range(n_blocks):
-        base = blk * Q6_K_BYTES
-        d = np.float32(b[r, blk * (Q6_K_BYTES // 2) + 104])  # d sits at byte 208 of the block
-        ql = base + half * 64
-        qh = base + 128 + half * 32
-        sc = base + 192 + half * 8
-        xb = blk * 256 + half * 128
-        for quarter in range(4):
-            s = np.int32(a[r, sc + l0 // 16 + 2 * quarter])
-            if s >= 128:
-                s -= 256
-            dot = np.float32(0.0)
-            for u in range(2):
-                l = l0 + u
-                lo = np.int32(a[r, ql + l + (32 if quarter % 2 == 1 else 0)])
-                lo = (lo & 0xF) if quarter < 2 else (lo >> 4)
-                hi = (np.int32(a[r, qh + l]) >> (2 * quarter)) & 3
-                dot += np.float32((lo | (hi << 4)) - 32) * x[t, xb + quarter * 32 + l]
-            acc += d * np.float32(s) * dot
-    acc = warp_sum(acc)
-    if lane == 0 and r < y.shape[1]:
-        if has_bias:
-            acc += bias[r]
-        y[t, r] = acc
+    return matvec_q4_k
 
 
-KMATVECS = {"Q4_K": matvec_q4_k, "Q6_K": matvec_q6_k}
+def _make_q6_k(R: int):
+    @cuda.jit
+    def matvec_q6_k(a, b, x, bias, has_bias, y):
+        """y[t, r] = W[r] . x[t] (+ bias) for Q6_K rows (a uint8 [rows, row_bytes], b its float16 view),
+        R rows per warp sharing the activation loads.
+
+        Lane l takes half l // 16 of each super-block and, in it, positions 2 (l % 16) and 2 (l % 16) + 1
+        of all four 32-element quarters: eight weights from two ql pairs and one qh pair."""
+        lane = cuda.threadIdx.x % WARP
+        r0 = (cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP) * R
+        t = cuda.blockIdx.y
+        rows = y.shape[1]
+        n_blocks = x.shape[1] // 256 if r0 < rows else 0
+        half = lane // 16
+        l0 = (lane % 16) * 2
+        acc = cuda.local.array(R, dtype=np.float32)
+        rr = cuda.local.array(R, dtype=np.int64)
+        for i in range(R):
+            acc[i] = np.float32(0.0)
+            rr[i] = min(r0 + i, rows - 1)
+        xv = cuda.local.array((4, 2), dtype=np.float32)
+        for blk in range(n_blocks):
+            xb = blk * 256 + half * 128
+            for quarter in range(4):
+                for u in range(2):
+                    xv[quarter, u] = x[t, xb + quarter * 32 + l0 + u]
+            base = blk * Q6_K_BYTES
+            ql = base + half * 64
+            qh = base + 128 + half * 32
+            sc = base + 192 + half * 8
+            for i in range(R):
+                r = rr[i]
+                d = np.float32(b[r, blk * (Q6_K_BYTES // 2) + 104])  # d sits at byte 208 of the block
+                for quarter in range(4):
+                    s = np.int32(a[r, sc + l0 // 16 + 2 * quarter])
+                    if s >= 128:
+                        s -= 256
+                    dot = np.float32(0.0)
+                    for u in range(2):
+                        l = l0 + u
+                        lo = np.int32(a[r, ql + l + (32 if quarter % 2 == 1 else 0)])
+                        lo = (lo & 0xF) if quarter < 2 else (lo >> 4)
+                        hi = (np.int32(a[r, qh + l]) >> (2 * quarter)) & 3
+                        dot += np.float32((lo | (hi << 4)) - 32) * xv[quarter, u]
+                    acc[i] += d * np.float32(s) * dot
+        for i in range(R):
+            v = warp_sum(acc[i])
+            r = r0 + i
+            if lane == 0 and r < rows:
+                if has_bias:
+                    v += bias[r]
+                y[t, r] = v
+
+    return matvec_q6_k
+
+
+# rows per warp: two measured best on the H100 (2026-11-26, kernel-only, 14336 x 4096 and 4096 x 14336:
+# Q4_K 91-93 us with one, 67-69 with two, 59-74 with four; Q6_K 108-134, 78-86, 90-139); EMBEDKIT_KMV_ROWS
+# overrides it for measurements
+ROWS_PER_WARP = int(os.environ.get("EMBEDKIT_KMV_ROWS", "2"))
+_KERNELS: dict = {}
+
+
+def _kernel(layout: str):
+    key = (layout, ROWS_PER_WARP)
+    if key not in _KERNELS:
+        _KERNELS[key] = (_make_q4_k if layout == "Q4_K" else _make_q6_k)(ROWS_PER_WARP)
+    return _KERNELS[key]
+
+
+KMATVECS = ("Q4_K", "Q6_K")
 
 
 def matvec(layout: str, views, x, bias, y, stream=0) -> None:
@@ -126,6 +175,7 @@ def matvec(layout: str, views, x, bias, y, stream=0) -> None:
     x float32 [n, k] with k a multiple of 256."""
     n, rows = y.shape
     has_bias = bias is not None
-    fast(KMATVECS[layout])[(math.ceil(rows / WARPS_PER_BLOCK), n), WARPS_PER_BLOCK * WARP, stream](
+    warps = math.ceil(rows / ROWS_PER_WARP)
+    fast(_kernel(layout))[(math.ceil(warps / WARPS_PER_BLOCK), n), WARPS_PER_BLOCK * WARP, stream](
         views[0], views[1], x, bias if has_bias else y[0], has_bias, y
     )
