@@ -101,10 +101,10 @@ def test_matvec_vs_cpu(backends, rng, qtype, n_tok):
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
 @pytest.mark.parametrize("n_tok", [1, 2])
-@pytest.mark.parametrize("rows_per_warp", [1, 4])
+@pytest.mark.parametrize("rows_per_warp", [1, 2, 4])
 def test_kquant_matvec_vs_cpu(backends, rng, qtype, n_tok, rows_per_warp, monkeypatch):
     """The K-quant decode kernels over rows of six super-blocks (every lane's slice of each), with a
-    bias, one or four rows a warp (37 or 5 rows: a partial last group), against the CPU's (2e-3: the
+    bias, one, two or four rows a warp (37 or 5 rows: a partial last group), against the CPU's (2e-3: the
     CPU rounds activations to int16 blocks, the GPU keeps float32)."""
     from embedkit.kernels.cuda import quant_kmatvec
 

@@ -1,5 +1,5 @@
-"""Decode matvecs for the K-quants Q4_K and Q6_K, one warp per output row, a 256-element super-block
-per warp step.
+"""Decode matvecs for the K-quants Q4_K and Q6_K: a warp takes ROWS_PER_WARP output rows and one
+256-element super-block of each per step, the activations loaded once for all of them.
 
 The element-wise kernel of `quant_generic` decodes every weight on its own (five or more loads and
 the scale unpacking per element: 7-10% of the H100's bandwidth). Here each lane takes eight weights of
