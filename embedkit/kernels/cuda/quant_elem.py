@@ -88,20 +88,26 @@ def elem_q5_1(a, b, c, row, i):
 
 
 @cuda.jit(device=True, inline=True)
-def elem_q4_k(a, b, c, row, i):
-    blk = i // 256
-    j = i % 256
-    base = blk * 144
-    d = np.float32(b[row, blk * 72])
-    dmin = np.float32(b[row, blk * 72 + 1])
-    sub = j // 32  # 8 sub-blocks of 32, two per 64-element chunk (low then high nibbles)
-    s = base + 4  # scales[12]
+def q4_k_scale_min(a, row, s, sub):
+    """(scale, min) of Q4_K sub-block `sub` (0-7) from the 12 packed 6-bit scale bytes at a[row, s:]."""
     if sub < 4:
         sc = np.int32(a[row, s + sub]) & 63
         mn = np.int32(a[row, s + sub + 4]) & 63
     else:
         sc = (np.int32(a[row, s + sub + 4]) & 0xF) | ((np.int32(a[row, s + sub - 4]) >> 6) << 4)
         mn = (np.int32(a[row, s + sub + 4]) >> 4) | ((np.int32(a[row, s + sub]) >> 6) << 4)
+    return sc, mn
+
+
+@cuda.jit(device=True, inline=True)
+def elem_q4_k(a, b, c, row, i):
+    blk = i // 256
+    j = i % 256
+    base = blk * 144
+    d = np.float32(b[row, blk * 72])
+    dmin = np.float32(b[row, blk * 72 + 1])
+    # 8 sub-blocks of 32, two per 64-element chunk (low then high nibbles); scales[12] at byte 4
+    sc, mn = q4_k_scale_min(a, row, base + 4, j // 32)
     chunk = j // 64
     q = np.int32(a[row, base + 16 + chunk * 32 + j % 32])
     q = (q & 15) if (j % 64) < 32 else (q >> 4)

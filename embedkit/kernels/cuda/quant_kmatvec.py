@@ -19,6 +19,7 @@ from numba import cuda
 
 from embedkit.kernels.cuda.intrinsics import warp_sum
 from embedkit.kernels.cuda.launch import fast
+from embedkit.kernels.cuda.quant_elem import q4_k_scale_min
 
 WARP = 32
 WARPS_PER_BLOCK = 4
@@ -27,15 +28,15 @@ Q6_K_BYTES = 210  # ql[128], qh[64], scales[16] (int8), d (float16)
 
 
 @cuda.jit(device=True, inline=True)
-def _q4_k_scale_min(a, row, s, sub):
-    """(scale, min) of sub-block `sub` (0-7) from the 12 packed 6-bit scale bytes at a[row, s:]."""
-    if sub < 4:
-        sc = np.int32(a[row, s + sub]) & 63
-        mn = np.int32(a[row, s + sub + 4]) & 63
-    else:
-        sc = (np.int32(a[row, s + sub + 4]) & 0xF) | ((np.int32(a[row, s + sub - 4]) >> 6) << 4)
-        mn = (np.int32(a[row, s + sub + 4]) >> 4) | ((np.int32(a[row, s + sub]) >> 6) << 4)
-    return sc, mn
+def _store_rows(acc, r0, rows, lane, t, has_bias, bias, y):
+    """Reduce each row's lane sums over the warp and write y[t, r0 + i] (+ bias) for rows that exist."""
+    for i in range(acc.shape[0]):
+        v = warp_sum(acc[i])
+        r = r0 + i
+        if lane == 0 and r < rows:
+            if has_bias:
+                v += bias[r]
+            y[t, r] = v
 
 
 def _make_q4_k(R: int):
@@ -75,8 +76,8 @@ def _make_q4_k(R: int):
                 r = rr[i]
                 d = np.float32(b[r, blk * (Q4_K_BYTES // 2)])
                 dmin = np.float32(b[r, blk * (Q4_K_BYTES // 2) + 1])
-                sc_lo, mn_lo = _q4_k_scale_min(a, r, base + 4, 2 * chunk)
-                sc_hi, mn_hi = _q4_k_scale_min(a, r, base + 4, 2 * chunk + 1)
+                sc_lo, mn_lo = q4_k_scale_min(a, r, base + 4, 2 * chunk)
+                sc_hi, mn_hi = q4_k_scale_min(a, r, base + 4, 2 * chunk + 1)
                 q0 = base + 16 + chunk * 32 + k0
                 dot_lo = np.float32(0.0)
                 dot_hi = np.float32(0.0)
@@ -86,13 +87,7 @@ def _make_q4_k(R: int):
                     dot_hi += np.float32(q >> 4) * xh[k]
                 acc[i] += d * (np.float32(sc_lo) * dot_lo + np.float32(sc_hi) * dot_hi)
                 acc[i] -= dmin * (np.float32(mn_lo) * sum_lo + np.float32(mn_hi) * sum_hi)
-        for i in range(R):
-            v = warp_sum(acc[i])
-            r = r0 + i
-            if lane == 0 and r < rows:
-                if has_bias:
-                    v += bias[r]
-                y[t, r] = v
+        _store_rows(acc, r0, rows, lane, t, has_bias, bias, y)
 
     return matvec_q4_k
 
@@ -142,13 +137,7 @@ def _make_q6_k(R: int):
                         hi = (np.int32(a[r, qh + l]) >> (2 * quarter)) & 3
                         dot += np.float32((lo | (hi << 4)) - 32) * xv[quarter, u]
                     acc[i] += d * np.float32(s) * dot
-        for i in range(R):
-            v = warp_sum(acc[i])
-            r = r0 + i
-            if lane == 0 and r < rows:
-                if has_bias:
-                    v += bias[r]
-                y[t, r] = v
+        _store_rows(acc, r0, rows, lane, t, has_bias, bias, y)
 
     return matvec_q6_k
 
