@@ -279,7 +279,7 @@ def bench_matvec(bandwidth: float) -> list[dict]:
                 row(f"{gtype} {label}", "+".join(map(str, outs)) + "x4096", timed(fn),
                     sum(bytes_per_token(w.data) for w in ws))  # fmt: skip
                 be.flush()
-    for name in ("matvec_q4_0r", "matvec_q8_0r", "mv_q4_0r_pairs", "mv_q8_0r"):
+    for name in ("matvec_q4_0r", "matvec_q8_0r", "mv_q8_0r"):
         try:
             regs = getattr(quant_fast, name).get_regs_per_thread()
         except Exception as e:  # noqa: BLE001 - diagnostics only

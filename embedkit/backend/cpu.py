@@ -106,7 +106,7 @@ class CPUBackend(Backend):
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def to_host(self, x: Array) -> np.ndarray:
-        """Already on the host (every op returns a fresh array, so the caller may keep it)."""
+        """Already on the host (no op writes into an array it has returned, so the caller may keep it)."""
         return x
 
     def take(self, x: Array) -> Array:

@@ -329,6 +329,16 @@ def _q6_k_typer(vector_x16: bool):
     return _dot_row_q6_k
 
 
+def _q6_k_quants(builder, blk, qh, h, k):
+    """The 32 signed quants (q - 32) of group 4h + k of the Q6_K super-block at `blk`: low nibbles from
+    ql, two high bits from `qh` (the half's 32 high-bit bytes)."""
+    ql = _load(builder, blk, ir.Constant(_I32, 64 * h + 32 * (k & 1)), _V32I8)
+    nib = builder.lshr(ql, ir.Constant(_V32I8, [4] * 32)) if k >= 2 else ql
+    nib = builder.and_(nib, ir.Constant(_V32I8, [15] * 32))
+    hb = builder.and_(builder.lshr(qh, ir.Constant(_V32I8, [2 * k] * 32)), ir.Constant(_V32I8, [3] * 32))
+    return builder.sub(builder.or_(nib, builder.shl(hb, ir.Constant(_V32I8, [4] * 32))), ir.Constant(_V32I8, [32] * 32))
+
+
 def _q6_k_row_x16(builder, row, xq_ptr, xda, nb, intp):
     """`dot_row_q6_k` on int16 activations: the same float operations in the same order, with the 16
     scales of a super-block sign-extended once and d * xd of its 8 groups in one vector multiply."""
@@ -345,13 +355,7 @@ def _q6_k_row_x16(builder, row, xq_ptr, xda, nb, intp):
         for h in range(2):
             qh = _load(builder, blk, ir.Constant(_I32, 128 + 32 * h), _V32I8)
             for k in range(4):
-                ql = _load(builder, blk, ir.Constant(_I32, 64 * h + 32 * (k & 1)), _V32I8)
-                nib = builder.lshr(ql, ir.Constant(_V32I8, [4] * 32)) if k >= 2 else ql
-                nib = builder.and_(nib, ir.Constant(_V32I8, [15] * 32))
-                hb = builder.and_(builder.lshr(qh, ir.Constant(_V32I8, [2 * k] * 32)), ir.Constant(_V32I8, [3] * 32))
-                q = builder.sub(
-                    builder.or_(nib, builder.shl(hb, ir.Constant(_V32I8, [4] * 32))), ir.Constant(_V32I8, [32] * 32)
-                )
+                q = _q6_k_quants(builder, blk, qh, h, k)
                 g = builder.add(g0, ir.Constant(intp, 4 * h + k))
                 xlo, xhi = _x16_halves(builder, xq_ptr, builder.mul(g, ir.Constant(intp, 32)))
                 qlo, qhi = _widen16(builder, q, signed=True)
@@ -382,12 +386,7 @@ def _q6_k_codegen(context, builder, signature, args, vector_x16):
         for h in range(2):
             qh = _load(builder, blk, ir.Constant(_I32, 128 + 32 * h), _V32I8)
             for k in range(4):
-                ql = _load(builder, blk, ir.Constant(_I32, 64 * h + 32 * (k & 1)), _V32I8)
-                nib = builder.lshr(ql, ir.Constant(_V32I8, [4] * 32)) if k >= 2 else ql
-                nib = builder.and_(nib, ir.Constant(_V32I8, [15] * 32))
-                hb = builder.and_(builder.lshr(qh, ir.Constant(_V32I8, [2 * k] * 32)), ir.Constant(_V32I8, [3] * 32))
-                q = builder.or_(nib, builder.shl(hb, ir.Constant(_V32I8, [4] * 32)))
-                q = builder.sub(q, ir.Constant(_V32I8, [32] * 32))
+                q = _q6_k_quants(builder, blk, qh, h, k)
                 sc = builder.sext(
                     _load(builder, blk, ir.Constant(_I32, 192 + 8 * h + 2 * k), ir.VectorType(_I8, 2)),
                     ir.VectorType(_I16, 2),

@@ -263,87 +263,6 @@ mv_q4_0r = _make_mv(_q4_word)
 
 
 @cuda.jit(device=True, inline=True)
-def _q4_pair2(wa, wb, xq64, xd, d, t, r, r1, w):
-    """Word w of rows r and r1 against the same activations."""
-    blk = w >> 1
-    k = w & 1
-    xlo = xq64[t, blk * 4 + k]
-    xhi = xq64[t, blk * 4 + 2 + k]
-    x = xd[t, blk]
-    alo, ahi = _q4_nib(wa)
-    blo, bhi = _q4_nib(wb)
-    sa = np.float32(_q4_dot(alo, ahi, xlo, xhi)) * (np.float32(d[r, blk]) * x)
-    sb = np.float32(_q4_dot(blo, bhi, xlo, xhi)) * (np.float32(d[r1, blk]) * x)
-    return sa, sb
-
-
-@cuda.jit
-def mv_q4_0r_pairs(xq64, xd, qa, da, ya, ba, na, qb, db, yb, bb, nb_, qc, dc, yc, bc, nc, has_bias, res, y2, has_res):
-    """The Q4_0R multi-matrix matvec with two rows per warp: the pair shares its activation loads
-    and keeps eight weight loads in flight (72-80% of the copy bandwidth on the H100, against 52%
-    for one row per warp). na, nb_, nc count rows; each matrix takes ceil(rows / 2) warps."""
-    lane = cuda.threadIdx.x % WARP
-    g = cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP
-    t = cuda.blockIdx.y
-    wa = (na + 1) // 2
-    wb = (nb_ + 1) // 2
-    if g < wa:
-        qs, d, y, b, r, rows = qa, da, ya, ba, 2 * g, na
-    elif g < wa + wb:
-        qs, d, y, b, r, rows = qb, db, yb, bb, 2 * (g - wa), nb_
-    else:
-        qs, d, y, b, r, rows = qc, dc, yc, bc, 2 * (g - wa - wb), nc
-    valid0 = r < rows
-    valid1 = r + 1 < rows
-    r1 = r + 1 if valid1 else r  # an odd last row pairs with itself (computed twice, written once)
-    n_words = qs.shape[1] if valid0 else 0
-    acc0 = np.float32(0.0)
-    acc1 = np.float32(0.0)
-    w = lane
-    while w + 3 * WARP < n_words:
-        a0 = qs[r, w]
-        a1 = qs[r, w + WARP]
-        a2 = qs[r, w + 2 * WARP]
-        a3 = qs[r, w + 3 * WARP]
-        b0 = qs[r1, w]
-        b1 = qs[r1, w + WARP]
-        b2 = qs[r1, w + 2 * WARP]
-        b3 = qs[r1, w + 3 * WARP]
-        s0, s1 = _q4_pair2(a0, b0, xq64, xd, d, t, r, r1, w)
-        acc0 += s0
-        acc1 += s1
-        s0, s1 = _q4_pair2(a1, b1, xq64, xd, d, t, r, r1, w + WARP)
-        acc0 += s0
-        acc1 += s1
-        s0, s1 = _q4_pair2(a2, b2, xq64, xd, d, t, r, r1, w + 2 * WARP)
-        acc0 += s0
-        acc1 += s1
-        s0, s1 = _q4_pair2(a3, b3, xq64, xd, d, t, r, r1, w + 3 * WARP)
-        acc0 += s0
-        acc1 += s1
-        w += 4 * WARP
-    while w < n_words:
-        s0, s1 = _q4_pair2(qs[r, w], qs[r1, w], xq64, xd, d, t, r, r1, w)
-        acc0 += s0
-        acc1 += s1
-        w += WARP
-    acc0 = warp_sum(acc0)
-    acc1 = warp_sum(acc1)
-    if lane == 0 and valid0:
-        if has_bias:
-            acc0 += b[r]
-        y[t, r] = acc0
-        if has_res:
-            y2[t, r] = acc0 + res[t, r]
-    if lane == 1 and valid1:
-        if has_bias:
-            acc1 += b[r1]
-        y[t, r1] = acc1
-        if has_res:
-            y2[t, r1] = acc1 + res[t, r1]
-
-
-@cuda.jit(device=True, inline=True)
 def _q8_dot(wv, xv):
     s = dp4a(wv, xv, 0)
     return dp4a(wv >> _THIRTY_TWO, xv >> _THIRTY_TWO, s)
@@ -484,11 +403,8 @@ def _mv_kernel(ggml_name: str, n_rows: list[int]):
     split = 1
     while MV_SPLIT_MIN_WARPS and groups * split < MV_SPLIT_MIN_WARPS and split * 2 <= MV_WARPS:
         split *= 2
-    if words == 4 and split == 1:
-        if rows == 1:
-            return (mv_q4_0r if ggml_name == "Q4_0" else mv_q8_0r), 1, 1
-        if ggml_name == "Q4_0" and rows == 2:
-            return mv_q4_0r_pairs, 2, 1
+    if words == 4 and split == 1 and rows == 1:
+        return (mv_q4_0r if ggml_name == "Q4_0" else mv_q8_0r), 1, 1
     key = (ggml_name, rows, words, split)
     if key not in _MV_KERNELS:
         _MV_KERNELS[key] = _make_mv_rows(ggml_name == "Q4_0", rows, words, split)
