@@ -185,27 +185,30 @@ def _split_kernel(per: int):
     return kern
 
 
+def _per_thread(d: int, threads: int) -> int:
+    """Values of a d-wide row each of `threads` threads holds: ceil(d / threads) rounded up to a power
+    of two (one compiled kernel per power)."""
+    per = 1
+    while per * threads < d:
+        per *= 2
+    return per
+
+
 def rms_norm_fused(x, w, eps: float, out, xq=None, xd=None, out16=None, stream=0) -> None:
     """x, out float32 [n, d]; w float32 [d] or None; xq int8 [n, d] + xd float32 [n, d/32] (d % 32 == 0)
     to also quantize; out16 float16 [n, d] for a float16 copy."""
     n, d = x.shape
     if n <= SPLIT_MAX_ROWS and out16 is None and SPLIT_THREADS:
-        per = 1
-        while per * SPLIT_THREADS < d:
-            per *= 2
         want_q = xq is not None
-        fast(_split_kernel(per))[(-(-d // SPLIT_THREADS), n), SPLIT_THREADS, stream](
+        fast(_split_kernel(_per_thread(d, SPLIT_THREADS)))[(-(-d // SPLIT_THREADS), n), SPLIT_THREADS, stream](
             x, w if w is not None else x[0], w is not None, np.float32(eps), out,
             xq if want_q else out, xd if want_q else out, want_q,
         )  # fmt: skip
         return
     threads = min(FUSED_MAX_THREADS, -(-d // 32) * 32)
-    per = 1
-    while per * threads < d:
-        per *= 2
     want_q = xq is not None
     want16 = out16 is not None
-    fast(_fused_kernel(per))[n, threads, stream](
+    fast(_fused_kernel(_per_thread(d, threads)))[n, threads, stream](
         x,
         w if w is not None else x[0],
         w is not None,
