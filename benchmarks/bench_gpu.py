@@ -211,7 +211,7 @@ def bench_matvec(bandwidth: float) -> list[dict]:
 
     from embedkit.backend.base import Weight
     from embedkit.backend.cuda import bytes_per_token, cuda_backend
-    from embedkit.kernels.cuda import quant_fast, quant_generic
+    from embedkit.kernels.cuda import quant_fast, quant_generic, quant_kmatvec
     from embedkit.testing.random_quant import random_tensor_bytes
 
     be = cuda_backend()
@@ -264,7 +264,21 @@ def bench_matvec(bandwidth: float) -> list[dict]:
                 quant_fast._MV_ROWS[gtype] = default_rows
             else:
                 fn = lambda st, m=m, y=y, x=x: quant_generic.matvec(m.layout, m.views, x, None, y, st)  # noqa: E731
-                row(gtype, shape, timed(fn), bytes_per_token(m))
+                label = gtype + (" (float32 activations)" if gtype in quant_kmatvec.INT8_KMATVECS else "")
+                row(label, shape, timed(fn), bytes_per_token(m))
+            if gtype in quant_kmatvec.INT8_KMATVECS:
+                xq, xd = be._xq
+                fn = lambda st, m=m, y=y, xq=xq, xd=xd: quant_kmatvec.matvec_q8(  # noqa: E731
+                    m.layout, m.views, xq, xd, None, y, st
+                )
+                default_rows = quant_kmatvec.ROWS_PER_WARP
+                for rows_per_warp in (1, 2, 4):
+                    quant_kmatvec.ROWS_PER_WARP = rows_per_warp
+                    fn(be.stream)  # compile outside the graph capture
+                    be.stream.synchronize()
+                    label = gtype + (" (default)" if rows_per_warp == default_rows else "")
+                    row(f"{label} int8 dp4a {rows_per_warp} rows/warp", shape, timed(fn), bytes_per_token(m))
+                quant_kmatvec.ROWS_PER_WARP = default_rows
             be.flush()
         if gtype in ("Q4_0", "Q8_0"):
             for label, outs in (("Q/K/V merged", (4096, 1024, 1024)), ("gate/up merged", (14336, 14336))):
@@ -336,6 +350,8 @@ def main() -> None:
         "mistral-q4_0": ("llama", llama_spec(4096, 32, 32, 8, 14336, 32000, "Q4_0"), -1),
         "mistral-q8_0": ("llama", llama_spec(4096, 32, 32, 8, 14336, 32000, "Q8_0"), -1),
         "gemma3-270m-q8_0": ("gemma3", gemma3_spec(640, 18, 4, 1, 256, 2048, 262144, "Q8_0"), -1),
+        "mistral-q4_k": ("llama", llama_spec(4096, 32, 32, 8, 14336, 32000, "Q4_K"), -1),
+        "mistral-q6_k": ("llama", llama_spec(4096, 32, 32, 8, 14336, 32000, "Q6_K"), -1),
     }
     if not args.quick:
         configs["mistral-q4_0-ngl16"] = ("llama", None, 16)

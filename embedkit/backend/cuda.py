@@ -140,6 +140,7 @@ class CUDABackend(Backend):
             pooling,
             quant_fast,
             quant_generic,
+            quant_kmatvec,
             rope,
             softmax,
         )
@@ -153,6 +154,7 @@ class CUDABackend(Backend):
             pooling=pooling,
             quant_fast=quant_fast,
             quant_generic=quant_generic,
+            quant_kmatvec=quant_kmatvec,
             rope=rope,
             softmax=softmax,
         )
@@ -564,6 +566,8 @@ class CUDABackend(Backend):
         b = bias.data if bias is not None else None
         if n > MATVEC_MAX_ROWS and self._cp is not None:
             return self._gemm(x, m, b)
+        if m.layout in self._k.quant_kmatvec.INT8_KMATVECS:
+            return self._kmatvec_q8(x, w, b)
         quant_generic = self._k.quant_generic
         key = ("matvec", id(w), n, bias is not None)
         hit = self._replayed(key, n)
@@ -571,6 +575,19 @@ class CUDABackend(Backend):
             return hit
         y = self._empty((n, m.n_rows))
         return self._op(key, lambda s: quant_generic.matvec(m.layout, m.views, x, b, y, s), y)
+
+    def _kmatvec_q8(self, x, w: Weight, b):
+        """A K-quant decode matvec on int8 activation blocks (dp4a), the blocks shared with other matmuls."""
+        m: _Matrix = w.data
+        xq, xd = self._quantized(x)
+        n = x.shape[0]
+        key = ("kmatvec_q8", id(w), n, b is not None)
+        hit = self._replayed(key, n)
+        if hit is not None:
+            return hit
+        y = self._empty((n, m.n_rows))
+        kmv = self._k.quant_kmatvec
+        return self._op(key, lambda s: kmv.matvec_q8(m.layout, m.views, xq, xd, b, y, s), y)
 
     def matmuls(self, x: Array, ws: list[Weight], biases: list[Weight | None] | None = None) -> list[Array]:
         """Several x @ W.T (+ b) with one input: up to three Q4_0/Q8_0 matvecs in one launch."""
@@ -973,8 +990,10 @@ def cuda_backend(device: int = 0, graphs: bool = False) -> CUDABackend:
 
 
 def bytes_per_token(m: _Matrix) -> int:
-    """Bytes a matvec reads from this matrix (quants + scales), for bandwidth-floor arithmetic."""
-    return int(sum(v.nbytes for v in m.views if v.size > 1))
+    """Bytes a matvec reads from this matrix (quants + scales), for bandwidth-floor arithmetic: each
+    device buffer once (a layout's uint8/float16/float32 views of one upload share their memory)."""
+    buffers = {v.__cuda_array_interface__["data"][0]: v.nbytes for v in m.views if v.size > 1}
+    return int(sum(buffers.values()))
 
 
 __all__ = ["CUDABackend", "GraphStats", "MATVEC_MAX_ROWS", "bytes_per_token", "cuda_backend"]

@@ -1,12 +1,15 @@
-"""Decode matvecs for the K-quants Q4_K and Q6_K: a warp takes ROWS_PER_WARP output rows and one
-256-element super-block of each per step, the activations loaded once for all of them.
+"""Decode matvecs for the K-quants Q4_K and Q6_K: a warp takes ROWS_PER_WARP output rows and two or four
+256-element super-blocks of each per step, the activations loaded once for all of them.
 
-The element-wise kernel of `quant_generic` decodes every weight on its own (five or more loads and
-the scale unpacking per element: 7-10% of the H100's bandwidth). Here each lane takes eight weights of
-the super-block from four (Q4_K) or six (Q6_K) bytes it loads itself, with the super-block's scales
-read once per lane, and multiplies them with float32 activations; the warp's partial sums meet in one
-reduction per row. Same arithmetic as ggml's `dequantize_row_q4_K` / `dequantize_row_q6_K` followed by
-a float32 dot product, in another summation order.
+The default kernels (`matvec_q8`) take the activations as int8 blocks of 32 with a float32 scale each
+(`quant_fast.quantize_activations`, as ggml's CUDA backend quantizes them to Q8_1) and multiply with
+dp4a: Q4_K lanes read two aligned uint64 words of quants (32 weights) and the block's two header words
+and unpack the 6-bit scales without branching; Q6_K blocks (210 bytes, only 2-byte aligned) are read as
+uint16 pairs, four weights of a quarter to a dp4a. The min / the -32 offset use the activation blocks'
+sums. On the H100 they run at 2-3x the float32-activation kernels below (benchmarks/RESULTS.md), which
+stay for measurements (EMBEDKIT_KMV_INT8=0): eight weights a lane from bytes it loads itself, float32
+activations, the same arithmetic as ggml's `dequantize_row_q4_K` / `dequantize_row_q6_K` followed by a
+float32 dot product.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import numpy as np
 from numba import cuda
 
-from embedkit.kernels.cuda.intrinsics import warp_sum
+from embedkit.kernels.cuda.intrinsics import dp4a, warp_sum
 from embedkit.kernels.cuda.launch import fast
 from embedkit.kernels.cuda.quant_elem import q4_k_scale_min
 
@@ -25,6 +28,11 @@ WARP = 32
 WARPS_PER_BLOCK = 4
 Q4_K_BYTES = 144  # d, dmin (float16), scales[12], qs[128]
 Q6_K_BYTES = 210  # ql[128], qh[64], scales[16] (int8), d (float16)
+Q4_K_WORDS = Q4_K_BYTES // 8
+_LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
+_ONES = np.int32(0x01010101)
+_THIRTY_TWO = np.uint64(32)
+_FOUR = np.uint64(4)
 
 
 @cuda.jit(device=True, inline=True)
@@ -92,6 +100,94 @@ def _make_q4_k(R: int):
     return matvec_q4_k
 
 
+@cuda.jit(device=True, inline=True)
+def _byte(word, k):
+    return np.int32((word >> np.uint64(8 * k)) & np.uint64(0xFF))
+
+
+@cuda.jit(device=True, inline=True)
+def _scale_min_words(s0, s1, s2, sub):
+    """(scale, min) of Q4_K sub-block `sub` (0-7) from its packed scale bytes 0-3, 4-7 and 8-11 (s0, s1,
+    s2), as `quant_elem.q4_k_scale_min` reads them, without a branch (lanes of a warp differ in `sub`)."""
+    m = sub & 3
+    b0 = _byte(s0, m)
+    b1 = _byte(s1, m)
+    b2 = _byte(s2, m)
+    high = sub >= 4
+    sc = ((b2 & 15) | ((b0 >> 6) << 4)) if high else (b0 & 63)
+    mn = ((b2 >> 4) | ((b1 >> 6) << 4)) if high else (b1 & 63)
+    return sc, mn
+
+
+@cuda.jit(device=True, inline=True)
+def _dot8(wv, xv):
+    """Sum of the eight byte products of two uint64 words (signed bytes), through two dp4a."""
+    return dp4a(wv >> _THIRTY_TWO, xv >> _THIRTY_TWO, dp4a(wv, xv, 0))
+
+
+@cuda.jit(device=True, inline=True)
+def _sum8(xv):
+    """Sum of the eight signed bytes of a uint64 word."""
+    return dp4a(xv >> _THIRTY_TWO, _ONES, dp4a(xv, _ONES, 0))
+
+
+def _make_q4_k_q8(R: int):
+    @cuda.jit
+    def matvec_q4_k_q8(q64, b, xq64, xd, bias, has_bias, y):
+        """y[t, r] = W[r] . x[t] (+ bias) for Q4_K rows (q64 the uint64 view [rows, nb*18], b the float16
+        view) and x as int8 blocks of 32 (xq64 uint64 words, xd float32 scales), R rows a warp.
+
+        The warp takes four super-blocks a step: lane l reads quant words 2 (l % 8) and 2 (l % 8) + 1 of
+        super-block l // 8, i.e. sixteen low nibbles of sub-block 2j and sixteen high nibbles of
+        sub-block 2j + 1 (j = (l % 8) // 2); the eight lanes of a super-block read its 128 quant bytes
+        in one coalesced sweep. The min term uses the int8 activations' block sums, as ggml's Q8_K
+        bsums do."""
+        lane = cuda.threadIdx.x % WARP
+        r0 = (cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP) * R
+        t = cuda.blockIdx.y
+        rows = y.shape[1]
+        nb = xd.shape[1] // 8
+        n_steps = (nb + 3) // 4 if r0 < rows else 0
+        w = 2 * (lane % 8)
+        j = w // 4
+        acc = cuda.local.array(R, dtype=np.float32)
+        rr = cuda.local.array(R, dtype=np.int64)
+        for i in range(R):
+            acc[i] = np.float32(0.0)
+            rr[i] = min(r0 + i, rows - 1)  # rows past the end repeat the last one (not written)
+        for step in range(n_steps):
+            blk = 4 * step + lane // 8
+            if blk < nb:
+                xw = blk * 32 + 8 * j + w % 4
+                xa = xq64[t, xw]
+                xb = xq64[t, xw + 1]
+                xc = xq64[t, xw + 4]
+                xe = xq64[t, xw + 5]
+                f_lo = xd[t, blk * 8 + 2 * j]
+                f_hi = xd[t, blk * 8 + 2 * j + 1]
+                s_lo = np.float32(_sum8(xa) + _sum8(xb)) * f_lo
+                s_hi = np.float32(_sum8(xc) + _sum8(xe)) * f_hi
+                for i in range(R):
+                    r = rr[i]
+                    base = blk * Q4_K_WORDS
+                    wa = q64[r, base + 2 + w]
+                    wb = q64[r, base + 3 + w]
+                    h0 = q64[r, base]
+                    h1 = q64[r, base + 1]
+                    s0 = h0 >> _THIRTY_TWO
+                    sc_lo, mn_lo = _scale_min_words(s0, h1, h1 >> _THIRTY_TWO, 2 * j)
+                    sc_hi, mn_hi = _scale_min_words(s0, h1, h1 >> _THIRTY_TWO, 2 * j + 1)
+                    dot_lo = _dot8(wa & _LOW_NIBBLES, xa) + _dot8(wb & _LOW_NIBBLES, xb)
+                    dot_hi = _dot8((wa >> _FOUR) & _LOW_NIBBLES, xc) + _dot8((wb >> _FOUR) & _LOW_NIBBLES, xe)
+                    d = np.float32(b[r, blk * (Q4_K_BYTES // 2)])
+                    dmin = np.float32(b[r, blk * (Q4_K_BYTES // 2) + 1])
+                    acc[i] += d * (np.float32(sc_lo * dot_lo) * f_lo + np.float32(sc_hi * dot_hi) * f_hi)
+                    acc[i] -= dmin * (np.float32(mn_lo) * s_lo + np.float32(mn_hi) * s_hi)
+        _store_rows(acc, r0, rows, lane, t, has_bias, bias, y)
+
+    return matvec_q4_k_q8
+
+
 def _make_q6_k(R: int):
     @cuda.jit
     def matvec_q6_k(a, b, x, bias, has_bias, y):
@@ -142,6 +238,77 @@ def _make_q6_k(R: int):
     return matvec_q6_k
 
 
+_LOW_2 = np.uint32(0x03030303)
+_LOW_4 = np.uint32(0x0F0F0F0F)
+
+
+@cuda.jit(device=True, inline=True)
+def _q6_quarter(lo, hi, shift_lo, shift_hi):
+    """Four 6-bit Q6_K quants (0-63) as the bytes of one int32: low nibbles from `lo`, two high bits."""
+    return np.int32(((lo >> shift_lo) & _LOW_4) | (((hi >> shift_hi) & _LOW_2) << np.uint32(4)))
+
+
+@cuda.jit(device=True, inline=True)
+def _u32(h, r, k):
+    """Two consecutive uint16 of row r (h[r, k], h[r, k + 1]) as one uint32, little-endian."""
+    return np.uint32(h[r, k]) | (np.uint32(h[r, k + 1]) << np.uint32(16))
+
+
+def _make_q6_k_q8(R: int):
+    @cuda.jit
+    def matvec_q6_k_q8(h, a, b, xq64, xd, bias, has_bias, y):
+        """y[t, r] = W[r] . x[t] (+ bias) for Q6_K rows (h the uint16 view [rows, nb*105], a uint8, b
+        float16; a 210-byte block is only 2-byte aligned) and x as int8 blocks of 32, R rows a warp.
+
+        The warp takes two super-blocks a step: lane l takes half (l % 16) // 8 of super-block l // 16
+        and, in it, positions 4 (l % 8) .. +3 of all four 32-element quarters: sixteen weights from
+        two uint32 of ql and one of qh, each quarter's four a dp4a."""
+        lane = cuda.threadIdx.x % WARP
+        r0 = (cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP) * R
+        t = cuda.blockIdx.y
+        rows = y.shape[1]
+        nb = xd.shape[1] // 8
+        n_steps = (nb + 1) // 2 if r0 < rows else 0
+        half = (lane % 16) // 8
+        l0 = 4 * (lane % 8)
+        acc = cuda.local.array(R, dtype=np.float32)
+        rr = cuda.local.array(R, dtype=np.int64)
+        xv = cuda.local.array(4, dtype=np.int32)
+        fx = cuda.local.array(4, dtype=np.float32)
+        for i in range(R):
+            acc[i] = np.float32(0.0)
+            rr[i] = min(r0 + i, rows - 1)  # rows past the end repeat the last one (not written)
+        for step in range(n_steps):
+            blk = 2 * step + lane // 16
+            if blk < nb:
+                xb = blk * 8 + half * 4  # activation block of quarter 0
+                for q in range(4):
+                    word = xq64[t, (xb + q) * 4 + l0 // 8]
+                    xv[q] = np.int32((word >> np.uint64(32 * ((l0 // 4) % 2))) & np.uint64(0xFFFFFFFF))
+                    fx[q] = xd[t, xb + q]
+                for i in range(R):
+                    r = rr[i]
+                    e = blk * (Q6_K_BYTES // 2)  # uint16 index of the block
+                    lo_a = _u32(h, r, e + (half * 64 + l0) // 2)
+                    lo_b = _u32(h, r, e + (half * 64 + 32 + l0) // 2)
+                    hi = _u32(h, r, e + (128 + half * 32 + l0) // 2)
+                    sc = blk * Q6_K_BYTES + 192 + half * 8 + l0 // 16
+                    d = np.float32(b[r, e + 104])  # d sits at byte 208 of the block
+                    acc_q = np.float32(0.0)
+                    for q in range(4):
+                        lo = lo_a if q % 2 == 0 else lo_b
+                        wq = _q6_quarter(lo, hi, np.uint32(4 * (q // 2)), np.uint32(2 * q))
+                        dot = dp4a(wq, xv[q], 0) - 32 * dp4a(_ONES, xv[q], 0)
+                        s = np.int32(a[r, sc + 2 * q])
+                        if s >= 128:
+                            s -= 256
+                        acc_q += np.float32(s * dot) * fx[q]
+                    acc[i] += d * acc_q
+        _store_rows(acc, r0, rows, lane, t, has_bias, bias, y)
+
+    return matvec_q6_k_q8
+
+
 # rows per warp: two measured best on the H100 (2026-11-26, kernel-only, 14336 x 4096 and 4096 x 14336:
 # Q4_K 91-93 us with one, 67-69 with two, 59-74 with four; Q6_K 108-134, 78-86, 90-139); EMBEDKIT_KMV_ROWS
 # overrides it for measurements
@@ -152,11 +319,15 @@ _KERNELS: dict = {}
 def _kernel(layout: str):
     key = (layout, ROWS_PER_WARP)
     if key not in _KERNELS:
-        _KERNELS[key] = (_make_q4_k if layout == "Q4_K" else _make_q6_k)(ROWS_PER_WARP)
+        make = {"Q4_K": _make_q4_k, "Q6_K": _make_q6_k, "Q4_K_Q8": _make_q4_k_q8, "Q6_K_Q8": _make_q6_k_q8}[layout]
+        _KERNELS[key] = make(ROWS_PER_WARP)
     return _KERNELS[key]
 
 
 KMATVECS = ("Q4_K", "Q6_K")
+# layouts whose decode matvec takes int8 activation blocks (`matvec_q8`); EMBEDKIT_KMV_INT8=0 keeps float32
+# activations (the kernels above), for measurements
+INT8_KMATVECS = ("Q4_K", "Q6_K") if os.environ.get("EMBEDKIT_KMV_INT8", "1") != "0" else ()
 
 
 def matvec(layout: str, views, x, bias, y, stream=0) -> None:
@@ -167,4 +338,17 @@ def matvec(layout: str, views, x, bias, y, stream=0) -> None:
     warps = math.ceil(rows / ROWS_PER_WARP)
     fast(_kernel(layout))[(math.ceil(warps / WARPS_PER_BLOCK), n), WARPS_PER_BLOCK * WARP, stream](
         views[0], views[1], x, bias if has_bias else y[0], has_bias, y
+    )
+
+
+def matvec_q8(layout: str, views, xq64, xd, bias, y, stream=0) -> None:
+    """y = x @ W.T (+ bias) for a Q4_K or Q6_K matrix held as `views`, with x given as int8 blocks of 32
+    (`quant_fast.quantize_activations`): the dp4a kernels."""
+    n, rows = y.shape
+    has_bias = bias is not None
+    warps = math.ceil(rows / ROWS_PER_WARP)
+    a, b = views[0], views[1]
+    words = (a.view(np.uint64),) if layout == "Q4_K" else (a.view(np.uint16), a)
+    fast(_kernel(layout + "_Q8"))[(math.ceil(warps / WARPS_PER_BLOCK), n), WARPS_PER_BLOCK * WARP, stream](
+        *words, b, xq64, xd, bias if has_bias else y[0], has_bias, y
     )
