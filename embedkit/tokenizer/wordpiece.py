@@ -16,8 +16,9 @@ from functools import cached_property
 import numpy as np
 from numba import njit
 
+from embedkit.tokenizer import unicode_hf
 from embedkit.tokenizer.hashtables import build_str_table, str_lookup
-from embedkit.tokenizer.unicode_classes import char_class
+from embedkit.tokenizer.unicode_classes import char_class, class_body, class_mask
 from embedkit.tokenizer.vocab import TYPE_NORMAL, Vocab
 
 SPM_SPACE = "\u2581"
@@ -48,13 +49,14 @@ class WordPieceModel:
 
     @cached_property
     def _patterns(self) -> tuple[re.Pattern[str], ...]:
-        # Cc, Cf, Cs, Co minus \t\n\r (plus U+FFFD) are dropped; unassigned code points are kept, as HF does
-        control = re.compile(f"[{char_class('C')}\ufffd]")
+        # Cc, Cf, Cs, Co minus \t\n\r (plus U+FFFD) are dropped; unassigned code points are kept, as HF does.
+        # HF's categories are older Unicode than ours: its differences come from unicode_hf
+        control = re.compile(f"[{_hf_class('C', unicode_hf.HF_CONTROL, unicode_hf.HF_NOT_CONTROL)}\ufffd]")
         ws = re.compile(f"[{char_class('s')}]")
         cjk = re.compile(f"([{_CJK}])")
-        punct = char_class("P") + _ASCII_PUNCT
+        punct = _hf_class("P", unicode_hf.HF_PUNCT, unicode_hf.HF_NOT_PUNCT) + _ASCII_PUNCT
         words = re.compile(f"[{punct}]|[^{punct} ]+")
-        marks = re.compile(f"[{char_class('Mn')}]+")
+        marks = re.compile(f"[{_hf_class('Mn', unicode_hf.HF_MARK, unicode_hf.HF_NOT_MARK)}]+")
         return control, ws, cjk, words, marks
 
     def normalize(self, text: str) -> str:
@@ -107,6 +109,16 @@ class WordPieceModel:
         return {w: tuple(flat[bounds[k] : bounds[k + 1]]) for k, w in enumerate(words)}
 
 
+def _hf_class(name: str, add: tuple[tuple[int, int], ...], remove: tuple[tuple[int, int], ...]) -> str:
+    """Class body of char_class(name) as Hugging Face tokenizers has it (runs added / removed)."""
+    mask = class_mask(name)
+    for first, last in add:
+        mask[first : last + 1] = True
+    for first, last in remove:
+        mask[first : last + 1] = False
+    return class_body(mask)
+
+
 @njit(cache=True)
 def wordpiece_words(cps, offsets, slots, tok_cps, tok_off, max_len, unk, max_chars):  # noqa: ANN001, ANN201
     """Ids of every marked word cps[offsets[k]:offsets[k+1]] (U+2581 + word) and where each starts."""
@@ -127,6 +139,8 @@ def wordpiece_words(cps, offsets, slots, tok_cps, tok_off, max_len, unk, max_cha
         while start < n:
             found = -1
             end = min(n, start + max_len)
+            if start > 0 and cps[a + 1 + start] == 0x2581:
+                end = start  # a literal U+2581 would look up word starts: no "##" piece begins with it
             while end > start:
                 s0 = a if start == 0 else a + 1 + start  # the first piece keeps the word-start mark
                 t = str_lookup(slots, tok_cps, tok_off, cps, s0, a + 1 + end)

@@ -52,4 +52,13 @@ CORPUS = [
     "A sentence with a very long word: Pneumonoultramicroscopicsilicovolcanoconiosis.",
     "Ünïcödé nörmälïzätïön",
     "ﬁ ﬂ ligatures and Ⅻ roman numerals and ① circled",
+    # found by fuzz_llama_cpp.py (2026-11-26): code points assigned in Unicode 15.0/15.1, which llama.cpp's
+    # tables know (numbers, letters, punctuation) and Python 3.11's unicodedata (14.0) does not
+    "x \U0001d2c6\U0001d2c0 Kaktovik numerals \U0001d2d3, Nag Mundari \U0001e4d0\U0001e4d1 \U0001e4f0\U0001e4f1",
+    "Kawi \U00011f04\U00011f05\U00011f34 \U00011f43\U00011f44 \U00011f50\U00011f51 5\n\n\U00011f47\n\n",
+    "CJK Ext H/I: a\U00031350\U00031351 b\U0002ebf0 c\U0002b739 \u31ef\u2ffc, emoji: \U0001fae8 \U0001fa77 x\U0001f6dc",
+    # found by fuzz_llama_cpp.py against HF tokenizers (MiniLM): a literal U+2581 inside a word, and code
+    # points that HF's older Unicode tables don't take as punctuation / control / accent
+    "x\u2581y and ab\u2581\u2581cd \u2581lead, Telugu \u0c77x Balinese a\u1b7d\u1b7eb \u2e43dash \U00011f43k",
+    "Hanunoo \u1734 Arabic a\u0890\u08e2b \U000110cd, marks a\u0898b c\u1ac0d e\u0c3cf \u0cf3 \u1734x",
 ]
