@@ -211,7 +211,7 @@ def bench_matvec(bandwidth: float) -> list[dict]:
 
     from embedkit.backend.base import Weight
     from embedkit.backend.cuda import bytes_per_token, cuda_backend
-    from embedkit.kernels.cuda import quant_fast, quant_generic, quant_kmatvec
+    from embedkit.kernels.cuda import quant_fast, quant_generic, quant_kmatvec, quant_legacy
     from embedkit.testing.random_quant import random_tensor_bytes
 
     be = cuda_backend()
@@ -236,7 +236,7 @@ def bench_matvec(bandwidth: float) -> list[dict]:
         m = be.upload_matrix(random_tensor_bytes(gtype, n_out, n_in, rng), gtype, n_out, n_in)
         return Weight("w", 0, (n_out, n_in), m)
 
-    for gtype in ("Q4_0", "Q8_0", "Q4_K", "Q6_K", "F16"):
+    for gtype in ("Q4_0", "Q8_0", "Q4_K", "Q6_K", "Q4_1", "Q5_0", "Q5_1", "F16"):
         for n_out, n_in in ((14336, 4096), (4096, 14336)):
             w = upload(gtype, n_out, n_in)
             m = w.data
@@ -264,21 +264,23 @@ def bench_matvec(bandwidth: float) -> list[dict]:
                 quant_fast._MV_ROWS[gtype] = default_rows
             else:
                 fn = lambda st, m=m, y=y, x=x: quant_generic.matvec(m.layout, m.views, x, None, y, st)  # noqa: E731
-                label = gtype + (" (float32 activations)" if gtype in quant_kmatvec.INT8_KMATVECS else "")
+                label = gtype + (" (float32 activations)" if gtype in be.int8_matvecs else "")
                 row(label, shape, timed(fn), bytes_per_token(m))
-            if gtype in quant_kmatvec.INT8_KMATVECS:
+            if gtype in be.int8_matvecs:
                 xq, xd = be._xq
-                fn = lambda st, m=m, y=y, xq=xq, xd=xd: quant_kmatvec.matvec_q8(  # noqa: E731
+                launch = be.int8_matvecs[gtype]
+                fn = lambda st, m=m, y=y, xq=xq, xd=xd, launch=launch: launch(  # noqa: E731
                     m.layout, m.views, xq, xd, None, y, st
                 )
-                default_rows = quant_kmatvec.ROWS_PER_WARP
+                module = quant_kmatvec if gtype in quant_kmatvec.INT8_KMATVECS else quant_legacy
+                default_rows = module.ROWS_PER_WARP
                 for rows_per_warp in (1, 2, 4):
-                    quant_kmatvec.ROWS_PER_WARP = rows_per_warp
+                    module.ROWS_PER_WARP = rows_per_warp
                     fn(be.stream)  # compile outside the graph capture
                     be.stream.synchronize()
                     label = gtype + (" (default)" if rows_per_warp == default_rows else "")
                     row(f"{label} int8 dp4a {rows_per_warp} rows/warp", shape, timed(fn), bytes_per_token(m))
-                quant_kmatvec.ROWS_PER_WARP = default_rows
+                module.ROWS_PER_WARP = default_rows
             be.flush()
         if gtype in ("Q4_0", "Q8_0"):
             for label, outs in (("Q/K/V merged", (4096, 1024, 1024)), ("gate/up merged", (14336, 14336))):

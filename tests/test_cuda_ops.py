@@ -99,9 +99,6 @@ def test_matvec_vs_cpu(backends, rng, qtype, n_tok):
     assert _rel(got, ref) < tol
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
-@pytest.mark.parametrize("n_tok", [1, 2])
-@pytest.mark.parametrize("rows_per_warp", [1, 2, 4])
 def _int8_blocks(x: np.ndarray) -> np.ndarray:
     """x rounded to int8 blocks of 32 as the GPU's activation quantizer does (d = max|v| / 127)."""
     blocks = x.astype(np.float32).reshape(x.shape[0], -1, 32)
@@ -110,25 +107,27 @@ def _int8_blocks(x: np.ndarray) -> np.ndarray:
     return (q * d).reshape(x.shape).astype(np.float64)
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q4_1", "Q5_0", "Q5_1"])
 @pytest.mark.parametrize("n_tok", [1, 2])
 @pytest.mark.parametrize("rows_per_warp", [1, 2, 4])
-def test_kquant_matvec_vs_cpu(backends, rng, qtype, n_tok, rows_per_warp, monkeypatch):
-    """The K-quant decode kernels over rows of seven super-blocks (every lane's slice of each, and a
-    half-used last step of the kernels' two or four super-blocks a step), with a bias, one, two or four
-    rows a warp (37 or 5 rows: a partial last group). The kernels take int8 activation blocks (dp4a):
-    against the exactly dequantized weights times the int8-rounded activations in float64 (1e-5). With
-    EMBEDKIT_KMV_INT8=0 (float32 activations): against the CPU backend (2e-3: it rounds to int16 blocks)."""
-    from embedkit.kernels.cuda import quant_kmatvec
+def test_int8_matvec_vs_reference(backends, rng, qtype, n_tok, rows_per_warp, monkeypatch):
+    """The dp4a decode kernels of the K-quants (quant_kmatvec) and of Q4_1/Q5_0/Q5_1 (quant_legacy) over
+    rows of seven super-blocks (every lane's slice of each, a part-used last step of the K kernels' two or
+    four super-blocks a step and of the legacy kernels' 32 blocks), with a bias, one, two or four rows a
+    warp (37 or 5 rows: a partial last group): against the exactly dequantized weights times the
+    int8-rounded activations in float64 (1e-5). With EMBEDKIT_KMV_INT8=0 the K-quants keep float32
+    activations: against the CPU backend then (2e-3: it rounds to int16 blocks)."""
+    from embedkit.kernels.cuda import quant_kmatvec, quant_legacy
 
     monkeypatch.setattr(quant_kmatvec, "ROWS_PER_WARP", rows_per_warp)
+    monkeypatch.setattr(quant_legacy, "ROWS_PER_WARP", rows_per_warp)
     cpu, gpu = backends
     rows, cols = (37, 1792) if not _sim() else (5, 768)
     t = _tensor("w", qtype, rows, cols, rng)
     b = _vector("b", rows, rng)
     x = rng.standard_normal((n_tok, cols)).astype(np.float32)
     got = gpu.to_host(gpu.matmul(gpu.asarray(x), gpu.weight(t), gpu.weight(b)))
-    if qtype in quant_kmatvec.INT8_KMATVECS:
+    if qtype in gpu.int8_matvecs:
         w = cpu.get_rows(cpu.weight(t), np.arange(rows)).astype(np.float64)
         ref = _int8_blocks(x) @ w.T + b.data.view(np.float32).astype(np.float64)
         tol = 1e-5

@@ -141,6 +141,7 @@ class CUDABackend(Backend):
             quant_fast,
             quant_generic,
             quant_kmatvec,
+            quant_legacy,
             rope,
             softmax,
         )
@@ -154,10 +155,12 @@ class CUDABackend(Backend):
             pooling=pooling,
             quant_fast=quant_fast,
             quant_generic=quant_generic,
-            quant_kmatvec=quant_kmatvec,
             rope=rope,
             softmax=softmax,
         )
+        # layouts whose decode matvec takes int8 activation blocks (dp4a), and the launcher of each
+        self.int8_matvecs = {layout: quant_kmatvec.matvec_q8 for layout in quant_kmatvec.INT8_KMATVECS}
+        self.int8_matvecs.update({layout: quant_legacy.matvec_q8 for layout in quant_legacy.LAYOUTS})
         self._cp = None
         if not self._sim:
             from embedkit.kernels.cuda.memory import install_cupy_pool
@@ -566,8 +569,9 @@ class CUDABackend(Backend):
         b = bias.data if bias is not None else None
         if n > MATVEC_MAX_ROWS and self._cp is not None:
             return self._gemm(x, m, b)
-        if m.layout in self._k.quant_kmatvec.INT8_KMATVECS:
-            return self._kmatvec_q8(x, w, b)
+        launch = self.int8_matvecs.get(m.layout)
+        if launch is not None:
+            return self._int8_matvec(x, w, b, launch)
         quant_generic = self._k.quant_generic
         key = ("matvec", id(w), n, bias is not None)
         hit = self._replayed(key, n)
@@ -576,18 +580,17 @@ class CUDABackend(Backend):
         y = self._empty((n, m.n_rows))
         return self._op(key, lambda s: quant_generic.matvec(m.layout, m.views, x, b, y, s), y)
 
-    def _kmatvec_q8(self, x, w: Weight, b):
-        """A K-quant decode matvec on int8 activation blocks (dp4a), the blocks shared with other matmuls."""
+    def _int8_matvec(self, x, w: Weight, b, launch):
+        """A decode matvec on int8 activation blocks (dp4a), the blocks shared with other matmuls of x."""
         m: _Matrix = w.data
         xq, xd = self._quantized(x)
         n = x.shape[0]
-        key = ("kmatvec_q8", id(w), n, b is not None)
+        key = ("int8_matvec", id(w), n, b is not None)
         hit = self._replayed(key, n)
         if hit is not None:
             return hit
         y = self._empty((n, m.n_rows))
-        kmv = self._k.quant_kmatvec
-        return self._op(key, lambda s: kmv.matvec_q8(m.layout, m.views, xq, xd, b, y, s), y)
+        return self._op(key, lambda s: launch(m.layout, m.views, xq, xd, b, y, s), y)
 
     def matmuls(self, x: Array, ws: list[Weight], biases: list[Weight | None] | None = None) -> list[Array]:
         """Several x @ W.T (+ b) with one input: up to three Q4_0/Q8_0 matvecs in one launch."""
