@@ -1,9 +1,9 @@
 """CUDA kernels on numba-cuda (optional extra `embedkit[cuda]`).
 
 Modules, one family of ops each: `quant_elem` (per-type element dequantization), `quant_generic`
-(matvec / dequantize for every type), `quant_fast` (Q4_0/Q8_0 repacked dp4a matvec), `quant_kmatvec` (Q4_K/Q6_K decode matvecs),
-`quant_legacy` (Q4_1/Q5_0/Q5_1 dp4a decode matvecs), `gemm`
-(cuBLAS through CuPy), `norms`, `rope`, `softmax`, `attention`, `elementwise`, `pooling`,
+(matvec / dequantize for every type), `quant_fast` (Q4_0/Q8_0 repacked dp4a matvec),
+`quant_kmatvec` (Q4_K/Q6_K decode matvecs), `quant_legacy` (Q4_1/Q5_0/Q5_1 dp4a decode matvecs),
+`gemm` (cuBLAS through CuPy), `norms`, `rope`, `softmax`, `attention`, `elementwise`, `pooling`,
 `memory` (numba allocations from CuPy's pool), `launch` (kernel launches with a per-signature fast
 path). Importing this package does not touch the GPU.
 """

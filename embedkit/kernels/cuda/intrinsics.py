@@ -97,3 +97,23 @@ def q8_lane(v):
     dd = amax / np.float32(127.0)
     qinv = np.float32(0.0) if dd == 0 else np.float32(1.0) / dd
     return np.int8(round(v * qinv)), dd
+
+
+@cuda.jit(device=True, inline=True)
+def store_warp_rows(acc, r0, rows, lane, t, has_bias, bias, y):
+    """Reduce each row's lane sums acc[i] over the warp and write y[t, r0 + i] (+ bias) for rows that
+    exist (a warp computing acc.shape[0] consecutive output rows of a matvec)."""
+    for i in range(acc.shape[0]):
+        v = warp_sum(acc[i])
+        r = r0 + i
+        if lane == 0 and r < rows:
+            if has_bias:
+                v += bias[r]
+            y[t, r] = v
+
+
+@cuda.jit(device=True, inline=True)
+def u16_pair(h, r, k):
+    """Two consecutive uint16 of row r (h[r, k], h[r, k + 1]) as one uint32, little-endian: a 32-bit word
+    of quant bytes that are only 2-byte aligned."""
+    return np.uint32(h[r, k]) | (np.uint32(h[r, k + 1]) << np.uint32(16))

@@ -20,7 +20,7 @@ import os
 import numpy as np
 from numba import cuda
 
-from embedkit.kernels.cuda.intrinsics import dp4a, warp_sum
+from embedkit.kernels.cuda.intrinsics import dp4a, store_warp_rows, u16_pair
 from embedkit.kernels.cuda.launch import fast
 from embedkit.kernels.cuda.quant_elem import q4_k_scale_min
 
@@ -33,18 +33,6 @@ _LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
 _ONES = np.int32(0x01010101)
 _THIRTY_TWO = np.uint64(32)
 _FOUR = np.uint64(4)
-
-
-@cuda.jit(device=True, inline=True)
-def _store_rows(acc, r0, rows, lane, t, has_bias, bias, y):
-    """Reduce each row's lane sums over the warp and write y[t, r0 + i] (+ bias) for rows that exist."""
-    for i in range(acc.shape[0]):
-        v = warp_sum(acc[i])
-        r = r0 + i
-        if lane == 0 and r < rows:
-            if has_bias:
-                v += bias[r]
-            y[t, r] = v
 
 
 def _make_q4_k(R: int):
@@ -95,7 +83,7 @@ def _make_q4_k(R: int):
                     dot_hi += np.float32(q >> 4) * xh[k]
                 acc[i] += d * (np.float32(sc_lo) * dot_lo + np.float32(sc_hi) * dot_hi)
                 acc[i] -= dmin * (np.float32(mn_lo) * sum_lo + np.float32(mn_hi) * sum_hi)
-        _store_rows(acc, r0, rows, lane, t, has_bias, bias, y)
+        store_warp_rows(acc, r0, rows, lane, t, has_bias, bias, y)
 
     return matvec_q4_k
 
@@ -183,7 +171,7 @@ def _make_q4_k_q8(R: int):
                     dmin = np.float32(b[r, blk * (Q4_K_BYTES // 2) + 1])
                     acc[i] += d * (np.float32(sc_lo * dot_lo) * f_lo + np.float32(sc_hi * dot_hi) * f_hi)
                     acc[i] -= dmin * (np.float32(mn_lo) * s_lo + np.float32(mn_hi) * s_hi)
-        _store_rows(acc, r0, rows, lane, t, has_bias, bias, y)
+        store_warp_rows(acc, r0, rows, lane, t, has_bias, bias, y)
 
     return matvec_q4_k_q8
 
@@ -233,7 +221,7 @@ def _make_q6_k(R: int):
                         hi = (np.int32(a[r, qh + l]) >> (2 * quarter)) & 3
                         dot += np.float32((lo | (hi << 4)) - 32) * xv[quarter, u]
                     acc[i] += d * np.float32(s) * dot
-        _store_rows(acc, r0, rows, lane, t, has_bias, bias, y)
+        store_warp_rows(acc, r0, rows, lane, t, has_bias, bias, y)
 
     return matvec_q6_k
 
@@ -246,12 +234,6 @@ _LOW_4 = np.uint32(0x0F0F0F0F)
 def _q6_quarter(lo, hi, shift_lo, shift_hi):
     """Four 6-bit Q6_K quants (0-63) as the bytes of one int32: low nibbles from `lo`, two high bits."""
     return np.int32(((lo >> shift_lo) & _LOW_4) | (((hi >> shift_hi) & _LOW_2) << np.uint32(4)))
-
-
-@cuda.jit(device=True, inline=True)
-def _u32(h, r, k):
-    """Two consecutive uint16 of row r (h[r, k], h[r, k + 1]) as one uint32, little-endian."""
-    return np.uint32(h[r, k]) | (np.uint32(h[r, k + 1]) << np.uint32(16))
 
 
 def _make_q6_k_q8(R: int):
@@ -289,9 +271,9 @@ def _make_q6_k_q8(R: int):
                 for i in range(R):
                     r = rr[i]
                     e = blk * (Q6_K_BYTES // 2)  # uint16 index of the block
-                    lo_a = _u32(h, r, e + (half * 64 + l0) // 2)
-                    lo_b = _u32(h, r, e + (half * 64 + 32 + l0) // 2)
-                    hi = _u32(h, r, e + (128 + half * 32 + l0) // 2)
+                    lo_a = u16_pair(h, r, e + (half * 64 + l0) // 2)
+                    lo_b = u16_pair(h, r, e + (half * 64 + 32 + l0) // 2)
+                    hi = u16_pair(h, r, e + (128 + half * 32 + l0) // 2)
                     sc = blk * Q6_K_BYTES + 192 + half * 8 + l0 // 16
                     d = np.float32(b[r, e + 104])  # d sits at byte 208 of the block
                     acc_q = np.float32(0.0)
@@ -304,7 +286,7 @@ def _make_q6_k_q8(R: int):
                             s -= 256
                         acc_q += np.float32(s * dot) * fx[q]
                     acc[i] += d * acc_q
-        _store_rows(acc, r0, rows, lane, t, has_bias, bias, y)
+        store_warp_rows(acc, r0, rows, lane, t, has_bias, bias, y)
 
     return matvec_q6_k_q8
 

@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from embedkit.kernels.cuda.intrinsics import dp4a, warp_sum
+from embedkit.kernels.cuda.intrinsics import dp4a, store_warp_rows, u16_pair
 from embedkit.kernels.cuda.launch import fast
 
 WARP = 32
@@ -50,12 +50,6 @@ def _fifth_bits(qh, shift):
 
 
 @cuda.jit(device=True, inline=True)
-def _u32(h, r, k):
-    """Two consecutive uint16 of row r (h[r, k], h[r, k + 1]) as one uint32, little-endian."""
-    return np.uint32(h[r, k]) | (np.uint32(h[r, k + 1]) << np.uint32(16))
-
-
-@cuda.jit(device=True, inline=True)
 def _block_dot(layout_id, w, b, r, blk, xv):
     """(d, m, sum(q * xq)) of weight block blk of row r against the activation words xv[0..7].
 
@@ -72,9 +66,9 @@ def _block_dot(layout_id, w, b, r, blk, xv):
     elif layout_id == 1:
         d = np.float32(b[r, blk * 11])
         m = np.float32(0.0)
-        qh = _u32(w, r, blk * 11 + 1)
+        qh = u16_pair(w, r, blk * 11 + 1)
         for k in range(4):
-            q = _u32(w, r, blk * 11 + 3 + 2 * k)
+            q = u16_pair(w, r, blk * 11 + 3 + 2 * k)
             dot = dp4a(np.int32((q & _NIBBLES) | _fifth_bits(qh, 4 * k)), xv[k], dot)
             dot = dp4a(np.int32(((q >> np.uint32(4)) & _NIBBLES) | _fifth_bits(qh, 16 + 4 * k)), xv[4 + k], dot)
     else:
@@ -114,13 +108,7 @@ def _make(layout_id: int, R: int):
                 if layout_id == 1:
                     dot -= 16 * xsum
                 acc[i] += fx * (d * np.float32(dot) + m * np.float32(xsum))
-        for i in range(R):
-            v = warp_sum(acc[i])
-            r = r0 + i
-            if lane == 0 and r < rows:
-                if has_bias:
-                    v += bias[r]
-                y[t, r] = v
+        store_warp_rows(acc, r0, rows, lane, t, has_bias, bias, y)
 
     return matvec_legacy_q8
 
