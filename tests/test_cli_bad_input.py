@@ -1,0 +1,74 @@
+"""Bad and unusual input through the CLI: one clear line on stderr and a non-zero exit, never a traceback,
+a hang or lost output. Run as subprocesses where the behaviour is the process's (pipes, signals, exit codes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "embedkit.cli.main", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def run_cli(args, input=None):
+    from embedkit.cli.main import cli
+
+    return CliRunner().invoke(cli, args, input=input)
+
+
+def one_error_line(capsys, args) -> str:
+    """Run main(args), expect exit 1 and exactly one 'error: ...' line on stderr; return that line."""
+    from embedkit.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 1, (args, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "internal error" not in err, (args, err)
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    from embedkit.testing.random_models import write_random_model
+
+    return write_random_model(tmp_path_factory.mktemp("tiny") / "tiny-llama.gguf", "llama", "tiny")
+
+
+def test_stdout_closed_early_exits_0_silently(tiny_llama: Path) -> None:
+    """`embedkit generate ... | head -c 10`: click turned the broken pipe into a silent exit 1."""
+    p = start("generate", "-m", str(tiny_llama), "-p", "a", "-n", "-1", "--ignore-eos", "-c", "100000",
+              "--device", "cpu")
+    try:
+        assert len(p.stdout.read(10)) == 10
+        p.stdout.close()  # the next write of the endless generation fails with EPIPE
+        assert p.wait(timeout=120) == 0
+        assert p.stderr.read() == b""
+    finally:
+        p.kill()
+
+
+def test_ctrl_c_during_generate_is_exit_130_and_one_line(tiny_llama: Path) -> None:
+    """SIGINT once gave click's blank line and 'aborted' (two lines)."""
+    p = start("generate", "-m", str(tiny_llama), "-p", "a", "-n", "-1", "--ignore-eos", "-c", "100000",
+              "--device", "cpu", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        first = os.read(p.stdout.fileno(), 1)  # generation has started
+        assert first
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130
+    assert err == b"interrupted\n"
