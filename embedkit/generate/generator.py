@@ -33,6 +33,18 @@ from embedkit.gguf import GGUFFile
 DEFAULT_CTX_CAP = 4096
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """True for a failed allocation: the host's MemoryError, CuPy's OutOfMemoryError, CUDA_ERROR_OUT_OF_MEMORY."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "OUT_OF_MEMORY" in str(e)
+
+
+def _kv_bytes(params: Any, n_ctx: int) -> int:
+    """Bytes of float32 keys and values for ``n_ctx`` positions in every layer."""
+    head_dim = getattr(params, "head_dim", 0)
+    per_pos = getattr(params, "n_head_kv", 0) * (head_dim + getattr(params, "head_dim_v", head_dim)) * 4
+    return getattr(params, "n_layer", 0) * n_ctx * per_pos
+
+
 def default_ctx(n_ctx_train: int) -> int:
     """The context used when none is given: the model's own, capped at DEFAULT_CTX_CAP."""
     return max(1, min(int(n_ctx_train or DEFAULT_CTX_CAP), DEFAULT_CTX_CAP))
@@ -206,7 +218,16 @@ class Generator:
         self.file, self.model, self.tokenizer = file, model, tokenizer
         self.n_ctx = int(n_ctx) if n_ctx else default_ctx(model.params.n_ctx_train)
         self.n_batch = int(n_batch)
-        self.state = model.new_state(self.n_ctx)
+        try:
+            self.state = model.new_state(self.n_ctx)
+        except Exception as e:
+            if not _out_of_memory(e):
+                raise
+            gib = _kv_bytes(model.params, self.n_ctx) / 2**30
+            raise GenerationError(
+                f"a context of {self.n_ctx} tokens (-c/--ctx-size) needs {gib:.1f} GiB of KV cache, more than can be "
+                f"allocated; lower -c (the model was trained with {model.params.n_ctx_train})"
+            ) from None
         self.cached: list[int] = []  # tokens whose keys/values are in self.state, positions 0..
 
     # -- prompts --------------------------------------------------------------------------------
