@@ -72,3 +72,36 @@ def test_ctrl_c_during_generate_is_exit_130_and_one_line(tiny_llama: Path) -> No
         p.kill()
     assert p.returncode == 130
     assert err == b"interrupted\n"
+
+
+def test_jsonl_that_is_not_utf8_names_the_file(tmp_path: Path, vocab_dir: Path, capsys) -> None:
+    """`embed --jsonl` / `tokenize --jsonl` of a Latin-1 file ended in 'internal error (UnicodeDecodeError ...)'."""
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'"ok"\n"caf\xe9"\n')
+    line = one_error_line(capsys, ["embed", "--jsonl", str(bad)])
+    assert line == f"error: {bad}: not UTF-8 text; expected one JSON string per line"
+    vocab = str(vocab_dir / "ggml-vocab-llama-spm.gguf")
+    line = one_error_line(capsys, ["tokenize", "-m", vocab, "--jsonl", str(bad)])
+    assert line == f"error: {bad}: not UTF-8 text; expected one JSON string per line"
+
+
+def test_embed_npy_into_a_missing_folder_fails_before_embedding(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`embed --npy /missing/x.npy` embedded everything, then died in np.save with an internal error."""
+    import embedkit.catalog
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be loaded for a path that cannot be written")
+
+    monkeypatch.setattr(embedkit.catalog, "resolve_model", no_model)
+    target = tmp_path / "missing" / "x.npy"
+    line = one_error_line(capsys, ["embed", "hi", "--npy", str(target)])
+    assert line == f"error: --npy {target}: {str(target.parent)!r} is not an existing folder"
+
+
+def test_tokenize_output_flags_that_exclude_each_other(vocab_dir: Path, tmp_path: Path, capsys) -> None:
+    """--json with --pieces (or with --jsonl) silently dropped one of them."""
+    vocab = str(vocab_dir / "ggml-vocab-llama-spm.gguf")
+    assert "not both" in one_error_line(capsys, ["tokenize", "-m", vocab, "--json", "--pieces", "hi"])
+    texts = tmp_path / "t.jsonl"
+    texts.write_text('"hi"\n', encoding="utf-8")
+    assert "drop --json" in one_error_line(capsys, ["tokenize", "-m", vocab, "--jsonl", str(texts), "--json"])
