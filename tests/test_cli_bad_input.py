@@ -105,3 +105,11 @@ def test_tokenize_output_flags_that_exclude_each_other(vocab_dir: Path, tmp_path
     texts = tmp_path / "t.jsonl"
     texts.write_text('"hi"\n', encoding="utf-8")
     assert "drop --json" in one_error_line(capsys, ["tokenize", "-m", vocab, "--jsonl", str(texts), "--json"])
+
+
+def test_index_refuses_an_empty_collection_name_before_any_work(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`index -c ''` created a collection named '' (listed as ', default, ...' in errors)."""
+    monkeypatch.setenv("EMBEDKIT_DATABASE_URL", "postgresql://x@127.0.0.1:1/x")  # never reached
+    (tmp_path / "a.txt").write_text("hello", encoding="utf-8")
+    for name, msg in [("", "collection name '' is empty"), ("a\nb", "collection name 'a\\nb' has control")]:
+        assert msg in one_error_line(capsys, ["index", "-q", "-c", name, str(tmp_path)])
