@@ -113,3 +113,18 @@ def test_index_refuses_an_empty_collection_name_before_any_work(tmp_path: Path, 
     (tmp_path / "a.txt").write_text("hello", encoding="utf-8")
     for name, msg in [("", "collection name '' is empty"), ("a\nb", "collection name 'a\\nb' has control")]:
         assert msg in one_error_line(capsys, ["index", "-q", "-c", name, str(tmp_path)])
+
+
+def test_search_and_similar_refuse_meaningless_queries_before_any_work(capsys, monkeypatch) -> None:
+    """An empty query returned arbitrary chunks; --min-score 2 or nan silently returned nothing; --min-score
+    with --hybrid was silently ignored; `similar ''` said '.: not a document'."""
+    monkeypatch.setenv("EMBEDKIT_DATABASE_URL", "postgresql://x@127.0.0.1:1/x")  # never reached
+    for args, msg in [
+        (["search", ""], "the query is empty"),
+        (["search", "  \n"], "the query is empty"),
+        (["search", "fox", "--min-score", "2"], "--min-score must be a cosine similarity in [-1, 1], got 2.0"),
+        (["search", "fox", "--min-score", "nan"], "--min-score must be a cosine similarity in [-1, 1], got nan"),
+        (["search", "fox", "--min-score", "0.3", "--hybrid"], "--min-score applies to vector search, not to --hybrid"),
+        (["similar", ""], "the target is empty"),
+    ]:
+        assert msg in one_error_line(capsys, args), args
