@@ -128,3 +128,19 @@ def test_search_and_similar_refuse_meaningless_queries_before_any_work(capsys, m
         (["similar", ""], "the target is empty"),
     ]:
         assert msg in one_error_line(capsys, args), args
+
+
+def test_data_folders_that_are_files_are_named(tmp_path: Path, capsys, monkeypatch) -> None:
+    """EMBEDKIT_HOME or EMBEDKIT_MODELS naming a file ended every command in 'internal error (FileExistsError)'."""
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    monkeypatch.setenv("EMBEDKIT_MODELS", str(a_file))
+    line = one_error_line(capsys, ["models"])
+    assert line == f"error: EMBEDKIT_MODELS: {a_file} exists and is not a folder; expected a folder"
+    monkeypatch.setenv("EMBEDKIT_MODELS", str(a_file / "sub"))
+    assert "EMBEDKIT_MODELS: cannot create the folder" in one_error_line(capsys, ["models"])
+    monkeypatch.delenv("EMBEDKIT_MODELS")
+    monkeypatch.delenv("EMBEDKIT_DATABASE_URL", raising=False)
+    monkeypatch.setenv("EMBEDKIT_HOME", str(a_file))
+    line = one_error_line(capsys, ["db", "status"])
+    assert line == f"error: EMBEDKIT_HOME: {a_file} exists and is not a folder; expected a folder"
