@@ -144,3 +144,13 @@ def test_data_folders_that_are_files_are_named(tmp_path: Path, capsys, monkeypat
     monkeypatch.setenv("EMBEDKIT_HOME", str(a_file))
     line = one_error_line(capsys, ["db", "status"])
     assert line == f"error: EMBEDKIT_HOME: {a_file} exists and is not a folder; expected a folder"
+
+
+def test_vocab_only_gguf_given_to_a_model_command(vocab_dir: Path, capsys) -> None:
+    """A vocabulary-only GGUF (llama.cpp's tokenizer fixtures) was refused with "missing tensor
+    'token_embd.weight'", which does not say what is wrong with the file."""
+    for args, name in [(["generate", "-p", "hi", "-n", "1"], "ggml-vocab-llama-spm.gguf"),
+                       (["embed", "hi"], "ggml-vocab-bert-bge.gguf"), (["embed", "hi"], "ggml-vocab-llama-spm.gguf")]:
+        line = one_error_line(capsys, [*args, "-m", str(vocab_dir / name)])
+        assert line.endswith(f"{name}: holds no tensors (a vocabulary-only GGUF?); expected a model with its "
+                             "weights"), (args, line)
