@@ -324,5 +324,13 @@ def test_context_too_large_for_memory_is_one_clear_error(tmp_path):
     from embedkit.testing.random_models import write_random_model
 
     path = write_random_model(tmp_path / "tiny.gguf", "llama", "tiny")
-    with pytest.raises(GenerationError, match=r"a context of 1000000000000 tokens .* GiB of KV cache.*lower -c"):
-        Generator(path, n_ctx=10**12)
+    with pytest.raises(GenerationError, match=r"a context of 2147483647 tokens .* GiB of KV cache.*lower -c"):
+        Generator(path, n_ctx=2**31 - 1)  # 2 TiB of KV cache for the tiny model
+
+
+def test_context_beyond_int32_positions_is_refused(fake_cli):
+    """-c 99999999999999999999 ended in 'internal error (ValueError: Maximum allowed dimension exceeded)'."""
+    r = run_cli(["generate", "-p", "abc", "-c", "99999999999999999999"])
+    assert r.exit_code == 2 and "is not in the range 1<=x<=2147483647" in r.stderr
+    with pytest.raises(GenerationError, match=r"context size must be in \[1, 2147483647\], got 2147483648"):
+        Generator.from_parts(None, SuccessorModel(), CharTokenizer(), n_ctx=2**31)

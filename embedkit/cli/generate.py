@@ -36,7 +36,7 @@ def sampling_options(n_predict: int = 128) -> Callable[[Callable[..., Any]], Cal
                      help="Random seed (default or -1: random)."),
         click.option("-t", "--threads", default=None, type=click.IntRange(min=1),
                      help="CPU threads (default: EMBEDKIT_THREADS or all)."),
-        click.option("-c", "--ctx-size", default=None, type=click.IntRange(min=1),
+        click.option("-c", "--ctx-size", default=None, type=click.IntRange(1, 2**31 - 1),
                      help="Context size in tokens (default: the model's, at most 4096)."),
         click.option("-b", "--batch-size", default=512, show_default=True, type=click.IntRange(min=1),
                      help="Prompt tokens processed per batch."),

@@ -31,6 +31,8 @@ from embedkit.gguf import GGUFFile
 # Default KV cache size cap: a model's training context can be 32k-128k positions, too much memory for
 # a default; -c raises it.
 DEFAULT_CTX_CAP = 4096
+# Positions are int32 (as llama.cpp's llama_pos).
+MAX_CTX = 2**31 - 1
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -213,8 +215,8 @@ class Generator:
     def _setup(self, file: GGUFFile | None, model: Any, tokenizer: Any, n_ctx: int | None, n_batch: int) -> None:
         if n_batch < 1:
             raise GenerationError(f"batch size must be >= 1, got {n_batch}")
-        if n_ctx is not None and n_ctx < 1:
-            raise GenerationError(f"context size must be >= 1, got {n_ctx}")
+        if n_ctx is not None and not 1 <= n_ctx <= MAX_CTX:
+            raise GenerationError(f"context size must be in [1, {MAX_CTX}], got {n_ctx}")
         self.file, self.model, self.tokenizer = file, model, tokenizer
         self.n_ctx = int(n_ctx) if n_ctx else default_ctx(model.params.n_ctx_train)
         self.n_batch = int(n_batch)
