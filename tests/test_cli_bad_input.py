@@ -154,3 +154,18 @@ def test_vocab_only_gguf_given_to_a_model_command(vocab_dir: Path, capsys) -> No
         line = one_error_line(capsys, [*args, "-m", str(vocab_dir / name)])
         assert line.endswith(f"{name}: holds no tensors (a vocabulary-only GGUF?); expected a model with its "
                              "weights"), (args, line)
+
+
+def test_search_when_the_collections_model_file_is_gone(tmp_path: Path) -> None:
+    """A collection built with `-m some/file.gguf` whose file was later moved answered searches with
+    "model '/abs/file.gguf' is neither an existing file nor a known model name", not saying why that model."""
+    from embedkit.errors import ModelNotFoundError
+    from embedkit.index.models import embedder_for_collection
+    from embedkit.store.collections import CollectionInfo, ModelIdentity
+
+    gone = str(tmp_path / "moved-away.gguf")
+    model = ModelIdentity(gone, "moved-away.gguf", "0" * 64, "bert", 8, "mean", True)
+    info = CollectionInfo(1, "notes", model, 256, 32)
+    with pytest.raises(ModelNotFoundError, match=r"^collection 'notes' was built with the model '.*moved-away.gguf', "
+                                                 r"which is no longer there; give the same model \(moved-away.gguf\)"):
+        embedder_for_collection(info)
