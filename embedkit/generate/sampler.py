@@ -161,6 +161,11 @@ def token_distribution(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The distribution the sampler draws from: ``(ids, probs)``, sorted by probability descending."""
     work = np.asarray(logits, dtype=np.float32)
+    top = work.max()  # NaN if any logit is NaN
+    if not np.isfinite(top):
+        what = "NaN" if np.isnan(top) else "infinite" if top > 0 else "only -infinity"
+        raise GenerationError(f"the model produced {what} logits: its weights are damaged or not computed right "
+                              "(sampling from them would be meaningless)")
     if _penalties_active(history, params):
         work = work.copy()
         apply_penalties(work, history, params)
