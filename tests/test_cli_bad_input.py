@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from store_fixtures import *  # noqa: F403  (pg_home, fresh_collection)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,3 +170,44 @@ def test_search_when_the_collections_model_file_is_gone(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match=r"^collection 'notes' was built with the model '.*moved-away.gguf', "
                                                  r"which is no longer there; give the same model \(moved-away.gguf\)"):
         embedder_for_collection(info)
+
+
+def _damaged_copy(src: Path, dst: Path, tensor: str) -> Path:
+    """`src` with every byte of `tensor`'s data set to 0xFF (NaN as float32)."""
+    from embedkit.gguf import GGUFFile
+
+    data = bytearray(src.read_bytes())
+    with GGUFFile(src) as f:
+        t = f.tensor(tensor)
+        start = f.data_offset + t.offset
+        data[start:start + t.n_bytes] = b"\xff" * t.n_bytes
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_embedding_model_with_nan_weights_is_one_clear_error(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`embed` printed '[NaN, NaN, ...]' (not JSON) with exit 0, and `index` ended in 'internal error
+    (DataException: NaN not allowed in vector' over two lines, after a blank line left by the progress bar."""
+    from embedkit.testing.random_models import write_random_model
+
+    good = write_random_model(tmp_path / "bert.gguf", "bert", {"n_embd": 64, "n_head": 4, "n_ff": 128})
+    bad = _damaged_copy(good, tmp_path / "damaged.gguf", "blk.0.ffn_down.weight")
+    line = one_error_line(capsys, ["embed", "-q", "-m", str(bad), "hi", "there"])
+    assert line == (f"error: {bad}: the model produced NaN or infinite values for 2 of 2 texts (the first is text "
+                    "1); its weights are damaged or not computed right")
+
+
+def test_index_with_nan_weights_is_one_line(tmp_path: Path, capsys, monkeypatch, pg_home, fresh_collection) -> None:
+    """The same model given to `index`: 'internal error (DataException: NaN not allowed in vector' over two
+    lines, after a blank line that the progress bar leaves where stderr is no terminal."""
+    from embedkit.testing.random_models import write_random_model
+
+    good = write_random_model(tmp_path / "bert.gguf", "bert", {"n_embd": 64, "n_head": 4, "n_ff": 128})
+    bad = _damaged_copy(good, tmp_path / "damaged.gguf", "blk.0.ffn_down.weight")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("some words\n")
+    monkeypatch.delenv("EMBEDKIT_DATABASE_URL", raising=False)
+    monkeypatch.setenv("EMBEDKIT_HOME", str(pg_home))
+    line = one_error_line(capsys, ["index", "-m", str(bad), "-c", fresh_collection, str(docs)])
+    assert "the model produced NaN or infinite values for 1 of 1 texts" in line

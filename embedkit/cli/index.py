@@ -82,7 +82,8 @@ def command(paths, collection, model, include, exclude, chunk_tokens, overlap, b
     """
     from embedkit.index import index
 
-    bar = None if quiet or (as_json and not sys.stderr.isatty()) else _Bar()
+    # rich draws nothing useful where stderr is no terminal, but leaves a blank line there
+    bar = None if quiet or not sys.stderr.isatty() else _Bar()
     try:
         report = index(
             paths, collection=collection, model=model, include=include, exclude=exclude,
