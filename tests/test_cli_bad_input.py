@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from store_fixtures import *  # noqa: F403  (pg_home, fresh_collection)
@@ -172,15 +173,15 @@ def test_search_when_the_collections_model_file_is_gone(tmp_path: Path) -> None:
         embedder_for_collection(info)
 
 
-def _damaged_copy(src: Path, dst: Path, tensor: str) -> Path:
-    """`src` with every byte of `tensor`'s data set to 0xFF (NaN as float32)."""
+def _damaged_copy(src: Path, dst: Path, tensor: str, fill: bytes = b"\xff") -> Path:
+    """`src` with `tensor`'s data overwritten by `fill` repeated (0xFF bytes: NaN as float32)."""
     from embedkit.gguf import GGUFFile
 
     data = bytearray(src.read_bytes())
     with GGUFFile(src) as f:
         t = f.tensor(tensor)
         start = f.data_offset + t.offset
-        data[start:start + t.n_bytes] = b"\xff" * t.n_bytes
+        data[start:start + t.n_bytes] = (fill * t.n_bytes)[: t.n_bytes]
     dst.write_bytes(bytes(data))
     return dst
 
@@ -211,3 +212,14 @@ def test_index_with_nan_weights_is_one_line(tmp_path: Path, capsys, monkeypatch,
     monkeypatch.setenv("EMBEDKIT_HOME", str(pg_home))
     line = one_error_line(capsys, ["index", "-m", str(bad), "-c", fresh_collection, str(docs)])
     assert "the model produced NaN or infinite values for 1 of 1 texts" in line
+
+
+def test_generate_with_nan_weights_prints_only_the_error(tiny_llama: Path, tmp_path: Path) -> None:
+    """numpy's 'RuntimeWarning: invalid value encountered in matmul' (two lines) came before the error line."""
+    inf = np.array([np.inf], dtype=np.float32).tobytes()
+    bad = _damaged_copy(tiny_llama, tmp_path / "damaged.gguf", "blk.1.ffn_down.weight", inf)
+    p = start("generate", "-m", str(bad), "-p", "ab", "-n", "3", "--seed", "1", "--device", "cpu")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and out == b""
+    assert err.decode().splitlines() == ["error: the model produced NaN logits: its weights are damaged or not "
+                                         "computed right (sampling from them would be meaningless)"]

@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 
 import click
 
@@ -77,6 +78,11 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `embedkit` console script."""
+    if not sys.warnoptions and not os.environ.get("EMBEDKIT_DEBUG"):
+        # numpy's floating-point warnings inside the kernels (NaN weights of a damaged file, say) are no news to
+        # a command-line user: what they lead to is checked and reported as one error line
+        warnings.filterwarnings("ignore", r"(invalid value|overflow|divide by zero) encountered", RuntimeWarning,
+                                r"embedkit\.")
     try:
         cli.main(args=argv, prog_name="embedkit", standalone_mode=False)
     except EmbedkitError as e:
