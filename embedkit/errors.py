@@ -45,6 +45,10 @@ class GenerationError(EmbedkitError):
     """Generation cannot proceed (context exceeded, bad sampling parameters, ...)."""
 
 
+class ModelOutputError(EmbedkitError):
+    """A model computed NaN or infinite values (damaged weights, or a kernel fault)."""
+
+
 class TemplateError(EmbedkitError):
     """A chat template failed to render or tried to escape the sandbox."""
 

@@ -87,6 +87,37 @@ def test_sandbox_escapes_fail_clearly(source):
         ChatTemplate(source).render(CONVO)
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ 'x' * 10**8 }}",
+        "{{ 10**8 * 'x' }}",
+        "{{ [1] * 10**7 }}",
+        "{{ 10**(10**6) }}",
+        "{{ 'x'.ljust(10**8) }}",
+        "{{ '%0100000000d' % 1 }}",
+        "{{ '%*d' % (10**8, 1) }}",
+        "{{ '{:>100000000}'.format(1) }}",
+        "{{ '%0100000000d'|format(1) }}",
+        "{{ 'x'|center(10**8) }}",
+        "{{ 'x'|indent(10**8) }}",
+    ],
+)
+def test_huge_results_are_refused(source):
+    """A GGUF's template could hang generate or exhaust memory with `'x' * 10**10` and the like (the tests use
+    sizes that finish without the guard, so they fail by returning instead of hanging)."""
+    with pytest.raises(TemplateError, match="asked for too large a result"):
+        ChatTemplate(source).render(CONVO)
+
+
+def test_ordinary_sizes_still_render():
+    out = ChatTemplate(
+        "{{ 'ab' * 3 }}|{{ 2**10 }}|{{ '%5d' % 3 }}|{{ 'x'|center(5) }}|{{ '{:>4}'.format(1) }}|{{ 12345678 }}|"
+        "{{ '%s-%d'|format('a', 3) }}|{{ 'a'|indent(2, first=True) }}"
+    ).render(CONVO)
+    assert out == "ababab|1024|    3|  x  |   1|12345678|a-3|  a"
+
+
 def test_hf_globals_and_filters():
     t = ChatTemplate(
         "{{ bos_token }}|{{ messages | tojson }}|{{ strftime_now('%Y') | length }}|"

@@ -131,3 +131,24 @@ def test_cli_convert(minilm_hf_dir: Path, tmp_path: Path, capsys: pytest.Capture
         main(["convert", str(tmp_path / "nope"), str(out)])
     assert e.value.code == 1
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_convert_refuses_to_overwrite_what_is_not_gguf(minilm_hf_dir: Path, tmp_path: Path) -> None:
+    """`convert HF HF/model.safetensors` replaced the model's own weights with the GGUF (exit 0, data lost);
+    an OUT that cannot be written ended in 'internal error (FileNotFoundError ...)'."""
+    import os
+
+    folder = tmp_path / "hf"  # links to the session's folder: a failure here must not damage the fixture
+    folder.mkdir()
+    for item in minilm_hf_dir.iterdir():
+        (folder / item.name).symlink_to(item)
+    weights = folder / "model.safetensors"
+    with pytest.raises(ConversionError, match="model.safetensors: exists and is not a GGUF file; refusing"):
+        convert_hf_to_gguf(folder, weights)
+    assert weights.is_symlink() and weights.read_bytes()[8:9] == b"{"  # still the safetensors header
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(ConversionError, match="pipe: exists and is not a regular file"):
+        convert_hf_to_gguf(folder, tmp_path / "pipe")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConversionError, match=r"x.gguf: .*file is not a folder"):
+        convert_hf_to_gguf(folder, tmp_path / "file" / "sub" / "x.gguf")

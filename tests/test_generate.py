@@ -285,3 +285,52 @@ def test_generating_with_an_embedding_model_is_one_clear_error(minilm_gguf_path)
         Generator(minilm_gguf_path)
     r = CliRunner().invoke(cli, ["generate", "-m", str(minilm_gguf_path), "-p", "hi"])
     assert isinstance(r.exception, UnsupportedModelError)
+
+
+def test_cli_generate_out_of_range_values_are_clear_errors(fake_cli, capsys):
+    """Values outside what llama.cpp gives a meaning are refused by name (once internal errors or silently
+    taken as another value): -n below -1 ran like -1, -ngl below -1 like -1, a NaN penalty crashed in
+    numpy, --seed -1 (llama.cpp: random) crashed in numpy, --system without --chat was ignored."""
+    from embedkit.cli.main import main
+
+    for args in (["-n", "-2"], ["-ngl", "-5"], ["--seed", "-2"]):
+        r = run_cli(["generate", "-p", "abc", *args])
+        assert r.exit_code == 2 and "is not in the range" in r.stderr, (args, r.stderr)
+    for args, msg in [
+        (["--presence-penalty", "nan"], "presence penalty must be a finite number, got nan"),
+        (["--frequency-penalty", "inf"], "frequency penalty must be a finite number, got inf"),
+        (["--repeat-penalty", "nan"], "repeat penalty must be a finite number > 0, got nan"),
+        (["--system", "be brief"], "--system applies to the chat template: add --chat (or drop --system)"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            main(["generate", "-p", "abc", "-n", "2", *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err == f"error: {msg}\n", (args, err)
+    r = run_cli(["generate", "-p", "abc", "-n", "3", "--seed", "-1", "-q"])
+    assert r.exit_code == 0 and len(r.stdout) == 3
+
+
+def test_sampler_seed_minus_one_draws_a_fresh_seed():
+    from embedkit.generate import Sampler
+
+    assert 0 <= Sampler(SamplerParams(seed=-1)).seed < 2**32
+    assert Sampler(SamplerParams(seed=7)).seed == 7
+    with pytest.raises(GenerationError, match="seed must be"):
+        Sampler(SamplerParams(seed=-3))
+
+
+def test_context_too_large_for_memory_is_one_clear_error(tmp_path):
+    """-c 100000000 once ended in 'internal error (MemoryError: Unable to allocate 71.5 GiB ...)'."""
+    from embedkit.testing.random_models import write_random_model
+
+    path = write_random_model(tmp_path / "tiny.gguf", "llama", "tiny")
+    with pytest.raises(GenerationError, match=r"a context of 2147483647 tokens .* GiB of KV cache.*lower -c"):
+        Generator(path, n_ctx=2**31 - 1)  # 2 TiB of KV cache for the tiny model
+
+
+def test_context_beyond_int32_positions_is_refused(fake_cli):
+    """-c 99999999999999999999 ended in 'internal error (ValueError: Maximum allowed dimension exceeded)'."""
+    r = run_cli(["generate", "-p", "abc", "-c", "99999999999999999999"])
+    assert r.exit_code == 2 and "is not in the range 1<=x<=2147483647" in r.stderr
+    with pytest.raises(GenerationError, match=r"context size must be in \[1, 2147483647\], got 2147483648"):
+        Generator.from_parts(None, SuccessorModel(), CharTokenizer(), n_ctx=2**31)

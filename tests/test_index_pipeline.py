@@ -116,3 +116,20 @@ def test_other_model_refused_then_reembedded(store, tmp_path, fresh_collection):
         dims = conn.execute("SELECT DISTINCT vector_dims(embedding) FROM chunks WHERE collection_id = %s",
                             (info.id,)).fetchall()
         assert dims == [(32,)]
+
+
+def test_file_name_that_is_not_utf8_is_skipped_not_fatal(store, tmp_path, fresh_collection):
+    """A file named b'caf\\xe9.txt' (Latin-1) ended the whole run in 'internal error (UnicodeEncodeError:
+    ... surrogates not allowed)' when its path was sent to PostgreSQL; the other files were not indexed."""
+    import os
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "ok.txt").write_text("plain words here\n")
+    with open(os.path.join(os.fsencode(root), b"caf\xe9.txt"), "wb") as fh:
+        fh.write(b"more words\n")
+    emb = HashEmbedder()
+    report = index_paths(store, [str(root)], emb, emb.identity(), collection=fresh_collection)
+    assert report.added == 1
+    assert [(p.rsplit("/", 1)[1], r) for p, r in report.skipped] == [("caf\\xe9.txt", "file name is not UTF-8")]
+    assert [r[0].rsplit("/", 1)[1] for r in _rows(store, fresh_collection)] == ["ok.txt"]

@@ -83,3 +83,36 @@ def test_html_to_text():
     text, title = html_to_text(html)
     assert title == "The Page"
     assert text == "Head\n\nOne & two\n\nThree"
+
+
+def test_bad_globs_and_ignore_files_name_the_pattern(tmp_path):
+    """An invalid --include/--exclude glob or .embedkitignore line ended in 'internal error (error: bad
+    character range ...)' from the regex pathspec builds."""
+    (tmp_path / "a.txt").write_text("a")
+    with pytest.raises(InputError, match=r"^--exclude: invalid gitignore-style pattern '\[z-a\]' \(bad character"):
+        walk_paths([tmp_path], exclude=["*.md", "[z-a]"])
+    with pytest.raises(InputError, match=r"^--include: invalid gitignore-style pattern '!'"):
+        walk_paths([tmp_path], include=["!"])
+    (tmp_path / ".embedkitignore").write_text("*.log\n[z-a]\n")
+    with pytest.raises(InputError, match=r"\.embedkitignore: invalid gitignore-style pattern '\[z-a\]'"):
+        walk_paths([tmp_path])
+
+
+def test_special_files_and_broken_links_are_named(tmp_path):
+    """A FIFO given as PATH was silently taken for an empty folder; a FIFO named .embedkitignore hung the walk
+    (read_text blocks on it); broken links and link loops were reported as 'no such file or folder'."""
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(InputError, match=r"pipe: is a named pipe \(FIFO\); expected a file or a folder"):
+        walk_paths([tmp_path / "pipe"])
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    with pytest.raises(InputError, match=r"dangling: broken symbolic link \(to .*gone\)"):
+        walk_paths([tmp_path / "dangling"])
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    with pytest.raises(InputError, match=r"loop1: symbolic link loop"):
+        walk_paths([tmp_path / "loop1"])
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "x.txt").write_text("x")
+    os.mkfifo(sub / ".embedkitignore")
+    assert [f.path.name for f in walk_paths([sub])] == ["x.txt"]

@@ -165,3 +165,17 @@ def test_top_k_ids_exact(peak):
     for k in (1, 40, 1000):
         ids = top_k_ids(logits, k)
         assert sorted(ids.tolist()) == sorted(np.argsort(-logits, kind="stable")[:k].tolist())
+
+
+@pytest.mark.parametrize("bad, what", [(np.nan, "NaN"), (np.inf, "infinite")])
+@pytest.mark.parametrize("params", [SamplerParams(temp=0.0), SamplerParams(seed=1), SamplerParams(seed=1, top_k=0)])
+def test_non_finite_logits_are_a_clear_error(bad, what, params):
+    """A model with damaged weights (NaN/inf in a tensor) made default sampling fail with 'internal error
+    (ValueError: zero-size array to reduction operation maximum ...)' and greedy or unfiltered sampling
+    print garbage."""
+    logits = np.linspace(-1, 1, 50).astype(np.float32)
+    logits[7] = bad
+    with pytest.raises(GenerationError, match=f"the model produced {what} logits"):
+        Sampler(params)(logits)
+    with pytest.raises(GenerationError, match="only -infinity"):
+        Sampler(params)(np.full(50, -np.inf, dtype=np.float32))

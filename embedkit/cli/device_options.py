@@ -11,7 +11,7 @@ import click
 def device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add `--device auto|cpu|cuda` and `-ngl/--gpu-layers N` (llama.cpp's meaning) to a command."""
     fn = click.option(
-        "-ngl", "--gpu-layers", "gpu_layers", type=int, default=None,
+        "-ngl", "--gpu-layers", "gpu_layers", type=click.IntRange(min=-1), default=None,
         help="Layers on the GPU: 0 none, -1 all (with the output layer; the default with a GPU).",
     )(fn)
     fn = click.option(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 import numpy as np
@@ -19,6 +20,8 @@ def _read_jsonl(source: str) -> list[str]:
         lines = (fh or open(source, encoding="utf-8")).read().splitlines()
     except OSError as e:
         raise InputError(f"{source}: cannot read ({e.strerror})") from e
+    except UnicodeDecodeError:
+        raise InputError(f"{source}: not UTF-8 text; expected one JSON string per line") from None
     texts = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -60,6 +63,8 @@ def command(texts, model, jsonl, npy, batch_size, threads, pooling, no_normalize
         items += _read_jsonl(jsonl)
     if not items:
         raise InputError("no texts: give TEXT arguments or --jsonl FILE")
+    if npy is not None and not Path(npy).parent.is_dir():  # before the work, not after it
+        raise InputError(f"--npy {npy}: {str(Path(npy).parent)!r} is not an existing folder")
     if threads is not None:
         set_num_threads(threads)
     path = resolve_model(model, kind="embed")
@@ -69,7 +74,10 @@ def command(texts, model, jsonl, npy, batch_size, threads, pooling, no_normalize
         vectors = emb.embed(items, batch_size=batch_size)
         stats = emb.stats
     if npy is not None:
-        np.save(npy, vectors)
+        try:
+            np.save(npy, vectors)
+        except OSError as e:
+            raise InputError(f"--npy {npy}: cannot write ({e.strerror})") from e
     else:
         for v in vectors:
             click.echo(json.dumps(v.tolist()))

@@ -17,11 +17,14 @@ def sampling_options(n_predict: int = 128) -> Callable[[Callable[..., Any]], Cal
     """Model, context and sampling options shared by `generate` and `chat` (llama.cpp's names)."""
     options = [
         click.option("-m", "--model", default=None, help="GGUF path or known model name (default: gemma3-270m)."),
-        click.option("-n", "--n-predict", default=n_predict, show_default=True, type=int,
+        click.option("-n", "--n-predict", default=n_predict, show_default=True, type=click.IntRange(min=-1),
                      help="Tokens to generate (-1: until end of generation or a full context)."),
-        click.option("--temp", default=0.8, show_default=True, type=float, help="Temperature; 0 = greedy."),
-        click.option("--top-k", default=40, show_default=True, type=int, help="Top-k (0 = off)."),
-        click.option("--top-p", default=0.95, show_default=True, type=float, help="Top-p (1.0 = off)."),
+        click.option("--temp", default=0.8, show_default=True, type=float,
+                     help="Temperature; 0 (or below, as llama.cpp) = greedy."),
+        click.option("--top-k", default=40, show_default=True, type=int,
+                     help="Top-k (0 or below, as llama.cpp: off)."),
+        click.option("--top-p", default=0.95, show_default=True, type=float,
+                     help="Top-p (1.0 or above, as llama.cpp: off)."),
         click.option("--min-p", default=0.05, show_default=True, type=float, help="Min-p (0.0 = off)."),
         click.option("--repeat-penalty", default=1.0, show_default=True, type=float,
                      help="Penalise repeated tokens (1.0 = off)."),
@@ -29,10 +32,11 @@ def sampling_options(n_predict: int = 128) -> Callable[[Callable[..., Any]], Cal
                      help="Tokens of history the penalties look at (0 = off, -1 = all)."),
         click.option("--presence-penalty", default=0.0, show_default=True, type=float),
         click.option("--frequency-penalty", default=0.0, show_default=True, type=float),
-        click.option("--seed", default=None, type=int, help="Random seed (default: random)."),
+        click.option("--seed", default=None, type=click.IntRange(-1, 2**64 - 1),
+                     help="Random seed (default or -1: random)."),
         click.option("-t", "--threads", default=None, type=click.IntRange(min=1),
                      help="CPU threads (default: EMBEDKIT_THREADS or all)."),
-        click.option("-c", "--ctx-size", default=None, type=click.IntRange(min=1),
+        click.option("-c", "--ctx-size", default=None, type=click.IntRange(1, 2**31 - 1),
                      help="Context size in tokens (default: the model's, at most 4096)."),
         click.option("-b", "--batch-size", default=512, show_default=True, type=click.IntRange(min=1),
                      help="Prompt tokens processed per batch."),
@@ -97,6 +101,8 @@ def _read_prompt(prompt: str | None, file: str | None) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No timing summary on stderr.")
 def command(prompt, file, stop, echo, ignore_eos, chat, system, as_json, quiet, **kw) -> None:
     """Generate text that continues a prompt; the text streams to stdout, timings go to stderr."""
+    if system is not None and not chat:
+        raise InputError("--system applies to the chat template: add --chat (or drop --system)")
     text = _read_prompt(prompt, file)
     params = sampler_params(kw)
     gen = load_generator(kw)

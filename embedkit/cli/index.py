@@ -63,9 +63,10 @@ class _Bar:
               help="Only files matching this gitignore-style glob (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching this glob (repeatable).")
 @click.option("--chunk-tokens", type=click.IntRange(8, 8192), default=DEFAULT_CHUNK_TOKENS, show_default=True,
-              help="Tokens per chunk (capped by the model's window).")
+              help="Tokens per chunk (capped by the model's window). An existing collection keeps the chunking "
+                   "it was created with; --reembed applies new values.")
 @click.option("--overlap", type=click.IntRange(0, 4096), default=DEFAULT_OVERLAP, show_default=True,
-              help="Tokens shared by consecutive chunks.")
+              help="Tokens shared by consecutive chunks (at most half a chunk).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
               help="Texts per embedding batch.")
 @click.option("--prune", is_flag=True, help="Remove documents under PATHS whose files are gone.")
@@ -81,7 +82,8 @@ def command(paths, collection, model, include, exclude, chunk_tokens, overlap, b
     """
     from embedkit.index import index
 
-    bar = None if quiet or (as_json and not sys.stderr.isatty()) else _Bar()
+    # rich draws nothing useful where stderr is no terminal, but leaves a blank line there
+    bar = None if quiet or not sys.stderr.isatty() else _Bar()
     try:
         report = index(
             paths, collection=collection, model=model, include=include, exclude=exclude,

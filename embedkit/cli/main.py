@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 
 import click
 
@@ -28,8 +29,26 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+class _StdoutClosed(Exception):
+    """The reader of stdout went away (e.g. `| head`); carried past click, which would exit 1 on it."""
+
+
+class _Interrupted(Exception):
+    """Ctrl-C in a command; carried past click, which would print a blank line and 'Aborted!'."""
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported only when used (keeps `embedkit --help` fast)."""
+
+    def invoke(self, ctx: click.Context):
+        # click's own handlers (standalone or not) turn a broken pipe into a silent exit 1 and Ctrl-C into
+        # Abort; main() gives both their conventional outcome instead.
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as e:
+            raise _StdoutClosed() from e
+        except KeyboardInterrupt as e:
+            raise _Interrupted() from e
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name, (mod, _, _) in COMMANDS.items() if _module_exists(mod)]
@@ -59,6 +78,11 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `embedkit` console script."""
+    if not sys.warnoptions and not os.environ.get("EMBEDKIT_DEBUG"):
+        # numpy's floating-point warnings inside the kernels (NaN weights of a damaged file, say) are no news to
+        # a command-line user: what they lead to is checked and reported as one error line
+        warnings.filterwarnings("ignore", r"(invalid value|overflow|divide by zero) encountered", RuntimeWarning,
+                                r"embedkit\.")
     try:
         cli.main(args=argv, prog_name="embedkit", standalone_mode=False)
     except EmbedkitError as e:
@@ -70,10 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Interrupted):
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except BrokenPipeError:
+    except (BrokenPipeError, _StdoutClosed):
         # stdout closed early (e.g. `| head`): not an error for a command-line tool
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

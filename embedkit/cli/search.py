@@ -22,7 +22,7 @@ def snippet(text: str, width: int = 160) -> str:
               help="Only documents whose path matches (a folder or a glob with * and ?).")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Only documents whose metadata has KEY=VALUE.")
 @click.option("--min-score", type=float, default=None,
-              help="Drop results below this cosine similarity (not with --hybrid).")
+              help="Drop results below this cosine similarity, in [-1, 1] (not with --hybrid).")
 @click.option("--hybrid", is_flag=True, help="Fuse full-text and vector rankings (reciprocal rank fusion).")
 @click.option("--ef-search", type=click.IntRange(1, 1000), default=None, help="HNSW ef_search for this query.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"results": [...]} as one JSON object.')

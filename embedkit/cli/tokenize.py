@@ -29,9 +29,13 @@ def command(text: str | None, model: str | None, no_bos: bool, parse_special: bo
     path = resolve_model(model)
     with GGUFFile(path) as f:
         tok = load_tokenizer(f)
+    if as_json and pieces:
+        raise InputError("give either --json or --pieces, not both")
     if jsonl is not None:
         if text is not None:
             raise InputError("give either TEXT or --jsonl, not both")
+        if as_json or pieces:
+            raise InputError("--jsonl prints one JSON array of ids per line: drop --json/--pieces")
         _batch(tok, jsonl, add_special=not no_bos, parse_special=parse_special)
         return
     if text is None:
@@ -58,7 +62,7 @@ def _show(piece: bytes) -> str:
 
 def _batch(tok: Tokenizer, lines, add_special: bool, parse_special: bool) -> None:
     name = getattr(lines, "name", "-")
-    for n, line in enumerate(lines, 1):
+    for n, line in _numbered_lines(lines, name):
         if not line.strip():
             continue
         try:
@@ -68,3 +72,11 @@ def _batch(tok: Tokenizer, lines, add_special: bool, parse_special: bool) -> Non
         if not isinstance(text, str):
             raise InputError(f"{name}: line {n} holds a {type(text).__name__}; expected a JSON string")
         click.echo(json.dumps(tok.encode(text, add_special=add_special, parse_special=parse_special)))
+
+
+def _numbered_lines(lines, name: str):
+    """(line number, line) of a text file opened as UTF-8; an InputError naming the file if it is not UTF-8."""
+    try:
+        yield from enumerate(lines, 1)
+    except UnicodeDecodeError:
+        raise InputError(f"{name}: not UTF-8 text; expected one JSON string per line") from None

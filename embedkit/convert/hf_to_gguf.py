@@ -107,6 +107,7 @@ def convert_hf_to_gguf(
         raise ConversionError(f"unknown --outtype {outtype!r} (expected one of {', '.join(OUTTYPES)})")
     if not hf_dir.is_dir():
         raise ConversionError(f"{hf_dir}: not a directory (expected a Hugging Face model folder)")
+    _check_out(out)
     config = _read_json(hf_dir / "config.json")
     archs = config.get("architectures") or []
     if not any(a in BERT_ARCHITECTURES for a in archs) and config.get("model_type") != "bert":
@@ -181,7 +182,32 @@ def convert_hf_to_gguf(
         n_written += 1
     if n_written == 0:
         raise ConversionError(f"{hf_dir}: no BERT tensors found")
-    out.parent.mkdir(parents=True, exist_ok=True)
     if progress is not None:
         progress(f"writing {out} ({outtype}, {n_written} tensors)")
-    return w.write(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return w.write(out)
+    except OSError as e:
+        raise ConversionError(f"{out}: cannot write the GGUF file ({e.strerror})") from None
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an OUT that exists but is not a GGUF file: it may be one of the model's own files (e.g. its
+    model.safetensors, which the conversion would replace) or anything else the user did not mean to lose."""
+    if out.is_dir():
+        raise ConversionError(f"{out}: is a folder; expected the path of the .gguf file to write")
+    above = next((a for a in out.parents if a.exists()), None)  # the folder it goes in, or the one to create
+    if above is not None and not above.is_dir():
+        raise ConversionError(f"{out}: {above} is not a folder")
+    if not out.exists():
+        return
+    if not out.is_file():  # a FIFO or a device: opening it to check could block
+        raise ConversionError(f"{out}: exists and is not a regular file; expected the path of a .gguf file")
+    try:
+        with open(out, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise ConversionError(f"{out}: cannot check the existing file ({e.strerror})") from None
+    if magic != b"GGUF":
+        raise ConversionError(f"{out}: exists and is not a GGUF file; refusing to overwrite it (expected a new "
+                              "or a GGUF path)")

@@ -13,7 +13,7 @@ import numpy as np
 
 from embedkit.embed.batching import pad_batch, plan_batches
 from embedkit.embed.pooling import POOLINGS, l2_normalize, pool
-from embedkit.errors import InputError
+from embedkit.errors import InputError, ModelOutputError
 from embedkit.gguf import GGUFFile
 from embedkit.gguf.keys import ST_MAX_SEQ_LENGTH_KEY
 from embedkit.models import ENCODER_ARCHITECTURES, load_model
@@ -148,6 +148,12 @@ class Embedder:
                 hidden = self._decoder_hidden(ids)
                 out[i] = self._finish(hidden[None], np.ones((1, len(ids)), dtype=np.uint8))[0]
                 self._count(1, len(ids), progress)
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if bad.size:  # NaN vectors print as invalid JSON and PostgreSQL refuses them
+            raise ModelOutputError(
+                f"{self.path}: the model produced NaN or infinite values for {bad.size} of {len(texts)} texts "
+                f"(the first is text {bad[0] + 1}); its weights are damaged or not computed right"
+            )
         return out
 
     def _decoder_hidden(self, ids: list[int]) -> np.ndarray:

@@ -4,18 +4,23 @@ A GGUF file is untrusted input, so its template runs in jinja2's ``ImmutableSand
 ``SandboxedEnvironment`` that also forbids mutating lists and dicts), configured as Hugging Face
 ``transformers`` does (``apply_chat_template``): ``trim_blocks``, ``lstrip_blocks``, the ``loopcontrols``
 extension, a ``tojson`` filter that keeps non-ASCII text, and the globals ``raise_exception`` and
-``strftime_now``. A template that reaches for Python internals raises TemplateError.
+``strftime_now``. A template that reaches for Python internals raises TemplateError, and so does one that asks
+for a result larger than MAX_SIZE (repetition, powers, format widths, padding filters and methods).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import jinja2
 from jinja2 import nodes
+from jinja2.exceptions import SecurityError
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -104,11 +109,76 @@ def _tojson(
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
+# The largest size (characters, items, repetitions, digits) one template operation may ask for: jinja's sandbox
+# blocks attribute escapes and huge ranges but not `'x' * 10**10`, `10**10**10`, `'x'.ljust(10**10)`,
+# `'%0999999999d' % 1` or `'x'|center(10**10)`, each of which would hang or exhaust memory.
+MAX_SIZE = 1_000_000
+_WIDE_FORMAT = re.compile(r"\d{7,}|%[^a-zA-Z%]*\*")  # a width or precision of 7+ digits, or a '*' one
+
+
+class _TooLarge(SecurityError):
+    """A template operation would build a result beyond MAX_SIZE."""
+
+
+def _check_arg(value: Any, what: str) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SIZE:
+        raise _TooLarge(f"{what} with {value} (more than {MAX_SIZE})")
+
+
+def _check_format(fmt: Any, what: str) -> None:
+    if isinstance(fmt, str) and _WIDE_FORMAT.search(fmt):
+        raise _TooLarge(f"{what} with the format {fmt[:40]!r}: widths above {MAX_SIZE} are refused")
+
+
+def _bounded_filter(name: str, f: Any) -> Any:
+    """Filter `f` with its extra arguments (widths, counts) checked; `format` also checks its format string."""
+    n_lead = 1 + (getattr(f, "jinja_pass_arg", None) is not None)  # the value, after a context/environment
+
+    @functools.wraps(f)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        for a in (*args[n_lead:], *kwargs.values()):
+            _check_arg(a, f"filter {name!r}")
+        if name == "format" and len(args) >= n_lead:
+            _check_format(args[n_lead - 1], "filter 'format'")
+        return f(*args, **kwargs)
+
+    return bounded
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with the operations that can build huge results bounded by MAX_SIZE."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > MAX_SIZE:
+                    raise _TooLarge(f"repeating {len(seq)} items {n} times (more than {MAX_SIZE})")
+        elif operator == "**":
+            if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
+                if right * math.log10(abs(left)) > 10_000:
+                    raise _TooLarge(f"{left} ** {right} (more than 10000 digits)")
+        elif operator == "%":
+            _check_format(left, "'%' formatting")
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        for a in (*args, *kwargs.values()):
+            _check_arg(a, f"calling {getattr(__obj, '__name__', 'a function')}")
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        _check_format(getattr(value, "__self__", None), "str.format")
+        return super().wrap_str_format(value)
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols", _GenerationTag]
     )
     env.filters["tojson"] = _tojson
+    env.filters = {name: _bounded_filter(name, f) for name, f in env.filters.items()}
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env
@@ -165,6 +235,8 @@ class ChatTemplate:
             return self._template.render(**context)
         except TemplateError:
             raise
+        except _TooLarge as e:
+            raise TemplateError(f"chat template {self.name!r} asked for too large a result: {e}") from e
         except jinja2.exceptions.SecurityError as e:
             raise TemplateError(f"chat template {self.name!r} tried to leave the sandbox: {e}") from e
         except Exception as e:  # any failure inside untrusted template code

@@ -31,6 +31,20 @@ from embedkit.gguf import GGUFFile
 # Default KV cache size cap: a model's training context can be 32k-128k positions, too much memory for
 # a default; -c raises it.
 DEFAULT_CTX_CAP = 4096
+# Positions are int32 (as llama.cpp's llama_pos).
+MAX_CTX = 2**31 - 1
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """True for a failed allocation: the host's MemoryError, CuPy's OutOfMemoryError, CUDA_ERROR_OUT_OF_MEMORY."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "OUT_OF_MEMORY" in str(e)
+
+
+def _kv_bytes(params: Any, n_ctx: int) -> int:
+    """Bytes of float32 keys and values for ``n_ctx`` positions in every layer."""
+    head_dim = getattr(params, "head_dim", 0)
+    per_pos = getattr(params, "n_head_kv", 0) * (head_dim + getattr(params, "head_dim_v", head_dim)) * 4
+    return getattr(params, "n_layer", 0) * n_ctx * per_pos
 
 
 def default_ctx(n_ctx_train: int) -> int:
@@ -201,12 +215,21 @@ class Generator:
     def _setup(self, file: GGUFFile | None, model: Any, tokenizer: Any, n_ctx: int | None, n_batch: int) -> None:
         if n_batch < 1:
             raise GenerationError(f"batch size must be >= 1, got {n_batch}")
-        if n_ctx is not None and n_ctx < 1:
-            raise GenerationError(f"context size must be >= 1, got {n_ctx}")
+        if n_ctx is not None and not 1 <= n_ctx <= MAX_CTX:
+            raise GenerationError(f"context size must be in [1, {MAX_CTX}], got {n_ctx}")
         self.file, self.model, self.tokenizer = file, model, tokenizer
         self.n_ctx = int(n_ctx) if n_ctx else default_ctx(model.params.n_ctx_train)
         self.n_batch = int(n_batch)
-        self.state = model.new_state(self.n_ctx)
+        try:
+            self.state = model.new_state(self.n_ctx)
+        except Exception as e:
+            if not _out_of_memory(e):
+                raise
+            gib = _kv_bytes(model.params, self.n_ctx) / 2**30
+            raise GenerationError(
+                f"a context of {self.n_ctx} tokens (-c/--ctx-size) needs {gib:.1f} GiB of KV cache, more than can be "
+                f"allocated; lower -c (the model was trained with {model.params.n_ctx_train})"
+            ) from None
         self.cached: list[int] = []  # tokens whose keys/values are in self.state, positions 0..
 
     # -- prompts --------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ class SamplerParams:
     repeat_last_n: int = 64  # tokens of history the penalties look at; 0: off, -1: all
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    seed: int | None = None  # None: a fresh random seed
+    seed: int | None = None  # None or -1 (llama.cpp's LLAMA_DEFAULT_SEED): a fresh random seed
 
     def check(self) -> None:
         """Raise GenerationError for settings that make no sense."""
@@ -45,8 +45,13 @@ class SamplerParams:
             raise GenerationError(f"top-p must be >= 0, got {self.top_p}")
         if not 0.0 <= self.min_p <= 1.0:
             raise GenerationError(f"min-p must be in [0, 1], got {self.min_p}")
-        if self.repeat_penalty <= 0.0:
-            raise GenerationError(f"repeat penalty must be > 0, got {self.repeat_penalty}")
+        if not self.repeat_penalty > 0.0 or not np.isfinite(self.repeat_penalty):
+            raise GenerationError(f"repeat penalty must be a finite number > 0, got {self.repeat_penalty}")
+        for name, value in (("presence", self.presence_penalty), ("frequency", self.frequency_penalty)):
+            if not np.isfinite(value):
+                raise GenerationError(f"{name} penalty must be a finite number, got {value}")
+        if self.seed is not None and not -1 <= self.seed < 2**64:
+            raise GenerationError(f"seed must be in [0, 2**64) or -1 (random), got {self.seed}")
         if self.repeat_last_n < -1:
             raise GenerationError(f"repeat-last-n must be >= -1, got {self.repeat_last_n}")
 
@@ -156,6 +161,11 @@ def token_distribution(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The distribution the sampler draws from: ``(ids, probs)``, sorted by probability descending."""
     work = np.asarray(logits, dtype=np.float32)
+    top = work.max()  # NaN if any logit is NaN
+    if not np.isfinite(top):
+        what = "NaN" if np.isnan(top) else "infinite" if top > 0 else "only -infinity"
+        raise GenerationError(f"the model produced {what} logits: its weights are damaged or not computed right "
+                              "(sampling from them would be meaningless)")
     if _penalties_active(history, params):
         work = work.copy()
         apply_penalties(work, history, params)
@@ -170,10 +180,11 @@ class Sampler:
     """Chooses the next token from logits, with its own seeded random generator."""
 
     def __init__(self, params: SamplerParams | None = None) -> None:
-        """Check ``params`` and seed the generator (``params.seed``; None draws a fresh seed)."""
+        """Check ``params`` and seed the generator (``params.seed``; None or -1 draws a fresh seed)."""
         self.params = params or SamplerParams()
         self.params.check()
-        self.seed = self.params.seed if self.params.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+        seed = self.params.seed
+        self.seed = seed if seed is not None and seed >= 0 else int(np.random.SeedSequence().entropy % 2**32)
         self._rng = np.random.default_rng(self.seed)
 
     def __call__(self, logits: np.ndarray, history: Sequence[int] | np.ndarray = ()) -> int:

@@ -10,6 +10,7 @@ from embedkit.index.chunk import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
 from embedkit.index.models import load_embedder, model_identity
 from embedkit.index.pipeline import DEFAULT_COLLECTION, IndexProgress, IndexReport, index_paths
 from embedkit.store import Store
+from embedkit.store.collections import check_collection_name
 
 
 def index(
@@ -29,6 +30,7 @@ def index(
 ) -> IndexReport:
     """Index files and folders into `collection` (see `index_paths`), loading the model (known name or GGUF
     path; None: the default embedding model) and opening the store as needed."""
+    check_collection_name(collection)  # before the database and the model
     own = store is None
     store = store or Store()  # first, so an unreachable database fails before the model loads
     try:

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from embedkit.errors import ModelNotFoundError
 from embedkit.store.collections import CollectionInfo, ModelIdentity, check_model
 
 
@@ -54,6 +55,15 @@ def load_embedder(model: str | os.PathLike[str] | None) -> tuple[Any, str, Path]
 def embedder_for_collection(info: CollectionInfo, model: str | os.PathLike[str] | None = None) -> Any:
     """The Embedder that searches `info`: the given model, else the one the collection recorded; refuses
     one that differs from what the collection was built with."""
-    emb, name, path = load_embedder(model if model is not None else info.model.model_name)
+    if model is None:
+        try:
+            emb, name, path = load_embedder(info.model.model_name)
+        except ModelNotFoundError:
+            raise ModelNotFoundError(
+                f"collection {info.name!r} was built with the model {info.model.model_name!r}, which is no longer "
+                f"there; give the same model ({info.model.model_file}) with -m/--model"
+            ) from None
+    else:
+        emb, name, path = load_embedder(model)
     check_model(info, model_identity(emb, name, path))
     return emb

@@ -83,6 +83,20 @@ def _under(path: str, roots: Sequence[str]) -> bool:
     return any(r == "." or path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
+def _utf8(text: str) -> bool:
+    """False for a str holding lone surrogates (undecodable bytes of a file name, as os.fsdecode keeps them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(path: str) -> str:
+    """A file name's undecodable bytes shown as \\xNN escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def index_paths(
     store: Store,
     paths: Sequence[str | os.PathLike[str]],
@@ -115,6 +129,9 @@ def index_paths(
     pending: list[_Pending] = []
     kept: set[str] = set()
     for f in files:
+        if not _utf8(f.key):  # PostgreSQL text is UTF-8: such a path cannot be stored (or printed as is)
+            report.skipped.append((_printable(f.key), "file name is not UTF-8"))
+            continue
         try:
             data, mtime = read_file(f.path)
             sha = content_sha256(data)

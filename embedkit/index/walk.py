@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +40,43 @@ def root_key(arg: str | os.PathLike[str]) -> str:
     return resolved.as_posix()
 
 
-def _spec(patterns: Sequence[str]) -> pathspec.PathSpec | None:
-    return pathspec.GitIgnoreSpec.from_lines(patterns) if patterns else None
+def _spec(patterns: Sequence[str], origin: str) -> pathspec.PathSpec | None:
+    """The gitignore-style spec of `patterns`; an InputError naming `origin` and the pattern if one is invalid."""
+    if not patterns:
+        return None
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(patterns)
+    except (re.error, ValueError):
+        pass
+    for pat in patterns:  # find the culprit to name it
+        try:
+            pathspec.GitIgnoreSpec.from_lines([pat])
+        except (re.error, ValueError) as e:
+            raise InputError(f"{origin}: invalid gitignore-style pattern {pat!r} ({getattr(e, 'msg', e)})") from None
+    raise InputError(f"{origin}: invalid gitignore-style patterns")
+
+
+def _not_found(arg: str | os.PathLike[str]) -> InputError:
+    """Why `arg` (which does not exist as far as Path.exists() can tell) cannot be indexed."""
+    p = Path(arg)
+    if p.is_symlink():
+        try:
+            os.stat(p)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return InputError(f"{arg}: symbolic link loop")
+        return InputError(f"{arg}: broken symbolic link (to {os.readlink(p)})")
+    return InputError(f"{arg}: no such file or folder")
+
+
+def _special_kind(p: Path) -> str | None:
+    """'a named pipe (FIFO)' etc. for what is neither a regular file nor a folder, else None."""
+    mode = p.stat().st_mode
+    for test, kind in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return None
 
 
 def walk_paths(
@@ -52,7 +90,7 @@ def walk_paths(
     (`*.md` matches at any depth, `drafts/` a folder). A file named explicitly is taken even if an
     `.embedkitignore` would skip it, but still obeys `include`/`exclude`.
     """
-    inc, exc = _spec(include), _spec(exclude)
+    inc, exc = _spec(include, "--include"), _spec(exclude, "--exclude")
     found: dict[str, FoundFile] = {}
 
     def wanted(rel: str) -> bool:
@@ -63,7 +101,10 @@ def walk_paths(
     for arg in paths:
         p = Path(arg)
         if not p.exists():
-            raise InputError(f"{arg}: no such file or folder")
+            raise _not_found(arg)
+        kind = _special_kind(p)
+        if kind is not None:  # os.walk would find nothing in it and reading it could block
+            raise InputError(f"{arg}: is {kind}; expected a file or a folder")
         key = root_key(arg)
         if p.is_file():
             if wanted(p.name):
@@ -96,9 +137,10 @@ def _walk_dir(root: Path) -> list[Path]:
         rel_dir = here.relative_to(root).as_posix()
         rel_dir = "" if rel_dir == "." else rel_dir
         ignores = [(b, s) for b, s in ignores if not b or rel_dir == b or rel_dir.startswith(b + "/")]
-        if IGNORE_FILE in filenames:
-            lines = (here / IGNORE_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
-            ignores.append((rel_dir, pathspec.GitIgnoreSpec.from_lines(lines)))
+        if IGNORE_FILE in filenames and (here / IGNORE_FILE).is_file():  # not a FIFO: reading it would block
+            ignore_file = here / IGNORE_FILE
+            lines = ignore_file.read_text(encoding="utf-8", errors="replace").splitlines()
+            ignores.append((rel_dir, _spec(lines, str(ignore_file)) or pathspec.GitIgnoreSpec.from_lines([])))
 
         prefix = f"{rel_dir}/" if rel_dir else ""
         dirnames[:] = sorted(

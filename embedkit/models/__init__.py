@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from embedkit.backend import Placement
-from embedkit.errors import UnsupportedModelError
+from embedkit.errors import GGUFError, UnsupportedModelError
 from embedkit.gguf import GGUFFile
 
 # architecture -> "module:Class" (imported on first use)
@@ -52,6 +52,8 @@ def load_model(
     """
     if not isinstance(f, GGUFFile):
         f = GGUFFile(Path(f))
+    if not f.tensors:  # e.g. llama.cpp's ggml-vocab-*.gguf: metadata and vocabulary only
+        raise GGUFError(f"{f.path}: holds no tensors (a vocabulary-only GGUF?); expected a model with its weights")
     return model_class(f.architecture)(f, placement)
 
 

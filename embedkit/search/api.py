@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from embedkit.errors import InputError
 from embedkit.index.models import embedder_for_collection
 from embedkit.index.pipeline import DEFAULT_COLLECTION
 from embedkit.index.walk import root_key
@@ -32,6 +33,13 @@ def search(
 ) -> list[ChunkHit]:
     """Chunks of `collection` most similar to `query`, best first. The query is embedded with the model the
     collection was built with (or `model`/`embedder`, refused if it differs)."""
+    if not query.strip():
+        raise InputError("the query is empty; expected some words to search for")
+    if min_score is not None:
+        if hybrid:
+            raise InputError("--min-score applies to vector search, not to --hybrid (its scores are rank fusions)")
+        if not -1.0 <= min_score <= 1.0:  # also refuses NaN
+            raise InputError(f"--min-score must be a cosine similarity in [-1, 1], got {min_score}")
     own = store is None
     store = store or Store()
     try:
@@ -57,6 +65,8 @@ def similar(
     store: Store | None = None,
 ) -> list[DocumentHit]:
     """Documents most similar to a document (its path, as indexed or as on disk) or to a chunk (its id)."""
+    if isinstance(target, str) and not target.strip():
+        raise InputError("the target is empty; expected an indexed file's path or a chunk id")
     own = store is None
     store = store or Store()
     try:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from embedkit.errors import CollectionMismatchError, StoreError
+from embedkit.errors import CollectionMismatchError, InputError, StoreError
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,14 @@ def check_model(info: CollectionInfo, want: ModelIdentity) -> None:
         )
 
 
+def check_collection_name(name: str) -> None:
+    """InputError for a name no collection should get: empty, blank, or with control characters."""
+    if not name.strip():
+        raise InputError(f"collection name {name!r} is empty; expected a name such as 'default' or 'notes'")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InputError(f"collection name {name!r} has control characters; expected a printable name")
+
+
 def ensure_collection(
     conn: psycopg.Connection,
     name: str,
@@ -120,6 +128,7 @@ def ensure_collection(
 ) -> CollectionInfo:
     """Get or create collection `name` for `model`, with its HNSW indexes. With `reembed`, a collection built
     with another model is emptied and switched to this one; otherwise a mismatch raises."""
+    check_collection_name(name)
     with conn.transaction():
         # Serialise creators of the same name so index creation never races.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('embedkit.collection:' || %s))", (name,))
