@@ -242,50 +242,60 @@ def _make_q6_k_q8(R: int):
         """y[t, r] = W[r] . x[t] (+ bias) for Q6_K rows (h the uint16 view [rows, nb*105], a uint8, b
         float16; a 210-byte block is only 2-byte aligned) and x as int8 blocks of 32, R rows a warp.
 
-        The warp takes two super-blocks a step: lane l takes half (l % 16) // 8 of super-block l // 16
-        and, in it, positions 4 (l % 8) .. +3 of all four 32-element quarters: sixteen weights from
-        two uint32 of ql and one of qh, each quarter's four a dp4a."""
+        The warp takes four super-blocks a step: lane l takes half (l % 8) // 4 of super-block l // 8
+        and, in it, positions 8 (l % 4) .. +7 of all four 32-element quarters: 32 weights from eight
+        bytes each of the low and high ql runs and of qh, a quarter's eight to two dp4a against one
+        activation word. The -32 offset comes from the activation quarters' sums, taken once a step."""
         lane = cuda.threadIdx.x % WARP
         r0 = (cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP) * R
         t = cuda.blockIdx.y
         rows = y.shape[1]
         nb = xd.shape[1] // 8
-        n_steps = (nb + 1) // 2 if r0 < rows else 0
-        half = (lane % 16) // 8
-        l0 = 4 * (lane % 8)
+        n_steps = (nb + 3) // 4 if r0 < rows else 0
+        half = (lane % 8) // 4
+        l0 = 8 * (lane % 4)
         acc = cuda.local.array(R, dtype=np.float32)
         rr = cuda.local.array(R, dtype=np.int64)
-        xv = cuda.local.array(4, dtype=np.int32)
+        xv = cuda.local.array(4, dtype=np.uint64)
+        x32 = cuda.local.array(4, dtype=np.int32)  # 32 x the sum of the lane's eight quants of a quarter
         fx = cuda.local.array(4, dtype=np.float32)
         for i in range(R):
             acc[i] = np.float32(0.0)
             rr[i] = min(r0 + i, rows - 1)  # rows past the end repeat the last one (not written)
         for step in range(n_steps):
-            blk = 2 * step + lane // 16
+            blk = 4 * step + lane // 8
             if blk < nb:
                 xb = blk * 8 + half * 4  # activation block of quarter 0
                 for q in range(4):
-                    word = xq64[t, (xb + q) * 4 + l0 // 8]
-                    xv[q] = np.int32((word >> np.uint64(32 * ((l0 // 4) % 2))) & np.uint64(0xFFFFFFFF))
+                    xv[q] = xq64[t, (xb + q) * 4 + l0 // 8]
+                    x32[q] = 32 * dp4a(xv[q] >> _THIRTY_TWO, _ONES, dp4a(xv[q], _ONES, 0))
                     fx[q] = xd[t, xb + q]
+                e = blk * (Q6_K_BYTES // 2)  # uint16 index of the block
+                ka = e + (half * 64 + l0) // 2
+                kb = ka + 16
+                kh = e + (128 + half * 32 + l0) // 2
+                sc = blk * Q6_K_BYTES + 192 + half * 8 + l0 // 16
                 for i in range(R):
                     r = rr[i]
-                    e = blk * (Q6_K_BYTES // 2)  # uint16 index of the block
-                    lo_a = u16_pair(h, r, e + (half * 64 + l0) // 2)
-                    lo_b = u16_pair(h, r, e + (half * 64 + 32 + l0) // 2)
-                    hi = u16_pair(h, r, e + (128 + half * 32 + l0) // 2)
-                    sc = blk * Q6_K_BYTES + 192 + half * 8 + l0 // 16
-                    d = np.float32(b[r, e + 104])  # d sits at byte 208 of the block
+                    lo_a0 = u16_pair(h, r, ka)
+                    lo_a1 = u16_pair(h, r, ka + 2)
+                    lo_b0 = u16_pair(h, r, kb)
+                    lo_b1 = u16_pair(h, r, kb + 2)
+                    hi0 = u16_pair(h, r, kh)
+                    hi1 = u16_pair(h, r, kh + 2)
                     acc_q = np.float32(0.0)
                     for q in range(4):
-                        lo = lo_a if q % 2 == 0 else lo_b
-                        wq = _q6_quarter(lo, hi, np.uint32(4 * (q // 2)), np.uint32(2 * q))
-                        dot = dp4a(wq, xv[q], 0) - 32 * dp4a(_ONES, xv[q], 0)
+                        lo0 = lo_a0 if q % 2 == 0 else lo_b0
+                        lo1 = lo_a1 if q % 2 == 0 else lo_b1
+                        shift_lo = np.uint32(4 * (q // 2))
+                        shift_hi = np.uint32(2 * q)
+                        dot = dp4a(_q6_quarter(lo0, hi0, shift_lo, shift_hi), xv[q], 0)
+                        dot = dp4a(_q6_quarter(lo1, hi1, shift_lo, shift_hi), xv[q] >> _THIRTY_TWO, dot)
                         s = np.int32(a[r, sc + 2 * q])
                         if s >= 128:
                             s -= 256
-                        acc_q += np.float32(s * dot) * fx[q]
-                    acc[i] += d * acc_q
+                        acc_q += np.float32(s * (dot - x32[q])) * fx[q]
+                    acc[i] += np.float32(b[r, e + 104]) * acc_q  # d sits at byte 208 of the block
         store_warp_rows(acc, r0, rows, lane, t, has_bias, bias, y)
 
     return matvec_q6_k_q8
