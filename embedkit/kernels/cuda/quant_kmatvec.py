@@ -5,7 +5,7 @@ The default kernels (`matvec_q8`) take the activations as int8 blocks of 32 with
 (`quant_fast.quantize_activations`, as ggml's CUDA backend quantizes them to Q8_1) and multiply with
 dp4a: Q4_K lanes read two aligned uint64 words of quants (32 weights) and the block's two header words
 and unpack the 6-bit scales without branching; Q6_K blocks (210 bytes, only 2-byte aligned) are read as
-uint16 pairs, four weights of a quarter to a dp4a. The min / the -32 offset use the activation blocks'
+uint16 pairs, a lane's eight weights of a quarter to two dp4a. The min / the -32 offset use the activation blocks'
 sums. On the H100 they run at 2-3x the float32-activation kernels below (benchmarks/RESULTS.md), which
 stay for measurements (EMBEDKIT_KMV_INT8=0): eight weights a lane from bytes it loads itself, float32
 activations, the same arithmetic as ggml's `dequantize_row_q4_K` / `dequantize_row_q6_K` followed by a
@@ -301,9 +301,9 @@ def _make_q6_k_q8(R: int):
     return matvec_q6_k_q8
 
 
-# rows per warp: two measured best on the H100 (2026-11-26, kernel-only, 14336 x 4096 and 4096 x 14336:
-# Q4_K 91-93 us with one, 67-69 with two, 59-74 with four; Q6_K 108-134, 78-86, 90-139); EMBEDKIT_KMV_ROWS
-# overrides it for measurements
+# rows per warp: two measured best on the H100 (2026-11-26, kernel-only, 14336 x 4096 and 4096 x 14336, int8
+# kernels: Q4_K 25-27 us with one, 18-19 with two, 21 with four; Q6_K 41-44, 28-29, 30-31; the float32 ones
+# likewise); EMBEDKIT_KMV_ROWS overrides it for measurements
 ROWS_PER_WARP = int(os.environ.get("EMBEDKIT_KMV_ROWS", "2"))
 _KERNELS: dict = {}
 
