@@ -100,6 +100,14 @@ def q8_lane(v):
 
 
 @cuda.jit(device=True, inline=True)
+def warp_rows(rows_per_warp, y):
+    """(lane, first output row, token, number of rows) of a warp computing rows_per_warp consecutive rows
+    of y[token, :] (warps of a block side by side along the rows, the grid's y axis over the tokens)."""
+    warp = cuda.blockIdx.x * (cuda.blockDim.x // 32) + cuda.threadIdx.x // 32
+    return cuda.threadIdx.x % 32, warp * rows_per_warp, cuda.blockIdx.y, y.shape[1]
+
+
+@cuda.jit(device=True, inline=True)
 def store_warp_rows(acc, r0, rows, lane, t, has_bias, bias, y):
     """Reduce each row's lane sums acc[i] over the warp and write y[t, r0 + i] (+ bias) for rows that
     exist (a warp computing acc.shape[0] consecutive output rows of a matvec)."""

@@ -20,7 +20,7 @@ import os
 import numpy as np
 from numba import cuda
 
-from embedkit.kernels.cuda.intrinsics import dp4a, store_warp_rows, u16_pair
+from embedkit.kernels.cuda.intrinsics import dp4a, store_warp_rows, u16_pair, warp_rows
 from embedkit.kernels.cuda.launch import fast
 from embedkit.kernels.cuda.quant_elem import q4_k_scale_min
 
@@ -44,10 +44,7 @@ def _make_q4_k(R: int):
         Lane l takes 64-element chunk l // 8 of each super-block and, in it, the four low-nibble weights
         at 4 (l % 8) .. +3 (sub-block 2 chunk) and the four high-nibble ones 32 further (sub-block
         2 chunk + 1)."""
-        lane = cuda.threadIdx.x % WARP
-        r0 = (cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP) * R
-        t = cuda.blockIdx.y
-        rows = y.shape[1]
+        lane, r0, t, rows = warp_rows(R, y)
         n_blocks = x.shape[1] // 256 if r0 < rows else 0
         chunk = lane // 8
         k0 = (lane % 8) * 4
@@ -130,10 +127,7 @@ def _make_q4_k_q8(R: int):
         sub-block 2j + 1 (j = (l % 8) // 2); the eight lanes of a super-block read its 128 quant bytes
         in one coalesced sweep. The min term uses the int8 activations' block sums, as ggml's Q8_K
         bsums do."""
-        lane = cuda.threadIdx.x % WARP
-        r0 = (cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP) * R
-        t = cuda.blockIdx.y
-        rows = y.shape[1]
+        lane, r0, t, rows = warp_rows(R, y)
         nb = xd.shape[1] // 8
         n_steps = (nb + 3) // 4 if r0 < rows else 0
         w = 2 * (lane % 8)
@@ -184,10 +178,7 @@ def _make_q6_k(R: int):
 
         Lane l takes half l // 16 of each super-block and, in it, positions 2 (l % 16) and 2 (l % 16) + 1
         of all four 32-element quarters: eight weights from two ql pairs and one qh pair."""
-        lane = cuda.threadIdx.x % WARP
-        r0 = (cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP) * R
-        t = cuda.blockIdx.y
-        rows = y.shape[1]
+        lane, r0, t, rows = warp_rows(R, y)
         n_blocks = x.shape[1] // 256 if r0 < rows else 0
         half = lane // 16
         l0 = (lane % 16) * 2
@@ -246,10 +237,7 @@ def _make_q6_k_q8(R: int):
         and, in it, positions 8 (l % 4) .. +7 of all four 32-element quarters: 32 weights from eight
         bytes each of the low and high ql runs and of qh, a quarter's eight to two dp4a against one
         activation word. The -32 offset comes from the activation quarters' sums, taken once a step."""
-        lane = cuda.threadIdx.x % WARP
-        r0 = (cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP) * R
-        t = cuda.blockIdx.y
-        rows = y.shape[1]
+        lane, r0, t, rows = warp_rows(R, y)
         nb = xd.shape[1] // 8
         n_steps = (nb + 3) // 4 if r0 < rows else 0
         half = (lane % 8) // 4

@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from embedkit.kernels.cuda.intrinsics import dp4a, store_warp_rows, u16_pair
+from embedkit.kernels.cuda.intrinsics import dp4a, store_warp_rows, u16_pair, warp_rows
 from embedkit.kernels.cuda.launch import fast
 
 WARP = 32
@@ -86,10 +86,7 @@ def _make(layout_id: int, R: int):
     @cuda.jit
     def matvec_legacy_q8(w, b, xq64, xd, bias, has_bias, y):
         """y[t, r] = W[r] . x[t] (+ bias), R rows a warp, a lane per weight block (see the module)."""
-        lane = cuda.threadIdx.x % WARP
-        r0 = (cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP) * R
-        t = cuda.blockIdx.y
-        rows = y.shape[1]
+        lane, r0, t, rows = warp_rows(R, y)
         nb = xd.shape[1] if r0 < rows else 0
         acc = cuda.local.array(R, dtype=np.float32)
         rr = cuda.local.array(R, dtype=np.int64)
