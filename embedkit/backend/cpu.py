@@ -166,12 +166,17 @@ class CPUBackend(Backend):
         return y
 
     def matmuls(self, x: Array, ws: list[Weight], biases: list[Weight | None] | None = None) -> list[Array]:
-        """Several x @ W.T with one input; decode quantizes x once per activation format."""
+        """Several x @ W.T with one input: decode quantizes x once per activation format, a prompt batch
+        handed to the GPU (`batch_offload`) uploads it once."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if not all(_decode_ready(x, w) for w in ws):  # batches, or weights the decode kernels don't take
+        off = self.batch_offload
+        if off is not None and all(off.offload_takes(x, w) for w in ws):  # a prompt batch: x goes up once
+            ys = off.host_matmuls(x, ws)
+        elif all(_decode_ready(x, w) for w in ws):
+            kernels.apply_num_threads()
+            ys = matmul_rows_many(x, [(w.data, w.ggml_type, _packed(w)) for w in ws], x.shape[1])
+        else:  # batches, or weights the decode kernels don't take
             return super().matmuls(x, ws, biases)
-        kernels.apply_num_threads()
-        ys = matmul_rows_many(x, [(w.data, w.ggml_type, _packed(w)) for w in ws], x.shape[1])
         for y, b in zip(ys, biases or [None] * len(ws), strict=True):
             if b is not None:
                 y += b.data

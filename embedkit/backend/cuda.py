@@ -434,11 +434,19 @@ class CUDABackend(Backend):
         only, dequantized to float16 and multiplied by cuBLAS; the result comes back to the host. A
         prompt batch does far more arithmetic per weight byte than the CPU does in the time the bus
         takes to carry the bytes."""
-        n_rows, n_cols = w.shape
-        m = self.upload_matrix(w.data, _name(w.ggml_type), n_rows, n_cols)
-        y = self.to_host(self.matmul(self.asarray(x), Weight(w.name, w.ggml_type, w.shape, m)))
-        self.stats.extra["host_matmuls"] = self.stats.extra.get("host_matmuls", 0) + 1
-        return y
+        return self.host_matmuls(x, [w])[0]
+
+    def host_matmuls(self, x: np.ndarray, ws: list[Weight]) -> list[np.ndarray]:
+        """`host_matmul` for several CPU-resident weights sharing the input x, which goes up once."""
+        xd = self.asarray(x)
+        ys = []
+        for w in ws:
+            n_rows, n_cols = w.shape
+            m = self.upload_matrix(w.data, _name(w.ggml_type), n_rows, n_cols)
+            ys.append(self.to_host(self.matmul(xd, Weight(w.name, w.ggml_type, w.shape, m))))
+            del m  # the upload goes back to the pool before the next one
+        self.stats.extra["host_matmuls"] = self.stats.extra.get("host_matmuls", 0) + len(ws)
+        return ys
 
     def asarray(self, x: np.ndarray) -> Array:
         """Host array -> device float32 (or int32)."""
