@@ -1,8 +1,8 @@
 """Whole models on the GPU against the CPU backend, on random-weight GGUFs written by the test.
 
-Full offload (`-ngl -1`, decode steps as CUDA graphs where CuPy is present) and partial offload
-(`-ngl 1` of 2 layers: activations cross the bus at the boundary; the CPU layer's matmuls over
-32 or more tokens run on the GPU). Prompt then single-token steps,
+Full offload (`-ngl -1`) and partial offload (`-ngl 1` of 2 layers: activations cross the bus at the
+boundary; the CPU layer's matmuls over 32 or more tokens run on the GPU), the GPU's part of a decode step
+as a CUDA graph where CuPy is present. Prompt then single-token steps,
 so both the prompt path and the decode path (graph recorded on the first step, replayed after)
 are checked. Tolerances: logits max |gpu - cpu| <= 3e-2 * max |cpu| (Q4_0/Q8_0 matvecs quantize
 activations to int8 blocks, GEMMs round to float16) and top-1 agreement up to that tolerance (the
@@ -81,7 +81,7 @@ def test_partial_offload_prompt_matmuls_on_gpu(model_files, name):
     from embedkit.backend.placement import make_placement
 
     assert OFFLOAD_MIN_TOKENS <= 40
-    be = cuda_backend(graphs=False)
+    be = cuda_backend(graphs=True)
     before = be.stats.extra.get("host_matmuls", 0)
     ref = _run(model_files[name], None, steps=(40, 1, 1))
     got = _run(model_files[name], make_placement("cuda", 1, False), steps=(40, 1, 1))
@@ -89,15 +89,19 @@ def test_partial_offload_prompt_matmuls_on_gpu(model_files, name):
     assert be.stats.extra.get("host_matmuls", 0) - before >= 4  # Q, K, V, O, gate, up, down of layer 0
 
 
-def test_decode_graph_replays(model_files):
-    """Full offload: later one-token steps replay the recorded graph (when CuPy is there) and agree."""
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+@pytest.mark.parametrize("ngl", [-1, 1, 2])
+def test_decode_graph_replays(model_files, name, ngl):
+    """Later one-token steps replay the recorded graph (when CuPy is there) and agree with the CPU: the
+    whole step with full offload; with -ngl 1 or 2 of 2 layers the GPU's layers only (the hidden state
+    comes up from the CPU's embedding or layer, and goes back down to the CPU's output head)."""
     from embedkit.backend.cuda import cuda_backend
     from embedkit.backend.placement import make_placement
 
     be = cuda_backend(graphs=True)
     before = be.stats.replayed
-    ref = _run(model_files["llama"], None, steps=(3, 1, 1, 1, 1, 1))
-    got = _run(model_files["llama"], make_placement("cuda", -1), steps=(3, 1, 1, 1, 1, 1))
+    ref = _run(model_files[name], None, steps=(3, 1, 1, 1, 1, 1))
+    got = _run(model_files[name], make_placement("cuda", ngl), steps=(3, 1, 1, 1, 1, 1))
     _check_logits(got, ref)
     if be.graphs:
         assert be.stats.replayed - before >= 3

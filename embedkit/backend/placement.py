@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from embedkit.backend.base import Backend
+from embedkit.backend.base import Array, Backend
 
 
 @dataclass
 class Placement:
     """Backends for the input embeddings, each of `n_layer` layers, and the output norm + head.
 
-    The forward moves activations with `be.take(x)` when it enters a layer, so a model runs
+    The forward moves activations with `move(x, src, dst)` when it enters a layer, so a model runs
     unchanged whether everything sits on one backend or layers are split across two.
     """
 
@@ -22,6 +22,15 @@ class Placement:
     def layer(self, i: int) -> Backend:
         """Backend of layer i."""
         return self.layers[i]
+
+    @staticmethod
+    def move(x: Array, src: Backend, dst: Backend) -> Array:
+        """x, computed on `src`, as an array `dst` works on: x itself on one backend; otherwise `src` ends
+        its step (a device backend runs what it deferred or recorded, as a decode step's CUDA graph) and
+        its host copy goes to `dst`."""
+        if src is dst:
+            return x
+        return dst.take(src.to_host(x))
 
     @property
     def backends(self) -> list[Backend]:
@@ -61,14 +70,15 @@ def cpu_placement(n_layer: int) -> Placement:
 def make_placement(device: str = "auto", gpu_layers: int | None = None, input_on_gpu: bool | None = None):
     """A placement factory (n_layer -> Placement) for `--device auto|cpu|cuda` and `-ngl N`.
 
-    gpu_layers follows llama.cpp: N layers (the last ones) on the GPU, 0 none, -1 (or None, or more
-    than the model has) all of them plus the output head. `cuda` without a usable GPU raises
-    DeviceError; `auto` falls back to the CPU. With everything on the GPU, decode steps run as
-    CUDA graphs. Token embeddings stay on the CPU (as in llama.cpp) unless `input_on_gpu` and every
-    layer is on the GPU (worth it for encoders, whose embedding stage is a large batch). The default
-    (None) puts them on the GPU with full offload: the lookup then joins the decode step's graph
-    instead of costing a host dequantization and an upload per token. With partial offload the CPU
-    layers' matmuls over 32 or more tokens run on the GPU too, as llama.cpp's do.
+    gpu_layers follows llama.cpp: N layers (the last ones) on the GPU, 0 none, -1 (or None, or more than
+    the model has) all of them plus the output head. `cuda` without a usable GPU raises DeviceError;
+    `auto` falls back to the CPU. The GPU's part of a decode step (all of it with full offload, else its
+    layers, and the output head when N exceeds the layers) runs as a CUDA graph. Token embeddings stay on
+    the CPU (as in llama.cpp) unless `input_on_gpu` and every layer is on the GPU (worth it for encoders,
+    whose embedding stage is a large batch). The default (None) puts them on the GPU with full offload:
+    the lookup then joins the decode step's graph instead of costing a host dequantization and an upload
+    per token. With partial offload the CPU layers' matmuls over 32 or more tokens run on the GPU too, as
+    llama.cpp's do.
     """
     from embedkit.errors import InputError
 
@@ -91,7 +101,7 @@ def make_placement(device: str = "auto", gpu_layers: int | None = None, input_on
         from embedkit.backend.cuda import cuda_backend
 
         full = n_gpu < 0 or n_gpu > n_layer
-        gpu = cuda_backend(graphs=full)
+        gpu = cuda_backend(graphs=True)
         # the CPU layers hand their prompt-sized matmuls to the GPU (see CUDABackend.host_matmul)
         placement = Placement.offload(CPUBackend(batch_offload=gpu), gpu, n_layer, n_gpu)
         on_gpu = full if input_on_gpu is None else input_on_gpu

@@ -139,8 +139,8 @@ class BertModel:
 
         scale = 1.0 / math.sqrt(hd)
         for i, L in enumerate(self.layers):
+            x = self.placement.move(x, be, self.placement.layer(i))
             be = self.placement.layer(i)
-            x = be.take(x)
             q = be.view(be.matmul(x, L.wq, L.bq), (b, t, h, hd))
             k = be.view(be.matmul(x, L.wk, L.bk), (b, t, h, hd))
             v = be.view(be.matmul(x, L.wv, L.bv), (b, t, h, hd))

@@ -97,11 +97,13 @@ class DecoderModel:
             raise InputError(f"token id out of range [0, {self.params.n_vocab})")
         positions = np.arange(pos0, pos0 + n, dtype=np.int32)
         x = self.embed(ids)
+        src = self.placement.input
         for i in range(self.params.n_layer):
             be = self.placement.layer(i)
-            x = self.layer(i, be, be.take(x), state, pos0, positions)
+            x = self.layer(i, be, self.placement.move(x, src, be), state, pos0, positions)
+            src = be
         be = self.placement.output
-        x = be.take(x)
+        x = self.placement.move(x, src, be)
         if not all_positions and n > 1:
             x = be.rows(x, n - 1, n)
         x = self.output_norm(be, x)
