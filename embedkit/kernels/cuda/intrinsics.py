@@ -108,6 +108,15 @@ def warp_rows(rows_per_warp, y):
 
 
 @cuda.jit(device=True, inline=True)
+def start_warp_rows(acc, rr, r0, rows):
+    """Zero a warp's row sums acc[i] and set rr[i] to the row each reads: r0 + i, rows past the end
+    repeating the last row (computed, never written), so every lane runs the same loop."""
+    for i in range(acc.shape[0]):
+        acc[i] = np.float32(0.0)
+        rr[i] = min(r0 + i, rows - 1)
+
+
+@cuda.jit(device=True, inline=True)
 def store_warp_rows(acc, r0, rows, lane, t, has_bias, bias, y):
     """Reduce each row's lane sums acc[i] over the warp and write y[t, r0 + i] (+ bias) for rows that
     exist (a warp computing acc.shape[0] consecutive output rows of a matvec)."""

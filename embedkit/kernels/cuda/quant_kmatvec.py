@@ -20,7 +20,7 @@ import os
 import numpy as np
 from numba import cuda
 
-from embedkit.kernels.cuda.intrinsics import dp4a, store_warp_rows, u16_pair, warp_rows
+from embedkit.kernels.cuda.intrinsics import dp4a, start_warp_rows, store_warp_rows, u16_pair, warp_rows
 from embedkit.kernels.cuda.launch import fast
 from embedkit.kernels.cuda.quant_elem import q4_k_scale_min
 
@@ -50,9 +50,7 @@ def _make_q4_k(R: int):
         k0 = (lane % 8) * 4
         acc = cuda.local.array(R, dtype=np.float32)
         rr = cuda.local.array(R, dtype=np.int64)
-        for i in range(R):
-            acc[i] = np.float32(0.0)
-            rr[i] = min(r0 + i, rows - 1)  # rows past the end repeat the last one (not written)
+        start_warp_rows(acc, rr, r0, rows)
         xl = cuda.local.array(4, dtype=np.float32)
         xh = cuda.local.array(4, dtype=np.float32)
         for blk in range(n_blocks):
@@ -134,9 +132,7 @@ def _make_q4_k_q8(R: int):
         j = w // 4
         acc = cuda.local.array(R, dtype=np.float32)
         rr = cuda.local.array(R, dtype=np.int64)
-        for i in range(R):
-            acc[i] = np.float32(0.0)
-            rr[i] = min(r0 + i, rows - 1)  # rows past the end repeat the last one (not written)
+        start_warp_rows(acc, rr, r0, rows)
         for step in range(n_steps):
             blk = 4 * step + lane // 8
             if blk < nb:
@@ -184,9 +180,7 @@ def _make_q6_k(R: int):
         l0 = (lane % 16) * 2
         acc = cuda.local.array(R, dtype=np.float32)
         rr = cuda.local.array(R, dtype=np.int64)
-        for i in range(R):
-            acc[i] = np.float32(0.0)
-            rr[i] = min(r0 + i, rows - 1)
+        start_warp_rows(acc, rr, r0, rows)
         xv = cuda.local.array((4, 2), dtype=np.float32)
         for blk in range(n_blocks):
             xb = blk * 256 + half * 128
@@ -247,9 +241,7 @@ def _make_q6_k_q8(R: int):
         xv = cuda.local.array(4, dtype=np.uint64)
         x32 = cuda.local.array(4, dtype=np.int32)  # 32 x the sum of the lane's eight quants of a quarter
         fx = cuda.local.array(4, dtype=np.float32)
-        for i in range(R):
-            acc[i] = np.float32(0.0)
-            rr[i] = min(r0 + i, rows - 1)  # rows past the end repeat the last one (not written)
+        start_warp_rows(acc, rr, r0, rows)
         for step in range(n_steps):
             blk = 4 * step + lane // 8
             if blk < nb:

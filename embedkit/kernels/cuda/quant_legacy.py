@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from embedkit.kernels.cuda.intrinsics import dp4a, store_warp_rows, u16_pair, warp_rows
+from embedkit.kernels.cuda.intrinsics import dp4a, start_warp_rows, store_warp_rows, u16_pair, warp_rows
 from embedkit.kernels.cuda.launch import fast
 
 WARP = 32
@@ -91,9 +91,7 @@ def _make(layout_id: int, R: int):
         acc = cuda.local.array(R, dtype=np.float32)
         rr = cuda.local.array(R, dtype=np.int64)
         xv = cuda.local.array(8, dtype=np.int32)
-        for i in range(R):
-            acc[i] = np.float32(0.0)
-            rr[i] = min(r0 + i, rows - 1)  # rows past the end repeat the last one (not written)
+        start_warp_rows(acc, rr, r0, rows)
         for blk in range(lane, nb, WARP):
             xsum = np.int32(0)
             for k in range(8):
