@@ -71,7 +71,7 @@ class Backend:
         raise NotImplementedError
 
     def take(self, x: Array) -> Array:
-        """Adopt an array that may live on another backend (copies across the bus if needed)."""
+        """Adopt a host array (another backend's `to_host` output, see `Placement.move`) as this backend's."""
         raise NotImplementedError
 
     def view(self, x: Array, shape: tuple[int, ...]) -> Array:

@@ -470,10 +470,8 @@ class CUDABackend(Backend):
         return self._pinned[: x.nbytes].view(x.dtype).reshape(x.shape).copy()
 
     def take(self, x: Array) -> Array:
-        """Device arrays pass through; host arrays are uploaded."""
-        if isinstance(x, np.ndarray):
-            return self.asarray(x)
-        return x
+        """A host array, uploaded (a per-step input of a recorded decode graph)."""
+        return self.asarray(x)
 
     def _empty(self, shape, dtype=np.float32):
         # DeviceNDArray directly: cuda.device_array's context check and argument normalisation
