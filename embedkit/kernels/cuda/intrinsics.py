@@ -88,6 +88,15 @@ else:
         return sig, codegen
 
 
+_HIGH_HALF = np.uint64(32)
+
+
+@cuda.jit(device=True, inline=True)
+def dot8(wv, xv, acc):
+    """acc + the sum of the eight signed byte products of two uint64 words (two dp4a)."""
+    return dp4a(wv >> _HIGH_HALF, xv >> _HIGH_HALF, dp4a(wv, xv, acc))
+
+
 @cuda.jit(device=True, inline=True)
 def q8_lane(v):
     """(int8 quant, block scale) of `v` for a warp holding one block of 32 activations, lane j value j

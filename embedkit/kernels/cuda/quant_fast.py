@@ -15,7 +15,7 @@ import os
 import numpy as np
 from numba import cuda
 
-from embedkit.kernels.cuda.intrinsics import dp4a, q8_lane, warp_sum
+from embedkit.kernels.cuda.intrinsics import dot8, q8_lane, warp_sum
 from embedkit.kernels.cuda.launch import fast
 
 WARP = 32
@@ -25,7 +25,6 @@ _LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
 _BIAS_78 = np.uint64(0x7878787878787878)
 _SIGN_80 = np.uint64(0x8080808080808080)
 _FOUR = np.uint64(4)
-_THIRTY_TWO = np.uint64(32)
 
 
 @cuda.jit
@@ -70,29 +69,33 @@ def quantize_rows_q8(x, xq, xd):
 
 
 @cuda.jit(device=True, inline=True)
+def _q4_nib(wv):
+    """(low, high) nibbles of a Q4_0R word as q - 8 in signed bytes, without carries between bytes."""
+    lo = ((wv & _LOW_NIBBLES) + _BIAS_78) ^ _SIGN_80
+    hi = (((wv >> _FOUR) & _LOW_NIBBLES) + _BIAS_78) ^ _SIGN_80
+    return lo, hi
+
+
+@cuda.jit(device=True, inline=True)
+def _q4_dot(lo, hi, xlo, xhi):
+    return dot8(hi, xhi, dot8(lo, xlo, 0))
+
+
+@cuda.jit(device=True, inline=True)
 def _q8_word(wv, xq64, xd, d, t, r, w):
     """Word w (8 int8 quants) of a Q8_0R row times the matching activation word, scaled."""
     blk = w >> 2
-    xv = xq64[t, w]
-    s = dp4a(wv, xv, 0)
-    s = dp4a(wv >> _THIRTY_TWO, xv >> _THIRTY_TWO, s)
-    return np.float32(s) * (np.float32(d[r, blk]) * xd[t, blk])
+    return np.float32(dot8(wv, xq64[t, w], 0)) * (np.float32(d[r, blk]) * xd[t, blk])
 
 
 @cuda.jit(device=True, inline=True)
 def _q4_word(wv, xq64, xd, d, t, r, w):
     """Word w (16 nibbles) of a Q4_0R row: low nibbles are elements 8k..8k+7 of block w//2
-    (k = w % 2), high nibbles 16+8k..; q - 8 as signed bytes without carries between bytes."""
+    (k = w % 2), high nibbles 16+8k.."""
     blk = w >> 1
     k = w & 1
-    lo = ((wv & _LOW_NIBBLES) + _BIAS_78) ^ _SIGN_80
-    hi = (((wv >> _FOUR) & _LOW_NIBBLES) + _BIAS_78) ^ _SIGN_80
-    xlo = xq64[t, blk * 4 + k]
-    xhi = xq64[t, blk * 4 + 2 + k]
-    s = dp4a(lo, xlo, 0)
-    s = dp4a(lo >> _THIRTY_TWO, xlo >> _THIRTY_TWO, s)
-    s = dp4a(hi, xhi, s)
-    s = dp4a(hi >> _THIRTY_TWO, xhi >> _THIRTY_TWO, s)
+    lo, hi = _q4_nib(wv)
+    s = _q4_dot(lo, hi, xq64[t, blk * 4 + k], xq64[t, blk * 4 + 2 + k])
     return np.float32(s) * (np.float32(d[r, blk]) * xd[t, blk])
 
 
@@ -194,21 +197,6 @@ def matvec_repacked(ggml_name: str, qs, d, xq64, xd, bias, y, stream=0) -> None:
     )
 
 
-@cuda.jit(device=True, inline=True)
-def _q4_nib(wv):
-    lo = ((wv & _LOW_NIBBLES) + _BIAS_78) ^ _SIGN_80
-    hi = (((wv >> _FOUR) & _LOW_NIBBLES) + _BIAS_78) ^ _SIGN_80
-    return lo, hi
-
-
-@cuda.jit(device=True, inline=True)
-def _q4_dot(lo, hi, xlo, xhi):
-    s = dp4a(lo, xlo, 0)
-    s = dp4a(lo >> _THIRTY_TWO, xlo >> _THIRTY_TWO, s)
-    s = dp4a(hi, xhi, s)
-    return dp4a(hi >> _THIRTY_TWO, xhi >> _THIRTY_TWO, s)
-
-
 # -- decode matvec over several matrices ----------------------------------------------------------
 # The loop of the kernels above (one warp per output row, four 8-byte words per lane in flight),
 # extended to up to three matrices that share the input in one launch (Q/K/V, gate/up) and an
@@ -264,8 +252,7 @@ mv_q4_0r = _make_mv(_q4_word)
 
 @cuda.jit(device=True, inline=True)
 def _q8_dot(wv, xv):
-    s = dp4a(wv, xv, 0)
-    return dp4a(wv >> _THIRTY_TWO, xv >> _THIRTY_TWO, s)
+    return dot8(wv, xv, 0)
 
 
 MV_MAX_WARPS = 32  # warps per block the split-K partial sums have room for

@@ -20,7 +20,7 @@ import os
 import numpy as np
 from numba import cuda
 
-from embedkit.kernels.cuda.intrinsics import dp4a, start_warp_rows, store_warp_rows, u16_pair, warp_rows
+from embedkit.kernels.cuda.intrinsics import dot8, dp4a, start_warp_rows, store_warp_rows, u16_pair, warp_rows
 from embedkit.kernels.cuda.launch import fast
 from embedkit.kernels.cuda.quant_elem import q4_k_scale_min
 
@@ -30,7 +30,7 @@ Q4_K_BYTES = 144  # d, dmin (float16), scales[12], qs[128]
 Q6_K_BYTES = 210  # ql[128], qh[64], scales[16] (int8), d (float16)
 Q4_K_WORDS = Q4_K_BYTES // 8
 _LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
-_ONES = np.int32(0x01010101)
+_ONES64 = np.uint64(0x0101010101010101)
 _THIRTY_TWO = np.uint64(32)
 _FOUR = np.uint64(4)
 
@@ -103,15 +103,9 @@ def _scale_min_words(s0, s1, s2, sub):
 
 
 @cuda.jit(device=True, inline=True)
-def _dot8(wv, xv):
-    """Sum of the eight byte products of two uint64 words (signed bytes), through two dp4a."""
-    return dp4a(wv >> _THIRTY_TWO, xv >> _THIRTY_TWO, dp4a(wv, xv, 0))
-
-
-@cuda.jit(device=True, inline=True)
 def _sum8(xv):
     """Sum of the eight signed bytes of a uint64 word."""
-    return dp4a(xv >> _THIRTY_TWO, _ONES, dp4a(xv, _ONES, 0))
+    return dot8(xv, _ONES64, 0)
 
 
 def _make_q4_k_q8(R: int):
@@ -155,8 +149,8 @@ def _make_q4_k_q8(R: int):
                     s0 = h0 >> _THIRTY_TWO
                     sc_lo, mn_lo = _scale_min_words(s0, h1, h1 >> _THIRTY_TWO, 2 * j)
                     sc_hi, mn_hi = _scale_min_words(s0, h1, h1 >> _THIRTY_TWO, 2 * j + 1)
-                    dot_lo = _dot8(wa & _LOW_NIBBLES, xa) + _dot8(wb & _LOW_NIBBLES, xb)
-                    dot_hi = _dot8((wa >> _FOUR) & _LOW_NIBBLES, xc) + _dot8((wb >> _FOUR) & _LOW_NIBBLES, xe)
+                    dot_lo = dot8(wa & _LOW_NIBBLES, xa, 0) + dot8(wb & _LOW_NIBBLES, xb, 0)
+                    dot_hi = dot8((wa >> _FOUR) & _LOW_NIBBLES, xc, 0) + dot8((wb >> _FOUR) & _LOW_NIBBLES, xe, 0)
                     d = np.float32(b[r, blk * (Q4_K_BYTES // 2)])
                     dmin = np.float32(b[r, blk * (Q4_K_BYTES // 2) + 1])
                     acc[i] += d * (np.float32(sc_lo * dot_lo) * f_lo + np.float32(sc_hi * dot_hi) * f_hi)
@@ -248,7 +242,7 @@ def _make_q6_k_q8(R: int):
                 xb = blk * 8 + half * 4  # activation block of quarter 0
                 for q in range(4):
                     xv[q] = xq64[t, (xb + q) * 4 + l0 // 8]
-                    x32[q] = 32 * dp4a(xv[q] >> _THIRTY_TWO, _ONES, dp4a(xv[q], _ONES, 0))
+                    x32[q] = 32 * _sum8(xv[q])
                     fx[q] = xd[t, xb + q]
                 e = blk * (Q6_K_BYTES // 2)  # uint16 index of the block
                 ka = e + (half * 64 + l0) // 2
