@@ -1,7 +1,9 @@
 """Save llama.cpp's intermediate tensors for a golden prompt (dev machine only; needs llama-cpp-python).
 
 Run: .venv/bin/python tests/data/models/dump_llama_cpp_tensors.py MODEL.gguf GOLDEN.logits.npz OUT.npz LAYERS
-(LAYERS: comma-separated layer numbers, e.g. `0,17`). Evaluates the golden's English prompt (its token ids)
+[decode]
+(LAYERS: comma-separated layer numbers, e.g. `0,17`; `decode`: save the last token's decode step
+instead). Evaluates the golden's English prompt (its token ids)
 in one batch on llama.cpp's CPU backend (2 threads, n_ctx 512, flash attention off, F16 KV cache: the
 settings of make_logit_goldens.py) and stores every float tensor of those layers under llama.cpp's graph
 name (`attn_norm-0`, `Qcur-0`, `kq_soft_max-0`, ...; repeated names get `#1`, `#2`), in llama.cpp's order
@@ -58,13 +60,20 @@ def _read(t: GGMLTensor) -> np.ndarray:
     return view.astype(np.float32)
 
 
-def dump(model_path: str, golden: str, out: str, layers: set[int]) -> dict[str, np.ndarray]:
-    """Run the prompt through llama.cpp and save the wanted tensors to `out` (also returned)."""
+def dump(model_path: str, golden: str, out: str, layers: set[int], decode: bool = False) -> dict[str, np.ndarray]:
+    """Run the prompt through llama.cpp and save the wanted tensors to `out` (also returned).
+
+    decode: evaluate all tokens but the last as one batch without saving anything, then the last token
+    alone (a decode step, n_tokens = 1) and save that step's tensors.
+    """
     import llama_cpp as lc
 
     saved: dict[str, np.ndarray] = {}
+    recording = [not decode]
 
     def wanted(name: str) -> bool:
+        if not recording[0]:
+            return False
         layer = _layer_of(name)
         return layer in layers if layer is not None else name.startswith(("result", "inp"))
 
@@ -92,21 +101,26 @@ def dump(model_path: str, golden: str, out: str, layers: set[int]) -> dict[str, 
     params.cb_eval, params.cb_eval_user_data = on_tensor, None
     ctx = lc.llama_init_from_model(model, params)
     batch = lc.llama_batch_init(len(tokens), 0, 1)
-    for i, tok in enumerate(tokens):
-        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, i, 1, 1
-        batch.seq_id[i][0] = 0
-    batch.n_tokens = len(tokens)
-    if lc.llama_decode(ctx, batch) != 0:
-        raise SystemExit("llama_decode failed")
+    parts = [(0, len(tokens) - 1), (len(tokens) - 1, len(tokens))] if decode else [(0, len(tokens))]
+    for start, stop in parts:
+        for j, i in enumerate(range(start, stop)):
+            batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = tokens[i], i, 1, 1
+            batch.seq_id[j][0] = 0
+        batch.n_tokens = stop - start
+        recording[0] = not decode or start > 0
+        if lc.llama_decode(ctx, batch) != 0:
+            raise SystemExit("llama_decode failed")
     n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(model))
-    saved["logits"] = np.ctypeslib.as_array(lc.llama_get_logits(ctx), shape=(len(tokens), n_vocab)).copy()
+    n_out = parts[-1][1] - parts[-1][0]
+    saved["logits"] = np.ctypeslib.as_array(lc.llama_get_logits(ctx), shape=(n_out, n_vocab)).copy()
     saved["tokens"] = np.array(tokens, dtype=np.int32)
     np.savez(out, **saved)
     return saved
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5:
+    if len(sys.argv) not in (5, 6) or (len(sys.argv) == 6 and sys.argv[5] != "decode"):
         raise SystemExit(__doc__)
-    result = dump(sys.argv[1], sys.argv[2], sys.argv[3], {int(x) for x in sys.argv[4].split(",")})
+    layers = {int(x) for x in sys.argv[4].split(",")}
+    result = dump(sys.argv[1], sys.argv[2], sys.argv[3], layers, decode=len(sys.argv) == 6)
     print({k: v.shape for k, v in result.items()})
