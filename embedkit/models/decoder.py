@@ -17,6 +17,8 @@ from embedkit.gguf import GGUFFile
 from embedkit.models.kv_cache import ModelState, new_state
 from embedkit.models.params import ModelParams, read_params
 
+Rows = tuple[int, int] | None
+
 
 class DecoderModel:
     """A decoder-only language model over GGUF weights, run through `Backend` calls only."""
@@ -66,9 +68,23 @@ class DecoderModel:
         """Token ids -> [n, n_embd] on the input backend."""
         raise NotImplementedError
 
-    def layer(self, i: int, be: Backend, x: Array, state: ModelState, pos0: int, positions: np.ndarray) -> Array:
-        """One transformer block on backend `be`."""
+    def layer(
+        self, i: int, be: Backend, x: Array, state: ModelState, pos0: int, positions: np.ndarray, keep: Rows = None
+    ) -> Array:
+        """One transformer block on backend `be`.
+
+        keep: (start, stop) in the last layer when only those rows' outputs are wanted. As in llama.cpp's
+        graphs, the block then narrows its activations to them right after attention (whose keys and
+        values still come from every row), so the MLP runs on the kept rows only.
+        """
         raise NotImplementedError
+
+    @staticmethod
+    def keep_rows(be: Backend, keep: Rows, *arrays: Array) -> tuple[Array, ...]:
+        """`arrays` narrowed to rows `keep` (unchanged when keep is None)."""
+        if keep is None:
+            return arrays
+        return tuple(be.rows(a, *keep) for a in arrays)
 
     def output_norm(self, be: Backend, x: Array) -> Array:
         """The final norm (RMSNorm by default)."""
@@ -96,16 +112,16 @@ class DecoderModel:
         if ids.min() < 0 or ids.max() >= self.params.n_vocab:
             raise InputError(f"token id out of range [0, {self.params.n_vocab})")
         positions = np.arange(pos0, pos0 + n, dtype=np.int32)
+        keep = None if all_positions or n == 1 else (n - 1, n)
         x = self.embed(ids)
         src = self.placement.input
+        last = self.params.n_layer - 1
         for i in range(self.params.n_layer):
             be = self.placement.layer(i)
-            x = self.layer(i, be, self.placement.move(x, src, be), state, pos0, positions)
+            x = self.layer(i, be, self.placement.move(x, src, be), state, pos0, positions, keep if i == last else None)
             src = be
         be = self.placement.output
         x = self.placement.move(x, src, be)
-        if not all_positions and n > 1:
-            x = be.rows(x, n - 1, n)
         x = self.output_norm(be, x)
         # to_host gives an array the caller owns: no second copy of the logits
         if output == "hidden":

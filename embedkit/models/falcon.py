@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedkit.backend import Array, Backend, Weight
-from embedkit.models.decoder import DecoderModel
+from embedkit.models.decoder import DecoderModel, Rows
 from embedkit.models.kv_cache import ModelState
 
 
@@ -65,7 +65,9 @@ class FalconModel(DecoderModel):
         """Final LayerNorm with bias."""
         return be.layer_norm(x, self.w_output_norm, self.w_output_norm_b, self.params.norm_eps)
 
-    def layer(self, i: int, be: Backend, x: Array, state: ModelState, pos0: int, positions: np.ndarray) -> Array:
+    def layer(
+        self, i: int, be: Backend, x: Array, state: ModelState, pos0: int, positions: np.ndarray, keep: Rows = None
+    ) -> Array:
         """x + Attn(LN(x)) + MLP(LN(x)) (or MLP(LN2(x)) with a second norm)."""
         hp, w = self.params, self.layers[i]
         n, hd = len(positions), hp.head_dim
@@ -76,5 +78,6 @@ class FalconModel(DecoderModel):
         k = be.rope(be.view(k, (n, hp.n_head_kv, hd)), positions, hp.n_rot, hp.rope_base, "neox", hp.rope_freq_scale)
         v = be.view(v, (n, hp.n_head_kv, hd))
         a = be.matmul(be.attention(q, state.layer(i), k, v, pos0, 1.0 / math.sqrt(hd)), w.wo)
+        a, x, h_mlp = self.keep_rows(be, keep, a, x, h_mlp)
         m = be.matmul(be.gelu_erf(be.matmul(h_mlp, w.w_up)), w.w_down)
         return be.add(be.add(x, a), m)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedkit.backend import Array, Backend, Weight
-from embedkit.models.decoder import DecoderModel
+from embedkit.models.decoder import DecoderModel, Rows
 from embedkit.models.kv_cache import ModelState
 
 LOCAL_ROPE_BASE = 10000.0  # llama.cpp's rope_freq_base_train_swa for gemma3
@@ -72,7 +72,9 @@ class Gemma3Model(DecoderModel):
         be = self.placement.input
         return be.scale(be.get_rows(self.w_tok_embd, ids), math.sqrt(self.params.n_embd))
 
-    def layer(self, i: int, be: Backend, x: Array, state: ModelState, pos0: int, positions: np.ndarray) -> Array:
+    def layer(
+        self, i: int, be: Backend, x: Array, state: ModelState, pos0: int, positions: np.ndarray, keep: Rows = None
+    ) -> Array:
         """x + PostNorm(Attn(Norm(x))), then + PostNorm(GeGLU(Norm(.)))."""
         hp, w = self.params, self.layers[i]
         n, eps = len(positions), hp.norm_eps
@@ -87,8 +89,11 @@ class Gemma3Model(DecoderModel):
         q = be.rope(q, positions, hp.n_rot, base, "neox", freq_scale)
         k = be.rope(k, positions, hp.n_rot, base, "neox", freq_scale)
         window = hp.sliding_window if local else None
-        a = be.attention(q, state.layer(i), k, v, pos0, self.attn_scale, window=window)
-        x = be.add(x, be.rms_norm(be.matmul(a, w.wo), w.post_attn_norm, eps))
+        # llama.cpp scales the queries (before its float16 rounding of them), not the scores
+        q = be.scale(q, self.attn_scale)
+        a = be.attention(q, state.layer(i), k, v, pos0, 1.0, window=window)
+        a, x = self.keep_rows(be, keep, be.matmul(a, w.wo), x)
+        x = be.add(x, be.rms_norm(a, w.post_attn_norm, eps))
         h = be.rms_norm(x, w.ffn_norm, eps)
         h = be.geglu(*be.matmuls(h, [w.w_gate, w.w_up]))
         return be.add(x, be.rms_norm(be.matmul(h, w.w_down), w.post_ffn_norm, eps))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedkit.backend import Array, Backend, Weight
-from embedkit.models.decoder import DecoderModel
+from embedkit.models.decoder import DecoderModel, Rows
 from embedkit.models.kv_cache import ModelState
 
 
@@ -65,7 +65,9 @@ class LlamaModel(DecoderModel):
         """Token embedding lookup."""
         return self.placement.input.get_rows(self.w_tok_embd, ids)
 
-    def layer(self, i: int, be: Backend, x: Array, state: ModelState, pos0: int, positions: np.ndarray) -> Array:
+    def layer(
+        self, i: int, be: Backend, x: Array, state: ModelState, pos0: int, positions: np.ndarray, keep: Rows = None
+    ) -> Array:
         """x + Attention(RMSNorm(x)), then + SwiGLU(RMSNorm(.))."""
         hp, w = self.params, self.layers[i]
         n = len(positions)
@@ -77,7 +79,8 @@ class LlamaModel(DecoderModel):
         q = be.rope(q, positions, hp.n_rot, hp.rope_base, self.rope_style, hp.rope_freq_scale)
         k = be.rope(k, positions, hp.n_rot, hp.rope_base, self.rope_style, hp.rope_freq_scale)
         a = be.attention(q, state.layer(i), k, v, pos0, 1.0 / math.sqrt(hp.head_dim), window=hp.sliding_window)
-        x = be.add(x, be.matmul(a, w.wo))
+        a, x = self.keep_rows(be, keep, be.matmul(a, w.wo), x)
+        x = be.add(x, a)
         h = be.rms_norm(x, w.ffn_norm, hp.norm_eps)
         h = be.swiglu(*be.matmuls(h, [w.w_gate, w.w_up]))
         return be.add(x, be.matmul(h, w.w_down))
