@@ -2,12 +2,12 @@
 
 Compared, all with tolerance zero (float32 bit patterns must be equal):
 
-- `mul_mat_q4_K_repack` (Q4_K weights repacked to block_q4_Kx8: gemm for rows in groups of four, gemv for
-  the rest) and `mul_mat_q6_K_tiled` / `mul_mat_q4_K_tiled` (ggml's tiled matmul, >= 8 rows) against the
+- `dots.mul_mat_q4_K_repacked` (Q4_K weights repacked to block_q4_Kx8: gemm for rows in groups of four, gemv
+  for the rest) and `dots.mul_mat_tiled` for Q6_K / Q4_K (ggml's tiled matmul, >= 8 rows) against the
   goldens in tests/data/ggml_exact/kquant.npz (made by make_kquant_goldens.py): ggml's own kernels on random
   weights and activations, and llama.cpp's MUL_MAT inputs and outputs while running Gemma 3 270M and
   Qwen2.5-Coder 0.5B (weights read from the model files);
-- when llama_cpp is importable, the same functions and the private Q8_K quantizer against the live oracles
+- when llama_cpp is importable, the same functions and the Q8_K quantizer against the live oracles
   (ggml_quantize_mat_q8_K_4x8, quantize_row_q8_K, ggml_gemm/gemv_q4_K_8x8_q8_K on our block_q4_Kx8 bytes,
   a ggml graph's MUL_MAT with 1, 2 and 4 threads) on fresh random inputs of the models' shapes.
 """
@@ -23,15 +23,13 @@ import pytest
 
 from embedkit.gguf.reader import GGUFFile
 from embedkit.gguf.types import GGMLType
-from embedkit.kernels.cpu.ggml_exact.q4k_repack import (
-    _quantize_q8_K_rows,
-    mul_mat_q4_K_repack,
-    prepare_q4_K,
-    repack_q4_K_8x8,
-)
-from embedkit.kernels.cpu.ggml_exact.q6k_tiled import mul_mat_q4_K_tiled, mul_mat_q6_K_tiled, prepare_q6_K
+from embedkit.kernels.cpu.ggml_exact.dots import mul_mat_q4_K_repacked, mul_mat_tiled
+from embedkit.kernels.cpu.ggml_exact.quantize import quantize_q8_K
 
 DATA = Path(__file__).resolve().parent / "data" / "ggml_exact"
+sys.path.insert(0, str(DATA))
+from make_kquant_goldens import repack_q4_K_8x8  # noqa: E402  (the block_q4_Kx8 bytes ggml's kernels read)
+
 GOLDEN = np.load(DATA / "kquant.npz")
 HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 
@@ -47,14 +45,18 @@ def assert_bits_equal(got: np.ndarray, want: np.ndarray) -> None:
 
 
 def _tiled(kind: str, w: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return mul_mat_q6_K_tiled(w, x) if kind == "q6_K" else mul_mat_q4_K_tiled(w, x)
+    ggml_type = GGMLType.Q6_K if kind == "q6_K" else GGMLType.Q4_K
+    return mul_mat_tiled(w, ggml_type, quantize_q8_K(x), x.shape[1])
+
+
+def _repack(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return mul_mat_q4_K_repacked(w, x, x.shape[1])
 
 
 @pytest.mark.parametrize("i", _cases("repack"))
 def test_repack_matches_golden(i: int) -> None:
     w, x = GOLDEN[f"repack/{i}/w"], GOLDEN[f"repack/{i}/x"]
-    assert_bits_equal(mul_mat_q4_K_repack(w, x), GOLDEN[f"repack/{i}/y"])
-    assert_bits_equal(mul_mat_q4_K_repack(None, x, prepare_q4_K(w)), GOLDEN[f"repack/{i}/y"])
+    assert_bits_equal(_repack(w, x), GOLDEN[f"repack/{i}/y"])
 
 
 @pytest.mark.parametrize("i", _cases("tiled"))
@@ -70,10 +72,10 @@ def test_matches_llama_cpp_on_real_models(i: int, request: pytest.FixtureRequest
     w, x = tensor.rows_view(), GOLDEN[f"model/{i}/x"]
     if kind == "repack":
         assert tensor.ggml_type == GGMLType.Q4_K and w.shape[0] % 8 == 0
-        got = mul_mat_q4_K_repack(w, x)
+        got = _repack(w, x)
     else:
         assert tensor.ggml_type == GGMLType.Q6_K
-        got = mul_mat_q6_K_tiled(None, x, prepare_q6_K(w))
+        got = _tiled("q6_K", w, x)
     assert_bits_equal(got, GOLDEN[f"model/{i}/y"])
 
 
@@ -93,7 +95,6 @@ live = pytest.mark.skipif(not HAVE_LLAMA, reason="llama_cpp not installed (golde
 
 @pytest.fixture(scope="module")
 def mk():
-    sys.path.insert(0, str(DATA))
     import make_kquant_goldens
 
     make_kquant_goldens.ggml_cpu()
@@ -105,13 +106,19 @@ def test_live_q8_K_quantizers(mk) -> None:
     rng = np.random.default_rng(11)
     for k in (256, 1024, 2048, 4864):
         x = mk.random_activations(rng, 8, k)
-        xq, xd, _ = _quantize_q8_K_rows(x, 4)
         nb = k // 256
+        xq8 = quantize_q8_K(x).reshape(8, nb, 292)
+        xd = xq8[:, :, 0:4].copy().view(np.float32).reshape(8, nb)
+        xq = xq8[:, :, 4:260].view(np.int8).reshape(8, k)
         oracle = mk.oracle_q8_K_4x8(x[:4])
         d4 = oracle[:, 0:16].copy().view(np.float32).reshape(nb, 4)
         q4 = oracle[:, 16:1040].view(np.int8).reshape(nb, 32, 4, 8).transpose(2, 0, 1, 3).reshape(4, k)
-        assert np.array_equal(d4.T.view(np.uint32), xd[:4].view(np.uint32))
-        assert np.array_equal(q4, xq[:4])
+        # the 4-row quantizer takes +max on a +/-max tie where quantize_row_q8_K takes the first max: codes
+        # and scale then change sign together, so compare the dequantized values (exact in float64)
+        ours = xd[:4].astype(np.float64).repeat(256, axis=1) * xq[:4]
+        theirs = d4.T.astype(np.float64).repeat(256, axis=1) * q4
+        assert np.array_equal(ours, theirs)
+        assert np.array_equal(np.abs(d4.T), np.abs(xd[:4]))
         for t in range(4, 8):
             row = mk.oracle_q8_K_row(x[t])
             assert np.array_equal(row[:, 0:4].copy().view(np.float32).ravel().view(np.uint32), xd[t].view(np.uint32))
@@ -123,10 +130,10 @@ def test_live_q8_K_quantizers(mk) -> None:
 def test_live_repack(mk, n_out: int, k: int) -> None:
     rng = np.random.default_rng(n_out * 7 + k)
     w = mk.random_q4_K(rng, n_out, k)
-    prepared, w_x8 = prepare_q4_K(w), repack_q4_K_8x8(w)
+    w_x8 = repack_q4_K_8x8(w)
     for n_tok in (1, 2, 3, 4, 5, 8, 13, 32):
         x = mk.random_activations(rng, n_tok, k)
-        assert_bits_equal(mul_mat_q4_K_repack(None, x, prepared), mk.oracle_mul_mat_repack(w_x8, n_out, x))
+        assert_bits_equal(_repack(w, x), mk.oracle_mul_mat_repack(w_x8, n_out, x))
 
 
 @live

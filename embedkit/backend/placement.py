@@ -41,6 +41,24 @@ class Placement:
                 seen.append(b)
         return seen
 
+    def for_decoder(self, weight_types: set[int]) -> Placement:
+        """The placement a decoder (text generation) whose matrices have `weight_types` runs on.
+
+        A placement that is all on the plain CPU backend gets the backend with llama.cpp's arithmetic
+        instead (`GGMLCPUBackend`: logits equal llama.cpp's) when it has exact kernels for every weight
+        type, unless EMBEDKIT_CPU_MATH=float32 asks for float32. Other placements are returned unchanged,
+        and so are float models (F32/F16 weights), which float32 computes closest to the model itself.
+        """
+        from embedkit.backend.cpu import CPUBackend
+        from embedkit.backend.ggml_cpu import EXACT_MATMUL_TYPES, GGMLCPUBackend, cpu_math
+
+        plain = [b for b in self.backends if type(b) is CPUBackend and b.batch_offload is None]
+        if len(self.backends) != 1 or not plain or not weight_types <= EXACT_MATMUL_TYPES:
+            return self
+        if cpu_math() != "llama.cpp":
+            return self
+        return Placement.single(GGMLCPUBackend(), len(self.layers))
+
     @classmethod
     def single(cls, backend: Backend, n_layer: int) -> Placement:
         """Everything on one backend."""

@@ -20,6 +20,15 @@ from embedkit.models.params import ModelParams, read_params
 Rows = tuple[int, int] | None
 
 
+def matrix_types(f: GGUFFile) -> set[int]:
+    """GGML types of the matrices a forward multiplies by (the layers' and the output head's)."""
+    types = {int(t.ggml_type) for name, t in f.tensors.items() if name.startswith("blk.") and len(t.shape) >= 2}
+    head = f.tensors.get("output.weight") or f.tensors.get("token_embd.weight")
+    if head is not None:
+        types.add(int(head.ggml_type))
+    return types
+
+
 class DecoderModel:
     """A decoder-only language model over GGUF weights, run through `Backend` calls only."""
 
@@ -37,7 +46,7 @@ class DecoderModel:
             placement = cpu_placement(self.params.n_layer)
         elif not isinstance(placement, Placement):
             placement = placement(self.params.n_layer)  # a factory: n_layer -> Placement
-        self.placement = placement
+        self.placement = placement.for_decoder(matrix_types(f))
         if len(self.placement.layers) != self.params.n_layer:
             raise InputError(f"placement has {len(self.placement.layers)} layers, the model has {self.params.n_layer}")
         self.load_weights()

@@ -252,10 +252,48 @@ MODEL_CASES = [
 ]
 
 
+def repack_q4_K_8x8(w: np.ndarray) -> np.ndarray:
+    """ggml's block_q4_Kx8 bytes (interleave 8) of a Q4_K weight: uint8 [n_out // 8, n_blocks * 1152].
+
+    Group g holds rows 8g..8g+7; per super-block: the 8 d and 8 dmin halves, 96 bytes of scales and mins
+    re-packed so that each 12 bytes hold one sub-block of all 8 rows, then the quants in 8-byte chunks
+    taken from the rows in turn.
+    """
+    w = np.ascontiguousarray(w, dtype=np.uint8)
+    n_out, row_bytes = w.shape
+    if n_out % 8 or row_bytes % 144:
+        raise ValueError(f"need n_out % 8 == 0 and whole Q4_K blocks, got {w.shape}")
+    nb = row_bytes // 144
+    blocks = w.reshape(n_out // 8, 8, nb, 144).transpose(0, 2, 1, 3)  # [g, b, row, 144]
+    out = np.empty((n_out // 8, nb, 1152), np.uint8)
+    out[:, :, 0:16] = blocks[..., 0:2].reshape(n_out // 8, nb, 16)
+    out[:, :, 16:32] = blocks[..., 2:4].reshape(n_out // 8, nb, 16)
+    sc = blocks[..., 4:16].astype(np.int32)
+    # 6-bit scale/min of sub-block j for each row: [g, b, row, j]
+    scale = np.empty(sc.shape[:3] + (8,), np.int32)
+    mn = np.empty_like(scale)
+    for j in range(8):
+        if j < 4:
+            scale[..., j] = sc[..., j] & 63
+            mn[..., j] = sc[..., j + 4] & 63
+        else:
+            scale[..., j] = (sc[..., j + 4] & 0xF) | ((sc[..., j - 4] >> 6) << 4)
+            mn[..., j] = (sc[..., j + 4] >> 4) | ((sc[..., j] >> 6) << 4)
+    packed = np.empty(sc.shape[:2] + (96,), np.int32)
+    for j in range(8):
+        s, m = scale[..., j], mn[..., j]  # [g, b, row]
+        o = 12 * j
+        packed[..., o:o + 4] = (s[..., 0:4] & 63) | ((s[..., 4:8] & 48) << 2)
+        packed[..., o + 4:o + 8] = (m[..., 0:4] & 63) | ((m[..., 4:8] & 48) << 2)
+        packed[..., o + 8:o + 12] = (s[..., 4:8] & 15) | ((m[..., 4:8] & 15) << 4)
+    out[:, :, 32:128] = packed.astype(np.uint8)
+    qs = blocks[..., 16:144].reshape(n_out // 8, nb, 8, 16, 8)  # [g, b, row, chunk, 8]
+    out[:, :, 128:] = qs.transpose(0, 1, 3, 2, 4).reshape(n_out // 8, nb, 1024)
+    return out.reshape(n_out // 8, nb * 1152)
+
+
 def make(path: Path = HERE / "kquant.npz", seed: int = 1234, model_dir: Path | None = None) -> dict[str, np.ndarray]:
     """Draw the cases, run the oracles and save them to `path` (also returned); model_dir: the GGUF files."""
-    from embedkit.kernels.cpu.ggml_exact.q4k_repack import repack_q4_K_8x8
-
     rng = np.random.default_rng(seed)
     data: dict[str, np.ndarray] = {}
     for i, (n_out, k, n_tok) in enumerate(REPACK_CASES):

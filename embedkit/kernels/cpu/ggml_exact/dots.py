@@ -384,6 +384,54 @@ class _Q4_K_tiled(_Q4_K):
         return acc[0]
 
 
+# ggml's repacked Q4_K kernels (q4_K_8x8_q8_K, arch/x86/repack.cpp) per output keep two float accumulators fed
+# by fused multiply-adds of exact integer sums, acc with d_w * d_x and acc_min with dmin_w * d_x; the result is
+# acc - acc_min. The gemv (activation rows left over after groups of 4) adds once per super-block, the gemm
+# (groups of 4 rows) once per pair of 32-element sub-blocks. The interleaved layout only decides which SIMD
+# lane holds which output, so these read the plain GGUF layout.
+
+
+class _Q4_K_gemv(_Q4_K):
+    @staticmethod
+    def init():
+        return [ir.Constant(_F32, 0.0), ir.Constant(_F32, 0.0)]
+
+    @staticmethod
+    def update(builder, dec, xb, acc):
+        dw, dminw = dec[:2]
+        yd = _load(builder, xb, 0, _F32)
+        sumi, prod = _Q4_K.ints(builder, dec, xb)
+        a = _fma(builder, builder.sitofp(_reduce_add(builder, sumi), _F32), builder.fmul(dw, yd), acc[0])
+        a_min = _fma(builder, builder.sitofp(_reduce_add(builder, prod), _F32), builder.fmul(dminw, yd), acc[1])
+        return [a, a_min]
+
+    @staticmethod
+    def finish(builder, acc):
+        return builder.fsub(acc[0], acc[1])
+
+
+class _Q4_K_gemm(_Q4_K_gemv):
+    @staticmethod
+    def update(builder, dec, xb, acc):
+        dw, dminw, scales, mins, quants = dec
+        yd = _load(builder, xb, 0, _F32)
+        d, dmin = builder.fmul(dw, yd), builder.fmul(dminw, yd)
+        bsums = _load(builder, xb, 260, _V16I16)
+        q8s = builder.add(_shuffle(builder, bsums, range(0, 16, 2)), _shuffle(builder, bsums, range(1, 16, 2)))
+        pair_mins = _madd(builder, mins, q8s)  # lane p: min[2p] * bsum[2p] + min[2p+1] * bsum[2p+1]
+        a, a_min = acc
+        for p in range(4):
+            dots = [
+                _madd(builder, scales[s], _maddubs(builder, quants[s], _load(builder, xb, 4 + 32 * s, _V32I8)))
+                for s in (2 * p, 2 * p + 1)
+            ]
+            isum = _reduce_add(builder, builder.add(dots[0], dots[1]))
+            imin = builder.extract_element(pair_mins, ir.Constant(_I32, p))
+            a = _fma(builder, builder.sitofp(isum, _F32), d, a)
+            a_min = _fma(builder, builder.sitofp(imin, _F32), dmin, a_min)
+        return [a, a_min]
+
+
 class _Q6_K_tiled(_Q6_K):
     @staticmethod
     def init():
@@ -450,8 +498,11 @@ _q4_k_1, _q4_k_n = _make_tile(_Q4_K, 1), _make_tile(_Q4_K, _TILE)
 _q6_k_1, _q6_k_n = _make_tile(_Q6_K, 1), _make_tile(_Q6_K, _TILE)
 _q4_kt_1, _q4_kt_n = _make_tile(_Q4_K_tiled, 1), _make_tile(_Q4_K_tiled, _TILE)
 _q6_kt_1, _q6_kt_n = _make_tile(_Q6_K_tiled, 1), _make_tile(_Q6_K_tiled, _TILE)
+_q4_kgemv_1 = _make_tile(_Q4_K_gemv, 1)
+_q4_kgemm_1, _q4_kgemm_n = _make_tile(_Q4_K_gemm, 1), _make_tile(_Q4_K_gemm, _TILE)
 
 _TILED = 100  # kernel code offset of the tiled K-quant variants
+_GEMV, _GEMM = 200, 201  # repacked Q4_K kernels
 
 
 @njit(cache=True, inline="always")
@@ -468,6 +519,8 @@ def _tile_n(kernel, w, r, xq, t, nb):
         return _q6_k_n(w, r, xq, t, nb)
     if kernel == _TILED + Q4_K:
         return _q4_kt_n(w, r, xq, t, nb)
+    if kernel == _GEMM:
+        return _q4_kgemm_n(w, r, xq, t, nb)
     return _q6_kt_n(w, r, xq, t, nb)
 
 
@@ -485,6 +538,10 @@ def _tile_1(kernel, w, r, xq, t, nb):
         return _q6_k_1(w, r, xq, t, nb)[0]
     if kernel == _TILED + Q4_K:
         return _q4_kt_1(w, r, xq, t, nb)[0]
+    if kernel == _GEMV:
+        return _q4_kgemv_1(w, r, xq, t, nb)[0]
+    if kernel == _GEMM:
+        return _q4_kgemm_1(w, r, xq, t, nb)[0]
     return _q6_kt_1(w, r, xq, t, nb)[0]
 
 
@@ -542,6 +599,24 @@ def mul_mat_tiled(w: np.ndarray, ggml_type: int, xq: np.ndarray, n_cols: int) ->
     return _run(w, ggml_type, xq, n_cols, _TILED + ggml_type)
 
 
+def mul_mat_q4_K_repacked(w: np.ndarray, x: np.ndarray, n_cols: int) -> np.ndarray:
+    """float32 [n_tok, n_out]: x @ W.T for a Q4_K weight as ggml computes it from its CPU_REPACK buffer.
+
+    On AVX2 llama.cpp repacks every Q4_K weight with n_out % 8 == 0 at load (q4_K_8x8_q8_K) and uses it
+    for any number of activation rows: rows [0, n4), n4 = n_tok - n_tok % 4, through the gemm kernel and the
+    rest through the gemv kernel. Activations are quantized to Q8_K (ggml's 4-row quantizer differs from
+    quantize_row_q8_K only on a +max/-max tie, where the codes and the scale change sign together, so the
+    products are the same).
+    """
+    xq = quantize_q8_K(x)
+    n4 = xq.shape[0] - xq.shape[0] % _TILE
+    if n4 == xq.shape[0]:
+        return _run(w, Q4_K, xq, n_cols, _GEMM)
+    if n4 == 0:
+        return _run(w, Q4_K, xq, n_cols, _GEMV)
+    return np.concatenate([_run(w, Q4_K, xq[:n4], n_cols, _GEMM), _run(w, Q4_K, xq[n4:], n_cols, _GEMV)])
+
+
 _ACTIVATION = {Q8_0: quantize_q8_0, Q5_0: quantize_q8_0, Q4_1: quantize_q8_1, Q4_K: quantize_q8_K, Q6_K: quantize_q8_K}
 TILED_MIN_TOKENS = 8  # ggml_tiled_min_batch
 
@@ -551,15 +626,17 @@ def mul_mat_q(w: np.ndarray, ggml_type: int, x: np.ndarray, n_cols: int) -> np.n
 
     x (float32 [n_tok, n_cols]) is quantized to the weight type's vec_dot type (Q8_0 for Q8_0/Q5_0, Q8_1
     for Q4_1, Q8_K for Q4_K/Q6_K) exactly as ggml does, then multiplied by the kernel ggml picks:
+    - Q4_K with n_out % 8 == 0: the weight sits in ggml's CPU_REPACK buffer, `mul_mat_q4_K_repacked`;
     - Q4_K/Q6_K with n_tok >= 8: the tiled K-quant matmul (on by default; GGML_CPU_TILED_MM=0 turns it off
       in ggml), `mul_mat_tiled`;
     - Q8_0/Q5_0 with n_tok >= 2: llamafile_sgemm's tinyBLAS_Q0_AVX, which gives vec_dot's bits;
     - otherwise vec_dot per output, `mul_mat_vec_dot`.
-    Not covered: weights llama.cpp keeps in its CPU_REPACK buffer (on AVX2: Q4_0, IQ4_NL, MXFP4, and Q4_K
-    with n_out % 8 == 0), which run the repacked gemv/gemm kernels for every n_tok.
+    Not covered: the other types ggml repacks on AVX2 (Q4_0, IQ4_NL, MXFP4).
     """
     if ggml_type not in _ACTIVATION:
         raise ValueError(f"ggml type {ggml_type} has no exact kernel")
+    if ggml_type == Q4_K and w.shape[0] % 8 == 0:
+        return mul_mat_q4_K_repacked(w, x, n_cols)
     xq = _ACTIVATION[ggml_type](x)
     if ggml_type in (Q4_K, Q6_K) and xq.shape[0] >= TILED_MIN_TOKENS:
         return mul_mat_tiled(w, ggml_type, xq, n_cols)

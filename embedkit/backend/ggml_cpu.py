@@ -1,0 +1,120 @@
+"""The CPU backend with llama.cpp's arithmetic: generation whose logits equal llama.cpp's bit for bit.
+
+`CPUBackend` computes in float32 (it matches transformers to ~1e-6). llama.cpp's CPU build instead rounds
+activations to 8-bit blocks before every quantized matmul, keeps K, V, Q and the attention probabilities in
+float16 and sums in its SIMD kernels' order; small models such as Gemma 3 270M turn those differences
+into a different top-1 token at several percent of positions. This backend runs the kernels of
+`embedkit.kernels.cpu.ggml_exact`, which follow ggml's x86 AVX2 code operation for operation, for every op a
+decoder's forward uses and every weight type those kernels cover; anything else (other weight types,
+encoders' ops) falls back to the float32 kernels it inherits.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from embedkit.backend.base import Array, KVCache, Weight
+from embedkit.backend.cpu import CPUBackend
+from embedkit.errors import InputError
+from embedkit.gguf.types import GGMLType
+from embedkit.kernels.cpu import threads
+from embedkit.kernels.cpu.ggml_exact import attention as exact_attention
+from embedkit.kernels.cpu.ggml_exact import dots, elementwise, glu, rope
+
+# Weight types whose matmuls follow llama.cpp (quantized activations, ggml's kernel per type and batch size).
+EXACT_MATMUL_TYPES = frozenset(
+    {GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q4_1, GGMLType.Q4_K, GGMLType.Q6_K}
+)
+
+
+CPU_MATH_CHOICES = ("llama.cpp", "float32")
+
+
+def cpu_math() -> str:
+    """Decoders' CPU arithmetic: EMBEDKIT_CPU_MATH, `llama.cpp` (the default) or `float32`."""
+    value = os.environ.get("EMBEDKIT_CPU_MATH", "").strip() or "llama.cpp"
+    if value not in CPU_MATH_CHOICES:
+        raise InputError(f"EMBEDKIT_CPU_MATH={value!r}: expected one of {', '.join(CPU_MATH_CHOICES)}")
+    return value
+
+
+class GGMLCPUBackend(CPUBackend):
+    """CPU backend whose decoder ops reproduce llama.cpp's CPU (x86 AVX2) results exactly."""
+
+    name = "cpu"
+
+    # -- linear algebra ------------------------------------------------------------------
+    def get_rows(self, w: Weight, ids: np.ndarray) -> Array:
+        """Embedding rows dequantized as ggml's get_rows does."""
+        n_rows, n_cols = w.shape
+        return elementwise.get_rows(w.data.reshape(n_rows, -1), w.ggml_type, np.asarray(ids), n_cols)
+
+    def matmul(self, x: Array, w: Weight, bias: Weight | None = None) -> Array:
+        """x @ W.T as llama.cpp computes it for this weight type and number of rows (+ bias, a ggml add)."""
+        t = w.ggml_type
+        if t not in EXACT_MATMUL_TYPES or x.ndim != 2:
+            return super().matmul(x, w, bias)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        threads.apply_num_threads()
+        y = dots.mul_mat_q(w.data.reshape(w.n_rows, -1), t, x, w.n_cols)  # the kernel ggml picks
+        if bias is not None:
+            y = y + bias.data
+        return y
+
+    def matmuls(self, x: Array, ws: list[Weight], biases: list[Weight | None] | None = None) -> list[Array]:
+        """One matmul per weight (ggml quantizes the shared input once per matmul, with the same result)."""
+        biases = biases or [None] * len(ws)
+        return [self.matmul(x, w, b) for w, b in zip(ws, biases, strict=True)]
+
+    # -- elementwise ---------------------------------------------------------------------
+    def scale(self, a: Array, s: float) -> Array:
+        """ggml_scale: a * (float)s."""
+        return elementwise.scale(a, s)
+
+    def swiglu(self, gate: Array, up: Array) -> Array:
+        """ggml_swiglu (ggml's vectorised expf)."""
+        return glu.swiglu(gate, up)
+
+    def geglu(self, gate: Array, up: Array) -> Array:
+        """ggml_geglu (ggml's float16 GELU table)."""
+        return glu.geglu(gate, up)
+
+    def rms_norm(self, x: Array, w: Weight | None, eps: float) -> Array:
+        """ggml_rms_norm, then ggml_mul by the weight, as llama.cpp's CPU backend fuses them."""
+        if w is None:
+            return elementwise.rms_norm(x, eps)
+        return elementwise.rms_norm_mul(x, w.data, eps)
+
+    # -- positions and attention ---------------------------------------------------------
+    def rope(self, x, positions, n_rot, base, style, freq_scale=1.0):
+        """ggml_rope_ext (ext_factor 0, attn_factor 1)."""
+        return rope.rope(x, positions, n_rot, base, style, freq_scale)
+
+    def kv_cache(self, n_ctx: int, n_kv_heads: int, head_dim: int) -> KVCache:
+        """Float16 keys and values laid out as llama.cpp's cache (see ggml_exact.attention)."""
+        k, v = exact_attention.new_cache(n_ctx, n_kv_heads, head_dim)
+        return KVCache(n_ctx, n_kv_heads, head_dim, k, v, "cpu")
+
+    def attention(
+        self,
+        q: Array,
+        cache: KVCache,
+        k_new: Array,
+        v_new: Array,
+        pos0: int,
+        scale: float,
+        causal: bool = True,
+        window: int | None = None,
+        softcap: float | None = None,
+    ) -> Array:
+        """llama.cpp's attention without flash attention: float16 K·Q, soft_max_ext, float16 KQ·V."""
+        if not causal or softcap:
+            raise NotImplementedError("llama.cpp-exact attention is causal and without a softcap")
+        threads.apply_num_threads()
+        return exact_attention.attention(
+            np.ascontiguousarray(q, dtype=np.float32), cache.k, cache.v,
+            np.ascontiguousarray(k_new, dtype=np.float32), np.ascontiguousarray(v_new, dtype=np.float32),
+            pos0, scale, window,
+        )  # fmt: skip
