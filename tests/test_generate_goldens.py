@@ -1,7 +1,8 @@
 """Greedy generation on the real models vs llama.cpp (goldens: tests/data/generate/greedy_*.json, see README).
 
 Acceptance (issue 8): for each model, the first 32 greedy tokens equal llama.cpp's on at least 8 of the 10
-prompts (llama.cpp's defaults; README.md). The prompts are fed as
+prompts (llama.cpp's defaults; README.md). On the CPU, embedkit computes decoders with llama.cpp's own
+arithmetic (embedkit/backend/ggml_cpu.py), so we require all 10. The prompts are fed as
 llama.cpp's token ids (our tokenizer is checked against the same ids separately), with end-of-generation
 ignored as the goldens were made.
 """
@@ -17,7 +18,7 @@ from embedkit.generate import Generator, SamplerParams
 
 DATA = Path(__file__).resolve().parent / "data" / "generate"
 MODELS = {"gemma_path": "gemma3-270m", "smollm_path": "smollm2-135m", "qwen_path": "qwen2.5-coder-0.5b"}
-MIN_MATCHING = 8
+MIN_MATCHING = 10  # the issue asks for 8; bit-identical arithmetic gives every prompt
 NEAR_TIE = 0.5  # logits; the same bound as tests/test_models_real.py
 
 
@@ -32,11 +33,15 @@ def loaded(request):
 def greedy_runs(loaded):
     """Our greedy continuation of every golden prompt, computed once per model."""
     gen, golden = loaded
-    return golden, [
-        gen.generate(case["prompt_ids"], n_predict=golden["n_gen"], sampler=SamplerParams(temp=0.0),
-                     ignore_eos=True).tokens
-        for case in golden["cases"]
-    ]
+    runs = []
+    for case in golden["cases"]:
+        # each golden starts from an empty context: without the reset the generator would reuse the previous
+        # prompt's cached prefix (BOS) and run the rest as a smaller batch, which llama.cpp's kernels sum in
+        # another order (as llama.cpp's own prompt cache would)
+        gen.reset()
+        runs.append(gen.generate(case["prompt_ids"], n_predict=golden["n_gen"], sampler=SamplerParams(temp=0.0),
+                                 ignore_eos=True).tokens)
+    return golden, runs
 
 
 def _first_difference(ours: list[int], theirs: list[int]) -> int | None:
@@ -44,9 +49,6 @@ def _first_difference(ours: list[int], theirs: list[int]) -> int | None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 8 open: 6/10 (Gemma 3) and 3/10 (SmolLM2) prompts match, where "
-                   "llama.cpp matches itself on 5/10 and 1/10 with only its KV cache type changed (the test below; "
-                   "tests/data/models/README.md)")
 def test_greedy_matches_llama_cpp(greedy_runs):
     golden, runs = greedy_runs
     report, matching = [], 0

@@ -1,19 +1,14 @@
 """Real models vs llama.cpp: teacher-forced logits on English, Chinese and code prompts.
 
-Goldens: tests/data/models/*.logits.npz (see the README there). llama.cpp rounds activations to
-8 bits inside quantized matmuls, keeps the KV cache in float16 and more; we compute in float32
-and match Hugging Face transformers run on the same dequantized weights to ~2e-6 relative error
-(tests/data/models/check_hf_agreement.py). transformers itself agrees with llama.cpp's top-1 on
-93.4% (Gemma 3 270M), 97.3% (SmolLM2) and 99.2% (Qwen2.5-Coder) of these positions, every
-disagreement being a near tie (llama.cpp's top-2 margin < 0.44). So the tolerances are:
-top-1 agreement at every position where llama.cpp's margin is >= 0.5, >= 90% overall, and on
-llama.cpp's 8 largest logits max-abs error <= 2.5 and mean-abs error <= 0.4.
-
-llama.cpp's own noise floor: rerun with an F32 KV cache, or with flash attention, llama.cpp agrees with its
-default run on 91.9% / 91.9% (Gemma 3), 94.6% / 95.1% (SmolLM2) and 99.2% / 99.2% (Qwen2.5) of these
-positions (`top1_<variant>` in the goldens). Its reduced-precision steps turn ulp-sized differences into
-logit changes of ~0.2 (README in tests/data/models), so no engine that is not bit-identical to llama.cpp's
-CPU kernels agrees with it more than that; we require at least that agreement.
+Goldens: tests/data/models/*.logits.npz (see the README there): llama.cpp's 8 largest logits per position
+(stored as float16) and its top-1. On the CPU embedkit runs decoders with llama.cpp's own arithmetic
+(embedkit/backend/ggml_cpu.py: 8-bit activation blocks, float16 K/V/Q/probabilities, ggml's summation order),
+so its logits equal llama.cpp's bit for bit; the comparison allows only the goldens' float16 rounding
+(half an ulp of a logit below 32 is <= 0.0078; we allow 0.02) and asks top-1 agreement at every position
+(the issue asks for >= 99%). For contrast, llama.cpp agrees with itself on only 91.9% / 91.9% (Gemma 3),
+94.6% / 95.1% (SmolLM2) and 99.2% / 99.2% (Qwen2.5) of these positions when rerun with an F32 KV cache or
+with flash attention (`top1_<variant>` in the goldens), and embedkit's float32 arithmetic
+(EMBEDKIT_CPU_MATH=float32, which matches transformers to ~2e-6) agreed on 93.4% / 97.3% / 99.2%.
 """
 
 from __future__ import annotations
@@ -65,12 +60,26 @@ def _compare(model_path: Path, golden: Path) -> tuple[float, float, float, float
 
 @pytest.mark.parametrize("fixture", list(MODELS))
 def test_real_model_matches_llama_cpp(fixture: str, request: pytest.FixtureRequest) -> None:
-    """Top-1 agrees wherever llama.cpp is not near a tie; top-8 logits within 2.5 (max) / 0.4 (mean)."""
+    """Top-1 equal at every position, llama.cpp's top-8 logits within the goldens' float16 rounding."""
+    path = request.getfixturevalue(fixture)
+    top1, top1_clear, max_err, mean_err, itself = _compare(path, DATA / f"{MODELS[fixture]}.logits.npz")
+    assert top1 == 1.0, f"top-1 agreement {top1:.4f} (llama.cpp with itself, other precision: {itself})"
+    assert top1_clear == 1.0
+    assert max_err <= 0.02, f"max-abs error {max_err:.4f} (mean {mean_err:.4f})"
+
+
+@pytest.mark.parametrize("fixture", list(MODELS))
+def test_float32_arithmetic_stays_near_llama_cpp(
+    fixture: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EMBEDKIT_CPU_MATH=float32 (transformers' arithmetic): top-1 wherever llama.cpp is not near a tie
+    (margin >= 0.5), >= 90% overall and at least llama.cpp's agreement with itself under another precision
+    setting; top-8 logits within 2.5 (max) / 0.4 (mean)."""
+    monkeypatch.setenv("EMBEDKIT_CPU_MATH", "float32")
     path = request.getfixturevalue(fixture)
     top1, top1_clear, max_err, mean_err, itself = _compare(path, DATA / f"{MODELS[fixture]}.logits.npz")
     assert top1_clear == 1.0, f"top-1 agreement {top1_clear:.3f} where llama.cpp's margin >= 0.5"
     assert top1 >= 0.90, f"top-1 agreement {top1:.3f}"
-    # the noise floor: llama.cpp agrees with itself this often when only its own rounding changes
     assert top1 >= max(itself.values()), f"top-1 agreement {top1:.4f} below llama.cpp's with itself {itself}"
     assert max_err <= 2.5, f"max-abs error {max_err:.3f}"
     assert mean_err <= 0.4, f"mean-abs error {mean_err:.3f}"
