@@ -562,6 +562,16 @@ def _mul_mat(w, kernel, xq, nb):
     return out
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _mul_vec(w, kernel, xq, nb):
+    # one activation row (a decode step): a loop of its own compiles to faster code than _mul_mat's
+    # (22% on Gemma 3's 262144-row output head)
+    out = np.empty((1, w.shape[0]), np.float32)
+    for r in prange(w.shape[0]):
+        out[0, r] = _tile_1(kernel, w, r, xq, 0, nb)
+    return out
+
+
 def _run(w: np.ndarray, ggml_type: int, xq: np.ndarray, n_cols: int, kernel: int) -> np.ndarray:
     block, w_bytes, x_bytes = _LAYOUT[ggml_type]
     if n_cols % block:
@@ -571,6 +581,8 @@ def _run(w: np.ndarray, ggml_type: int, xq: np.ndarray, n_cols: int, kernel: int
     xq = np.ascontiguousarray(xq, dtype=np.uint8)
     if w.ndim != 2 or w.shape[1] != nb * w_bytes or xq.ndim != 2 or xq.shape[1] != nb * x_bytes:
         raise ValueError(f"shapes {w.shape} x {xq.shape} do not fit {n_cols} columns of ggml type {ggml_type}")
+    if xq.shape[0] == 1:
+        return _mul_vec(w, kernel, xq, nb)
     return _mul_mat(w, kernel, xq, nb)
 
 
