@@ -633,12 +633,13 @@ _ACTIVATION = {Q8_0: quantize_q8_0, Q5_0: quantize_q8_0, Q4_1: quantize_q8_1, Q4
 TILED_MIN_TOKENS = 8  # ggml_tiled_min_batch
 
 
-def mul_mat_q(w: np.ndarray, ggml_type: int, x: np.ndarray, n_cols: int) -> np.ndarray:
+def mul_mat_q(w: np.ndarray, ggml_type: int, x: np.ndarray, n_cols: int, repack: bool = True) -> np.ndarray:
     """ggml_compute_forward_mul_mat on the CPU (x86 AVX2) for quantized weights: float32 [n_tok, n_out].
 
     x (float32 [n_tok, n_cols]) is quantized to the weight type's vec_dot type (Q8_0 for Q8_0/Q5_0, Q8_1
     for Q4_1, Q8_K for Q4_K/Q6_K) exactly as ggml does, then multiplied by the kernel ggml picks:
-    - Q4_K with n_out % 8 == 0: the weight sits in ggml's CPU_REPACK buffer, `mul_mat_q4_K_repacked`;
+    - Q4_K with n_out % 8 == 0, when `repack` (llama.cpp's model loader puts such weights in ggml's
+      CPU_REPACK buffer; a tensor in a plain ggml buffer is not repacked): `mul_mat_q4_K_repacked`;
     - Q4_K/Q6_K with n_tok >= 8: the tiled K-quant matmul (on by default; GGML_CPU_TILED_MM=0 turns it off
       in ggml), `mul_mat_tiled`;
     - Q8_0/Q5_0 with n_tok >= 2: llamafile_sgemm's tinyBLAS_Q0_AVX, which gives vec_dot's bits;
@@ -647,7 +648,7 @@ def mul_mat_q(w: np.ndarray, ggml_type: int, x: np.ndarray, n_cols: int) -> np.n
     """
     if ggml_type not in _ACTIVATION:
         raise ValueError(f"ggml type {ggml_type} has no exact kernel")
-    if ggml_type == Q4_K and w.shape[0] % 8 == 0:
+    if repack and ggml_type == Q4_K and w.shape[0] % 8 == 0:
         return mul_mat_q4_K_repacked(w, x, n_cols)
     xq = _ACTIVATION[ggml_type](x)
     if ggml_type in (Q4_K, Q6_K) and xq.shape[0] >= TILED_MIN_TOKENS:
