@@ -64,9 +64,15 @@ class GGMLCPUBackend(CPUBackend):
         return y
 
     def matmuls(self, x: Array, ws: list[Weight], biases: list[Weight | None] | None = None) -> list[Array]:
-        """One matmul per weight (ggml quantizes the shared input once per matmul, with the same result)."""
+        """Several matmuls of one input; x is quantized once per activation type (ggml quantizes it per
+        matmul, to the same bytes)."""
         biases = biases or [None] * len(ws)
-        return [self.matmul(x, w, b) for w, b in zip(ws, biases, strict=True)]
+        if x.ndim != 2 or any(w.ggml_type not in EXACT_MATMUL_TYPES for w in ws):
+            return [self.matmul(x, w, b) for w, b in zip(ws, biases, strict=True)]
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        threads.apply_num_threads()
+        ys = dots.mul_mat_q_shared([(w.data.reshape(w.n_rows, -1), w.ggml_type) for w in ws], x, ws[0].n_cols)
+        return [y if b is None else y + b.data for y, b in zip(ys, biases, strict=True)]
 
     # -- elementwise ---------------------------------------------------------------------
     def scale(self, a: Array, s: float) -> Array:

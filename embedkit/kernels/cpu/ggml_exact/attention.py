@@ -38,7 +38,7 @@ from embedkit.kernels.cpu.ggml_exact.softmax import soft_max_row
 from embedkit.kernels.cpu.halfbits import f16_to_f32, f32_to_f16
 
 CELL_PAD = 256
-_PARALLEL_WORK = 1 << 21  # multiply-adds below which thread start-up costs more than it saves
+_PARALLEL_WORK = 1 << 14  # multiply-adds below which thread start-up costs more than it saves
 
 
 def cache_cells(n_ctx: int) -> int:

@@ -620,7 +620,10 @@ def mul_mat_q4_K_repacked(w: np.ndarray, x: np.ndarray, n_cols: int) -> np.ndarr
     quantize_row_q8_K only on a +max/-max tie, where the codes and the scale change sign together, so the
     products are the same).
     """
-    xq = quantize_q8_K(x)
+    return _repacked_q4_K(w, quantize_q8_K(x), n_cols)
+
+
+def _repacked_q4_K(w: np.ndarray, xq: np.ndarray, n_cols: int) -> np.ndarray:
     n4 = xq.shape[0] - xq.shape[0] % _TILE
     if n4 == xq.shape[0]:
         return _run(w, Q4_K, xq, n_cols, _GEMM)
@@ -648,9 +651,27 @@ def mul_mat_q(w: np.ndarray, ggml_type: int, x: np.ndarray, n_cols: int, repack:
     """
     if ggml_type not in _ACTIVATION:
         raise ValueError(f"ggml type {ggml_type} has no exact kernel")
+    return _mul_mat_quantized(w, ggml_type, _ACTIVATION[ggml_type](x), n_cols, repack)
+
+
+def mul_mat_q_shared(weights: list[tuple[np.ndarray, int]], x: np.ndarray, n_cols: int) -> list[np.ndarray]:
+    """`mul_mat_q` of one input x with several (w, ggml_type) weights (Q/K/V, gate/up), quantizing x once per
+    activation type: ggml quantizes it once per matmul, to the same bytes."""
+    quantized: dict[object, np.ndarray] = {}
+    out = []
+    for w, ggml_type in weights:
+        if ggml_type not in _ACTIVATION:
+            raise ValueError(f"ggml type {ggml_type} has no exact kernel")
+        quantize = _ACTIVATION[ggml_type]
+        if quantize not in quantized:
+            quantized[quantize] = quantize(x)
+        out.append(_mul_mat_quantized(w, ggml_type, quantized[quantize], n_cols, True))
+    return out
+
+
+def _mul_mat_quantized(w: np.ndarray, ggml_type: int, xq: np.ndarray, n_cols: int, repack: bool) -> np.ndarray:
     if repack and ggml_type == Q4_K and w.shape[0] % 8 == 0:
-        return mul_mat_q4_K_repacked(w, x, n_cols)
-    xq = _ACTIVATION[ggml_type](x)
+        return _repacked_q4_K(w, xq, n_cols)
     if ggml_type in (Q4_K, Q6_K) and xq.shape[0] >= TILED_MIN_TOKENS:
         return mul_mat_tiled(w, ggml_type, xq, n_cols)
     return mul_mat_vec_dot(w, ggml_type, xq, n_cols)
