@@ -68,6 +68,19 @@ def bits_to_f32(typingctx, bits):
     return types.float32(bits), codegen
 
 
+@intrinsic
+def f32_to_bits(typingctx, value):
+    """The bit pattern of float32 `value` as int32 (a bitcast, no conversion)."""
+    if not isinstance(value, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = context.cast(builder, args[0], signature.args[0], types.float32)
+        return builder.bitcast(v, ir.IntType(32))
+
+    return types.int32(value), codegen
+
+
 @njit(cache=True, inline="always")
 def load_f16(buf, offset):
     """float32 of the little-endian IEEE half stored at `buf[offset:offset + 2]` (a uint8 array)."""

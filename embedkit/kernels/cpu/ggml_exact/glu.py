@@ -14,26 +14,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
 
+from embedkit.kernels.cpu.ggml_exact.expf import v_expf
 from embedkit.kernels.cpu.ggml_exact.scalar import fma32
-from embedkit.kernels.cpu.halfbits import bits_to_f32, f16_to_f32, f32_to_f16
-
-
-@intrinsic
-def f32_bits(typingctx, value):
-    """The IEEE bit pattern (uint32) of float32 `value`."""
-    if not isinstance(value, types.Float):
-        return None
-
-    def codegen(context, builder, signature, args):
-        v = context.cast(builder, args[0], signature.args[0], types.float32)
-        return builder.bitcast(v, ir.IntType(32))
-
-    return types.uint32(value), codegen
-
+from embedkit.kernels.cpu.halfbits import f16_to_f32, f32_to_f16
 
 _SQRT_2_OVER_PI = np.float32(0.79788456080286535587989211986876)
 _GELU_COEF_A = np.float32(0.044715)
@@ -70,44 +55,6 @@ def _geglu(gate, up, table, out):
                 out[r, i] = g * up[r, i]
             else:
                 out[r, i] = f16_to_f32(table[f32_to_f16(g)]) * up[r, i]
-
-
-def _hex(s: str) -> np.float32:
-    return np.float32(float.fromhex(s))
-
-
-# ggml_v_expf's constants (vec.h), as C hex float literals.
-_SHIFT = _hex("0x1.8p23")
-_LOG2E = _hex("0x1.715476p+0")
-_LN2_HI = _hex("0x1.62e4p-1")
-_LN2_LO = _hex("0x1.7f7d1cp-20")
-_P5 = _hex("0x1.0e4020p-7")
-_P4 = _hex("0x1.573e2ep-5")
-_P3 = _hex("0x1.555e66p-3")
-_P2 = _hex("0x1.fffdb6p-2")
-_P1 = _hex("0x1.ffffecp-1")
-
-
-@njit(cache=True, nogil=True, inline="always")
-def v_expf(x):
-    """One lane of ggml_v_expf (AVX2+FMA): exp(x) to about 1.5 ulp, rounded exactly as ggml's."""
-    z = fma32(x, _LOG2E, _SHIFT)
-    n = z - _SHIFT
-    b = fma32(-n, _LN2_LO, fma32(-n, _LN2_HI, x))
-    e = (f32_bits(z) << np.uint32(23)) & np.uint32(0xFFFFFFFF)
-    k = bits_to_f32((e + np.uint32(0x3F800000)) & np.uint32(0xFFFFFFFF))
-    u = b * b
-    j = fma32(fma32(fma32(_P5, b, _P4), u, fma32(_P3, b, _P2)), u, _P1 * b)
-    an = abs(n)
-    if not an > np.float32(126.0):
-        return fma32(j, k, k)
-    # Large |n|: scale in two steps (s1 * (s2 + s2*j)), or saturate to 0 / inf past 192.
-    g = np.uint32(0x82000000) if n <= np.float32(0.0) else np.uint32(0)
-    s1 = bits_to_f32((g + np.uint32(0x7F000000)) & np.uint32(0xFFFFFFFF))
-    if an > np.float32(192.0):
-        return s1 * s1
-    s2 = bits_to_f32((e - g) & np.uint32(0xFFFFFFFF))
-    return fma32(s2, j, s2) * s1
 
 
 @njit(cache=True, nogil=True)

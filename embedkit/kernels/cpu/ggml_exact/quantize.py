@@ -17,16 +17,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from embedkit.kernels.cpu.halfbits import f32_to_f16
+from embedkit.kernels.cpu.quantize_legacy import store_f16
 
 _F127 = np.float32(127.0)
-
-
-@njit(cache=True, inline="always")
-def _put_f16(buf, offset, value):
-    h = f32_to_f16(value)
-    buf[offset] = np.uint8(h & 0xFF)
-    buf[offset + 1] = np.uint8(h >> 8)
 
 
 @njit(cache=True, inline="always")
@@ -53,7 +46,7 @@ def _quantize_q8_0(x, out):
         dst = out[r]
         for b in range(nb):
             d, _ = _q8_block(src, b * 32, dst, b * 34 + 2)
-            _put_f16(dst, b * 34, d)
+            store_f16(dst, b * 34, d)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -64,8 +57,8 @@ def _quantize_q8_1(x, out):
         dst = out[r]
         for b in range(nb):
             d, total = _q8_block(src, b * 32, dst, b * 36 + 4)
-            _put_f16(dst, b * 36, d)
-            _put_f16(dst, b * 36 + 2, d * np.float32(total))
+            store_f16(dst, b * 36, d)
+            store_f16(dst, b * 36 + 2, d * np.float32(total))
 
 
 @njit(parallel=True, cache=True, nogil=True)

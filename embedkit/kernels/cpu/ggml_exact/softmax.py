@@ -4,7 +4,7 @@ Per row: w = x * scale + mask; max over w; e = ggml_v_expf(w - max) in 8-element
 folded in float32 like tinyBLAS's hsum, are added to a double; the n % 8 tail uses libm expf; then
 every e is multiplied by (float)(1.0 / sum). ggml_v_expf is a polynomial on 8 lanes, each lane
 independent of the others (the vector only takes a slow branch when some lane is out of range, and
-that branch gives in-range lanes the same formula), so it is emulated per element by `expf_avx2`.
+that branch gives in-range lanes the same formula), so it is emulated per element by `expf.v_expf`.
 """
 
 from __future__ import annotations
@@ -12,68 +12,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
+from embedkit.kernels.cpu.ggml_exact.expf import v_expf
 from embedkit.kernels.cpu.ggml_exact.f16_matmul import hsum8_tinyblas
-from embedkit.kernels.cpu.ggml_exact.scalar import fma32
-from embedkit.kernels.cpu.halfbits import bits_to_f32
-
-
-@intrinsic
-def _f32_bits(typingctx, value):
-    """The bit pattern of float32 `value` as int32."""
-    if not isinstance(value, types.Float):
-        return None
-
-    def codegen(context, builder, signature, args):
-        v = context.cast(builder, args[0], signature.args[0], types.float32)
-        return builder.bitcast(v, ir.IntType(32))
-
-    return types.int32(value), codegen
-
-
-def _c(hexfloat: str) -> np.float32:
-    value = float.fromhex(hexfloat)
-    assert float(np.float32(value)) == value
-    return np.float32(value)
-
-
-_ROUND = _c("0x1.8p23")
-_LOG2E = _c("0x1.715476p+0")
-_LN2_HI = _c("0x1.62e4p-1")
-_LN2_LO = _c("0x1.7f7d1cp-20")
-_P0 = _c("0x1.0e4020p-7")
-_P1 = _c("0x1.573e2ep-5")
-_P2 = _c("0x1.555e66p-3")
-_P3 = _c("0x1.fffdb6p-2")
-_P4 = _c("0x1.ffffecp-1")
-_ONE_BITS = np.int32(0x3F800000)
-_G_BITS = np.int32(-0x7E000000)  # 0x82000000 as int32
-_S1_BITS = np.int32(0x7F000000)
-
-
-@njit(cache=True, inline="always")
-def expf_avx2(x):
-    """One lane of ggml_v_expf(__m256) (vec.h, AVX2+FMA) for a float32 x."""
-    x = np.float32(x)
-    z = fma32(x, _LOG2E, _ROUND)
-    n = z - _ROUND
-    b = fma32(-n, _LN2_LO, fma32(-n, _LN2_HI, x))
-    e = _f32_bits(z) << np.int32(23)
-    k = bits_to_f32(e + _ONE_BITS)
-    u = b * b
-    j = fma32(fma32(fma32(_P0, b, _P1), u, fma32(_P2, b, _P3)), u, _P4 * b)
-    an = abs(n)
-    if not an > np.float32(126.0):
-        return fma32(j, k, k)
-    g = _G_BITS if n <= np.float32(0.0) else np.int32(0)
-    s1 = bits_to_f32(g + _S1_BITS)
-    if an > np.float32(192.0):
-        return s1 * s1
-    s2 = bits_to_f32(e - g)
-    return fma32(s2, j, s2) * s1
 
 
 @njit(cache=True)
@@ -93,7 +35,7 @@ def vec_soft_max(y, yo, x, xo, n, mx, lo, hi):
         y[yo + i] = np.float32(0.0)
     for b in range(b_lo, b_hi, 8):
         for lane in range(8):
-            y[yo + b + lane] = expf_avx2(x[xo + b + lane] - mx)
+            y[yo + b + lane] = v_expf(x[xo + b + lane] - mx)
         o = yo + b
         total += np.float64(hsum8_tinyblas(y[o], y[o + 1], y[o + 2], y[o + 3], y[o + 4], y[o + 5], y[o + 6], y[o + 7]))
     for i in range(n8, n):
