@@ -1,4 +1,4 @@
-"""Whole models on the GPU against the CPU backend, on random-weight GGUFs written by the test.
+"""Whole models on the GPU against the CPU backend (float32 arithmetic), on random-weight GGUFs written by the test.
 
 Full offload (`-ngl -1`) and partial offload (`-ngl 1` of 2 layers: activations cross the bus at the
 boundary; the CPU layer's matmuls over 32 or more tokens run on the GPU), the GPU's part of a decode step
@@ -20,6 +20,12 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not cuda_available(), reason=cuda_unavailable_reason() or "no CUDA GPU"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def float32_cpu_reference(monkeypatch):
+    """The GPU computes in float32, so its reference is the CPU's float32 arithmetic, not llama.cpp's."""
+    monkeypatch.setenv("EMBEDKIT_CPU_MATH", "float32")
 
 
 @pytest.fixture(scope="module")
