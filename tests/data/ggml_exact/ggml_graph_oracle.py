@@ -9,76 +9,33 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-GGML_MAX_DIMS = 4
-GGML_MAX_SRC = 10
-GGML_MAX_NAME = 64
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ggml_ctypes.py is here; tests may load this file by path
+from ggml_ctypes import InitParams, load_ggml, tensor_struct  # noqa: E402
 
 TYPE_F32, TYPE_F16, TYPE_Q5_0, TYPE_Q8_0, TYPE_I32 = 0, 1, 6, 8, 26
 ROPE_NORMAL, ROPE_NEOX = 0, 2
-
-
-class GGMLTensor(ctypes.Structure):
-    """`struct ggml_tensor` of the ggml bundled with llama-cpp-python 0.3.36 (include/ggml.h)."""
-
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("buffer", ctypes.c_void_p),
-        ("ne", ctypes.c_int64 * GGML_MAX_DIMS),
-        ("nb", ctypes.c_size_t * GGML_MAX_DIMS),
-        ("op", ctypes.c_int),
-        ("op_params", ctypes.c_int32 * 16),
-        ("flags", ctypes.c_int32),
-        ("src", ctypes.c_void_p * GGML_MAX_SRC),
-        ("view_src", ctypes.c_void_p),
-        ("view_offs", ctypes.c_size_t),
-        ("data", ctypes.c_void_p),
-        ("name", ctypes.c_char * GGML_MAX_NAME),
-        ("extra", ctypes.c_void_p),
-        ("padding", ctypes.c_char * 8),
-    ]
-
-
-class InitParams(ctypes.Structure):
-    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-
-
-def lib_dir() -> Path:
-    import llama_cpp
-
-    return Path(llama_cpp.__file__).parent / "lib"
 
 
 class Oracle:
     """ctypes handles on ggml; methods take and return numpy arrays (shape = reversed ggml ne)."""
 
     def __init__(self, n_threads: int = 2):
-        d = lib_dir()
-        self.base = ctypes.CDLL(str(d / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
-        self.cpu = ctypes.CDLL(str(d / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+        self.base, self.cpu = load_ggml()
         self.n_threads = n_threads
-        P, T = ctypes.c_void_p, ctypes.POINTER(GGMLTensor)
+        P = ctypes.c_void_p
         b, c = self.base, self.cpu
-        b.ggml_init.restype, b.ggml_init.argtypes = P, [InitParams]
-        b.ggml_free.argtypes = [P]
-        for n in (1, 2, 3):
-            f = getattr(b, f"ggml_new_tensor_{n}d")
-            f.restype, f.argtypes = T, [P, ctypes.c_int] + [ctypes.c_int64] * n
         for name in ("ggml_add", "ggml_mul", "ggml_get_rows", "ggml_geglu_split", "ggml_swiglu_split"):
             f = getattr(b, name)
-            f.restype, f.argtypes = T, [P, T, T]
-        b.ggml_rms_norm.restype, b.ggml_rms_norm.argtypes = T, [P, T, ctypes.c_float]
-        b.ggml_scale.restype, b.ggml_scale.argtypes = T, [P, T, ctypes.c_float]
-        b.ggml_rope_ext.restype = T
-        b.ggml_rope_ext.argtypes = [P, T, T, T, ctypes.c_int, ctypes.c_int, ctypes.c_int] + [ctypes.c_float] * 6
-        b.ggml_new_graph.restype, b.ggml_new_graph.argtypes = P, [P]
-        b.ggml_build_forward_expand.argtypes = [P, T]
-        c.ggml_graph_compute_with_ctx.restype = ctypes.c_int
-        c.ggml_graph_compute_with_ctx.argtypes = [P, P, ctypes.c_int]
-        c.ggml_cpu_init()
+            f.restype, f.argtypes = P, [P, P, P]
+        b.ggml_rms_norm.restype, b.ggml_rms_norm.argtypes = P, [P, P, ctypes.c_float]
+        b.ggml_scale.restype, b.ggml_scale.argtypes = P, [P, P, ctypes.c_float]
+        b.ggml_rope_ext.restype = P
+        b.ggml_rope_ext.argtypes = [P, P, P, P, ctypes.c_int, ctypes.c_int, ctypes.c_int] + [ctypes.c_float] * 6
         self.gelu_table_ptr = ctypes.cast(c.ggml_table_gelu_f16, ctypes.c_void_p).value
 
     # -- plumbing -------------------------------------------------------------------------------------
@@ -88,7 +45,7 @@ class Oracle:
     def _tensor(self, ctx, ttype: int, ne: tuple[int, ...], raw: bytes | None = None):
         t = getattr(self.base, f"ggml_new_tensor_{len(ne)}d")(ctx, ttype, *ne)
         if raw is not None:
-            ctypes.memmove(t.contents.data, raw, len(raw))
+            ctypes.memmove(tensor_struct(t).data, raw, len(raw))
         return t
 
     def _f32(self, ctx, a: np.ndarray):
@@ -98,7 +55,7 @@ class Oracle:
     @staticmethod
     def _read(t, shape: tuple[int, ...]) -> np.ndarray:
         n = int(np.prod(shape))
-        buf = (ctypes.c_float * n).from_address(t.contents.data)
+        buf = (ctypes.c_float * n).from_address(tensor_struct(t).data)
         return np.frombuffer(buf, dtype=np.float32, count=n).reshape(shape).copy()
 
     def _compute(self, ctx, out):
@@ -136,7 +93,7 @@ class Oracle:
         ctx = self._ctx(4 * x.nbytes)
         try:
             norm = self.base.ggml_rms_norm(ctx, self._f32(ctx, x), eps)
-            ctypes.memset(norm.contents.data, 0xFF, x.nbytes)
+            ctypes.memset(tensor_struct(norm).data, 0xFF, x.nbytes)
             out = self.base.ggml_mul(ctx, norm, self._f32(ctx, w))
             self._compute(ctx, out)
             fused = bool(np.isnan(self._read(norm, x.shape)).all())

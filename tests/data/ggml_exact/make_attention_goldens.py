@@ -17,10 +17,13 @@ llamafile_sgemm and a whole attention graph (`Oracle.attention`).
 from __future__ import annotations
 
 import ctypes
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ggml_ctypes.py is here; tests load this file by path
+from ggml_ctypes import ComputeParams, InitParams, load_ggml, tensor_struct  # noqa: E402
 
 GGML_F32, GGML_F16, GGML_I64 = 0, 1, 27
 OUT = Path(__file__).with_name("attention.npz")
@@ -38,47 +41,6 @@ CASES = {
 }
 
 
-class _InitParams(ctypes.Structure):
-    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-
-
-class _ComputeParams(ctypes.Structure):
-    """struct ggml_compute_params (ggml-cpu-impl.h)."""
-
-    _fields_ = [
-        ("ith", ctypes.c_int),
-        ("nth", ctypes.c_int),
-        ("wsize", ctypes.c_size_t),
-        ("wdata", ctypes.c_void_p),
-        ("threadpool", ctypes.c_void_p),
-        ("use_ref", ctypes.c_bool),
-    ]
-
-
-class _Tensor(ctypes.Structure):
-    """The leading fields of struct ggml_tensor (ggml.h) up to `data`."""
-
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("buffer", ctypes.c_void_p),
-        ("ne", ctypes.c_int64 * 4),
-        ("nb", ctypes.c_size_t * 4),
-        ("op", ctypes.c_int),
-        ("op_params", ctypes.c_int32 * 16),
-        ("flags", ctypes.c_int32),
-        ("src", ctypes.c_void_p * 10),
-        ("view_src", ctypes.c_void_p),
-        ("view_offs", ctypes.c_size_t),
-        ("data", ctypes.c_void_p),
-    ]
-
-
-def _lib_dir() -> str:
-    import llama_cpp
-
-    return os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
-
-
 def _ptr(a: np.ndarray) -> ctypes.c_void_p:
     return a.ctypes.data_as(ctypes.c_void_p)
 
@@ -87,37 +49,26 @@ class Oracle:
     """ggml's own CPU kernels, called through ctypes."""
 
     def __init__(self) -> None:
-        d = _lib_dir()
-        self.base = ctypes.CDLL(os.path.join(d, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
-        self.cpu = ctypes.CDLL(os.path.join(d, "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
-        self.cpu.ggml_cpu_init()
+        self.base, self.cpu = load_ggml()
         vp, i64, sz = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t
         b, c = self.base, self.cpu
         c.ggml_vec_dot_f16.argtypes = [ctypes.c_int, vp, sz, vp, sz, vp, sz, ctypes.c_int]
         c.ggml_vec_soft_max_f32.argtypes = [ctypes.c_int, vp, vp, ctypes.c_float]
         c.ggml_vec_soft_max_f32.restype = ctypes.c_double
         c.ggml_cpu_fp32_to_fp16.argtypes = [vp, vp, i64]
-        c.llamafile_sgemm.argtypes = [vp, i64, i64, i64, vp, i64, vp, i64, vp, i64] + [ctypes.c_int] * 3
+        # as make_quant_goldens.py declares it: the libraries (load_ggml's handles) are shared in a process
+        sgemm_args = [ctypes.POINTER(ComputeParams), i64, i64, i64, vp, i64, vp, i64, vp, i64] + [ctypes.c_int] * 3
+        c.llamafile_sgemm.argtypes = sgemm_args
         c.llamafile_sgemm.restype = ctypes.c_bool
-        c.ggml_graph_compute_with_ctx.argtypes = [vp, vp, ctypes.c_int]
-        b.ggml_init.argtypes = [_InitParams]
-        b.ggml_init.restype = vp
-        b.ggml_free.argtypes = [vp]
-        for name, n in (("ggml_new_tensor_1d", 1), ("ggml_new_tensor_2d", 2), ("ggml_new_tensor_3d", 3)):
-            getattr(b, name).argtypes = [vp, ctypes.c_int] + [i64] * n
-            getattr(b, name).restype = vp
         b.ggml_view_4d.argtypes = [vp, vp, i64, i64, i64, i64, sz, sz, sz, sz]
         b.ggml_permute.argtypes = [vp, vp] + [ctypes.c_int] * 4
-        b.ggml_mul_mat.argtypes = [vp, vp, vp]
         b.ggml_soft_max_ext.argtypes = [vp, vp, vp, ctypes.c_float, ctypes.c_float]
         b.ggml_scale.argtypes = [vp, vp, ctypes.c_float]
         b.ggml_cont_2d.argtypes = [vp, vp, i64, i64]
         b.ggml_reshape_2d.argtypes = [vp, vp, i64, i64]
         b.ggml_set_rows.argtypes = [vp, vp, vp, vp]
-        b.ggml_new_graph.argtypes = [vp]
-        b.ggml_build_forward_expand.argtypes = [vp, vp]
-        for name in ("ggml_view_4d", "ggml_permute", "ggml_mul_mat", "ggml_soft_max_ext", "ggml_scale",
-                     "ggml_cont_2d", "ggml_reshape_2d", "ggml_set_rows", "ggml_new_graph"):  # fmt: skip
+        for name in ("ggml_view_4d", "ggml_permute", "ggml_soft_max_ext", "ggml_scale", "ggml_cont_2d",
+                     "ggml_reshape_2d", "ggml_set_rows"):  # fmt: skip
             getattr(b, name).restype = vp
         # a zeroed stand-in for struct ggml_threadpool: with one thread ggml_barrier returns at once
         # (OpenMP build) and the chunk counter lives inside it
@@ -152,7 +103,7 @@ class Oracle:
         b = np.ascontiguousarray(b, dtype=np.uint16)
         (m, k), n = a.shape, b.shape[0]
         c = np.zeros((n, m), dtype=np.float32)
-        params = _ComputeParams(0, 1, 0, None, self._pool.ctypes.data, False)
+        params = ComputeParams(0, 1, 0, None, self._pool.ctypes.data, False)
         ok = self.cpu.llamafile_sgemm(
             ctypes.byref(params), m, n, k, _ptr(a), k, _ptr(b), k, _ptr(c), m, GGML_F16, GGML_F16, GGML_F32
         )
@@ -184,7 +135,7 @@ class Oracle:
         n_embd = n_head_kv * hd
         n_cells = -(-n_ctx // 256) * 256
         n_kv = min(n_cells, max(256, -(-(pos0 + n) // 256) * 256))
-        ctx = b.ggml_init(_InitParams(256 * 1024 * 1024, None, False))
+        ctx = b.ggml_init(InitParams(256 * 1024 * 1024, None, False))
         try:
             kc = b.ggml_new_tensor_2d(ctx, GGML_F16, n_embd, n_cells)
             vc = b.ggml_new_tensor_1d(ctx, GGML_F16, n_embd * n_cells)
@@ -250,7 +201,7 @@ class Oracle:
 
     @staticmethod
     def _data(t) -> int:
-        return ctypes.cast(t, ctypes.POINTER(_Tensor)).contents.data
+        return tensor_struct(t).data
 
     def _read(self, t, shape: tuple[int, ...]) -> np.ndarray:
         """A contiguous float32 tensor's data."""

@@ -21,55 +21,40 @@ The functions here are also the live oracles of tests/test_ggml_exact_kquant_pat
 from __future__ import annotations
 
 import ctypes
+import functools
+import sys
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # ggml_ctypes.py is here; tests may load this file by path
+from ggml_ctypes import (  # noqa: E402
+    GGML_F32,
+    GGMLTensor,
+    InitParams,
+    eval_golden_prompt,
+    load_ggml,
+    read_tensor,
+    tensor_struct,
+)
+
 MODELS_DATA = HERE.parent / "models"
 TYPE_F32, TYPE_Q4_K, TYPE_Q6_K = 0, 12, 14
 Q4_K_BYTES, Q6_K_BYTES, Q8_K_BYTES, Q8_KX4_BYTES = 144, 210, 292, 1168
 
-_libs: dict[str, ctypes.CDLL] = {}
 
-
-class _InitParams(ctypes.Structure):
-    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-
-
+@functools.cache
 def ggml_cpu() -> ctypes.CDLL:
-    """llama-cpp-python's libggml-cpu (libggml-base loaded globally first), with the signatures used here."""
-    if "cpu" in _libs:
-        return _libs["cpu"]
-    import llama_cpp
-
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    base = ctypes.CDLL(str(lib_dir / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
-    cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+    """llama-cpp-python's libggml-cpu (ggml_ctypes.load_ggml), with the repack kernels used here declared."""
+    _, cpu = load_ggml()
     vp, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    cpu.ggml_cpu_init.restype = None
-    cpu.ggml_cpu_init()
     for name in ("quantize_row_q8_K", "ggml_quantize_mat_q8_K_4x8"):
         getattr(cpu, name).argtypes = [vp, vp, i64]
         getattr(cpu, name).restype = None
     for name in ("ggml_gemv_q4_K_8x8_q8_K", "ggml_gemm_q4_K_8x8_q8_K"):
         getattr(cpu, name).argtypes = [c_int, vp, ctypes.c_size_t, vp, vp, c_int, c_int]
         getattr(cpu, name).restype = None
-    base.ggml_init.argtypes = [_InitParams]
-    base.ggml_init.restype = vp
-    base.ggml_free.argtypes = [vp]
-    base.ggml_new_tensor_2d.argtypes = [vp, c_int, i64, i64]
-    base.ggml_new_tensor_2d.restype = vp
-    base.ggml_mul_mat.argtypes = [vp, vp, vp]
-    base.ggml_mul_mat.restype = vp
-    base.ggml_new_graph.argtypes = [vp]
-    base.ggml_new_graph.restype = vp
-    base.ggml_build_forward_expand.argtypes = [vp, vp]
-    base.ggml_get_data.argtypes = [vp]
-    base.ggml_get_data.restype = vp
-    cpu.ggml_graph_compute_with_ctx.argtypes = [vp, vp, c_int]
-    cpu.ggml_graph_compute_with_ctx.restype = c_int
-    _libs["base"], _libs["cpu"] = base, cpu
     return cpu
 
 
@@ -114,14 +99,13 @@ def oracle_mul_mat_repack(w_x8: np.ndarray, n_out: int, x: np.ndarray) -> np.nda
 
 def oracle_mul_mat_graph(w: np.ndarray, ggml_type: int, x: np.ndarray, n_threads: int = 2) -> np.ndarray:
     """float32 [n_tok, n_out]: MUL_MAT of a ggml graph, weight w (uint8 [n_out, row_bytes]) of ggml_type, F32 x."""
-    ggml_cpu()
-    base, cpu = _libs["base"], _libs["cpu"]
+    base, cpu = load_ggml()
     w = np.ascontiguousarray(w, np.uint8)
     x = np.ascontiguousarray(x, np.float32)
     n_out, (n_tok, k) = w.shape[0], x.shape
     # weights, activations, output, graph, and the work buffer (Q8_K rows + a 512 KiB tile slot per thread)
     mem = w.nbytes + 2 * x.nbytes + 4 * n_out * n_tok + ((n_threads + 4) << 20)
-    ctx = base.ggml_init(_InitParams(mem, None, False))
+    ctx = base.ggml_init(InitParams(mem, None, False))
     try:
         tw = base.ggml_new_tensor_2d(ctx, ggml_type, k, n_out)
         tx = base.ggml_new_tensor_2d(ctx, TYPE_F32, k, n_tok)
@@ -178,59 +162,28 @@ def random_activations(rng: np.random.Generator, n_tok: int, k: int) -> np.ndarr
 def dump_mul_mat_io(model_path: str, golden: str, weights: set[str], decode: bool = False) -> dict[str, np.ndarray]:
     """llama.cpp's MUL_MAT nodes whose weight is in `weights` on the golden's English prompt.
 
-    Settings of dump_llama_cpp_tensors.py (CPU, 2 threads, n_ctx 512, one batch). decode: record the last
-    token's single-token step. Returns {weight + '/x': input rows [n_tok, k], weight + '/y': [n_tok, n_out]}.
+    Settings of dump_llama_cpp_tensors.py (ggml_ctypes.eval_golden_prompt: CPU, 2 threads, n_ctx 512, one
+    batch). decode: record the last token's single-token step. Returns {weight + '/x': input rows
+    [n_tok, k], weight + '/y': [n_tok, n_out]}.
     """
-    import sys
-
-    import llama_cpp as lc
-
-    sys.path.insert(0, str(MODELS_DATA))
-    from dump_llama_cpp_tensors import GGML_F32, GGMLTensor, _read
-
     saved: dict[str, np.ndarray] = {}
-    recording = [not decode]
 
     def weight_of(t: GGMLTensor) -> str | None:
         if not t.src[0]:
             return None
-        name = ctypes.cast(t.src[0], ctypes.POINTER(GGMLTensor)).contents.name.decode()
+        name = tensor_struct(t.src[0]).name.decode()
         return name if name in weights else None
 
-    @lc.ggml_backend_sched_eval_callback
-    def on_tensor(ptr, ask, _user_data):
-        t = ctypes.cast(ptr, ctypes.POINTER(GGMLTensor)).contents
-        w = weight_of(t) if recording[0] else None
+    def on_tensor(t: GGMLTensor, ask: bool) -> bool:
+        w = weight_of(t)
         if ask:
             return w is not None
         if w is not None and t.type == GGML_F32:
-            src1 = ctypes.cast(t.src[1], ctypes.POINTER(GGMLTensor)).contents
-            x, y = _read(src1), _read(t)
+            x, y = read_tensor(tensor_struct(t.src[1])), read_tensor(t)
             saved[w + "/x"], saved[w + "/y"] = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
         return True
 
-    tokens = [int(x) for x in np.load(golden)["en/tokens"]]
-    lc.llama_backend_init()
-    model = lc.llama_model_load_from_file(model_path.encode(), lc.llama_model_default_params())
-    params = lc.llama_context_default_params()
-    params.n_ctx, params.n_batch, params.n_ubatch = 512, 512, 512
-    params.n_threads = params.n_threads_batch = 2
-    params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    params.cb_eval, params.cb_eval_user_data = on_tensor, None
-    ctx = lc.llama_init_from_model(model, params)
-    batch = lc.llama_batch_init(len(tokens), 0, 1)
-    parts = [(0, len(tokens) - 1), (len(tokens) - 1, len(tokens))] if decode else [(0, len(tokens))]
-    for start, stop in parts:
-        for j, i in enumerate(range(start, stop)):
-            batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = tokens[i], i, 1, 1
-            batch.seq_id[j][0] = 0
-        batch.n_tokens = stop - start
-        recording[0] = not decode or start > 0
-        if lc.llama_decode(ctx, batch) != 0:
-            raise RuntimeError("llama_decode failed")
-    lc.llama_batch_free(batch)
-    lc.llama_free(ctx)
-    lc.llama_model_free(model)
+    eval_golden_prompt(model_path, golden, on_tensor, decode)
     return saved
 
 

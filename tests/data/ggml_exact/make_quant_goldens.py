@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # ggml_ctypes.py is here; tests load this file by path
+from ggml_ctypes import ComputeParams, InitParams, lib_dir, load_ggml  # noqa: E402
+
 OUT = HERE / "quant.npz"
 
 # ggml type id -> (block elements, block bytes, vec_dot symbol, activation type id)
@@ -28,39 +32,11 @@ WEIGHT_TYPES = {
 ACT_TYPES = {8: (32, 34, "quantize_row_q8_0"), 9: (32, 36, "quantize_row_q8_1"), 15: (256, 292, "quantize_row_q8_K")}
 
 
-class _InitParams(ctypes.Structure):
-    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-
-
-class _ComputeParams(ctypes.Structure):
-    # struct ggml_compute_params (ggml-cpu-impl.h); tinyBLAS only reads ith/nth
-    _fields_ = [
-        ("ith", ctypes.c_int),
-        ("nth", ctypes.c_int),
-        ("wsize", ctypes.c_size_t),
-        ("wdata", ctypes.c_void_p),
-        ("threadpool", ctypes.c_void_p),
-        ("use_ref", ctypes.c_bool),
-    ]
-
-
-def lib_dir() -> Path | None:
-    """Directory of llama_cpp's bundled ggml libraries, or None when llama_cpp is not installed."""
-    try:
-        import llama_cpp
-    except ImportError:
-        return None
-    d = Path(llama_cpp.__file__).parent / "lib"
-    return d if (d / "libggml-cpu.so").exists() else None
-
-
 class Oracle:
     """ggml's x86 kernels (libggml-cpu.so of llama-cpp-python) called through ctypes."""
 
     def __init__(self, directory: Path) -> None:
-        ctypes.CDLL(os.fspath(directory / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
-        self.lib = ctypes.CDLL(os.fspath(directory / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
-        self.lib.ggml_cpu_init()
+        self.base, self.lib = load_ggml(directory)
         vp, i64 = ctypes.c_void_p, ctypes.c_int64
         for _, _, name in ACT_TYPES.values():
             getattr(self.lib, name).argtypes = [vp, vp, i64]
@@ -68,23 +44,8 @@ class Oracle:
             fn = getattr(self.lib, name)
             fn.argtypes = [ctypes.c_int, vp, ctypes.c_size_t, vp, ctypes.c_size_t, vp, ctypes.c_size_t, ctypes.c_int]
         fn = self.lib.llamafile_sgemm
-        fn.argtypes = [ctypes.POINTER(_ComputeParams), i64, i64, i64, vp, i64, vp, i64, vp, i64] + [ctypes.c_int] * 3
+        fn.argtypes = [ctypes.POINTER(ComputeParams), i64, i64, i64, vp, i64, vp, i64, vp, i64] + [ctypes.c_int] * 3
         fn.restype = ctypes.c_bool
-        base = ctypes.CDLL(os.fspath(directory / "libggml-base.so"))
-        self.base = base
-        base.ggml_init.argtypes = [_InitParams]
-        base.ggml_init.restype = vp
-        base.ggml_free.argtypes = [vp]
-        base.ggml_new_tensor_2d.argtypes = [vp, ctypes.c_int, i64, i64]
-        base.ggml_new_tensor_2d.restype = vp
-        base.ggml_mul_mat.argtypes = [vp, vp, vp]
-        base.ggml_mul_mat.restype = vp
-        base.ggml_new_graph.argtypes = [vp]
-        base.ggml_new_graph.restype = vp
-        base.ggml_build_forward_expand.argtypes = [vp, vp]
-        base.ggml_get_data.argtypes = [vp]
-        base.ggml_get_data.restype = vp
-        self.lib.ggml_graph_compute_with_ctx.argtypes = [vp, vp, ctypes.c_int]
 
     def quantize(self, act_type: int, x: np.ndarray) -> np.ndarray:
         """ggml's from_float for act_type (8, 9, 15) on each row of float32 x."""
@@ -117,7 +78,7 @@ class Oracle:
         m, n, k = w.shape[0], xq.shape[0], n_cols // block
         out = np.zeros((n, m), np.float32)
         for ith in range(nth):
-            params = _ComputeParams(ith, nth, 0, None, None, False)
+            params = ComputeParams(ith, nth, 0, None, None, False)
             ok = self.lib.llamafile_sgemm(
                 ctypes.byref(params), m, n, k, w.ctypes.data, w.shape[1] // wsize,
                 xq.ctypes.data, xq.shape[1] // asize, out.ctypes.data, m, w_type, act, 0,
@@ -134,7 +95,7 @@ class Oracle:
         w = np.ascontiguousarray(w)
         x = np.ascontiguousarray(x, dtype=np.float32)
         size = w.nbytes + 4 * x.size + 4 * w.shape[0] * x.shape[0] + 2 * x.nbytes + (64 << 20)
-        ctx = base.ggml_init(_InitParams(size, None, False))
+        ctx = base.ggml_init(InitParams(size, None, False))
         try:
             a = base.ggml_new_tensor_2d(ctx, w_type, n_cols, w.shape[0])
             b = base.ggml_new_tensor_2d(ctx, 0, n_cols, x.shape[0])
