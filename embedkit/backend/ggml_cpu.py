@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from embedkit.backend.base import Array, KVCache, Weight
+from embedkit.backend.base import Array, KVCache, RopeStyle, Weight
 from embedkit.backend.cpu import CPUBackend
 from embedkit.errors import InputError
 from embedkit.gguf.types import GGMLType
@@ -24,10 +24,7 @@ from embedkit.kernels.cpu.ggml_exact import attention as exact_attention
 from embedkit.kernels.cpu.ggml_exact import dots, elementwise, glu, rope
 
 # Weight types whose matmuls follow llama.cpp (quantized activations, ggml's kernel per type and batch size).
-EXACT_MATMUL_TYPES = frozenset(
-    {GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q4_1, GGMLType.Q4_K, GGMLType.Q6_K}
-)
-
+EXACT_MATMUL_TYPES = frozenset({GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q4_1, GGMLType.Q4_K, GGMLType.Q6_K})
 
 CPU_MATH_CHOICES = ("llama.cpp", "float32")
 
@@ -94,7 +91,9 @@ class GGMLCPUBackend(CPUBackend):
         return elementwise.rms_norm_mul(x, w.data, eps)
 
     # -- positions and attention ---------------------------------------------------------
-    def rope(self, x, positions, n_rot, base, style, freq_scale=1.0):
+    def rope(
+        self, x: Array, positions: np.ndarray, n_rot: int, base: float, style: RopeStyle, freq_scale: float = 1.0
+    ) -> Array:
         """ggml_rope_ext (ext_factor 0, attn_factor 1)."""
         return rope.rope(x, positions, n_rot, base, style, freq_scale)
 
