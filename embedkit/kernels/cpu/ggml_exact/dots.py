@@ -1,12 +1,14 @@
 """Quantized matmuls whose float32 results equal llama.cpp's x86 AVX2 CPU kernels bit for bit.
 
 `mul_mat_vec_dot(w, ggml_type, xq, n_cols)[t, r]` is ggml_vec_dot_<type>_q8_<..>(weight row r, activation
-row t) for Q8_0 and Q5_0 (x Q8_0), Q4_1 (x Q8_1), Q4_K and Q6_K (x Q8_K); activations come from
+row t) for Q8_0 and Q5_0 (x Q8_0), Q4_1 (x Q8_1), Q4_K, Q5_K and Q6_K (x Q8_K); activations come from
 `ggml_exact.quantize`. Each block's integer dot is the same 8 int32 lanes as ggml's (lane l sums elements
 4l..4l+3 of a 32-byte group, with the group's scale where there is one), converted to float and fused-
 multiply-added into 8 float lanes; the lanes are summed in hsum_float_8's order ((0+4)+(2+6))+((1+5)+(3+7)).
-`mul_mat_tiled` is ggml's tiled K-quant matmul (ggml-cpu/tiled), which MUL_MAT uses for Q4_K/Q6_K from 8
-activation rows on. `mul_mat_q` quantizes float32 activations and picks the kernel ggml picks.
+(Q5_K's mins term is a scalar: per block, summs = fma(-d_x * dmin_w, float(mins . bsums), summs), added last.)
+`mul_mat_tiled` is ggml's tiled K-quant matmul (ggml-cpu/tiled), which MUL_MAT uses for Q4_K/Q5_K/Q6_K from 8
+activation rows on (x86 does not repack Q5_K/Q6_K). `mul_mat_q` quantizes float32 activations and picks the
+kernel ggml picks.
 
 The kernels are LLVM vector IR (Numba does not vectorise these lane patterns itself): on AVX2 the integer
 dot uses the very instructions ggml uses (vpsignb, vpmaddubsw, vpmaddwd), elsewhere portable IR with the
@@ -30,10 +32,13 @@ from numba.extending import intrinsic
 
 from embedkit.kernels.cpu.ggml_exact.quantize import quantize_q8_0, quantize_q8_1, quantize_q8_K
 
-Q4_1, Q5_0, Q8_0, Q4_K, Q6_K = 3, 6, 8, 12, 14
+Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K = 3, 6, 8, 12, 13, 14
 
 # weight type -> (elements per block, weight block bytes, activation block bytes)
-_LAYOUT = {Q8_0: (32, 34, 34), Q5_0: (32, 22, 34), Q4_1: (32, 20, 36), Q4_K: (256, 144, 292), Q6_K: (256, 210, 292)}
+_LAYOUT = {
+    Q8_0: (32, 34, 34), Q5_0: (32, 22, 34), Q4_1: (32, 20, 36), Q4_K: (256, 144, 292), Q5_K: (256, 176, 292),
+    Q6_K: (256, 210, 292),
+}
 
 _TILE = 4  # activation rows per call of a tile kernel: a weight block is decoded once for all of them
 
@@ -301,6 +306,45 @@ class _Q4_K:
         return builder.fadd(_hsum8(builder, acc[0]), _hsum4(builder, acc[1]))
 
 
+class _Q5_K(_Q4_K):
+    w_bytes = 176
+
+    @staticmethod
+    def init():
+        return [ir.Constant(_V8F32, [0.0] * 8), ir.Constant(_F32, 0.0)]
+
+    @staticmethod
+    def decode(builder, wb):
+        sm = _k4_scales(builder, wb)
+        scales = [_shuffle(builder, sm, [i] * 16) for i in range(8)]
+        mins = _shuffle(builder, sm, range(8, 16))
+        qh = _load(builder, wb, 16, _V32I8)
+        quants = []
+        for j in range(4):
+            q5 = _load(builder, wb, 48 + 32 * j, _V32I8)
+            lows = (builder.and_(q5, _splat(_V32I8, 15)), builder.lshr(q5, _splat(_V32I8, 4)))
+            for half, lo in enumerate(lows):  # the fifth bit of sub-block 2j + half is bit 2j + half of qh
+                h = builder.and_(builder.lshr(qh, _splat(_V32I8, 2 * j + half)), _splat(_V32I8, 1))
+                quants.append(builder.or_(lo, builder.shl(h, _splat(_V32I8, 4))))
+        return _f16(builder, wb, 0), _f16(builder, wb, 2), scales, mins, quants
+
+    @staticmethod
+    def update(builder, dec, xb, acc):
+        # as Q4_K's, except that the mins' integer dot is summed to one int32 and fused into a scalar
+        dw, dminw = dec[:2]
+        yd = _load(builder, xb, 0, _F32)
+        d = builder.fmul(yd, dw)
+        dmin = builder.fmul(builder.fneg(yd), dminw)
+        sumi, prod = _Q4_K.ints(builder, dec, xb)
+        summs = _fma(builder, dmin, builder.sitofp(_reduce_add(builder, prod), _F32), acc[1])
+        acc_v = _fma(builder, _broadcast(builder, d, _V8F32), builder.sitofp(sumi, _V8F32), acc[0])
+        return [acc_v, summs]
+
+    @staticmethod
+    def finish(builder, acc):
+        return builder.fadd(_hsum8(builder, acc[0]), acc[1])
+
+
 class _Q6_K:
     w_bytes, x_bytes = 210, 292
 
@@ -382,6 +426,13 @@ class _Q4_K_tiled(_Q4_K):
     @staticmethod
     def finish(builder, acc):
         return acc[0]
+
+
+class _Q5_K_tiled(_Q5_K):
+    # ggml runs Q5_K through the same tiled microkernel as Q4_K (5-bit codes in the same byte lanes)
+    init = staticmethod(_Q4_K_tiled.init)
+    update = staticmethod(_Q4_K_tiled.update)
+    finish = staticmethod(_Q4_K_tiled.finish)
 
 
 # ggml's repacked Q4_K kernels (q4_K_8x8_q8_K, arch/x86/repack.cpp) per output keep two float accumulators fed
@@ -496,8 +547,10 @@ _q5_0_1, _q5_0_n = _make_tile(_Q5_0, 1), _make_tile(_Q5_0, _TILE)
 _q4_1_1, _q4_1_n = _make_tile(_Q4_1, 1), _make_tile(_Q4_1, _TILE)
 _q4_k_1, _q4_k_n = _make_tile(_Q4_K, 1), _make_tile(_Q4_K, _TILE)
 _q6_k_1, _q6_k_n = _make_tile(_Q6_K, 1), _make_tile(_Q6_K, _TILE)
+_q5_k_1, _q5_k_n = _make_tile(_Q5_K, 1), _make_tile(_Q5_K, _TILE)
 _q4_kt_1, _q4_kt_n = _make_tile(_Q4_K_tiled, 1), _make_tile(_Q4_K_tiled, _TILE)
 _q6_kt_1, _q6_kt_n = _make_tile(_Q6_K_tiled, 1), _make_tile(_Q6_K_tiled, _TILE)
+_q5_kt_1, _q5_kt_n = _make_tile(_Q5_K_tiled, 1), _make_tile(_Q5_K_tiled, _TILE)
 _q4_kgemv_1 = _make_tile(_Q4_K_gemv, 1)
 _q4_kgemm_1, _q4_kgemm_n = _make_tile(_Q4_K_gemm, 1), _make_tile(_Q4_K_gemm, _TILE)
 
@@ -519,6 +572,10 @@ def _tile_n(kernel, w, r, xq, t, nb):
         return _q6_k_n(w, r, xq, t, nb)
     if kernel == _TILED + Q4_K:
         return _q4_kt_n(w, r, xq, t, nb)
+    if kernel == Q5_K:
+        return _q5_k_n(w, r, xq, t, nb)
+    if kernel == _TILED + Q5_K:
+        return _q5_kt_n(w, r, xq, t, nb)
     if kernel == _GEMM:
         return _q4_kgemm_n(w, r, xq, t, nb)
     return _q6_kt_n(w, r, xq, t, nb)
@@ -538,6 +595,10 @@ def _tile_1(kernel, w, r, xq, t, nb):
         return _q6_k_1(w, r, xq, t, nb)[0]
     if kernel == _TILED + Q4_K:
         return _q4_kt_1(w, r, xq, t, nb)[0]
+    if kernel == Q5_K:
+        return _q5_k_1(w, r, xq, t, nb)[0]
+    if kernel == _TILED + Q5_K:
+        return _q5_kt_1(w, r, xq, t, nb)[0]
     if kernel == _GEMV:
         return _q4_kgemv_1(w, r, xq, t, nb)[0]
     if kernel == _GEMM:
@@ -589,8 +650,8 @@ def _run(w: np.ndarray, ggml_type: int, xq: np.ndarray, n_cols: int, kernel: int
 def mul_mat_vec_dot(w: np.ndarray, ggml_type: int, xq: np.ndarray, n_cols: int) -> np.ndarray:
     """float32 [n_tok, n_out]: out[t, r] = ggml x86 vec_dot of weight row w[r] and activation row xq[t].
 
-    w: uint8 [n_out, row_bytes] rows of ggml type Q8_0 (8), Q5_0 (6), Q4_1 (3), Q4_K (12) or Q6_K (14);
-    xq: uint8 [n_tok, bytes] rows of the matching activation type (Q8_0, Q8_0, Q8_1, Q8_K, Q8_K) as the
+    w: uint8 [n_out, row_bytes] rows of ggml type Q8_0 (8), Q5_0 (6), Q4_1 (3), Q4_K (12), Q5_K (13) or Q6_K
+    (14); xq: uint8 [n_tok, bytes] rows of the matching activation type (Q8_0, Q8_0, Q8_1, Q8_K...) as the
     `ggml_exact.quantize` functions make them; n_cols: elements per row. Parallel over weight rows; the
     result does not depend on the thread count. For Q8_0/Q5_0 this is also tinyBLAS_Q0_AVX's result.
     """
@@ -602,11 +663,11 @@ def mul_mat_vec_dot(w: np.ndarray, ggml_type: int, xq: np.ndarray, n_cols: int) 
 def mul_mat_tiled(w: np.ndarray, ggml_type: int, xq: np.ndarray, n_cols: int) -> np.ndarray:
     """float32 [n_tok, n_out] as ggml's tiled K-quant matmul (ggml-cpu/tiled, AVX2) computes it.
 
-    Q4_K (12) or Q6_K (14) weight rows w times Q8_K activation rows xq. Per output and super-block it sums
-    the whole block's integer dot exactly, scales it once by the weight's d (Q4_K: minus dmin times the
-    mins' dot, fused) and fused-multiply-adds that times the activation's d into one float accumulator.
+    Q4_K (12), Q5_K (13) or Q6_K (14) weight rows w times Q8_K activation rows xq. Per output and super-block
+    it sums the whole block's integer dot exactly, scales it once by the weight's d (Q4_K/Q5_K: minus dmin
+    times the mins' dot, fused) and fused-multiply-adds that times the activation's d into one float accumulator.
     """
-    if ggml_type not in (Q4_K, Q6_K):
+    if ggml_type not in (Q4_K, Q5_K, Q6_K):
         raise ValueError(f"ggml type {ggml_type} has no tiled kernel")
     return _run(w, ggml_type, xq, n_cols, _TILED + ggml_type)
 
@@ -632,7 +693,10 @@ def _repacked_q4_K(w: np.ndarray, xq: np.ndarray, n_cols: int) -> np.ndarray:
     return np.concatenate([_run(w, Q4_K, xq[:n4], n_cols, _GEMM), _run(w, Q4_K, xq[n4:], n_cols, _GEMV)])
 
 
-_ACTIVATION = {Q8_0: quantize_q8_0, Q5_0: quantize_q8_0, Q4_1: quantize_q8_1, Q4_K: quantize_q8_K, Q6_K: quantize_q8_K}
+_ACTIVATION = {
+    Q8_0: quantize_q8_0, Q5_0: quantize_q8_0, Q4_1: quantize_q8_1, Q4_K: quantize_q8_K, Q5_K: quantize_q8_K,
+    Q6_K: quantize_q8_K,
+}
 TILED_MIN_TOKENS = 8  # ggml_tiled_min_batch
 
 
@@ -640,10 +704,10 @@ def mul_mat_q(w: np.ndarray, ggml_type: int, x: np.ndarray, n_cols: int, repack:
     """ggml_compute_forward_mul_mat on the CPU (x86 AVX2) for quantized weights: float32 [n_tok, n_out].
 
     x (float32 [n_tok, n_cols]) is quantized to the weight type's vec_dot type (Q8_0 for Q8_0/Q5_0, Q8_1
-    for Q4_1, Q8_K for Q4_K/Q6_K) exactly as ggml does, then multiplied by the kernel ggml picks:
+    for Q4_1, Q8_K for Q4_K/Q5_K/Q6_K) exactly as ggml does, then multiplied by the kernel ggml picks:
     - Q4_K with n_out % 8 == 0, when `repack` (llama.cpp's model loader puts such weights in ggml's
       CPU_REPACK buffer; a tensor in a plain ggml buffer is not repacked): `mul_mat_q4_K_repacked`;
-    - Q4_K/Q6_K with n_tok >= 8: the tiled K-quant matmul (on by default; GGML_CPU_TILED_MM=0 turns it off
+    - Q4_K/Q5_K/Q6_K with n_tok >= 8: the tiled K-quant matmul (on by default; GGML_CPU_TILED_MM=0 turns it off
       in ggml), `mul_mat_tiled`;
     - Q8_0/Q5_0 with n_tok >= 2: llamafile_sgemm's tinyBLAS_Q0_AVX, which gives vec_dot's bits;
     - otherwise vec_dot per output, `mul_mat_vec_dot`.
@@ -672,6 +736,6 @@ def mul_mat_q_shared(weights: list[tuple[np.ndarray, int]], x: np.ndarray, n_col
 def _mul_mat_quantized(w: np.ndarray, ggml_type: int, xq: np.ndarray, n_cols: int, repack: bool) -> np.ndarray:
     if repack and ggml_type == Q4_K and w.shape[0] % 8 == 0:
         return _repacked_q4_K(w, xq, n_cols)
-    if ggml_type in (Q4_K, Q6_K) and xq.shape[0] >= TILED_MIN_TOKENS:
+    if ggml_type in (Q4_K, Q5_K, Q6_K) and xq.shape[0] >= TILED_MIN_TOKENS:
         return mul_mat_tiled(w, ggml_type, xq, n_cols)
     return mul_mat_vec_dot(w, ggml_type, xq, n_cols)
