@@ -40,7 +40,7 @@ def test_placement_for_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
     assert type(cpu_placement(2).for_decoder(quantized).layer(1)) is GGMLCPUBackend
     # float weights (and types without exact kernels) keep float32, closest to the model itself
     assert type(cpu_placement(2).for_decoder({int(GGMLType.F32)}).layer(0)) is CPUBackend
-    assert type(cpu_placement(2).for_decoder(quantized | {int(GGMLType.Q4_0)}).layer(0)) is CPUBackend
+    assert type(cpu_placement(2).for_decoder(quantized | {int(GGMLType.Q5_1)}).layer(0)) is CPUBackend
     monkeypatch.setenv("EMBEDKIT_CPU_MATH", "float32")
     assert type(cpu_placement(2).for_decoder(quantized).layer(0)) is CPUBackend
 

@@ -25,7 +25,7 @@ from embedkit.kernels.cpu.ggml_exact import dots, elementwise, glu, rope
 
 # Weight types whose matmuls follow llama.cpp (quantized activations, ggml's kernel per type and batch size).
 EXACT_MATMUL_TYPES = frozenset(
-    {GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q4_1, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K}
+    {GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K}
 )
 
 CPU_MATH_CHOICES = ("llama.cpp", "float32")

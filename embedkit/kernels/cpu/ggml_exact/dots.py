@@ -1,7 +1,7 @@
 """Quantized matmuls whose float32 results equal llama.cpp's x86 AVX2 CPU kernels bit for bit.
 
 `mul_mat_vec_dot(w, ggml_type, xq, n_cols)[t, r]` is ggml_vec_dot_<type>_q8_<..>(weight row r, activation
-row t) for Q8_0 and Q5_0 (x Q8_0), Q4_1 (x Q8_1), Q4_K, Q5_K and Q6_K (x Q8_K); activations come from
+row t) for Q8_0, Q5_0 and Q4_0 (x Q8_0), Q4_1 (x Q8_1), Q4_K, Q5_K and Q6_K (x Q8_K); activations come from
 `ggml_exact.quantize`. Each block's integer dot is the same 8 int32 lanes as ggml's (lane l sums elements
 4l..4l+3 of a 32-byte group, with the group's scale where there is one), converted to float and fused-
 multiply-added into 8 float lanes; the lanes are summed in hsum_float_8's order ((0+4)+(2+6))+((1+5)+(3+7)).
@@ -14,12 +14,15 @@ The kernels are LLVM vector IR (Numba does not vectorise these lane patterns its
 dot uses the very instructions ggml uses (vpsignb, vpmaddubsw, vpmaddwd), elsewhere portable IR with the
 same integer results.
 
-Batched Q8_0/Q5_0: for two or more activation rows ggml first offers the matmul to llamafile_sgemm, whose
+Batched Q8_0/Q5_0/Q4_0: for two or more activation rows ggml first offers the matmul to llamafile_sgemm, whose
 tinyBLAS_Q0_AVX takes Q8_0 and Q5_0 (also Q4_0, IQ4_NL) weights. Its kernels (gemm<RM,RN>, gemm4xN,
 gemmMx4) do per output exactly what vec_dot does: the same sign/maddubs/madd integer lanes, one
 _mm256_fmadd_ps of d_w * d_x (the same float32 product) per block in block order from zero, and an 8-lane
 horizontal sum in the same order. Only the tiling over outputs differs, so vec_dot's results are also
-tinyBLAS's (tests/test_ggml_exact_quant.py checks both against the library).
+tinyBLAS's (tests/test_ggml_exact_quant.py checks both against the library; tests/test_ggml_exact_q4_0.py
+for Q4_0).
+
+Q4_0 weights with n_out % 8 == 0 are repacked by llama.cpp (q4_0_8x8_q8_0): `mul_mat_q4_0_repacked`.
 """
 
 from __future__ import annotations
@@ -32,11 +35,16 @@ from numba.extending import intrinsic
 
 from embedkit.kernels.cpu.ggml_exact.quantize import quantize_q8_0, quantize_q8_1, quantize_q8_K
 
-Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K = 3, 6, 8, 12, 13, 14
+Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K = 2, 3, 6, 8, 12, 13, 14
 
 # weight type -> (elements per block, weight block bytes, activation block bytes)
 _LAYOUT = {
-    Q8_0: (32, 34, 34), Q5_0: (32, 22, 34), Q4_1: (32, 20, 36), Q4_K: (256, 144, 292), Q5_K: (256, 176, 292),
+    Q8_0: (32, 34, 34),
+    Q5_0: (32, 22, 34),
+    Q4_0: (32, 18, 34),
+    Q4_1: (32, 20, 36),
+    Q4_K: (256, 144, 292),
+    Q5_K: (256, 176, 292),
     Q6_K: (256, 210, 292),
 }
 
@@ -213,6 +221,36 @@ class _Q5_0(_Q8_0):
         high = builder.shl(builder.zext(bits, _V32I8), _splat(_V32I8, 4))
         qx = builder.sub(builder.or_(_nibbles(builder, wb, 6), high), _splat(_V32I8, 16))
         return _f16(builder, wb, 0), qx
+
+
+class _Q4_0(_Q8_0):
+    w_bytes = 18
+
+    @staticmethod
+    def decode(builder, wb):
+        return _f16(builder, wb, 0), builder.sub(_nibbles(builder, wb, 2), _splat(_V32I8, 8))
+
+
+# ggml's repacked Q4_0 kernels (q4_0_8x8_q8_0, arch/x86/repack.cpp, gemm and gemv alike) keep one float
+# accumulator per output: per block, acc = fma(float(exact integer dot), d_w * d_x, acc) from zero. The
+# interleaved layout and its nibble XOR only decide which lane holds which output and how the codes are
+# sign-extended (to the same q - 8), so this reads the plain GGUF layout.
+
+
+class _Q4_0_repacked(_Q4_0):
+    @staticmethod
+    def init():
+        return [ir.Constant(_F32, 0.0)]
+
+    @staticmethod
+    def update(builder, dec, xb, acc):
+        dw, qx = dec
+        isum = _reduce_add(builder, _dot_i8(builder, qx, _load(builder, xb, 2, _V32I8)))
+        return [_fma(builder, builder.sitofp(isum, _F32), builder.fmul(dw, _f16(builder, xb, 0)), acc[0])]
+
+    @staticmethod
+    def finish(builder, acc):
+        return acc[0]
 
 
 class _Q4_1:
@@ -544,6 +582,8 @@ def _make_tile(kind, n_rows):
 
 _q8_0_1, _q8_0_n = _make_tile(_Q8_0, 1), _make_tile(_Q8_0, _TILE)
 _q5_0_1, _q5_0_n = _make_tile(_Q5_0, 1), _make_tile(_Q5_0, _TILE)
+_q4_0_1, _q4_0_n = _make_tile(_Q4_0, 1), _make_tile(_Q4_0, _TILE)
+_q4_0r_1, _q4_0r_n = _make_tile(_Q4_0_repacked, 1), _make_tile(_Q4_0_repacked, _TILE)
 _q4_1_1, _q4_1_n = _make_tile(_Q4_1, 1), _make_tile(_Q4_1, _TILE)
 _q4_k_1, _q4_k_n = _make_tile(_Q4_K, 1), _make_tile(_Q4_K, _TILE)
 _q6_k_1, _q6_k_n = _make_tile(_Q6_K, 1), _make_tile(_Q6_K, _TILE)
@@ -556,6 +596,7 @@ _q4_kgemm_1, _q4_kgemm_n = _make_tile(_Q4_K_gemm, 1), _make_tile(_Q4_K_gemm, _TI
 
 _TILED = 100  # kernel code offset of the tiled K-quant variants
 _GEMV, _GEMM = 200, 201  # repacked Q4_K kernels
+_Q4_0_REPACK = 202  # repacked Q4_0 kernels (gemm and gemv give the same bits)
 
 
 @njit(cache=True, inline="always")
@@ -564,6 +605,10 @@ def _tile_n(kernel, w, r, xq, t, nb):
         return _q8_0_n(w, r, xq, t, nb)
     if kernel == Q5_0:
         return _q5_0_n(w, r, xq, t, nb)
+    if kernel == Q4_0:
+        return _q4_0_n(w, r, xq, t, nb)
+    if kernel == _Q4_0_REPACK:
+        return _q4_0r_n(w, r, xq, t, nb)
     if kernel == Q4_1:
         return _q4_1_n(w, r, xq, t, nb)
     if kernel == Q4_K:
@@ -587,6 +632,10 @@ def _tile_1(kernel, w, r, xq, t, nb):
         return _q8_0_1(w, r, xq, t, nb)[0]
     if kernel == Q5_0:
         return _q5_0_1(w, r, xq, t, nb)[0]
+    if kernel == Q4_0:
+        return _q4_0_1(w, r, xq, t, nb)[0]
+    if kernel == _Q4_0_REPACK:
+        return _q4_0r_1(w, r, xq, t, nb)[0]
     if kernel == Q4_1:
         return _q4_1_1(w, r, xq, t, nb)[0]
     if kernel == Q4_K:
@@ -650,10 +699,11 @@ def _run(w: np.ndarray, ggml_type: int, xq: np.ndarray, n_cols: int, kernel: int
 def mul_mat_vec_dot(w: np.ndarray, ggml_type: int, xq: np.ndarray, n_cols: int) -> np.ndarray:
     """float32 [n_tok, n_out]: out[t, r] = ggml x86 vec_dot of weight row w[r] and activation row xq[t].
 
-    w: uint8 [n_out, row_bytes] rows of ggml type Q8_0 (8), Q5_0 (6), Q4_1 (3), Q4_K (12), Q5_K (13) or Q6_K
-    (14); xq: uint8 [n_tok, bytes] rows of the matching activation type (Q8_0, Q8_0, Q8_1, Q8_K...) as the
+    w: uint8 [n_out, row_bytes] rows of ggml type Q8_0 (8), Q5_0 (6), Q4_0 (2), Q4_1 (3), Q4_K (12), Q5_K (13)
+    or Q6_K (14); xq: uint8 [n_tok, bytes] rows of the matching activation type (Q8_0 for Q8_0/Q5_0/Q4_0, Q8_1
+    for Q4_1, Q8_K for the K-quants) as the
     `ggml_exact.quantize` functions make them; n_cols: elements per row. Parallel over weight rows; the
-    result does not depend on the thread count. For Q8_0/Q5_0 this is also tinyBLAS_Q0_AVX's result.
+    result does not depend on the thread count. For Q8_0/Q5_0/Q4_0 this is also tinyBLAS_Q0_AVX's result.
     """
     if ggml_type not in _LAYOUT:
         raise ValueError(f"ggml type {ggml_type} has no exact vec_dot kernel")
@@ -693,8 +743,24 @@ def _repacked_q4_K(w: np.ndarray, xq: np.ndarray, n_cols: int) -> np.ndarray:
     return np.concatenate([_run(w, Q4_K, xq[:n4], n_cols, _GEMM), _run(w, Q4_K, xq[n4:], n_cols, _GEMV)])
 
 
+def mul_mat_q4_0_repacked(w: np.ndarray, x: np.ndarray, n_cols: int) -> np.ndarray:
+    """float32 [n_tok, n_out]: x @ W.T for a Q4_0 weight as ggml computes it from its CPU_REPACK buffer.
+
+    On AVX2 llama.cpp repacks every Q4_0 weight with n_out % 8 == 0 at load (q4_0_8x8_q8_0) and runs the
+    gemm kernel on activation rows in groups of four and the gemv kernel on the rest. Both sum each block's
+    integer dot exactly and fused-multiply-add it times d_w * d_x into one float per output, so all rows get
+    the same arithmetic; the 4-row Q8_0 quantizer makes the same bytes as quantize_row_q8_0 (interleaved).
+    """
+    return _run(w, Q4_0, quantize_q8_0(x), n_cols, _Q4_0_REPACK)
+
+
 _ACTIVATION = {
-    Q8_0: quantize_q8_0, Q5_0: quantize_q8_0, Q4_1: quantize_q8_1, Q4_K: quantize_q8_K, Q5_K: quantize_q8_K,
+    Q8_0: quantize_q8_0,
+    Q5_0: quantize_q8_0,
+    Q4_0: quantize_q8_0,
+    Q4_1: quantize_q8_1,
+    Q4_K: quantize_q8_K,
+    Q5_K: quantize_q8_K,
     Q6_K: quantize_q8_K,
 }
 TILED_MIN_TOKENS = 8  # ggml_tiled_min_batch
@@ -703,15 +769,16 @@ TILED_MIN_TOKENS = 8  # ggml_tiled_min_batch
 def mul_mat_q(w: np.ndarray, ggml_type: int, x: np.ndarray, n_cols: int, repack: bool = True) -> np.ndarray:
     """ggml_compute_forward_mul_mat on the CPU (x86 AVX2) for quantized weights: float32 [n_tok, n_out].
 
-    x (float32 [n_tok, n_cols]) is quantized to the weight type's vec_dot type (Q8_0 for Q8_0/Q5_0, Q8_1
+    x (float32 [n_tok, n_cols]) is quantized to the weight type's vec_dot type (Q8_0 for Q8_0/Q5_0/Q4_0, Q8_1
     for Q4_1, Q8_K for Q4_K/Q5_K/Q6_K) exactly as ggml does, then multiplied by the kernel ggml picks:
-    - Q4_K with n_out % 8 == 0, when `repack` (llama.cpp's model loader puts such weights in ggml's
-      CPU_REPACK buffer; a tensor in a plain ggml buffer is not repacked): `mul_mat_q4_K_repacked`;
+    - Q4_K and Q4_0 with n_out % 8 == 0, when `repack` (llama.cpp's model loader puts such weights in
+      ggml's CPU_REPACK buffer; a tensor in a plain ggml buffer is not repacked): `mul_mat_q4_K_repacked`,
+      `mul_mat_q4_0_repacked`;
     - Q4_K/Q5_K/Q6_K with n_tok >= 8: the tiled K-quant matmul (on by default; GGML_CPU_TILED_MM=0 turns it off
       in ggml), `mul_mat_tiled`;
-    - Q8_0/Q5_0 with n_tok >= 2: llamafile_sgemm's tinyBLAS_Q0_AVX, which gives vec_dot's bits;
+    - Q8_0/Q5_0/Q4_0 with n_tok >= 2: llamafile_sgemm's tinyBLAS_Q0_AVX, which gives vec_dot's bits;
     - otherwise vec_dot per output, `mul_mat_vec_dot`.
-    Not covered: the other types ggml repacks on AVX2 (Q4_0, IQ4_NL, MXFP4).
+    Not covered: the other types ggml repacks on AVX2 (IQ4_NL, MXFP4).
     """
     if ggml_type not in _ACTIVATION:
         raise ValueError(f"ggml type {ggml_type} has no exact kernel")
@@ -736,6 +803,8 @@ def mul_mat_q_shared(weights: list[tuple[np.ndarray, int]], x: np.ndarray, n_col
 def _mul_mat_quantized(w: np.ndarray, ggml_type: int, xq: np.ndarray, n_cols: int, repack: bool) -> np.ndarray:
     if repack and ggml_type == Q4_K and w.shape[0] % 8 == 0:
         return _repacked_q4_K(w, xq, n_cols)
+    if repack and ggml_type == Q4_0 and w.shape[0] % 8 == 0:
+        return _run(w, Q4_0, xq, n_cols, _Q4_0_REPACK)
     if ggml_type in (Q4_K, Q5_K, Q6_K) and xq.shape[0] >= TILED_MIN_TOKENS:
         return mul_mat_tiled(w, ggml_type, xq, n_cols)
     return mul_mat_vec_dot(w, ggml_type, xq, n_cols)
