@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ggml_exact_checks import assert_bits_equal, golden_cases
 
 from embedkit.gguf.reader import GGUFFile
 from embedkit.gguf.types import GGMLType
@@ -34,14 +35,6 @@ GOLDEN = np.load(DATA / "kquant.npz")
 HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 
 
-def _cases(prefix: str) -> list[int]:
-    return sorted({int(k.split("/")[1]) for k in GOLDEN.files if k.startswith(prefix + "/")})
-
-
-def assert_bits_equal(got: np.ndarray, want: np.ndarray) -> None:
-    assert got.dtype == np.float32 and got.shape == want.shape
-    diff = got.view(np.uint32) != want.view(np.uint32)
-    assert not diff.any(), f"{int(diff.sum())} of {diff.size} outputs differ, max abs {np.abs(got - want).max()}"
 
 
 def _tiled(kind: str, w: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -53,19 +46,19 @@ def _repack(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     return mul_mat_q4_K_repacked(w, x, x.shape[1])
 
 
-@pytest.mark.parametrize("i", _cases("repack"))
+@pytest.mark.parametrize("i", golden_cases(GOLDEN, "repack"))
 def test_repack_matches_golden(i: int) -> None:
     w, x = GOLDEN[f"repack/{i}/w"], GOLDEN[f"repack/{i}/x"]
     assert_bits_equal(_repack(w, x), GOLDEN[f"repack/{i}/y"])
 
 
-@pytest.mark.parametrize("i", _cases("tiled"))
+@pytest.mark.parametrize("i", golden_cases(GOLDEN, "tiled"))
 def test_tiled_matches_golden(i: int) -> None:
     kind = str(GOLDEN[f"tiled/{i}/kind"])
     assert_bits_equal(_tiled(kind, GOLDEN[f"tiled/{i}/w"], GOLDEN[f"tiled/{i}/x"]), GOLDEN[f"tiled/{i}/y"])
 
 
-@pytest.mark.parametrize("i", _cases("model"))
+@pytest.mark.parametrize("i", golden_cases(GOLDEN, "model"))
 def test_matches_llama_cpp_on_real_models(i: int, request: pytest.FixtureRequest) -> None:
     fixture, weight, kind = (str(v) for v in GOLDEN[f"model/{i}/info"])
     tensor = GGUFFile(request.getfixturevalue(fixture)).tensor(weight)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ggml_exact_checks import assert_bits_equal, golden_cases
 
 from embedkit.kernels.cpu.ggml_exact import dots
 from embedkit.kernels.cpu.ggml_exact.quantize import quantize_q8_0
@@ -35,25 +36,16 @@ GOLDEN = np.load(DATA / "q4_0.npz")
 HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 
 
-def _cases(prefix: str) -> list[int]:
-    return sorted({int(k.split("/")[1]) for k in GOLDEN.files if k.startswith(prefix + "/")})
 
 
-def assert_bits_equal(got: np.ndarray, want: np.ndarray) -> None:
-    got = np.asarray(got)
-    assert got.dtype == np.float32 and got.shape == want.shape
-    diff = got.view(np.uint32) != want.view(np.uint32)
-    assert not diff.any(), f"{int(diff.sum())} of {diff.size} outputs differ, max abs {np.abs(got - want).max()}"
-
-
-@pytest.mark.parametrize("i", _cases("repack"))
+@pytest.mark.parametrize("i", golden_cases(GOLDEN, "repack"))
 def test_repacked_matches_golden(i: int) -> None:
     w, x = GOLDEN[f"repack/{i}/w"], GOLDEN[f"repack/{i}/x"]
     assert_bits_equal(dots.mul_mat_q(w, dots.Q4_0, x, x.shape[1]), GOLDEN[f"repack/{i}/y"])
     assert_bits_equal(dots.mul_mat_q4_0_repacked(w, x, x.shape[1]), GOLDEN[f"repack/{i}/y"])
 
 
-@pytest.mark.parametrize("i", _cases("plain"))
+@pytest.mark.parametrize("i", golden_cases(GOLDEN, "plain"))
 def test_plain_matches_golden(i: int) -> None:
     w, x = GOLDEN[f"plain/{i}/w"], GOLDEN[f"plain/{i}/x"]
     assert_bits_equal(dots.mul_mat_q(w, dots.Q4_0, x, x.shape[1], repack=False), GOLDEN[f"plain/{i}/y"])
@@ -62,7 +54,7 @@ def test_plain_matches_golden(i: int) -> None:
         assert_bits_equal(dots.mul_mat_q(w, dots.Q4_0, x, x.shape[1]), GOLDEN[f"plain/{i}/y"])
 
 
-@pytest.mark.parametrize("i", _cases("model"))
+@pytest.mark.parametrize("i", golden_cases(GOLDEN, "model"))
 def test_model_logits_match_golden(i: int, tmp_path: Path) -> None:
     from embedkit.models import load_model
 

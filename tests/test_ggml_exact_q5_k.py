@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ggml_exact_checks import assert_bits_equal, golden_cases
 
 from embedkit.gguf.types import GGMLType
 from embedkit.kernels.cpu.ggml_exact.dots import TILED_MIN_TOKENS, mul_mat_q, mul_mat_tiled, mul_mat_vec_dot
@@ -34,23 +35,15 @@ Q5_K = int(GGMLType.Q5_K)
 live = pytest.mark.skipif(not HAVE_LLAMA, reason="llama_cpp not installed (goldens above cover CI)")
 
 
-def _cases(prefix: str) -> list[int]:
-    return sorted({int(k.split("/")[1]) for k in GOLDEN.files if k.startswith(prefix + "/")})
 
 
-def assert_bits_equal(got: np.ndarray, want: np.ndarray) -> None:
-    assert got.dtype == np.float32 and got.shape == want.shape
-    diff = got.view(np.uint32) != want.view(np.uint32)
-    assert not diff.any(), f"{int(diff.sum())} of {diff.size} outputs differ, max abs {np.abs(got - want).max()}"
-
-
-@pytest.mark.parametrize("i", _cases("vec"))
+@pytest.mark.parametrize("i", golden_cases(GOLDEN, "vec"))
 def test_vec_dot_matches_golden(i: int) -> None:
     w, x = GOLDEN[f"vec/{i}/w"], GOLDEN[f"vec/{i}/x"]
     assert_bits_equal(mul_mat_vec_dot(w, Q5_K, quantize_q8_K(x), x.shape[1]), GOLDEN[f"vec/{i}/y"])
 
 
-@pytest.mark.parametrize("i", _cases("graph"))
+@pytest.mark.parametrize("i", golden_cases(GOLDEN, "graph"))
 def test_mul_mat_matches_golden(i: int) -> None:
     w, x, want = GOLDEN[f"graph/{i}/w"], GOLDEN[f"graph/{i}/x"], GOLDEN[f"graph/{i}/y"]
     assert_bits_equal(mul_mat_q(w, Q5_K, x, x.shape[1]), want)
