@@ -26,6 +26,7 @@ from embedkit.kernels.cpu.ggml_exact.attention import (
     graph_n_kv,
     new_cache,
 )
+from embedkit.kernels.cpu.ggml_exact.elementwise import scale
 from embedkit.kernels.cpu.ggml_exact.f16_matmul import mul_mat_f16, vec_dot_f16
 from embedkit.kernels.cpu.ggml_exact.softmax import soft_max_ext, vec_soft_max
 
@@ -51,13 +52,14 @@ def _run_case(get, params):
     n_head, n_head_kv, hd, n_ctx, pos0, n, window = (int(x) for x in (n_head, n_head_kv, hd, n_ctx, pos0, n, window))
     q_scale = None if np.isnan(q_scale) else float(q_scale)
     window = window or None
+    q = get("q") if q_scale is None else scale(get("q"), q_scale)  # Gemma's ggml_scale of Qcur, as the model does
     k_cache, v_cache = new_cache(n_ctx, n_head_kv, hd)
     if pos0:
         past_q = np.ones((pos0, n_head, hd), dtype=np.float32)
         k_past, v_past = get("k_past").astype(np.float32), get("v_past").astype(np.float32)
-        attention(past_q, k_cache, v_cache, k_past, v_past, 0, kq_scale, window, q_scale)
+        attention(past_q, k_cache, v_cache, k_past, v_past, 0, kq_scale, window)
     k2, v2 = k_cache.copy(), v_cache.copy()
-    args = (get("q"), get("k_new"), get("v_new"), pos0, kq_scale, window, q_scale)
+    args = (q, get("k_new"), get("v_new"), pos0, kq_scale, window)
     kq, sm, out = attention_stages(args[0], k_cache, v_cache, *args[1:])
     fast = attention(args[0], k2, v2, *args[1:])
     assert np.array_equal(k_cache, k2) and np.array_equal(v_cache, v2)

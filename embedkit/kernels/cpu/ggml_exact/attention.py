@@ -21,8 +21,9 @@ llama-kv-cache.cpp), and so what `attention` computes:
 Assumed: one sequence that starts at position 0 and never wraps around, so cache cell i holds
 position i (what llama.cpp does for a fresh context; its SWA cache has min(n_ctx, window + n_ubatch)
 cells padded to 256, so this also holds for Gemma 3's local layers while n_ctx <= window + n_ubatch).
-Gemma 3 multiplies q by its attention scale before attention (ggml_scale, a float32 product) and
-passes kq_scale 1.0: call with q_scale=that scale and scale=1.0. No logit soft-capping.
+Gemma 3 multiplies q by its attention scale before attention (ggml_scale, a float32 product: the
+model does it with the backend's `scale`, before the float16 rounding here) and passes kq_scale 1.0.
+No logit soft-capping.
 
 Cells that no query sees only ever contribute exact zeros, so the kernels skip the score products
 and the 8- or 32-element blocks of them (which leaves every result bit unchanged; f16_matmul says why).
@@ -70,13 +71,12 @@ def _store(k_cache, v_cache, k_new, v_new, pos0):
 
 
 @njit(cache=True)
-def _round_q(q, q_scale, use_scale):
+def _round_q(q):
     out = np.empty(q.shape, dtype=np.float32)
     qf = q.ravel()
     of = out.ravel()
     for i in range(qf.size):
-        x = np.float32(qf[i] * q_scale) if use_scale else np.float32(qf[i])
-        of[i] = f16_to_f32(f32_to_f16(x))
+        of[i] = f16_to_f32(f32_to_f16(qf[i]))
     return of.reshape(q.shape)
 
 
@@ -144,7 +144,7 @@ def _attend_serial(q16, k_cache, v_cache, pos0, n_kv, scale, window, out, kq_all
                     task // n_head, task % n_head)  # fmt: skip
 
 
-def _run(q, k_cache, v_cache, k_new, v_new, pos0, scale, window, q_scale, full):
+def _run(q, k_cache, v_cache, k_new, v_new, pos0, scale, window, full):
     n, n_head, hd = q.shape
     n_cells, n_head_kv, hd_k = k_cache.shape
     if hd_k != hd or v_cache.shape != (n_head_kv, hd, n_cells) or n_head % n_head_kv:
@@ -157,7 +157,7 @@ def _run(q, k_cache, v_cache, k_new, v_new, pos0, scale, window, q_scale, full):
     v_cache16 = v_cache.view(np.uint16)
     _store(k_cache16, v_cache16, np.asarray(k_new, dtype=np.float32), np.asarray(v_new, dtype=np.float32), pos0)
     q32 = np.ascontiguousarray(q, dtype=np.float32)
-    q16 = _round_q(q32, np.float32(q_scale if q_scale is not None else 1.0), q_scale is not None)
+    q16 = _round_q(q32)
     n_kv = graph_n_kv(n_cells, pos0 + n)
     out = np.empty((n, n_head * hd), dtype=np.float32)
     shape = (n_head, n, n_kv) if full else (1, 1, 1)
@@ -177,16 +177,15 @@ def attention(
     pos0: int,
     scale: float,
     window: int | None = None,
-    q_scale: float | None = None,
 ) -> np.ndarray:
     """Store k_new/v_new at positions pos0.. of the cache and attend as llama.cpp does -> float32 [n, heads*hd].
 
     q: float32 [n, heads, hd]; k_new, v_new: float32 [n, kv_heads, hd]; k_cache, v_cache from
-    `new_cache` (updated in place). scale is soft_max_ext's kq_scale; q_scale, when given, first
-    multiplies q in float32 (Gemma's ggml_scale of Qcur). window: sliding window of the layer or None.
+    `new_cache` (updated in place). scale is soft_max_ext's kq_scale. window: sliding window of the
+    layer or None.
     Token i sits at position pos0 + i; cache cell j holds position j (see the module docstring).
     """
-    return _run(q, k_cache, v_cache, k_new, v_new, pos0, scale, window, q_scale, False)[0]
+    return _run(q, k_cache, v_cache, k_new, v_new, pos0, scale, window, False)[0]
 
 
 def attention_stages(
@@ -198,12 +197,11 @@ def attention_stages(
     pos0: int,
     scale: float,
     window: int | None = None,
-    q_scale: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`attention` that also returns llama.cpp's intermediate tensors: (kq, kq_soft_max, kqv_out).
 
     kq and kq_soft_max are [heads, n, n_kv] over all n_kv cells of the graph (the `kq-L` and
     `kq_soft_max-L` tensors), kqv_out is [n, heads*hd]. Slower: every score is computed.
     """
-    out, kq, sm = _run(q, k_cache, v_cache, k_new, v_new, pos0, scale, window, q_scale, True)
+    out, kq, sm = _run(q, k_cache, v_cache, k_new, v_new, pos0, scale, window, True)
     return kq, sm, out
