@@ -52,22 +52,14 @@ class GGMLCPUBackend(CPUBackend):
 
     def matmul(self, x: Array, w: Weight, bias: Weight | None = None) -> Array:
         """x @ W.T as llama.cpp computes it for this weight type and number of rows (+ bias, a ggml add)."""
-        t = w.ggml_type
-        if t not in EXACT_MATMUL_TYPES or x.ndim != 2:
-            return super().matmul(x, w, bias)
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        threads.apply_num_threads()
-        y = dots.mul_mat_q(w.data.reshape(w.n_rows, -1), t, x, w.n_cols)  # the kernel ggml picks
-        if bias is not None:
-            y = y + bias.data
-        return y
+        return self.matmuls(x, [w], [bias])[0]
 
     def matmuls(self, x: Array, ws: list[Weight], biases: list[Weight | None] | None = None) -> list[Array]:
-        """Several matmuls of one input; x is quantized once per activation type (ggml quantizes it per
-        matmul, to the same bytes)."""
+        """Several matmuls of one input, each with the kernel ggml picks; x is quantized once per activation
+        type (ggml quantizes it per matmul, to the same bytes). Other weight types: the float32 kernels."""
         biases = biases or [None] * len(ws)
         if x.ndim != 2 or any(w.ggml_type not in EXACT_MATMUL_TYPES for w in ws):
-            return [self.matmul(x, w, b) for w, b in zip(ws, biases, strict=True)]
+            return [super(GGMLCPUBackend, self).matmul(x, w, b) for w, b in zip(ws, biases, strict=True)]
         x = np.ascontiguousarray(x, dtype=np.float32)
         threads.apply_num_threads()
         ys = dots.mul_mat_q_shared([(w.data.reshape(w.n_rows, -1), w.ggml_type) for w in ws], x, ws[0].n_cols)
