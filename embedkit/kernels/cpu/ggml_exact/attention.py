@@ -34,7 +34,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from embedkit.kernels.cpu.ggml_exact.f16_matmul import tinyblas_dot, tinyblas_dot4, uses_tinyblas, vec_dot_f16
+from embedkit.kernels.cpu.ggml_exact.f16_matmul import (
+    round_f16,
+    tinyblas_dot,
+    tinyblas_dot4,
+    uses_tinyblas,
+    vec_dot_f16,
+)
 from embedkit.kernels.cpu.ggml_exact.softmax import soft_max_row
 from embedkit.kernels.cpu.halfbits import f16_to_f32, f32_to_f16
 
@@ -68,16 +74,6 @@ def _store(k_cache, v_cache, k_new, v_new, pos0):
             for d in range(hd):
                 k_cache[pos0 + t, g, d] = f32_to_f16(k_new[t, g, d])
                 v_cache[g, d, pos0 + t] = f32_to_f16(v_new[t, g, d])
-
-
-@njit(cache=True)
-def _round_q(q):
-    out = np.empty(q.shape, dtype=np.float32)
-    qf = q.ravel()
-    of = out.ravel()
-    for i in range(qf.size):
-        of[i] = f16_to_f32(f32_to_f16(qf[i]))
-    return of.reshape(q.shape)
 
 
 @njit(cache=True)
@@ -157,7 +153,7 @@ def _run(q, k_cache, v_cache, k_new, v_new, pos0, scale, window, full):
     v_cache16 = v_cache.view(np.uint16)
     _store(k_cache16, v_cache16, np.asarray(k_new, dtype=np.float32), np.asarray(v_new, dtype=np.float32), pos0)
     q32 = np.ascontiguousarray(q, dtype=np.float32)
-    q16 = _round_q(q32)
+    q16 = round_f16(q32)
     n_kv = graph_n_kv(n_cells, pos0 + n)
     out = np.empty((n, n_head * hd), dtype=np.float32)
     shape = (n_head, n, n_kv) if full else (1, 1, 1)
