@@ -39,26 +39,19 @@ def _q8_block(src, o, dst, qo):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _quantize_q8_0(x, out):
+def _quantize_q8_0_or_1(x, out, with_sum):
+    # Q8_0 blocks are (d, q[32]); Q8_1 blocks (d, s = d * sum(q), q[32])
     nb = x.shape[1] // 32
+    size = 36 if with_sum else 34
+    head = 4 if with_sum else 2
     for r in prange(x.shape[0]):
         src = x[r]
         dst = out[r]
         for b in range(nb):
-            d, _ = _q8_block(src, b * 32, dst, b * 34 + 2)
-            store_f16(dst, b * 34, d)
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _quantize_q8_1(x, out):
-    nb = x.shape[1] // 32
-    for r in prange(x.shape[0]):
-        src = x[r]
-        dst = out[r]
-        for b in range(nb):
-            d, total = _q8_block(src, b * 32, dst, b * 36 + 4)
-            store_f16(dst, b * 36, d)
-            store_f16(dst, b * 36 + 2, d * np.float32(total))
+            d, total = _q8_block(src, b * 32, dst, b * size + head)
+            store_f16(dst, b * size, d)
+            if with_sum:
+                store_f16(dst, b * size + 2, d * np.float32(total))
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -103,7 +96,7 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     """Q8_0 rows of float32 x [n, k] (k % 32 == 0) as ggml x86 makes them: uint8 [n, k // 32 * 34]."""
     x = _prepare(x, 32)
     out = np.empty((x.shape[0], x.shape[1] // 32 * 34), np.uint8)
-    _quantize_q8_0(x, out)
+    _quantize_q8_0_or_1(x, out, False)
     return out
 
 
@@ -111,7 +104,7 @@ def quantize_q8_1(x: np.ndarray) -> np.ndarray:
     """Q8_1 rows of float32 x [n, k] (k % 32 == 0) as ggml x86 makes them: uint8 [n, k // 32 * 36]."""
     x = _prepare(x, 32)
     out = np.empty((x.shape[0], x.shape[1] // 32 * 36), np.uint8)
-    _quantize_q8_1(x, out)
+    _quantize_q8_0_or_1(x, out, True)
     return out
 
 
