@@ -44,12 +44,7 @@ class GGMLCPUBackend(CPUBackend):
 
     name = "cpu"
 
-    # -- linear algebra ------------------------------------------------------------------
-    def get_rows(self, w: Weight, ids: np.ndarray) -> Array:
-        """Embedding rows dequantized as ggml's get_rows does."""
-        n_rows, n_cols = w.shape
-        return elementwise.get_rows(w.data.reshape(n_rows, -1), w.ggml_type, np.asarray(ids), n_cols)
-
+    # -- linear algebra (get_rows: the inherited dequantization is ggml's, see ggml_exact.elementwise) ----
     def matmul(self, x: Array, w: Weight, bias: Weight | None = None) -> Array:
         """x @ W.T as llama.cpp computes it for this weight type and number of rows (+ bias, a ggml add)."""
         return self.matmuls(x, [w], [bias])[0]
