@@ -1,5 +1,5 @@
 """Shared fixtures: real models fetched through the catalog (so CI works from a clean checkout)
-and the llama.cpp vocab suite that sits beside the repository in shared/."""
+and llama.cpp's vocab suite, kept in tests/data/llama-vocab."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-VOCAB_DIR = REPO.parent / "shared" / "fixtures" / "llama-vocab"
+VOCAB_DIR = REPO / "tests" / "data" / "llama-vocab"
 
 
 def _known(name: str) -> Path:

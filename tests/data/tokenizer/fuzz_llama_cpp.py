@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from embedkit.gguf import GGUFFile  # noqa: E402
 from embedkit.tokenizer import load_tokenizer  # noqa: E402
 
-VOCAB_DIR = REPO.parent / "shared" / "fixtures" / "llama-vocab"
+VOCAB_DIR = REPO / "tests" / "data" / "llama-vocab"
 REAL = {"gemma3": "gemma3-270m", "smollm2": "smollm2-135m", "qwen2.5-coder": "qwen2.5-coder-0.5b"}
 
 # --- string generator ---------------------------------------------------------------------------
