@@ -9,6 +9,38 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB_DIR = REPO / "tests" / "data" / "llama-vocab"
+# Fixtures that fetch or open a real model: a test using one must be marked slow (`-m "not slow"` stays fast).
+REAL_MODEL_FIXTURES = frozenset({"gemma_path", "smollm_path", "qwen_path", "minilm_gguf_path", "minilm_hf_dir"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse to run a test that requests a real-model fixture without @pytest.mark.slow."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError("tests that load a real model need @pytest.mark.slow: " + ", ".join(unmarked))
+
+
+@pytest.fixture(autouse=True)
+def _real_models_only_in_slow_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Fail a test not marked slow that reaches a real model another way: through the catalog
+    (a known model name, the default model) or a fixture fetched with request.getfixturevalue."""
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    import embedkit.catalog
+
+    def refuse(name: str, *args, **kwargs):
+        pytest.fail(f"{request.node.nodeid} loads the real model {name!r}: mark it @pytest.mark.slow")
+
+    monkeypatch.setattr(embedkit.catalog, "ensure_model", refuse)
+    yield
+    fetched = sorted(REAL_MODEL_FIXTURES & set(request.fixturenames))
+    if fetched:
+        pytest.fail(f"{request.node.nodeid} uses {', '.join(fetched)}: mark it @pytest.mark.slow")
 
 
 def _known(name: str) -> Path:

@@ -15,7 +15,11 @@ from embedkit.backend import Placement, Weight
 from embedkit.backend.cpu import CPUBackend
 from embedkit.gguf import GGMLType
 
-rng = np.random.default_rng(20261125)
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A fresh generator per test, so each test's inputs do not depend on which tests ran before it."""
+    return np.random.default_rng(20261125)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +36,7 @@ def _close(a: np.ndarray, ref: np.ndarray, rel: float) -> None:
     assert err < rel, f"relative error {err:.2e} >= {rel}"
 
 
-def test_norms(be: CPUBackend) -> None:
+def test_norms(be: CPUBackend, rng: np.random.Generator) -> None:
     x = rng.standard_normal((5, 3, 64)).astype(np.float32) * 3
     w = rng.standard_normal(64).astype(np.float32)
     b = rng.standard_normal(64).astype(np.float32)
@@ -45,7 +49,7 @@ def test_norms(be: CPUBackend) -> None:
     _close(be.layer_norm(x, _vec(w), _vec(b), 1e-5), ref, 2e-6)
 
 
-def test_activations(be: CPUBackend) -> None:
+def test_activations(be: CPUBackend, rng: np.random.Generator) -> None:
     g = rng.standard_normal((7, 33)).astype(np.float32) * 4
     u = rng.standard_normal((7, 33)).astype(np.float32)
     gd = g.astype(np.float64)
@@ -62,7 +66,7 @@ def test_activations(be: CPUBackend) -> None:
 
 
 @pytest.mark.parametrize("style", ["norm", "neox"])
-def test_rope(be: CPUBackend, style: str) -> None:
+def test_rope(be: CPUBackend, style: str, rng: np.random.Generator) -> None:
     n, h, hd, n_rot, base = 6, 3, 32, 24, 10000.0
     x = rng.standard_normal((n, h, hd)).astype(np.float32)
     pos = np.array([0, 1, 7, 8, 100, 4095], dtype=np.int32)
@@ -96,7 +100,9 @@ def _attention_ref(q, k, v, pos0, scale, window, softcap):
 
 
 @pytest.mark.parametrize("window,softcap", [(None, None), (5, None), (None, 30.0)])
-def test_attention_prompt_then_decode(be: CPUBackend, window: int | None, softcap: float | None) -> None:
+def test_attention_prompt_then_decode(
+    be: CPUBackend, window: int | None, softcap: float | None, rng: np.random.Generator
+) -> None:
     """A 12-token batch (BLAS path) then 3 single tokens (fused path), GQA 6 heads over 2."""
     n_ctx, nh, nkv, hd, total = 32, 6, 2, 16, 15
     q = rng.standard_normal((total, nh, hd)).astype(np.float32)
@@ -112,7 +118,7 @@ def test_attention_prompt_then_decode(be: CPUBackend, window: int | None, softca
         assert np.abs(out[0] - ref[p]).max() < 1e-5
 
 
-def test_attention_batch_ignores_padding(be: CPUBackend) -> None:
+def test_attention_batch_ignores_padding(be: CPUBackend, rng: np.random.Generator) -> None:
     b, t, h, hd = 2, 5, 2, 8
     q, k, v = (rng.standard_normal((b, t, h, hd)).astype(np.float32) for _ in range(3))
     mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
@@ -127,7 +133,7 @@ def test_attention_batch_ignores_padding(be: CPUBackend) -> None:
             assert not out[i, ~keep].any()  # padded query rows are zeros
 
 
-def test_attention_batch_any_mask_and_row_blocks(be: CPUBackend) -> None:
+def test_attention_batch_any_mask_and_row_blocks(be: CPUBackend, rng: np.random.Generator) -> None:
     """Prefix masks, masks with holes and an all-padding sequence, split over row blocks (1e-5 absolute)."""
     b, t, h, hd = 7, 37, 3, 16
     q, k, v = (rng.standard_normal((b, t, h, hd)).astype(np.float32) for _ in range(3))
@@ -148,7 +154,7 @@ def test_attention_batch_any_mask_and_row_blocks(be: CPUBackend) -> None:
             assert np.abs(out[i, keep, hh] - ref).max() < 1e-5
 
 
-def test_encoder_sized_ops_over_row_blocks(be: CPUBackend) -> None:
+def test_encoder_sized_ops_over_row_blocks(be: CPUBackend, rng: np.random.Generator) -> None:
     """F32 matmul + bias, add, exact GELU and LayerNorm on inputs large enough to be split across threads."""
     n, d_in, d_out = 301, 48, 80
     x = rng.standard_normal((n, d_in)).astype(np.float32)
@@ -167,7 +173,7 @@ def test_encoder_sized_ops_over_row_blocks(be: CPUBackend) -> None:
     _close(be.layer_norm(g, _vec(lw), _vec(lb), 1e-12), ref, 2e-6)
 
 
-def test_fast_exp_and_erf() -> None:
+def test_fast_exp_and_erf(rng: np.random.Generator) -> None:
     """The vectorisable float32 exp (relative error < 3e-7 on [-87, 88]) and erf (absolute error < 5e-7)."""
     from numba import njit
 
@@ -188,7 +194,7 @@ def test_fast_exp_and_erf() -> None:
     assert np.abs(apply(x, 1) - ref).max() < 5e-7
 
 
-def test_run_blocks_covers_every_item_once() -> None:
+def test_run_blocks_covers_every_item_once(rng: np.random.Generator) -> None:
     from embedkit.kernels.cpu.row_blocks import block_bounds, run_blocks
 
     cost = rng.integers(1, 100, size=23).astype(np.float64) ** 2
@@ -207,7 +213,7 @@ def test_run_blocks_covers_every_item_once() -> None:
         assert (seen == 1).all(), kw
 
 
-def test_matmul_and_get_rows(be: CPUBackend) -> None:
+def test_matmul_and_get_rows(be: CPUBackend, rng: np.random.Generator) -> None:
     w = rng.standard_normal((40, 64)).astype(np.float32)
     bias = rng.standard_normal(40).astype(np.float32)
     wt = Weight("w", int(GGMLType.F32), (40, 64), w.view(np.uint8).reshape(-1))

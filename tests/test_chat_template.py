@@ -162,6 +162,7 @@ def _generator(path: Path):
     return Generator.from_parts(f, _NoModel(), load_tokenizer(f))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["gemma_path", "smollm_path", "qwen_path"])
 def test_model_templates_match_llama_cpp(fixture, request):
     """Each model's own template (Gemma 3 270M has none: the built-in Gemma turns) vs llama.cpp.

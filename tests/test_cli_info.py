@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "embedkit.cli.main", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_info_json_on_gemma(gemma_path: Path) -> None:
     proc = run("info", str(gemma_path), "--json")
     assert proc.returncode == 0, proc.stderr
@@ -27,6 +30,7 @@ def test_info_json_on_gemma(gemma_path: Path) -> None:
     assert 260e6 < info["parameters"] < 280e6
 
 
+@pytest.mark.slow
 def test_info_by_known_name_and_tensor_list(smollm_path: Path) -> None:
     proc = run("info", "smollm2-135m", "--tensors")
     assert proc.returncode == 0, proc.stderr

@@ -77,6 +77,7 @@ def _gguf_manifest(path: Path) -> dict:
     return _load_manifest_maker().manifest(str(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0"])
 def test_convert_matches_llamacpp(minilm_hf_dir: Path, tmp_path: Path, outtype: str) -> None:
     """Same metadata keys, value types, values and order, same tensor table and bytes as llama.cpp's converter."""
@@ -100,6 +101,7 @@ def test_convert_matches_llamacpp(minilm_hf_dir: Path, tmp_path: Path, outtype: 
     assert differing == []
 
 
+@pytest.mark.slow
 def test_convert_errors(minilm_hf_dir: Path, tmp_path: Path) -> None:
     """Bad inputs give one ConversionError naming the problem."""
     with pytest.raises(ConversionError, match="not a directory"):
@@ -113,6 +115,7 @@ def test_convert_errors(minilm_hf_dir: Path, tmp_path: Path) -> None:
         convert_hf_to_gguf(other, tmp_path / "x.gguf")
 
 
+@pytest.mark.slow
 def test_cli_convert(minilm_hf_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`embedkit convert --json` writes a loadable file and describes it; errors are one line, exit 1."""
     from embedkit.cli.main import main
@@ -133,6 +136,7 @@ def test_cli_convert(minilm_hf_dir: Path, tmp_path: Path, capsys: pytest.Capture
     assert capsys.readouterr().err.startswith("error: ")
 
 
+@pytest.mark.slow
 def test_convert_refuses_to_overwrite_what_is_not_gguf(minilm_hf_dir: Path, tmp_path: Path) -> None:
     """`convert HF HF/model.safetensors` replaced the model's own weights with the GGUF (exit 0, data lost);
     an OUT that cannot be written ended in 'internal error (FileNotFoundError ...)'."""

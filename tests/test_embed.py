@@ -100,6 +100,7 @@ def test_plan_batches_covers_each_text_once() -> None:
 
 
 # -- MiniLM vs sentence-transformers ----------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0"])
 def test_minilm_matches_sentence_transformers(minilm_files: dict, reference, outtype: str) -> None:
     """Every one of the 600 reference texts: cosine >= 0.99999 (f32, f16) / 0.999 (q8_0)."""
@@ -115,6 +116,7 @@ def test_minilm_matches_sentence_transformers(minilm_files: dict, reference, out
     assert emb.stats.texts == len(texts) and emb.stats.truncated == 0
 
 
+@pytest.mark.slow
 def test_batching_does_not_change_vectors(minilm: Embedder, reference) -> None:
     """Padding and order: batch size 1 and 7 give the same vectors, in input order, unit length."""
     texts = reference[0][:15]
@@ -125,6 +127,7 @@ def test_batching_does_not_change_vectors(minilm: Embedder, reference) -> None:
     np.testing.assert_allclose(_cosines(one, reference[1][:15]), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_concurrent_batches_match_one_at_a_time(minilm: Embedder, reference, monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches run side by side on the kernel threads give the vectors of one-at-a-time runs (2e-6), in order."""
     import embedkit.embed.embedder as embedder_module
@@ -142,6 +145,7 @@ def test_concurrent_batches_match_one_at_a_time(minilm: Embedder, reference, mon
     np.testing.assert_allclose(_cosines(side_by_side, reference[1][:24]), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_truncation_is_counted(minilm_gguf_path: Path) -> None:
     """Texts over max_tokens keep [CLS] + the first tokens + [SEP]; the stats count them."""
     emb = Embedder(minilm_gguf_path, max_tokens=12)
@@ -156,12 +160,13 @@ def test_truncation_is_counted(minilm_gguf_path: Path) -> None:
     np.testing.assert_allclose(got[0], want[0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_long_texts_truncate_like_sentence_transformers(minilm: Embedder, minilm_hf_dir: Path) -> None:
     """The default limit is sentence-transformers' max_seq_length (256, recorded by the converter), not
     the 512 positions of the model, so long texts embed as sentence-transformers embeds them."""
     from sentence_transformers import SentenceTransformer
 
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(1601)
     words = json.loads((DATA / "texts.json").read_text())
     long_texts = [" ".join(rng.choice(words, size=40)) for _ in range(3)]
     assert all(minilm.count_tokens(t) > 300 for t in long_texts)
@@ -172,6 +177,7 @@ def test_long_texts_truncate_like_sentence_transformers(minilm: Embedder, minilm
     assert _cosines(ours, ref).min() >= COSINE_MIN["f32"]
 
 
+@pytest.mark.slow
 def test_pooling_override(minilm_gguf_path: Path) -> None:
     """--pooling cls gives the [CLS] hidden state, different from mean."""
     cls = Embedder(minilm_gguf_path, pooling="cls", normalize=False)
@@ -183,6 +189,7 @@ def test_pooling_override(minilm_gguf_path: Path) -> None:
 
 
 # -- decoder models ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_decoder_embeddings(smollm_path: Path) -> None:
     """A llama-family GGUF embeds via its final-normed hidden states, mean- or last-token pooled."""
     emb = Embedder(smollm_path, max_tokens=64)
@@ -200,6 +207,7 @@ def test_decoder_embeddings(smollm_path: Path) -> None:
 
 
 # -- CLI --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_embed(
     minilm_gguf_path: Path, minilm: Embedder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

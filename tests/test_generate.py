@@ -274,6 +274,7 @@ def test_conversation_drops_oldest_turns_to_fit():
         convo.prompt_ids(gen, reserve=4)
 
 
+@pytest.mark.slow
 def test_generating_with_an_embedding_model_is_one_clear_error(minilm_gguf_path) -> None:
     """An encoder GGUF given to `generate` is refused by name, not with an internal error."""
     from click.testing import CliRunner

@@ -58,6 +58,7 @@ def test_tiled_matches_golden(i: int) -> None:
     assert_bits_equal(_tiled(kind, GOLDEN[f"tiled/{i}/w"], GOLDEN[f"tiled/{i}/x"]), GOLDEN[f"tiled/{i}/y"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("i", golden_cases(GOLDEN, "model"))
 def test_matches_llama_cpp_on_real_models(i: int, request: pytest.FixtureRequest) -> None:
     fixture, weight, kind = (str(v) for v in GOLDEN[f"model/{i}/info"])

@@ -68,6 +68,7 @@ def test_matches_gguf_py_on_every_vocab_fixture(vocab_dir: Path) -> None:
         assert_same_as_gguf_py(path)
 
 
+@pytest.mark.slow
 def test_matches_gguf_py_on_gemma(gemma_path: Path) -> None:
     assert_same_as_gguf_py(gemma_path)
 
@@ -76,6 +77,7 @@ def test_matches_gguf_py_on_every_value_type(tmp_path: Path) -> None:
     assert_same_as_gguf_py(write_sample(tmp_path / "s.gguf"))
 
 
+@pytest.mark.slow
 def test_tensor_data_is_a_zero_copy_view(gemma_path: Path) -> None:
     with GGUFFile(gemma_path) as f:
         t = f.tensor("token_embd.weight")

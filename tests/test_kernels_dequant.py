@@ -75,6 +75,7 @@ def test_type_without_kernel_raises_naming_it(name: str) -> None:
         kernels.matmul(np.ones((1, info.block_size), np.float32), raw, name, (1, info.block_size))
 
 
+@pytest.mark.slow
 def test_dequantize_every_gemma_tensor_bit_exact(gemma_path) -> None:
     """Every tensor of the real model; tensors over 1M elements are checked on 3 slices of 128 rows."""
     reader = GGUFReader(gemma_path)

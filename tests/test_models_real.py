@@ -20,6 +20,8 @@ import pytest
 
 from embedkit.models import load_model
 
+pytestmark = pytest.mark.slow
+
 DATA = Path(__file__).resolve().parent / "data" / "models"
 MODELS = {
     "gemma_path": "gemma-3-270m-q4_k_m",
