@@ -33,10 +33,14 @@ def _real_models_only_in_slow_tests(request: pytest.FixtureRequest, monkeypatch:
         return
     import embedkit.catalog
 
-    def refuse(name: str, *args, **kwargs):
-        pytest.fail(f"{request.node.nodeid} loads the real model {name!r}: mark it @pytest.mark.slow")
+    real, fetch = frozenset(embedkit.catalog.KNOWN_MODELS), embedkit.catalog.ensure_model
 
-    monkeypatch.setattr(embedkit.catalog, "ensure_model", refuse)
+    def refuse_real(name: str, *args, **kwargs):
+        if name in real:
+            pytest.fail(f"{request.node.nodeid} loads the real model {name!r}: mark it @pytest.mark.slow")
+        return fetch(name, *args, **kwargs)
+
+    monkeypatch.setattr(embedkit.catalog, "ensure_model", refuse_real)
     yield
     fetched = sorted(REAL_MODEL_FIXTURES & set(request.fixturenames))
     if fetched:
