@@ -189,3 +189,62 @@ def test_model_templates_match_llama_cpp(fixture, request):
             assert gen.chat_prompt(case["messages"]) == tok.encode(cpp, add_special=True, parse_special=True)
             compared_cpp += 1
     assert compared_cpp >= 2
+
+
+# A template is untrusted input from a downloaded file: these grew past 3 GB, grew to 11 GB in 86 s, and ran
+# for minutes. Each runs in a child process with 1 GiB of address space and must fail within seconds.
+RUNAWAY_TEMPLATES = {
+    "doubling string": "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+                       "{% endfor %}{{ ns.s|length }}",
+    "doubling with +": "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}"
+                       "{% endfor %}{{ ns.s|length }}",
+    "doubling list": "{% set ns = namespace(s=[1]) %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}"
+                     "{% endfor %}{{ ns.s|length }}",
+    "doubling by replace": "{% set ns = namespace(s='a') %}{% for i in range(40) %}"
+                           "{% set ns.s = ns.s.replace('a', 'aa') %}{% endfor %}{{ ns.s|length }}",
+    "nested loops printing": "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+    "nested loops into a block set": "{% set s %}{% for i in range(100000) %}{% for j in range(100000) %}"
+                                     "{{ 'xyz' }}{% endfor %}{% endfor %}{% endset %}{{ s|length }}",
+    "nested loops, empty body": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "recursive macro": "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}"
+                       "{{ f(60) }}",
+    "recursive loop": "{% for i in range(100000) recursive %}{% if loop.depth < 4 %}{{ loop(range(100000)) }}"
+                      "{% endif %}{% endfor %}",
+}
+
+_RUNAWAY_CHILD = """
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from embedkit.errors import TemplateError
+from embedkit.generate.chat_template import ChatTemplate
+t0 = time.monotonic()
+try:
+    ChatTemplate(sys.argv[1]).render([{"role": "user", "content": "hi"}])
+except TemplateError as e:
+    print(f"{time.monotonic() - t0:.1f}", e, sep="\\n")
+else:
+    print("rendered")
+"""
+
+
+@pytest.mark.parametrize("name", sorted(RUNAWAY_TEMPLATES))
+def test_runaway_templates_stop_at_a_named_bound(name):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-c", _RUNAWAY_CHILD, RUNAWAY_TEMPLATES[name]], cwd=repo,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    seconds, message = p.stdout.splitlines()
+    assert float(seconds) < 10, (name, seconds, message)
+    assert "\n" not in message and "chat template 'gguf' exceeded" in message, message
+    assert any(b in message for b in ("characters", "steps", "seconds")), message
+
+
+def test_bounds_leave_real_templates_alone():
+    """A long conversation through a loop-heavy template renders: the bounds are far above real use."""
+    convo = [{"role": "user" if i % 2 == 0 else "assistant", "content": "word " * 2000} for i in range(200)]
+    t = ChatTemplate("{% for m in messages %}{% for i in range(3) %}{{ m.role|length }}{% endfor %}"
+                     "{{ '<|' ~ m.role ~ '|>' }}{{ m.content|trim ~ '\n' }}{% endfor %}")
+    assert len(t.render(convo)) > 2_000_000

@@ -91,9 +91,9 @@ def drop(name: str) -> None:
     """Delete collection NAME with its documents and chunks."""
     from embedkit.errors import InputError
     from embedkit.store import Store
-    from embedkit.store.collections import drop_collection
+    from embedkit.store.collections import display_name, drop_collection
 
     with Store() as store, store.connect() as conn:
         if not drop_collection(conn, name):
-            raise InputError(f"no collection named {name!r}")
+            raise InputError(f"no collection named {display_name(name)}")
     click.echo(f"dropped {name}")

@@ -68,8 +68,13 @@ def load_generator(kw: dict[str, Any]) -> Any:
 
     path = resolve_model(kw["model"], kind="generate")
     placement = placement_from_options(kw["device"], kw["gpu_layers"])
-    return Generator(path, n_ctx=kw["ctx_size"], n_batch=kw["batch_size"], n_threads=kw["threads"],
-                     placement=placement)
+    gen = Generator(path, n_ctx=kw["ctx_size"], n_batch=kw["batch_size"], n_threads=kw["threads"],
+                    placement=placement)
+    trained = int(getattr(gen.model.params, "n_ctx_train", 0) or 0)
+    if trained and gen.n_ctx > trained:  # as llama.cpp does: allowed, but past the trained length quality drops
+        click.echo(f"warning: the context of {gen.n_ctx} tokens (-c) is above the {trained} the model was trained "
+                   "with; output past that length may degrade", err=True)
+    return gen
 
 
 def _read_prompt(prompt: str | None, file: str | None) -> str:

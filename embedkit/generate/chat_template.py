@@ -6,20 +6,28 @@ A GGUF file is untrusted input, so its template runs in jinja2's ``ImmutableSand
 extension, a ``tojson`` filter that keeps non-ASCII text, and the globals ``raise_exception`` and
 ``strftime_now``. A template that reaches for Python internals raises TemplateError, and so does one that asks
 for a result larger than MAX_SIZE (repetition, powers, format widths, padding filters and methods).
+
+Each render also has a budget, so that no template can take all memory or run forever: at most MAX_STEPS loop
+iterations and calls, MAX_TEXT characters of output (counted as it is produced, into the result or into a
+``{% set %}`` block) and in any one string or list it builds, and MAX_SECONDS of time. Past a bound, rendering
+stops with a TemplateError that names it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import jinja2
 from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -120,6 +128,88 @@ class _TooLarge(SecurityError):
     """A template operation would build a result beyond MAX_SIZE."""
 
 
+# The budget of one render (see the module docstring): far above what real templates need (a 200-turn
+# conversation of 10,000-character messages is about 2M characters and a few thousand steps).
+MAX_STEPS = 250_000
+MAX_TEXT = 16_000_000
+MAX_SECONDS = 5.0
+
+
+class _OverBudget(SecurityError):
+    """A render went past one of its bounds (steps, characters, seconds)."""
+
+
+class _Budget:
+    """What one render has used so far."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.chars = 0
+        self.deadline = time.monotonic() + MAX_SECONDS
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise _OverBudget(f"more than {MAX_STEPS} loop steps and calls")
+        self._check_time()
+
+    def output(self, text: str) -> str:
+        self.chars += len(text)
+        if self.chars > MAX_TEXT:
+            raise _OverBudget(f"more than {MAX_TEXT} characters of output")
+        self._check_time()
+        return text
+
+    def _check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise _OverBudget(f"more than {MAX_SECONDS:g} seconds")
+
+
+_BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("chat_template_budget", default=None)
+
+
+def _budget() -> _Budget:
+    budget = _BUDGET.get()
+    if budget is None:  # rendered outside ChatTemplate.render: a budget of its own
+        budget = _Budget()
+        _BUDGET.set(budget)
+    return budget
+
+
+def _check_built(value: Any) -> Any:
+    """`value` if it is not a string or container longer than MAX_TEXT (a result just built by the template)."""
+    if isinstance(value, str | list | tuple | dict) and len(value) > MAX_TEXT:
+        raise _OverBudget(f"a value of more than {MAX_TEXT} characters or items")
+    return value
+
+
+class _BudgetedCodeGenerator(CodeGenerator):
+    """jinja's code generator with the render budget compiled in: a step per loop iteration, a size check on
+    every `~` concatenation, and every piece of output counted (including text captured by `{% set %}`)."""
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        tick = nodes.ExprStmt(nodes.Call(nodes.EnvironmentAttribute("count_step"), [], [], None, None))
+        tick.set_lineno(node.lineno)
+        node.body = [tick, *node.body]
+        super().visit_For(node, frame)
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.check_built(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+    def _output_const_repr(self, group: Any) -> str:
+        return f"environment.count_output({super()._output_const_repr(group)})"
+
+    def _output_child_pre(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
+        self.write("environment.count_output(")
+        super()._output_child_pre(node, frame, finalize)
+
+    def _output_child_post(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
+        super()._output_child_post(node, frame, finalize)
+        self.write(")")
+
+
 def _check_arg(value: Any, what: str) -> None:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SIZE:
         raise _TooLarge(f"{what} with {value} (more than {MAX_SIZE})")
@@ -140,15 +230,32 @@ def _bounded_filter(name: str, f: Any) -> Any:
             _check_arg(a, f"filter {name!r}")
         if name == "format" and len(args) >= n_lead:
             _check_format(args[n_lead - 1], "filter 'format'")
-        return f(*args, **kwargs)
+        return _check_built(f(*args, **kwargs))
 
     return bounded
 
 
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, with the operations that can build huge results bounded by MAX_SIZE."""
+    """The immutable sandbox, with the operations that can build huge results bounded by MAX_SIZE, and the
+    render budget (steps, characters, seconds) enforced by the code it compiles."""
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = _BudgetedCodeGenerator
+
+    @staticmethod
+    def count_step() -> None:
+        """One loop iteration (compiled into every loop body)."""
+        _budget().step()
+
+    @staticmethod
+    def count_output(text: str) -> str:
+        """Output produced by the template, counted against MAX_TEXT."""
+        return _budget().output(text)
+
+    @staticmethod
+    def check_built(value: Any) -> Any:
+        """A concatenation's result, refused beyond MAX_TEXT."""
+        return _check_built(value)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
@@ -161,12 +268,13 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
                     raise _TooLarge(f"{left} ** {right} (more than 10000 digits)")
         elif operator == "%":
             _check_format(left, "'%' formatting")
-        return super().call_binop(context, operator, left, right)
+        return _check_built(super().call_binop(context, operator, left, right))
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        _budget().step()
         for a in (*args, *kwargs.values()):
             _check_arg(a, f"calling {getattr(__obj, '__name__', 'a function')}")
-        return super().call(__context, __obj, *args, **kwargs)
+        return _check_built(super().call(__context, __obj, *args, **kwargs))
 
     def wrap_str_format(self, value: Any) -> Any:
         _check_format(getattr(value, "__self__", None), "str.format")
@@ -231,16 +339,21 @@ class ChatTemplate:
             "documents": None,
             **extra,
         }
+        token = _BUDGET.set(_Budget())
         try:
             return self._template.render(**context)
         except TemplateError:
             raise
+        except _OverBudget as e:
+            raise TemplateError(f"chat template {self.name!r} exceeded a bound of its render: {e}") from None
         except _TooLarge as e:
             raise TemplateError(f"chat template {self.name!r} asked for too large a result: {e}") from e
         except jinja2.exceptions.SecurityError as e:
             raise TemplateError(f"chat template {self.name!r} tried to leave the sandbox: {e}") from e
         except Exception as e:  # any failure inside untrusted template code
             raise TemplateError(f"chat template {self.name!r} failed: {type(e).__name__}: {e}") from e
+        finally:
+            _BUDGET.reset(token)
 
 
 def builtin_template(name: str, bos_token: str = "", eos_token: str = "") -> ChatTemplate:

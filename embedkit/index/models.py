@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from embedkit.errors import ModelNotFoundError
-from embedkit.store.collections import CollectionInfo, ModelIdentity, check_model
+from embedkit.store.collections import CollectionInfo, ModelIdentity, check_model, display_name
 
 
 class EmbedderLike(Protocol):
@@ -60,8 +60,8 @@ def embedder_for_collection(info: CollectionInfo, model: str | os.PathLike[str] 
             emb, name, path = load_embedder(info.model.model_name)
         except ModelNotFoundError:
             raise ModelNotFoundError(
-                f"collection {info.name!r} was built with the model {info.model.model_name!r}, which is no longer "
-                f"there; give the same model ({info.model.model_file}) with -m/--model"
+                f"collection {display_name(info.name)} was built with the model {info.model.model_name!r}, which is "
+                f"no longer there; give the same model ({info.model.model_file}) with -m/--model"
             ) from None
     else:
         emb, name, path = load_embedder(model)

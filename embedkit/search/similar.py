@@ -12,7 +12,7 @@ import psycopg
 
 from embedkit.errors import InputError
 from embedkit.search.sql import index_order_expr, set_hnsw
-from embedkit.store.collections import CollectionInfo
+from embedkit.store.collections import CollectionInfo, display_name
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,14 @@ def source_vector(conn: psycopg.Connection, info: CollectionInfo, target: str | 
             "SELECT embedding, document_id FROM chunks WHERE collection_id = %s AND id = %s", (cid, target)
         ).fetchone()
         if row is None:
-            raise InputError(f"no chunk {target} in collection {info.name!r}")
+            raise InputError(f"no chunk {target} in collection {display_name(info.name)}")
         return row[0], row[1], f"chunk {target}"
     row = conn.execute(
-        "SELECT embedding, id FROM documents WHERE collection_id = %s AND path = %s", (cid, target)
+        "SELECT embedding, id FROM documents WHERE collection_id = %s AND md5(path) = md5(%s) AND path = %s",
+        (cid, target, target),
     ).fetchone()
     if row is None or row[0] is None:
-        raise InputError(f"{target}: not a document of collection {info.name!r} (index it first)")
+        raise InputError(f"{target}: not a document of collection {display_name(info.name)} (index it first)")
     return row[0], row[1], target
 
 

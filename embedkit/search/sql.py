@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from typing import Any
 
 import psycopg
@@ -99,14 +100,48 @@ def set_hnsw(conn: psycopg.Connection, k: int, ef_search: int | None, filtered: 
 
 
 def parse_metadata_filters(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """`key=value` pairs (value parsed as JSON when it is JSON, else a string) as a containment object."""
+    """`key=value` pairs (value parsed as JSON when it is JSON, else a string) as a containment object.
+
+    Values PostgreSQL's jsonb cannot hold (NaN, infinities, numbers out of range, NUL characters) and
+    absurdly deep nesting are an InputError naming the filter."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
+        shown = repr(item) if len(item) <= 60 else f"{item[:60]!r}... ({len(item)} characters)"
         if not sep or not key:
-            raise InputError(f"--meta {item!r}: expected KEY=VALUE")
+            raise InputError(f"--meta {shown}: expected KEY=VALUE")
         try:
-            out[key] = json.loads(raw)
+            value = json.loads(raw, parse_constant=_refuse_constant)
         except json.JSONDecodeError:
-            out[key] = raw
+            value = raw
+        except RecursionError:
+            raise InputError(f"--meta {shown}: the value is nested too deeply; expected a flat JSON value") from None
+        except ValueError as e:
+            raise InputError(f"--meta {shown}: {e}") from None
+        problem = _unstorable({key: value})
+        if problem:
+            raise InputError(f"--meta {shown}: {problem}")
+        out[key] = value
     return out
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number PostgreSQL can store; expected a finite number, a string, "
+                     "true, false or null")
+
+
+def _unstorable(value: Any) -> str | None:
+    """Why jsonb cannot hold `value` (a parsed JSON value), or None."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return "the number is out of range; expected a finite number"
+        if isinstance(v, str) and "\x00" in v:
+            return "PostgreSQL text cannot hold the NUL character (\\u0000); expected text without it"
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return None

@@ -8,9 +8,10 @@ from contextlib import contextmanager
 import psycopg
 from pgvector.psycopg import register_vector
 from sqlalchemy import Engine
+from sqlalchemy import exc as sa_exc
 
 from embedkit.store.collections import CollectionInfo, ModelIdentity
-from embedkit.store.engine import create_store_engine, database_url, psql_url
+from embedkit.store.engine import connection_error, create_store_engine, database_url, psql_url, server_where
 
 __all__ = ["Store", "CollectionInfo", "ModelIdentity", "open_store"]
 
@@ -33,18 +34,26 @@ class Store:
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
         """A pooled psycopg 3 connection in autocommit mode with pgvector's types registered; group
-        statements with `conn.transaction()`."""
-        with self.engine.connect() as sa_conn:
-            conn = sa_conn.connection.driver_connection
-            sa_conn.connection.dbapi_connection.commit()
-            conn.autocommit = True
-            try:
-                if conn.adapters.types.get("vector") is None:
-                    register_vector(conn)
-                yield conn
-            finally:
-                if not conn.closed:
-                    conn.autocommit = False
+        statements with `conn.transaction()`. A connection the server closes (or that cannot be made anew)
+        mid-command is a StoreError saying so."""
+        try:
+            with self.engine.connect() as sa_conn:
+                conn = sa_conn.connection.driver_connection
+                sa_conn.connection.dbapi_connection.commit()
+                conn.autocommit = True
+                try:
+                    if conn.adapters.types.get("vector") is None:
+                        register_vector(conn)
+                    yield conn
+                finally:
+                    if not conn.closed:
+                        conn.autocommit = False
+        except (psycopg.OperationalError, psycopg.InterfaceError, sa_exc.OperationalError,
+                sa_exc.InterfaceError) as exc:
+            err = connection_error(exc, server_where(self.url))
+            if err is None:
+                raise
+            raise err from None
 
     def close(self) -> None:
         """Close every pooled connection."""

@@ -71,11 +71,15 @@ def get_collection(conn: psycopg.Connection, name: str) -> CollectionInfo | None
 
 def require_collection(conn: psycopg.Connection, name: str) -> CollectionInfo:
     """The collection called `name`, or a StoreError listing the ones that exist."""
+    check_collection_name(name)
     info = get_collection(conn, name)
     if info is None:
-        names = [r[0] for r in conn.execute("SELECT name FROM collections ORDER BY name")]
+        rows = conn.execute("SELECT name FROM collections ORDER BY name LIMIT 21").fetchall()
+        names = [r[0] if len(r[0]) <= 40 else display_name(r[0], 40) for r in rows]
+        if len(names) > 20:
+            names[20:] = ["..."]
         have = ", ".join(names) if names else "none yet; run `embedkit index PATH` first"
-        raise StoreError(f"no collection named {name!r} (collections: {have})")
+        raise StoreError(f"no collection named {display_name(name)} (collections: {have})")
     return info
 
 
@@ -105,17 +109,36 @@ def check_model(info: CollectionInfo, want: ModelIdentity) -> None:
     diff = mismatch(info.model, want)
     if diff:
         raise CollectionMismatchError(
-            f"collection {info.name!r} was embedded with {diff}; use another collection (-c NAME) "
+            f"collection {display_name(info.name)} was embedded with {diff}; use another collection (-c NAME) "
             "or re-embed it on purpose with `embedkit index --reembed`"
         )
 
 
+MAX_NAME_CHARS = 128
+
+
+def display_name(name: str, limit: int = 60) -> str:
+    """`name` quoted for a message, cut to `limit` characters (a store may hold names from before the bound)."""
+    if len(name) <= limit:
+        return repr(name)
+    return f"{name[:limit]!r}... ({len(name)} characters)"
+
+
 def check_collection_name(name: str) -> None:
-    """InputError for a name no collection should get: empty, blank, or with control characters."""
+    """InputError for a name no collection should get: empty, blank, longer than MAX_NAME_CHARS, with
+    characters that do not print (control, zero-width, format characters), or spaces around it."""
+    shown = display_name(name)
     if not name.strip():
-        raise InputError(f"collection name {name!r} is empty; expected a name such as 'default' or 'notes'")
+        raise InputError(f"collection name {shown} is empty; expected a name such as 'default' or 'notes'")
+    if len(name) > MAX_NAME_CHARS:
+        raise InputError(f"collection name {shown} is too long; expected at most {MAX_NAME_CHARS} characters")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise InputError(f"collection name {name!r} has control characters; expected a printable name")
+        raise InputError(f"collection name {shown} has control characters; expected a printable name")
+    if not name.isprintable():
+        raise InputError(f"collection name {shown} has characters that do not print; expected letters, digits "
+                         "and punctuation")
+    if name != name.strip():
+        raise InputError(f"collection name {shown} starts or ends with a space; expected none there")
 
 
 def ensure_collection(

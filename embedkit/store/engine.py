@@ -3,7 +3,9 @@ is reachable and has pgvector >= 0.8, and bring its schema to the newest migrati
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -17,6 +19,10 @@ from embedkit.store.server import start_embedded
 
 MIN_PGVECTOR = (0, 8, 0)
 MIN_POSTGRES = 130000
+
+# The pool logs a failed reset of a connection the server closed with a traceback; what happened reaches the
+# user as one StoreError line instead (see `connection_error`).
+logging.getLogger("sqlalchemy").addHandler(logging.NullHandler())
 
 
 def _home() -> Path:
@@ -70,7 +76,8 @@ class ServerInfo:
     revision: str | None
 
 
-def _where(url: str) -> str:
+def server_where(url: str) -> str:
+    """Where the server of `url` is, for messages: its host, or its Unix-socket folder."""
     u = make_url(url)
     return u.host or (u.query.get("host") if u.query else None) or "localhost"
 
@@ -79,19 +86,18 @@ def create_store_engine(url: str) -> Engine:
     """A SQLAlchemy engine for `url` (psycopg 3 driver), checked for reachability and pgvector, with the
     schema upgraded to the newest migration."""
     engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
-    where = _where(url)
+    where = server_where(url)
+    connected = False
     try:
         with engine.connect() as conn:
+            connected = True
             check_server(conn, where)
             if migrate.current_revision(conn) != migrate.head_revision():
                 migrate.upgrade(conn)
             check_pgvector_installed(conn, where)
     except OperationalError as exc:
-        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise StoreError(
-            f"cannot connect to PostgreSQL at {where}: {first}; start it (e.g. `docker compose up -d`) "
-            "or unset EMBEDKIT_DATABASE_URL to use the embedded server"
-        ) from None
+        lost = connection_error(exc, where) if connected or _dropped(exc) else None
+        raise lost or connect_error(exc, where) from None
     except DBAPIError as exc:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         if "extension" in first and "vector" in first:
@@ -101,6 +107,52 @@ def create_store_engine(url: str) -> Engine:
             ) from None
         raise StoreError(f"database error on {where}: {first}") from None
     return engine
+
+
+def _server_message(exc: BaseException) -> str:
+    """The server's (or libpq's) own words from a driver error, on one line, without libpq's preamble."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    m = re.search(r"(?:FATAL|ERROR):\s+(.*)", text)
+    first = m.group(1) if m else (text.splitlines()[0] if text else type(exc).__name__)
+    return " ".join(first.split())[:300]
+
+
+def connect_error(exc: BaseException, where: str) -> StoreError:
+    """The StoreError for a failed connection: refused credentials, or a server that is not there."""
+    said = _server_message(exc)
+    external = bool(os.environ.get("EMBEDKIT_DATABASE_URL"))
+    if re.search(r"authentication failed|password|no pg_hba.conf entry|role .* does not exist", said):
+        fix = ("check the user and password in EMBEDKIT_DATABASE_URL" if external
+               else "check the embedded server's pg_hba.conf")
+        return StoreError(f"PostgreSQL at {where} refused the credentials ({said}); {fix}")
+    if external:
+        return StoreError(f"cannot connect to PostgreSQL at {where}: {said}; start it (e.g. `docker compose up -d`) "
+                          "or unset EMBEDKIT_DATABASE_URL to use the embedded server")
+    return StoreError(f"cannot connect to the embedded PostgreSQL at {where}: {said}; run `embedkit db stop`, "
+                      "then the command again (the server restarts on demand)")
+
+
+def _dropped(exc: BaseException) -> bool:
+    """Whether a driver error says an established connection was closed by the server."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig)
+    return getattr(orig, "sqlstate", None) in ("57P01", "57P02", "57P03") or any(
+        s in text for s in ("closed the connection unexpectedly", "terminating connection", "connection is closed",
+                            "connection is lost"))
+
+
+def connection_error(exc: BaseException, where: str) -> StoreError | None:
+    """The StoreError for a connection the server closed or that cannot be made anew mid-command (the server
+    was stopped, crashed or restarts), or None for any other database error."""
+    orig = getattr(exc, "orig", None) or exc
+    state = getattr(orig, "sqlstate", None)
+    lost = state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+    if not lost:
+        return None
+    return StoreError(
+        f"the database at {where} went away during the command ({_server_message(exc)}); what was already "
+        "committed is kept (each document is written in its own transaction): run the command again to finish"
+    )
 
 
 def check_server(conn, where: str) -> None:

@@ -23,10 +23,12 @@ from sqlalchemy import (
     Double,
     ForeignKeyConstraint,
     Identity,
+    Index,
     Integer,
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -61,7 +63,8 @@ class Document(Base):
 
     __tablename__ = "documents"
     __table_args__ = (
-        UniqueConstraint("collection_id", "path"),
+        # unique by a hash of the path: a b-tree entry of the path itself is limited to about 2,700 bytes
+        Index("documents_path_md5", "collection_id", text("md5(path)"), unique=True),
         ForeignKeyConstraint(["collection_id"], ["collections.id"], ondelete="CASCADE"),
     )
 

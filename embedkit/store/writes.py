@@ -69,8 +69,8 @@ def write_document(
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_WRITE_LOCK_NS, collection_id))
         old = conn.execute(
-            "SELECT id, content_sha256 FROM documents WHERE collection_id = %s AND path = %s",
-            (collection_id, doc.path),
+            "SELECT id, content_sha256 FROM documents WHERE collection_id = %s AND md5(path) = md5(%s) "
+            "AND path = %s", (collection_id, doc.path, doc.path),
         ).fetchone()
         if old is not None and old[1] == doc.content_sha256:
             return "unchanged"

