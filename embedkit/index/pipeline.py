@@ -173,6 +173,8 @@ def index_paths(
         with store.connect() as conn:
             # fresh statistics let the planner pick the HNSW index for the next searches
             conn.execute("ANALYZE documents, chunks")
+            # and an empty GIN pending list lets it cost (and run) keyword searches through the GIN index
+            conn.execute("SELECT gin_clean_pending_list('chunks_tsv_gin'::regclass)")
     if prune:
         roots = [root_key(p) for p in paths]
         gone = [k for k in known if k not in kept and _under(k, roots)]
