@@ -49,3 +49,41 @@ def index(
     finally:
         if own:
             store.close()
+
+
+def index_jsonl(
+    path: str | os.PathLike[str],
+    collection: str = DEFAULT_COLLECTION,
+    model: str | os.PathLike[str] | None = None,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    overlap: int = DEFAULT_OVERLAP,
+    prune: bool = False,
+    reembed: bool = False,
+    batch_size: int = 32,
+    progress: IndexProgress | None = None,
+    store: Store | None = None,
+    embedder: Any = None,
+) -> IndexReport:
+    """Index a JSON-lines corpus (BEIR `corpus.jsonl`: `_id`, `title`, `text` per line) into `collection`,
+    each document stored under its `_id` (see `index_jsonl_documents`)."""
+    from embedkit.index.jsonl import index_jsonl_documents
+
+    check_collection_name(collection)
+    own = store is None
+    store = store or Store()
+    try:
+        if embedder is None:
+            embedder, name, mpath = load_embedder(model)
+        else:
+            name, mpath = os.fspath(model) if model is not None else str(embedder.model_name), None
+        limit = getattr(embedder, "max_tokens", None)
+        if limit:
+            chunk_tokens = min(chunk_tokens, int(limit) - 4)
+        return index_jsonl_documents(
+            store, path, embedder, model_identity(embedder, name, mpath), collection=collection,
+            chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, reembed=reembed, batch_size=batch_size,
+            progress=progress,
+        )
+    finally:
+        if own:
+            store.close()

@@ -1,4 +1,5 @@
-"""One-call library API: `search("query")`, `similar("path/or/chunk-id")` on the default store."""
+"""One-call library API: `search("query")`, `similar("path/or/chunk-id")`, `evaluate(qrels, queries)` on the
+default store."""
 
 from __future__ import annotations
 
@@ -12,6 +13,15 @@ from embedkit.errors import InputError
 from embedkit.index.models import embedder_for_collection
 from embedkit.index.pipeline import DEFAULT_COLLECTION
 from embedkit.index.walk import root_key
+from embedkit.search.evaluation import (
+    RECALL_AT,
+    EvalReport,
+    evaluate_runs,
+    judged_queries,
+    read_qrels,
+    read_queries,
+    run_queries,
+)
 from embedkit.search.query import HYBRID_CANDIDATES, RRF_K, ChunkHit, search_hybrid, search_keyword, search_vector
 from embedkit.search.similar import DocumentHit, similar_documents
 from embedkit.store import Store
@@ -106,3 +116,54 @@ def resolve_target(conn, collection_id: int, target: str | int) -> str | int:
     if target.isdigit():
         return int(target)
     return target
+
+
+def evaluate(
+    qrels: str | os.PathLike[str],
+    queries: str | os.PathLike[str],
+    collection: str = DEFAULT_COLLECTION,
+    mode: str = "vector",
+    model: str | os.PathLike[str] | None = None,
+    rrf_k: float = RRF_K,
+    candidates: int = HYBRID_CANDIDATES,
+    ef_search: int | None = None,
+    store: Store | None = None,
+    embedder: Any = None,
+) -> EvalReport:
+    """nDCG@10, recall@100 and MRR@10 of `collection` (documents stored under their corpus ids, e.g. by
+    `index_jsonl`) on a BEIR-format test set; `mode` is "vector", "keyword" or "hybrid" (document-level
+    results, 100 per query)."""
+    if mode not in ("vector", "keyword", "hybrid"):
+        raise InputError(f"mode {mode!r}: expected vector, keyword or hybrid")
+    texts = read_queries(queries)
+    judged = judged_queries(texts, read_qrels(qrels))
+    ids = sorted(judged)
+    own = store is None
+    store = store or Store()
+    try:
+        with store.connect() as conn:
+            info = require_collection(conn, collection)
+        vecs: dict[str, np.ndarray] = {}
+        if mode != "keyword":
+            if embedder is None:
+                embedder = embedder_for_collection(info, model)
+            qv = np.asarray(embedder.embed([texts[q] for q in ids]), dtype=np.float32)
+            vecs = dict(zip(ids, qv, strict=True))
+        k = RECALL_AT
+        with store.connect() as conn:
+            def one(qid: str, text: str) -> list[str]:
+                if mode == "keyword":
+                    hits = search_keyword(conn, info, text, k, documents=True, candidates=max(candidates, k))
+                elif mode == "hybrid":
+                    hits = search_hybrid(conn, info, vecs[qid], text, k, ef_search=ef_search,
+                                         candidates=max(candidates, k), rrf_k=rrf_k, documents=True)
+                else:
+                    hits = search_vector(conn, info, vecs[qid], k, ef_search=ef_search, documents=True,
+                                         candidates=max(candidates, k))
+                return [h.path for h in hits]
+
+            runs = run_queries(one, texts, ids)
+        return evaluate_runs(runs, judged)
+    finally:
+        if own:
+            store.close()
