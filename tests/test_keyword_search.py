@@ -123,7 +123,8 @@ def test_bm25_scores_match_rank_bm25(store, tmp_path, fresh_collection):
                                "WHERE c.collection_id = %s AND c.id = %s", (info.id, cid)).fetchall()
             corpus.append([w for w, n in lex for _ in range(n)])
         ref = _LuceneBM25(corpus, k1=BM25_K1, b=BM25_B)
-        for query in ("river stone", "alpha alpha omega", "copper violet lantern harbor", "zeta"):
+        for query in ("river stone", "alpha alpha omega", "copper violet lantern harbor", "zeta",
+                      "alpha beta gamma delta epsilon zeta theta kappa maple cedar"):
             qlex = [w for w, n in conn.execute(
                 "SELECT u.lexeme, array_length(u.positions, 1) FROM unnest(to_tsvector('english', %s)) u",
                 (query,)).fetchall() for _ in range(n)]
@@ -132,6 +133,10 @@ def test_bm25_scores_match_rank_bm25(store, tmp_path, fresh_collection):
             matched = [i for i, cid in enumerate(ids) if set(corpus[i]) & set(qlex)]
             assert sorted(got) == sorted(ids[i] for i in matched)
             np.testing.assert_allclose([got[ids[i]] for i in matched], want[matched], rtol=1e-9)
+            # the pruned top n (candidates from the rarest terms first) is the top n of the full ranking
+            full = keyword_scores(conn, info, query, 1000)
+            for n in (1, 3, 8):
+                assert keyword_scores(conn, info, query, n) == full[:n]
 
 
 def test_or_semantics_and_no_terms(store, tmp_path, fresh_collection):

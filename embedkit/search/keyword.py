@@ -11,6 +11,12 @@ chunks (migration 0002). The idf is Lucene's (never negative); a term repeated i
 
 The term frequencies of a candidate come from its tsvector without unnesting all of it: `setweight` marks the
 query's lexemes, `ts_filter` keeps only those, and only they are unnested.
+
+Common terms would make every chunk a candidate, so candidates are first taken from the rarest terms only
+(MaxScore pruning, exact): a term's contribution is below qtf * idf * (k1 + 1), so when the n-th best score
+among chunks holding a rare term exceeds the sum of those bounds over the common terms left out, no chunk
+holding only common terms can enter the top n. Otherwise the next rarer-first term joins the candidate terms
+and the query runs again (at worst with all of them).
 """
 
 from __future__ import annotations
@@ -29,14 +35,15 @@ TEXT_CONFIG = "english"  # must be the configuration of the generated chunks.tsv
 
 def query_terms(conn: psycopg.Connection, info: CollectionInfo, query: str) -> dict[str, Any] | None:
     """The query's indexed terms as parameters of `keyword_ids_sql`: `tsq` (their OR as tsquery text),
-    `terms`, `weights` (query frequency x idf of each) and `avgdl`. None when no term of the query is indexed."""
+    `terms`, `weights` (query frequency x idf of each), `df` (chunks holding each) and `avgdl`, rarest term
+    first. None when no term of the query is indexed."""
     cid = int(info.id)
     rows = conn.execute(
         f"WITH st AS (SELECT chunks::float8 AS n FROM keyword_stats WHERE collection_id = {cid}) "
         "SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) * ln(1 + (st.n - t.chunks + 0.5) / "
         "(t.chunks + 0.5)), (SELECT tokens::float8 / greatest(chunks, 1) FROM keyword_stats "
-        f"WHERE collection_id = {cid}) FROM unnest(to_tsvector('{TEXT_CONFIG}'::regconfig, %s)) u "
-        f"JOIN keyword_terms t ON t.collection_id = {cid} AND t.term = u.lexeme CROSS JOIN st ORDER BY 1",
+        f"WHERE collection_id = {cid}), t.chunks FROM unnest(to_tsvector('{TEXT_CONFIG}'::regconfig, %s)) u "
+        f"JOIN keyword_terms t ON t.collection_id = {cid} AND t.term = u.lexeme CROSS JOIN st ORDER BY 4, 1",
         (query,),
     ).fetchall()
     if not rows:
@@ -46,6 +53,7 @@ def query_terms(conn: psycopg.Connection, info: CollectionInfo, query: str) -> d
         "terms": [r[0] for r in rows],
         "weights": [float(r[1]) for r in rows],
         "avgdl": float(rows[0][2]),
+        "df": [int(r[3]) for r in rows],
     }
 
 
@@ -81,12 +89,26 @@ def keyword_scores(
     n: int,
     path_glob: str | None = None,
     metadata: dict[str, Any] | None = None,
+    k1: float = BM25_K1,
+    b: float = BM25_B,
 ) -> list[tuple[int, float]]:
-    """(chunk id, BM25 score) of the n best chunks for `query`, best first (empty when no term is indexed)."""
+    """(chunk id, BM25 score) of the n best chunks for `query`, best first (empty when no term is indexed),
+    with the exact scores and order of scoring every chunk that holds a query term (see the module's note on
+    pruning)."""
     params = query_terms(conn, info, query)
     if params is None:
         return []
     params["n"] = n
     filt = document_filter(info, path_glob, metadata, params)
-    rows = conn.execute(keyword_ids_sql(info, filt, "n"), params).fetchall()
-    return [(int(r[0]), float(r[1])) for r in rows]
+    sql = keyword_ids_sql(info, filt, "n", k1, b)
+    terms, bounds, df = params["terms"], [w * (k1 + 1) for w in params["weights"]], params["df"]
+    used = 1
+    while True:
+        # the fewest rarest-first terms that can fill n rows, unless that is all of them
+        while used < len(terms) and sum(df[:used]) < n:
+            used += 1
+        params["tsq"] = " | ".join(tsquery_lexeme(t) for t in terms[:used])
+        rows = [(int(r[0]), float(r[1])) for r in conn.execute(sql, params).fetchall()]
+        if used == len(terms) or (len(rows) == n and rows[-1][1] > sum(bounds[used:])):
+            return rows
+        used += 1

@@ -11,7 +11,7 @@ import psycopg
 from embedkit.errors import InputError
 from embedkit.search.fusion import RRF_K, best_per_document, fuse_chunks, fuse_documents
 from embedkit.search.hits import ChunkHit
-from embedkit.search.keyword import keyword_ids_sql, query_terms
+from embedkit.search.keyword import keyword_scores
 from embedkit.search.sql import (
     MAX_K,
     RERANK_FACTOR,
@@ -83,12 +83,12 @@ def vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search) -> list[C
 
 def keyword_chunks(conn, info, query, n, path_glob, metadata) -> list[ChunkHit]:
     """The n best chunks for `query` by BM25 (the score), best first."""
-    params = query_terms(conn, info, query)
-    if params is None:
+    ranked = keyword_scores(conn, info, query, n, path_glob, metadata)
+    if not ranked:
         return []
-    params["n"] = n
-    filt = document_filter(info, path_glob, metadata, params)
-    sql = _hits_sql(info, keyword_ids_sql(info, filt, "n"), "h.score", "h.score DESC")
+    params = {"ids": [r[0] for r in ranked], "scores": [r[1] for r in ranked]}
+    sql = _hits_sql(info, "SELECT * FROM unnest(%(ids)s::int8[], %(scores)s::float8[]) AS x(id, score)",
+                    "h.score", "h.score DESC")
     return _rows_to_hits(conn.execute(sql, params).fetchall())
 
 
