@@ -27,6 +27,8 @@ def index(
     progress: IndexProgress | None = None,
     store: Store | None = None,
     embedder: Any = None,
+    query_prefix: str | None = None,
+    document_prefix: str | None = None,
 ) -> IndexReport:
     """Index files and folders into `collection` (see `index_paths`), loading the model (known name or GGUF
     path; None: the default embedding model) and opening the store as needed."""
@@ -44,7 +46,7 @@ def index(
         return index_paths(
             store, paths, embedder, model_identity(embedder, name, path), collection=collection, include=include,
             exclude=exclude, chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, reembed=reembed,
-            batch_size=batch_size, progress=progress,
+            batch_size=batch_size, progress=progress, query_prefix=query_prefix, document_prefix=document_prefix,
         )
     finally:
         if own:
@@ -63,6 +65,8 @@ def index_jsonl(
     progress: IndexProgress | None = None,
     store: Store | None = None,
     embedder: Any = None,
+    query_prefix: str | None = None,
+    document_prefix: str | None = None,
 ) -> IndexReport:
     """Index a JSON-lines corpus (BEIR `corpus.jsonl`: `_id`, `title`, `text` per line) into `collection`,
     each document stored under its `_id` (see `index_jsonl_documents`)."""
@@ -82,7 +86,7 @@ def index_jsonl(
         return index_jsonl_documents(
             store, path, embedder, model_identity(embedder, name, mpath), collection=collection,
             chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, reembed=reembed, batch_size=batch_size,
-            progress=progress,
+            progress=progress, query_prefix=query_prefix, document_prefix=document_prefix,
         )
     finally:
         if own:

@@ -24,6 +24,7 @@ from embedkit.index.pipeline import (
     _embed_and_write,
     _Pending,
     default_chunk_tokens,
+    model_prefixes,
 )
 from embedkit.store import Store
 from embedkit.store.collections import (
@@ -86,6 +87,8 @@ def index_jsonl_documents(
     reembed: bool = False,
     batch_size: int = 32,
     progress: IndexProgress | None = None,
+    query_prefix: str | None = None,
+    document_prefix: str | None = None,
 ) -> IndexReport:
     """Index the documents of a JSON-lines corpus into `collection`, each under its `_id`. With `prune`,
     documents of the collection absent from the file are removed."""
@@ -94,7 +97,8 @@ def index_jsonl_documents(
     if chunk_tokens is None:
         chunk_tokens = default_chunk_tokens(embedder)
     with store.connect() as conn:
-        info = ensure_collection(conn, collection, model, chunk_tokens, overlap, reembed=reembed)
+        info = ensure_collection(conn, collection, model, chunk_tokens, overlap, reembed=reembed,
+                                 **model_prefixes(embedder, query_prefix, document_prefix))
         known = document_hashes(conn, info.id)
     pending: list[_Pending] = []
     seen: set[str] = set()
@@ -125,7 +129,7 @@ def index_jsonl_documents(
         elif not has_vector_indexes(conn, info.id):
             ensure_vector_indexes(conn, info.id, info.dim)
     try:
-        _embed_and_write(store, info.id, pending, embedder, batch_size, report, progress)
+        _embed_and_write(store, info.id, pending, embedder, batch_size, report, progress, info.document_prefix)
     finally:
         if bulk:
             with store.connect() as conn:

@@ -69,7 +69,7 @@ def search(
                                       candidates=candidates)
         if embedder is None:
             embedder = embedder_for_collection(info, model)
-        qvec = np.asarray(embedder.embed([query]), dtype=np.float32)[0]
+        qvec = np.asarray(embedder.embed([info.query_prefix + query]), dtype=np.float32)[0]
         with store.connect() as conn:
             if hybrid:
                 return search_hybrid(conn, info, qvec, query, k, path_glob, metadata, ef_search,
@@ -147,7 +147,7 @@ def evaluate(
         if mode != "keyword":
             if embedder is None:
                 embedder = embedder_for_collection(info, model)
-            qv = np.asarray(embedder.embed([texts[q] for q in ids]), dtype=np.float32)
+            qv = np.asarray(embedder.embed([info.query_prefix + texts[q] for q in ids]), dtype=np.float32)
             vecs = dict(zip(ids, qv, strict=True))
         k = RECALL_AT
         with store.connect() as conn:

@@ -53,6 +53,8 @@ class Collection(Base):
     distance: Mapped[str] = mapped_column(Text, server_default="cosine")
     chunk_tokens: Mapped[int] = mapped_column(Integer)
     chunk_overlap: Mapped[int] = mapped_column(Integer)
+    query_prefix: Mapped[str] = mapped_column(Text, server_default="")  # prepended to queries before embedding
+    document_prefix: Mapped[str] = mapped_column(Text, server_default="")  # prepended to chunks before embedding
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -1,5 +1,6 @@
 """Keyword (BM25) statistics: per-chunk length, per-collection term document frequencies and totals, kept
-exact by triggers in the same transaction as the chunks they describe.
+exact by triggers in the same transaction as the chunks they describe. Per-collection query and document
+prefixes of the embedding model.
 
 Revision ID: 0002_keyword_bm25
 Revises: 0001
@@ -84,6 +85,8 @@ $fn$;
 
 
 def upgrade() -> None:
+    op.execute("ALTER TABLE collections ADD COLUMN query_prefix text NOT NULL DEFAULT '', "
+               "ADD COLUMN document_prefix text NOT NULL DEFAULT ''")
     op.execute("ALTER TABLE chunks ADD COLUMN keyword_len integer")  # NULL on older rows: computed when read
     op.execute(
         """
@@ -150,3 +153,4 @@ def downgrade() -> None:
     op.execute("DROP TABLE IF EXISTS keyword_terms")
     op.execute("DROP TABLE IF EXISTS keyword_stats")
     op.execute("ALTER TABLE chunks DROP COLUMN IF EXISTS keyword_len")
+    op.execute("ALTER TABLE collections DROP COLUMN IF EXISTS query_prefix, DROP COLUMN IF EXISTS document_prefix")
