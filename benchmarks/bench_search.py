@@ -15,8 +15,10 @@ Uses EMBEDKIT_DATABASE_URL if set, else an embedded server under a temporary EMB
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -26,7 +28,7 @@ import numpy as np
 
 from embedkit.index import index_paths
 from embedkit.index.models import load_embedder, model_identity
-from embedkit.search.query import search_vector
+from embedkit.search.query import search_hybrid, search_keyword, search_vector
 from embedkit.store import Store
 from embedkit.store.collections import (
     ModelIdentity,
@@ -72,8 +74,38 @@ def noisy(centres: np.ndarray, n: int, rng: np.random.Generator, sigma: float) -
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: int, seed: int = 0) -> None:
+def word_distribution(corpus: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The words of a folder's text files and their relative frequencies."""
+    counts: collections.Counter[str] = collections.Counter()
+    for f in sorted(corpus.rglob("*")):
+        if f.is_file():
+            counts.update(re.findall(r"[a-z]{2,}", f.read_text(errors="ignore").lower()))
+    words = np.array(sorted(counts))
+    freq = np.array([counts[w] for w in words], dtype=np.float64)
+    return words, freq / freq.sum()
+
+
+# The hybrid query before BM25 (AND semantics through websearch_to_tsquery, ts_rank_cd, chunk-level RRF of
+# 50 candidates each): the latency reference for the keyword half.
+HYBRID_BEFORE = (
+    "WITH v AS MATERIALIZED (SELECT c.id, c.embedding <=> %(q)s::vector AS dist FROM chunks c "
+    "WHERE c.collection_id = {cid} ORDER BY c.embedding::vector({dim}) <=> %(q)s::vector({dim}) LIMIT 50), "
+    "vr AS (SELECT id, row_number() OVER (ORDER BY dist, id) AS r FROM v), "
+    "tq AS (SELECT websearch_to_tsquery('english', %(text)s) AS q), "
+    "t AS MATERIALIZED (SELECT c.id, ts_rank_cd(c.tsv, tq.q) AS rank FROM chunks c, tq "
+    "WHERE c.collection_id = {cid} AND c.tsv @@ tq.q ORDER BY rank DESC, c.id LIMIT 50), "
+    "tr AS (SELECT id, row_number() OVER (ORDER BY rank DESC, id) AS r FROM t), "
+    "fused AS (SELECT id, sum(1.0 / (60 + r)) AS score FROM "
+    "(SELECT id, r FROM vr UNION ALL SELECT id, r FROM tr) u GROUP BY id ORDER BY score DESC, id LIMIT 10) "
+    "SELECT d.path, f.score, c.id, c.text FROM fused f JOIN chunks c ON c.collection_id = {cid} AND c.id = f.id "
+    "JOIN documents d ON d.collection_id = {cid} AND d.id = c.document_id ORDER BY f.score DESC, c.id"
+)
+
+
+def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: int, corpus: Path,
+                 seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
+    words, probs = word_distribution(corpus)
     dim = centres.shape[1]
     sigma = 0.9 / np.sqrt(dim)  # |noise| ~ 0.9 -> cosine to the centre ~ 0.75
     model = ModelIdentity("synthetic", "synthetic", "synthetic-" + str(dim), "bench", dim, "mean", True)
@@ -86,7 +118,8 @@ def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: in
         for d in docs:
             vecs = noisy(centres, per_doc, rng, sigma)
             folder = "rare" if d % 100 == 0 else "common"  # 1% of documents for the filtered queries
-            chunks = [ChunkRecord(i, f"synthetic chunk {d}-{i}", 4, 0, 10) for i in range(per_doc)]
+            texts = [" ".join(rng.choice(words, 60, p=probs)) for _ in range(per_doc)]
+            chunks = [ChunkRecord(i, t, 60, 0, len(t)) for i, t in enumerate(texts)]
             write_document(conn, info.id, DocumentRecord(f"{folder}/doc{d:05d}.txt", f"h{d}", 0.0, 10), chunks,
                            vecs)
         return time.perf_counter() - t0
@@ -101,6 +134,7 @@ def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: in
         ensure_vector_indexes(conn, info.id, dim)
         build_s = time.perf_counter() - t0
         conn.execute("ANALYZE documents, chunks")
+        conn.execute("SELECT gin_clean_pending_list('chunks_tsv_gin'::regclass)")
         n = conn.execute("SELECT count(*) FROM chunks WHERE collection_id = %s", (info.id,)).fetchone()[0]
     load_note = (
         f"Write path (one transaction + binary COPY per 100-chunk document): {n_incremental * per_doc:,} chunks "
@@ -110,6 +144,7 @@ def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: in
         f"{build_s:.1f} s."
     )
     queries = noisy(centres, n_queries, rng, sigma)
+    query_texts = [" ".join(rng.choice(words, 4, p=probs)) for _ in range(n_queries)]
 
     def exact(conn, q, path_like=None):
         flt, params = "", [q]
@@ -141,12 +176,30 @@ def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: in
                     times.append(time.perf_counter() - t)
                     recall.append(len(set(got) & set(true_ids)) / 10)
                 rows.append((f"HNSW ef_search={ef} ({label})", times, float(np.mean(recall))))
+        timed = {
+            "vector, documents (default search: 100 chunks grouped by document)":
+                lambda q, t: search_vector(conn, info, q, k=10, documents=True),
+            "keyword BM25, documents": lambda q, t: search_keyword(conn, info, t, k=10, documents=True),
+            "keyword BM25, chunks": lambda q, t: search_keyword(conn, info, t, k=10),
+            "hybrid RRF, documents (100 + 100 candidates)":
+                lambda q, t: search_hybrid(conn, info, q, t, k=10, documents=True),
+            "hybrid before (AND tsquery, ts_rank_cd, 50 + 50), chunks": lambda q, t: conn.execute(
+                HYBRID_BEFORE.format(cid=int(info.id), dim=dim), {"q": q, "text": t}).fetchall(),
+        }
+        for label, fn in timed.items():
+            times = []
+            for q, t in zip(queries, query_texts, strict=True):
+                t0 = time.perf_counter()
+                fn(q, t)
+                times.append(time.perf_counter() - t0)
+            rows.append((label, times, float("nan")))
     print(f"## Search over {n:,} chunks ({dim} dims, HNSW m=16 ef_construction=64, {n_queries} queries, k=10)\n")
     print(load_note + "\n")
     print("| method | p50 ms | p95 ms | recall@10 |")
     print("|---|---|---|---|")
     for label, times, rec in rows:
-        print(f"| {label} | {pct(times, 50) * 1e3:.2f} | {pct(times, 95) * 1e3:.2f} | {rec:.3f} |")
+        shown = "-" if np.isnan(rec) else f"{rec:.3f}"
+        print(f"| {label} | {pct(times, 50) * 1e3:.2f} | {pct(times, 95) * 1e3:.2f} | {shown} |")
     print()
 
 
@@ -155,6 +208,8 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--corpus", type=Path, default=REPO / "examples" / "corpus", help="folder to index in part 1")
+    ap.add_argument("--random-centres", action="store_true",
+                    help="skip part 1: centre vectors drawn at random (384 dims) instead of real chunk embeddings")
     args = ap.parse_args()
     home = None
     if not os.environ.get("EMBEDKIT_DATABASE_URL"):
@@ -166,8 +221,12 @@ def main() -> None:
         si = server_info(store.engine)
         print(f"# bench_search: {platform.machine()}, {os.cpu_count()} cores, PostgreSQL {si.postgres}, "
               f"pgvector {si.pgvector}, {time.strftime('%Y-%m-%d')}\n")
-        centres = bench_index(store, args.corpus.resolve())
-        bench_search(store, centres, args.chunks, args.queries)
+        if args.random_centres:
+            c = np.random.default_rng(1).standard_normal((196, 384)).astype(np.float32)
+            centres = c / np.linalg.norm(c, axis=1, keepdims=True)
+        else:
+            centres = bench_index(store, args.corpus.resolve())
+        bench_search(store, centres, args.chunks, args.queries, args.corpus.resolve())
     finally:
         store.close()
         if home is not None:

@@ -55,7 +55,7 @@ class _Bar:
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path())
 @click.option("-c", "--collection", default="default", show_default=True, help="Collection to index into.")
 @click.option("-m", "--model", default=None,
               help="Embedding model (known name or GGUF path). [default: all-minilm-l6-v2]")
@@ -71,25 +71,41 @@ class _Bar:
               help="Texts per embedding batch.")
 @click.option("--prune", is_flag=True, help="Remove documents under PATHS whose files are gone.")
 @click.option("--reembed", is_flag=True, help="Empty the collection and re-embed it (e.g. with another model).")
+@click.option("--query-prefix", default=None, metavar="TEXT",
+              help="Text prepended to queries before embedding, recorded by a new collection (default: the "
+                   "model's, e.g. e5's 'query: ').")
+@click.option("--document-prefix", default=None, metavar="TEXT",
+              help="Text prepended to chunks before embedding (default: the model's, e.g. e5's 'passage: ').")
+@click.option("--jsonl", "jsonl", default=None, metavar="FILE",
+              help='Index the documents of a JSON-lines corpus (BEIR corpus.jsonl: "_id", "title", "text" per '
+                   "line) instead of files, each stored under its _id; with --prune, ids absent from FILE go.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the counts.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def command(paths, collection, model, include, exclude, chunk_tokens, overlap, batch_size, prune, reembed,
-            as_json, quiet) -> None:
+            query_prefix, document_prefix, jsonl, as_json, quiet) -> None:
     """Index files and folders (PATHS) into a collection: walk, chunk, embed, store.
 
     Unchanged files are skipped by content hash; changed files have their chunks replaced. Hidden and VCS
     folders are skipped, and a `.embedkitignore` (gitignore syntax) excludes more.
     """
-    from embedkit.index import index
+    from embedkit.errors import InputError
+    from embedkit.index import index, index_jsonl
 
+    if bool(paths) == bool(jsonl):
+        raise InputError("give PATHS to index files, or --jsonl FILE for a JSON-lines corpus (not both)")
     # rich draws nothing useful where stderr is no terminal, but leaves a blank line there
     bar = None if quiet or not sys.stderr.isatty() else _Bar()
     try:
-        report = index(
-            paths, collection=collection, model=model, include=include, exclude=exclude,
-            chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, reembed=reembed, batch_size=batch_size,
-            progress=bar,
-        )
+        if jsonl:
+            report = index_jsonl(jsonl, collection=collection, model=model, chunk_tokens=chunk_tokens,
+                                 overlap=overlap, prune=prune, reembed=reembed, batch_size=batch_size, progress=bar,
+                                 query_prefix=query_prefix, document_prefix=document_prefix)
+        else:
+            report = index(
+                paths, collection=collection, model=model, include=include, exclude=exclude,
+                chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, reembed=reembed, batch_size=batch_size,
+                progress=bar, query_prefix=query_prefix, document_prefix=document_prefix,
+            )
     finally:
         if bar is not None:
             bar.stop()

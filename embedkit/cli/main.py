@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "index": ("index", "command", "Index files into a collection."),
     "search": ("search", "command", "Search a collection."),
     "similar": ("similar", "command", "Find documents similar to a document or chunk."),
+    "eval": ("evaluate", "command", "Measure search quality on a BEIR-format test set."),
     "db": ("db", "group", "Manage the database."),
     "generate": ("generate", "command", "Generate text from a prompt."),
     "chat": ("chat", "command", "Chat with a model interactively."),

@@ -23,17 +23,25 @@ def snippet(text: str, width: int = 160) -> str:
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Only documents whose metadata has KEY=VALUE.")
 @click.option("--min-score", type=float, default=None,
               help="Drop results below this cosine similarity, in [-1, 1] (not with --hybrid).")
-@click.option("--hybrid", is_flag=True, help="Fuse full-text and vector rankings (reciprocal rank fusion).")
+@click.option("--hybrid", is_flag=True, help="Fuse BM25 keyword and vector rankings (reciprocal rank fusion).")
+@click.option("--keyword", is_flag=True, help="BM25 keyword ranking alone (no embedding model needed).")
+@click.option("--chunks", "chunk_level", is_flag=True,
+              help="List the best chunks instead of the best documents (each shown by its best chunk).")
+@click.option("--rrf-k", type=click.FloatRange(0, None), default=60.0, show_default=True,
+              help="Reciprocal rank fusion constant of --hybrid: score = sum of 1 / (rrf_k + rank).")
+@click.option("--candidates", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="Chunks taken from each ranking before fusing (--hybrid) or grouping by document.")
 @click.option("--ef-search", type=click.IntRange(1, 1000), default=None, help="HNSW ef_search for this query.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"results": [...]} as one JSON object.')
-def command(query, k, collection, model, path_glob, meta, min_score, hybrid, ef_search, as_json) -> None:
-    """Search COLLECTION for chunks similar to QUERY."""
+def command(query, k, collection, model, path_glob, meta, min_score, hybrid, keyword, chunk_level, rrf_k, candidates,
+            ef_search, as_json) -> None:
+    """Search COLLECTION for the documents (or chunks) best matching QUERY."""
     from embedkit.search import search
     from embedkit.search.sql import parse_metadata_filters
 
     hits = search(query, k=k, collection=collection, model=model, path_glob=path_glob,
                   metadata=parse_metadata_filters(meta) or None, min_score=min_score, hybrid=hybrid,
-                  ef_search=ef_search)
+                  ef_search=ef_search, keyword=keyword, chunks=chunk_level, rrf_k=rrf_k, candidates=candidates)
     if as_json:
         click.echo(json.dumps({"results": [h.to_json() for h in hits]}, ensure_ascii=False))
         return

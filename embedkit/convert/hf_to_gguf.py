@@ -19,7 +19,7 @@ from embedkit.convert.safetensors import SafeTensor, read_model_tensors
 from embedkit.convert.wordpiece_vocab import read_wordpiece_vocab
 from embedkit.errors import ConversionError
 from embedkit.gguf.constants import ValueType
-from embedkit.gguf.keys import ST_MAX_SEQ_LENGTH_KEY
+from embedkit.gguf.keys import DOCUMENT_PREFIX_KEY, QUERY_PREFIX_KEY, ST_MAX_SEQ_LENGTH_KEY
 from embedkit.gguf.types import GGMLType
 from embedkit.gguf.writer import GGUFWriter
 
@@ -50,6 +50,18 @@ def sentence_transformers_max_seq_length(hf_dir: Path) -> int | None:
         return None
     value = _read_json(path).get("max_seq_length")
     return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def sentence_transformers_prompts(hf_dir: Path) -> tuple[str | None, str | None]:
+    """(query prefix, document prefix) from the `prompts` of a sentence-transformers
+    ``config_sentence_transformers.json`` (document: its "document", "passage", "corpus" or "doc" prompt)."""
+    path = hf_dir / "config_sentence_transformers.json"
+    prompts = _read_json(path).get("prompts") if path.is_file() else None
+    if not isinstance(prompts, dict):
+        return None, None
+    query = prompts.get("query")
+    document = next((prompts[k] for k in ("document", "passage", "corpus", "doc") if k in prompts), None)
+    return (query if isinstance(query, str) else None), (document if isinstance(document, str) else None)
 
 
 def sentence_transformers_pooling(hf_dir: Path) -> str | None:
@@ -100,8 +112,13 @@ def convert_hf_to_gguf(
     out: str | Path,
     outtype: str = "f32",
     progress: Callable[[str], None] | None = None,
+    query_prefix: str | None = None,
+    document_prefix: str | None = None,
 ) -> Path:
-    """Convert the Hugging Face BERT model in ``hf_dir`` to the GGUF file ``out`` (``outtype``: f32, f16 or q8_0)."""
+    """Convert the Hugging Face BERT model in ``hf_dir`` to the GGUF file ``out`` (``outtype``: f32, f16 or q8_0).
+
+    The query and document prefixes the model was trained with are recorded from sentence-transformers'
+    ``prompts``, unless given here (an empty string records none)."""
     hf_dir, out = Path(hf_dir), Path(out)
     if outtype not in OUTTYPES:
         raise ConversionError(f"unknown --outtype {outtype!r} (expected one of {', '.join(OUTTYPES)})")
@@ -152,6 +169,12 @@ def convert_hf_to_gguf(
         # embedkit's own key (llama.cpp ignores it): the length sentence-transformers truncates at,
         # which the Embedder uses as its default so vectors of long texts match sentence-transformers.
         w.add(ST_MAX_SEQ_LENGTH_KEY, max_seq_length, ValueType.UINT32)
+    st_query, st_document = sentence_transformers_prompts(hf_dir)
+    for key, given, found in ((QUERY_PREFIX_KEY, query_prefix, st_query),
+                              (DOCUMENT_PREFIX_KEY, document_prefix, st_document)):
+        value = given if given is not None else found
+        if value:
+            w.add(key, value)
     w.add("general.quantization_version", GGML_QUANTIZATION_VERSION, ValueType.UINT32)
     w.add("tokenizer.ggml.token_type_count", int(config.get("type_vocab_size", 1)), ValueType.UINT32)
     w.add("tokenizer.ggml.model", "bert")

@@ -15,7 +15,7 @@ from embedkit.embed.batching import pad_batch, plan_batches
 from embedkit.embed.pooling import POOLINGS, l2_normalize, pool
 from embedkit.errors import InputError, ModelOutputError
 from embedkit.gguf import GGUFFile
-from embedkit.gguf.keys import ST_MAX_SEQ_LENGTH_KEY
+from embedkit.gguf.keys import DOCUMENT_PREFIX_KEY, QUERY_PREFIX_KEY, ST_MAX_SEQ_LENGTH_KEY
 from embedkit.models import ENCODER_ARCHITECTURES, load_model
 from embedkit.tokenizer import load_tokenizer
 
@@ -72,6 +72,9 @@ class Embedder:
             raise InputError(f"pooling {chosen!r}: expected one of {', '.join(POOLINGS)}")
         self.pooling = chosen
         self.normalize = bool(normalize)
+        # prefixes the model was trained with (recorded by the converter); callers prepend them
+        self.query_prefix = _text_key(self.file.get(QUERY_PREFIX_KEY))
+        self.document_prefix = _text_key(self.file.get(DOCUMENT_PREFIX_KEY))
         limit = int(params.n_ctx_train) if self.is_encoder else min(int(params.n_ctx_train), DECODER_MAX_TOKENS)
         st_limit = self.file.get(ST_MAX_SEQ_LENGTH_KEY)
         if self.is_encoder and isinstance(st_limit, int) and 2 <= st_limit < limit:
@@ -182,3 +185,7 @@ class Embedder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _text_key(value) -> str:
+    return value if isinstance(value, str) else ""

@@ -27,6 +27,8 @@ def index(
     progress: IndexProgress | None = None,
     store: Store | None = None,
     embedder: Any = None,
+    query_prefix: str | None = None,
+    document_prefix: str | None = None,
 ) -> IndexReport:
     """Index files and folders into `collection` (see `index_paths`), loading the model (known name or GGUF
     path; None: the default embedding model) and opening the store as needed."""
@@ -44,7 +46,47 @@ def index(
         return index_paths(
             store, paths, embedder, model_identity(embedder, name, path), collection=collection, include=include,
             exclude=exclude, chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, reembed=reembed,
-            batch_size=batch_size, progress=progress,
+            batch_size=batch_size, progress=progress, query_prefix=query_prefix, document_prefix=document_prefix,
+        )
+    finally:
+        if own:
+            store.close()
+
+
+def index_jsonl(
+    path: str | os.PathLike[str],
+    collection: str = DEFAULT_COLLECTION,
+    model: str | os.PathLike[str] | None = None,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    overlap: int = DEFAULT_OVERLAP,
+    prune: bool = False,
+    reembed: bool = False,
+    batch_size: int = 32,
+    progress: IndexProgress | None = None,
+    store: Store | None = None,
+    embedder: Any = None,
+    query_prefix: str | None = None,
+    document_prefix: str | None = None,
+) -> IndexReport:
+    """Index a JSON-lines corpus (BEIR `corpus.jsonl`: `_id`, `title`, `text` per line) into `collection`,
+    each document stored under its `_id` (see `index_jsonl_documents`)."""
+    from embedkit.index.jsonl import index_jsonl_documents
+
+    check_collection_name(collection)
+    own = store is None
+    store = store or Store()
+    try:
+        if embedder is None:
+            embedder, name, mpath = load_embedder(model)
+        else:
+            name, mpath = os.fspath(model) if model is not None else str(embedder.model_name), None
+        limit = getattr(embedder, "max_tokens", None)
+        if limit:
+            chunk_tokens = min(chunk_tokens, int(limit) - 4)
+        return index_jsonl_documents(
+            store, path, embedder, model_identity(embedder, name, mpath), collection=collection,
+            chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, reembed=reembed, batch_size=batch_size,
+            progress=progress, query_prefix=query_prefix, document_prefix=document_prefix,
         )
     finally:
         if own:

@@ -111,11 +111,14 @@ def index_paths(
     reembed: bool = False,
     batch_size: int = 32,
     progress: IndexProgress | None = None,
+    query_prefix: str | None = None,
+    document_prefix: str | None = None,
 ) -> IndexReport:
     """Index files and folders into `collection`; unchanged files (same content hash) are not re-embedded.
 
     With `prune`, documents under the given paths whose files are gone (or no longer indexable) are removed.
     With `reembed`, a collection built with another model is emptied and rebuilt with this one.
+    A new collection records the query and document prefixes given, else the model's (see `model_prefixes`).
     """
     t0 = time.perf_counter()
     report = IndexReport(collection=collection)
@@ -123,7 +126,8 @@ def index_paths(
         chunk_tokens = default_chunk_tokens(embedder)
     files = walk_paths(paths, include, exclude)
     with store.connect() as conn:
-        info = ensure_collection(conn, collection, model, chunk_tokens, overlap, reembed=reembed)
+        info = ensure_collection(conn, collection, model, chunk_tokens, overlap, reembed=reembed,
+                                 **model_prefixes(embedder, query_prefix, document_prefix))
         known = document_hashes(conn, info.id)
 
     pending: list[_Pending] = []
@@ -163,7 +167,7 @@ def index_paths(
         elif not has_vector_indexes(conn, info.id):
             ensure_vector_indexes(conn, info.id, info.dim)
     try:
-        _embed_and_write(store, info.id, pending, embedder, batch_size, report, progress)
+        _embed_and_write(store, info.id, pending, embedder, batch_size, report, progress, info.document_prefix)
     finally:
         if bulk:
             with store.connect() as conn:
@@ -173,6 +177,8 @@ def index_paths(
         with store.connect() as conn:
             # fresh statistics let the planner pick the HNSW index for the next searches
             conn.execute("ANALYZE documents, chunks")
+            # and an empty GIN pending list lets it cost (and run) keyword searches through the GIN index
+            conn.execute("SELECT gin_clean_pending_list('chunks_tsv_gin'::regclass)")
     if prune:
         roots = [root_key(p) for p in paths]
         gone = [k for k in known if k not in kept and _under(k, roots)]
@@ -182,13 +188,22 @@ def index_paths(
     return report
 
 
+def model_prefixes(embedder: Any, query_prefix: str | None, document_prefix: str | None) -> dict[str, Any]:
+    """`ensure_collection` arguments for prefixes: the given ones (checked against an existing collection),
+    else the model's own (`Embedder.query_prefix`/`document_prefix`, from its GGUF) for a new collection."""
+    given = query_prefix is not None or document_prefix is not None
+    q = query_prefix if query_prefix is not None else str(getattr(embedder, "query_prefix", "") or "")
+    d = document_prefix if document_prefix is not None else str(getattr(embedder, "document_prefix", "") or "")
+    return {"prefixes": (q, d), "check_prefixes": given}
+
+
 def default_chunk_tokens(embedder: Any) -> int:
     """Chunk size: DEFAULT_CHUNK_TOKENS, or less when the model's window is smaller (room for CLS/SEP)."""
     limit = getattr(embedder, "max_tokens", None)
     return min(DEFAULT_CHUNK_TOKENS, int(limit) - 4) if limit else DEFAULT_CHUNK_TOKENS
 
 
-def _embed_and_write(store, collection_id, pending, embedder, batch_size, report, progress) -> None:
+def _embed_and_write(store, collection_id, pending, embedder, batch_size, report, progress, prefix: str = "") -> None:
     group = max(batch_size * 4, 8)
     flat = [(i, c) for i, p in enumerate(pending) for c in p.chunks]
     next_doc = 0
@@ -197,7 +212,7 @@ def _embed_and_write(store, collection_id, pending, embedder, batch_size, report
             part = flat[s : s + group]
             t = time.perf_counter()
             tick = progress.embedded if progress is not None else None
-            vecs = np.asarray(embedder.embed([c.text for _, c in part], batch_size=batch_size, progress=tick),
+            vecs = np.asarray(embedder.embed([prefix + c.text for _, c in part], batch_size=batch_size, progress=tick),
                               dtype=np.float32)
             report.embed_seconds += time.perf_counter() - t
             report.chunks_embedded += len(part)

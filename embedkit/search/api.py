@@ -1,4 +1,5 @@
-"""One-call library API: `search("query")`, `similar("path/or/chunk-id")` on the default store."""
+"""One-call library API: `search("query")`, `similar("path/or/chunk-id")`, `evaluate(qrels, queries)` on the
+default store."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ from embedkit.errors import InputError
 from embedkit.index.models import embedder_for_collection
 from embedkit.index.pipeline import DEFAULT_COLLECTION
 from embedkit.index.walk import root_key
-from embedkit.search.query import ChunkHit, search_hybrid, search_vector
+from embedkit.search.evaluation import (
+    RECALL_AT,
+    EvalReport,
+    evaluate_runs,
+    judged_queries,
+    read_qrels,
+    read_queries,
+    run_queries,
+)
+from embedkit.search.query import HYBRID_CANDIDATES, RRF_K, ChunkHit, search_hybrid, search_keyword, search_vector
 from embedkit.search.similar import DocumentHit, similar_documents
 from embedkit.store import Store
 from embedkit.store.collections import require_collection
@@ -30,14 +40,22 @@ def search(
     ef_search: int | None = None,
     store: Store | None = None,
     embedder: Any = None,
+    keyword: bool = False,
+    chunks: bool = False,
+    rrf_k: float = RRF_K,
+    candidates: int = HYBRID_CANDIDATES,
 ) -> list[ChunkHit]:
-    """Chunks of `collection` most similar to `query`, best first. The query is embedded with the model the
-    collection was built with (or `model`/`embedder`, refused if it differs)."""
+    """The k documents of `collection` best matching `query`, best first, each as its best chunk (with
+    `chunks`: the k best chunks). Vector search by default: the query is embedded with the model the
+    collection was built with (or `model`/`embedder`, refused if it differs); `keyword`: BM25 alone;
+    `hybrid`: both rankings (`candidates` chunks each) fused by reciprocal rank fusion with constant `rrf_k`."""
     if not query.strip():
         raise InputError("the query is empty; expected some words to search for")
+    if hybrid and keyword:
+        raise InputError("--hybrid and --keyword exclude each other; --hybrid already includes keyword ranking")
     if min_score is not None:
-        if hybrid:
-            raise InputError("--min-score applies to vector search, not to --hybrid (its scores are rank fusions)")
+        if hybrid or keyword:
+            raise InputError("--min-score applies to vector search, not to --hybrid or --keyword")
         if not -1.0 <= min_score <= 1.0:  # also refuses NaN
             raise InputError(f"--min-score must be a cosine similarity in [-1, 1], got {min_score}")
     own = store is None
@@ -45,13 +63,19 @@ def search(
     try:
         with store.connect() as conn:
             info = require_collection(conn, collection)
+        if keyword:
+            with store.connect() as conn:
+                return search_keyword(conn, info, query, k, path_glob, metadata, documents=not chunks,
+                                      candidates=candidates)
         if embedder is None:
             embedder = embedder_for_collection(info, model)
-        qvec = np.asarray(embedder.embed([query]), dtype=np.float32)[0]
+        qvec = np.asarray(embedder.embed([info.query_prefix + query]), dtype=np.float32)[0]
         with store.connect() as conn:
             if hybrid:
-                return search_hybrid(conn, info, qvec, query, k, path_glob, metadata, ef_search)
-            return search_vector(conn, info, qvec, k, path_glob, metadata, min_score, ef_search)
+                return search_hybrid(conn, info, qvec, query, k, path_glob, metadata, ef_search,
+                                     candidates=candidates, rrf_k=rrf_k, documents=not chunks)
+            return search_vector(conn, info, qvec, k, path_glob, metadata, min_score, ef_search,
+                                 documents=not chunks, candidates=candidates)
     finally:
         if own:
             store.close()
@@ -92,3 +116,54 @@ def resolve_target(conn, collection_id: int, target: str | int) -> str | int:
     if target.isdigit():
         return int(target)
     return target
+
+
+def evaluate(
+    qrels: str | os.PathLike[str],
+    queries: str | os.PathLike[str],
+    collection: str = DEFAULT_COLLECTION,
+    mode: str = "vector",
+    model: str | os.PathLike[str] | None = None,
+    rrf_k: float = RRF_K,
+    candidates: int = HYBRID_CANDIDATES,
+    ef_search: int | None = None,
+    store: Store | None = None,
+    embedder: Any = None,
+) -> EvalReport:
+    """nDCG@10, recall@100 and MRR@10 of `collection` (documents stored under their corpus ids, e.g. by
+    `index_jsonl`) on a BEIR-format test set; `mode` is "vector", "keyword" or "hybrid" (document-level
+    results, 100 per query)."""
+    if mode not in ("vector", "keyword", "hybrid"):
+        raise InputError(f"mode {mode!r}: expected vector, keyword or hybrid")
+    texts = read_queries(queries)
+    judged = judged_queries(texts, read_qrels(qrels))
+    ids = sorted(judged)
+    own = store is None
+    store = store or Store()
+    try:
+        with store.connect() as conn:
+            info = require_collection(conn, collection)
+        vecs: dict[str, np.ndarray] = {}
+        if mode != "keyword":
+            if embedder is None:
+                embedder = embedder_for_collection(info, model)
+            qv = np.asarray(embedder.embed([info.query_prefix + texts[q] for q in ids]), dtype=np.float32)
+            vecs = dict(zip(ids, qv, strict=True))
+        k = RECALL_AT
+        with store.connect() as conn:
+            def one(qid: str, text: str) -> list[str]:
+                if mode == "keyword":
+                    hits = search_keyword(conn, info, text, k, documents=True, candidates=max(candidates, k))
+                elif mode == "hybrid":
+                    hits = search_hybrid(conn, info, vecs[qid], text, k, ef_search=ef_search,
+                                         candidates=max(candidates, k), rrf_k=rrf_k, documents=True)
+                else:
+                    hits = search_vector(conn, info, vecs[qid], k, ef_search=ef_search, documents=True,
+                                         candidates=max(candidates, k))
+                return [h.path for h in hits]
+
+            runs = run_queries(one, texts, ids)
+        return evaluate_runs(runs, judged)
+    finally:
+        if own:
+            store.close()

@@ -1,15 +1,17 @@
-"""Semantic search over chunks: one indexed `ORDER BY distance LIMIT k` query, optionally fused with
-Postgres full-text search by reciprocal rank fusion (`hybrid`)."""
+"""Ranked chunk lists from the store: vector (one indexed `ORDER BY distance LIMIT n` query), keyword (BM25,
+see `keyword`), and hybrid (both fused by reciprocal rank fusion), each at chunk or document level."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import psycopg
 
 from embedkit.errors import InputError
+from embedkit.search.fusion import RRF_K, best_per_document, fuse_chunks, fuse_documents
+from embedkit.search.hits import ChunkHit
+from embedkit.search.keyword import keyword_scores
 from embedkit.search.sql import (
     MAX_K,
     RERANK_FACTOR,
@@ -20,32 +22,19 @@ from embedkit.search.sql import (
 )
 from embedkit.store.collections import CollectionInfo
 
-RRF_K = 60  # the usual reciprocal-rank-fusion constant
-HYBRID_CANDIDATES = 50
+__all__ = ["ChunkHit", "HYBRID_CANDIDATES", "RRF_K", "search_hybrid", "search_keyword", "search_vector"]
 
-
-@dataclass(frozen=True)
-class ChunkHit:
-    """One search result: a chunk, its document's path, and its score (cosine similarity, or the RRF score
-    with `hybrid`)."""
-
-    path: str
-    score: float
-    chunk_id: int
-    text: str
-    document_id: int
-    ordinal: int
-    char_start: int
-    char_end: int
-
-    def to_json(self) -> dict[str, Any]:
-        """The chunk as a `--json` result object."""
-        return asdict(self)
+HYBRID_CANDIDATES = 100  # chunks taken from each ranking before fusing or grouping by document
 
 
 def _check_k(k: int) -> None:
     if not 1 <= k <= MAX_K:
         raise InputError(f"-k must be between 1 and {MAX_K}, got {k}")
+
+
+def _check_candidates(candidates: int) -> None:
+    if not 1 <= candidates <= MAX_K:
+        raise InputError(f"--candidates must be between 1 and {MAX_K}, got {candidates}")
 
 
 def _vector_ids_sql(info: CollectionInfo, filt: str, limit_param: str) -> str:
@@ -66,6 +55,55 @@ def _vector_ids_sql(info: CollectionInfo, filt: str, limit_param: str) -> str:
     )
 
 
+def _hits_sql(info: CollectionInfo, ranked: str, score: str, order: str) -> str:
+    """Chunk rows (ChunkHit fields) of the ids ranked by the `ranked` SQL (alias h)."""
+    cid = int(info.id)
+    return (
+        f"WITH h AS MATERIALIZED ({ranked}) "
+        f"SELECT d.path, {score}, c.id, c.text, c.document_id, c.ordinal, c.char_start, c.char_end "
+        f"FROM h JOIN chunks c ON c.collection_id = {cid} AND c.id = h.id "
+        f"JOIN documents d ON d.collection_id = {cid} AND d.id = c.document_id "
+        f"ORDER BY {order}, c.id"
+    )
+
+
+def _rows_to_hits(rows) -> list[ChunkHit]:
+    return [ChunkHit(r[0], float(r[1]), *r[2:]) for r in rows]
+
+
+def vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search) -> list[ChunkHit]:
+    """The n chunks nearest to `qvec` (cosine similarity as score), best first."""
+    params: dict[str, Any] = {"q": np.asarray(qvec, dtype=np.float32), "n": n}
+    filt = document_filter(info, path_glob, metadata, params)
+    sql = _hits_sql(info, _vector_ids_sql(info, filt, "n"), "1 - h.dist", "h.dist")
+    with conn.transaction():
+        set_hnsw(conn, n, ef_search, filtered=bool(filt))
+        return _rows_to_hits(conn.execute(sql, params).fetchall())
+
+
+def keyword_chunks(conn, info, query, n, path_glob, metadata) -> list[ChunkHit]:
+    """The n best chunks for `query` by BM25 (the score), best first."""
+    ranked = keyword_scores(conn, info, query, n, path_glob, metadata)
+    if not ranked:
+        return []
+    params = {"ids": [r[0] for r in ranked], "scores": [r[1] for r in ranked]}
+    sql = _hits_sql(info, "SELECT * FROM unnest(%(ids)s::int8[], %(scores)s::float8[]) AS x(id, score)",
+                    "h.score", "h.score DESC")
+    return _rows_to_hits(conn.execute(sql, params).fetchall())
+
+
+def _documents(fetch, k: int, candidates: int) -> list[ChunkHit]:
+    """The k best documents (each as its best chunk) from `fetch(n)`, a ranked chunk list; asks for more
+    chunks while a full list still holds fewer than k documents."""
+    n = min(MAX_K, max(candidates, k))
+    while True:
+        hits = fetch(n)
+        docs = best_per_document(hits)
+        if len(docs) >= k or len(hits) < n or n >= MAX_K:
+            return docs[:k]
+        n = min(MAX_K, n * 4)
+
+
 def search_vector(
     conn: psycopg.Connection,
     info: CollectionInfo,
@@ -75,26 +113,39 @@ def search_vector(
     metadata: dict[str, Any] | None = None,
     min_score: float | None = None,
     ef_search: int | None = None,
+    documents: bool = False,
+    candidates: int = HYBRID_CANDIDATES,
 ) -> list[ChunkHit]:
-    """The k chunks nearest to `qvec` (cosine), best first."""
+    """The k chunks (or, with `documents`, the k documents, each as its best chunk) nearest to `qvec`
+    (cosine), best first."""
     _check_k(k)
-    params: dict[str, Any] = {"q": np.asarray(qvec, dtype=np.float32), "k": k}
-    filt = document_filter(info, path_glob, metadata, params)
-    inner = _vector_ids_sql(info, filt, "k")
-    sql = (
-        f"WITH hits AS MATERIALIZED ({inner}) "
-        "SELECT d.path, 1 - h.dist, c.id, c.text, c.document_id, c.ordinal, c.char_start, c.char_end "
-        f"FROM hits h JOIN chunks c ON c.collection_id = {int(info.id)} AND c.id = h.id "
-        f"JOIN documents d ON d.collection_id = {int(info.id)} AND d.id = c.document_id "
-        "ORDER BY h.dist, c.id"
-    )
-    with conn.transaction():
-        set_hnsw(conn, k, ef_search, filtered=bool(filt))
-        rows = conn.execute(sql, params).fetchall()
-    hits = [ChunkHit(r[0], float(r[1]), *r[2:]) for r in rows]
+    _check_candidates(candidates)
+    if documents:
+        hits = _documents(lambda n: vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search), k,
+                          candidates)
+    else:
+        hits = vector_chunks(conn, info, qvec, k, path_glob, metadata, ef_search)
     if min_score is not None:
         hits = [h for h in hits if h.score >= min_score]
     return hits
+
+
+def search_keyword(
+    conn: psycopg.Connection,
+    info: CollectionInfo,
+    query: str,
+    k: int = 10,
+    path_glob: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    documents: bool = False,
+    candidates: int = HYBRID_CANDIDATES,
+) -> list[ChunkHit]:
+    """The k chunks (or documents, each as its best chunk) with the best BM25 score for `query`."""
+    _check_k(k)
+    _check_candidates(candidates)
+    if documents:
+        return _documents(lambda n: keyword_chunks(conn, info, query, n, path_glob, metadata), k, candidates)
+    return keyword_chunks(conn, info, query, k, path_glob, metadata)
 
 
 def search_hybrid(
@@ -107,29 +158,19 @@ def search_hybrid(
     metadata: dict[str, Any] | None = None,
     ef_search: int | None = None,
     candidates: int = HYBRID_CANDIDATES,
+    rrf_k: float = RRF_K,
+    documents: bool = False,
 ) -> list[ChunkHit]:
-    """Vector and full-text (websearch syntax, English stemming) rankings fused by reciprocal rank fusion:
-    score = sum over both lists of 1 / (60 + rank)."""
+    """Vector and BM25 rankings (`candidates` chunks each) fused by reciprocal rank fusion:
+    score = sum over both rankings of 1 / (rrf_k + rank). With `documents`, each ranking is first collapsed to
+    its documents (a document ranks as its best chunk) and documents are fused (see `fuse_documents`)."""
     _check_k(k)
-    n = max(candidates, k)
-    params: dict[str, Any] = {"q": np.asarray(qvec, dtype=np.float32), "n": n, "k": k, "text": query}
-    filt = document_filter(info, path_glob, metadata, params)
-    cid = int(info.id)
-    vec = _vector_ids_sql(info, filt, "n")
-    sql = (
-        f"WITH v AS MATERIALIZED ({vec}), "
-        "vr AS (SELECT id, row_number() OVER (ORDER BY dist, id) AS r FROM v), "
-        "tq AS (SELECT websearch_to_tsquery('english', %(text)s) AS q), "
-        "t AS MATERIALIZED (SELECT c.id, ts_rank_cd(c.tsv, tq.q) AS rank FROM chunks c, tq "
-        f"WHERE c.collection_id = {cid} AND c.tsv @@ tq.q{filt} ORDER BY rank DESC, c.id LIMIT %(n)s), "
-        "tr AS (SELECT id, row_number() OVER (ORDER BY rank DESC, id) AS r FROM t), "
-        f"fused AS (SELECT id, sum(1.0 / ({RRF_K} + r)) AS score FROM "
-        "(SELECT id, r FROM vr UNION ALL SELECT id, r FROM tr) u GROUP BY id ORDER BY score DESC, id LIMIT %(k)s) "
-        "SELECT d.path, f.score, c.id, c.text, c.document_id, c.ordinal, c.char_start, c.char_end "
-        f"FROM fused f JOIN chunks c ON c.collection_id = {cid} AND c.id = f.id "
-        f"JOIN documents d ON d.collection_id = {cid} AND d.id = c.document_id ORDER BY f.score DESC, c.id"
-    )
-    with conn.transaction():
-        set_hnsw(conn, n, ef_search, filtered=bool(filt))
-        rows = conn.execute(sql, params).fetchall()
-    return [ChunkHit(r[0], float(r[1]), *r[2:]) for r in rows]
+    _check_candidates(candidates)
+    if not rrf_k >= 0:  # also refuses NaN
+        raise InputError(f"--rrf-k must be >= 0, got {rrf_k}")
+    n = min(MAX_K, max(candidates, k))
+    vec = vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search)
+    kw = keyword_chunks(conn, info, query, n, path_glob, metadata)
+    if documents:
+        return fuse_documents([vec, kw], k, rrf_k)
+    return fuse_chunks([vec, kw], k, rrf_k)

@@ -31,6 +31,8 @@ class CollectionInfo:
     model: ModelIdentity
     chunk_tokens: int
     chunk_overlap: int
+    query_prefix: str = ""  # prepended to queries before embedding (e5 "query: ", ...)
+    document_prefix: str = ""  # prepended to chunks before embedding (the stored text has none)
 
     @property
     def dim(self) -> int:
@@ -49,7 +51,7 @@ def index_kind(dim: int) -> str:
 
 _COLUMNS = (
     "id, name, model_name, model_file, model_sha256, architecture, dim, pooling, normalize, "
-    "chunk_tokens, chunk_overlap"
+    "chunk_tokens, chunk_overlap, query_prefix, document_prefix"
 )
 
 
@@ -60,6 +62,8 @@ def _row_to_info(row) -> CollectionInfo:
         model=ModelIdentity(row[2], row[3], row[4], row[5], row[6], row[7], row[8]),
         chunk_tokens=row[9],
         chunk_overlap=row[10],
+        query_prefix=row[11],
+        document_prefix=row[12],
     )
 
 
@@ -90,7 +94,7 @@ def list_collections(conn: psycopg.Connection) -> list[tuple[CollectionInfo, int
         "(SELECT count(*) FROM documents d WHERE d.collection_id = c.id), "
         "(SELECT count(*) FROM chunks k WHERE k.collection_id = c.id) FROM collections c ORDER BY c.name"
     ).fetchall()
-    return [(_row_to_info(r[:11]), r[11], r[12]) for r in rows]
+    return [(_row_to_info(r[:13]), r[13], r[14]) for r in rows]
 
 
 def mismatch(have: ModelIdentity, want: ModelIdentity) -> str | None:
@@ -148,35 +152,45 @@ def ensure_collection(
     chunk_tokens: int,
     chunk_overlap: int,
     reembed: bool = False,
+    prefixes: tuple[str, str] = ("", ""),
+    check_prefixes: bool = False,
 ) -> CollectionInfo:
     """Get or create collection `name` for `model`, with its HNSW indexes. With `reembed`, a collection built
-    with another model is emptied and switched to this one; otherwise a mismatch raises."""
+    with another model is emptied and switched to this one; otherwise a mismatch raises. A new collection
+    records `prefixes` (query, document); with `check_prefixes`, an existing one whose prefixes differ is
+    refused (unless re-embedding)."""
     check_collection_name(name)
     with conn.transaction():
         # Serialise creators of the same name so index creation never races.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('embedkit.collection:' || %s))", (name,))
         info = get_collection(conn, name)
         if info is None:
-            return _create(conn, name, model, chunk_tokens, chunk_overlap)
+            return _create(conn, name, model, chunk_tokens, chunk_overlap, prefixes)
         if not reembed:
             # Same model: the collection keeps its own chunking so its documents stay comparable.
             check_model(info, model)
+            if check_prefixes and (info.query_prefix, info.document_prefix) != tuple(prefixes):
+                raise CollectionMismatchError(
+                    f"collection {info.name!r} embeds with query prefix {info.query_prefix!r} and document prefix "
+                    f"{info.document_prefix!r}, not {prefixes[0]!r} and {prefixes[1]!r}; re-embed it on purpose "
+                    "with `embedkit index --reembed`"
+                )
             return info
         # Re-embedding replaces the collection by a new row (a new id): the old chunks, deleted but not yet
         # vacuumed, keep the old id, so the new partial indexes never evaluate their cast on old-dimension rows.
         conn.execute("SELECT embedkit_drop_vector_indexes(%s)", (info.id,))
         conn.execute("DELETE FROM collections WHERE id = %s", (info.id,))
-        return _create(conn, name, model, chunk_tokens, chunk_overlap)
+        return _create(conn, name, model, chunk_tokens, chunk_overlap, prefixes)
 
 
 def _create(conn: psycopg.Connection, name: str, model: ModelIdentity, chunk_tokens: int,
-            chunk_overlap: int) -> CollectionInfo:
+            chunk_overlap: int, prefixes: tuple[str, str] = ("", "")) -> CollectionInfo:
     row = conn.execute(
         "INSERT INTO collections (name, model_name, model_file, model_sha256, architecture, dim, "
-        "pooling, normalize, chunk_tokens, chunk_overlap) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
-        f"RETURNING {_COLUMNS}",
+        "pooling, normalize, chunk_tokens, chunk_overlap, query_prefix, document_prefix) "
+        f"VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING {_COLUMNS}",
         (name, model.model_name, model.model_file, model.model_sha256, model.architecture, model.dim,
-         model.pooling, model.normalize, chunk_tokens, chunk_overlap),
+         model.pooling, model.normalize, chunk_tokens, chunk_overlap, prefixes[0], prefixes[1]),
     ).fetchone()
     info = _row_to_info(row)
     conn.execute("SELECT embedkit_ensure_vector_indexes(%s, %s)", (info.id, model.dim))

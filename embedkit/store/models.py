@@ -55,6 +55,8 @@ class Collection(Base):
     distance: Mapped[str] = mapped_column(Text, server_default="cosine")
     chunk_tokens: Mapped[int] = mapped_column(Integer)
     chunk_overlap: Mapped[int] = mapped_column(Integer)
+    query_prefix: Mapped[str] = mapped_column(Text, server_default="")  # prepended to queries before embedding
+    document_prefix: Mapped[str] = mapped_column(Text, server_default="")  # prepended to chunks before embedding
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -101,3 +103,26 @@ class Chunk(Base):
     char_end: Mapped[int] = mapped_column(Integer)
     embedding = mapped_column(Vector())
     tsv = mapped_column(TSVECTOR)  # generated: to_tsvector('english', text)
+    keyword_len: Mapped[int | None] = mapped_column(Integer, nullable=True)  # lexeme occurrences (BM25 |d|)
+
+
+class KeywordStats(Base):
+    """Per-collection totals for BM25, kept by triggers on `chunks`: chunk count and total keyword length."""
+
+    __tablename__ = "keyword_stats"
+    __table_args__ = (ForeignKeyConstraint(["collection_id"], ["collections.id"], ondelete="CASCADE"),)
+
+    collection_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    chunks: Mapped[int] = mapped_column(BigInteger)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class KeywordTerm(Base):
+    """Per-collection document frequency of a lexeme (how many chunks hold it), kept by triggers on `chunks`."""
+
+    __tablename__ = "keyword_terms"
+    __table_args__ = (ForeignKeyConstraint(["collection_id"], ["collections.id"], ondelete="CASCADE"),)
+
+    collection_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    term: Mapped[str] = mapped_column(Text, primary_key=True)
+    chunks: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,173 @@
+"""BM25 keyword search in SQL on the embedded PostgreSQL: the statistics the triggers keep stay exact through
+incremental indexing, the scores match a reference BM25 (rank_bm25 with Lucene's idf) on the same lexemes,
+and the keyword SQL uses the GIN index."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+from rank_bm25 import BM25Okapi
+from store_fixtures import *  # noqa: F403
+from store_fixtures import HashEmbedder
+
+from embedkit.index import index_paths
+from embedkit.search import search
+from embedkit.search.keyword import BM25_B, BM25_K1, keyword_ids_sql, keyword_scores, query_terms
+from embedkit.store.collections import ensure_collection, require_collection
+from embedkit.store.writes import ChunkRecord, DocumentRecord, write_document
+
+VOCAB = ("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone cloud maple cedar "
+         "harbor lantern copper violet").split()
+
+
+def _write_tree(root, docs: dict[str, str]) -> None:
+    for name, text in docs.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+
+
+def _random_docs(rng: random.Random, n: int, prefix: str = "") -> dict[str, str]:
+    return {f"{prefix}d{i:02d}.txt": " ".join(rng.choices(VOCAB, k=rng.randint(5, 60))) for i in range(n)}
+
+
+def _stats(conn, cid: int) -> tuple[tuple, dict[str, int]]:
+    totals = conn.execute("SELECT chunks, tokens FROM keyword_stats WHERE collection_id = %s", (cid,)).fetchone()
+    terms = dict(conn.execute("SELECT term, chunks FROM keyword_terms WHERE collection_id = %s", (cid,)).fetchall())
+    return tuple(totals) if totals else (0, 0), terms
+
+
+def _recomputed(conn, cid: int) -> tuple[tuple, dict[str, int]]:
+    """The statistics computed from scratch from the chunks themselves."""
+    totals = conn.execute(
+        "SELECT count(*), coalesce(sum(embedkit_tsv_length(tsv)), 0) FROM chunks WHERE collection_id = %s", (cid,)
+    ).fetchone()
+    terms = dict(conn.execute(
+        "SELECT u.lexeme, count(*) FROM chunks c, unnest(c.tsv) u WHERE c.collection_id = %s GROUP BY 1", (cid,)
+    ).fetchall())
+    return tuple(totals), terms
+
+
+def test_incremental_indexing_keeps_statistics_exact(store, tmp_path, fresh_collection):
+    rng = random.Random(7)
+    root = tmp_path / "tree"
+    docs = _random_docs(rng, 30)
+    docs.update(_random_docs(rng, 5, "sub/"))
+    _write_tree(root, docs)
+    emb = HashEmbedder()
+    index_paths(store, [str(root)], emb, emb.identity(), collection=fresh_collection, chunk_tokens=16, overlap=2)
+    # change some, delete some, add some
+    for name in list(docs)[:8]:
+        docs[name] = " ".join(rng.choices(VOCAB, k=rng.randint(5, 60))) + " newword"
+    for name in list(docs)[8:14]:
+        (root / name).unlink()
+        del docs[name]
+    extra = _random_docs(rng, 4, "extra/")
+    docs.update(extra)
+    _write_tree(root, docs)
+    rep = index_paths(store, [str(root)], emb, emb.identity(), collection=fresh_collection, prune=True,
+                      chunk_tokens=16, overlap=2)
+    assert (rep.updated, rep.removed, rep.added) == (8, 6, 4)
+
+    fresh = fresh_collection + "_fresh"
+    index_paths(store, [str(root)], emb, emb.identity(), collection=fresh, chunk_tokens=16, overlap=2)
+    with store.connect() as conn:
+        inc = require_collection(conn, fresh_collection)
+        new = require_collection(conn, fresh)
+        inc_stats, new_stats = _stats(conn, inc.id), _stats(conn, new.id)
+        assert inc_stats == new_stats
+        assert inc_stats == _recomputed(conn, inc.id)
+        assert "newword" in inc_stats[1]
+        assert all(n > 0 for n in inc_stats[1].values())
+        # chunk lengths stored by the trigger equal the lengths of the generated tsvectors
+        bad = conn.execute(
+            "SELECT count(*) FROM chunks WHERE collection_id = %s AND keyword_len <> embedkit_tsv_length(tsv)",
+            (inc.id,)).fetchone()[0]
+        assert bad == 0
+        # deleting every document leaves no statistics behind; deleting the collection removes its rows
+        conn.execute("DELETE FROM documents WHERE collection_id = %s", (inc.id,))
+        assert _stats(conn, inc.id) == ((0, 0), {})
+        conn.execute("DELETE FROM collections WHERE id = %s", (new.id,))
+        assert conn.execute("SELECT count(*) FROM keyword_terms WHERE collection_id = %s", (new.id,)).fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM keyword_stats WHERE collection_id = %s", (new.id,)).fetchone()[0] == 0
+
+
+class _LuceneBM25(BM25Okapi):
+    """rank_bm25's Okapi BM25 with Lucene's idf, ln(1 + (N - df + 0.5) / (df + 0.5))."""
+
+    def _calc_idf(self, nd):
+        for word, freq in nd.items():
+            self.idf[word] = math.log(1 + (self.corpus_size - freq + 0.5) / (freq + 0.5))
+
+
+def test_bm25_scores_match_rank_bm25(store, tmp_path, fresh_collection):
+    rng = random.Random(11)
+    docs = _random_docs(rng, 40)
+    _write_tree(tmp_path, docs)
+    emb = HashEmbedder()
+    # chunks large enough that each document is one chunk
+    index_paths(store, [str(tmp_path)], emb, emb.identity(), collection=fresh_collection, chunk_tokens=120,
+                overlap=0)
+    with store.connect() as conn:
+        info = require_collection(conn, fresh_collection)
+        rows = conn.execute(
+            "SELECT c.id, c.tsv::text FROM chunks c WHERE c.collection_id = %s ORDER BY c.id", (info.id,)
+        ).fetchall()
+        ids = [r[0] for r in rows]
+        # the same lexemes, with their repetitions, as Postgres indexed them
+        corpus = []
+        for cid in ids:
+            lex = conn.execute("SELECT u.lexeme, array_length(u.positions, 1) FROM chunks c, unnest(c.tsv) u "
+                               "WHERE c.collection_id = %s AND c.id = %s", (info.id, cid)).fetchall()
+            corpus.append([w for w, n in lex for _ in range(n)])
+        ref = _LuceneBM25(corpus, k1=BM25_K1, b=BM25_B)
+        for query in ("river stone", "alpha alpha omega", "copper violet lantern harbor", "zeta",
+                      "alpha beta gamma delta epsilon zeta theta kappa maple cedar"):
+            qlex = [w for w, n in conn.execute(
+                "SELECT u.lexeme, array_length(u.positions, 1) FROM unnest(to_tsvector('english', %s)) u",
+                (query,)).fetchall() for _ in range(n)]
+            want = ref.get_scores(qlex)
+            got = dict(keyword_scores(conn, info, query, 1000))
+            matched = [i for i, cid in enumerate(ids) if set(corpus[i]) & set(qlex)]
+            assert sorted(got) == sorted(ids[i] for i in matched)
+            np.testing.assert_allclose([got[ids[i]] for i in matched], want[matched], rtol=1e-9)
+            # the pruned top n (candidates from the rarest terms first) is the top n of the full ranking
+            full = keyword_scores(conn, info, query, 1000)
+            for n in (1, 3, 8):
+                assert keyword_scores(conn, info, query, n) == full[:n]
+
+
+def test_or_semantics_and_no_terms(store, tmp_path, fresh_collection):
+    _write_tree(tmp_path, {"a.txt": "the quick brown fox", "b.txt": "a lazy dog sleeps", "c.txt": "unrelated words"})
+    emb = HashEmbedder()
+    index_paths(store, [str(tmp_path)], emb, emb.identity(), collection=fresh_collection)
+    hits = search("fox and dogs", k=5, collection=fresh_collection, store=store, keyword=True)
+    assert sorted(h.path.rsplit("/", 1)[1] for h in hits) == ["a.txt", "b.txt"]  # either word; 'dogs' stems
+    assert search("the and of", k=5, collection=fresh_collection, store=store, keyword=True) == []
+    assert search("nonexistentword", k=5, collection=fresh_collection, store=store, keyword=True) == []
+    # quotes, backslashes and tsquery operators in the query are words, not syntax
+    for evil in ("fox's", "fox\\", "fox | !dog & (", "'fox'", "fox:*"):
+        got = search(evil, k=5, collection=fresh_collection, store=store, keyword=True)
+        assert got and got[0].path.endswith("a.txt")
+
+
+def test_keyword_sql_uses_gin_index(store, fresh_collection):
+    """With enough chunks that a rare term's rows are few, candidates come from the GIN index on tsv."""
+    rng = np.random.default_rng(5)
+    emb = HashEmbedder()
+    words = [f"w{i}x" for i in range(4000)]
+    with store.connect() as conn:
+        info = ensure_collection(conn, fresh_collection, emb.identity(), 64, 0)
+        for d in range(20):
+            texts = [" ".join(rng.choice(words, 30)) for _ in range(100)]
+            chunks = [ChunkRecord(i, t, 32, 0, len(t)) for i, t in enumerate(texts)]
+            write_document(conn, info.id, DocumentRecord(f"doc{d}", f"h{d}", 0.0, 1), chunks, emb.embed(texts))
+        conn.execute("SELECT gin_clean_pending_list('chunks_tsv_gin')")
+        conn.execute("ANALYZE chunks, keyword_terms")
+        with conn.transaction():
+            conn.execute("SET LOCAL enable_seqscan = off")  # a small table: show that the index is usable
+            params = query_terms(conn, info, "w17x w423x") | {"n": 10}
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + keyword_ids_sql(info, "", "n"), params))
+    assert "chunks_tsv_gin" in plan, plan
