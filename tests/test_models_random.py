@@ -199,8 +199,8 @@ def test_logits_match_transformers(models: dict, case: str, gtype: str) -> None:
 LLAMA_CPP = Path(__file__).resolve().parent / "data" / "models" / "random_llamacpp.npz"
 # llama.cpp keeps K/V (and Q, and the softmax weights, in its matmuls) in float16 and, for quantized weights,
 # rounds activations to 8 bits. With --cpu-math ggml (selected here), quantized llama/qwen2/gemma3 models run
-# on the backend with llama.cpp's arithmetic and must equal its logits bit for bit; F32 models (float32 arithmetic) measured 2e-4 to 4e-4;
-# falcon (its LayerNorm and GELU are not emulated) 7e-3 (Q8_0) and 1.3e-2 (Q4_K).
+# on the backend with llama.cpp's arithmetic and must equal its logits bit for bit; F32 models (float32
+# arithmetic) measured 2e-4 to 4e-4; falcon (its LayerNorm and GELU are not emulated) 7e-3 (Q8_0) and 1.3e-2 (Q4_K).
 LLAMA_CPP_TOLERANCE = {"F32": 1e-3, "Q8_0": 3e-2, "Q4_K": 4e-2}
 BIT_EXACT_CASES = ("llama", "qwen2", "gemma3")
 

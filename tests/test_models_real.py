@@ -2,13 +2,13 @@
 
 Goldens: tests/data/models/*.logits.npz (see the README there): llama.cpp's 8 largest logits per position
 (stored as float16) and its top-1. With `--cpu-math ggml` (EMBEDKIT_CPU_MATH=ggml) embedkit runs decoders with
-llama.cpp's own arithmetic (embedkit/backend/ggml_cpu.py: 8-bit activation blocks, float16 K/V/Q/probabilities,
-ggml's summation order), so its logits equal llama.cpp's bit for bit; the comparison allows only the goldens' float16 rounding
-(half an ulp of a logit below 32 is <= 0.0078; we allow 0.02) and asks top-1 agreement at every position
-(the issue asks for >= 99%). For contrast, llama.cpp agrees with itself on only 91.9% / 91.9% (Gemma 3),
-94.6% / 95.1% (SmolLM2) and 99.2% / 99.2% (Qwen2.5) of these positions when rerun with an F32 KV cache or
-with flash attention (`top1_<variant>` in the goldens), and embedkit's float32 arithmetic
-(the default, which matches transformers to ~2e-6) agreed on 93.4% / 97.3% / 99.2%.
+llama.cpp's own arithmetic (embedkit/backend/ggml_cpu.py: 8-bit activation blocks, float16
+K/V/Q/probabilities, ggml's summation order), so its logits equal llama.cpp's bit for bit; the comparison
+allows only the goldens' float16 rounding (half an ulp of a logit below 32 is <= 0.0078; we allow 0.02) and
+asks top-1 agreement at every position (the issue asks for >= 99%). For contrast, llama.cpp agrees with itself
+on only 91.9% / 91.9% (Gemma 3), 94.6% / 95.1% (SmolLM2) and 99.2% / 99.2% (Qwen2.5) of these positions when
+rerun with an F32 KV cache or with flash attention (`top1_<variant>` in the goldens), and embedkit's float32
+arithmetic (the default, which matches transformers to ~2e-6) agreed on 93.4% / 97.3% / 99.2%.
 """
 
 from __future__ import annotations
