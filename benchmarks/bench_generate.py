@@ -108,12 +108,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="alternate the two sides this many times and keep each side's best figures "
                          "(the dev VM's speed drifts within minutes)")
-    ap.add_argument("--cpu-math", choices=["llama.cpp", "float32"], default=None,
-                    help="embedkit's CPU arithmetic for generation (EMBEDKIT_CPU_MATH; default llama.cpp's)")
+    ap.add_argument("--cpu-math", choices=["float32", "ggml"], default=None,
+                    help="embedkit's CPU arithmetic for generation (EMBEDKIT_CPU_MATH; default float32)")
     args = ap.parse_args()
     if args.cpu_math:
         os.environ["EMBEDKIT_CPU_MATH"] = args.cpu_math
-    print(f"# embedkit arithmetic: {os.environ.get('EMBEDKIT_CPU_MATH') or 'llama.cpp'} (EMBEDKIT_CPU_MATH)")
+    print(f"# embedkit arithmetic: {os.environ.get('EMBEDKIT_CPU_MATH') or 'float32'} (EMBEDKIT_CPU_MATH)")
     print(f"# {platform.machine()} {platform.system()}, {args.threads} threads, "
           f"pp{N_PROMPT} / tg{N_GEN}, n_ctx {N_CTX}, batch {N_BATCH}, best of {args.rounds} alternating round(s), "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")

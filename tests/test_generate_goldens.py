@@ -1,8 +1,8 @@
 """Greedy generation on the real models vs llama.cpp (goldens: tests/data/generate/greedy_*.json, see README).
 
 Acceptance (issue 8): for each model, the first 32 greedy tokens equal llama.cpp's on at least 8 of the 10
-prompts (llama.cpp's defaults; README.md). On the CPU, embedkit computes decoders with llama.cpp's own
-arithmetic (embedkit/backend/ggml_cpu.py), so we require all 10. The prompts are fed as
+prompts (llama.cpp's defaults; README.md). These tests select the compatibility arithmetic `--cpu-math ggml`
+(embedkit/backend/ggml_cpu.py: llama.cpp's own, bit for bit), so we require all 10. The prompts are fed as
 llama.cpp's token ids (our tokenizer is checked against the same ids separately), with end-of-generation
 ignored as the goldens were made.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from embedkit.backend import make_placement
 from embedkit.generate import Generator, SamplerParams
 
 DATA = Path(__file__).resolve().parent / "data" / "generate"
@@ -25,7 +26,8 @@ NEAR_TIE = 0.5  # logits; the same bound as tests/test_models_real.py
 @pytest.fixture(scope="module", params=list(MODELS))
 def loaded(request):
     golden = json.loads((DATA / f"greedy_{MODELS[request.param]}.json").read_text())
-    gen = Generator(request.getfixturevalue(request.param), n_ctx=128, n_batch=64)
+    gen = Generator(request.getfixturevalue(request.param), n_ctx=128, n_batch=64,
+                    placement=make_placement("cpu", cpu_math="ggml"))
     return gen, golden
 
 
@@ -114,7 +116,7 @@ def test_cli_generate_json_greedy(gemma_path):
     case = json.loads((DATA / "greedy_gemma3-270m.json").read_text())["cases"][2]
     r = CliRunner().invoke(
         cli, ["generate", "-m", str(gemma_path), "-p", case["prompt"], "-n", "8", "--temp", "0", "-c", "64",
-              "--ignore-eos", "--json"],
+              "--ignore-eos", "--json", "--cpu-math", "ggml"],
         catch_exceptions=False,
     )
     assert r.exit_code == 0, r.output

@@ -94,6 +94,7 @@ def test_live_random_q5_K_model_logits(tmp_path: Path, monkeypatch: pytest.Monke
     path = tmp_path / "q5_k.gguf"
     shape = dict(random_models.SHAPES["tiny"], n_embd=256, n_ff=512)  # every matrix width a multiple of 256
     random_models.write_random_model(path, "llama", shape, "Q5_K")
+    monkeypatch.setenv("EMBEDKIT_CPU_MATH", "ggml")
     m = load_model(str(path))
     assert isinstance(m.placement.backends[0], GGMLCPUBackend)
     rng = np.random.default_rng(13)

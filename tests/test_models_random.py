@@ -198,16 +198,16 @@ def test_logits_match_transformers(models: dict, case: str, gtype: str) -> None:
 
 LLAMA_CPP = Path(__file__).resolve().parent / "data" / "models" / "random_llamacpp.npz"
 # llama.cpp keeps K/V (and Q, and the softmax weights, in its matmuls) in float16 and, for quantized weights,
-# rounds activations to 8 bits. Quantized llama/qwen2/gemma3 models run on the backend with llama.cpp's
-# arithmetic and must equal its logits bit for bit; F32 models (float32 arithmetic) measured 2e-4 to 4e-4;
-# falcon (its LayerNorm and GELU are not emulated) 7e-3 (Q8_0) and 1.3e-2 (Q4_K).
+# rounds activations to 8 bits. With --cpu-math ggml (selected here), quantized llama/qwen2/gemma3 models run
+# on the backend with llama.cpp's arithmetic and must equal its logits bit for bit; F32 models (float32
+# arithmetic) measured 2e-4 to 4e-4; falcon (its LayerNorm and GELU are not emulated) 7e-3 (Q8_0) and 1.3e-2 (Q4_K).
 LLAMA_CPP_TOLERANCE = {"F32": 1e-3, "Q8_0": 3e-2, "Q4_K": 4e-2}
 BIT_EXACT_CASES = ("llama", "qwen2", "gemma3")
 
 
 @pytest.mark.parametrize("gtype", list(LLAMA_CPP_TOLERANCE))
 @pytest.mark.parametrize("case", [c for c in CASES if c != "llama_swa"])
-def test_logits_match_llama_cpp(models: dict, case: str, gtype: str) -> None:
+def test_logits_match_llama_cpp(models: dict, case: str, gtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """All-position logits vs llama.cpp's on the same file (goldens: data/models/make_random_goldens.py).
     `llama_swa` is left out: llama.cpp ignores `llama.attention.sliding_window` (we apply it, as transformers'
     Mistral does; real Mistral GGUFs don't carry the key). Top-1 agrees wherever llama.cpp's top-2 margin
@@ -217,6 +217,7 @@ def test_logits_match_llama_cpp(models: dict, case: str, gtype: str) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert digest == str(golden[f"{case}/{gtype}/sha256"]), "model bytes changed: rerun make_random_goldens.py"
     ref = golden[f"{case}/{gtype}/logits"]
+    monkeypatch.setenv("EMBEDKIT_CPU_MATH", "ggml")
     m = load_model(path)
     ours = m.forward(prompt_ids(s), m.new_state(32), 0, all_positions=True)
     scale = np.abs(ref).max()

@@ -18,6 +18,8 @@ class Placement:
     input: Backend
     layers: list[Backend]
     output: Backend
+    # decoders' CPU arithmetic (`float32` or `ggml`); None: EMBEDKIT_CPU_MATH, else float32
+    cpu_math: str | None = None
 
     def layer(self, i: int) -> Backend:
         """Backend of layer i."""
@@ -44,18 +46,19 @@ class Placement:
     def for_decoder(self, weight_types: set[int]) -> Placement:
         """The placement a decoder (text generation) whose matrices have `weight_types` runs on.
 
-        A placement that is all on the plain CPU backend gets the backend with llama.cpp's arithmetic
-        instead (`GGMLCPUBackend`: logits equal llama.cpp's) when it has exact kernels for every weight
-        type, unless EMBEDKIT_CPU_MATH=float32 asks for float32. Other placements are returned unchanged,
-        and so are float models (F32/F16 weights), which float32 computes closest to the model itself.
+        The default, float32, is the placement itself (the arithmetic closest to the model). With the
+        compatibility arithmetic `ggml` (`cpu_math`, else EMBEDKIT_CPU_MATH), a placement that is all on
+        the plain CPU backend gets `GGMLCPUBackend` instead (logits bit-identical to llama.cpp's x86 AVX2
+        CPU build) when it has exact kernels for every weight type; other placements and float models
+        (F32/F16 weights) keep float32.
         """
         from embedkit.backend.cpu import CPUBackend
         from embedkit.backend.ggml_cpu import EXACT_MATMUL_TYPES, GGMLCPUBackend, cpu_math
 
+        if cpu_math(self.cpu_math) != "ggml":
+            return self
         plain = [b for b in self.backends if type(b) is CPUBackend and b.batch_offload is None]
         if len(self.backends) != 1 or not plain or not weight_types <= EXACT_MATMUL_TYPES:
-            return self
-        if cpu_math() != "llama.cpp":
             return self
         return Placement.single(GGMLCPUBackend(), len(self.layers))
 
@@ -85,8 +88,10 @@ def cpu_placement(n_layer: int) -> Placement:
     return Placement.single(CPUBackend(), n_layer)
 
 
-def make_placement(device: str = "auto", gpu_layers: int | None = None, input_on_gpu: bool | None = None):
-    """A placement factory (n_layer -> Placement) for `--device auto|cpu|cuda` and `-ngl N`.
+def make_placement(
+    device: str = "auto", gpu_layers: int | None = None, input_on_gpu: bool | None = None, cpu_math: str | None = None
+):
+    """A placement factory (n_layer -> Placement) for `--device auto|cpu|cuda`, `-ngl N` and `--cpu-math`.
 
     gpu_layers follows llama.cpp: N layers (the last ones) on the GPU, 0 none, -1 (or None, or more than
     the model has) all of them plus the output head. `cuda` without a usable GPU raises DeviceError;
@@ -96,14 +101,23 @@ def make_placement(device: str = "auto", gpu_layers: int | None = None, input_on
     whose embedding stage is a large batch). The default (None) puts them on the GPU with full offload:
     the lookup then joins the decode step's graph instead of costing a host dequantization and an upload
     per token. With partial offload the CPU layers' matmuls over 32 or more tokens run on the GPU too, as
-    llama.cpp's do.
+    llama.cpp's do. cpu_math chooses decoders' arithmetic on the CPU (see `Placement.for_decoder`).
     """
+    from embedkit.backend.ggml_cpu import cpu_math as check_cpu_math
     from embedkit.errors import InputError
 
     if device not in ("auto", "cpu", "cuda"):
         raise InputError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if cpu_math is not None:
+        check_cpu_math(cpu_math)
+
+    def on_cpu(n_layer: int) -> Placement:
+        placement = cpu_placement(n_layer)
+        placement.cpu_math = cpu_math
+        return placement
+
     if device == "cpu" or gpu_layers == 0:
-        return cpu_placement
+        return on_cpu
     from embedkit.kernels.cuda import cuda_available, cuda_unavailable_reason
 
     if not cuda_available():
@@ -111,7 +125,7 @@ def make_placement(device: str = "auto", gpu_layers: int | None = None, input_on
             from embedkit.errors import DeviceError
 
             raise DeviceError(f"--device cuda: {cuda_unavailable_reason()}")
-        return cpu_placement
+        return on_cpu
     n_gpu = -1 if gpu_layers is None else int(gpu_layers)
 
     def factory(n_layer: int) -> Placement:

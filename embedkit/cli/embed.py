@@ -52,7 +52,7 @@ def _read_jsonl(source: str) -> list[str]:
 @click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
 @device_options
 def command(texts, model, jsonl, npy, batch_size, threads, pooling, no_normalize, max_tokens, quiet,
-            device, gpu_layers) -> None:
+            device, gpu_layers, cpu_math) -> None:
     """Embed TEXT arguments (or --jsonl input) with an embedding model."""
     from embedkit.catalog import resolve_model
     from embedkit.embed import Embedder
@@ -68,7 +68,7 @@ def command(texts, model, jsonl, npy, batch_size, threads, pooling, no_normalize
     if threads is not None:
         set_num_threads(threads)
     path = resolve_model(model, kind="embed")
-    placement = placement_from_options(device, gpu_layers, input_on_gpu=True)
+    placement = placement_from_options(device, gpu_layers, input_on_gpu=True, cpu_math=cpu_math)
     with Embedder(path, pooling=pooling, normalize=not no_normalize, max_tokens=max_tokens,
                   placement=placement) as emb:
         vectors = emb.embed(items, batch_size=batch_size)

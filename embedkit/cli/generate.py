@@ -67,7 +67,7 @@ def load_generator(kw: dict[str, Any]) -> Any:
     from embedkit.generate import Generator
 
     path = resolve_model(kw["model"], kind="generate")
-    placement = placement_from_options(kw["device"], kw["gpu_layers"])
+    placement = placement_from_options(kw["device"], kw["gpu_layers"], cpu_math=kw["cpu_math"])
     gen = Generator(path, n_ctx=kw["ctx_size"], n_batch=kw["batch_size"], n_threads=kw["threads"],
                     placement=placement)
     trained = int(getattr(gen.model.params, "n_ctx_train", 0) or 0)

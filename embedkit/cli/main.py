@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "db": ("db", "group", "Manage the database."),
     "generate": ("generate", "command", "Generate text from a prompt."),
     "chat": ("chat", "command", "Chat with a model interactively."),
+    "perplexity": ("perplexity", "command", "Perplexity of a model over a text (as llama-perplexity)."),
 }
 
 
