@@ -328,10 +328,11 @@ def index_texts(
     executor: Executor | None = None,
     bulk: bool = False,
 ) -> IndexReport:
-    """Index texts that are not files: `items` yields `(key, text, metadata)`; the key plays the part of the
-    path (unique in the collection), the content hash is the sha256 of the UTF-8 text (an unchanged text is
-    not re-embedded), mtime is 0 and size the UTF-8 length. Items are consumed as they come, in groups, so
-    a generator over a large table keeps memory flat.
+    """Index texts that are not files: `items` yields `(key, text, metadata)` (or is a Ray Dataset with
+    columns `key`, `text` and optionally `metadata`, indexed by a RayExecutor's `run_dataset`); the key plays
+    the part of the path (unique in the collection), the content hash is the sha256 of the UTF-8 text (an
+    unchanged text is not re-embedded), mtime is 0 and size the UTF-8 length. Items are consumed as they
+    come, in groups, so a generator over a large table keeps memory flat.
 
     With `prune`, documents of the collection whose key did not come are removed. With `bulk`, the HNSW
     indexes are built once after the load (for a first load of many texts).
@@ -343,11 +344,16 @@ def index_texts(
     with store.connect() as conn:
         info = ensure_collection(conn, collection, model, chunk_tokens, overlap, reembed=reembed)
         known = document_hashes(conn, info.id)
-    total = len(items) if isinstance(items, Sized) else None
+    is_dataset = hasattr(items, "map_batches") and hasattr(items, "iter_batches")  # a Ray Dataset
+    total = len(items) if isinstance(items, Sized) and not is_dataset else None
     kept: set[str] = set()
     changed = _changed_texts(items, known, report, kept)
     with _vector_indexes(store, info, bulk=bulk and not known):
-        if executor is None:
+        if is_dataset:
+            if executor is None or not hasattr(executor, "run_dataset"):
+                raise InputError("a Ray Dataset is indexed on Ray: pass executor=RayExecutor(...)")
+            kept = executor.run_dataset(store, info, embedder, items, known, report, progress)
+        elif executor is None:
             if progress is not None:
                 progress.planned(total, None)
             while group := list(itertools.islice(changed, TEXT_GROUP_DOCS)):
