@@ -131,7 +131,8 @@ def test_killed_driver_rerun_finishes_the_rest(store, ray_cluster, fresh_collect
     ref = single(store, fresh_collection + "_ref", emb)
     script = tmp_path / "driver.py"
     script.write_text(KILLED_DRIVER)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    path = os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path)
     proc = subprocess.Popen([sys.executable, str(script), store.url, ray_cluster, str(EXAMPLES), fresh_collection],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -195,3 +196,15 @@ def test_ray_flag_without_ray_says_how_to_install(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install 'embedkit[ray]'" in lines[0], out.stderr
     assert not (tmp_path / "pgdata").exists()  # said before starting a database
+
+
+@pytest.mark.slow
+def test_real_model_on_ray_actors_equals_single_process(store, ray_cluster, fresh_collection, minilm_gguf_path):
+    """all-MiniLM-L6-v2 loaded once per actor (by catalog name, on the worker): same chunks, vectors within
+    cosine 1e-6 of the single-process index."""
+    from embedkit.index import index
+
+    ref = index([EXAMPLES], collection=fresh_collection + "_ref", store=store)
+    rep = index([EXAMPLES], collection=fresh_collection, store=store, executor=RayExecutor(actors=2, batch_docs=4))
+    assert (rep.added, rep.chunks_embedded) == (ref.added, ref.chunks_embedded)
+    assert_same_store(store, fresh_collection + "_ref", fresh_collection)
