@@ -66,6 +66,7 @@ class RayExecutor:
         self.gpus_per_actor, self.batch_docs, self.batch_chars = gpus_per_actor, batch_docs, batch_chars
         self.in_flight, self.loader = max(1, in_flight), loader
         self.batch_size = 32
+        self.startup_seconds = 0.0  # of the last run: until every actor had loaded its model and warmed up
 
     # -- cluster -----------------------------------------------------------------------------
     def _connect(self, ray: Any) -> bool:
@@ -153,6 +154,7 @@ class RayExecutor:
         try:
             for fp in _get(ray, [a.fingerprint.remote() for a in actors]):
                 self._check(info, fp)
+            self.startup_seconds = time.perf_counter() - t0
             out: dict[Any, tuple[int, list[DocumentText]]] = {}  # task -> (actor index, its documents)
             load = [0] * n_actors
             batches = _batches(documents, self.batch_docs, self.batch_chars)

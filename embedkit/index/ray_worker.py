@@ -79,6 +79,7 @@ class EmbedWorker:
     def __init__(self, loader: Callable[[], Any], chunk_tokens: int, overlap: int, batch_size: int) -> None:
         self.embedder = loader()
         self.chunk_tokens, self.overlap, self.batch_size = chunk_tokens, overlap, batch_size
+        self.embedder.embed(["warm up"], batch_size=1)  # compile or load the kernels before the first batch
 
     def fingerprint(self) -> tuple[str, int, str, bool]:
         """See `model_fingerprint`."""
