@@ -43,12 +43,12 @@ def search(
     own = store is None
     store = store or Store()
     try:
-        with store.connect() as conn:
+        with store.connect_read() as conn:
             info = require_collection(conn, collection)
         if embedder is None:
             embedder = embedder_for_collection(info, model)
         qvec = np.asarray(embedder.embed([query]), dtype=np.float32)[0]
-        with store.connect() as conn:
+        with store.connect_read() as conn:
             if hybrid:
                 return search_hybrid(conn, info, qvec, query, k, path_glob, metadata, ef_search)
             return search_vector(conn, info, qvec, k, path_glob, metadata, min_score, ef_search)
@@ -70,7 +70,7 @@ def similar(
     own = store is None
     store = store or Store()
     try:
-        with store.connect() as conn:
+        with store.connect_read() as conn:
             info = require_collection(conn, collection)
             return similar_documents(conn, info, resolve_target(conn, info.id, target), k, ef_search)
     finally:

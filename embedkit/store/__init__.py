@@ -10,7 +10,7 @@ from pgvector.psycopg import register_vector
 from sqlalchemy import Engine
 
 from embedkit.store.collections import CollectionInfo, ModelIdentity
-from embedkit.store.engine import create_store_engine, database_url, psql_url
+from embedkit.store.engine import create_store_engine, database_url, normalize_url, psql_url
 
 __all__ = ["Store", "CollectionInfo", "ModelIdentity", "open_store"]
 
@@ -18,12 +18,21 @@ __all__ = ["Store", "CollectionInfo", "ModelIdentity", "open_store"]
 class Store:
     """A connection pool to the embedkit database, its schema upgraded to the newest migration.
 
-    `Store()` uses EMBEDKIT_DATABASE_URL, or starts the embedded server under EMBEDKIT_HOME.
+    `Store()` uses EMBEDKIT_DATABASE_URL, or starts the embedded server under EMBEDKIT_HOME; searches then go
+    to EMBEDKIT_DATABASE_READ_URL when it is set (a read replica). `read_url` names a replica explicitly (the
+    variable applies only to the store the environment names, never to an explicit `url`).
     """
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, read_url: str | None = None) -> None:
+        from embedkit.store.replica import read_database_url
+
+        env_store = url is None
         self.url = url if url is not None else database_url()
         self.engine: Engine = create_store_engine(self.url)
+        if read_url is not None:
+            read_url = normalize_url(read_url, "read_url")
+        self.read_url = read_url if read_url is not None else (read_database_url() if env_store else None)
+        self._read_engine: Engine | None = None
 
     @property
     def psql_url(self) -> str:
@@ -34,27 +43,51 @@ class Store:
     def connect(self) -> Iterator[psycopg.Connection]:
         """A pooled psycopg 3 connection in autocommit mode with pgvector's types registered; group
         statements with `conn.transaction()`."""
-        with self.engine.connect() as sa_conn:
-            conn = sa_conn.connection.driver_connection
-            sa_conn.connection.dbapi_connection.commit()
-            conn.autocommit = True
-            try:
-                if conn.adapters.types.get("vector") is None:
-                    register_vector(conn)
+        with _connect(self.engine) as conn:
+            yield conn
+
+    @contextmanager
+    def connect_read(self) -> Iterator[psycopg.Connection]:
+        """A connection for reads that may lag the writes (searches): to the read replica when one is
+        configured, else the same as `connect()`."""
+        if self.read_url is None:
+            with self.connect() as conn:
                 yield conn
-            finally:
-                if not conn.closed:
-                    conn.autocommit = False
+            return
+        if self._read_engine is None:
+            from embedkit.store.replica import create_read_engine
+
+            self._read_engine = create_read_engine(self.read_url)
+        with _connect(self._read_engine) as conn:
+            yield conn
 
     def close(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        if self._read_engine is not None:
+            self._read_engine.dispose()
 
     def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextmanager
+def _connect(engine: Engine) -> Iterator[psycopg.Connection]:
+    """See `Store.connect`."""
+    with engine.connect() as sa_conn:
+        conn = sa_conn.connection.driver_connection
+        sa_conn.connection.dbapi_connection.commit()
+        conn.autocommit = True
+        try:
+            if conn.adapters.types.get("vector") is None:
+                register_vector(conn)
+            yield conn
+        finally:
+            if not conn.closed:
+                conn.autocommit = False
 
 
 def open_store(url: str | None = None) -> Store:
