@@ -9,6 +9,14 @@
 
     python benchmarks/bench_search.py [--chunks 100000] [--queries 100]
 
+3. At scale (--scale N, toward 1,000,000; --scale-only skips 1 and 2): for each index flavour (--kinds
+   vector,halfvec,bit: 384, 2560 and 4096 dimensions, the dimension picks the flavour) N synthetic chunks
+   (random cluster centres plus noise, as above) are written through the indexer's write path; the first
+   --incremental chunks with the HNSW index maintained row by row, the rest as a bulk load with the index
+   built afterwards. Shown: both write rates (and the time an all-incremental load would take at that
+   rate), the index build time, sizes on disk (vectors, HNSW index), search latency p50/p95 and recall@10
+   against exact search measured in the same run.
+
 Uses EMBEDKIT_DATABASE_URL if set, else an embedded server under a temporary EMBEDKIT_HOME (stopped at the end).
 """
 
@@ -203,10 +211,87 @@ def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: in
     print()
 
 
+KIND_DIMS = {"vector": 384, "halfvec": 2560, "bit": 4096}
+
+
+def bench_scale(store: Store, kind: str, n_chunks: int, n_incremental: int, n_queries: int, seed: int = 0) -> None:
+    """Part 3 for one index flavour (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    dim = KIND_DIMS[kind]
+    centres = rng.standard_normal((max(64, n_chunks // 500), dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    sigma = 0.9 / np.sqrt(dim)
+    model = ModelIdentity("synthetic", "synthetic", f"synthetic-scale-{dim}", "bench", dim, "mean", True)
+    per_doc = 100
+    n_docs = max(1, n_chunks // per_doc)
+    n_inc = min(n_docs, max(1, n_incremental // per_doc))
+    name = f"bench-scale-{kind}"
+
+    def load(conn, docs) -> float:
+        t0 = time.perf_counter()
+        for d in docs:
+            chunks = [ChunkRecord(i, f"synthetic chunk {d}-{i}", 4, 0, 10) for i in range(per_doc)]
+            write_document(conn, info.id, DocumentRecord(f"doc{d:07d}.txt", f"h{d}", 0.0, 10), chunks,
+                           noisy(centres, per_doc, rng, sigma))
+        return time.perf_counter() - t0
+
+    with store.connect() as conn:
+        drop_collection(conn, name)
+        info = ensure_collection(conn, name, model, 200, 0)
+        inc_s = load(conn, range(n_inc))
+        drop_vector_indexes(conn, info.id)
+        bulk_s = load(conn, range(n_inc, n_docs))
+        t0 = time.perf_counter()
+        ensure_vector_indexes(conn, info.id, dim)
+        build_s = time.perf_counter() - t0
+        conn.execute("VACUUM ANALYZE chunks")
+        vec_mb, n = conn.execute("SELECT sum(pg_column_size(embedding)) / 1e6, count(*) FROM chunks "
+                                 "WHERE collection_id = %s", (info.id,)).fetchone()
+        idx_mb = conn.execute("SELECT pg_relation_size(%s::regclass) / 1e6", (f"chunks_hnsw_c{info.id}",)).fetchone()[0]
+    queries = noisy(centres, n_queries, rng, sigma)
+    lat: dict[int, list[float]] = {}
+    rec: dict[int, list[float]] = {}
+    exact_t: list[float] = []
+    with store.connect() as conn:
+        for q in queries:
+            t = time.perf_counter()
+            with conn.transaction():
+                conn.execute("SET LOCAL enable_indexscan = off")
+                truth = [r[0] for r in conn.execute(
+                    f"SELECT id FROM chunks WHERE collection_id = {info.id} ORDER BY embedding <=> %s::vector, id "
+                    "LIMIT 10", (q,))]
+            exact_t.append(time.perf_counter() - t)
+            for ef in (40, 100, 200):
+                t = time.perf_counter()
+                got = [h.chunk_id for h in search_vector(conn, info, q, k=10, ef_search=ef)]
+                lat.setdefault(ef, []).append(time.perf_counter() - t)
+                rec.setdefault(ef, []).append(len(set(got) & set(truth)) / 10)
+        drop_collection(conn, name)
+    inc_rate = n_inc * per_doc / inc_s
+    bulk_rate = (n_docs - n_inc) * per_doc / bulk_s if n_docs > n_inc else float("nan")
+    print(f"### {kind}: {n:,} chunks x {dim} dims ({n_queries} queries, k=10)\n")
+    print("| incremental chunks/s (HNSW kept) | all-incremental load, est. s | bulk chunks/s (no index) | "
+          "HNSW build s | bulk load + build s | vectors MB | HNSW MB |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {inc_rate:.0f} (first {n_inc * per_doc:,}) | {n / inc_rate:.0f} | {bulk_rate:.0f} | {build_s:.1f} | "
+          f"{bulk_s + build_s:.1f} | {vec_mb:.0f} | {idx_mb:.0f} |\n")
+    print("| method | p50 ms | p95 ms | recall@10 |")
+    print("|---|---|---|---|")
+    print(f"| exact — reference | {pct(exact_t, 50) * 1e3:.2f} | {pct(exact_t, 95) * 1e3:.2f} | 1.000 |")
+    for ef in (40, 100, 200):
+        print(f"| HNSW ef_search={ef} | {pct(lat[ef], 50) * 1e3:.2f} | {pct(lat[ef], 95) * 1e3:.2f} | "
+              f"{np.mean(rec[ef]):.3f} |")
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chunks", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--scale", type=int, default=0, help="part 3: chunks per index flavour (0: skip)")
+    ap.add_argument("--scale-only", action="store_true", help="run part 3 only")
+    ap.add_argument("--kinds", default="vector,halfvec,bit", help="part 3: index flavours")
+    ap.add_argument("--incremental", type=int, default=5_000, help="part 3: chunks written with HNSW kept")
     ap.add_argument("--corpus", type=Path, default=REPO / "examples" / "corpus", help="folder to index in part 1")
     ap.add_argument("--random-centres", action="store_true",
                     help="skip part 1: centre vectors drawn at random (384 dims) instead of real chunk embeddings")
@@ -221,12 +306,17 @@ def main() -> None:
         si = server_info(store.engine)
         print(f"# bench_search: {platform.machine()}, {os.cpu_count()} cores, PostgreSQL {si.postgres}, "
               f"pgvector {si.pgvector}, {time.strftime('%Y-%m-%d')}\n")
-        if args.random_centres:
-            c = np.random.default_rng(1).standard_normal((196, 384)).astype(np.float32)
-            centres = c / np.linalg.norm(c, axis=1, keepdims=True)
-        else:
-            centres = bench_index(store, args.corpus.resolve())
-        bench_search(store, centres, args.chunks, args.queries, args.corpus.resolve())
+        if not args.scale_only:
+            if args.random_centres:
+                c = np.random.default_rng(1).standard_normal((196, 384)).astype(np.float32)
+                centres = c / np.linalg.norm(c, axis=1, keepdims=True)
+            else:
+                centres = bench_index(store, args.corpus.resolve())
+            bench_search(store, centres, args.chunks, args.queries, args.corpus.resolve())
+        if args.scale:
+            print(f"## At scale: {args.scale:,} chunks per index flavour\n")
+            for kind in [k.strip() for k in args.kinds.split(",") if k.strip()]:
+                bench_scale(store, kind, args.scale, args.incremental, args.queries)
     finally:
         store.close()
         if home is not None:

@@ -11,7 +11,8 @@ from embedkit.index.chunk import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
 
 
 class _Bar:
-    """A rich progress bar on stderr: files written, chunks embedded, chunks/s and ETA."""
+    """A rich progress bar on stderr: files written, chunks embedded, chunks/s and ETA. When the chunk count
+    is not known in advance (chunking on Ray workers), the bar and the ETA follow the documents."""
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -31,22 +32,50 @@ class _Bar:
         self.task = None
         self.files_done = 0
         self.files_total = 0
+        self.by_files = False  # the bar counts documents, not chunks
+        self.chunks_done = 0
+        self.t0 = 0.0
 
-    def planned(self, files: int, chunks: int) -> None:
-        self.files_total = files
-        if files:
+    def planned(self, files: int | None, chunks: int | None) -> None:
+        import time
+
+        self.files_total = files or 0
+        self.by_files = chunks is None
+        self.t0 = time.monotonic()
+        if files or files is None:
             self.progress.start()
-            self.task = self.progress.add_task("index", total=chunks, files=f"0/{files}", rate="-")
+            if self.by_files:
+                from rich.progress import TextColumn
+
+                cols = list(self.progress.columns)
+                cols[3:5] = [TextColumn("{task.completed:.0f}/{task.total} documents"),
+                             TextColumn("{task.fields[files]} chunks")]
+                self.progress.columns = tuple(cols)
+            self.task = self.progress.add_task("index", total=files if self.by_files else chunks,
+                                               files="0" if self.by_files else f"0/{files}", rate="-")
 
     def embedded(self, chunks: int) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task, chunks)
-            speed = self.progress.tasks[0].speed
-            self.progress.update(self.task, rate=f"{speed:.3g}" if speed else "-")
+        import time
+
+        if self.task is None:
+            return
+        self.chunks_done += chunks
+        if self.by_files:
+            elapsed = time.monotonic() - self.t0
+            self.progress.update(self.task, files=str(self.chunks_done),
+                                 rate=f"{self.chunks_done / elapsed:.3g}" if elapsed > 0 else "-")
+            return
+        self.progress.advance(self.task, chunks)
+        speed = self.progress.tasks[0].speed
+        self.progress.update(self.task, rate=f"{speed:.3g}" if speed else "-")
 
     def written(self, files: int) -> None:
         self.files_done += files
-        if self.task is not None:
+        if self.task is None:
+            return
+        if self.by_files:
+            self.progress.advance(self.task, files)
+        else:
             self.progress.update(self.task, files=f"{self.files_done}/{self.files_total}")
 
     def stop(self) -> None:
@@ -79,10 +108,18 @@ class _Bar:
 @click.option("--jsonl", "jsonl", default=None, metavar="FILE",
               help='Index the documents of a JSON-lines corpus (BEIR corpus.jsonl: "_id", "title", "text" per '
                    "line) instead of files, each stored under its _id; with --prune, ids absent from FILE go.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Chunk and embed on a Ray cluster: auto joins the running one, local starts one here for the "
+                   "run, or a cluster address. Needs pip install 'embedkit[ray]'.")
+@click.option("--ray-actors", type=click.IntRange(1, 100000), default=None, metavar="N",
+              help="Embedder actors on Ray. [default: one per GPU with --ray-gpu, else one per node]")
+@click.option("--ray-batch", type=click.IntRange(1, 100000), default=16, show_default=True, metavar="N",
+              help="Documents per Ray task.")
+@click.option("--ray-gpu", is_flag=True, help="One GPU per Ray actor, embedding on CUDA.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the counts.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def command(paths, collection, model, include, exclude, chunk_tokens, overlap, batch_size, prune, reembed,
-            query_prefix, document_prefix, jsonl, as_json, quiet) -> None:
+            query_prefix, document_prefix, jsonl, ray_address, ray_actors, ray_batch, ray_gpu, as_json, quiet) -> None:
     """Index files and folders (PATHS) into a collection: walk, chunk, embed, store.
 
     Unchanged files are skipped by content hash; changed files have their chunks replaced. Hidden and VCS
@@ -93,6 +130,15 @@ def command(paths, collection, model, include, exclude, chunk_tokens, overlap, b
 
     if bool(paths) == bool(jsonl):
         raise InputError("give PATHS to index files, or --jsonl FILE for a JSON-lines corpus (not both)")
+    executor = None
+    if ray_address is not None or ray_actors is not None or ray_gpu:
+        if jsonl:
+            raise InputError("--jsonl runs in this process; index the corpus on Ray from Python (index_texts)")
+        from embedkit.index.ray_executor import RayExecutor, import_ray
+
+        import_ray()  # before the database and the model: one line saying how to install it
+        executor = RayExecutor(ray_address or "auto", actors=ray_actors, gpus_per_actor=1 if ray_gpu else 0,
+                               batch_docs=ray_batch)
     # rich draws nothing useful where stderr is no terminal, but leaves a blank line there
     bar = None if quiet or not sys.stderr.isatty() else _Bar()
     try:
@@ -104,7 +150,7 @@ def command(paths, collection, model, include, exclude, chunk_tokens, overlap, b
             report = index(
                 paths, collection=collection, model=model, include=include, exclude=exclude,
                 chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, reembed=reembed, batch_size=batch_size,
-                progress=bar, query_prefix=query_prefix, document_prefix=document_prefix,
+                progress=bar, query_prefix=query_prefix, document_prefix=document_prefix, executor=executor,
             )
     finally:
         if bar is not None:

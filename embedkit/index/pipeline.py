@@ -4,19 +4,23 @@ document whose chunks are all embedded is written in its own transaction."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from embedkit.errors import InputError
 from embedkit.index.chunk import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, TextChunk, chunk_text
 from embedkit.index.extract import SkipFile, content_sha256, extract, read_file
 from embedkit.index.walk import FoundFile, root_key, walk_paths
 from embedkit.store import Store
 from embedkit.store.collections import (
+    CollectionInfo,
     ModelIdentity,
     drop_vector_indexes,
     ensure_collection,
@@ -32,7 +36,7 @@ BULK_LOAD_CHUNKS = 20_000
 class IndexProgress(Protocol):
     """Callbacks the pipeline calls while it works (the CLI draws a progress bar from them)."""
 
-    def planned(self, files: int, chunks: int) -> None: ...
+    def planned(self, files: int | None, chunks: int | None) -> None: ...  # None: not known in advance
 
     def embedded(self, chunks: int) -> None: ...  # called after each embedding batch
 
@@ -73,10 +77,26 @@ class IndexReport:
 
 @dataclass
 class _Pending:
-    found: FoundFile
     doc: DocumentRecord
     chunks: list[TextChunk]
     vectors: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class DocumentText:
+    """A changed document on its way to the embedder: what is stored about it, and its extracted text."""
+
+    doc: DocumentRecord
+    text: str
+
+
+class Executor(Protocol):
+    """Runs the chunk-embed-write step somewhere else (`embedkit.index.ray_executor.RayExecutor`)."""
+
+    def run(self, store: Store, info: CollectionInfo, embedder: Any, documents: Iterable[DocumentText],
+            total: int | None, report: IndexReport, progress: IndexProgress | None) -> set[str]:
+        """Chunk, embed and write `documents` (each in one transaction); returns the keys written."""
+        ...
 
 
 def _under(path: str, roots: Sequence[str]) -> bool:
@@ -113,8 +133,11 @@ def index_paths(
     progress: IndexProgress | None = None,
     query_prefix: str | None = None,
     document_prefix: str | None = None,
+    executor: Executor | None = None,
 ) -> IndexReport:
     """Index files and folders into `collection`; unchanged files (same content hash) are not re-embedded.
+
+    The changed files are chunked, embedded and written here, or by `executor` (e.g. on a Ray cluster).
 
     With `prune`, documents under the given paths whose files are gone (or no longer indexable) are removed.
     With `reembed`, a collection built with another model is emptied and rebuilt with this one.
@@ -130,62 +153,121 @@ def index_paths(
                                  **model_prefixes(embedder, query_prefix, document_prefix))
         known = document_hashes(conn, info.id)
 
-    pending: list[_Pending] = []
     kept: set[str] = set()
+    if executor is None:
+        pending: list[_Pending] = []
+        for f, data, mtime in _scan(files, known, report, kept):
+            doc = _extract(f, data, mtime, report)
+            if doc is None:
+                continue
+            p = _chunk(doc, embedder, info, report)
+            if p is not None:
+                kept.add(f.key)
+                pending.append(p)
+        total_chunks = sum(len(p.chunks) for p in pending)
+        if progress is not None:
+            progress.planned(len(pending), total_chunks)
+        with _vector_indexes(store, info, bulk=total_chunks >= BULK_LOAD_CHUNKS and not known):
+            _embed_and_write(store, info.id, pending, embedder, batch_size, report, progress, info.document_prefix)
+    else:
+        # The file list is kept (paths only), the texts are read again one bounded batch at a time.
+        changed = [(f, len(data)) for f, data, _ in _scan(files, known, report, kept)]
+        est_chunks = sum(n for _, n in changed) // (_CHARS_PER_TOKEN * max(8, info.chunk_tokens - info.chunk_overlap))
+        with _vector_indexes(store, info, bulk=est_chunks >= BULK_LOAD_CHUNKS and not known):
+            kept |= executor.run(store, info, embedder, _read_changed(changed, report), len(changed), report,
+                                 progress)
+
+    roots = [root_key(p) for p in paths]
+    _finish(store, info, report, [k for k in known if k not in kept and _under(k, roots)] if prune else [])
+    report.total_seconds = time.perf_counter() - t0
+    return report
+
+
+# Rough characters per token of English text, to guess a run's chunk count before chunking it remotely.
+_CHARS_PER_TOKEN = 4
+
+
+def _scan(files: Sequence[FoundFile], known: dict[str, str], report: IndexReport,
+          kept: set[str]) -> Iterator[tuple[FoundFile, bytes, float]]:
+    """Read and hash each file; yields the ones whose content differs from the stored one (with their bytes
+    and mtime), counts the unchanged ones in `report` and `kept`, and records the unreadable ones as skipped."""
     for f in files:
         if not _utf8(f.key):  # PostgreSQL text is UTF-8: such a path cannot be stored (or printed as is)
             report.skipped.append((_printable(f.key), "file name is not UTF-8"))
             continue
         try:
             data, mtime = read_file(f.path)
-            sha = content_sha256(data)
-            if known.get(f.key) == sha:
-                report.unchanged += 1
-                kept.add(f.key)
-                continue
-            ex = extract(f.path, data, mtime)
         except SkipFile as why:
             report.skipped.append((f.key, str(why)))
             continue
-        chunks = chunk_text(ex.text, embedder.count_tokens, info.chunk_tokens, info.chunk_overlap)
-        if not chunks:
-            report.skipped.append((f.key, "no text"))
+        if known.get(f.key) == content_sha256(data):
+            report.unchanged += 1
+            kept.add(f.key)
             continue
-        kept.add(f.key)
-        doc = DocumentRecord(f.key, ex.sha256, ex.mtime, ex.size, ex.metadata)
-        pending.append(_Pending(f, doc, chunks))
+        yield f, data, mtime
 
-    total_chunks = sum(len(p.chunks) for p in pending)
-    if progress is not None:
-        progress.planned(len(pending), total_chunks)
-    # A first load of many chunks builds the HNSW indexes once at the end instead of maintaining them row by
-    # row (several times faster). A run killed meanwhile leaves them missing; the next run restores them.
-    bulk = total_chunks >= BULK_LOAD_CHUNKS and not known
+
+def _extract(f: FoundFile, data: bytes, mtime: float, report: IndexReport) -> DocumentText | None:
+    """The document and text of a changed file, or None (recorded as skipped) when it has no usable text."""
+    try:
+        ex = extract(f.path, data, mtime)
+    except SkipFile as why:
+        report.skipped.append((f.key, str(why)))
+        return None
+    return DocumentText(DocumentRecord(f.key, ex.sha256, ex.mtime, ex.size, ex.metadata), ex.text)
+
+
+def _read_changed(changed: Sequence[tuple[FoundFile, int]], report: IndexReport) -> Iterator[DocumentText]:
+    """The changed files' documents, read and extracted one at a time as the consumer asks for them."""
+    for f, _ in changed:
+        try:
+            data, mtime = read_file(f.path)
+        except SkipFile as why:
+            report.skipped.append((f.key, str(why)))
+            continue
+        doc = _extract(f, data, mtime, report)
+        if doc is not None:
+            yield doc
+
+
+def _chunk(doc: DocumentText, embedder: Any, info: CollectionInfo, report: IndexReport) -> _Pending | None:
+    """A document cut into chunks with the collection's chunking, or None (skipped) when nothing is left."""
+    chunks = chunk_text(doc.text, embedder.count_tokens, info.chunk_tokens, info.chunk_overlap)
+    if not chunks:
+        report.skipped.append((doc.doc.path, "no text"))
+        return None
+    return _Pending(doc.doc, chunks)
+
+
+@contextmanager
+def _vector_indexes(store: Store, info: CollectionInfo, bulk: bool) -> Iterator[None]:
+    """Around the writes of a run: with `bulk` (a first load of many chunks), drop the HNSW indexes and build
+    them once at the end instead of maintaining them row by row (several times faster); otherwise make sure
+    they exist. A run killed meanwhile leaves them missing; the next run restores them."""
     with store.connect() as conn:
         if bulk:
             drop_vector_indexes(conn, info.id)
         elif not has_vector_indexes(conn, info.id):
             ensure_vector_indexes(conn, info.id, info.dim)
     try:
-        _embed_and_write(store, info.id, pending, embedder, batch_size, report, progress, info.document_prefix)
+        yield
     finally:
         if bulk:
             with store.connect() as conn:
                 ensure_vector_indexes(conn, info.id, info.dim)
 
+
+def _finish(store: Store, info: CollectionInfo, report: IndexReport, gone: Sequence[str]) -> None:
+    """Refresh the planner's statistics after new chunks, and remove the documents in `gone`."""
     if report.chunks_embedded:
         with store.connect() as conn:
             # fresh statistics let the planner pick the HNSW index for the next searches
             conn.execute("ANALYZE documents, chunks")
             # and an empty GIN pending list lets it cost (and run) keyword searches through the GIN index
             conn.execute("SELECT gin_clean_pending_list('chunks_tsv_gin'::regclass)")
-    if prune:
-        roots = [root_key(p) for p in paths]
-        gone = [k for k in known if k not in kept and _under(k, roots)]
+    if gone:
         with store.connect() as conn:
             report.removed = delete_documents(conn, info.id, gone)
-    report.total_seconds = time.perf_counter() - t0
-    return report
 
 
 def model_prefixes(embedder: Any, query_prefix: str | None, document_prefix: str | None) -> dict[str, Any]:
@@ -220,7 +302,8 @@ def _embed_and_write(store, collection_id, pending, embedder, batch_size, report
                 pending[i].vectors.append(v)
             t = time.perf_counter()
             while next_doc < len(pending) and len(pending[next_doc].vectors) == len(pending[next_doc].chunks):
-                _write(conn, collection_id, pending[next_doc], report)
+                done = pending[next_doc]
+                write_embedded(conn, collection_id, done.doc, done.chunks, np.stack(done.vectors), report)
                 pending[next_doc] = None  # free the text and vectors of written documents
                 next_doc += 1
                 if progress is not None:
@@ -228,14 +311,102 @@ def _embed_and_write(store, collection_id, pending, embedder, batch_size, report
             report.write_seconds += time.perf_counter() - t
 
 
-def _write(conn, collection_id: int, p: _Pending, report: IndexReport) -> None:
-    records = [
-        ChunkRecord(i, c.text, c.token_count, c.char_start, c.char_end) for i, c in enumerate(p.chunks)
-    ]
-    outcome = write_document(conn, collection_id, p.doc, records, np.stack(p.vectors))
+def write_embedded(conn, collection_id: int, doc: DocumentRecord, chunks: Sequence[TextChunk], vectors: np.ndarray,
+                   report: IndexReport) -> None:
+    """Store one embedded document in its own transaction (binary COPY of its chunks) and count the outcome."""
+    records = [ChunkRecord(i, c.text, c.token_count, c.char_start, c.char_end) for i, c in enumerate(chunks)]
+    outcome = write_document(conn, collection_id, doc, records, vectors)
     if outcome == "added":
         report.added += 1
     elif outcome == "updated":
         report.updated += 1
     else:
         report.unchanged += 1
+
+
+# Documents chunked and embedded together when indexing texts in this process (bounds the memory they take).
+TEXT_GROUP_DOCS = 256
+
+
+def index_texts(
+    store: Store,
+    items: Iterable[tuple[str, str, dict[str, Any] | None]],
+    embedder: Any,
+    model: ModelIdentity,
+    collection: str = DEFAULT_COLLECTION,
+    chunk_tokens: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    prune: bool = False,
+    reembed: bool = False,
+    batch_size: int = 32,
+    progress: IndexProgress | None = None,
+    executor: Executor | None = None,
+    bulk: bool = False,
+) -> IndexReport:
+    """Index texts that are not files: `items` yields `(key, text, metadata)` (or is a Ray Dataset with
+    columns `key`, `text` and optionally `metadata`, indexed by a RayExecutor's `run_dataset`); the key plays
+    the part of the path (unique in the collection), the content hash is the sha256 of the UTF-8 text (an
+    unchanged text is not re-embedded), mtime is 0 and size the UTF-8 length. Items are consumed as they
+    come, in groups, so a generator over a large table keeps memory flat.
+
+    With `prune`, documents of the collection whose key did not come are removed. With `bulk`, the HNSW
+    indexes are built once after the load (for a first load of many texts).
+    """
+    t0 = time.perf_counter()
+    report = IndexReport(collection=collection)
+    if chunk_tokens is None:
+        chunk_tokens = default_chunk_tokens(embedder)
+    with store.connect() as conn:
+        info = ensure_collection(conn, collection, model, chunk_tokens, overlap, reembed=reembed,
+                                 **model_prefixes(embedder, None, None))
+        known = document_hashes(conn, info.id)
+    is_dataset = hasattr(items, "map_batches") and hasattr(items, "iter_batches")  # a Ray Dataset
+    total = len(items) if isinstance(items, Sized) and not is_dataset else None
+    kept: set[str] = set()
+    changed = _changed_texts(items, known, report, kept)
+    with _vector_indexes(store, info, bulk=bulk and not known):
+        if is_dataset:
+            if executor is None or not hasattr(executor, "run_dataset"):
+                raise InputError("a Ray Dataset is indexed on Ray: pass executor=RayExecutor(...)")
+            kept = executor.run_dataset(store, info, embedder, items, known, report, progress)
+        elif executor is None:
+            if progress is not None:
+                progress.planned(total, None)
+            while group := list(itertools.islice(changed, TEXT_GROUP_DOCS)):
+                pending = [p for d in group if (p := _chunk(d, embedder, info, report)) is not None]
+                kept.update(p.doc.path for p in pending)
+                _embed_and_write(store, info.id, pending, embedder, batch_size, report, progress,
+                                 info.document_prefix)
+        else:
+            kept |= executor.run(store, info, embedder, changed, total, report, progress)
+    _finish(store, info, report, [k for k in known if k not in kept] if prune else [])
+    report.total_seconds = time.perf_counter() - t0
+    return report
+
+
+def text_document(key: Any, text: Any, metadata: Any = None) -> DocumentText:
+    """The document of one `(key, text, metadata)` item; InputError naming the item if it is not that."""
+    if not isinstance(key, str) or not key or not _utf8(key):
+        raise InputError(f"text key {key!r}: expected a non-empty UTF-8 string")
+    if not isinstance(text, str):
+        raise InputError(f"text of {key!r}: expected a string, got {type(text).__name__}")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InputError(f"metadata of {key!r}: expected a dict or None, got {type(metadata).__name__}")
+    data = text.encode("utf-8", "surrogatepass")
+    return DocumentText(DocumentRecord(key, content_sha256(data), 0.0, len(data), dict(metadata or {})),
+                        text.replace("\x00", ""))
+
+
+def _changed_texts(items: Iterable[Any], known: dict[str, str], report: IndexReport,
+                   kept: set[str]) -> Iterator[DocumentText]:
+    for item in items:
+        if not isinstance(item, tuple | list) or len(item) not in (2, 3):
+            raise InputError(f"text item {str(item)[:80]!r}: expected a (key, text, metadata) tuple")
+        d = text_document(*item)
+        if known.get(d.doc.path) == d.doc.content_sha256:
+            report.unchanged += 1
+            kept.add(d.doc.path)
+        elif not d.text.strip():
+            report.skipped.append((d.doc.path, "empty"))
+        else:
+            yield d

@@ -61,16 +61,16 @@ def search(
     own = store is None
     store = store or Store()
     try:
-        with store.connect() as conn:
+        with store.connect_read() as conn:
             info = require_collection(conn, collection)
         if keyword:
-            with store.connect() as conn:
+            with store.connect_read() as conn:
                 return search_keyword(conn, info, query, k, path_glob, metadata, documents=not chunks,
                                       candidates=candidates)
         if embedder is None:
             embedder = embedder_for_collection(info, model)
         qvec = np.asarray(embedder.embed([info.query_prefix + query]), dtype=np.float32)[0]
-        with store.connect() as conn:
+        with store.connect_read() as conn:
             if hybrid:
                 return search_hybrid(conn, info, qvec, query, k, path_glob, metadata, ef_search,
                                      candidates=candidates, rrf_k=rrf_k, documents=not chunks)
@@ -94,7 +94,7 @@ def similar(
     own = store is None
     store = store or Store()
     try:
-        with store.connect() as conn:
+        with store.connect_read() as conn:
             info = require_collection(conn, collection)
             return similar_documents(conn, info, resolve_target(conn, info.id, target), k, ef_search)
     finally:

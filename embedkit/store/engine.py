@@ -31,16 +31,17 @@ def _home() -> Path:
     return Path(embedkit_home())
 
 
-def normalize_url(url: str) -> str:
-    """Turn any postgres URL (postgres://, postgresql://, postgresql+psycopg2://) into a psycopg 3 one."""
+def normalize_url(url: str, name: str = "EMBEDKIT_DATABASE_URL") -> str:
+    """Turn any postgres URL (postgres://, postgresql://, postgresql+psycopg2://) into a psycopg 3 one; errors
+    name the setting `name` it came from."""
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]
     try:
         parsed = make_url(url)
     except Exception as exc:
-        raise StoreError(f"EMBEDKIT_DATABASE_URL is not a database URL: {url!r}") from exc
+        raise StoreError(f"{name} is not a database URL: {url!r}") from exc
     if parsed.get_backend_name() != "postgresql":
-        raise StoreError(f"EMBEDKIT_DATABASE_URL must be a PostgreSQL URL, got {parsed.get_backend_name()!r}")
+        raise StoreError(f"{name} must be a PostgreSQL URL, got {parsed.get_backend_name()!r}")
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
