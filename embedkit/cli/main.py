@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "db": ("db", "group", "Manage the database."),
     "generate": ("generate", "command", "Generate text from a prompt."),
     "chat": ("chat", "command", "Chat with a model interactively."),
+    "serve": ("serve", "command", "Serve OpenAI-compatible embeddings and generation, and search, over HTTP."),
 }
 
 

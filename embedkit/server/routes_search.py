@@ -1,0 +1,7 @@
+"""Search routes (embedkit's own JSON)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
