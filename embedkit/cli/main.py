@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "index": ("index", "command", "Index files into a collection."),
     "search": ("search", "command", "Search a collection."),
     "similar": ("similar", "command", "Find documents similar to a document or chunk."),
+    "recommend": ("recommend", "command", "Find documents like some examples and unlike others."),
     "db": ("db", "group", "Manage the database."),
     "generate": ("generate", "command", "Generate text from a prompt."),
     "chat": ("chat", "command", "Chat with a model interactively."),
