@@ -24,10 +24,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "search": ("search", "command", "Search a collection."),
     "similar": ("similar", "command", "Find documents similar to a document or chunk."),
     "eval": ("evaluate", "command", "Measure search quality on a BEIR-format test set."),
+    "recommend": ("recommend", "command", "Find documents like some examples and unlike others."),
     "db": ("db", "group", "Manage the database."),
     "generate": ("generate", "command", "Generate text from a prompt."),
     "chat": ("chat", "command", "Chat with a model interactively."),
     "perplexity": ("perplexity", "command", "Perplexity of a model over a text (as llama-perplexity)."),
+    "serve": ("serve", "command", "Serve OpenAI-compatible embeddings and generation, and search, over HTTP."),
 }
 
 

@@ -36,14 +36,14 @@ def snippet(text: str, width: int = 160) -> str:
 def command(query, k, collection, model, path_glob, meta, min_score, hybrid, keyword, chunk_level, rrf_k, candidates,
             ef_search, as_json) -> None:
     """Search COLLECTION for the documents (or chunks) best matching QUERY."""
-    from embedkit.search import search
+    from embedkit.search import results_json, search
     from embedkit.search.sql import parse_metadata_filters
 
     hits = search(query, k=k, collection=collection, model=model, path_glob=path_glob,
                   metadata=parse_metadata_filters(meta) or None, min_score=min_score, hybrid=hybrid,
                   ef_search=ef_search, keyword=keyword, chunks=chunk_level, rrf_k=rrf_k, candidates=candidates)
     if as_json:
-        click.echo(json.dumps({"results": [h.to_json() for h in hits]}, ensure_ascii=False))
+        click.echo(json.dumps(results_json(hits), ensure_ascii=False))
         return
     if not hits:
         click.echo("no results", err=True)

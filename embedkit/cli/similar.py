@@ -15,11 +15,11 @@ import click
 @click.option("--json", "as_json", is_flag=True, help='Print {"results": [...]} as one JSON object.')
 def command(target, k, collection, ef_search, as_json) -> None:
     """Documents most similar to TARGET (an indexed file's path, or a chunk id), itself excluded."""
-    from embedkit.search import similar
+    from embedkit.search import results_json, similar
 
     hits = similar(target, k=k, collection=collection, ef_search=ef_search)
     if as_json:
-        click.echo(json.dumps({"results": [h.to_json() for h in hits]}, ensure_ascii=False))
+        click.echo(json.dumps(results_json(hits), ensure_ascii=False))
         return
     if not hits:
         click.echo("no results", err=True)

@@ -115,12 +115,25 @@ class Embedder:
         """Vectors float32 [len(texts), dim] in input order; `progress(n)` after each batch of n texts."""
         if isinstance(texts, str):
             raise InputError("embed() takes a sequence of texts, not one string")
+        return self.embed_tokens([self._tokens(t) for t in texts], batch_size, progress)
+
+    def tokenize(self, text: str) -> list[int]:
+        """The token ids `embed` runs for `text`: special tokens added, truncated to `max_tokens`."""
+        return self._tokens(text)
+
+    def embed_tokens(
+        self,
+        seqs: Sequence[Sequence[int]],
+        batch_size: int = 32,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Vectors float32 [len(seqs), dim] of token-id sequences (special tokens included, none longer than
+        `max_tokens`), in input order; `embed` is this on its texts' tokens."""
         if batch_size < 1:
             raise InputError(f"batch_size={batch_size}: expected a positive integer")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        if not texts:
+        out = np.empty((len(seqs), self.dim), dtype=np.float32)
+        if not seqs:
             return out
-        seqs = [self._tokens(t) for t in texts]
         if self.is_encoder:
             pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
             lengths = [len(s) for s in seqs]
@@ -154,7 +167,7 @@ class Embedder:
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
         if bad.size:  # NaN vectors print as invalid JSON and PostgreSQL refuses them
             raise ModelOutputError(
-                f"{self.path}: the model produced NaN or infinite values for {bad.size} of {len(texts)} texts "
+                f"{self.path}: the model produced NaN or infinite values for {bad.size} of {len(seqs)} texts "
                 f"(the first is text {bad[0] + 1}); its weights are damaged or not computed right"
             )
         return out

@@ -23,6 +23,7 @@ from embedkit.search.evaluation import (
     run_queries,
 )
 from embedkit.search.query import HYBRID_CANDIDATES, RRF_K, ChunkHit, search_hybrid, search_keyword, search_vector
+from embedkit.search.recommend import recommend_documents
 from embedkit.search.similar import DocumentHit, similar_documents
 from embedkit.store import Store
 from embedkit.store.collections import require_collection
@@ -100,6 +101,36 @@ def similar(
     finally:
         if own:
             store.close()
+
+
+def recommend(
+    positive: list[str | int],
+    negative: list[str | int] | None = None,
+    k: int = 10,
+    collection: str = DEFAULT_COLLECTION,
+    ef_search: int | None = None,
+    store: Store | None = None,
+) -> list[DocumentHit]:
+    """Documents like the `positive` examples and unlike the `negative` ones (documents by path, as indexed or
+    as on disk, or chunks by id), by Qdrant's average-vector strategy (see `embedkit.search.recommend`)."""
+    if not positive:
+        raise InputError("recommendations need at least one positive example (-p PATH|CHUNK_ID)")
+    own = store is None
+    store = store or Store()
+    try:
+        with store.connect() as conn:
+            info = require_collection(conn, collection)
+            pos = [resolve_target(conn, info.id, t) for t in positive]
+            neg = [resolve_target(conn, info.id, t) for t in negative or []]
+            return recommend_documents(conn, info, pos, neg, k, ef_search)
+    finally:
+        if own:
+            store.close()
+
+
+def results_json(hits: list[ChunkHit] | list[DocumentHit]) -> dict[str, Any]:
+    """The `--json` output of search, similar and recommend (and the HTTP API's answer): `{"results": [...]}`."""
+    return {"results": [h.to_json() for h in hits]}
 
 
 def resolve_target(conn, collection_id: int, target: str | int) -> str | int:

@@ -1,0 +1,157 @@
+"""The models a server serves: loading them (once, memory-mapped), their names, and looking them up by the
+`model` field of a request."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedkit.server.batcher import EmbeddingBatcher
+from embedkit.server.config import ServerConfig
+from embedkit.server.errors import APIError
+from embedkit.server.metrics import ServerMetrics
+from embedkit.server.scheduler import GenerationScheduler
+
+# Embedding models trained with Matryoshka representation learning, whose leading dimensions are an embedding
+# themselves: `dimensions` may truncate only these (matched against the file name and general.name).
+MATRYOSHKA_FAMILIES = ("nomic-embed-text-v1.5", "mxbai-embed-large", "snowflake-arctic-embed-m-v1.5",
+                       "embeddinggemma", "qwen3-embedding", "jina-embeddings-v3", "bge-m3", "gte-modernbert")
+
+
+def served_name(model: str) -> str:
+    """A model's public name: the catalog name it was given by, else its file's stem."""
+    from embedkit.catalog import KNOWN_MODELS
+
+    return model if model in KNOWN_MODELS else Path(model).stem
+
+
+@dataclass
+class ServedModel:
+    """One loaded model: its public name, other names it answers to, kind, and when it was loaded."""
+
+    name: str
+    aliases: set[str]
+    kind: str  # "embed" | "generate"
+    path: Path
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+@dataclass
+class EmbeddingModel(ServedModel):
+    embedder: Any = None
+    batcher: EmbeddingBatcher | None = None
+    catalog_name: str = ""  # as collections record it (catalog name, or the absolute path)
+
+    @property
+    def supports_dimensions(self) -> bool:
+        """Whether the model was trained so that its leading dimensions are an embedding (Matryoshka)."""
+        names = (self.path.name.lower(), str(self.embedder.file.get("general.name") or "").lower())
+        return any(f in n for f in MATRYOSHKA_FAMILIES for n in names)
+
+
+@dataclass
+class GenerationModel(ServedModel):
+    scheduler: GenerationScheduler | None = None
+
+    @property
+    def generator(self) -> Any:
+        """Slot 0's generator: tokenizer and chat template (read-only use from the routes)."""
+        return self.scheduler.generators[0]
+
+
+class BatchedEmbedder:
+    """An `EmbedderLike` for search and indexing whose `embed` runs on the model's worker thread."""
+
+    def __init__(self, model: EmbeddingModel) -> None:
+        self._model = model
+        emb = model.embedder
+        self.dim, self.pooling, self.normalize = emb.dim, emb.pooling, emb.normalize
+        self.max_tokens, self.path, self.model_name = emb.max_tokens, emb.path, emb.model_name
+        self.model_sha256, self.architecture = emb.model_sha256, emb.architecture
+
+    def embed(self, texts: Any, batch_size: int = 32, progress: Any = None) -> np.ndarray:
+        """Vectors of `texts`, computed in their own forwards on the worker thread."""
+        return self._model.batcher.embed_texts(list(texts), batch_size, progress)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` with special tokens, before truncation."""
+        return self._model.embedder.count_tokens(text)
+
+
+class ServedModels:
+    """The loaded embedding and generation models."""
+
+    def __init__(self, embed: EmbeddingModel | None, generate: GenerationModel | None) -> None:
+        self.embed = embed
+        self.generate = generate
+
+    def all(self) -> list[ServedModel]:
+        """Every loaded model."""
+        return [m for m in (self.embed, self.generate) if m is not None]
+
+    def find(self, name: str | None, kind: str) -> Any:
+        """The loaded model of `kind` called `name` (None: the one of that kind), else OpenAI's 404."""
+        model = self.embed if kind == "embed" else self.generate
+        what = "embedding" if kind == "embed" else "generation"
+        served = ", ".join(m.name for m in self.all()) or "none"
+        if model is None:
+            raise APIError(404, f"this server has no {what} model loaded (models: {served})", "model_not_found",
+                           "model")
+        if name is None or name in model.aliases:
+            return model
+        raise APIError(404, f"the model {name!r} does not exist or is not a {what} model served here "
+                            f"(models: {served})", "model_not_found", "model")
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        if self.embed is not None and self.embed.batcher is not None:
+            self.embed.batcher.close()
+        if self.generate is not None and self.generate.scheduler is not None:
+            self.generate.scheduler.close()
+
+
+def _aliases(given: str, path: Path) -> set[str]:
+    return {given, served_name(given), path.name, path.stem}
+
+
+def load_models(config: ServerConfig, metrics: ServerMetrics) -> ServedModels:
+    """Resolve and load the configured models, and start one worker thread per model."""
+    from embedkit.backend.placement import make_placement
+    from embedkit.catalog import resolve_model
+    from embedkit.embed import Embedder
+    from embedkit.generate import Generator
+    from embedkit.kernels import set_num_threads
+
+    if config.threads is not None:
+        set_num_threads(config.threads)
+    embed = generate = None
+    if config.embed_model is not None:
+        path = resolve_model(config.embed_model, kind="embed")
+        emb = Embedder(path, placement=make_placement(config.device, config.gpu_layers, input_on_gpu=True))
+        name = served_name(config.embed_model)
+        from embedkit.catalog import KNOWN_MODELS
+
+        recorded = config.embed_model if config.embed_model in KNOWN_MODELS else str(Path(path).resolve())
+        embed = EmbeddingModel(name, _aliases(config.embed_model, path), "embed", path, embedder=emb,
+                               catalog_name=recorded)
+        embed.batcher = EmbeddingBatcher(emb, name, metrics, config.batch_window_ms, config.batch_tokens)
+    if config.gen_model is not None:
+        path = resolve_model(config.gen_model, kind="generate")
+        name = served_name(config.gen_model)
+        placement = make_placement(config.device, config.gpu_layers)
+        first: list[Any] = []
+
+        def make(i: int) -> Any:
+            if i == 0:
+                first.append(Generator(path, n_ctx=config.ctx_size, placement=placement))
+                return first[0]
+            g = first[0]
+            return Generator.from_parts(g.file, g.model, g.tokenizer, n_ctx=g.n_ctx, n_batch=g.n_batch)
+
+        generate = GenerationModel(name, _aliases(config.gen_model, path), "generate", path)
+        generate.scheduler = GenerationScheduler(make, config.parallel, config.max_queue, metrics, name)
+    return ServedModels(embed, generate)
