@@ -47,11 +47,12 @@ def query_terms(query: str) -> list[str]:
 
 
 def highlight(text: str, query: str) -> Markup:
-    """`text`, HTML-escaped, with the words that start like a query word wrapped in <mark>."""
+    """`text`, HTML-escaped, with the query's words wrapped in <mark> (also with up to 3 more letters, as in
+    plurals: "file" marks "files")."""
     terms = query_terms(query)
     if not terms:
         return escape(text)
-    pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(t) for t in terms) + ")", re.IGNORECASE)
+    pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(t) for t in terms) + r")\w{0,3}(?!\w)", re.IGNORECASE)
     out, last = [], 0
     for m in pattern.finditer(text):
         out.append(escape(text[last:m.start()]))

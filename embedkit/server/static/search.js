@@ -16,6 +16,7 @@ const state = {
   examples: new Map(), // document key -> "good" | "bad"
   recSeq: 0,
   pendingKey: null,  // what to run once a key is given
+  inflight: 0,       // API calls not answered yet
 };
 
 class ApiError extends Error {
@@ -33,16 +34,17 @@ async function api(method, path, body) {
   const key = sessionStorage.getItem(KEY_ITEM);
   if (key) headers.Authorization = "Bearer " + key;
   let response;
+  let data = null;
+  state.inflight++;
   try {
     response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch (e) {
-    throw new ApiError(0, "The server cannot be reached (" + e.message + "). Is embedkit serve still running?");
-  }
-  let data = null;
-  try {
     data = await response.json();
   } catch (e) {
-    data = null;
+    if (!response) {
+      throw new ApiError(0, "The server cannot be reached (" + e.message + "). Is embedkit serve still running?");
+    }
+  } finally {
+    state.inflight--;
   }
   if (!response.ok) {
     const message = data && data.error && data.error.message ? data.error.message : "HTTP " + response.status;
@@ -94,7 +96,7 @@ function queryTerms(query) {
   return [...words].sort((a, b) => b.length - a.length || (a < b ? -1 : 1));
 }
 
-// `text` as text nodes, with the words that start like a query word in <mark>.
+// `text` as text nodes, with the query's words in <mark> (also with up to 3 more letters: "file" marks "files").
 function highlighted(text, query) {
   const frag = document.createDocumentFragment();
   const terms = queryTerms(query);
@@ -103,7 +105,7 @@ function highlighted(text, query) {
     return frag;
   }
   const escaped = terms.map((t) => t.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
-  const re = new RegExp("(?<![\\p{L}\\p{N}_])(" + escaped.join("|") + ")", "giu");
+  const re = new RegExp("(?<![\\p{L}\\p{N}_])(?:" + escaped.join("|") + ")[\\p{L}\\p{N}_]{0,3}(?![\\p{L}\\p{N}_])", "giu");
   let last = 0;
   for (const m of text.matchAll(re)) {
     frag.append(document.createTextNode(text.slice(last, m.index)));
@@ -219,7 +221,7 @@ function drawResults(results, v, seq) {
       el("span", { className: "score" }, "score " + r.score.toFixed(3)),
       el("span", { className: "where" }, "chunk " + (r.ordinal + 1)));
     const more = el("button", { type: "button", className: "secondary more-like" }, "More like this");
-    more.setAttribute("aria-label", "More like " + r.path);
+    more.setAttribute("aria-label", "More like this: " + r.path);
     more.addEventListener("click", () => moreLikeThis(r.path));
     const good = exampleButton(r.path, "good", "Good match");
     const bad = exampleButton(r.path, "bad", "Bad match");
@@ -228,6 +230,7 @@ function drawResults(results, v, seq) {
       el("div", { className: "actions" }, more, good, bad));
     item.dataset.index = i;
     item.dataset.path = r.path;
+    item.dataset.chunk = r.chunk_id;
     item.setAttribute("aria-label", (i + 1) + ". " + r.path);
     list.append(item);
   });
@@ -406,24 +409,27 @@ function onKey(ev) {
 
 let timer = null;
 
+// True when no search is waiting for its debounce and no API call is unanswered (the browser tests wait on it).
+window.embedkitIdle = () => timer === null && state.inflight === 0;
+
+function debounced() {
+  clearTimeout(timer);
+  timer = setTimeout(() => {
+    timer = null;
+    runSearch();
+  }, DEBOUNCE_MS);
+}
+
 function start() {
   $("side").hidden = false;
   $("search-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     clearTimeout(timer);
+    timer = null;
     runSearch();
   });
-  $("q").addEventListener("input", () => {
-    clearTimeout(timer);
-    timer = setTimeout(runSearch, DEBOUNCE_MS);
-  });
+  for (const id of ["q", "path", "meta", "k"]) $(id).addEventListener("input", debounced);
   for (const id of ["hybrid", "collection"]) $(id).addEventListener("change", () => runSearch());
-  for (const id of ["path", "meta", "k"]) {
-    $(id).addEventListener("input", () => {
-      clearTimeout(timer);
-      timer = setTimeout(runSearch, DEBOUNCE_MS);
-    });
-  }
   $("collection").addEventListener("change", () => {
     state.examples.clear();
     syncExampleButtons();
