@@ -29,6 +29,7 @@ KEY = "page-key-0123456789"
 AXE = REPO / "tests" / "data" / "axe-core" / "axe.min.js"
 QUERY = "where should my app store its config and cache files?"
 QUERY_DOC = "examples/corpus/readmes/platformdirs.md"
+SIDE_K = 5  # documents in the page's "more like this" and "recommended" lists
 
 
 @pytest.fixture(scope="module")
@@ -203,19 +204,21 @@ def test_more_like_this_and_examples_give_similar_and_recommend(tab, server, api
 
     page.locator("#results .result").first.get_by_role("button", name="More like").click()
     wait_idle(page)
-    similar = api.post("/v1/similar", json={"collection": COLLECTION, "target": {"document": first}}).json()
+    similar = api.post("/v1/similar", json={"collection": COLLECTION, "target": {"document": first},
+                                            "k": SIDE_K}).json()
     assert doc_list(page, "#similar") == [r["path"] for r in similar["results"]]
     assert page.inner_text("#similar-target") == first
 
     page.locator(f'#results .result[data-path="{first}"] button.good').first.click()
     wait_idle(page)
-    rec = api.post("/v1/recommend", json={"collection": COLLECTION, "positive": [{"document": first}]}).json()
+    rec = api.post("/v1/recommend", json={"collection": COLLECTION, "positive": [{"document": first}],
+                                          "k": SIDE_K}).json()
     assert doc_list(page, "#recommended") == [r["path"] for r in rec["results"]]
 
     page.locator(f'#results .result[data-path="{other}"] button.bad').first.click()
     wait_idle(page)
     rec = api.post("/v1/recommend", json={"collection": COLLECTION, "positive": [{"document": first}],
-                                          "negative": [{"document": other}]}).json()
+                                          "negative": [{"document": other}], "k": SIDE_K}).json()
     assert doc_list(page, "#recommended") == [r["path"] for r in rec["results"]]
     assert doc_list(page, "#examples") == [first, other]
     pressed = page.locator(f'#results .result[data-path="{other}"] button.bad').first.get_attribute("aria-pressed")

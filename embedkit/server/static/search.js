@@ -4,6 +4,7 @@
 
 const KEY_ITEM = "embedkit-api-key";
 const DEBOUNCE_MS = 250;
+const SIDE_K = 5; // documents in the "more like this" and "recommended" lists
 
 const $ = (id) => document.getElementById(id);
 const keyed = document.body.dataset.keyed === "yes";
@@ -262,7 +263,8 @@ async function moreLikeThis(path) {
   const list = $("similar");
   list.replaceChildren(el("li", {}, "Looking…"));
   await withKey(async () => {
-    const data = await api("POST", "/v1/similar", { collection: v.collection, target: { document: path }, k: 10 });
+    const body = { collection: v.collection, target: { document: path }, k: SIDE_K };
+    const data = await api("POST", "/v1/similar", body);
     drawDocList(list, data.results, v.collection);
     showError(null);
   });
@@ -328,7 +330,7 @@ async function recommend() {
   }
   $("rec-hint").textContent = "Documents like the good examples" + (negative.length ? " and unlike the bad ones:" : ":");
   await withKey(async () => {
-    const data = await api("POST", "/v1/recommend", { collection: v.collection, positive, negative, k: 10 });
+    const data = await api("POST", "/v1/recommend", { collection: v.collection, positive, negative, k: SIDE_K });
     if (seq !== state.recSeq) return;
     drawDocList(list, data.results, v.collection);
     list.dataset.done = String(seq);
