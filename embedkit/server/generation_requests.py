@@ -37,6 +37,7 @@ class SamplingFields(BaseModel):
     top_k: int | None = Field(None, description="llama.cpp: top-k (<= 0: off).")
     min_p: float | None = Field(None, ge=0.0, le=1.0, description="llama.cpp: min-p.")
     repeat_penalty: float | None = Field(None, gt=0.0, description="llama.cpp: repetition penalty.")
+    ignore_eos: bool = Field(False, description="llama.cpp: keep generating past end-of-generation tokens.")
 
     def stops(self) -> list[str]:
         """The stop strings as a list (at most 4, as OpenAI)."""

@@ -129,7 +129,7 @@ async def create_completion(req: CompletionRequest, request: Request,
     if req.suffix:
         raise APIError(400, "suffix (fill-in-the-middle) is not supported", "unsupported_parameter", "suffix")
     greq = GenerationRequest(prompt_ids, _budget(model, prompt_ids, req.max_tokens, "prompt"),
-                             req.sampler_params(), req.stops(), req.logprobs)
+                             req.sampler_params(), req.stops(), req.logprobs, req.ignore_eos)
     try:
         greq.sampler.check()
     except EmbedkitError as e:
@@ -184,7 +184,7 @@ async def create_chat_completion(req: ChatRequest, request: Request,
     prompt_ids = await run_in_threadpool(gen.chat_prompt, messages)
     stops = [*req.stops(), *gen.chat_template.stops]
     greq = GenerationRequest(prompt_ids, _budget(model, prompt_ids, req.budget(), "messages"),
-                             req.sampler_params(), stops, top_n)
+                             req.sampler_params(), stops, top_n, req.ignore_eos)
     try:
         greq.sampler.check()
     except EmbedkitError as e:

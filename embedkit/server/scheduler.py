@@ -38,6 +38,7 @@ class GenerationRequest:
     sampler: SamplerParams
     stop: list[str] = field(default_factory=list)
     top_logprobs: int | None = None
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -191,7 +192,8 @@ class GenerationScheduler:
                 sampler = (RecordingSampler(req.sampler, gen.tokenizer, req.top_logprobs)
                            if req.top_logprobs is not None else Sampler(req.sampler))
                 job.sampler = sampler
-                job.run = gen.start(req.prompt_ids, n_predict=req.max_tokens, sampler=sampler, stop=req.stop)
+                job.run = gen.start(req.prompt_ids, n_predict=req.max_tokens, sampler=sampler, stop=req.stop,
+                                    ignore_eos=req.ignore_eos)
                 job.it = iter(job.run)
             except Exception as e:  # noqa: BLE001 - reported to the caller
                 self._end(job, error=e)
