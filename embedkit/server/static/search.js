@@ -158,7 +158,19 @@ function rememberInAddress(v) {
 // ---- collections ----
 
 async function loadCollections() {
-  const data = await api("GET", "/v1/collections");
+  let data;
+  for (let tries = 0; ; tries++) {
+    try {
+      data = await api("GET", "/v1/collections");
+      break;
+    } catch (e) {
+      // 503 while the server's models load: say so and try again
+      if (!(e instanceof ApiError && e.status === 503 && tries < 300)) throw e;
+      $("status").textContent = e.message;
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+  }
+  $("status").textContent = "";
   const select = $("collection");
   const current = select.value;
   select.replaceChildren();
