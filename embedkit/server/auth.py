@@ -8,8 +8,10 @@ import json
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from embedkit.server.errors import APIError
+from embedkit.server.page import PAGE_PATHS
 
-OPEN_PATHS = frozenset({"/health"})
+# the search page loads without a key (its API calls send one; its server-rendered routes check their own)
+OPEN_PATHS = frozenset({"/health"}) | PAGE_PATHS
 
 
 class BearerAuth:
