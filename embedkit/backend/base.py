@@ -8,6 +8,7 @@ mix of them (partial offload, see `placement.py`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -188,6 +189,44 @@ class Backend:
         softcap: scores -> softcap * tanh(scores / softcap). Returns [n, heads * hd].
         """
         raise NotImplementedError
+
+    def attention_seqs(
+        self,
+        q: Array,
+        caches: Sequence[KVCache],
+        k_new: Array,
+        v_new: Array,
+        spans: Sequence[tuple[int, int, int]],
+        scale: float,
+        causal: bool = True,
+        window: int | None = None,
+        softcap: float | None = None,
+    ) -> Array:
+        """`attention` for rows of several sequences (continuous batching, see models/batch.py).
+
+        spans[i] = (start, stop, pos0): rows start:stop are one sequence's tokens at positions pos0..,
+        stored in and attending over caches[i] only (its window counted in its own positions). The
+        default runs `attention` per span and stacks the outputs; one span is exactly `attention`.
+        """
+        if len(spans) == 1:
+            return self.attention(q, caches[0], k_new, v_new, spans[0][2], scale, causal, window, softcap)
+        outs = [
+            self.attention(
+                self.rows(q, a, b), cache, self.rows(k_new, a, b), self.rows(v_new, a, b), pos0, scale, causal,
+                window, softcap,
+            )
+            for cache, (a, b, pos0) in zip(caches, spans, strict=True)
+        ]  # fmt: skip
+        return self.concat_rows(outs)
+
+    def concat_rows(self, parts: Sequence[Array]) -> Array:
+        """Arrays of equal trailing shape stacked along the first axis (a new array)."""
+        raise NotImplementedError
+
+    def gather_rows(self, x: Array, idx: np.ndarray) -> Array:
+        """Rows `idx` (host int array) of a 2-D array, in that order (a new array)."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        return self.concat_rows([self.rows(x, int(i), int(i) + 1) for i in idx])
 
     def attention_batch(self, q: Array, k: Array, v: Array, mask: np.ndarray, scale: float) -> Array:
         """Bidirectional attention over padded batches (BERT).

@@ -121,6 +121,14 @@ class CPUBackend(Backend):
         """Rows start:stop."""
         return x[start:stop]
 
+    def concat_rows(self, parts) -> Array:
+        """Stack along the first axis."""
+        return np.concatenate(parts, axis=0)
+
+    def gather_rows(self, x: Array, idx: np.ndarray) -> Array:
+        """Rows idx, copied."""
+        return np.ascontiguousarray(x[np.asarray(idx, dtype=np.int64)])
+
     def split_cols(self, x: Array, sizes: list[int]) -> list[Array]:
         """Contiguous column blocks of a 2-D array."""
         out, c = [], 0

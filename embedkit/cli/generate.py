@@ -104,10 +104,17 @@ def _read_prompt(prompt: str | None, file: str | None) -> str:
 @click.option("--system", default=None, help="System message (with --chat).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, tokens and timings.")
 @click.option("-q", "--quiet", is_flag=True, help="No timing summary on stderr.")
-def command(prompt, file, stop, echo, ignore_eos, chat, system, as_json, quiet, **kw) -> None:
+@click.option("--batch", "batch_file", default=None,
+              help="JSON lines of prompts ('-': stdin), generated together; one JSON result a line to stdout.")
+@click.option("--parallel", default=4, show_default=True, type=click.IntRange(min=1),
+              help="With --batch: sequences generated at once (-c is split between them).")
+def command(prompt, file, stop, echo, ignore_eos, chat, system, as_json, quiet, batch_file, parallel, **kw) -> None:
     """Generate text that continues a prompt; the text streams to stdout, timings go to stderr."""
     if system is not None and not chat:
         raise InputError("--system applies to the chat template: add --chat (or drop --system)")
+    if batch_file is not None:
+        _batch(batch_file, parallel, prompt, file, stop, echo, ignore_eos, chat, system, quiet, kw)
+        return
     text = _read_prompt(prompt, file)
     params = sampler_params(kw)
     gen = load_generator(kw)
@@ -141,3 +148,22 @@ def command(prompt, file, stop, echo, ignore_eos, chat, system, as_json, quiet, 
         if sys.stderr.isatty():
             click.echo("", err=True)
         click.echo(run.result.timings.summary(), err=True)
+
+
+def _batch(batch_file, parallel, prompt, file, stop, echo, ignore_eos, chat, system, quiet, kw) -> None:
+    """--batch: every line of the file through one BatchGenerator (see cli/generate_batch.py)."""
+    from embedkit.catalog import resolve_model
+    from embedkit.cli.generate_batch import BatchLine, read_lines, run_batch
+    from embedkit.generate import BatchGenerator
+
+    if prompt is not None or file is not None:
+        raise InputError("--batch reads the prompts from its file: drop -p/-f")
+    if echo:
+        raise InputError("--echo does not apply to --batch")
+    defaults = BatchLine(0, None, "", kw["n_predict"], sampler_params(kw), list(stop), ignore_eos)
+    lines = read_lines(batch_file, defaults)
+    path = resolve_model(kw["model"], kind="generate")
+    placement = placement_from_options(kw["device"], kw["gpu_layers"])
+    gen = BatchGenerator(path, n_ctx=kw["ctx_size"], n_parallel=parallel, n_batch=kw["batch_size"],
+                         n_threads=kw["threads"], placement=placement, background=False)
+    run_batch(gen, lines, chat, system, sys.stdout, quiet)

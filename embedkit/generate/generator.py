@@ -52,6 +52,39 @@ def default_ctx(n_ctx_train: int) -> int:
     return max(1, min(int(n_ctx_train or DEFAULT_CTX_CAP), DEFAULT_CTX_CAP))
 
 
+def load_generative(
+    model: str | os.PathLike[str] | GGUFFile, n_threads: int | None = None, placement: Any = None
+) -> tuple[GGUFFile, Any, Any]:
+    """(file, model, tokenizer) of a generative GGUF model; UnsupportedModelError for an encoder."""
+    from embedkit.models import ENCODER_ARCHITECTURES, GENERATIVE_ARCHITECTURES, load_model
+    from embedkit.tokenizer import load_tokenizer
+
+    if n_threads is not None:
+        from embedkit.kernels import set_num_threads
+
+        set_num_threads(n_threads)
+    f = model if isinstance(model, GGUFFile) else GGUFFile(Path(model))
+    if f.architecture in ENCODER_ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"{f.path}: {f.architecture!r} is an embedding (encoder) model and cannot generate text; "
+            f"generation supports {', '.join(GENERATIVE_ARCHITECTURES)}"
+        )
+    return f, load_model(f, placement), load_tokenizer(f)
+
+
+def chat_prompt_ids(
+    template: ChatTemplate, tokenizer: Any, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+) -> list[int]:
+    """Token ids of ``messages`` rendered by ``template`` (special tokens in it are parsed)."""
+    text = template.render(messages, add_generation_prompt=add_generation_prompt)
+    ids = tokenizer.encode(text, add_special=True, parse_special=True)
+    bos = tokenizer.bos_id
+    writes_bos = "bos_token" in template.source
+    if writes_bos and len(ids) >= 2 and bos is not None and ids[0] == bos and ids[1] == bos:
+        ids = ids[1:]  # the template wrote BOS itself and the tokenizer added another
+    return ids
+
+
 @dataclass
 class Timings:
     """Where the time went, in milliseconds (llama.cpp's perf counters, reduced)."""
@@ -185,21 +218,9 @@ class Generator:
         placement: Any = None,
     ) -> None:
         """Load ``model`` (a GGUF path or open file); ``n_ctx`` None = the model's context capped at 4096."""
-        from embedkit.models import ENCODER_ARCHITECTURES, GENERATIVE_ARCHITECTURES, load_model
-        from embedkit.tokenizer import load_tokenizer
-
-        if n_threads is not None:
-            from embedkit.kernels import set_num_threads
-
-            set_num_threads(n_threads)
         t0 = time.perf_counter()
-        f = model if isinstance(model, GGUFFile) else GGUFFile(Path(model))
-        if f.architecture in ENCODER_ARCHITECTURES:
-            raise UnsupportedModelError(
-                f"{f.path}: {f.architecture!r} is an embedding (encoder) model and cannot generate text; "
-                f"generation supports {', '.join(GENERATIVE_ARCHITECTURES)}"
-            )
-        self._setup(f, load_model(f, placement), load_tokenizer(f), n_ctx, n_batch)
+        f, m, tok = load_generative(model, n_threads, placement)
+        self._setup(f, m, tok, n_ctx, n_batch)
         self.load_ms = 1000.0 * (time.perf_counter() - t0)
 
     @classmethod
@@ -246,13 +267,7 @@ class Generator:
 
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of ``messages`` rendered by the chat template (special tokens in it are parsed)."""
-        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
-        ids = self.tokenize(text, add_special=True, parse_special=True)
-        bos = self.tokenizer.bos_id
-        writes_bos = "bos_token" in self.chat_template.source
-        if writes_bos and len(ids) >= 2 and bos is not None and ids[0] == bos and ids[1] == bos:
-            ids = ids[1:]  # the template wrote BOS itself and the tokenizer added another
-        return ids
+        return chat_prompt_ids(self.chat_template, self.tokenizer, messages, add_generation_prompt)
 
     # -- the loop -------------------------------------------------------------------------------
     def start(

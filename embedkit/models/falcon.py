@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedkit.backend import Array, Backend, Weight
+from embedkit.models.batch import SeqBatch
 from embedkit.models.decoder import DecoderModel, Rows
-from embedkit.models.kv_cache import ModelState
+from embedkit.models.kv_cache import ModelState, SlotState
 
 
 @dataclass
@@ -66,18 +67,18 @@ class FalconModel(DecoderModel):
         return be.layer_norm(x, self.w_output_norm, self.w_output_norm_b, self.params.norm_eps)
 
     def layer(
-        self, i: int, be: Backend, x: Array, state: ModelState, pos0: int, positions: np.ndarray, keep: Rows = None
+        self, i: int, be: Backend, x: Array, state: ModelState | SlotState, batch: SeqBatch, keep: Rows = None
     ) -> Array:
         """x + Attn(LN(x)) + MLP(LN(x)) (or MLP(LN2(x)) with a second norm)."""
         hp, w = self.params, self.layers[i]
-        n, hd = len(positions), hp.head_dim
+        n, hd, positions = batch.n_rows, hp.head_dim, batch.positions
         h = be.layer_norm(x, w.attn_norm, w.attn_norm_b, hp.norm_eps)
         h_mlp = h if w.attn_norm_2 is None else be.layer_norm(x, w.attn_norm_2, w.attn_norm_2_b, hp.norm_eps)
         q, k, v = be.split_cols(be.matmul(h, w.wqkv), [hp.n_embd_q, hp.n_embd_kv, hp.n_embd_kv])
         q = be.rope(be.view(q, (n, hp.n_head, hd)), positions, hp.n_rot, hp.rope_base, "neox", hp.rope_freq_scale)
         k = be.rope(be.view(k, (n, hp.n_head_kv, hd)), positions, hp.n_rot, hp.rope_base, "neox", hp.rope_freq_scale)
         v = be.view(v, (n, hp.n_head_kv, hd))
-        a = be.matmul(be.attention(q, state.layer(i), k, v, pos0, 1.0 / math.sqrt(hd)), w.wo)
+        a = be.matmul(self.attend(be, i, q, k, v, state, batch, 1.0 / math.sqrt(hd)), w.wo)
         a, x, h_mlp = self.keep_rows(be, keep, a, x, h_mlp)
         m = be.matmul(be.gelu_erf(be.matmul(h_mlp, w.w_up)), w.w_down)
         return be.add(be.add(x, a), m)

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedkit.backend import Array, Backend, Weight
+from embedkit.models.batch import SeqBatch
 from embedkit.models.decoder import DecoderModel, Rows
-from embedkit.models.kv_cache import ModelState
+from embedkit.models.kv_cache import ModelState, SlotState
 
 LOCAL_ROPE_BASE = 10000.0  # llama.cpp's rope_freq_base_train_swa for gemma3
 SWA_PATTERN = 6  # layers i with i % 6 == 5 are global
@@ -73,11 +74,11 @@ class Gemma3Model(DecoderModel):
         return be.scale(be.get_rows(self.w_tok_embd, ids), math.sqrt(self.params.n_embd))
 
     def layer(
-        self, i: int, be: Backend, x: Array, state: ModelState, pos0: int, positions: np.ndarray, keep: Rows = None
+        self, i: int, be: Backend, x: Array, state: ModelState | SlotState, batch: SeqBatch, keep: Rows = None
     ) -> Array:
         """x + PostNorm(Attn(Norm(x))), then + PostNorm(GeGLU(Norm(.)))."""
         hp, w = self.params, self.layers[i]
-        n, eps = len(positions), hp.norm_eps
+        n, eps, positions = batch.n_rows, hp.norm_eps, batch.positions
         local = self.is_local[i]
         base = self.local_rope_base if local else hp.rope_base
         freq_scale = 1.0 if local else hp.rope_freq_scale
@@ -91,7 +92,7 @@ class Gemma3Model(DecoderModel):
         window = hp.sliding_window if local else None
         # llama.cpp scales the queries (before its float16 rounding of them), not the scores
         q = be.scale(q, self.attn_scale)
-        a = be.attention(q, state.layer(i), k, v, pos0, 1.0, window=window)
+        a = self.attend(be, i, q, k, v, state, batch, 1.0, window=window)
         a, x = self.keep_rows(be, keep, be.matmul(a, w.wo), x)
         x = be.add(x, be.rms_norm(a, w.post_attn_norm, eps))
         h = be.rms_norm(x, w.ffn_norm, eps)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedkit.backend import Array, Backend, Weight
+from embedkit.models.batch import SeqBatch
 from embedkit.models.decoder import DecoderModel, Rows
-from embedkit.models.kv_cache import ModelState
+from embedkit.models.kv_cache import ModelState, SlotState
 
 
 @dataclass
@@ -66,11 +67,11 @@ class LlamaModel(DecoderModel):
         return self.placement.input.get_rows(self.w_tok_embd, ids)
 
     def layer(
-        self, i: int, be: Backend, x: Array, state: ModelState, pos0: int, positions: np.ndarray, keep: Rows = None
+        self, i: int, be: Backend, x: Array, state: ModelState | SlotState, batch: SeqBatch, keep: Rows = None
     ) -> Array:
         """x + Attention(RMSNorm(x)), then + SwiGLU(RMSNorm(.))."""
         hp, w = self.params, self.layers[i]
-        n = len(positions)
+        n, positions = batch.n_rows, batch.positions
         h = be.rms_norm(x, w.attn_norm, hp.norm_eps)
         q, k, v = be.matmuls(h, [w.wq, w.wk, w.wv], [w.bq, w.bk, w.bv])
         q = be.view(q, (n, hp.n_head, hp.head_dim))
@@ -78,7 +79,7 @@ class LlamaModel(DecoderModel):
         v = be.view(v, (n, hp.n_head_kv, hp.head_dim))
         q = be.rope(q, positions, hp.n_rot, hp.rope_base, self.rope_style, hp.rope_freq_scale)
         k = be.rope(k, positions, hp.n_rot, hp.rope_base, self.rope_style, hp.rope_freq_scale)
-        a = be.attention(q, state.layer(i), k, v, pos0, 1.0 / math.sqrt(hp.head_dim), window=hp.sliding_window)
+        a = self.attend(be, i, q, k, v, state, batch, 1.0 / math.sqrt(hp.head_dim), window=hp.sliding_window)
         a, x = self.keep_rows(be, keep, be.matmul(a, w.wo), x)
         x = be.add(x, a)
         h = be.rms_norm(x, w.ffn_norm, hp.norm_eps)
