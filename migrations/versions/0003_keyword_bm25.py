@@ -2,15 +2,15 @@
 exact by triggers in the same transaction as the chunks they describe. Per-collection query and document
 prefixes of the embedding model.
 
-Revision ID: 0002_keyword_bm25
-Revises: 0001
+Revision ID: 0003_keyword_bm25
+Revises: 0002_path_hash
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
-revision = "0002_keyword_bm25"
-down_revision = "0001"
+revision = "0003_keyword_bm25"
+down_revision = "0002_path_hash"
 branch_labels = None
 depends_on = None
 
