@@ -12,7 +12,13 @@ from store_fixtures import *  # noqa: F403
 
 from embedkit.errors import CollectionMismatchError, StoreError
 from embedkit.store import Store, migrate
-from embedkit.store.collections import ModelIdentity, drop_collection, ensure_collection, get_collection
+from embedkit.store.collections import (
+    ModelIdentity,
+    drop_collection,
+    ensure_collection,
+    finish_reembed,
+    get_collection,
+)
 from embedkit.store.engine import check_server, normalize_url, psql_url
 from embedkit.store.writes import ChunkRecord, DocumentRecord, document_hashes, write_document
 
@@ -64,7 +70,13 @@ def test_model_mismatch_refused_unless_reembed(store, fresh_collection):
         again = ensure_collection(conn, fresh_collection, other, 100, 10, reembed=True)
         assert again.model.model_file == "other.gguf"
         assert again.id != info.id  # a new row: old, not yet vacuumed chunks never meet the new index
-        assert document_hashes(conn, info.id) == {} and document_hashes(conn, again.id) == {}
+        # the old content stays, searchable, until the re-embedding is complete and swapped in
+        assert document_hashes(conn, info.id) == {"a.txt": "h1"} and document_hashes(conn, again.id) == {}
+        assert get_collection(conn, fresh_collection).model == MODEL
+        assert ensure_collection(conn, fresh_collection, other, 100, 10, reembed=True).id == again.id  # resumed
+        done = finish_reembed(conn, again)
+        assert done.name == fresh_collection and done.id == again.id
+        assert document_hashes(conn, info.id) == {}
         assert get_collection(conn, fresh_collection).model == other
 
 

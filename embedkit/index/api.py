@@ -27,6 +27,7 @@ def index(
     progress: IndexProgress | None = None,
     store: Store | None = None,
     embedder: Any = None,
+    follow_symlinks: bool = False,
 ) -> IndexReport:
     """Index files and folders into `collection` (see `index_paths`), loading the model (known name or GGUF
     path; None: the default embedding model) and opening the store as needed."""
@@ -44,7 +45,7 @@ def index(
         return index_paths(
             store, paths, embedder, model_identity(embedder, name, path), collection=collection, include=include,
             exclude=exclude, chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, reembed=reembed,
-            batch_size=batch_size, progress=progress,
+            batch_size=batch_size, progress=progress, follow_symlinks=follow_symlinks,
         )
     finally:
         if own:

@@ -14,16 +14,24 @@ import numpy as np
 
 from embedkit.index.chunk import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, TextChunk, chunk_text
 from embedkit.index.extract import SkipFile, content_sha256, extract, read_file
-from embedkit.index.walk import FoundFile, root_key, walk_paths
+from embedkit.index.walk import FoundFile, legacy_key, root_key, walk_paths
 from embedkit.store import Store
 from embedkit.store.collections import (
     ModelIdentity,
     drop_vector_indexes,
     ensure_collection,
     ensure_vector_indexes,
+    finish_reembed,
     has_vector_indexes,
 )
-from embedkit.store.writes import ChunkRecord, DocumentRecord, delete_documents, document_hashes, write_document
+from embedkit.store.writes import (
+    ChunkRecord,
+    DocumentRecord,
+    delete_documents,
+    document_hashes,
+    rename_document,
+    write_document,
+)
 
 DEFAULT_COLLECTION = "default"
 BULK_LOAD_CHUNKS = 20_000
@@ -111,26 +119,33 @@ def index_paths(
     reembed: bool = False,
     batch_size: int = 32,
     progress: IndexProgress | None = None,
+    follow_symlinks: bool = False,
 ) -> IndexReport:
     """Index files and folders into `collection`; unchanged files (same content hash) are not re-embedded.
 
     With `prune`, documents under the given paths whose files are gone (or no longer indexable) are removed.
-    With `reembed`, a collection built with another model is emptied and rebuilt with this one.
+    With `reembed`, the collection is rebuilt with this model beside the old content, which stays searchable
+    until the new one is complete and then replaces it at once; a run killed meanwhile resumes on the next.
+    With `follow_symlinks`, links leaving the given folders are indexed too.
     """
     t0 = time.perf_counter()
     report = IndexReport(collection=collection)
     if chunk_tokens is None:
         chunk_tokens = default_chunk_tokens(embedder)
-    files = walk_paths(paths, include, exclude)
+    files = walk_paths(paths, include, exclude, follow_symlinks=follow_symlinks)
     with store.connect() as conn:
         info = ensure_collection(conn, collection, model, chunk_tokens, overlap, reembed=reembed)
         known = document_hashes(conn, info.id)
+        _adopt_legacy_keys(conn, info.id, files, known)
 
     pending: list[_Pending] = []
     kept: set[str] = set()
     for f in files:
         if not _utf8(f.key):  # PostgreSQL text is UTF-8: such a path cannot be stored (or printed as is)
             report.skipped.append((_printable(f.key), "file name is not UTF-8"))
+            continue
+        if f.skip is not None:
+            report.skipped.append((f.key, f.skip))
             continue
         try:
             data, mtime = read_file(f.path)
@@ -178,8 +193,21 @@ def index_paths(
         gone = [k for k in known if k not in kept and _under(k, roots)]
         with store.connect() as conn:
             report.removed = delete_documents(conn, info.id, gone)
+    if reembed:
+        with store.connect() as conn:
+            finish_reembed(conn, info)
     report.total_seconds = time.perf_counter() - t0
     return report
+
+
+def _adopt_legacy_keys(conn, collection_id: int, files: Sequence[FoundFile], known: dict[str, str]) -> None:
+    """Documents that earlier versions stored under an absolute spelling of a path now keyed relative to the
+    current folder are renamed to the new key (same content, nothing re-embedded), so no file gets two."""
+    for f in files:
+        old = legacy_key(f.key)
+        if old is not None and f.key not in known and old in known and _utf8(f.key):
+            rename_document(conn, collection_id, old, f.key)
+            known[f.key] = known.pop(old)
 
 
 def default_chunk_tokens(embedder: Any) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,8 +24,9 @@ class Store:
     """
 
     def __init__(self, url: str | None = None) -> None:
+        embedded = url is None and not os.environ.get("EMBEDKIT_DATABASE_URL")
         self.url = url if url is not None else database_url()
-        self.engine: Engine = create_store_engine(self.url)
+        self.engine: Engine = create_store_engine(self.url, embedded=embedded)
 
     @property
     def psql_url(self) -> str:
