@@ -180,3 +180,56 @@ def test_missing_extension_without_privilege_is_one_line(store):
     with store.connect() as conn:
         conn.execute("DROP DATABASE ek_plain_db WITH (FORCE)")
         conn.execute("DROP ROLE ek_plain")
+
+
+def test_migration_to_path_hash_keeps_existing_documents(store):
+    """0002_path_hash swaps UNIQUE (collection_id, path) for a unique md5(path) index: documents stored at 0001
+    stay, stay unique, and a path beyond the b-tree limit (about 2,700 bytes) can then be stored."""
+    from sqlalchemy import make_url
+
+    name = "embedkit_migration_test"
+    with store.connect() as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    url = make_url(store.url).set(database=name).render_as_string(hide_password=False)
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            migrate.upgrade(conn, "0001")
+            assert migrate.current_revision(conn) == "0001"
+        old = Store(url)  # upgrades to head on open
+        try:
+            rng = np.random.default_rng(11)
+            with old.connect() as conn:
+                assert migrate.head_revision() != "0001"
+                info = ensure_collection(conn, "old", MODEL, 100, 10)
+                write_document(conn, info.id, DocumentRecord("a.md", "h1", 0.0, 3), [ChunkRecord(0, "abc", 1, 0, 3)],
+                               rng.standard_normal((1, 8)))
+            with engine.connect() as conn:  # back to 0001 with a document in place, then up again
+                migrate.upgrade(conn, "head")
+                from alembic import command
+
+                command.downgrade(migrate.alembic_config(conn), "0001")
+                conn.commit()
+                assert migrate.current_revision(conn) == "0001"
+                migrate.upgrade(conn)
+                assert migrate.current_revision(conn) == migrate.head_revision()
+            with old.connect() as conn:
+                assert document_hashes(conn, info.id) == {"a.md": "h1"}
+                assert write_document(conn, info.id, DocumentRecord("a.md", "h1", 0.0, 3),
+                                      [ChunkRecord(0, "abc", 1, 0, 3)], rng.standard_normal((1, 8))) == "unchanged"
+                with pytest.raises(psycopg.errors.UniqueViolation):
+                    conn.execute("INSERT INTO documents (collection_id, path, content_sha256, mtime, size, n_chunks) "
+                                 "VALUES (%s, 'a.md', 'x', 0, 0, 0)", (info.id,))
+                long = "/".join(rng.bytes(100).hex() for _ in range(20))  # 4,019 incompressible bytes
+                assert write_document(conn, info.id, DocumentRecord(long, "h2", 0.0, 3),
+                                      [ChunkRecord(0, "abc", 1, 0, 3)], rng.standard_normal((1, 8))) == "added"
+                assert set(document_hashes(conn, info.id)) == {"a.md", long}
+        finally:
+            old.close()
+    finally:
+        engine.dispose()
+        with store.connect() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
