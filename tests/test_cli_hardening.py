@@ -300,3 +300,109 @@ def test_context_above_the_trained_one_warns_once(tmp_path) -> None:
     p = ok(cli(env, tmp_path, "generate", "-m", str(model), "-p", "a", "-n", "2", "-c", "128", "--device", "cpu",
                "-q"))
     assert "warning" not in p.stderr, p.stderr
+
+
+def index_json(env, cwd, *args) -> dict:
+    return json.loads(ok(cli(env, cwd, "index", *args, "--json")).stdout)
+
+
+def test_one_file_is_one_document_however_its_path_is_spelled(tmp_path, cli_env, bert, store,
+                                                              fresh_collection) -> None:
+    """Indexing `c1`, `./c1/` and an absolute path to the same folder stored two copies, and search returned
+    duplicates."""
+    write_docs(tmp_path / "c1", 3)
+    first = index_json(cli_env, tmp_path, "c1", "-m", str(bert), "-c", fresh_collection)
+    assert first["added"] == 3
+    for spelling in ["./c1/", str(tmp_path / "c1"), str(tmp_path / "c1") + "/", "c1/../c1", "./c1/doc001.txt",
+                     str(tmp_path / "c1" / "doc002.txt")]:
+        rep = index_json(cli_env, tmp_path, spelling, "-m", str(bert), "-c", fresh_collection)
+        assert rep["added"] == 0 and rep["unchanged"] >= 1, (spelling, rep)
+    expected = ["c1/doc000.txt", "c1/doc001.txt", "c1/doc002.txt"]
+    assert doc_paths(store, fresh_collection) == expected
+    hits = json.loads(ok(cli(cli_env, tmp_path, "search", "document topic", "-c", fresh_collection,
+                             "--json")).stdout)["results"]
+    assert sorted(h["path"] for h in hits) == expected  # one chunk each, no duplicates
+    for target in ["c1/doc000.txt", "./c1/doc000.txt", str(tmp_path / "c1" / "doc000.txt")]:
+        sim = json.loads(ok(cli(cli_env, tmp_path, "similar", target, "-c", fresh_collection,
+                                "--json")).stdout)["results"]
+        assert sorted(h["path"] for h in sim) == expected[1:], target
+
+    # earlier versions stored an absolute spelling under its absolute path: the next run adopts that document
+    with store.connect() as conn:
+        conn.execute("UPDATE documents SET path = %s WHERE path = 'c1/doc001.txt' AND collection_id = "
+                     "(SELECT id FROM collections WHERE name = %s)", (str(tmp_path / "c1/doc001.txt"),
+                                                                        fresh_collection))
+    rep = index_json(cli_env, tmp_path, "c1", "-m", str(bert), "-c", fresh_collection)
+    assert (rep["added"], rep["unchanged"], rep["chunks_embedded"]) == (0, 3, 0), rep
+    assert doc_paths(store, fresh_collection) == expected
+
+
+def test_symlinks_leaving_the_folder_are_not_followed(tmp_path, cli_env, bert, store, fresh_collection) -> None:
+    """A link inside the indexed folder to /etc/hostname was indexed. As ripgrep and git: links that leave the
+    folders being indexed are not followed unless --follow-symlinks; special files are never read."""
+    docs = write_docs(tmp_path / "docs", 2)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("The secret that lives outside the indexed folder.\n", encoding="utf-8")
+    (docs / "secret-link.txt").symlink_to(outside / "secret.txt")
+    (docs / "hostname").symlink_to("/etc/hostname")
+    (docs / "outdir").symlink_to(outside, target_is_directory=True)
+    (docs / "inside-link.txt").symlink_to(docs / "doc000.txt")
+    os.mkfifo(outside / "pipe")
+    (docs / "pipe-link.txt").symlink_to(outside / "pipe")
+    (docs / "fifo-inside.txt").symlink_to(docs / "fifo")
+    os.mkfifo(docs / "fifo")
+    rep = index_json(cli_env, tmp_path, "docs", "-m", str(bert), "-c", fresh_collection)
+    assert doc_paths(store, fresh_collection) == ["docs/doc000.txt", "docs/doc001.txt", "docs/inside-link.txt"]
+    reasons = dict((s["path"], s["reason"]) for s in rep["skipped_files"])
+    assert "outside" in reasons["docs/secret-link.txt"] and "--follow-symlinks" in reasons["docs/secret-link.txt"]
+    assert "docs/hostname" in reasons
+
+    other = fresh_collection + "_follow"
+    rep = index_json(cli_env, tmp_path, "docs", "-m", str(bert), "-c", other, "--follow-symlinks")
+    paths = doc_paths(store, other)
+    assert {"docs/secret-link.txt", "docs/outdir/secret.txt"} <= set(paths), paths
+    assert not any("pipe" in p or "fifo" in p for p in paths), paths
+
+
+def test_interrupted_reembed_keeps_the_old_collection(tmp_path, cli_env, bert, other_bert, store,
+                                                      fresh_collection) -> None:
+    """`index --reembed` killed after 5 s left 0 documents: the old index was gone before the new one existed.
+    The old content stays searchable until the new one is complete, and a rerun finishes the job."""
+    n = 80
+    write_docs(tmp_path / "notes", n)
+    ok(cli(cli_env, tmp_path, "index", "notes", "-m", str(bert), "-c", fresh_collection, "-q"))
+    before = json.loads(ok(cli(cli_env, tmp_path, "search", "topic 3", "-c", fresh_collection,
+                               "--json")).stdout)["results"]
+    assert before
+    proc = start_cli(cli_env, tmp_path, "index", "notes", "-m", str(other_bert), "-c", fresh_collection, "--reembed",
+                     "--batch-size", "1", "-q")
+    staged = 0
+    try:
+        with store.connect() as conn:
+            deadline = time.time() + 300
+            while staged < 1 and proc.poll() is None and time.time() < deadline:
+                staged = conn.execute(
+                    "SELECT count(*) FROM documents d JOIN collections k ON k.id = d.collection_id "
+                    "WHERE k.name <> %s AND strpos(k.name, %s) > 0", (fresh_collection, fresh_collection)).fetchone()[0]
+                time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert 1 <= staged < n, "the kill must land mid-run"
+    assert len(doc_paths(store, fresh_collection)) == n
+    during = json.loads(ok(cli(cli_env, tmp_path, "search", "topic 3", "-c", fresh_collection,
+                               "--json")).stdout)["results"]
+    assert during == before
+
+    rep = index_json(cli_env, tmp_path, "notes", "-m", str(other_bert), "-c", fresh_collection, "--reembed")
+    assert rep["unchanged"] >= 1 and rep["added"] + rep["unchanged"] == n, rep
+    assert len(doc_paths(store, fresh_collection)) == n
+    with store.connect() as conn:
+        assert conn.execute("SELECT model_file FROM collections WHERE name = %s",
+                            (fresh_collection,)).fetchone()[0] == "other.gguf"
+        assert conn.execute("SELECT count(*) FROM collections WHERE strpos(name, %s) > 0",
+                            (fresh_collection,)).fetchone()[0] == 1
+    after = json.loads(ok(cli(cli_env, tmp_path, "search", "topic 3", "-c", fresh_collection,
+                              "--json")).stdout)["results"]
+    assert after and after != before

@@ -12,7 +12,13 @@ from store_fixtures import *  # noqa: F403
 
 from embedkit.errors import CollectionMismatchError, StoreError
 from embedkit.store import Store, migrate
-from embedkit.store.collections import ModelIdentity, drop_collection, ensure_collection, get_collection
+from embedkit.store.collections import (
+    ModelIdentity,
+    drop_collection,
+    ensure_collection,
+    finish_reembed,
+    get_collection,
+)
 from embedkit.store.engine import check_server, normalize_url, psql_url
 from embedkit.store.writes import ChunkRecord, DocumentRecord, document_hashes, write_document
 
@@ -64,7 +70,13 @@ def test_model_mismatch_refused_unless_reembed(store, fresh_collection):
         again = ensure_collection(conn, fresh_collection, other, 100, 10, reembed=True)
         assert again.model.model_file == "other.gguf"
         assert again.id != info.id  # a new row: old, not yet vacuumed chunks never meet the new index
-        assert document_hashes(conn, info.id) == {} and document_hashes(conn, again.id) == {}
+        # the old content stays, searchable, until the re-embedding is complete and swapped in
+        assert document_hashes(conn, info.id) == {"a.txt": "h1"} and document_hashes(conn, again.id) == {}
+        assert get_collection(conn, fresh_collection).model == MODEL
+        assert ensure_collection(conn, fresh_collection, other, 100, 10, reembed=True).id == again.id  # resumed
+        done = finish_reembed(conn, again)
+        assert done.name == fresh_collection and done.id == again.id
+        assert document_hashes(conn, info.id) == {}
         assert get_collection(conn, fresh_collection).model == other
 
 
@@ -168,3 +180,56 @@ def test_missing_extension_without_privilege_is_one_line(store):
     with store.connect() as conn:
         conn.execute("DROP DATABASE ek_plain_db WITH (FORCE)")
         conn.execute("DROP ROLE ek_plain")
+
+
+def test_migration_to_path_hash_keeps_existing_documents(store):
+    """0002_path_hash swaps UNIQUE (collection_id, path) for a unique md5(path) index: documents stored at 0001
+    stay, stay unique, and a path beyond the b-tree limit (about 2,700 bytes) can then be stored."""
+    from sqlalchemy import make_url
+
+    name = "embedkit_migration_test"
+    with store.connect() as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    url = make_url(store.url).set(database=name).render_as_string(hide_password=False)
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            migrate.upgrade(conn, "0001")
+            assert migrate.current_revision(conn) == "0001"
+        old = Store(url)  # upgrades to head on open
+        try:
+            rng = np.random.default_rng(11)
+            with old.connect() as conn:
+                assert migrate.head_revision() != "0001"
+                info = ensure_collection(conn, "old", MODEL, 100, 10)
+                write_document(conn, info.id, DocumentRecord("a.md", "h1", 0.0, 3), [ChunkRecord(0, "abc", 1, 0, 3)],
+                               rng.standard_normal((1, 8)))
+            with engine.connect() as conn:  # back to 0001 with a document in place, then up again
+                migrate.upgrade(conn, "head")
+                from alembic import command
+
+                command.downgrade(migrate.alembic_config(conn), "0001")
+                conn.commit()
+                assert migrate.current_revision(conn) == "0001"
+                migrate.upgrade(conn)
+                assert migrate.current_revision(conn) == migrate.head_revision()
+            with old.connect() as conn:
+                assert document_hashes(conn, info.id) == {"a.md": "h1"}
+                assert write_document(conn, info.id, DocumentRecord("a.md", "h1", 0.0, 3),
+                                      [ChunkRecord(0, "abc", 1, 0, 3)], rng.standard_normal((1, 8))) == "unchanged"
+                with pytest.raises(psycopg.errors.UniqueViolation):
+                    conn.execute("INSERT INTO documents (collection_id, path, content_sha256, mtime, size, n_chunks) "
+                                 "VALUES (%s, 'a.md', 'x', 0, 0, 0)", (info.id,))
+                long = "/".join(rng.bytes(100).hex() for _ in range(20))  # 4,019 incompressible bytes
+                assert write_document(conn, info.id, DocumentRecord(long, "h2", 0.0, 3),
+                                      [ChunkRecord(0, "abc", 1, 0, 3)], rng.standard_normal((1, 8))) == "added"
+                assert set(document_hashes(conn, info.id)) == {"a.md", long}
+        finally:
+            old.close()
+    finally:
+        engine.dispose()
+        with store.connect() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -99,7 +99,10 @@ class _Bar:
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
               help="Texts per embedding batch.")
 @click.option("--prune", is_flag=True, help="Remove documents under PATHS whose files are gone.")
-@click.option("--reembed", is_flag=True, help="Empty the collection and re-embed it (e.g. with another model).")
+@click.option("--reembed", is_flag=True,
+              help="Re-embed the collection (e.g. with another model); the old content stays searchable until done.")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Also index what links lead to outside PATHS (files and folders); by default they are skipped.")
 @click.option("--query-prefix", default=None, metavar="TEXT",
               help="Text prepended to queries before embedding, recorded by a new collection (default: the "
                    "model's, e.g. e5's 'query: ').")
@@ -119,7 +122,8 @@ class _Bar:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the counts.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def command(paths, collection, model, include, exclude, chunk_tokens, overlap, batch_size, prune, reembed,
-            query_prefix, document_prefix, jsonl, ray_address, ray_actors, ray_batch, ray_gpu, as_json, quiet) -> None:
+            follow_symlinks, query_prefix, document_prefix, jsonl, ray_address, ray_actors, ray_batch, ray_gpu, as_json,
+            quiet) -> None:
     """Index files and folders (PATHS) into a collection: walk, chunk, embed, store.
 
     Unchanged files are skipped by content hash; changed files have their chunks replaced. Hidden and VCS
@@ -151,6 +155,7 @@ def command(paths, collection, model, include, exclude, chunk_tokens, overlap, b
                 paths, collection=collection, model=model, include=include, exclude=exclude,
                 chunk_tokens=chunk_tokens, overlap=overlap, prune=prune, reembed=reembed, batch_size=batch_size,
                 progress=bar, query_prefix=query_prefix, document_prefix=document_prefix, executor=executor,
+                follow_symlinks=follow_symlinks,
             )
     finally:
         if bar is not None:

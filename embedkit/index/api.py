@@ -58,6 +58,7 @@ def index(
     query_prefix: str | None = None,
     document_prefix: str | None = None,
     executor: Executor | None = None,
+    follow_symlinks: bool = False,
 ) -> IndexReport:
     """Index files and folders into `collection` (see `index_paths`), loading the model (known name or GGUF
     path; None: the default embedding model) and opening the store as needed. With `executor` (e.g.
@@ -66,6 +67,7 @@ def index(
         st, paths, emb, ident, collection=collection, include=include, exclude=exclude, chunk_tokens=ct,
         overlap=overlap, prune=prune, reembed=reembed, batch_size=batch_size, progress=progress,
         query_prefix=query_prefix, document_prefix=document_prefix, executor=executor,
+        follow_symlinks=follow_symlinks,
     ))
 
 

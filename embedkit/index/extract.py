@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -37,14 +39,25 @@ def content_sha256(data: bytes) -> str:
 
 
 def read_file(path: Path) -> tuple[bytes, float]:
-    """The bytes and mtime of a file, or SkipFile if it is too large or unreadable."""
+    """The bytes and mtime of a regular file, or SkipFile if it is too large, unreadable, or (by now) a named
+    pipe, socket or device: opened without blocking and checked on the open descriptor, so a file swapped
+    for a pipe after the walk can never hang the read."""
     try:
-        st = path.stat()
-        if st.st_size > MAX_FILE_BYTES:
-            raise SkipFile(f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
-        return path.read_bytes(), st.st_mtime
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise SkipFile(f"unreadable: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SkipFile("not a regular file (a named pipe, socket or device)")
+        if st.st_size > MAX_FILE_BYTES:
+            raise SkipFile(f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read(MAX_FILE_BYTES + 1), st.st_mtime
+    except OSError as exc:
+        raise SkipFile(f"unreadable: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 def extract(path: Path, data: bytes, mtime: float) -> Extracted:

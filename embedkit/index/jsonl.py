@@ -22,6 +22,7 @@ from embedkit.index.pipeline import (
     IndexProgress,
     IndexReport,
     _embed_and_write,
+    _finish,
     _Pending,
     default_chunk_tokens,
     model_prefixes,
@@ -34,7 +35,7 @@ from embedkit.store.collections import (
     ensure_vector_indexes,
     has_vector_indexes,
 )
-from embedkit.store.writes import DocumentRecord, delete_documents, document_hashes
+from embedkit.store.writes import DocumentRecord, document_hashes
 
 
 @dataclass(frozen=True)
@@ -134,12 +135,6 @@ def index_jsonl_documents(
         if bulk:
             with store.connect() as conn:
                 ensure_vector_indexes(conn, info.id, info.dim)
-    if report.chunks_embedded:
-        with store.connect() as conn:
-            conn.execute("ANALYZE documents, chunks")
-            conn.execute("SELECT gin_clean_pending_list('chunks_tsv_gin'::regclass)")
-    if prune:
-        with store.connect() as conn:
-            report.removed = delete_documents(conn, info.id, [k for k in known if k not in seen])
+    _finish(store, info, report, [k for k in known if k not in seen] if prune else [])
     report.total_seconds = time.perf_counter() - t0
     return report

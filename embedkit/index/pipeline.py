@@ -17,7 +17,7 @@ import numpy as np
 from embedkit.errors import InputError
 from embedkit.index.chunk import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, TextChunk, chunk_text
 from embedkit.index.extract import SkipFile, content_sha256, extract, read_file
-from embedkit.index.walk import FoundFile, root_key, walk_paths
+from embedkit.index.walk import FoundFile, legacy_key, root_key, walk_paths
 from embedkit.store import Store
 from embedkit.store.collections import (
     CollectionInfo,
@@ -25,9 +25,18 @@ from embedkit.store.collections import (
     drop_vector_indexes,
     ensure_collection,
     ensure_vector_indexes,
+    finish_reembed,
     has_vector_indexes,
+    is_staging,
 )
-from embedkit.store.writes import ChunkRecord, DocumentRecord, delete_documents, document_hashes, write_document
+from embedkit.store.writes import (
+    ChunkRecord,
+    DocumentRecord,
+    delete_documents,
+    document_hashes,
+    rename_document,
+    write_document,
+)
 
 DEFAULT_COLLECTION = "default"
 BULK_LOAD_CHUNKS = 20_000
@@ -134,24 +143,28 @@ def index_paths(
     query_prefix: str | None = None,
     document_prefix: str | None = None,
     executor: Executor | None = None,
+    follow_symlinks: bool = False,
 ) -> IndexReport:
     """Index files and folders into `collection`; unchanged files (same content hash) are not re-embedded.
 
     The changed files are chunked, embedded and written here, or by `executor` (e.g. on a Ray cluster).
 
     With `prune`, documents under the given paths whose files are gone (or no longer indexable) are removed.
-    With `reembed`, a collection built with another model is emptied and rebuilt with this one.
+    With `reembed`, the collection is rebuilt with this model beside the old content, which stays searchable
+    until the new one is complete and then replaces it at once; a run killed meanwhile resumes on the next.
+    With `follow_symlinks`, links leaving the given folders are indexed too.
     A new collection records the query and document prefixes given, else the model's (see `model_prefixes`).
     """
     t0 = time.perf_counter()
     report = IndexReport(collection=collection)
     if chunk_tokens is None:
         chunk_tokens = default_chunk_tokens(embedder)
-    files = walk_paths(paths, include, exclude)
+    files = walk_paths(paths, include, exclude, follow_symlinks=follow_symlinks)
     with store.connect() as conn:
         info = ensure_collection(conn, collection, model, chunk_tokens, overlap, reembed=reembed,
                                  **model_prefixes(embedder, query_prefix, document_prefix))
         known = document_hashes(conn, info.id)
+        _adopt_legacy_keys(conn, info.id, files, known)
 
     kept: set[str] = set()
     if executor is None:
@@ -194,6 +207,9 @@ def _scan(files: Sequence[FoundFile], known: dict[str, str], report: IndexReport
     for f in files:
         if not _utf8(f.key):  # PostgreSQL text is UTF-8: such a path cannot be stored (or printed as is)
             report.skipped.append((_printable(f.key), "file name is not UTF-8"))
+            continue
+        if f.skip is not None:
+            report.skipped.append((f.key, f.skip))
             continue
         try:
             data, mtime = read_file(f.path)
@@ -258,7 +274,8 @@ def _vector_indexes(store: Store, info: CollectionInfo, bulk: bool) -> Iterator[
 
 
 def _finish(store: Store, info: CollectionInfo, report: IndexReport, gone: Sequence[str]) -> None:
-    """Refresh the planner's statistics after new chunks, and remove the documents in `gone`."""
+    """Refresh the planner's statistics after new chunks, remove the documents in `gone`, and swap a completed
+    re-embedding (a staging collection) in for the collection it rebuilds."""
     if report.chunks_embedded:
         with store.connect() as conn:
             # fresh statistics let the planner pick the HNSW index for the next searches
@@ -268,6 +285,9 @@ def _finish(store: Store, info: CollectionInfo, report: IndexReport, gone: Seque
     if gone:
         with store.connect() as conn:
             report.removed = delete_documents(conn, info.id, gone)
+    if is_staging(info):
+        with store.connect() as conn:
+            finish_reembed(conn, info)
 
 
 def model_prefixes(embedder: Any, query_prefix: str | None, document_prefix: str | None) -> dict[str, Any]:
@@ -277,6 +297,16 @@ def model_prefixes(embedder: Any, query_prefix: str | None, document_prefix: str
     q = query_prefix if query_prefix is not None else str(getattr(embedder, "query_prefix", "") or "")
     d = document_prefix if document_prefix is not None else str(getattr(embedder, "document_prefix", "") or "")
     return {"prefixes": (q, d), "check_prefixes": given}
+
+
+def _adopt_legacy_keys(conn, collection_id: int, files: Sequence[FoundFile], known: dict[str, str]) -> None:
+    """Documents that earlier versions stored under an absolute spelling of a path now keyed relative to the
+    current folder are renamed to the new key (same content, nothing re-embedded), so no file gets two."""
+    for f in files:
+        old = legacy_key(f.key)
+        if old is not None and f.key not in known and old in known and _utf8(f.key):
+            rename_document(conn, collection_id, old, f.key)
+            known[f.key] = known.pop(old)
 
 
 def default_chunk_tokens(embedder: Any) -> int:

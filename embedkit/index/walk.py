@@ -1,5 +1,10 @@
 """Finding the files to index: folders walked in sorted order, hidden and VCS folders skipped,
-`--include/--exclude` globs and `.embedkitignore` files (gitignore syntax, each applying below its folder)."""
+`--include/--exclude` globs and `.embedkitignore` files (gitignore syntax, each applying below its folder).
+
+Symbolic links are handled as ripgrep and git do: a link to a file inside the folders being indexed is indexed
+under its own path, one that leaves them is skipped (with the reason) unless `follow_symlinks`, which also
+descends into linked folders (each real folder once). Only regular files are taken: never a named pipe,
+socket or device, directly or through a link."""
 
 from __future__ import annotations
 
@@ -21,23 +26,31 @@ SKIPPED_DIRS = frozenset({"CVS", "__pycache__", "node_modules", "_darcs"})
 
 @dataclass(frozen=True)
 class FoundFile:
-    """A file to index: where it is on disk and the path it is stored under (its key in the collection)."""
+    """A file to index: where it is on disk and the path it is stored under (its key in the collection);
+    `skip` is the reason a file found is not indexed (a link leaving the indexed folders)."""
 
     path: Path
     key: str
+    skip: str | None = None
 
 
 def root_key(arg: str | os.PathLike[str]) -> str:
-    """The stored form of a path given on the command line: relative to the current folder as given
-    (`examples/x.md`) when it lies below it, else absolute."""
-    p = Path(arg)
-    resolved = p.resolve()
-    if not p.is_absolute():
-        try:
-            return resolved.relative_to(Path.cwd().resolve()).as_posix() or "."
-        except ValueError:
-            pass
-    return resolved.as_posix()
+    """The stored form of a path given on the command line, the same however it is spelled (`c1`, `./c1/`,
+    `c1/../c1`, its absolute path): relative to the current folder (`examples/x.md`) when it lies below it,
+    else absolute; folders of it resolved."""
+    resolved = Path(arg).resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        return resolved.as_posix()
+
+
+def legacy_key(key: str) -> str | None:
+    """The key earlier versions stored for `key` when its path was given absolute (they kept absolute
+    spellings as they were), or None where both agree."""
+    if key.startswith("/"):
+        return None
+    return (Path.cwd().resolve() / key).as_posix() if key != "." else Path.cwd().resolve().as_posix()
 
 
 def _spec(patterns: Sequence[str], origin: str) -> pathspec.PathSpec | None:
@@ -83,15 +96,17 @@ def walk_paths(
     paths: Sequence[str | os.PathLike[str]],
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    follow_symlinks: bool = False,
 ) -> list[FoundFile]:
     """Every file under `paths` that passes the filters, sorted by key, each once.
 
     `include`/`exclude` are gitignore-style globs matched against the path relative to the folder given
     (`*.md` matches at any depth, `drafts/` a folder). A file named explicitly is taken even if an
-    `.embedkitignore` would skip it, but still obeys `include`/`exclude`.
+    `.embedkitignore` would skip it, but still obeys `include`/`exclude`. Links: see the module docstring.
     """
     inc, exc = _spec(include, "--include"), _spec(exclude, "--exclude")
     found: dict[str, FoundFile] = {}
+    roots = [Path(arg).resolve() for arg in paths if Path(arg).exists()]
 
     def wanted(rel: str) -> bool:
         if inc is not None and not inc.match_file(rel):
@@ -110,16 +125,27 @@ def walk_paths(
             if wanted(p.name):
                 found.setdefault(key, FoundFile(p, key))
             continue
-        for f in _walk_dir(p):
+        for f in _walk_dir(p, follow_symlinks):
             rel = f.relative_to(p).as_posix()
             if wanted(rel):
                 k = rel if key == "." else f"{key}/{rel}"
-                found.setdefault(k, FoundFile(f, k))
+                found.setdefault(k, FoundFile(f, k, None if follow_symlinks else _leaves(f, roots)))
     return [found[k] for k in sorted(found)]
 
 
-def _walk_dir(root: Path) -> list[Path]:
+def _leaves(f: Path, roots: Sequence[Path]) -> str | None:
+    """Why `f` is not followed: it is a link whose target lies outside every root; else None."""
+    if not f.is_symlink():
+        return None
+    target = f.resolve()
+    if any(target == r or r in target.parents for r in roots):
+        return None
+    return f"symbolic link to {target}, outside the folders being indexed (--follow-symlinks to index it)"
+
+
+def _walk_dir(root: Path, follow_symlinks: bool = False) -> list[Path]:
     out: list[Path] = []
+    seen = {root.resolve()}  # real folders walked, so linked folders never loop
     # (folder relative to root, spec) for every .embedkitignore seen above the current folder
     ignores: list[tuple[str, pathspec.PathSpec]] = []
 
@@ -132,7 +158,7 @@ def _walk_dir(root: Path) -> list[Path]:
                 return True
         return False
 
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
         here = Path(dirpath)
         rel_dir = here.relative_to(root).as_posix()
         rel_dir = "" if rel_dir == "." else rel_dir
@@ -145,13 +171,24 @@ def _walk_dir(root: Path) -> list[Path]:
         prefix = f"{rel_dir}/" if rel_dir else ""
         dirnames[:] = sorted(
             d for d in dirnames
-            if not d.startswith(".") and d not in SKIPPED_DIRS and not (here / d).is_symlink()
+            if not d.startswith(".") and d not in SKIPPED_DIRS and _descend(here / d, follow_symlinks, seen)
             and not ignored(prefix + d, True)
         )
         for name in sorted(filenames):
             if name.startswith(".") or ignored(prefix + name, False):
                 continue
             f = here / name
-            if f.is_file():
+            if f.is_file():  # a regular file (through a link too): never a pipe, socket or device
                 out.append(f)
     return out
+
+
+def _descend(d: Path, follow_symlinks: bool, seen: set[Path]) -> bool:
+    """Whether to walk into folder `d`: not a link unless following links, and each real folder once."""
+    if d.is_symlink() and not follow_symlinks:
+        return False
+    real = d.resolve()
+    if real in seen:
+        return False
+    seen.add(real)
+    return True

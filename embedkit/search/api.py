@@ -12,7 +12,7 @@ import numpy as np
 from embedkit.errors import InputError
 from embedkit.index.models import embedder_for_collection
 from embedkit.index.pipeline import DEFAULT_COLLECTION
-from embedkit.index.walk import root_key
+from embedkit.index.walk import legacy_key, root_key
 from embedkit.search.evaluation import (
     RECALL_AT,
     EvalReport,
@@ -137,16 +137,18 @@ def resolve_target(conn, collection_id: int, target: str | int) -> str | int:
     """A chunk id (int, or a string of digits that is not a stored path) or a stored document path."""
     if isinstance(target, int):
         return target
-    known = conn.execute(
-        "SELECT 1 FROM documents WHERE collection_id = %s AND path = %s", (collection_id, target)
-    ).fetchone()
-    if known:
-        return target
-    if Path(target).exists():
-        return root_key(target)
+    on_disk = Path(target).exists()
+    # as given, then however else the file may be keyed (see walk.root_key and walk.legacy_key)
+    candidates = [target, root_key(target), legacy_key(root_key(target))] if on_disk else [target]
+    for key in candidates:
+        if key is not None and conn.execute(
+            "SELECT 1 FROM documents WHERE collection_id = %s AND md5(path) = md5(%s) AND path = %s",
+            (collection_id, key, key),
+        ).fetchone():
+            return key
     if target.isdigit():
         return int(target)
-    return target
+    return root_key(target) if on_disk else target
 
 
 def evaluate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,8 +36,9 @@ class Store:
         from embedkit.store.replica import read_database_url
 
         env_store = url is None
+        embedded = env_store and not os.environ.get("EMBEDKIT_DATABASE_URL")
         self.url = url if url is not None else database_url()
-        self.engine: Engine = create_store_engine(self.url)
+        self.engine: Engine = create_store_engine(self.url, embedded=embedded)
         if read_url is not None:
             read_url = normalize_url(read_url, "read_url")
         self.read_url = read_url if read_url is not None else (read_database_url() if env_store else None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 
@@ -78,7 +78,8 @@ def require_collection(conn: psycopg.Connection, name: str) -> CollectionInfo:
     check_collection_name(name)
     info = get_collection(conn, name)
     if info is None:
-        rows = conn.execute("SELECT name FROM collections ORDER BY name LIMIT 21").fetchall()
+        rows = conn.execute("SELECT name FROM collections WHERE left(name, 1) <> %s ORDER BY name LIMIT 21",
+                            (STAGING_PREFIX[0],)).fetchall()
         names = [r[0] if len(r[0]) <= 40 else display_name(r[0], 40) for r in rows]
         if len(names) > 20:
             names[20:] = ["..."]
@@ -92,7 +93,8 @@ def list_collections(conn: psycopg.Connection) -> list[tuple[CollectionInfo, int
     rows = conn.execute(
         f"SELECT {', '.join('c.' + c.strip() for c in _COLUMNS.split(','))}, "
         "(SELECT count(*) FROM documents d WHERE d.collection_id = c.id), "
-        "(SELECT count(*) FROM chunks k WHERE k.collection_id = c.id) FROM collections c ORDER BY c.name"
+        "(SELECT count(*) FROM chunks k WHERE k.collection_id = c.id) FROM collections c "
+        "WHERE left(c.name, 1) <> %s ORDER BY c.name", (STAGING_PREFIX[0],)
     ).fetchall()
     return [(_row_to_info(r[:13]), r[13], r[14]) for r in rows]
 
@@ -145,6 +147,16 @@ def check_collection_name(name: str) -> None:
         raise InputError(f"collection name {shown} starts or ends with a space; expected none there")
 
 
+# A re-embedding is built in a collection of its own, named this prefix + the collection's name (control
+# characters: no user-given name can take it), and swapped in when complete (`finish_reembed`).
+STAGING_PREFIX = "\x01reembed\x01"
+
+
+def _lock_name(conn: psycopg.Connection, name: str) -> None:
+    """Serialise creators, re-embedders and swappers of the same name (transaction-scoped)."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('embedkit.collection:' || %s))", (name,))
+
+
 def ensure_collection(
     conn: psycopg.Connection,
     name: str,
@@ -155,14 +167,16 @@ def ensure_collection(
     prefixes: tuple[str, str] = ("", ""),
     check_prefixes: bool = False,
 ) -> CollectionInfo:
-    """Get or create collection `name` for `model`, with its HNSW indexes. With `reembed`, a collection built
-    with another model is emptied and switched to this one; otherwise a mismatch raises. A new collection
-    records `prefixes` (query, document); with `check_prefixes`, an existing one whose prefixes differ is
-    refused (unless re-embedding)."""
+    """Get or create collection `name` for `model`, with its HNSW indexes; a mismatch of models raises. A new
+    collection records `prefixes` (query, document); with `check_prefixes`, an existing one whose prefixes
+    differ is refused (unless re-embedding).
+
+    With `reembed` on an existing collection, the collection to write into is its staging collection (created,
+    or resumed when an interrupted re-embedding with the same model, chunking and prefixes left one); the old
+    content stays as it is, and searchable, until `finish_reembed` swaps the new one in."""
     check_collection_name(name)
     with conn.transaction():
-        # Serialise creators of the same name so index creation never races.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('embedkit.collection:' || %s))", (name,))
+        _lock_name(conn, name)
         info = get_collection(conn, name)
         if info is None:
             return _create(conn, name, model, chunk_tokens, chunk_overlap, prefixes)
@@ -176,11 +190,37 @@ def ensure_collection(
                     "with `embedkit index --reembed`"
                 )
             return info
-        # Re-embedding replaces the collection by a new row (a new id): the old chunks, deleted but not yet
+        # A staging collection is a new row (a new id): the old chunks, deleted at the swap but not yet
         # vacuumed, keep the old id, so the new partial indexes never evaluate their cast on old-dimension rows.
-        conn.execute("SELECT embedkit_drop_vector_indexes(%s)", (info.id,))
-        conn.execute("DELETE FROM collections WHERE id = %s", (info.id,))
-        return _create(conn, name, model, chunk_tokens, chunk_overlap, prefixes)
+        stage = get_collection(conn, STAGING_PREFIX + name)
+        if stage is not None:
+            if mismatch(stage.model, model) is None and (stage.chunk_tokens, stage.chunk_overlap) == (
+                    chunk_tokens, chunk_overlap) and (stage.query_prefix, stage.document_prefix) == tuple(prefixes):
+                return stage
+            conn.execute("SELECT embedkit_drop_vector_indexes(%s)", (stage.id,))
+            conn.execute("DELETE FROM collections WHERE id = %s", (stage.id,))
+        return _create(conn, STAGING_PREFIX + name, model, chunk_tokens, chunk_overlap, prefixes)
+
+
+def is_staging(info: CollectionInfo) -> bool:
+    """True for the staging collection of a re-embedding (see `ensure_collection`)."""
+    return info.name.startswith(STAGING_PREFIX)
+
+
+def finish_reembed(conn: psycopg.Connection, stage: CollectionInfo) -> CollectionInfo:
+    """Replace a collection by its completed staging collection in one transaction (searches see the old
+    content or the new, never a mix or nothing); returns the collection under its own name."""
+    if not is_staging(stage):
+        return stage  # the collection did not exist before: it was built in place
+    name = stage.name[len(STAGING_PREFIX):]
+    with conn.transaction():
+        _lock_name(conn, name)
+        old = get_collection(conn, name)
+        if old is not None:
+            conn.execute("SELECT embedkit_drop_vector_indexes(%s)", (old.id,))
+            conn.execute("DELETE FROM collections WHERE id = %s", (old.id,))
+        conn.execute("UPDATE collections SET name = %s WHERE id = %s", (name, stage.id))
+    return replace(stage, name=name)
 
 
 def _create(conn: psycopg.Connection, name: str, model: ModelIdentity, chunk_tokens: int,
@@ -220,11 +260,14 @@ def ensure_vector_indexes(conn: psycopg.Connection, collection_id: int, dim: int
 
 
 def drop_collection(conn: psycopg.Connection, name: str) -> bool:
-    """Delete a collection, its documents, chunks and indexes."""
+    """Delete a collection, its documents, chunks and indexes (and an unfinished re-embedding of it)."""
     with conn.transaction():
+        _lock_name(conn, name)
         info = get_collection(conn, name)
         if info is None:
             return False
-        conn.execute("SELECT embedkit_drop_vector_indexes(%s)", (info.id,))
-        conn.execute("DELETE FROM collections WHERE id = %s", (info.id,))
+        for victim in (info, get_collection(conn, STAGING_PREFIX + name)):
+            if victim is not None:
+                conn.execute("SELECT embedkit_drop_vector_indexes(%s)", (victim.id,))
+                conn.execute("DELETE FROM collections WHERE id = %s", (victim.id,))
         return True

@@ -83,9 +83,9 @@ def server_where(url: str) -> str:
     return u.host or (u.query.get("host") if u.query else None) or "localhost"
 
 
-def create_store_engine(url: str) -> Engine:
+def create_store_engine(url: str, embedded: bool = False) -> Engine:
     """A SQLAlchemy engine for `url` (psycopg 3 driver), checked for reachability and pgvector, with the
-    schema upgraded to the newest migration."""
+    schema upgraded to the newest migration; `embedded`: the URL is the embedded server's (for messages)."""
     engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
     where = server_where(url)
     connected = False
@@ -98,7 +98,7 @@ def create_store_engine(url: str) -> Engine:
             check_pgvector_installed(conn, where)
     except OperationalError as exc:
         lost = connection_error(exc, where) if connected or _dropped(exc) else None
-        raise lost or connect_error(exc, where) from None
+        raise lost or connect_error(exc, where, embedded) from None
     except DBAPIError as exc:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         if "extension" in first and "vector" in first:
@@ -118,15 +118,15 @@ def _server_message(exc: BaseException) -> str:
     return " ".join(first.split())[:300]
 
 
-def connect_error(exc: BaseException, where: str) -> StoreError:
+def connect_error(exc: BaseException, where: str, embedded: bool = False) -> StoreError:
     """The StoreError for a failed connection: refused credentials, or a server that is not there."""
     said = _server_message(exc)
-    external = bool(os.environ.get("EMBEDKIT_DATABASE_URL"))
     if re.search(r"authentication failed|password|no pg_hba.conf entry|role .* does not exist", said):
-        fix = ("check the user and password in EMBEDKIT_DATABASE_URL" if external
-               else "check the embedded server's pg_hba.conf")
+        fix = ("check the embedded server's pg_hba.conf" if embedded
+               else "check the user and password in EMBEDKIT_DATABASE_URL" if os.environ.get("EMBEDKIT_DATABASE_URL")
+               else "check the user and password of the database URL")
         return StoreError(f"PostgreSQL at {where} refused the credentials ({said}); {fix}")
-    if external:
+    if not embedded:
         return StoreError(f"cannot connect to PostgreSQL at {where}: {said}; start it (e.g. `docker compose up -d`) "
                           "or unset EMBEDKIT_DATABASE_URL to use the embedded server")
     return StoreError(f"cannot connect to the embedded PostgreSQL at {where}: {said}; run `embedkit db stop`, "

@@ -103,6 +103,14 @@ def _copy_chunks(conn, collection_id: int, doc_id: int, chunks: Sequence[ChunkRe
                 )
 
 
+def rename_document(conn: psycopg.Connection, collection_id: int, old: str, new: str) -> None:
+    """Store document `old` under the path `new` (its chunks and vectors unchanged)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_WRITE_LOCK_NS, collection_id))
+        conn.execute("UPDATE documents SET path = %s WHERE collection_id = %s AND md5(path) = md5(%s) AND path = %s",
+                     (new, collection_id, old, old))
+
+
 def delete_documents(conn: psycopg.Connection, collection_id: int, paths: Iterable[str]) -> int:
     """Remove documents (and their chunks) by path; returns how many were removed."""
     paths = list(paths)
