@@ -171,3 +171,47 @@ def test_keyword_sql_uses_gin_index(store, fresh_collection):
             params = query_terms(conn, info, "w17x w423x") | {"n": 10}
             plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + keyword_ids_sql(info, "", "n"), params))
     assert "chunks_tsv_gin" in plan, plan
+
+
+def test_migration_backfills_statistics_of_existing_chunks(store):
+    """A database holding chunks from before the keyword statistics gets them exact on upgrade; rows without
+    keyword_len are then counted through their tsvector."""
+    import uuid
+
+    from sqlalchemy import create_engine, make_url, text
+
+    from embedkit.store import migrate
+
+    name = "mig_" + uuid.uuid4().hex[:8]
+    with store.connect() as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = make_url(store.url).set(database=name)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            migrate.upgrade(conn, "0001")
+            conn.execute(text(
+                "INSERT INTO collections (id, name, model_name, model_file, model_sha256, architecture, dim, pooling, "
+                "normalize, chunk_tokens, chunk_overlap) VALUES (1, 'c', 'm', 'm', 's', 'a', 2, 'mean', true, 8, 0)"))
+            conn.execute(text("INSERT INTO documents (collection_id, id, path, content_sha256, mtime, size, n_chunks) "
+                              "VALUES (1, 1, 'p', 'h', 0, 1, 3)"))
+            for i, t in enumerate(["rivers flow to the sea", "the river stone", "stones and more stones"]):
+                conn.execute(text("INSERT INTO chunks (collection_id, document_id, ordinal, text, token_count, "
+                                  "char_start, char_end, embedding) VALUES (1, 1, :i, :t, 3, 0, 1, '[1,0]')"),
+                             {"i": i, "t": t})
+            conn.commit()
+            migrate.upgrade(conn)
+            totals = conn.execute(text("SELECT chunks, tokens FROM keyword_stats WHERE collection_id = 1")).one()
+            terms = dict(conn.execute(text("SELECT term, chunks FROM keyword_terms WHERE collection_id = 1")).all())
+            assert tuple(totals) == (3, 7)  # river flow sea | river stone | stone stone ("more" is a stopword)
+            assert terms == {"river": 2, "flow": 1, "sea": 1, "stone": 2}
+            # deleting a chunk written before the migration (keyword_len NULL) keeps the statistics exact
+            conn.execute(text("DELETE FROM chunks WHERE ordinal = 2"))
+            conn.commit()
+            terms = dict(conn.execute(text("SELECT term, chunks FROM keyword_terms WHERE collection_id = 1")).all())
+            assert terms == {"river": 2, "flow": 1, "sea": 1, "stone": 1}
+            assert tuple(conn.execute(text("SELECT chunks, tokens FROM keyword_stats")).one()) == (2, 5)
+    finally:
+        engine.dispose()
+        with store.connect() as conn:
+            conn.execute(f"DROP DATABASE {name}")
