@@ -33,12 +33,30 @@ def ray_cluster():
     import store_fixtures
 
     ray.cloudpickle.register_pickle_by_value(store_fixtures)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}},
              logging_level="WARNING")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
     ray.cloudpickle.unregister_pickle_by_value(store_fixtures)
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_unreachable_or_malformed_address_is_one_line_not_a_hang(store, fresh_collection):
+    """Ray's own client retries an unreachable address for minutes; embedkit says so at once."""
+    from embedkit.errors import InputError
+
+    with pytest.raises(InputError, match="expected auto, local, HOST:PORT"):
+        RayExecutor("nonsense")
+    if ray.is_initialized():
+        pytest.skip("Ray already runs in this process")
+    emb = HashEmbedder()
+    t = time.monotonic()
+    with pytest.raises(InputError, match="cannot reach a Ray cluster there"):
+        index_paths(store, [EXAMPLES / "README.md"], emb, emb.identity(), collection=fresh_collection,
+                    executor=RayExecutor("127.0.0.1:1"))
+    assert time.monotonic() - t < 30
 
 
 def snapshot(store, collection):
@@ -208,3 +226,21 @@ def test_real_model_on_ray_actors_equals_single_process(store, ray_cluster, fres
     rep = index([EXAMPLES], collection=fresh_collection, store=store, executor=RayExecutor(actors=2, batch_docs=4))
     assert (rep.added, rep.chunks_embedded) == (ref.added, ref.chunks_embedded)
     assert_same_store(store, fresh_collection + "_ref", fresh_collection)
+
+
+
+def _failing_loader():
+    from embedkit.errors import ModelNotFoundError
+
+    raise ModelNotFoundError("no model file /models/x.gguf on this node")
+
+
+def test_worker_that_cannot_load_the_model_stops_the_run_in_one_line(store, ray_cluster, fresh_collection):
+    from embedkit.errors import EmbedkitError
+
+    emb = HashEmbedder()
+    with pytest.raises(EmbedkitError, match="no model file /models/x.gguf on this node") as e:
+        index_paths(store, [EXAMPLES], emb, emb.identity(), collection=fresh_collection,
+                    executor=RayExecutor(actors=1, loader=_failing_loader))
+    assert "\n" not in str(e.value)
+    assert _count_docs(store, fresh_collection) == 0

@@ -49,10 +49,10 @@ class _Bar:
 
                 cols = list(self.progress.columns)
                 cols[3:5] = [TextColumn("{task.completed:.0f}/{task.total} documents"),
-                             TextColumn("{task.fields[files]} chunks")]
+                             TextColumn("{task.fields[chunks]} chunks")]
                 self.progress.columns = tuple(cols)
             self.task = self.progress.add_task("index", total=files if self.by_files else chunks,
-                                               files="0" if self.by_files else f"0/{files}", rate="-")
+                                               files=f"0/{files}", chunks="0", rate="-")
 
     def embedded(self, chunks: int) -> None:
         import time
@@ -62,7 +62,7 @@ class _Bar:
         self.chunks_done += chunks
         if self.by_files:
             elapsed = time.monotonic() - self.t0
-            self.progress.update(self.task, files=str(self.chunks_done),
+            self.progress.update(self.task, chunks=str(self.chunks_done),
                                  rate=f"{self.chunks_done / elapsed:.3g}" if elapsed > 0 else "-")
             return
         self.progress.advance(self.task, chunks)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -62,6 +64,8 @@ class RayExecutor:
             raise InputError(f"Ray actors: {actors}; expected at least 1")
         if batch_docs < 1:
             raise InputError(f"Ray batch: {batch_docs} documents; expected at least 1")
+        if address not in ("auto", "local"):
+            _host_port(address)
         self.address, self.actors, self.cpus_per_actor = address, actors, cpus_per_actor
         self.gpus_per_actor, self.batch_docs, self.batch_chars = gpus_per_actor, batch_docs, batch_chars
         self.in_flight, self.loader = max(1, in_flight), loader
@@ -73,6 +77,10 @@ class RayExecutor:
         """Initialise Ray unless it already is; True when this call started it (and must shut it down)."""
         if ray.is_initialized():
             return False
+        if self.address not in ("auto", "local"):
+            _probe(self.address)
+        elif self.address == "auto" and os.environ.get("RAY_ADDRESS", "auto") not in ("auto", "local", ""):
+            _probe(os.environ["RAY_ADDRESS"])
         try:
             if self.address == "local":
                 ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
@@ -267,6 +275,25 @@ class _Meter:
             self.progress.written(1)
 
 
+def _host_port(address: str) -> tuple[str, str]:
+    """(host, port) of `address` (host:port or ray://host:port); an InputError if it is neither."""
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--ray {address}: expected auto, local, HOST:PORT or ray://HOST:PORT")
+    return host, port
+
+
+def _probe(address: str) -> None:
+    """An InputError unless `address` accepts a TCP connection within a few seconds: Ray's own client retries
+    an unreachable address for minutes."""
+    host, port = _host_port(address)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise InputError(f"--ray {address}: cannot reach a Ray cluster there ({exc.strerror or exc}); start one "
+                         "with `ray start --head` or use --ray local") from None
+
+
 def _get(ray: Any, refs: Any) -> Any:
     """ray.get, with a worker's embedkit error re-raised as is and any other failure as one line."""
     try:
@@ -285,6 +312,10 @@ def _raising_one_line(ray: Any, it: Iterator[Any]) -> Iterator[Any]:
 
 def _one_line(ray: Any, exc: Exception) -> EmbedkitError:
     if isinstance(exc, ray.exceptions.RayActorError):
+        if getattr(exc, "actor_init_failed", False):  # the cause is only kept as text: its traceback's last line
+            lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if ln.strip()]
+            kind, _, msg = lines[-1].partition(": ")
+            return EmbedkitError(f"a Ray embedder actor could not start: {kind.rsplit('.', 1)[-1]}: {msg}")
         return EmbedkitError(f"a Ray embedder actor died: {str(exc).strip().splitlines()[0]}")
     cause = getattr(exc, "cause", None)
     while isinstance(cause, ray.exceptions.RayError) and getattr(cause, "__cause__", None) is not None:
