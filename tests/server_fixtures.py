@@ -40,6 +40,7 @@ class RunningServer:
     key: str | None
     proc: subprocess.Popen
     log: Path
+    health_before_ready: list[tuple[int, dict]]  # /health answers seen while waiting for 200
 
     @property
     def headers(self) -> dict[str, str]:
@@ -62,7 +63,7 @@ def start_server(env: dict[str, str], log: Path, *args: str, key: str | None = N
     fh = open(log, "w")
     proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=str(REPO))
     fh.close()
-    srv = RunningServer(f"http://127.0.0.1:{port}", key, proc, log)
+    srv = RunningServer(f"http://127.0.0.1:{port}", key, proc, log, [])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -71,6 +72,7 @@ def start_server(env: dict[str, str], log: Path, *args: str, key: str | None = N
             r = httpx.get(srv.url + "/health", timeout=5)
             if r.status_code == 200:
                 return srv
+            srv.health_before_ready.append((r.status_code, r.json()))
         except httpx.HTTPError:
             pass
         time.sleep(0.5)

@@ -83,6 +83,10 @@ def assert_openai_error(r: httpx.Response, status: int, code: str | None = None)
 # -- operations, auth, errors ----------------------------------------------------------------------
 def test_health_models_and_auth(server, http, oai):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}  # no key needed
+    # while the models loaded, /health answered 503 with a JSON body
+    assert server.health_before_ready, "the server never answered /health before it was ready"
+    for status, body in server.health_before_ready:
+        assert status == 503 and body["status"] == "loading" and body["error"]["code"] == "model_loading"
     ids = {m.id for m in oai.models.list().data}
     assert ids == {"all-minilm-l6-v2", "smollm2-135m"}
     for path in ("/v1/models", "/metrics", "/docs", "/openapi.json"):
