@@ -351,16 +351,24 @@ def test_api_key_prompt(browser, keyed_server):
     page.fill("#q", QUERY)
     page.click("button[type=submit]")
     assert "needs its API key" in page.inner_text("#error")
-    page.fill("input[name=key]", "not-the-key")
+    page.fill("input[name=api_key]", "not-the-key")
     page.click("button[type=submit]")
     assert "not valid" in page.inner_text("#error")
-    page.fill("input[name=key]", KEY)
+    page.fill("input[name=api_key]", KEY)
     page.click("button[type=submit]")  # with the key, the collections are listed
     page.select_option("#collection", COLLECTION)
     page.click("button[type=submit]")
     assert KEY not in page.url
     with keyed_server.client() as api:
         assert shown(page) == api_search(api, QUERY)
+        hit = shown(page)[0][1]
+        page.locator("#results .doc-link").first.click()  # a small form posting the key, for each document
+        page.wait_for_url("**/doc?**")
+        assert KEY not in page.url
+        doc = api.get(f"/v1/collections/{COLLECTION}/documents", params={"key": QUERY_DOC}).json()
+    ids = page.eval_on_selector_all("#server-doc .chunk", "els => els.map(e => e.id)")
+    assert ids == [f"chunk-{c['chunk_id']}" for c in doc["chunks"]]
+    assert "hit" in page.locator(f"#chunk-{hit}").get_attribute("class")
     t.context.close()
 
 

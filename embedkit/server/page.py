@@ -87,7 +87,7 @@ def _key_problem(state: ServerState, fields: dict[str, str]) -> str | None:
     want = state.config.api_key
     if not want:
         return None
-    given = fields.get("key", "")
+    given = fields.get("api_key", "")
     if not given:
         return "This server needs its API key: type it in the API key box and search again."
     if not hmac.compare_digest(given.encode(), want.encode()):
@@ -127,7 +127,7 @@ def _page(state: ServerState, fields: dict[str, str], *, collections: list[dict[
     html = _templates.get_template("page.html").render(
         q=fields.get("q", ""), collection=collection, collections=collections,
         hybrid=fields.get("hybrid") in ("on", "true", "1"), path=fields.get("path", ""), meta=fields.get("meta", ""),
-        k=fields.get("k", "10"), keyed=keyed, key=fields.get("key", "") if notice is None else "",
+        k=fields.get("k", "10"), keyed=keyed, api_key=fields.get("api_key", "") if notice is None else "",
         results=results, document=document, error=error, notice=notice, stopwords=" ".join(sorted(STOPWORDS)),
         doc_query=lambda **kw: urlencode({k: v for k, v in kw.items() if v is not None}),
     )
