@@ -190,6 +190,8 @@ def main() -> None:
     items = texts(args.requests)
     rows_e: dict[str, dict[int, dict[str, float]]] = {}
     rows_g: dict[str, dict[int, dict[str, float]]] = {}
+    check_vectors: dict[str, np.ndarray] = {}  # one text's vector from each side (a sanity check)
+    check_texts: dict[str, str] = {}  # one greedy completion from each side
     sides = [("embedkit", None)] + ([("llama-server", binary)] if binary else [])
     for side, exe in sides:
         if not args.skip_embed:
@@ -199,6 +201,9 @@ def main() -> None:
             try:
                 asyncio.run(embed_level(srv.url, args.embed_model, items[:8], 8))  # warm-up
                 rows_e[side] = {c: asyncio.run(embed_level(srv.url, args.embed_model, items, c)) for c in EMBED_LEVELS}
+                r = httpx.post(srv.url + "/v1/embeddings", json={"model": args.embed_model, "input": items[0]},
+                               timeout=600)
+                check_vectors[side] = np.asarray(r.json()["data"][0]["embedding"], dtype=np.float64)
             finally:
                 srv.stop()
         if not args.skip_gen:
@@ -210,6 +215,9 @@ def main() -> None:
                 asyncio.run(gen_level(srv.url, args.gen_model, prompts[:1], 4))  # warm-up
                 rows_g[side] = {s: asyncio.run(gen_level(srv.url, args.gen_model, prompts[:s], args.gen_tokens))
                                 for s in GEN_LEVELS}
+                r = httpx.post(srv.url + "/v1/completions", json={"model": args.gen_model, "prompt": prompts[0],
+                                                                  "max_tokens": 8, "temperature": 0}, timeout=1800)
+                check_texts[side] = r.json()["choices"][0]["text"]
             finally:
                 srv.stop()
 
@@ -221,6 +229,9 @@ def main() -> None:
             cells = [f"{rows_e[s][c]['rps']:.1f} | {rows_e[s][c]['p50']:.0f} | {rows_e[s][c]['p95']:.0f}"
                      for s in rows_e]
             print(f"| {c} | " + " | ".join(cells) + " |")
+    if len(check_vectors) == 2:
+        a, b = check_vectors.values()
+        print(f"\ncosine of the two sides' vectors of one text: {a @ b / (np.linalg.norm(a) * np.linalg.norm(b)):.6f}")
     if rows_g:
         print(f"\n## Generation: streams of {args.gen_tokens} tokens, {args.gen_model}, temperature 0")
         print("| streams | " + " | ".join(f"{s} tok/s | {s} TTFT ms" for s in rows_g) + " |")
@@ -228,6 +239,10 @@ def main() -> None:
         for n in GEN_LEVELS:
             cells = [f"{rows_g[s][n]['tps']:.1f} | {rows_g[s][n]['ttft']:.0f}" for s in rows_g]
             print(f"| {n} | " + " | ".join(cells) + " |")
+
+    if len(check_texts) == 2:
+        a, b = check_texts.values()
+        print(f"\ngreedy 8 tokens of one prompt: {'identical' if a == b else f'differ: {a!r} vs {b!r}'}")
 
 
 if __name__ == "__main__":
