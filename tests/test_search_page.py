@@ -135,11 +135,23 @@ def doc_list(page, selector: str) -> list[str]:
     return page.eval_on_selector_all(selector + " li[data-path]", "els => els.map(e => e.dataset.path)")
 
 
+def serious_accessibility_findings(page) -> list[str]:
+    """axe-core's violations of impact serious or critical on the page as it is now (labels, contrast, ...)."""
+    if not page.evaluate("typeof axe !== 'undefined'"):
+        page.add_script_tag(path=str(AXE))
+    return page.evaluate("async () => (await axe.run(document)).violations"
+                         ".filter(v => v.impact === 'serious' || v.impact === 'critical')"
+                         ".map(v => v.id + ': ' + v.help + ' (' + v.nodes.length + ' elements)')")
+
+
 def test_typing_shows_the_api_results_in_order(tab, server, api):
     page = tab.page
     open_page(page, server.url)
+    searches = []
+    page.on("request", lambda r: searches.append(r) if r.url.endswith("/v1/search") else None)
     page.type("#q", QUERY, delay=15)  # keystrokes: searches as you type, debounced
     wait_idle(page)
+    assert 1 <= len(searches) <= 3, f"{len(searches)} searches for {len(QUERY)} keystrokes"
     got = shown(page)
     assert got == api_search(api, QUERY)
     assert got[0][0] == QUERY_DOC
@@ -311,6 +323,7 @@ def test_api_key_prompt(browser, keyed_server):
     page = t.page
     page.goto(keyed_server.url + "/")
     page.wait_for_selector("#key-dialog[open]")
+    assert serious_accessibility_findings(page) == []
     page.fill("#key-input", "not-the-key")
     page.click("#key-form button[type=submit]")
     page.wait_for_function("document.getElementById('key-message').textContent.includes('not valid')")
@@ -338,16 +351,24 @@ def test_api_key_prompt(browser, keyed_server):
     page.fill("#q", QUERY)
     page.click("button[type=submit]")
     assert "needs its API key" in page.inner_text("#error")
-    page.fill("input[name=key]", "not-the-key")
+    page.fill("input[name=api_key]", "not-the-key")
     page.click("button[type=submit]")
     assert "not valid" in page.inner_text("#error")
-    page.fill("input[name=key]", KEY)
+    page.fill("input[name=api_key]", KEY)
     page.click("button[type=submit]")  # with the key, the collections are listed
     page.select_option("#collection", COLLECTION)
     page.click("button[type=submit]")
     assert KEY not in page.url
     with keyed_server.client() as api:
         assert shown(page) == api_search(api, QUERY)
+        hit = shown(page)[0][1]
+        page.locator("#results .doc-link").first.click()  # a small form posting the key, for each document
+        page.wait_for_url("**/doc?**")
+        assert KEY not in page.url
+        doc = api.get(f"/v1/collections/{COLLECTION}/documents", params={"key": QUERY_DOC}).json()
+    ids = page.eval_on_selector_all("#server-doc .chunk", "els => els.map(e => e.id)")
+    assert ids == [f"chunk-{c['chunk_id']}" for c in doc["chunks"]]
+    assert "hit" in page.locator(f"#chunk-{hit}").get_attribute("class")
     t.context.close()
 
 
@@ -359,17 +380,9 @@ def test_accessibility_no_serious_findings(tab, server):
     page.locator("#results .result").first.get_by_role("button", name="More like").click()
     page.locator("#results .result button.good").first.click()
     wait_idle(page)
-    page.add_script_tag(path=str(AXE))
-
-    def serious() -> list[str]:
-        found = page.evaluate("async () => (await axe.run(document)).violations"
-                              ".filter(v => v.impact === 'serious' || v.impact === 'critical')"
-                              ".map(v => v.id + ': ' + v.help + ' (' + v.nodes.length + ' elements)')")
-        return found
-
-    assert serious() == []
+    assert serious_accessibility_findings(page) == []
     page.locator("#results .result").first.focus()
     page.keyboard.press("Enter")
     page.wait_for_selector("#doc-dialog[open] .chunk")
     wait_idle(page)
-    assert serious() == []
+    assert serious_accessibility_findings(page) == []

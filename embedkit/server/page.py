@@ -87,7 +87,7 @@ def _key_problem(state: ServerState, fields: dict[str, str]) -> str | None:
     want = state.config.api_key
     if not want:
         return None
-    given = fields.get("key", "")
+    given = fields.get("api_key", "")
     if not given:
         return "This server needs its API key: type it in the API key box and search again."
     if not hmac.compare_digest(given.encode(), want.encode()):
@@ -116,7 +116,7 @@ async def _collections(state: ServerState) -> list[dict[str, Any]]:
         return []
 
 
-def _page(request: Request, state: ServerState, fields: dict[str, str], *, collections: list[dict[str, Any]],
+def _page(state: ServerState, fields: dict[str, str], *, collections: list[dict[str, Any]],
           results: list[dict[str, Any]] | None = None, document: dict[str, Any] | None = None,
           error: str | None = None, notice: str | None = None) -> HTMLResponse:
     keyed = bool(state.config.api_key)
@@ -127,7 +127,7 @@ def _page(request: Request, state: ServerState, fields: dict[str, str], *, colle
     html = _templates.get_template("page.html").render(
         q=fields.get("q", ""), collection=collection, collections=collections,
         hybrid=fields.get("hybrid") in ("on", "true", "1"), path=fields.get("path", ""), meta=fields.get("meta", ""),
-        k=fields.get("k", "10"), keyed=keyed, key=fields.get("key", "") if notice is None else "",
+        k=fields.get("k", "10"), keyed=keyed, api_key=fields.get("api_key", "") if notice is None else "",
         results=results, document=document, error=error, notice=notice, stopwords=" ".join(sorted(STOPWORDS)),
         doc_query=lambda **kw: urlencode({k: v for k, v in kw.items() if v is not None}),
     )
@@ -140,7 +140,7 @@ async def page_route(request: Request) -> HTMLResponse:
     state = server_state(request)
     fields = await _form(request)
     collections = [] if state.config.api_key else await _collections(state)
-    return _page(request, state, fields, collections=collections)
+    return _page(state, fields, collections=collections)
 
 
 @router.api_route("/search", methods=["GET", "POST"])
@@ -152,19 +152,19 @@ async def search_page_route(request: Request) -> HTMLResponse:
     fields = await _form(request)
     notice = _key_problem(state, fields)
     if notice is not None:
-        return _page(request, state, fields, collections=[], notice=notice)
+        return _page(state, fields, collections=[], notice=notice)
     collections = await _collections(state)
     query = fields.get("q", "")
     if not query.strip():
-        return _page(request, state, fields, collections=collections)
+        return _page(state, fields, collections=collections)
     try:
         req = SearchRequest(query=query, collection=fields.get("collection") or "default",
                             k=fields.get("k") or 10, hybrid=fields.get("hybrid") in ("on", "true", "1"),
                             path=fields.get("path") or None, meta=meta_filters(fields.get("meta", "")) or None)
         results = (await search_route(req, state))["results"]
     except (APIError, EmbedkitError, ValidationError) as e:
-        return _page(request, state, fields, collections=collections, error=_error_text(e))
-    return _page(request, state, fields, collections=collections, results=results)
+        return _page(state, fields, collections=collections, error=_error_text(e))
+    return _page(state, fields, collections=collections, results=results)
 
 
 @router.api_route("/doc", methods=["GET", "POST"])
@@ -176,16 +176,16 @@ async def document_page_route(request: Request) -> HTMLResponse:
     fields = await _form(request)
     notice = _key_problem(state, fields)
     if notice is not None:
-        return _page(request, state, fields, collections=[], notice=notice)
+        return _page(state, fields, collections=[], notice=notice)
     collections = await _collections(state)
     try:
         doc = await documents_route(fields.get("collection") or "default", state, key=fields.get("key", ""),
                                     document_id=None, limit=1, offset=0)
     except (APIError, EmbedkitError) as e:
-        return _page(request, state, fields, collections=collections, error=_error_text(e))
+        return _page(state, fields, collections=collections, error=_error_text(e))
     hit = fields.get("chunk", "")
     doc["hit"] = int(hit) if hit.isdigit() else None
-    return _page(request, state, fields, collections=collections, document=doc)
+    return _page(state, fields, collections=collections, document=doc)
 
 
 @router.get("/static/{name}")

@@ -223,7 +223,6 @@ function drawResults(results, v, seq) {
   state.active = -1;
   const list = $("results");
   list.replaceChildren();
-  document.body.dataset.searched = String(seq);
   results.forEach((r, i) => {
     const link = el("a", { className: "doc-link", href: docHref(v.collection, r.path, r.chunk_id, v.q) }, r.path);
     link.addEventListener("click", (ev) => {
