@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from embedkit.errors import StoreError
 from embedkit.store import migrate
-from embedkit.store.engine import _where, check_pgvector_installed, check_server, normalize_url
+from embedkit.store.engine import check_pgvector_installed, check_server, normalize_url, server_where
 
 READ_URL_ENV = "EMBEDKIT_DATABASE_READ_URL"
 
@@ -27,7 +27,7 @@ def read_database_url() -> str | None:
 def create_read_engine(url: str) -> Engine:
     """An engine for the replica at `url`, checked for reachability, pgvector and the schema revision."""
     engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
-    where = _where(url)
+    where = server_where(url)
     try:
         with engine.connect() as conn:
             check_server(conn, where)
