@@ -57,3 +57,16 @@ def test_recommendation_query_is_qdrant_average_vector():
     np.testing.assert_allclose(only, pos.mean(0) / np.linalg.norm(pos.mean(0)), rtol=1e-6)
     with pytest.raises(InputError):
         recommendation_query([], list(neg))
+
+
+def test_port_in_use_is_one_line():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        p = subprocess.run([sys.executable, "-m", "embedkit.cli.main", "serve", "--port", str(port)],
+                           capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    assert p.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"

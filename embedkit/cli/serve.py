@@ -9,13 +9,32 @@ import click
 from embedkit.cli.device_options import device_options
 
 
+def _check_bindable(host: str, port: int) -> None:
+    """One clear line (before any model loads) when the address cannot be listened on."""
+    import socket
+
+    from embedkit.errors import InputError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise InputError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise InputError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
 @click.command()
 @click.option("-m", "--model", "gen_model", default=None,
               help="Generation model (known name or GGUF path); none: no generation routes.")
 @click.option("--embed-model", default="all-minilm-l6-v2", show_default=True,
               help="Embedding model (known name or GGUF path); 'none': no embeddings or search.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--api-key", default=None, envvar="EMBEDKIT_API_KEY",
               help="Require 'Authorization: Bearer KEY' on every route but /health (env: EMBEDKIT_API_KEY).")
 @click.option("--no-auth", is_flag=True, help="Allow a non-loopback --host without --api-key.")
@@ -44,6 +63,7 @@ def command(gen_model, embed_model, host, port, api_key, no_auth, parallel, max_
         gpu_layers=gpu_layers, ctx_size=ctx_size, threads=threads, max_body_bytes=max_body,
     )
     config.check()
+    _check_bindable(host, port)
     # resolve (and fetch once) before listening, so a wrong name is one line and no server
     for name, kind in ((config.embed_model, "embed"), (config.gen_model, "generate")):
         if name is not None:

@@ -42,8 +42,8 @@ class ServerConfig:
         """InputError for settings that cannot be served (before anything loads)."""
         if self.gen_model is None and self.embed_model is None:
             raise InputError("nothing to serve: give -m GEN_MODEL and/or --embed-model MODEL")
-        if not 0 <= self.port <= 65535:
-            raise InputError(f"--port {self.port}: expected 0..65535")
+        if not 1 <= self.port <= 65535:
+            raise InputError(f"--port {self.port}: expected 1..65535")
         if self.parallel < 1:
             raise InputError(f"--parallel {self.parallel}: expected at least 1")
         if self.max_queue < 0:
