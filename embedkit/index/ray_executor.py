@@ -13,6 +13,7 @@ Ray Data's `map_batches` with an actor pool instead (`run_dataset`), which strea
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -142,9 +143,14 @@ class RayExecutor:
         """Chunk and embed `documents` on Ray actors and write each one here as its batch returns; returns
         the keys written. At most `in_flight` batches per actor are out at any time."""
         ray = import_ray()
+        documents = iter(documents)
+        first = next(documents, None)
+        if first is None:  # nothing changed: no cluster to start or join
+            return set()
         started = self._connect(ray)
         try:
-            return self._run(ray, store, info, embedder, documents, total, report, progress)
+            return self._run(ray, store, info, embedder, itertools.chain([first], documents), total, report,
+                             progress)
         finally:
             if started:
                 ray.shutdown()
