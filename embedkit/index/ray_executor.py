@@ -108,11 +108,9 @@ class RayExecutor:
         return actors, cpus, 0
 
     def _remote_options(self, cpus: float, gpus: float) -> dict[str, Any]:
-        # kernel threads = the CPUs the actor holds, so actors on one node do not oversubscribe it
+        # Kernel threads = the CPUs the actor holds, so actors on one node do not oversubscribe it. Nothing else
+        # of the driver's environment is sent: each node keeps its own EMBEDKIT_MODELS and Python path.
         env = {"EMBEDKIT_THREADS": str(max(1, int(cpus)))}
-        for name in ("PYTHONPATH", "EMBEDKIT_MODELS"):
-            if os.environ.get(name):
-                env[name] = os.environ[name]
         return {"num_cpus": cpus, "num_gpus": gpus, "runtime_env": {"env_vars": env}}
 
     def _loader(self, info: CollectionInfo, embedder: Any) -> Any:
