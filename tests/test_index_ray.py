@@ -59,6 +59,25 @@ def test_unreachable_or_malformed_address_is_one_line_not_a_hang(store, fresh_co
     assert time.monotonic() - t < 30
 
 
+@pytest.mark.slow
+def test_cli_ray_local_starts_a_cluster_for_the_run(store, fresh_collection, minilm_gguf_path):
+    """`embedkit index --ray local` starts Ray on this machine, indexes, stops it; a rerun embeds nothing."""
+    import json
+
+    if ray.is_initialized():
+        pytest.skip("Ray already runs in this process")
+    env = dict(os.environ, EMBEDKIT_DATABASE_URL=store.url,
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "embedkit.cli.main", "index", str(EXAMPLES / "corpus" / "readmes"), "-c",
+           fresh_collection, "--ray", "local", "--ray-actors", "1", "--ray-batch", "2", "--json"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    report = json.loads(first.stdout.strip().splitlines()[-1])
+    assert report["added"] == 8 and report["chunks_embedded"] > 8
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert json.loads(again.stdout.strip().splitlines()[-1])["unchanged"] == 8
+
+
 def snapshot(store, collection):
     """Everything a collection holds, in a canonical order: documents and chunks with their vectors."""
     with store.connect() as conn:

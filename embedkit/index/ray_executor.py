@@ -13,6 +13,7 @@ Ray Data's `map_batches` with an actor pool instead (`run_dataset`), which strea
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -107,11 +108,9 @@ class RayExecutor:
         return actors, cpus, 0
 
     def _remote_options(self, cpus: float, gpus: float) -> dict[str, Any]:
-        # kernel threads = the CPUs the actor holds, so actors on one node do not oversubscribe it
+        # Kernel threads = the CPUs the actor holds, so actors on one node do not oversubscribe it. Nothing else
+        # of the driver's environment is sent: each node keeps its own EMBEDKIT_MODELS and Python path.
         env = {"EMBEDKIT_THREADS": str(max(1, int(cpus)))}
-        for name in ("PYTHONPATH", "EMBEDKIT_MODELS"):
-            if os.environ.get(name):
-                env[name] = os.environ[name]
         return {"num_cpus": cpus, "num_gpus": gpus, "runtime_env": {"env_vars": env}}
 
     def _loader(self, info: CollectionInfo, embedder: Any) -> Any:
@@ -142,9 +141,14 @@ class RayExecutor:
         """Chunk and embed `documents` on Ray actors and write each one here as its batch returns; returns
         the keys written. At most `in_flight` batches per actor are out at any time."""
         ray = import_ray()
+        documents = iter(documents)
+        first = next(documents, None)
+        if first is None:  # nothing changed: no cluster to start or join
+            return set()
         started = self._connect(ray)
         try:
-            return self._run(ray, store, info, embedder, documents, total, report, progress)
+            return self._run(ray, store, info, embedder, itertools.chain([first], documents), total, report,
+                             progress)
         finally:
             if started:
                 ray.shutdown()
