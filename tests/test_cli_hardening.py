@@ -352,6 +352,7 @@ def test_symlinks_leaving_the_folder_are_not_followed(tmp_path, cli_env, bert, s
     (docs / "pipe-link.txt").symlink_to(outside / "pipe")
     (docs / "fifo-inside.txt").symlink_to(docs / "fifo")
     os.mkfifo(docs / "fifo")
+    (docs / "zero.txt").symlink_to("/dev/zero")  # a device: reading it would never end
     rep = index_json(cli_env, tmp_path, "docs", "-m", str(bert), "-c", fresh_collection)
     assert doc_paths(store, fresh_collection) == ["docs/doc000.txt", "docs/doc001.txt", "docs/inside-link.txt"]
     reasons = dict((s["path"], s["reason"]) for s in rep["skipped_files"])
@@ -362,7 +363,7 @@ def test_symlinks_leaving_the_folder_are_not_followed(tmp_path, cli_env, bert, s
     rep = index_json(cli_env, tmp_path, "docs", "-m", str(bert), "-c", other, "--follow-symlinks")
     paths = doc_paths(store, other)
     assert {"docs/secret-link.txt", "docs/outdir/secret.txt"} <= set(paths), paths
-    assert not any("pipe" in p or "fifo" in p for p in paths), paths
+    assert not any("pipe" in p or "fifo" in p or "zero" in p for p in paths), paths
 
 
 def test_interrupted_reembed_keeps_the_old_collection(tmp_path, cli_env, bert, other_bert, store,

@@ -116,3 +116,17 @@ def test_special_files_and_broken_links_are_named(tmp_path):
     (sub / "x.txt").write_text("x")
     os.mkfifo(sub / ".embedkitignore")
     assert [f.path.name for f in walk_paths([sub])] == ["x.txt"]
+
+
+def test_read_file_never_blocks_on_a_special_file(tmp_path):
+    """A file swapped for a named pipe between the walk and the read would block the read forever: read_file
+    opens without blocking and refuses what is not a regular file."""
+    from embedkit.index.extract import SkipFile, read_file
+
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(SkipFile, match="not a regular file"):
+        read_file(tmp_path / "pipe")
+    with pytest.raises(SkipFile, match="not a regular file"):
+        read_file(type(tmp_path)("/dev/zero"))
+    (tmp_path / "ok.txt").write_bytes(b"fine")
+    assert read_file(tmp_path / "ok.txt")[0] == b"fine"

@@ -303,8 +303,10 @@ def _adopt_legacy_keys(conn, collection_id: int, files: Sequence[FoundFile], kno
     """Documents that earlier versions stored under an absolute spelling of a path now keyed relative to the
     current folder are renamed to the new key (same content, nothing re-embedded), so no file gets two."""
     for f in files:
+        if f.key in known or not _utf8(f.key):
+            continue
         old = legacy_key(f.key)
-        if old is not None and f.key not in known and old in known and _utf8(f.key):
+        if old is not None and old in known:
             rename_document(conn, collection_id, old, f.key)
             known[f.key] = known.pop(old)
 
