@@ -68,7 +68,12 @@ def test_every_vocab_fixture_is_compared(vocab_dir: Path) -> None:
     assert sorted(p.name for p in vocab_dir.glob("*.gguf")) == [f"ggml-vocab-{v}.gguf" for v in VOCABS]
 
 
-@pytest.mark.parametrize("vocab", VOCABS)
+# gguf-py's reader takes 10-40 s on each of the four large vocabularies (it builds a numpy view per string) and
+# they exercise the same code of ours as the two small ones: the full comparison runs with the slow tests.
+LARGE_VOCABS = {"falcon", "gpt-2", "llama-bpe", "qwen2"}
+
+
+@pytest.mark.parametrize("vocab", [pytest.param(v, marks=pytest.mark.slow) if v in LARGE_VOCABS else v for v in VOCABS])
 def test_matches_gguf_py_on_vocab_fixture(vocab_dir: Path, vocab: str) -> None:
     assert_same_as_gguf_py(vocab_dir / f"ggml-vocab-{vocab}.gguf")
 
