@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from store_fixtures import *  # noqa: F403
 
 WORDS = ["the", "river", "stone", "flows", "to", "sea", "cell", "protein", "binds", "dna", "##s", "##ing", "a"]
 
@@ -71,3 +72,40 @@ def test_reranker_refuses_an_embedding_model(tmp_path):
     path = convert_hf_to_gguf(root, tmp_path / "emb.gguf")
     with pytest.raises(UnsupportedModelError, match="not a cross-encoder"):
         Reranker(path)
+
+
+def test_search_and_cli_rerank(store, tmp_path, fresh_collection):
+    import json
+
+    from click.testing import CliRunner
+    from store_fixtures import HashEmbedder
+
+    from embedkit.cli.main import cli
+    from embedkit.convert import convert_hf_to_gguf
+    from embedkit.embed.reranker import rerank
+    from embedkit.index import index_paths
+    from embedkit.search import search
+
+    tiny_cross_encoder(tmp_path / "hf", 1)
+    path = convert_hf_to_gguf(tmp_path / "hf", tmp_path / "ce.gguf")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, text in enumerate(["the protein binds dna", "a river flows to the sea", "dna . the river stone",
+                              "protein protein protein"]):
+        (docs / f"d{i}.txt").write_text(text)
+    emb = HashEmbedder()
+    index_paths(store, [str(docs)], emb, emb.identity(), collection=fresh_collection)
+    query = "protein dna river"
+    plain = search(query, k=4, collection=fresh_collection, store=store, keyword=True)
+    got = search(query, k=4, collection=fresh_collection, store=store, keyword=True, rerank=str(path), rerank_top=3)
+    scores = rerank(str(path), query, [h.text for h in plain[:3]])
+    want = sorted(zip(scores, [h.chunk_id for h in plain[:3]], strict=True), key=lambda x: -x[0])
+    assert [h.chunk_id for h in got[:3]] == [c for _, c in want]
+    assert [h.score for h in got[:3]] == pytest.approx([s for s, _ in want])
+    assert got[3:] == plain[3:]
+    out = CliRunner().invoke(cli, ["rerank", "-m", str(path), query, "--json"],
+                             input="the protein binds dna\n\n" + json.dumps({"text": "a river flows"}) + "\n")
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.output)["results"]
+    assert sorted(r["index"] for r in rows) == [0, 1]
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
