@@ -20,8 +20,12 @@ import click
               help="Reciprocal rank fusion constant of --hybrid.")
 @click.option("--candidates", type=click.IntRange(100, 1000), default=100, show_default=True,
               help="Chunks taken from each ranking per query.")
+@click.option("--rerank", "rerank_model", default=None, metavar="MODEL",
+              help="Re-order each query's first --rerank-top results with this cross-encoder (GGUF path).")
+@click.option("--rerank-top", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="How many results per query --rerank re-orders.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def command(qrels, queries, collection, model, mode, rrf_k, candidates, as_json) -> None:
+def command(qrels, queries, collection, model, mode, rrf_k, candidates, rerank_model, rerank_top, as_json) -> None:
     """nDCG@10, recall@100 and MRR@10 of COLLECTION's document-level search for the judged QUERIES.
 
     QRELS: a BEIR qrels TSV (query-id, corpus-id, score); QUERIES: a BEIR queries.jsonl. Index the corpus
@@ -29,7 +33,7 @@ def command(qrels, queries, collection, model, mode, rrf_k, candidates, as_json)
     from embedkit.search.api import evaluate
 
     rep = evaluate(qrels, queries, collection=collection, mode=mode, model=model, rrf_k=rrf_k,
-                   candidates=candidates)
+                   candidates=candidates, rerank=rerank_model, rerank_top=rerank_top)
     if as_json:
         click.echo(json.dumps({"collection": collection, "mode": mode, **rep.to_json()}))
         return

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "similar": ("similar", "command", "Find documents similar to a document or chunk."),
     "eval": ("evaluate", "command", "Measure search quality on a BEIR-format test set."),
     "recommend": ("recommend", "command", "Find documents like some examples and unlike others."),
+    "rerank": ("rerank", "command", "Score candidate texts for a query with a cross-encoder."),
     "db": ("db", "group", "Manage the database."),
     "generate": ("generate", "command", "Generate text from a prompt."),
     "chat": ("chat", "command", "Chat with a model interactively."),

@@ -31,17 +31,22 @@ def snippet(text: str, width: int = 160) -> str:
               help="Reciprocal rank fusion constant of --hybrid: score = sum of 1 / (rrf_k + rank).")
 @click.option("--candidates", type=click.IntRange(1, 1000), default=100, show_default=True,
               help="Chunks taken from each ranking before fusing (--hybrid) or grouping by document.")
+@click.option("--rerank", "rerank_model", default=None, metavar="MODEL",
+              help="Re-order the first --rerank-top results with this cross-encoder (GGUF path).")
+@click.option("--rerank-top", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="How many results --rerank re-orders.")
 @click.option("--ef-search", type=click.IntRange(1, 1000), default=None, help="HNSW ef_search for this query.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"results": [...]} as one JSON object.')
 def command(query, k, collection, model, path_glob, meta, min_score, hybrid, keyword, chunk_level, rrf_k, candidates,
-            ef_search, as_json) -> None:
+            rerank_model, rerank_top, ef_search, as_json) -> None:
     """Search COLLECTION for the documents (or chunks) best matching QUERY."""
     from embedkit.search import results_json, search
     from embedkit.search.sql import parse_metadata_filters
 
     hits = search(query, k=k, collection=collection, model=model, path_glob=path_glob,
                   metadata=parse_metadata_filters(meta) or None, min_score=min_score, hybrid=hybrid,
-                  ef_search=ef_search, keyword=keyword, chunks=chunk_level, rrf_k=rrf_k, candidates=candidates)
+                  ef_search=ef_search, keyword=keyword, chunks=chunk_level, rrf_k=rrf_k, candidates=candidates,
+                  rerank=rerank_model, rerank_top=rerank_top)
     if as_json:
         click.echo(json.dumps(results_json(hits), ensure_ascii=False))
         return

@@ -28,13 +28,22 @@ _LAYER = {
 _LAYER_RE = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
 
 
-def gguf_tensor_name(hf_name: str) -> str | None:
-    """The GGUF name of a HF BERT tensor, None for a tensor llama.cpp skips; KeyError if unknown."""
+# A sequence-classification head (cross-encoders, rerankers), as llama.cpp's `rank` pooling reads it: the pooler
+# (dense + tanh over [CLS]) becomes `cls`, the classifier `cls.output`.
+_CLASSIFIER = {"pooler.dense": "cls", "classifier": "cls.output"}
+
+
+def gguf_tensor_name(hf_name: str, classifier: bool = False) -> str | None:
+    """The GGUF name of a HF BERT tensor, None for a tensor llama.cpp skips; KeyError if unknown. With
+    `classifier` (a BertForSequenceClassification), the pooler and classifier are kept as `cls`/`cls.output`."""
     name = hf_name.removeprefix("bert.")
     if name.endswith(".gamma"):
         name = name[: -len(".gamma")] + ".weight"
     elif name.endswith(".beta"):
         name = name[: -len(".beta")] + ".bias"
+    base, _, suffix = name.rpartition(".")
+    if classifier and base in _CLASSIFIER:
+        return f"{_CLASSIFIER[base]}.{suffix}"
     if _SKIPPED.match(name):
         return None
     base, _, suffix = name.rpartition(".")

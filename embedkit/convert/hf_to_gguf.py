@@ -29,7 +29,7 @@ OUTTYPES: dict[str, tuple[int, GGMLType]] = {
     "f16": (1, GGMLType.F16),
     "q8_0": (7, GGMLType.Q8_0),
 }
-POOLING_TYPES = {"none": 0, "mean": 1, "cls": 2, "last": 3}
+POOLING_TYPES = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
 GGML_QUANTIZATION_VERSION = 2
 BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
 
@@ -146,7 +146,9 @@ def convert_hf_to_gguf(
     except KeyError as e:
         raise ConversionError(f"{hf_dir}/config.json: missing {e.args[0]!r}") from e
     vocab = read_wordpiece_vocab(hf_dir, vocab_size)
-    pooling = sentence_transformers_pooling(hf_dir)
+    classifier = "BertForSequenceClassification" in archs
+    # a cross-encoder scores pairs with its classification head (llama.cpp's `rank` pooling)
+    pooling = "rank" if classifier else sentence_transformers_pooling(hf_dir)
     tensors = read_model_tensors(hf_dir)
 
     w = GGUFWriter()
@@ -164,6 +166,11 @@ def convert_hf_to_gguf(
     w.add(f"{arch}.attention.causal", False, ValueType.BOOL)
     if pooling is not None:
         w.add(f"{arch}.pooling_type", POOLING_TYPES[pooling], ValueType.UINT32)
+    if classifier:
+        labels = config.get("id2label") or {}
+        names = [str(labels.get(str(i), labels.get(i, f"LABEL_{i}"))) for i in range(int(config.get("num_labels",
+                 len(labels) or 1)))]
+        w.add(f"{arch}.classifier.output_labels", names, ValueType.ARRAY, ValueType.STRING)
     max_seq_length = sentence_transformers_max_seq_length(hf_dir)
     if max_seq_length is not None:
         # embedkit's own key (llama.cpp ignores it): the length sentence-transformers truncates at,
@@ -193,7 +200,7 @@ def convert_hf_to_gguf(
     n_written = 0
     for hf_name, t in tensors.items():
         try:
-            name = gguf_tensor_name(hf_name)
+            name = gguf_tensor_name(hf_name, classifier)
         except KeyError:
             raise ConversionError(f"{hf_dir}: tensor {hf_name!r} has no llama.cpp BERT name") from None
         if name is None:

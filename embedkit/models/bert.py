@@ -115,8 +115,12 @@ class BertModel:
                 )
             )
 
-    def encode(self, batch_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """Hidden states [b, t, n_embd] (host float32) of right-padded token ids [b, t] with mask [b, t] (1 = token)."""
+    def encode(self, batch_ids: np.ndarray, attention_mask: np.ndarray,
+               token_types: np.ndarray | None = None) -> np.ndarray:
+        """Hidden states [b, t, n_embd] (host float32) of right-padded token ids [b, t] with mask [b, t] (1 = token).
+
+        `token_types` [b, t] selects each token's segment embedding (0 = first sequence, 1 = second, as a
+        cross-encoder's "query [SEP] document"); None puts every token in the first, as llama.cpp does."""
         p = self.params
         ids = np.asarray(batch_ids, dtype=np.int64)
         if ids.ndim != 2:
@@ -133,8 +137,9 @@ class BertModel:
         be = self.placement.input
         x = be.get_rows(self.tok_embd, ids.reshape(n))
         x = be.add(x, be.get_rows(self.pos_embd, np.tile(np.arange(t), b)))
-        if self.type_embd is not None:  # every token is "sequence A" (type 0), as llama.cpp
-            x = be.add(x, be.get_rows(self.type_embd, np.zeros(n, dtype=np.int64)))
+        if self.type_embd is not None:
+            types = np.zeros(n, dtype=np.int64) if token_types is None else np.asarray(token_types, np.int64).reshape(n)
+            x = be.add(x, be.get_rows(self.type_embd, types))
         x = be.layer_norm(x, self.embd_norm_w, self.embd_norm_b, p.norm_eps)
 
         scale = 1.0 / math.sqrt(hd)

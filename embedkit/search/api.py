@@ -25,6 +25,7 @@ from embedkit.search.evaluation import (
 from embedkit.search.query import HYBRID_CANDIDATES, RRF_K, ChunkHit, search_hybrid, search_keyword, search_vector
 from embedkit.search.recommend import recommend_documents
 from embedkit.search.similar import DocumentHit, similar_documents
+from embedkit.search.sql import MAX_K
 from embedkit.store import Store
 from embedkit.store.collections import require_collection
 
@@ -45,11 +46,21 @@ def search(
     chunks: bool = False,
     rrf_k: float = RRF_K,
     candidates: int = HYBRID_CANDIDATES,
+    rerank: Any = None,
+    rerank_top: int = 20,
 ) -> list[ChunkHit]:
     """The k documents of `collection` best matching `query`, best first, each as its best chunk (with
     `chunks`: the k best chunks). Vector search by default: the query is embedded with the model the
     collection was built with (or `model`/`embedder`, refused if it differs); `keyword`: BM25 alone;
-    `hybrid`: both rankings (`candidates` chunks each) fused by reciprocal rank fusion with constant `rrf_k`."""
+    `hybrid`: both rankings (`candidates` chunks each) fused by reciprocal rank fusion with constant `rrf_k`.
+    `rerank` (a cross-encoder: GGUF path or `Reranker`): the first `rerank_top` results are re-ordered by its
+    scores (which become theirs); results past them keep their order and scores."""
+    if rerank is not None:
+        if not 1 <= rerank_top <= MAX_K:
+            raise InputError(f"--rerank-top must be between 1 and {MAX_K}, got {rerank_top}")
+        hits = search(query, max(k, rerank_top), collection, model, path_glob, metadata, min_score, hybrid, ef_search,
+                      store, embedder, keyword, chunks, rrf_k, candidates)
+        return rerank_hits(rerank, query, hits, rerank_top)[:k]
     if not query.strip():
         raise InputError("the query is empty; expected some words to search for")
     if hybrid and keyword:
@@ -80,6 +91,19 @@ def search(
     finally:
         if own:
             store.close()
+
+
+def rerank_hits(model: Any, query: str, hits: list[ChunkHit], top: int) -> list[ChunkHit]:
+    """The first `top` hits re-ordered by a cross-encoder's scores of their texts (their new scores), then the
+    rest unchanged."""
+    from dataclasses import replace
+
+    from embedkit.embed.reranker import rerank as cross_encode
+
+    head = hits[:top]
+    scores = cross_encode(model, query, [h.text for h in head])
+    ranked = sorted(zip(scores, range(len(head)), head, strict=True), key=lambda x: (-x[0], x[1]))
+    return [replace(h, score=s) for s, _, h in ranked] + hits[top:]
 
 
 def similar(
@@ -162,10 +186,12 @@ def evaluate(
     ef_search: int | None = None,
     store: Store | None = None,
     embedder: Any = None,
+    rerank: Any = None,
+    rerank_top: int = 20,
 ) -> EvalReport:
     """nDCG@10, recall@100 and MRR@10 of `collection` (documents stored under their corpus ids, e.g. by
     `index_jsonl`) on a BEIR-format test set; `mode` is "vector", "keyword" or "hybrid" (document-level
-    results, 100 per query)."""
+    results, 100 per query); `rerank`: a cross-encoder re-orders each query's first `rerank_top` results."""
     if mode not in ("vector", "keyword", "hybrid"):
         raise InputError(f"mode {mode!r}: expected vector, keyword or hybrid")
     texts = read_queries(queries)
@@ -193,6 +219,8 @@ def evaluate(
                 else:
                     hits = search_vector(conn, info, vecs[qid], k, ef_search=ef_search, documents=True,
                                          candidates=max(candidates, k))
+                if rerank is not None:
+                    hits = rerank_hits(rerank, text, hits, rerank_top)
                 return [h.path for h in hits]
 
             runs = run_queries(one, texts, ids)
