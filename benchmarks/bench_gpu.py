@@ -208,6 +208,7 @@ def bench_matvec(bandwidth: float) -> list[dict]:
     (14336x4096, 4096x14336) for every type, and for Q4_0/Q8_0 also the first-generation kernel
     and the merged launches (Q/K/V 4096+1024+1024 rows, gate/up 2x14336 rows)."""
     import cupy
+    from kernels import cuda_matvec_v1  # benchmarks/kernels/
 
     from embedkit.backend.base import Weight
     from embedkit.backend.cuda import bytes_per_token, cuda_backend
@@ -247,10 +248,12 @@ def bench_matvec(bandwidth: float) -> list[dict]:
             if m.fast:
                 xq, xd = be._xq
                 qs, d = m.views[0], m.views[1]
-                old = lambda st, y=y, xq=xq, xd=xd, qs=qs, d=d, f=m.fast: quant_fast.matvec_repacked(  # noqa: E731
+                old = lambda st, y=y, xq=xq, xd=xd, qs=qs, d=d, f=m.fast: cuda_matvec_v1.matvec_repacked(  # noqa: E731
                     f, qs, d, xq, xd, None, y, st
                 )
                 row(f"{gtype} (gen 1)", shape, timed(old), bytes_per_token(m))
+                old(be.stream)
+                y_gen1 = np.array(be.to_host(y), copy=True)
                 new = lambda st, y=y, xq=xq, xd=xd, qs=qs, d=d, f=m.fast: quant_fast.matvec_multi(  # noqa: E731
                     f, [(qs, d, None, y)], xq, xd, stream=st
                 )
@@ -262,6 +265,10 @@ def bench_matvec(bandwidth: float) -> list[dict]:
                     label = gtype + (" (default)" if rows_per_warp == default_rows else "")
                     row(f"{label} {rows_per_warp} rows/warp", shape, timed(new), bytes_per_token(m))
                 quant_fast._MV_ROWS[gtype] = default_rows
+                new(be.stream)  # the first-generation kernel is checked against the production one
+                diff = float(np.abs(be.to_host(y) - y_gen1).max() / np.abs(y_gen1).max())
+                if not diff < 1e-4:
+                    raise SystemExit(f"{gtype} {shape}: first-generation matvec differs by {diff:.1e} (relative)")
             else:
                 fn = lambda st, m=m, y=y, x=x: quant_generic.matvec(m.layout, m.views, x, None, y, st)  # noqa: E731
                 label = gtype + (" (float32 activations)" if gtype in be.int8_matvecs else "")
@@ -295,9 +302,9 @@ def bench_matvec(bandwidth: float) -> list[dict]:
                 row(f"{gtype} {label}", "+".join(map(str, outs)) + "x4096", timed(fn),
                     sum(bytes_per_token(w.data) for w in ws))  # fmt: skip
                 be.flush()
-    for name in ("matvec_q4_0r", "matvec_q8_0r", "mv_q8_0r"):
+    for module, name in ((cuda_matvec_v1, "matvec_q4_0r"), (cuda_matvec_v1, "matvec_q8_0r"), (quant_fast, "mv_q8_0r")):
         try:
-            regs = getattr(quant_fast, name).get_regs_per_thread()
+            regs = getattr(module, name).get_regs_per_thread()
         except Exception as e:  # noqa: BLE001 - diagnostics only
             regs = repr(e)[:80]
         print(f"  registers per thread, {name}: {regs}", flush=True)

@@ -21,14 +21,13 @@ import time
 import numpy as np
 
 from embedkit import kernels
-from embedkit.gguf.types import ggml_type, type_info
+from embedkit.gguf.types import GGMLType, ggml_type, type_info
 from embedkit.kernels.cpu.matmul import decode_layout, matmul_rows
+from embedkit.quant import QUANT_TYPES, names_with
+from embedkit.quant.registry import CPU_QUANTIZE
 
-TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL",
-         "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"]  # fmt: skip
-QUANTIZABLE = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"}
-# Offsets of f16 scale fields per block, to make random blocks of the types without a quantizer finite.
-F16_FIELDS = {"Q2_K": [80, 82], "Q3_K": [108], "Q5_K": [0, 2], "IQ4_NL": [0], "IQ4_XS": [0]}
+TYPES = [q.name for q in QUANT_TYPES.values()]
+QUANTIZABLE = set(names_with(CPU_QUANTIZE))
 
 
 def best_of(fn, repeat: int) -> float:
@@ -47,7 +46,7 @@ def weights(rng: np.random.Generator, name: str, n_rows: int, n_cols: int) -> np
         return kernels.quantize(x, name)
     info = type_info(name)
     blocks = rng.integers(0, 256, (n_rows * n_cols // info.block_size, info.type_size), dtype=np.uint8)
-    for o in F16_FIELDS[name]:
+    for o in QUANT_TYPES[GGMLType[name]].f16_scales:  # finite scales for the types without a quantizer
         scales = (rng.standard_normal(len(blocks)) * 1e-3).astype(np.float16)
         blocks[:, o : o + 2] = scales.view(np.uint8).reshape(-1, 2)
     return blocks.reshape(n_rows, -1)

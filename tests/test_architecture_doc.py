@@ -1,13 +1,11 @@
-"""docs/architecture.md against the code: its import rules hold for every module of embedkit/, and its table
-of quant types x kernel paths x devices is the one the dispatch tables give."""
+"""docs/architecture.md against the code: its import rules hold for every module of embedkit/ (its table of
+quant types x kernel paths x devices is checked against the registry by tests/test_quant_registry.py)."""
 
 from __future__ import annotations
 
 import ast
 import re
 from pathlib import Path
-
-from embedkit.gguf import GGMLType
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "architecture.md"
@@ -83,79 +81,6 @@ def test_imports_follow_the_layers_table() -> None:
                 allowed = sorted(rules[own])
                 broken.append(f"{rel}:{line} imports {module} (layer `{target}`; `{own}` may import {allowed})")
     assert not broken, "\n".join(broken)
-
-
-# -- the quant table ------------------------------------------------------------------------------------------
-
-
-def _literal(path: Path, name: str):
-    """A module-level constant of a file that can't be imported here (the CUDA kernels need numba-cuda)."""
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
-            value = node.value.body if isinstance(node.value, ast.IfExp) else node.value  # env switch: default
-            return ast.literal_eval(value)
-    raise AssertionError(f"{path}: no constant {name}")
-
-
-def quant_table() -> str:
-    """The markdown table of ggml types x kernel paths x devices, built from the dispatch tables."""
-    from embedkit.backend import cuda as cuda_backend
-    from embedkit.backend.ggml_cpu import EXACT_MATMUL_TYPES
-    from embedkit.kernels.cpu.dispatch import DEQUANTIZERS
-    from embedkit.kernels.cpu.ggml_exact import dots
-    from embedkit.kernels.cpu.matmul import INT8_MATVECS, MATVECS, PACKED_MATVECS
-
-    cuda_dir = PACKAGE / "kernels" / "cuda"
-    cuda_int8 = set(_literal(cuda_dir / "quant_kmatvec.py", "INT8_KMATVECS"))
-    cuda_int8 |= set(_literal(cuda_dir / "quant_legacy.py", "LAYOUTS"))
-    generic, fast = cuda_backend._GENERIC_TYPES, cuda_backend._FAST_TYPES
-    types = sorted(set(DEQUANTIZERS) | set(EXACT_MATMUL_TYPES) | {GGMLType[n] for n in generic})
-
-    def cpu_decode(t: GGMLType) -> str:
-        if t == GGMLType.F32:
-            return "BLAS"
-        if t in PACKED_MATVECS:
-            return "int16-activation matvec, repacked rows"
-        if t in INT8_MATVECS:
-            return "int16-activation matvec"
-        if t in MATVECS:
-            return "float32 fused matvec"
-        return "dequantized tiles + BLAS"
-
-    def exact(t: GGMLType) -> str:
-        if t not in EXACT_MATMUL_TYPES:
-            return "— (float32 path)"
-        activation = dots._ACTIVATION[int(t)].__name__.removeprefix("quantize_").upper()  # quantize_q8_K -> Q8_K
-        return f"yes, {activation} activations"
-
-    def cuda_decode(t: GGMLType) -> str:
-        if t.name in fast:
-            return "dp4a, repacked quants + f16 scales"
-        if t.name in cuda_int8:
-            return "dp4a on int8 activation blocks"
-        if t.name in generic:
-            return "float32 warp-per-row matvec"
-        return "— (UnsupportedQuantError)"
-
-    lines = [
-        "| type | CPU float32, ≤ 4 tokens | CPU float32, batches | CPU llama.cpp-exact (`ggml`) "
-        "| CUDA, ≤ 8 tokens | CUDA, batches |",
-        "|---|---|---|---|---|---|",
-    ]
-    for t in types:
-        cpu = t in DEQUANTIZERS
-        lines.append(
-            f"| {t.name} | {cpu_decode(t) if cpu else '—'} | "
-            f"{('BLAS' if t == GGMLType.F32 else 'dequantized tiles + BLAS') if cpu else '—'} | {exact(t)} | "
-            f"{cuda_decode(t)} | {'float16 dequantization + cuBLAS GEMM' if t.name in generic else '—'} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def test_quant_table_is_the_dispatch_tables() -> None:
-    doc = _section(DOC.read_text(encoding="utf-8"), "quant-table")
-    want = quant_table()
-    assert doc.strip() == want.strip(), f"docs/architecture.md's quant table is out of date; it should read:\n{want}"
 
 
 def test_readme_links_the_architecture() -> None:

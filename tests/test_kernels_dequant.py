@@ -11,22 +11,7 @@ from gguf import GGMLQuantizationType, GGUFReader, quants
 from embedkit import kernels
 from embedkit.errors import UnsupportedQuantError
 from embedkit.gguf.types import GGMLType, type_info
-
-# Byte offsets of the f16 scale fields inside one block, per type (ggml-common.h block layouts).
-F16_FIELDS = {
-    "Q4_0": [0],
-    "Q4_1": [0, 2],
-    "Q5_0": [0],
-    "Q5_1": [0, 2],
-    "Q8_0": [0],
-    "IQ4_NL": [0],
-    "Q2_K": [80, 82],
-    "Q3_K": [108],
-    "Q4_K": [0, 2],
-    "Q5_K": [0, 2],
-    "Q6_K": [208],
-    "IQ4_XS": [0],
-}
+from embedkit.quant import QUANT_TYPES
 
 
 def random_blocks(rng: np.random.Generator, name: str, n_rows: int, n_cols: int) -> np.ndarray:
@@ -36,7 +21,7 @@ def random_blocks(rng: np.random.Generator, name: str, n_rows: int, n_cols: int)
         x = (rng.standard_normal((n_rows, n_cols)) * 3).astype(np.float32)
         return kernels.quantize(x, name).reshape(-1)
     blocks = rng.integers(0, 256, (n_rows * n_cols // info.block_size, info.type_size), dtype=np.uint8)
-    for o in F16_FIELDS[name]:
+    for o in QUANT_TYPES[GGMLType[name]].f16_scales:  # finite scales at the block's float16 scale fields
         scales = (rng.standard_normal(len(blocks)) * 0.02).astype(np.float16)
         blocks[:, o : o + 2] = scales.view(np.uint8).reshape(-1, 2)
     return blocks.reshape(-1)

@@ -41,7 +41,7 @@ def test_vector_scales_bit_identical(name: str) -> None:
     w = random_blocks(rng, name, n_rows, n_cols).reshape(n_rows, -1)
     for scale in (0.01, 1.0, 30.0):
         x = (rng.standard_normal(n_cols) * scale).astype(np.float32)
-        xq, xd, xsum = integer_activations(x, matvec_int8.ACT_Q8_K)
+        xq, xd, xsum = integer_activations(x)
         assert xq.dtype == np.int16
         ref = np.empty(n_rows, dtype=np.float32)
         reference(w, xq, xd, xsum, ref)

@@ -34,7 +34,7 @@ def test_packed_matvec_bit_identical_to_gguf_layout(n_rows: int, n_cols: int) ->
     packed = q4_1_packed.pack_q4_1(raw)
     for _ in range(3):
         x = (rng.standard_normal(n_cols) * rng.uniform(0.1, 10.0)).astype(np.float32)
-        xq, xd, xsum = cpu_matmul.integer_activations(x, matvec_int8.ACT_Q8_1)
+        xq, xd, xsum = cpu_matmul.integer_activations(x)
         assert xq.dtype == np.int16
         ref = np.empty(n_rows, dtype=np.float32)
         matvec_int8.rows_q4_1_i8(raw, xq, xd, xsum, ref, 0, n_rows)

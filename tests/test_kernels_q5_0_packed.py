@@ -36,7 +36,7 @@ def test_packed_matvec_bit_identical_to_gguf_layout(n_rows: int, n_cols: int) ->
     packed = q5_0_packed.pack_q5_0(raw)
     for _ in range(3):
         x = (rng.standard_normal(n_cols) * rng.uniform(0.1, 10.0)).astype(np.float32)
-        xq, xd, xsum = cpu_matmul.integer_activations(x, matvec_int8.ACT_Q8_0)
+        xq, xd, xsum = cpu_matmul.integer_activations(x)
         assert xq.dtype == np.int16
         ref = np.empty(n_rows, dtype=np.float32)
         matvec_int8.rows_q5_0_i8(raw, xq, xd, xsum, ref, 0, n_rows)
@@ -66,10 +66,8 @@ class _Tensor:
         return self.data.reshape(self.np_shape[0], -1)
 
 
-@pytest.mark.parametrize("bits", [16, 8])
-def test_backend_decode_uses_packed_rows_with_same_results(bits: int, monkeypatch) -> None:
-    monkeypatch.setattr(cpu_matmul, "ACTIVATION_BITS", bits)
-    rng = np.random.default_rng(62 + bits)
+def test_backend_decode_uses_packed_rows_with_same_results() -> None:
+    rng = np.random.default_rng(78)
     n_rows, n_cols = 300, 256
     raw = _q5_0(rng, n_rows, n_cols)
     be = CPUBackend()
@@ -79,8 +77,7 @@ def test_backend_decode_uses_packed_rows_with_same_results(bits: int, monkeypatc
     x = rng.standard_normal((2, n_cols)).astype(np.float32)
     y = be.matmul(x, w)
     y_many = be.matmuls(x, [w, w2])
-    assert isinstance(w.packed, np.ndarray) if bits == 16 else w.packed is None  # int8 decode: GGUF layout
-    monkeypatch.setattr(cpu_matmul, "PACKED_DECODE", False)
+    assert isinstance(w.packed, np.ndarray)
     ref = kernels.matmul(x, raw, "Q5_0", (n_rows, n_cols))  # the GGUF-layout kernels
     np.testing.assert_array_equal(y, ref)
     np.testing.assert_array_equal(y_many[0], ref)

@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import vectorize
 
 from embedkit import kernels
 from embedkit.backend import cpu_ops
@@ -22,9 +21,7 @@ _NO_WEIGHT = np.empty(0, dtype=np.float32)
 # Up to this many query tokens attention runs in one fused loop; more go through BLAS batches.
 _SMALL_ATTENTION_TOKENS = 8
 # Encoder-sized ops (F32 matmul, exact GELU, LayerNorm, add, batched attention) run over row blocks on
-# the kernel threads with single-threaded BLAS (see kernels/cpu/row_blocks.py). False: BLAS's and
-# Numba's own thread pools, as before (kept for A/B benchmarks).
-ROW_BLOCKS = True
+# the kernel threads with single-threaded BLAS (see kernels/cpu/row_blocks.py).
 # Fewest rows per block: smaller ops run on the calling thread.
 _MIN_BLOCK_ROWS = 16
 
@@ -148,8 +145,7 @@ class CPUBackend(Backend):
         """x @ W.T through the quantized kernels, plus an optional bias."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if (
-            ROW_BLOCKS
-            and w.ggml_type == GGMLType.F32
+            w.ggml_type == GGMLType.F32
             and x.ndim == 2
             and x.shape[0] >= 2 * _MIN_BLOCK_ROWS
             and x.shape[1] == w.shape[1]
@@ -203,8 +199,7 @@ class CPUBackend(Backend):
         """a + b."""
         b = _vec(b)
         if (
-            ROW_BLOCKS
-            and a.shape == b.shape
+            a.shape == b.shape
             and a.size >= 1 << 16
             and a.dtype == b.dtype == np.float32
             and a.flags.c_contiguous
@@ -239,16 +234,12 @@ class CPUBackend(Backend):
 
     def gelu_erf(self, x: Array) -> Array:
         """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)) (erf to ~4e-7, multithreaded; see kernels/cpu/gelu_erf.py)."""
-        from embedkit.kernels.cpu.gelu_erf import gelu_erf_block, gelu_erf_into
+        from embedkit.kernels.cpu.gelu_erf import gelu_erf_block
 
         x = np.ascontiguousarray(x, dtype=np.float32)
         y = np.empty_like(x)
-        if ROW_BLOCKS:
-            xf, yf = x.reshape(-1), y.reshape(-1)
-            run_blocks(lambda a, b: gelu_erf_block(xf[a:b], yf[a:b]), xf.size, min_items=1 << 14)
-            return y
-        kernels.apply_num_threads()
-        gelu_erf_into(x, y)
+        xf, yf = x.reshape(-1), y.reshape(-1)
+        run_blocks(lambda a, b: gelu_erf_block(xf[a:b], yf[a:b]), xf.size, min_items=1 << 14)
         return y
 
     def swiglu(self, gate: Array, up: Array) -> Array:
@@ -277,20 +268,16 @@ class CPUBackend(Backend):
     def layer_norm(self, x: Array, w: Weight | None, b: Weight | None, eps: float) -> Array:
         """LayerNorm over the last dim (mean and variance in float64)."""
         if w is not None and b is not None:
-            from embedkit.kernels.cpu.gelu_erf import layer_norm_block, layer_norm_rows
+            from embedkit.kernels.cpu.gelu_erf import layer_norm_block
 
             x = np.ascontiguousarray(x, dtype=np.float32)
             y = np.empty_like(x)
             x2, y2, wv, bv = x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1]), _vec(w), _vec(b)
-            if ROW_BLOCKS:
-                run_blocks(
-                    lambda r0, r1: layer_norm_block(x2[r0:r1], wv, bv, float(eps), y2[r0:r1]),
-                    x2.shape[0],
-                    min_items=_MIN_BLOCK_ROWS,
-                )
-                return y
-            kernels.apply_num_threads()
-            layer_norm_rows(x2, wv, bv, float(eps), y2)
+            run_blocks(
+                lambda r0, r1: layer_norm_block(x2[r0:r1], wv, bv, float(eps), y2[r0:r1]),
+                x2.shape[0],
+                min_items=_MIN_BLOCK_ROWS,
+            )
             return y
         xd = x.astype(np.float64)
         mu = xd.mean(axis=-1, keepdims=True)
@@ -423,9 +410,6 @@ class CPUBackend(Backend):
         prefix = (keep == (np.arange(t)[None, :] < n_keep[:, None])).all(axis=1)
         q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in (q, k, v))
         s = np.float32(scale)
-        if not ROW_BLOCKS:
-            attention_items(q, k, v, keep, n_keep, prefix, s, out, 0, b)
-            return out.reshape(b, t, h * hd)
         run_blocks(
             lambda b0, b1: attention_items(q, k, v, keep, n_keep, prefix, s, out, b0, b1),
             b,
@@ -437,13 +421,9 @@ class CPUBackend(Backend):
     # -- independent forward passes on several threads -----------------------------------
     def forward_threads(self) -> int:
         """The kernel thread count when BLAS can be held to one thread per caller, else 1."""
-        return kernels.get_num_threads() if ROW_BLOCKS and can_split_blas() else 1
+        return kernels.get_num_threads() if can_split_blas() else 1
 
     def concurrent_forwards(self) -> contextlib.AbstractContextManager[None]:
         """Ops run on their calling thread with single-threaded BLAS (see kernels/cpu/row_blocks.py)."""
         return concurrent_callers()
 
-
-@vectorize(["float32(float32)"], cache=True)
-def _gelu_erf(x):  # pragma: no cover - compiled
-    return np.float32(0.5 * x * (1.0 + math.erf(x * 0.7071067811865476)))

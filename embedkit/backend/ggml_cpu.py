@@ -20,15 +20,14 @@ import numpy as np
 from embedkit.backend.base import Array, KVCache, RopeStyle, Weight
 from embedkit.backend.cpu import CPUBackend
 from embedkit.errors import InputError
-from embedkit.gguf.types import GGMLType
 from embedkit.kernels.cpu import threads
 from embedkit.kernels.cpu.ggml_exact import attention as exact_attention
 from embedkit.kernels.cpu.ggml_exact import dots, elementwise, glu, rope
+from embedkit.quant import types_with
+from embedkit.quant.registry import GGML_EXACT
 
 # Weight types whose matmuls follow llama.cpp (quantized activations, ggml's kernel per type and batch size).
-EXACT_MATMUL_TYPES = frozenset(
-    {GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K}
-)
+EXACT_MATMUL_TYPES = frozenset(types_with(GGML_EXACT))
 
 # float32: the faithful default; ggml: bit-identical to llama.cpp's x86 AVX2 CPU build
 CPU_MATH_CHOICES = ("float32", "ggml")

@@ -11,18 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from embedkit.gguf.types import type_info
+from embedkit.gguf.types import GGMLType, type_info
+from embedkit.quant import QUANT_TYPES
 
-# byte offsets of the float16 scale fields inside one block, per type
-_SCALE_FIELDS: dict[str, tuple[int, ...]] = {
-    "Q4_0": (0,),
-    "Q4_1": (0, 2),
-    "Q5_0": (0,),
-    "Q5_1": (0, 2),
-    "Q8_0": (0,),
-    "Q4_K": (0, 2),
-    "Q6_K": (208,),
-}
+# rough magnitude of (quant * sub-scale) per type, to size the block scales (at the registry's float16 scale
+# fields); the types with a random generator
 # rough magnitude of (quant * sub-scale) per type, to size the block scales
 _LEVELS = {"Q4_0": 8, "Q4_1": 8, "Q5_0": 16, "Q5_1": 16, "Q8_0": 128, "Q4_K": 8 * 32, "Q6_K": 32 * 64}
 
@@ -38,11 +31,11 @@ def random_tensor_bytes(
     if name == "F16":
         w = rng.standard_normal((n_rows, n_cols), dtype=np.float32) * scale
         return w.astype(np.float16).view(np.uint8)
-    if name not in _SCALE_FIELDS:
+    if name not in _LEVELS:
         raise ValueError(f"no random generator for {name}")
     nb = n_cols // info.block_size
     raw = np.frombuffer(rng.bytes(n_rows * nb * info.type_size), dtype=np.uint8).reshape(n_rows, nb, -1).copy()
-    for off in _SCALE_FIELDS[name]:
+    for off in QUANT_TYPES[GGMLType[name]].f16_scales:
         d = (rng.uniform(0.5, 1.5, size=(n_rows, nb)).astype(np.float32) * (scale / _LEVELS[name])).astype(np.float16)
         raw[:, :, off : off + 2] = d.view(np.uint8).reshape(n_rows, nb, 2)
     return raw.reshape(n_rows, nb * info.type_size)

@@ -1,8 +1,8 @@
-"""The kernel table: which Numba kernel handles which ggml type."""
+"""The kernel tables of the float32 CPU path, derived from the quant registry (`embedkit.quant`): each
+kernel module names its functions after the type (`dequant_q4_k`), by block size of the types it holds."""
 
 from __future__ import annotations
 
-from embedkit.gguf.types import GGMLType
 from embedkit.kernels.cpu import (
     dequant_float,
     dequant_kquants,
@@ -10,31 +10,21 @@ from embedkit.kernels.cpu import (
     quantize_kquants,
     quantize_legacy,
 )
+from embedkit.quant import QUANT_TYPES, types_with
+from embedkit.quant.registry import CPU_DEQUANT, CPU_QUANTIZE
+
+# elements per block -> the module holding that family's kernels
+_DEQUANT_MODULES = {1: dequant_float, 32: dequant_legacy, 256: dequant_kquants}
+_QUANTIZE_MODULES = {32: quantize_legacy, 256: quantize_kquants}
 
 DEQUANTIZERS = {
-    GGMLType.F32: dequant_float.dequant_f32,
-    GGMLType.F16: dequant_float.dequant_f16,
-    GGMLType.BF16: dequant_float.dequant_bf16,
-    GGMLType.Q4_0: dequant_legacy.dequant_q4_0,
-    GGMLType.Q4_1: dequant_legacy.dequant_q4_1,
-    GGMLType.Q5_0: dequant_legacy.dequant_q5_0,
-    GGMLType.Q5_1: dequant_legacy.dequant_q5_1,
-    GGMLType.Q8_0: dequant_legacy.dequant_q8_0,
-    GGMLType.IQ4_NL: dequant_legacy.dequant_iq4_nl,
-    GGMLType.Q2_K: dequant_kquants.dequant_q2_k,
-    GGMLType.Q3_K: dequant_kquants.dequant_q3_k,
-    GGMLType.Q4_K: dequant_kquants.dequant_q4_k,
-    GGMLType.Q5_K: dequant_kquants.dequant_q5_k,
-    GGMLType.Q6_K: dequant_kquants.dequant_q6_k,
-    GGMLType.IQ4_XS: dequant_kquants.dequant_iq4_xs,
+    t: getattr(_DEQUANT_MODULES[QUANT_TYPES[t].block_size], f"dequant_{QUANT_TYPES[t].kernel_suffix}")
+    for t in types_with(CPU_DEQUANT)
 }
 
+# block types only: F32/F16/BF16 are plain conversions (embedkit.kernels.quantize)
 QUANTIZERS = {
-    GGMLType.Q8_0: quantize_legacy.quantize_q8_0,
-    GGMLType.Q4_0: quantize_legacy.quantize_q4_0,
-    GGMLType.Q4_1: quantize_legacy.quantize_q4_1,
-    GGMLType.Q5_0: quantize_legacy.quantize_q5_0,
-    GGMLType.Q5_1: quantize_legacy.quantize_q5_1,
-    GGMLType.Q4_K: quantize_kquants.quantize_q4_k,
-    GGMLType.Q6_K: quantize_kquants.quantize_q6_k,
+    t: getattr(_QUANTIZE_MODULES[QUANT_TYPES[t].block_size], f"quantize_{QUANT_TYPES[t].kernel_suffix}")
+    for t in types_with(CPU_QUANTIZE)
+    if QUANT_TYPES[t].block_size > 1
 }

@@ -1,13 +1,13 @@
 """Exact (erf) GELU and LayerNorm on float32 rows (the elementwise steps of a BERT forward).
 
 erf is `fast_f32.erf_f32` (rational approximation, |error| ~4e-7, vectorised); the `*_block` kernels are
-serial and release the GIL, for `row_blocks.run_blocks`; the `*_into` / `*_rows` kernels are Numba-parallel.
+serial and release the GIL, for `row_blocks.run_blocks` (the CPU backend runs them over row blocks).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from embedkit.kernels.cpu.fast_f32 import erf_f32
 
@@ -23,19 +23,6 @@ def gelu_erf_block(x, out):  # pragma: no cover - compiled
     for i in range(src.size):
         v = src[i]
         dst[i] = np.float32(0.5) * v * (np.float32(1.0) + erf_f32(v * np.float32(0.7071067811865476)))
-
-
-@njit(parallel=True, cache=True, fastmath=True, error_model="numpy")
-def gelu_erf_into(x, out):  # pragma: no cover - compiled
-    """gelu_erf_block, multithreaded over chunks of the flat arrays."""
-    src = x.reshape(-1)
-    dst = out.reshape(-1)
-    n = src.size
-    chunk = 4096
-    for c in prange((n + chunk - 1) // chunk):
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            v = src[i]
-            dst[i] = np.float32(0.5) * v * (np.float32(1.0) + erf_f32(v * np.float32(0.7071067811865476)))
 
 
 @njit(cache=True, fastmath=_REASSOC, nogil=True)
@@ -55,11 +42,3 @@ def layer_norm_block(x, w, b, eps, out):  # pragma: no cover - compiled
         for i in range(n):
             out[r, i] = np.float32((x[r, i] - mu) * inv) * w[i] + b[i]
 
-
-@njit(parallel=True, cache=True, fastmath=_REASSOC)
-def layer_norm_rows(x, w, b, eps, out):  # pragma: no cover - compiled
-    """layer_norm_block, multithreaded over chunks of 16 rows."""
-    n_rows = x.shape[0]
-    for c in prange((n_rows + 15) // 16):
-        r0, r1 = 16 * c, min(n_rows, 16 * c + 16)
-        layer_norm_block(x[r0:r1], w, b, eps, out[r0:r1])

@@ -1,8 +1,10 @@
-"""Integer block dot products for the decode matvec with int8 or int16 activations, emitted as LLVM vector IR.
+"""Integer block dot products for the decode matvec with int16 activations, emitted as LLVM vector IR.
 
 Each intrinsic computes whole rows (Q8_0/Q4_0/Q4_1/Q5_0/Q5_1: 4 rows a call, Q4_K/Q6_K: one row) against
-activations quantized to int8 blocks of 32 (`matvec_int8.quantize_activations`). Numba's own integer
-arithmetic widens to 64 bits and defeats the SIMD instruction patterns, so the loops are written in IR.
+activations quantized to int16 blocks of 32 (`matvec_int8.quantize_activations16`; the intrinsics also type
+int8 activation blocks, which the engine no longer produces: llama.cpp's rounding is `ggml_exact`'s).
+Numba's own integer arithmetic widens to 64 bits and defeats the SIMD instruction patterns, so the loops are
+written in IR.
 On AVX2 a 32-element block dot is vpmaddubsw/vpmaddwd, as in llama.cpp's ggml_vec_dot_*_q8_0; elsewhere
 a portable widening multiply (same results).
 

@@ -1,11 +1,9 @@
-"""Decode matvec with integer activations, for Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q6_K (block dots in
-`int8dot`): int8 blocks of 32 exactly as llama.cpp quantizes them (`quantize_activations`), or int16 blocks
-of 32 (`quantize_activations16`, the default, ~256x finer); the kernels dispatch on xq's dtype.
+"""Decode matvec with integer activations (registry path `cpu.int16`), for Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K
+and Q6_K (block dots in `int8dot`): x in int16 blocks of 32 (`quantize_activations16`).
 
-x ~= xd[b] * xq[32 b : 32 b + 32], rounded exactly as llama.cpp rounds its activations for the same weight
-type (`quantize_activations`); per element the error is at most |xd[b]| / 2, so a row's relative error
-is about 1e-3 to 1e-2 of |y| on random data (tests bound it).
-Signature: `(w uint8 [n_rows, row_bytes], xq int8 [n], xd float32 [n // 32], xsum float32 [n // 32], y)`
+x ~= xd[b] * xq[32 b : 32 b + 32]; per element the error is at most |xd[b]| / 2, so a row's relative error is
+about 1e-5 of |y| on random data (tests bound it). (llama.cpp's 8-bit rounding is `ggml_exact`'s, bit for bit.)
+Signature: `(w uint8 [n_rows, row_bytes], xq int16 [n], xd float32 [n // 32], xsum float32 [n // 32], y)`
 (+ `r0, r1` for the serial `rows_*` kernels).
 """
 
@@ -14,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from embedkit.kernels.cpu.halfbits import f16_to_f32, f32_to_f16
 from embedkit.kernels.cpu.int8dot import (
     dot4_q4_0,
     dot4_q4_1,
@@ -25,50 +22,6 @@ from embedkit.kernels.cpu.int8dot import (
     dot_row_q6_k,
 )
 from embedkit.kernels.cpu.matvec_legacy import FAST, store4
-
-# Activation formats, as llama.cpp quantizes x for each weight type (its vec_dot_type), so that our rounding
-# matches its rounding: Q8_0 (Q8_0/Q4_0/Q5_0 weights), Q8_1 (Q4_1/Q5_1: plus s = d * sum(q)), Q8_K (K-quants:
-# one float32 scale per 256 elements, sums of q for the min terms).
-ACT_Q8_0 = 0
-ACT_Q8_1 = 1
-ACT_Q8_K = 2
-
-
-@njit(cache=True)
-def quantize_activations(x, xq, xd, xsum, kind):
-    """x float32 [n] -> xq int8 [n], scales xd and sums xsum (float32 [n // 32]) in format `kind`.
-
-    x[32 b + i] ~= xd[b] * xq[32 b + i]; xsum[b] = xd[b] * sum(xq[32 b : 32 b + 32]) (ggml's s / bsums).
-    Q8_0/Q8_1 (quantize_row_q8_0/q8_1, AVX2): d = amax / 127 rounded to f16, q = rint(x * 127 / amax).
-    Q8_K (quantize_row_q8_K_ref): per 256, q = rint(-127 / max * x) with max the signed element of largest
-    magnitude, d = 1 / (-127 / max) in float32 (negative when max > 0; q has the flipped sign).
-    """
-    if kind == ACT_Q8_K:
-        for sb in range(x.shape[0] // 256):
-            amax = np.float32(0.0)
-            vmax = np.float32(0.0)
-            for i in range(256):
-                v = x[256 * sb + i]
-                if abs(v) > amax:
-                    amax = abs(v)
-                    vmax = v
-            iscale = np.float32(-127.0) / vmax if amax > np.float32(0.0) else np.float32(0.0)
-            d = np.float32(1.0) / iscale if amax > np.float32(0.0) else np.float32(0.0)
-            for k in range(8):
-                b = 8 * sb + k
-                qsum = 0
-                for i in range(32):
-                    q = min(127, int(np.rint(iscale * x[32 * b + i])))
-                    xq[32 * b + i] = np.int8(q)
-                    qsum += q
-                xd[b] = d
-                xsum[b] = d * np.float32(qsum)
-        return
-    for b in range(x.shape[0] // 32):
-        amax, qsum = _quantize_block32(x, b, xq, 127)
-        d = amax / np.float32(127.0)
-        xd[b] = f16_to_f32(f32_to_f16(d))
-        xsum[b] = f16_to_f32(f32_to_f16(d * np.float32(qsum)))
 
 
 @njit(cache=True)
@@ -91,9 +44,7 @@ def quantize_activations16(x, xq, xd, xsum):
     """x float32 [n] -> xq int16 [n] with one scale per 32 elements: x[32 b + i] ~= xd[b] * xq[32 b + i],
     xd[b] = max|x| / 32767 over the block, xsum[b] = xd[b] * sum(xq of the block).
 
-    The same kernels take these instead of int8 activations (the dot intrinsics dispatch on xq's dtype);
-    per element the error is at most xd[b] / 2, ~256x below int8's, so decode results stay within ~1e-5
-    of float32 arithmetic."""
+    Per element the error is at most xd[b] / 2, so decode results stay within ~1e-5 of float32 arithmetic."""
     for b in range(x.shape[0] // 32):
         amax, qsum = _quantize_block32(x, b, xq, 32767)
         d = amax / np.float32(32767.0)

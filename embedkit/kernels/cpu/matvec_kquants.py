@@ -1,8 +1,9 @@
-"""Fused decode matvec `y = W @ x` straight from K-quant rows (Q4_K, Q5_K, Q6_K) and IQ4_XS.
+"""Fused decode matvec `y = W @ x` straight from K-quant rows with float32 activations (registry path
+`cpu.matvec`): Q5_K and IQ4_XS (Q4_K and Q6_K decode with int16 activations, `matvec_int8`).
 
 Same scheme as `matvec_legacy`: float32 activations, `prange` over groups of output rows read side by
 side, flat inner loops over each sub-block's bytes so LLVM vectorises them; integer sub-block scales
-are applied once per sub-block. The min terms of Q4_K/Q5_K use xsum (sums of x per 32 elements).
+are applied once per sub-block. The min terms of Q5_K use xsum (sums of x per 32 elements).
 Signature: `(w uint8 [n_rows, row_bytes], x float32 [n_cols], xsum float32 [n_cols // 32], y float32 [n_rows])`.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from embedkit.kernels.cpu.bitfields import ubits2_f32, ubits_f32
+from embedkit.kernels.cpu.bitfields import ubits2_f32
 from embedkit.kernels.cpu.dequant_legacy import IQ4NL_VALUES
 from embedkit.kernels.cpu.halfbits import load_f16
 from embedkit.kernels.cpu.matvec_legacy import FAST, store4
@@ -48,52 +49,6 @@ def _kquant_terms(sc_lo, sc_hi, m_lo, m_hi, d, dmin, j, lo, hi, xsum, sb):
     m0 = np.float32((m_word >> shift) & 0xFF)
     m1 = np.float32((m_word >> (shift + 8)) & 0xFF)
     return d * (sc0 * lo + sc1 * hi) - dmin * (m0 * xsum[sb] + m1 * xsum[sb + 1])
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q4_k(w, x, xsum, y):
-    """Q4_K rows: per 64 elements, 32 bytes hold sub-block 2j in low nibbles and 2j+1 in high nibbles."""
-    n_rows = w.shape[0]
-    nb = x.shape[0] // 256
-    last = n_rows - 1
-    for g in prange((n_rows + 3) // 4):
-        r = 4 * g
-        w0, w1, w2, w3 = w[r], w[min(r + 1, last)], w[min(r + 2, last)], w[min(r + 3, last)]
-        a0 = a1 = a2 = a3 = np.float32(0.0)
-        for b in range(nb):
-            o = 144 * b
-            s0a, s0b, s0c, s0d = kquant_scale_words(w0, o)
-            s1a, s1b, s1c, s1d = kquant_scale_words(w1, o)
-            s2a, s2b, s2c, s2d = kquant_scale_words(w2, o)
-            s3a, s3b, s3c, s3d = kquant_scale_words(w3, o)
-            d0, d1, d2, d3 = load_f16(w0, o), load_f16(w1, o), load_f16(w2, o), load_f16(w3, o)
-            m0, m1, m2, m3 = load_f16(w0, o + 2), load_f16(w1, o + 2), load_f16(w2, o + 2), load_f16(w3, o + 2)
-            for j in range(4):
-                qo = o + 16 + 32 * j
-                xo = 256 * b + 64 * j
-                l0 = l1 = l2 = l3 = np.float32(0.0)
-                h0 = h1 = h2 = h3 = np.float32(0.0)
-                for i in range(32):
-                    xl = x[xo + i]
-                    xh = x[xo + 32 + i]
-                    v0 = w0[qo + i]
-                    v1 = w1[qo + i]
-                    v2 = w2[qo + i]
-                    v3 = w3[qo + i]
-                    l0 += ubits_f32(v0, 0, 15) * xl
-                    h0 += ubits_f32(v0, 4, 15) * xh
-                    l1 += ubits_f32(v1, 0, 15) * xl
-                    h1 += ubits_f32(v1, 4, 15) * xh
-                    l2 += ubits_f32(v2, 0, 15) * xl
-                    h2 += ubits_f32(v2, 4, 15) * xh
-                    l3 += ubits_f32(v3, 0, 15) * xl
-                    h3 += ubits_f32(v3, 4, 15) * xh
-                sb = 8 * b + 2 * j
-                a0 += _kquant_terms(s0a, s0b, s0c, s0d, d0, m0, j, l0, h0, xsum, sb)
-                a1 += _kquant_terms(s1a, s1b, s1c, s1d, d1, m1, j, l1, h1, xsum, sb)
-                a2 += _kquant_terms(s2a, s2b, s2c, s2d, d2, m2, j, l2, h2, xsum, sb)
-                a3 += _kquant_terms(s3a, s3b, s3c, s3d, d3, m3, j, l3, h3, xsum, sb)
-        store4(y, r, a0, a1, a2, a3)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
@@ -145,65 +100,6 @@ def matvec_q5_k(w, x, xsum, y):
                 a2 += _kquant_terms(s2a, s2b, s2c, s2d, d2, m2, j, l2, h2, xsum, sb)
                 a3 += _kquant_terms(s3a, s3b, s3c, s3d, d3, m3, j, l3, h3, xsum, sb)
         store4(y, r, a0, a1, a2, a3)
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q6_k(w, x, xsum, y):
-    """Q6_K rows, two rows per step (16 accumulators): q = (ql nibble | 2 qh bits << 4) - 32, int8 scale per 16."""
-    sw = w.view(np.int8)
-    n_rows = w.shape[0]
-    nb = x.shape[0] // 256
-    last = n_rows - 1
-    m32 = np.float32(32.0)
-    for g in prange((n_rows + 1) // 2):
-        r = 2 * g
-        ra = min(r + 1, last)
-        w0, w1 = w[r], w[ra]
-        s0, s1 = sw[r], sw[ra]
-        a0 = a1 = np.float32(0.0)
-        for b in range(nb):
-            o = 210 * b
-            for h in range(2):
-                for k in range(2):  # two groups of 16 lanes, each with its own 4 scales
-                    p0 = p1 = p2 = p3 = np.float32(0.0)
-                    u0 = u1 = u2 = u3 = np.float32(0.0)
-                    for t in range(16):
-                        i = 16 * k + t
-                        e = 256 * b + 128 * h + i
-                        x0 = x[e]
-                        x1 = x[e + 32]
-                        x2 = x[e + 64]
-                        x3 = x[e + 96]
-                        c0 = w0[o + 64 * h + i]
-                        c1 = w0[o + 64 * h + 32 + i]
-                        q = w0[o + 128 + 32 * h + i]
-                        p0 += (ubits2_f32(c0, 0, 15, q, 0, 3, 4) - m32) * x0
-                        p1 += (ubits2_f32(c1, 0, 15, q, 2, 3, 4) - m32) * x1
-                        p2 += (ubits2_f32(c0, 4, 15, q, 4, 3, 4) - m32) * x2
-                        p3 += (ubits2_f32(c1, 4, 15, q, 6, 3, 4) - m32) * x3
-                        c0 = w1[o + 64 * h + i]
-                        c1 = w1[o + 64 * h + 32 + i]
-                        q = w1[o + 128 + 32 * h + i]
-                        u0 += (ubits2_f32(c0, 0, 15, q, 0, 3, 4) - m32) * x0
-                        u1 += (ubits2_f32(c1, 0, 15, q, 2, 3, 4) - m32) * x1
-                        u2 += (ubits2_f32(c0, 4, 15, q, 4, 3, 4) - m32) * x2
-                        u3 += (ubits2_f32(c1, 4, 15, q, 6, 3, 4) - m32) * x3
-                    so = o + 192 + 8 * h + k
-                    a0 += load_f16(w0, o + 208) * (
-                        np.float32(s0[so]) * p0
-                        + np.float32(s0[so + 2]) * p1
-                        + np.float32(s0[so + 4]) * p2
-                        + np.float32(s0[so + 6]) * p3
-                    )
-                    a1 += load_f16(w1, o + 208) * (
-                        np.float32(s1[so]) * u0
-                        + np.float32(s1[so + 2]) * u1
-                        + np.float32(s1[so + 4]) * u2
-                        + np.float32(s1[so + 6]) * u3
-                    )
-        y[r] = a0
-        if r + 1 < n_rows:
-            y[r + 1] = a1
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)

@@ -99,66 +99,6 @@ def _q4_word(wv, xq64, xd, d, t, r, w):
     return np.float32(s) * (np.float32(d[r, blk]) * xd[t, blk])
 
 
-@cuda.jit
-def matvec_q8_0r(qs64, d, xq64, xd, bias, has_bias, y):
-    """y[t, r] = sum_k W[r, k] x[t, k] (+ bias[r]); qs64 uint64 [rows, nb*4], xq64 uint64 [n, nb*4]."""
-    lane = cuda.threadIdx.x % WARP
-    r = cuda.blockIdx.x * ROWS_PER_BLOCK + cuda.threadIdx.x // WARP
-    t = cuda.blockIdx.y
-    n_words = qs64.shape[1] if r < y.shape[1] else 0
-    acc = np.float32(0.0)
-    w = lane
-    # four words per lane per trip: four independent 8-byte loads in flight
-    while w + 3 * WARP < n_words:
-        w0 = qs64[r, w]
-        w1 = qs64[r, w + WARP]
-        w2 = qs64[r, w + 2 * WARP]
-        w3 = qs64[r, w + 3 * WARP]
-        acc += _q8_word(w0, xq64, xd, d, t, r, w)
-        acc += _q8_word(w1, xq64, xd, d, t, r, w + WARP)
-        acc += _q8_word(w2, xq64, xd, d, t, r, w + 2 * WARP)
-        acc += _q8_word(w3, xq64, xd, d, t, r, w + 3 * WARP)
-        w += 4 * WARP
-    while w < n_words:
-        acc += _q8_word(qs64[r, w], xq64, xd, d, t, r, w)
-        w += WARP
-    acc = warp_sum(acc)
-    if lane == 0 and r < y.shape[1]:
-        if has_bias:
-            acc += bias[r]
-        y[t, r] = acc
-
-
-@cuda.jit
-def matvec_q4_0r(qs64, d, xq64, xd, bias, has_bias, y):
-    """y[t, r] = sum_k W[r, k] x[t, k] (+ bias[r]); qs64 uint64 [rows, nb*2], xq64 uint64 [n, nb*4]."""
-    lane = cuda.threadIdx.x % WARP
-    r = cuda.blockIdx.x * ROWS_PER_BLOCK + cuda.threadIdx.x // WARP
-    t = cuda.blockIdx.y
-    n_words = qs64.shape[1] if r < y.shape[1] else 0
-    acc = np.float32(0.0)
-    w = lane
-    # four words per lane per trip: four independent 8-byte loads in flight
-    while w + 3 * WARP < n_words:
-        w0 = qs64[r, w]
-        w1 = qs64[r, w + WARP]
-        w2 = qs64[r, w + 2 * WARP]
-        w3 = qs64[r, w + 3 * WARP]
-        acc += _q4_word(w0, xq64, xd, d, t, r, w)
-        acc += _q4_word(w1, xq64, xd, d, t, r, w + WARP)
-        acc += _q4_word(w2, xq64, xd, d, t, r, w + 2 * WARP)
-        acc += _q4_word(w3, xq64, xd, d, t, r, w + 3 * WARP)
-        w += 4 * WARP
-    while w < n_words:
-        acc += _q4_word(qs64[r, w], xq64, xd, d, t, r, w)
-        w += WARP
-    acc = warp_sum(acc)
-    if lane == 0 and r < y.shape[1]:
-        if has_bias:
-            acc += bias[r]
-        y[t, r] = acc
-
-
 def repack(raw, ggml_name: str, n_rows: int, n_cols: int, stream=0):
     """Split a device uint8 [n_rows, row_bytes] Q4_0/Q8_0 upload into (qs uint8, d float16) arrays."""
     nb = n_cols // 32
@@ -187,20 +127,11 @@ def quantize_activations(x, xq64, xd, stream=0) -> None:
     fast(quantize_rows_q8)[(math.ceil(k // 32 / warps), n), warps * WARP, stream](x, xq64.view(np.int8), xd)
 
 
-def matvec_repacked(ggml_name: str, qs, d, xq64, xd, bias, y, stream=0) -> None:
-    """Launch the dp4a matvec for a repacked Q4_0/Q8_0 weight into y float32 [n, rows]."""
-    n, rows = y.shape
-    kernel = matvec_q4_0r if ggml_name == "Q4_0" else matvec_q8_0r
-    has_bias = bias is not None
-    fast(kernel)[(math.ceil(rows / ROWS_PER_BLOCK), n), ROWS_PER_BLOCK * WARP, stream](
-        qs.view(np.uint64), d, xq64, xd, bias if has_bias else y[0], has_bias, y
-    )
-
-
 # -- decode matvec over several matrices ----------------------------------------------------------
-# The loop of the kernels above (one warp per output row, four 8-byte words per lane in flight),
-# extended to up to three matrices that share the input in one launch (Q/K/V, gate/up) and an
-# optional fused residual (y2 = y + res, the `x + W @ h` of a transformer block). An eight-word,
+# One warp per output row, four 8-byte words per lane in flight, for up to three matrices that share the
+# input in one launch (Q/K/V, gate/up) and an optional fused residual (y2 = y + res, the `x + W @ h` of a
+# transformer block). The first-generation kernels (one matrix a launch) live in
+# benchmarks/kernels/cuda_matvec_v1.py. An eight-word,
 # index-clamped variant measured slower on the H100 (Q8_0 55% against 76% of the copy bandwidth).
 
 MV_WARPS = ROWS_PER_BLOCK  # warps (rows) per block

@@ -23,6 +23,8 @@ from numba import cuda
 from embedkit.kernels.cuda.intrinsics import dot8, dp4a, start_warp_rows, store_warp_rows, u16_pair, warp_rows
 from embedkit.kernels.cuda.launch import fast
 from embedkit.kernels.cuda.quant_elem import q4_k_scale_min
+from embedkit.quant import names_with
+from embedkit.quant.registry import CUDA_KMATVEC
 
 WARP = 32
 WARPS_PER_BLOCK = 4
@@ -290,10 +292,10 @@ def _kernel(layout: str):
     return _KERNELS[key]
 
 
-KMATVECS = ("Q4_K", "Q6_K")
+KMATVECS = names_with(CUDA_KMATVEC)  # ("Q4_K", "Q6_K")
 # layouts whose decode matvec takes int8 activation blocks (`matvec_q8`); EMBEDKIT_KMV_INT8=0 keeps float32
 # activations (the kernels above), for measurements
-INT8_KMATVECS = ("Q4_K", "Q6_K") if os.environ.get("EMBEDKIT_KMV_INT8", "1") != "0" else ()
+INT8_KMATVECS = KMATVECS if os.environ.get("EMBEDKIT_KMV_INT8", "1") != "0" else ()
 
 
 def matvec(layout: str, views, x, bias, y, stream=0) -> None:

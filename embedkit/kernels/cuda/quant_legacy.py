@@ -21,11 +21,13 @@ from numba import cuda
 
 from embedkit.kernels.cuda.intrinsics import dp4a, start_warp_rows, store_warp_rows, u16_pair, warp_rows
 from embedkit.kernels.cuda.launch import fast
+from embedkit.quant import names_with
+from embedkit.quant.registry import CUDA_LEGACY
 
 WARP = 32
 WARPS_PER_BLOCK = 4
 ROWS_PER_WARP = 2
-LAYOUTS = ("Q4_1", "Q5_0", "Q5_1")
+LAYOUTS = names_with(CUDA_LEGACY)  # ("Q4_1", "Q5_0", "Q5_1"); a layout's index selects its decode in the kernel
 
 _ONES = np.int32(0x01010101)
 _NIBBLES = np.uint32(0x0F0F0F0F)

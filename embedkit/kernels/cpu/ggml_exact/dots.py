@@ -33,19 +33,19 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from embedkit.gguf.types import GGMLType
 from embedkit.kernels.cpu.ggml_exact.quantize import quantize_q8_0, quantize_q8_1, quantize_q8_K
+from embedkit.quant import QUANT_TYPES, types_with
+from embedkit.quant.registry import GGML_EXACT
 
-Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K = 2, 3, 6, 8, 12, 13, 14
+# the ggml type ids as plain ints: the compiled kernels compare a type argument against them
+Q4_0, Q4_1, Q5_0, Q8_0 = int(GGMLType.Q4_0), int(GGMLType.Q4_1), int(GGMLType.Q5_0), int(GGMLType.Q8_0)
+Q4_K, Q5_K, Q6_K = int(GGMLType.Q4_K), int(GGMLType.Q5_K), int(GGMLType.Q6_K)
 
-# weight type -> (elements per block, weight block bytes, activation block bytes)
+# weight type -> (elements per block, weight block bytes, activation block bytes), from the quant registry
 _LAYOUT = {
-    Q8_0: (32, 34, 34),
-    Q5_0: (32, 22, 34),
-    Q4_0: (32, 18, 34),
-    Q4_1: (32, 20, 36),
-    Q4_K: (256, 144, 292),
-    Q5_K: (256, 176, 292),
-    Q6_K: (256, 210, 292),
+    int(t): (QUANT_TYPES[t].block_size, QUANT_TYPES[t].type_size, QUANT_TYPES[t].activation_bytes)
+    for t in types_with(GGML_EXACT)
 }
 
 _TILE = 4  # activation rows per call of a tile kernel: a weight block is decoded once for all of them
@@ -754,15 +754,9 @@ def mul_mat_q4_0_repacked(w: np.ndarray, x: np.ndarray, n_cols: int) -> np.ndarr
     return _run(w, Q4_0, quantize_q8_0(x), n_cols, _Q4_0_REPACK)
 
 
-_ACTIVATION = {
-    Q8_0: quantize_q8_0,
-    Q5_0: quantize_q8_0,
-    Q4_0: quantize_q8_0,
-    Q4_1: quantize_q8_1,
-    Q4_K: quantize_q8_K,
-    Q5_K: quantize_q8_K,
-    Q6_K: quantize_q8_K,
-}
+# ggml's activation quantizer per vec_dot type; weight type -> the quantizer of its activation type
+_QUANTIZE = {GGMLType.Q8_0: quantize_q8_0, GGMLType.Q8_1: quantize_q8_1, GGMLType.Q8_K: quantize_q8_K}
+_ACTIVATION = {int(t): _QUANTIZE[QUANT_TYPES[t].activation] for t in types_with(GGML_EXACT)}
 TILED_MIN_TOKENS = 8  # ggml_tiled_min_batch
 
 
