@@ -43,8 +43,8 @@ F16_CACHE_MAX_BYTES = 64 << 20  # keep a float16 copy of matrices up to this siz
 PROMPT_ATTENTION_BLAS = True  # prompts: cuBLAS batched GEMMs (else the tiled shared-memory kernel)
 FUSE_DECODE_ROPE = True  # graphs: RoPE of q and k + KV store inside the decode attention kernel
 # graphs: steps of 2..MATVEC_MAX_ROWS rows (several sequences decoding together) are recorded too, one
-# graph per row count (else only one-token steps are)
-BATCH_GRAPHS = True
+# graph per row count (else only one-token steps are). Off: not yet checked on a GPU
+BATCH_GRAPHS = False
 # partial offload: a CPU layer's matmul over at least this many tokens runs here, its weight crossing
 # the bus for the call (llama.cpp's threshold for the same move)
 OFFLOAD_MIN_TOKENS = 32
@@ -393,6 +393,9 @@ class CUDABackend(CUDASeqOps, Backend):
         """Upload a GGUF TensorInfo once: vectors as float32, matrices quantized (Q4_0/Q8_0 repacked)."""
         from embedkit import kernels
 
+        # a new model: recorded steps name weights by id(), which a freed model's may share
+        self._graphs.clear()
+        self._graph = None
         cuda = self._cuda
         shape = tuple(int(s) for s in t.np_shape)
         gtype = int(t.ggml_type)

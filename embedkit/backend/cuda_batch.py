@@ -64,14 +64,15 @@ class CUDASeqOps:
         window: int | None = None,
         softcap: float | None = None,
     ) -> Array:
-        """Several sequences: store and attend in one launch each when the caches share an allocation
-        (`kv_cache_slots`); one sequence, or caches allocated apart: `attention` per span."""
+        """Caches that share an allocation (`kv_cache_slots`): store and attend in one launch each, whatever
+        the spans, so a recorded step does not depend on which slots its rows belong to (a one-row step
+        recorded for slot 1 and replayed for slot 3 must not write slot 1's cache). Caches allocated apart
+        (a one-sequence state): `attention` per span."""
         from embedkit.kernels.cuda import attention_rows
 
         group = caches[0].group
         if (
-            len(spans) == 1
-            or not causal
+            not causal
             or group is None
             or any(c.group is None or c.group[0] is not group[0] for c in caches)
             or q.shape[2] > attention_rows.MAX_HEAD_DIM
