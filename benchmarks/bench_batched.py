@@ -25,7 +25,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from embedkit.catalog import resolve_model
 from embedkit.generate import BatchGenerator, SamplerParams
 
 TEXT = (
@@ -113,6 +112,8 @@ def main() -> None:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"{platform.processor() or platform.machine()}, {args.device}, {args.threads} threads, npp {args.npp}, "
           f"ntg {args.ntg}, EMBEDKIT_CPU_MATH={math}, {when}")  # fmt: skip
+    from embedkit.catalog import resolve_model  # not needed (nor importable without platformdirs) for --random
+
     for name in [args.random] if args.random else args.models.split(","):
         path = random_model(args.random) if args.random else resolve_model(name, kind="generate")
         print(f"\n{name} ({path.name})")
