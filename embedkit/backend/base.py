@@ -51,6 +51,9 @@ class KVCache:
     k: Array
     v: Array
     backend_name: str = field(default="cpu")
+    # (k of every slot, v of every slot, this slot's index) when `Backend.kv_cache_slots` allocated the
+    # slots' caches together (the CUDA backend), else None
+    group: Any = None
 
 
 class Backend:
@@ -168,6 +171,10 @@ class Backend:
     def kv_cache(self, n_ctx: int, n_kv_heads: int, head_dim: int) -> KVCache:
         """Allocate one layer's key/value cache on this backend."""
         raise NotImplementedError
+
+    def kv_cache_slots(self, n_slots: int, n_ctx: int, n_kv_heads: int, head_dim: int) -> list[KVCache]:
+        """One layer's caches for `n_slots` sequences (a backend may allocate them together, see KVCache.group)."""
+        return [self.kv_cache(n_ctx, n_kv_heads, head_dim) for _ in range(n_slots)]
 
     def attention(
         self,

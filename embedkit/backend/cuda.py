@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from embedkit.backend.base import Array, Backend, KVCache, RopeStyle, Weight
+from embedkit.backend.cuda_batch import CUDASeqOps
 from embedkit.errors import DeviceError, UnsupportedQuantError
 from embedkit.gguf import GGMLType
 
@@ -41,6 +42,9 @@ MATVEC_MAX_ROWS = 8  # up to this many tokens a matmul streams the quantized wei
 F16_CACHE_MAX_BYTES = 64 << 20  # keep a float16 copy of matrices up to this size for GEMMs
 PROMPT_ATTENTION_BLAS = True  # prompts: cuBLAS batched GEMMs (else the tiled shared-memory kernel)
 FUSE_DECODE_ROPE = True  # graphs: RoPE of q and k + KV store inside the decode attention kernel
+# graphs: steps of 2..MATVEC_MAX_ROWS rows (several sequences decoding together) are recorded too, one
+# graph per row count (else only one-token steps are). Off: not yet checked on a GPU
+BATCH_GRAPHS = False
 # partial offload: a CPU layer's matmul over at least this many tokens runs here, its weight crossing
 # the bus for the call (llama.cpp's threshold for the same move)
 OFFLOAD_MIN_TOKENS = 32
@@ -108,7 +112,7 @@ def _ptr(a) -> int:
     return a.__cuda_array_interface__["data"][0]
 
 
-class CUDABackend(Backend):
+class CUDABackend(CUDASeqOps, Backend):
     """Backend on one CUDA device through numba-cuda (and CuPy for cuBLAS and the memory pool)."""
 
     name = "cuda"
@@ -193,6 +197,8 @@ class CUDABackend(Backend):
         # step state
         self._mode = "idle"  # idle | eager | record | replay
         self._graph: _Graph | None = None
+        self._graphs: dict[int, _Graph] = {}  # recorded steps by row count
+        self._graph_rows = 1
         self._rec: _Graph | None = None
         self._cursor = 0
         self._dyn: list[tuple[Any, np.ndarray]] = []
@@ -220,8 +226,10 @@ class CUDABackend(Backend):
         self._ropes = {}
         self._dyn = []
         self._launched = False
-        if self.graphs and n_rows == 1:
+        if self.graphs and (n_rows == 1 or (BATCH_GRAPHS and n_rows <= MATVEC_MAX_ROWS)):
             self._cursor = 0
+            self._graph_rows = n_rows
+            self._graph = self._graphs.get(n_rows)
             if self._graph is not None:
                 self._mode = "replay"
             else:
@@ -263,7 +271,8 @@ class CUDABackend(Backend):
                 fn(self.stream)
         self.stats.derailed += 1
         self._mode = "eager"
-        self._graph = None  # record afresh at the next one-token step
+        self._graph = None  # record afresh at the next step of this many rows
+        self._graphs.pop(self._graph_rows, None)
 
     def _op(self, key: tuple, fn, out, extra=None):
         """Run `fn(stream)` now (eager) or record it (graph recording); returns `out`.
@@ -348,7 +357,7 @@ class CUDABackend(Backend):
                 self.stats.extra["capture_error"] = repr(e)[:300]
                 self.graphs = False
                 return
-            self._graph = rec
+            self._graph = self._graphs[self._graph_rows] = rec
             self.stats.recorded += 1
         elif mode == "replay":
             g = self._graph
@@ -384,6 +393,9 @@ class CUDABackend(Backend):
         """Upload a GGUF TensorInfo once: vectors as float32, matrices quantized (Q4_0/Q8_0 repacked)."""
         from embedkit import kernels
 
+        # a new model: recorded steps name weights by id(), which a freed model's may share
+        self._graphs.clear()
+        self._graph = None
         cuda = self._cuda
         shape = tuple(int(s) for s in t.np_shape)
         gtype = int(t.ggml_type)
@@ -867,7 +879,11 @@ class CUDABackend(Backend):
         positions = np.asarray(positions, dtype=np.int32).reshape(-1)
         n = x.shape[0]
         p0 = int(positions[0])
-        consecutive = n == 1 or bool(np.all(positions == np.arange(p0, p0 + n, dtype=np.int32)))
+        # 2..MATVEC_MAX_ROWS rows always read their positions from an array: a batch of several sequences'
+        # decode rows may happen to be consecutive, and a recorded step must not depend on that
+        consecutive = n == 1 or (
+            n > MATVEC_MAX_ROWS and bool(np.all(positions == np.arange(p0, p0 + n, dtype=np.int32)))
+        )
         pos_buf = self._pos(p0)
         pos_arr = None if consecutive else self._input(positions, ("positions",))
         key = ("rope", x.shape, n_rot, base, style, freq_scale, consecutive)

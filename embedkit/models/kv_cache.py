@@ -64,4 +64,8 @@ def new_slot_state(params: ModelParams, placement: Placement, n_ctx: int, n_slot
     """Caches for `n_slots` sequences of `n_ctx` positions each."""
     if n_slots < 1:
         raise ValueError(f"n_slots must be >= 1, got {n_slots}")
-    return SlotState(n_ctx, [new_state(params, placement, n_ctx) for _ in range(n_slots)])
+    per_layer = [
+        placement.layer(i).kv_cache_slots(n_slots, n_ctx, params.n_head_kv, params.head_dim)
+        for i in range(params.n_layer)
+    ]
+    return SlotState(n_ctx, [ModelState(n_ctx, [layer[s] for layer in per_layer]) for s in range(n_slots)])

@@ -135,6 +135,37 @@ def attention_batch_kernel(q, k, v, mask, scale, out):
     _attend(q[b], t, h, k, v, b, h // group, 0, T, mask, True, scale, np.float32(0.0), out, bt, merge)
 
 
+# continuous batching: rows of several sequences (launchers and layout in attention_rows.py)
+@cuda.jit
+def kv_store_rows_kernel(k_new, v_new, k_all, v_all, slots, positions):
+    """k_all[slots[t], positions[t]] = k_new[t] (and v); k_new [n, kv_heads, hd]."""
+    t = cuda.blockIdx.y
+    i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    hd = k_new.shape[2]
+    if i < k_new.shape[1] * hd:
+        h = i // hd
+        d = i % hd
+        s = slots[t]
+        p = positions[t]
+        k_all[s, p, h, d] = k_new[t, h, d]
+        v_all[s, p, h, d] = v_new[t, h, d]
+
+
+@cuda.jit
+def attention_rows_kernel(q, k_all, v_all, slots, positions, window, scale, softcap, dummy_mask, out):
+    """q [n, heads, hd]; k_all, v_all [n_slots, n_ctx, kv_heads, hd]; out [n, heads*hd]."""
+    t = cuda.blockIdx.x
+    h = cuda.blockIdx.y
+    merge = cuda.shared.array((WARPS, MERGE_COLS), dtype=np.float32)
+    group = q.shape[1] // k_all.shape[2]
+    p = positions[t]
+    j0 = 0
+    if window > 0:
+        j0 = max(0, p - window + 1)
+    _attend(q, t, h, k_all, v_all, slots[t], h // group, j0, p + 1, dummy_mask, False, scale, softcap, out, t, merge)
+
+
+
 def kv_store(k_new, v_new, k_cache, v_cache, pos_buf, stream=0) -> None:
     """Write [n, kv_heads, hd] keys/values into the caches [n_ctx, kv_heads, hd] at rows pos_buf[0].."""
     n, kvh, hd = k_new.shape

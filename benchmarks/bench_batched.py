@@ -1,0 +1,133 @@
+"""Aggregate decode speed with several sequences at once (continuous batching), embedkit vs llama.cpp, in one run.
+
+    nice .venv/bin/python benchmarks/bench_batched.py [--threads 2] [--models qwen2.5-coder-0.5b,gemma3-270m]
+        [--npp 128] [--ntg 128] [--npl 1,2,4,8] [--cpu-math llama.cpp|float32] [--llama-batched-bench PATH]
+        [--device cuda] [--random llama:tinyllama-1.1b:Q4_0]
+
+For each sequence count B, B prompts of `npp` tokens are submitted at once to a `BatchGenerator` with B slots
+and each generates `ntg` tokens (greedy, end-of-generation ignored): like llama.cpp's `llama-batched-bench
+-npp N -ntg N -npl B` (prompts not shared). T_PP: the steps until every sequence has its first token;
+T_TG: the `ntg` decode steps after it, B rows each; S_TG = B * ntg / T_TG (our figure includes the Python
+scheduler and sampling). llama-batched-bench is found from --llama-batched-bench or LLAMA_BATCHED_BENCH and
+runs the same files with the same thread count (its table is parsed and printed beside ours); skipped with
+a message when absent. Never build llama.cpp from here. `--device cuda` runs our side on the GPU (whole
+model); `--random ARCH:SHAPE:TYPE` benchmarks a random-weight model written first (SHAPE a name of
+`embedkit.testing.random_models.SHAPES` or of RANDOM_SHAPES here) instead of --models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from embedkit.generate import BatchGenerator, SamplerParams
+
+TEXT = (
+    "The history of computing is a story of ideas meeting machines. From the abacus to the analytical engine, "
+    "from vacuum tubes to transistors, each step made calculation cheaper and more widely available. "
+)
+GREEDY = SamplerParams(temp=0.0)
+RANDOM_SHAPES = {
+    "tinyllama-1.1b": dict(n_vocab=32000, n_embd=2048, n_layer=22, n_head=32, n_head_kv=4, n_ff=5632, n_ctx=2048),
+}
+
+
+def run_ours(path: Path, threads: int, npp: int, ntg: int, n_seq: int, device: str) -> tuple[float, float]:
+    """(S_PP, S_TG) tokens/s for n_seq sequences of npp prompt + ntg generated tokens."""
+    placement = None
+    if device == "cuda":
+        from embedkit.backend.placement import make_placement
+
+        placement = make_placement("cuda", -1)
+    gen = BatchGenerator(path, n_ctx=n_seq * (npp + ntg + 8), n_parallel=n_seq, n_batch=max(512, npp * n_seq),
+                         n_threads=threads, placement=placement, background=False)  # fmt: skip
+    ids = gen.tokenize(TEXT * (4 * npp // 30 + 1))[:npp]
+    # warm-up (Numba caches, the decode layouts of the weights), then the measured run
+    for h in [gen.submit(ids, n_predict=3, sampler=GREEDY, ignore_eos=True) for _ in range(n_seq)]:
+        h.result()
+    # ntg + 1 sampled tokens = ntg decode steps (the last sampled token is never run)
+    handles = [gen.submit(ids, n_predict=ntg + 1, sampler=GREEDY, ignore_eos=True) for _ in range(n_seq)]
+    seqs = [h._seq for h in handles]
+    t0 = time.perf_counter()
+    while not all(s.tokens for s in seqs):
+        gen.step()
+    t1 = time.perf_counter()
+    gen.run()
+    t2 = time.perf_counter()
+    assert all(len(h.result().tokens) == ntg + 1 for h in handles)
+    return n_seq * npp / (t1 - t0), n_seq * ntg / (t2 - t1)
+
+
+def run_llama_cpp(binary: str | None, path: Path, threads: int, npp: int, ntg: int, npl: list[int]) -> dict:
+    """{B: (S_PP, S_TG)} from llama-batched-bench, or {} when it is not there."""
+    if not binary or not Path(binary).is_file():
+        print(f"  llama-batched-bench not found ({binary!r}): reference skipped")
+        return {}
+    cmd = [binary, "-m", str(path), "-c", str(max(npl) * (npp + ntg) + 64), "-b", "2048", "-ub", "512",
+           "-npp", str(npp), "-ntg", str(ntg), "-npl", ",".join(map(str, npl)), "-t", str(threads),
+           "-tb", str(threads), "--no-warmup"]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    rows = {}
+    for line in p.stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 8 and re.fullmatch(r"\d+", cells[0] or "x"):
+            rows[int(cells[2])] = (float(cells[5]), float(cells[7]))  # S_PP t/s, S_TG t/s
+    if not rows:
+        print("  llama-batched-bench gave no table:\n" + p.stdout[-800:] + p.stderr[-800:])
+    return rows
+
+
+def random_model(spec: str) -> Path:
+    """Write the random-weight model ARCH:SHAPE:TYPE into a temporary folder (once per process)."""
+    import tempfile
+
+    from embedkit.testing.random_models import SHAPES, write_random_model
+
+    arch, shape, gtype = spec.split(":")
+    out = Path(tempfile.mkdtemp(prefix="bench_batched_")) / f"{arch}-{shape}-{gtype}.gguf"
+    return write_random_model(out, arch, RANDOM_SHAPES.get(shape) or SHAPES[shape], gtype, seed=0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="qwen2.5-coder-0.5b,gemma3-270m")
+    ap.add_argument("--npp", type=int, default=128)
+    ap.add_argument("--ntg", type=int, default=128)
+    ap.add_argument("--npl", default="1,2,4,8")
+    ap.add_argument("--cpu-math", default=None, choices=["llama.cpp", "float32"])
+    ap.add_argument("--llama-batched-bench", default=os.environ.get("LLAMA_BATCHED_BENCH"))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--random", default=None, help="ARCH:SHAPE:TYPE of a random-weight model to write and run")
+    args = ap.parse_args()
+    if args.cpu_math:
+        os.environ["EMBEDKIT_CPU_MATH"] = args.cpu_math
+    npl = [int(x) for x in args.npl.split(",")]
+    math = os.environ.get("EMBEDKIT_CPU_MATH", "(default)")
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"{platform.processor() or platform.machine()}, {args.device}, {args.threads} threads, npp {args.npp}, "
+          f"ntg {args.ntg}, EMBEDKIT_CPU_MATH={math}, {when}")  # fmt: skip
+    from embedkit.catalog import resolve_model  # not needed (nor importable without platformdirs) for --random
+
+    for name in [args.random] if args.random else args.models.split(","):
+        path = random_model(args.random) if args.random else resolve_model(name, kind="generate")
+        print(f"\n{name} ({path.name})")
+        ref = run_llama_cpp(args.llama_batched_bench, path, args.threads, args.npp, args.ntg, npl)
+        print(f"  {'B':>3} {'ours S_PP':>10} {'ours S_TG':>10} {'x ours B=1':>10} {'llama S_PP':>10} {'llama S_TG':>10}"
+              f" {'TG vs llama':>11}")  # fmt: skip
+        base = None
+        for b in npl:
+            pp, tg = run_ours(path, args.threads, args.npp, args.ntg, b, args.device)
+            base = base or tg
+            lp, lt = ref.get(b, (float("nan"), float("nan")))
+            print(f"  {b:>3} {pp:>10.1f} {tg:>10.1f} {tg / base:>10.2f} {lp:>10.1f} {lt:>10.1f} {tg / lt:>11.2f}",
+                  flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
