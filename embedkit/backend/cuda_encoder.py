@@ -69,7 +69,6 @@ class CUDAEncoderBackend(Backend):
         self._k = encoder
         self._elementwise, self._pooling = elementwise, pooling
         self._quant_fast, self._quant_generic = quant_fast, quant_generic
-        self._weights: dict[tuple, Any] = {}  # (ids of Weights) -> converted device matrix / vector
         self._mask_host = None
         self._mask_dev = None
 
@@ -124,12 +123,24 @@ class CUDAEncoderBackend(Backend):
             x.lo = out
         return out
 
+    def _cached(self, ws: list[Weight], kind: str, make):
+        """A conversion of the weights `ws`, kept on the first one's device data (freed with the model)."""
+        holder = ws[0].data
+        cache = getattr(holder, "encoder_cache", None)
+        if cache is None:
+            cache = {}
+            setattr(holder, "encoder_cache", cache)  # noqa: B010 (a dataclass of cuda.py without this field)
+        key = (kind, self.precision, *(id(w) for w in ws[1:]))
+        got = cache.get(key)
+        if got is None or any(a is not b for a, b in zip(got[0], ws[1:], strict=True)):
+            got = cache[key] = (list(ws[1:]), make(ws))
+        return got[1]
+
     def _matrix(self, ws: list[Weight]):
         """The weights' matrices stacked by rows, in the GEMM dtype (converted once, cached)."""
-        key = ("w", *(id(w) for w in ws))
-        got = self._weights.get(key)
-        if got is not None:
-            return got
+        return self._cached(ws, "w", self._convert)
+
+    def _convert(self, ws: list[Weight]):
         rows = sum(w.data.n_rows for w in ws)
         n_cols = ws[0].data.n_cols
         out = self._empty((rows, n_cols), self.lo_dtype)
@@ -145,30 +156,29 @@ class CUDAEncoderBackend(Backend):
             else:
                 self._quant_generic.dequantize_all(m.layout, m.views, part, self.stream)
             r0 += m.n_rows
-        self._weights[key] = out
         return out
 
     def _vector(self, bs: list[Weight]):
         """Bias vectors concatenated (float32 device), cached."""
-        key = ("b", *(id(b) for b in bs))
-        got = self._weights.get(key)
-        if got is None:
-            got = self._empty((sum(b.data.shape[0] for b in bs),))
+
+        def concat(bs):
+            out = self._empty((sum(b.data.shape[0] for b in bs),))
             c0 = 0
             for b in bs:
                 n = b.data.shape[0]
-                got[c0 : c0 + n].copy_to_device(b.data, stream=self.stream)
+                out[c0 : c0 + n].copy_to_device(b.data, stream=self.stream)
                 c0 += n
-            self._weights[key] = got
-        return got
+            return out
+
+        return self._cached(bs, "b", concat)
 
     def _mask(self, mask: np.ndarray):
         """int32 device copy of the [b, t] mask (uploaded once per batch: the layers share it)."""
-        if self._mask_host is not mask:
-            host = (np.asarray(mask) != 0).astype(np.int32)
+        host = (np.asarray(mask) != 0).astype(np.int32)
+        if self._mask_host is None or not np.array_equal(self._mask_host, host):
             dev = self._empty(host.shape, np.int32)
             dev.copy_to_device(host, stream=self.stream)
-            self._mask_host, self._mask_dev = mask, dev
+            self._mask_host, self._mask_dev = host, dev
         return self._mask_dev
 
     # -- data movement -------------------------------------------------------------------
@@ -319,4 +329,3 @@ def encoder_backend(device: int = 0) -> Backend:
             return base
         be = _ENCODERS[key] = CUDAEncoderBackend(base, precision)
     return be
-
