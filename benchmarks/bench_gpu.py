@@ -182,25 +182,143 @@ def _gc_time(fn) -> tuple[float, int]:
     return spent[0] * 1e3, spent[1]
 
 
-def bench_bert(path: Path, batch: int, seq: int, reps: int) -> dict:
-    """Embeddings/s of batches of `batch` sequences of `seq` tokens (hidden states to the host);
-    the embedding stage runs on the GPU too (`input_on_gpu`)."""
+def _torch_bert(path: Path, dtype: str):
+    """transformers' BertModel (the sdpa attention it picks by default) on the GPU with the GGUF's weights."""
+    import torch
+    import transformers
+
+    from embedkit.convert.bert_tensors import gguf_tensor_name
+    from embedkit.gguf import GGUFFile
+
+    f = GGUFFile(path)
+    a = f.architecture
+    cfg = transformers.BertConfig(
+        vocab_size=int(f.tensor("token_embd.weight").np_shape[0]),
+        hidden_size=int(f.require(f"{a}.embedding_length")), num_hidden_layers=int(f.require(f"{a}.block_count")),
+        num_attention_heads=int(f.require(f"{a}.attention.head_count")),
+        intermediate_size=int(f.require(f"{a}.feed_forward_length")),
+        max_position_embeddings=int(f.require(f"{a}.context_length")), layer_norm_eps=1e-12, hidden_act="gelu",
+        type_vocab_size=2,
+    )  # fmt: skip
+    model = transformers.BertModel(cfg, add_pooling_layer=False)
+    state = {}
+    for name, ref in model.state_dict().items():
+        g = gguf_tensor_name(name)
+        if g is not None:
+            t = f.tensor(g)
+            state[name] = torch.from_numpy(np.array(t.data.view(np.float32)).reshape(tuple(ref.shape)))
+    model.load_state_dict(state, strict=False)
+    model = model.eval().cuda()
+    return model.half() if dtype == "float16" else model
+
+
+def _torch_embed(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean-pooled, L2-normalised vectors of one padded batch (tokens up, vectors down), as embedkit's."""
+    import torch
+
+    with torch.inference_mode():
+        i = torch.from_numpy(ids).cuda(non_blocking=True)
+        m = torch.from_numpy(mask.astype(np.int64)).cuda(non_blocking=True)
+        h = model(input_ids=i, attention_mask=m).last_hidden_state.float()
+        mf = m.unsqueeze(-1).float()
+        v = (h * mf).sum(1) / mf.sum(1)
+        return torch.nn.functional.normalize(v, dim=1).cpu().numpy()
+
+
+def _embedkit_embed(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    from embedkit.embed import l2_normalize
+
+    return l2_normalize(model.embed(ids, mask, "mean"))
+
+
+def _mixed_batches(n_texts: int, batch: int, n_vocab: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Padded batches as `Embedder.embed` makes them (length-sorted, `plan_batches`) of n_texts random texts
+    whose token counts follow a log-normal law (median ~48, clipped to 8..256: MiniLM truncates at 256)."""
+    from embedkit.embed.batching import pad_batch, plan_batches
+
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(np.round(rng.lognormal(np.log(48), 0.8, n_texts)), 8, 256).astype(int)
+    seqs = [list(rng.integers(1000, n_vocab, n)) for n in lengths]
+    return [pad_batch([seqs[i] for i in idx], 0) for idx in plan_batches(list(lengths), batch)]
+
+
+def _timed_set(fn, batches, reps: int) -> float:
+    """Median seconds to embed every batch of the set (a warm-up pass first)."""
+    import torch
+
+    for ids, mask in batches:  # every shape once (compilation, library heuristics)
+        fn(ids, mask)
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for ids, mask in batches:
+            fn(ids, mask)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+
+
+def bench_bert(path: Path, batch: int, seq: int, reps: int, n_mixed: int = 4096) -> dict:
+    """Embeddings/s of a MiniLM-shaped encoder, embedkit (float16 and float32 GPU precision) against torch +
+    transformers' BertModel with the same weights in float32 and float16, same GPU, same process: tokens
+    from the host, mean-pooled normalised vectors back on the host, on two sets: `batch` sequences of `seq`
+    tokens (all real), and `n_mixed` texts of mixed lengths in embed's length-sorted batches of `batch`.
+    Also the minimum cosine of each side's vectors to the CPU backend's float32 vectors."""
+    import torch
+
+    import embedkit.backend.cuda as cuda_module
     from embedkit.backend.placement import make_placement
     from embedkit.models import load_model
 
-    m = load_model(path, make_placement("cuda", -1, input_on_gpu=True))
     rng = np.random.default_rng(0)
-    ids = rng.integers(0, m.params.n_vocab, (batch, seq))
-    mask = np.ones((batch, seq), dtype=np.int64)
-    lengths = rng.integers(seq // 2, seq + 1, batch)
-    mask[np.arange(seq)[None, :] >= lengths[:, None]] = 0
-    m.encode(ids, mask)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        m.encode(ids, mask)
-        times.append(time.perf_counter() - t)
-    return {"emb_s": batch / statistics.median(times), "batch": batch, "seq": seq}
+    n_vocab = 30522
+    full = [(rng.integers(1000, n_vocab, (batch, seq)), np.ones((batch, seq), dtype=np.int64))]
+    mixed = _mixed_batches(n_mixed, batch, n_vocab)
+    n_full, n_set = batch, sum(len(ids) for ids, _ in mixed)
+    out: dict = {"batch": batch, "seq": seq, "mixed_texts": n_set, "mixed_batches": len(mixed),
+                 "mixed_tokens": int(sum(m.sum() for _, m in mixed)),
+                 "mixed_padded_tokens": int(sum(m.size for _, m in mixed))}  # fmt: skip
+    # the CPU's float32 vectors of a few sequences of each set (reference for the cosines)
+    cpu = load_model(path)
+    check = [(full[0][0][:8], full[0][1][:8]), (mixed[0][0][:8], mixed[0][1][:8]),
+             (mixed[-1][0][:8], mixed[-1][1][:8])]  # fmt: skip
+    ref = [_embedkit_embed(cpu, ids, m) for ids, m in check]
+    sides = {}
+    for precision in ("float16", "float32"):
+        os.environ["EMBEDKIT_GPU_PRECISION"] = precision
+        m = load_model(path, make_placement("cuda", -1, input_on_gpu=True))
+        sides[f"embedkit {precision}"] = functools.partial(_embedkit_embed, m)
+    os.environ.pop("EMBEDKIT_GPU_PRECISION")
+    # the CUDA backend's float32 ops one by one (the path before the encoder backend), for the record
+    saved = cuda_module.CUDABackend.for_encoder
+    cuda_module.CUDABackend.for_encoder = lambda self: self
+    try:
+        old = load_model(path, make_placement("cuda", -1, input_on_gpu=True))
+    finally:
+        cuda_module.CUDABackend.for_encoder = saved
+    for dtype in ("float32", "float16"):
+        sides[f"torch {dtype}"] = functools.partial(_torch_embed, _torch_bert(path, dtype))
+    for name, fn in sides.items():
+        r = {"full_emb_s": n_full / _timed_set(fn, full, reps), "mixed_emb_s": n_set / _timed_set(fn, mixed, 2)}
+        cos = [_cosines(fn(ids, m), v) for (ids, m), v in zip(check, ref, strict=True)]
+        r["min_cosine_to_cpu"] = min(cos)
+        r["cosines_full_longest_shortest"] = cos
+        out[name] = r
+        print(f"  {name}: {json.dumps(r)}", flush=True)
+    old.encode(*full[0])  # compiles
+    t = time.perf_counter()
+    for _ in range(2):
+        old.encode(*full[0])
+    before = {"full_emb_s": 2 * batch / (time.perf_counter() - t)}
+    out["embedkit before (float32 ops, hidden states to the host)"] = before
+    print(f"  before: {before}", flush=True)
+    out["torch_version"] = torch.__version__
+    return out
 
 
 def bench_matvec(bandwidth: float) -> list[dict]:
@@ -400,8 +518,14 @@ def main() -> None:
               f"{r.get('floor_tok_s', float('nan')):,.0f} | {r.get('pct_floor', float('nan')):.0f}% |")  # fmt: skip
     if "bert" in results:
         b = results["bert"]
-        print(f"| bert-minilm (F32 weights, fp16 GEMM) | embeddings/s at batch {b['batch']} x {b['seq']} tokens: "
-              f"{b['emb_s']:,.0f} | | | | | |")  # fmt: skip
+        print(f"\nBERT-MiniLM-L6 shape (F32 GGUF), embeddings/s, tokens up and pooled vectors down; "
+              f"mixed: {b['mixed_texts']} texts in {b['mixed_batches']} length-sorted batches of <= {b['batch']}")
+        print(f"| side | {b['batch']} x {b['seq']} | mixed lengths | min cosine to CPU float32 |")
+        print("|---|---|---|---|")
+        for name, r in b.items():
+            if isinstance(r, dict):
+                print(f"| {name} | {r['full_emb_s']:,.0f} | {r.get('mixed_emb_s', float('nan')):,.0f} | "
+                      f"{r.get('min_cosine_to_cpu', float('nan')):.6f} |")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
 

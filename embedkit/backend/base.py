@@ -243,6 +243,36 @@ class Backend:
         """
         raise NotImplementedError
 
+    # -- encoder blocks (defaults built from the ops above; a backend may fuse them) --------
+    def self_attention(
+        self, x: Array, wq: Weight, bq: Weight, wk: Weight, bk: Weight, wv: Weight, bv: Weight,
+        mask: np.ndarray, n_head: int, scale: float,
+    ) -> Array:  # fmt: skip
+        """Bidirectional self-attention of a padded batch x [b*t, d] (mask [b, t], 1 = token): the Q/K/V
+        projections with their biases, then `attention_batch`. Returns [b*t, d]."""
+        b, t = np.shape(mask)
+        d = wq.n_rows
+        hd = d // n_head
+        q, k, v = self.matmuls(x, [wq, wk, wv], [bq, bk, bv])
+        q, k, v = (self.view(a, (b, t, n_head, hd)) for a in (q, k, v))
+        return self.view(self.attention_batch(q, k, v, mask, scale), (b * t, d))
+
+    def add_layer_norm(self, a: Array, residual: Array, w: Weight | None, b: Weight | None, eps: float) -> Array:
+        """layer_norm(a + residual): a post-LayerNorm block's residual connection."""
+        return self.layer_norm(self.add(a, residual), w, b, eps)
+
+    def pooled(self, x: Array, mask: np.ndarray, method: str) -> np.ndarray:
+        """Hidden states x [b*t, d] pooled per sequence over mask [b, t] (mean, cls, last, none: see
+        `embedkit.embed.pooling.pool`) -> host float32 [b, d]."""
+        from embedkit.embed.pooling import pool
+
+        b, t = np.shape(mask)
+        return pool(self.to_host(x).reshape(b, t, -1), mask, method)
+
+    def for_encoder(self) -> Backend:
+        """The backend an encoder (BERT) runs on in place of this one: itself unless a faster one exists."""
+        return self
+
     # -- independent forward passes on several threads (encoder batches) -----------------
     def forward_threads(self) -> int:
         """How many forward passes may run at once, one per thread, inside `concurrent_forwards()`."""

@@ -485,6 +485,12 @@ class CUDABackend(CUDASeqOps, Backend):
         """A host array, uploaded (a per-step input of a recorded decode graph)."""
         return self.asarray(x)
 
+    def for_encoder(self) -> Backend:
+        """Encoders run on `cuda_encoder.CUDAEncoderBackend` (tensor-core GEMMs, fused attention)."""
+        from embedkit.backend.cuda_encoder import encoder_backend
+
+        return encoder_backend()
+
     def _empty(self, shape, dtype=np.float32):
         # DeviceNDArray directly: cuda.device_array's context check and argument normalisation
         # cost more than the allocation itself (C-order strides computed here)

@@ -62,6 +62,11 @@ class Placement:
             return self
         return Placement.single(GGMLCPUBackend(), len(self.layers))
 
+    def for_encoder(self) -> Placement:
+        """The placement an encoder runs on: each backend's `for_encoder()` (the GPU's fused encoder ops)."""
+        swap = {id(b): b.for_encoder() for b in self.backends}
+        return Placement(swap[id(self.input)], [swap[id(b)] for b in self.layers], swap[id(self.output)])
+
     @classmethod
     def single(cls, backend: Backend, n_layer: int) -> Placement:
         """Everything on one backend."""

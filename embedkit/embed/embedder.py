@@ -141,7 +141,8 @@ class Embedder:
 
             def run(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
-                return self._finish(self.model.encode(ids, mask), mask), mask
+                vecs = self.model.embed(ids, mask, self.pooling)
+                return (l2_normalize(vecs) if self.normalize else vecs), mask
 
             backends = self.model.placement.backends
             n_workers = min(be.forward_threads() for be in backends) if CONCURRENT_BATCHES else 1

@@ -90,7 +90,7 @@ class BertModel:
             placement = cpu_placement(p.n_layer)
         elif not isinstance(placement, Placement):
             placement = placement(p.n_layer)  # a factory: n_layer -> Placement
-        self.placement = placement
+        self.placement = placement = placement.for_encoder()
         t = self.file.tensor
         inp = self.placement.input
         self.tok_embd = inp.weight(t("token_embd.weight"))  # (n_vocab, n_embd)
@@ -121,6 +121,18 @@ class BertModel:
 
         `token_types` [b, t] selects each token's segment embedding (0 = first sequence, 1 = second, as a
         cross-encoder's "query [SEP] document"); None puts every token in the first, as llama.cpp does."""
+        be, x, mask = self._hidden(batch_ids, attention_mask, token_types)
+        b, t = mask.shape
+        return be.to_host(x).reshape(b, t, self.params.n_embd)
+
+    def embed(self, batch_ids: np.ndarray, attention_mask: np.ndarray, pooling: str) -> np.ndarray:
+        """One pooled vector per sequence, host float32 [b, n_embd] (`pooling` as `embedkit.embed.pool`),
+        pooled where the last layer ran (on a GPU only the vectors cross the bus)."""
+        be, x, mask = self._hidden(batch_ids, attention_mask)
+        return be.pooled(x, mask, pooling)
+
+    def _hidden(self, batch_ids: np.ndarray, attention_mask: np.ndarray, token_types: np.ndarray | None = None):
+        """(backend of the last layer, its hidden states [b*t, n_embd], float32 mask [b, t])."""
         p = self.params
         ids = np.asarray(batch_ids, dtype=np.int64)
         if ids.ndim != 2:
@@ -132,7 +144,6 @@ class BertModel:
             raise InputError(f"encode: token ids must be in [0, {p.n_vocab})")
         mask = np.asarray(attention_mask, dtype=np.float32)
         n = b * t
-        d, h, hd = p.n_embd, p.n_head, p.head_dim
 
         be = self.placement.input
         x = be.get_rows(self.tok_embd, ids.reshape(n))
@@ -142,15 +153,12 @@ class BertModel:
             x = be.add(x, be.get_rows(self.type_embd, types))
         x = be.layer_norm(x, self.embd_norm_w, self.embd_norm_b, p.norm_eps)
 
-        scale = 1.0 / math.sqrt(hd)
+        scale = 1.0 / math.sqrt(p.head_dim)
         for i, L in enumerate(self.layers):
             x = self.placement.move(x, be, self.placement.layer(i))
             be = self.placement.layer(i)
-            q = be.view(be.matmul(x, L.wq, L.bq), (b, t, h, hd))
-            k = be.view(be.matmul(x, L.wk, L.bk), (b, t, h, hd))
-            v = be.view(be.matmul(x, L.wv, L.bv), (b, t, h, hd))
-            attn = be.view(be.attention_batch(q, k, v, mask, scale), (n, d))
-            x = be.layer_norm(be.add(be.matmul(attn, L.wo, L.bo), x), L.attn_norm_w, L.attn_norm_b, p.norm_eps)
+            attn = be.self_attention(x, L.wq, L.bq, L.wk, L.bk, L.wv, L.bv, mask, p.n_head, scale)
+            x = be.add_layer_norm(be.matmul(attn, L.wo, L.bo), x, L.attn_norm_w, L.attn_norm_b, p.norm_eps)
             ff = be.matmul(be.gelu_erf(be.matmul(x, L.w_up, L.b_up)), L.w_down, L.b_down)
-            x = be.layer_norm(be.add(ff, x), L.out_norm_w, L.out_norm_b, p.norm_eps)
-        return self.placement.layer(p.n_layer - 1).to_host(x).reshape(b, t, d)
+            x = be.add_layer_norm(ff, x, L.out_norm_w, L.out_norm_b, p.norm_eps)
+        return self.placement.layer(p.n_layer - 1), x, mask

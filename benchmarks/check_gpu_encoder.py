@@ -1,0 +1,99 @@
+"""Where the GPU encoder path departs from the CPU's float32 arithmetic at MiniLM scale (dev tool):
+each kernel at full size against numpy, then whole models of 1 and 6 layers on several batch shapes.
+
+    python benchmarks/check_gpu_encoder.py
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _rel(got, ref) -> float:
+    return float(np.max(np.abs(np.asarray(got, np.float64) - ref)) / np.max(np.abs(ref)))
+
+
+def kernels() -> None:
+    from numba import cuda
+
+    from embedkit.kernels.cuda import encoder
+
+    rng = np.random.default_rng(0)
+    n, d, f, h = 256 * 128, 384, 1536, 12
+    for dt in (np.float32, np.float16):
+        x = rng.standard_normal((n, d)).astype(dt)
+        w = (rng.standard_normal((3 * d, d)) / 20).astype(dt)
+        y = cuda.device_array((n, 3 * d), dtype=dt)
+        encoder.gemm(cuda.to_device(x), cuda.to_device(w), y, 0)
+        cuda.synchronize()
+        ref = x[:300].astype(np.float64) @ w.astype(np.float64).T
+        print(f"gemm {dt.__name__}: rel {_rel(y.copy_to_host()[:300], ref):.2e}", flush=True)
+        mask = np.ones((256, 128), np.int32)
+        mask[5, 60:] = 0
+        qkv = rng.standard_normal((n, 3 * d)).astype(dt)
+        bias = (0.1 * rng.standard_normal(3 * d)).astype(np.float32)
+        out = cuda.to_device(np.full((n, d), np.nan, dt))
+        encoder.attention(cuda.to_device(qkv), cuda.to_device(bias), cuda.to_device(mask), h, 1 / math.sqrt(32), out)
+        got = out.copy_to_host().reshape(256, 128, d)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from test_cuda_encoder import _ref_attention
+
+        ref = _ref_attention(qkv.reshape(256, 128, 3 * d)[:8].reshape(-1, 3 * d), bias, mask[:8], h, 1 / math.sqrt(32))
+        print(f"attention {dt.__name__}: rel {_rel(got[:8].reshape(-1, d), ref):.2e} nan {np.isnan(got).sum()}",
+              flush=True)  # fmt: skip
+        a = rng.standard_normal((n, d)).astype(dt)
+        res = rng.standard_normal((n, d)).astype(np.float32)
+        g = (1 + 0.1 * rng.standard_normal(d)).astype(np.float32)
+        b = (0.1 * rng.standard_normal(d)).astype(np.float32)
+        o, ol = cuda.device_array((n, d), np.float32), cuda.device_array((n, d), dt)
+        encoder.add_norm(cuda.to_device(a), cuda.to_device(b), cuda.to_device(res), cuda.to_device(g),
+                         cuda.to_device(b), 1e-12, o, ol)  # fmt: skip
+        v = a.astype(np.float64) + b + res
+        ref = (v - v.mean(1, keepdims=True)) / np.sqrt(v.var(1, keepdims=True) + 1e-12) * g + b
+        print(f"add_norm {dt.__name__}: rel {_rel(o.copy_to_host(), ref):.2e}", flush=True)
+        hh = rng.standard_normal((n, f)).astype(dt)
+        hb = (0.1 * rng.standard_normal(f)).astype(np.float32)
+        go = cuda.device_array((n, f), dt)
+        encoder.bias_act(cuda.to_device(hh), cuda.to_device(hb), encoder.ACT_GELU_ERF, go)
+        from scipy.special import erf
+
+        xx = hh.astype(np.float64) + hb
+        print(f"bias_gelu {dt.__name__}: rel {_rel(go.copy_to_host(), 0.5 * xx * (1 + erf(xx / math.sqrt(2)))):.2e}",
+              flush=True)  # fmt: skip
+
+
+def models() -> None:
+    from embedkit.backend.placement import make_placement
+    from embedkit.models import load_model
+    from embedkit.testing.random_quant import bert_spec, write_random_gguf
+
+    work = Path(tempfile.mkdtemp())
+    rng = np.random.default_rng(1)
+    for n_layer in (1, 6):
+        path = write_random_gguf(work / f"b{n_layer}.gguf", "bert", *bert_spec(384, n_layer, 12, 1536, 30522, "F32"))
+        cpu = load_model(path)
+        gpu = load_model(path, make_placement("cuda", -1, input_on_gpu=True))
+        for b, t in ((4, 16), (4, 128), (64, 128), (4, 256)):
+            ids = rng.integers(1000, 30522, (b, t))
+            mask = np.ones((b, t), np.int64)
+            mask[1, t // 2 :] = 0
+            hc, hg = cpu.encode(ids, mask), gpu.encode(ids, mask)
+            real = mask.astype(bool)
+            ec, eg = cpu.embed(ids, mask, "mean"), gpu.embed(ids, mask, "mean")
+            cos = (ec * eg).sum(1) / np.linalg.norm(ec, axis=1) / np.linalg.norm(eg, axis=1)
+            print(f"layers {n_layer} {b}x{t} {os.environ.get('EMBEDKIT_GPU_PRECISION')}: hidden rel "
+                  f"{_rel(hg[real], hc[real]):.2e} min cos {cos.min():.6f}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    if "--models" not in sys.argv:
+        kernels()
+    models()

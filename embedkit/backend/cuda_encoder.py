@@ -1,0 +1,331 @@
+"""The CUDA backend encoders run on: tensor-core GEMMs and fused kernels over low-precision activations.
+
+`CUDABackend.for_encoder()` hands encoders (BERT) this backend. It keeps the CUDA backend's weights,
+stream and memory pool and runs the encoder's hot ops its own way (`embedkit.kernels.cuda.encoder`):
+
+- every matmul is one cuBLAS GEMM in the precision below, weights converted once at first use (Q, K
+  and V concatenated into one matrix, so a layer's three projections are one GEMM);
+- the product stays on the GPU in the low dtype with its bias not yet added (`_Act`); the next kernel
+  adds the bias: the fused attention (Q/K/V), the residual + LayerNorm (output projections), the GELU;
+- attention is flash-style over each (sequence, head), the padding mask applied, no scores in memory;
+- LayerNorm writes the float32 residual stream and the low-dtype copy the next GEMM reads;
+- `pooled` pools on the GPU, so only [batch, dim] crosses the bus.
+No op waits for the host until `to_host` / `pooled`.
+
+Precision (`EMBEDKIT_GPU_PRECISION`): `float16` (default) rounds weights and the activations between
+GEMMs to float16 and accumulates in float32 (cosine to the CPU's float32 vectors >= 0.9999 on
+MiniLM-shaped models); `float32` keeps everything in float32 (cuBLAS SGEMM, no TF32), slower.
+Any other op (decoders never get here) runs on the wrapped CUDA backend in float32.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from embedkit.backend.base import Array, Backend, Weight
+from embedkit.errors import InputError
+
+PRECISIONS = {"float16": np.float16, "float32": np.float32}
+
+
+def gpu_precision() -> str:
+    """The encoder precision on the GPU from EMBEDKIT_GPU_PRECISION (float16 unless set to float32)."""
+    value = os.environ.get("EMBEDKIT_GPU_PRECISION", "float16").strip().lower() or "float16"
+    if value not in PRECISIONS:
+        raise InputError(f"EMBEDKIT_GPU_PRECISION={value!r}: expected float16 or float32")
+    return value
+
+
+@dataclass
+class _Act:
+    """An activation [n, d] on the GPU: `lo` in the GEMM dtype (maybe still missing `bias`, a float32
+    device vector) and/or `f32` with the bias in; each made from the other when first needed."""
+
+    lo: Any = None
+    bias: Any = None
+    f32: Any = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        a = self.lo if self.lo is not None else self.f32
+        return tuple(a.shape)
+
+
+class CUDAEncoderBackend(Backend):
+    """Encoder ops on a `CUDABackend` (see the module docstring); other ops go to that backend."""
+
+    name = "cuda"
+
+    def __init__(self, base, precision: str | None = None) -> None:
+        from embedkit.kernels.cuda import elementwise, encoder, pooling, quant_fast, quant_generic
+
+        self.base = base
+        self.precision = precision or gpu_precision()
+        self.lo_dtype = np.dtype(PRECISIONS[self.precision])
+        self._k = encoder
+        self._elementwise, self._pooling = elementwise, pooling
+        self._quant_fast, self._quant_generic = quant_fast, quant_generic
+        self._mask_host = None
+        self._mask_dev = None
+
+    @property
+    def device_name(self) -> str:
+        """The GPU's name."""
+        return self.base.device_name
+
+    @property
+    def stream(self):
+        """The wrapped backend's stream (every launch goes there, in order)."""
+        return self.base.stream
+
+    def _stream_ptr(self) -> int:
+        cs = self.base._cp_stream
+        return cs.ptr if cs is not None else 0
+
+    # -- conversions ---------------------------------------------------------------------
+    def _empty(self, shape, dtype=np.float32):
+        return self.base._empty(shape, dtype)
+
+    def _f32(self, x):
+        """x as a float32 device array with its bias added (plain device arrays pass through)."""
+        if not isinstance(x, _Act):
+            return x
+        if x.f32 is None:
+            x.f32 = self._empty(x.lo.shape)
+            self._k.bias_act(x.lo, x.bias, self._k.ACT_NONE, x.f32, self.stream)
+        return x.f32
+
+    def _lo(self, x):
+        """x in the GEMM dtype with its bias added (converted once and kept on the _Act)."""
+        if isinstance(x, _Act):
+            if x.lo is not None and x.bias is None:
+                return x.lo
+            if x.lo is not None:
+                out = self._empty(x.lo.shape, self.lo_dtype)
+                self._k.bias_act(x.lo, x.bias, self._k.ACT_NONE, out, self.stream)
+                x.lo, x.bias = out, None
+                return out
+            src = x.f32
+        else:
+            src = x
+        if src.ndim != 2:
+            d = src.shape[src.ndim - 1]
+            src = src.reshape(src.size // d, d)
+        if src.dtype == self.lo_dtype:
+            return src
+        out = self._empty(src.shape, self.lo_dtype)
+        self._elementwise.unary(src.reshape(src.size), out.reshape(out.size), self._elementwise.SCALE, 1.0, self.stream)
+        if isinstance(x, _Act):
+            x.lo = out
+        return out
+
+    def _cached(self, ws: list[Weight], kind: str, make):
+        """A conversion of the weights `ws`, kept on the first one's device data (freed with the model)."""
+        holder = ws[0].data
+        cache = getattr(holder, "encoder_cache", None)
+        if cache is None:
+            cache = {}
+            setattr(holder, "encoder_cache", cache)  # noqa: B010 (a dataclass of cuda.py without this field)
+        key = (kind, self.precision, *(id(w) for w in ws[1:]))
+        got = cache.get(key)
+        if got is None or any(a is not b for a, b in zip(got[0], ws[1:], strict=True)):
+            got = cache[key] = (list(ws[1:]), make(ws))
+        return got[1]
+
+    def _matrix(self, ws: list[Weight]):
+        """The weights' matrices stacked by rows, in the GEMM dtype (converted once, cached)."""
+        return self._cached(ws, "w", self._convert)
+
+    def _convert(self, ws: list[Weight]):
+        rows = sum(w.data.n_rows for w in ws)
+        n_cols = ws[0].data.n_cols
+        out = self._empty((rows, n_cols), self.lo_dtype)
+        r0 = 0
+        for w in ws:
+            m = w.data
+            part = out[r0 : r0 + m.n_rows]
+            if m.fast is not None:  # repacked Q4_0/Q8_0: float16 dequantization, then the dtype
+                w16 = self._empty((m.n_rows, m.n_cols), np.float16)
+                self._quant_fast.dequantize_f16(m.fast, m.views[0], m.views[1], w16, self.stream)
+                self._elementwise.unary(w16.reshape(w16.size), part.reshape(part.size),
+                                        self._elementwise.SCALE, 1.0, self.stream)  # fmt: skip
+            else:
+                self._quant_generic.dequantize_all(m.layout, m.views, part, self.stream)
+            r0 += m.n_rows
+        return out
+
+    def _vector(self, bs: list[Weight]):
+        """Bias vectors concatenated (float32 device), cached."""
+
+        def concat(bs):
+            out = self._empty((sum(b.data.shape[0] for b in bs),))
+            c0 = 0
+            for b in bs:
+                n = b.data.shape[0]
+                out[c0 : c0 + n].copy_to_device(b.data, stream=self.stream)
+                c0 += n
+            return out
+
+        return self._cached(bs, "b", concat)
+
+    def _mask(self, mask: np.ndarray):
+        """int32 device copy of the [b, t] mask (uploaded once per batch: the layers share it)."""
+        host = (np.asarray(mask) != 0).astype(np.int32)
+        if self._mask_host is None or not np.array_equal(self._mask_host, host):
+            dev = self._empty(host.shape, np.int32)
+            dev.copy_to_device(host, stream=self.stream)
+            self._mask_host, self._mask_dev = host, dev
+        return self._mask_dev
+
+    # -- data movement -------------------------------------------------------------------
+    def weight(self, t: Any) -> Weight:
+        """Upload a GGUF tensor once (the CUDA backend's layout; converted for GEMMs at first use)."""
+        return self.base.weight(t)
+
+    def asarray(self, x: np.ndarray) -> Array:
+        """Host array -> device float32 (or int32)."""
+        return self.base.asarray(x)
+
+    def to_host(self, x: Array) -> np.ndarray:
+        """Float32 host copy (waits for the GPU)."""
+        return self.base.to_host(self._f32(x))
+
+    def take(self, x: np.ndarray) -> Array:
+        """A host array from another backend, uploaded."""
+        return self.base.take(x)
+
+    def view(self, x: Array, shape: tuple[int, ...]) -> Array:
+        """Reshape (of the float32 form)."""
+        return self.base.view(self._f32(x), shape)
+
+    def rows(self, x: Array, start: int, stop: int) -> Array:
+        """Rows start:stop."""
+        return self.base.rows(self._f32(x), start, stop)
+
+    def split_cols(self, x: Array, sizes: list[int]) -> list[Array]:
+        """Column blocks of x."""
+        return self.base.split_cols(self._f32(x), sizes)
+
+    # -- linear algebra ------------------------------------------------------------------
+    def get_rows(self, w: Weight, ids: np.ndarray) -> Array:
+        """Embedding lookup (float32)."""
+        return self.base.get_rows(w, ids)
+
+    def matmul(self, x: Array, w: Weight, bias: Weight | None = None) -> Array:
+        """x @ W.T as one GEMM in the low dtype; the bias rides along on the result for the next kernel."""
+        xl = self._lo(x)
+        if xl.ndim != 2:
+            xl = xl.reshape(xl.size // w.data.n_cols, w.data.n_cols)
+        y = self._empty((xl.shape[0], w.data.n_rows), self.lo_dtype)
+        self._k.gemm(xl, self._matrix([w]), y, self._stream_ptr())
+        return _Act(lo=y, bias=bias.data if bias is not None else None)
+
+    # -- elementwise (float32 on the CUDA backend, except the fused GELU) ------------------
+    def add(self, a: Array, b: Array) -> Array:
+        """a + b."""
+        return self.base.add(self._f32(a), b if isinstance(b, Weight) else self._f32(b))
+
+    def mul(self, a: Array, b: Array) -> Array:
+        """a * b."""
+        return self.base.mul(self._f32(a), b if isinstance(b, Weight) else self._f32(b))
+
+    def scale(self, a: Array, s: float) -> Array:
+        """a * s."""
+        return self.base.scale(self._f32(a), s)
+
+    def gelu(self, x: Array) -> Array:
+        """Tanh GELU."""
+        return self.base.gelu(self._f32(x))
+
+    def gelu_erf(self, x: Array) -> Array:
+        """Exact GELU; on a GEMM's product, bias + GELU in one pass, written in the low dtype."""
+        if isinstance(x, _Act) and x.lo is not None:
+            out = self._empty(x.lo.shape, self.lo_dtype)
+            self._k.bias_act(x.lo, x.bias, self._k.ACT_GELU_ERF, out, self.stream)
+            return _Act(lo=out)
+        return self.base.gelu_erf(self._f32(x))
+
+    def softmax(self, x: Array) -> Array:
+        """Softmax over the last dimension."""
+        return self.base.softmax(self._f32(x))
+
+    # -- normalization -------------------------------------------------------------------
+    def layer_norm(self, x: Array, w: Weight | None, b: Weight | None, eps: float) -> Array:
+        """LayerNorm of [n, d] into the float32 stream + the low-dtype copy for the next GEMM."""
+        return self.add_layer_norm(x, None, w, b, eps)
+
+    def add_layer_norm(self, a: Array, residual: Array | None, w: Weight | None, b: Weight | None, eps: float):
+        """LayerNorm(a + residual) * w + b in one kernel (a's pending bias added on the way)."""
+        if w is None or b is None or (not isinstance(a, _Act) and a.ndim != 2):
+            x = a if residual is None else self.add(a, residual)
+            return self.base.layer_norm(self._f32(x), w, b, eps)
+        if isinstance(a, _Act) and a.lo is not None:
+            src, bias = a.lo, a.bias
+        else:
+            src, bias = self._f32(a), None
+        res = self._f32(residual) if residual is not None else None
+        n, d = src.shape
+        out = self._empty((n, d))
+        out_lo = self._empty((n, d), self.lo_dtype)
+        self._k.add_norm(src, bias, res, w.data, b.data, eps, out, out_lo, self.stream)
+        return _Act(lo=out_lo, f32=out)
+
+    # -- attention and pooling -----------------------------------------------------------
+    def self_attention(self, x, wq, bq, wk, bk, wv, bv, mask: np.ndarray, n_head: int, scale: float) -> Array:
+        """Q/K/V as one GEMM, then the fused attention (biases added as Q/K/V are loaded)."""
+        b, t = np.shape(mask)
+        d = wq.data.n_rows
+        if not (self._k.attention_ok(d // n_head) and wk.data.n_rows == d and wv.data.n_rows == d):
+            return super().self_attention(x, wq, bq, wk, bk, wv, bv, mask, n_head, scale)
+        xl = self._lo(x)
+        qkv = self._empty((b * t, 3 * d), self.lo_dtype)
+        self._k.gemm(xl, self._matrix([wq, wk, wv]), qkv, self._stream_ptr())
+        out = self._empty((b * t, d), self.lo_dtype)
+        self._k.attention(qkv, self._vector([bq, bk, bv]), self._mask(mask), n_head, scale, out, self.stream)
+        return _Act(lo=out)
+
+    def attention_batch(self, q: Array, k: Array, v: Array, mask: np.ndarray, scale: float) -> Array:
+        """Padded bidirectional attention in float32 (the CUDA backend's kernel)."""
+        q, k, v = (self.base.view(self._f32(a), a.shape) if isinstance(a, _Act) else a for a in (q, k, v))
+        return self.base.attention_batch(q, k, v, mask, scale)
+
+    def pooled(self, x: Array, mask: np.ndarray, method: str) -> np.ndarray:
+        """Pool [b*t, d] hidden states per sequence on the GPU; host float32 [b, d]."""
+        from embedkit.embed.pooling import POOLINGS
+
+        if method not in POOLINGS:
+            raise InputError(f"pooling {method!r}: expected one of {', '.join(POOLINGS)}")
+        m = np.asarray(mask)
+        if np.any(m.sum(axis=1) < 1):
+            raise InputError("pooling: every text needs at least one token")
+        b, t = m.shape
+        h = self._f32(x)
+        d = h.shape[h.ndim - 1]
+        out = self._empty((b, d))
+        mode = self._pooling.POOLING_MODES.get(method, self._pooling.CLS)  # "none": the first token
+        self._pooling.pool(h.reshape(b, t, d), self._mask(mask), mode, out, self.stream)
+        return self.base.to_host(out)
+
+
+_ENCODERS: dict[tuple[int, str], CUDAEncoderBackend] = {}
+
+
+def encoder_backend(device: int = 0) -> Backend:
+    """The process-wide encoder backend of `device` for the precision EMBEDKIT_GPU_PRECISION asks for.
+
+    It wraps the CUDA backend without decode graphs (an encoder batch is never a decode step)."""
+    from embedkit.backend.cuda import cuda_backend
+
+    precision = gpu_precision()
+    key = (device, precision)
+    be = _ENCODERS.get(key)
+    if be is None:
+        base = cuda_backend(device, graphs=False)
+        if base._cp is None and not base._sim:  # no cuBLAS: the CUDA backend's own path
+            return base
+        be = _ENCODERS[key] = CUDAEncoderBackend(base, precision)
+    return be

@@ -1,0 +1,266 @@
+"""Kernels of the GPU encoder path (BERT-style embeddings): GEMMs on tensor cores, fused attention,
+bias + activation, and residual + LayerNorm, over activations in the GEMM's dtype.
+
+Activations between the GEMMs live in one "low" dtype, float16 by default (float32 when the precision
+is float32): a GEMM writes its product in that dtype with no bias, and the kernel that reads it next
+adds the bias in float32 (the attention adds the Q/K/V biases as it loads them, the residual +
+LayerNorm kernel adds the output projection's, `bias_act` the feed-forward's with its GELU). Every
+kernel computes in float32; only loads and stores are in the low dtype.
+
+`attention` is flash-style: no [t, t] score matrix ever reaches device memory. A block takes one
+(sequence, head) and up to 128 queries, a thread per query holding its query and its output row in
+registers; the keys and values go through shared memory `KEY_TILE` at a time, scored with an online
+softmax (one exp per key; the running output is rescaled once per tile). Keys whose mask is 0 get no
+weight, padded query rows come back as zeros, and key tiles past a sequence's last real token are
+skipped, so a length-sorted batch of short texts costs what its tokens cost.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import numpy as np
+from numba import cuda
+
+from embedkit.kernels.cuda.intrinsics import warp_sum
+from embedkit.kernels.cuda.launch import fast
+
+KEY_TILE = 32  # keys per shared-memory tile in the attention
+MAX_QUERY_BLOCK = 128  # queries (threads) per attention block
+ATTENTION_HEAD_DIMS = (16, 32, 64)  # head widths with a compiled attention (registers: 2 x head_dim a thread)
+NORM_WARPS = 4  # rows (one warp each) per block of the residual + LayerNorm kernel
+ACT_NONE, ACT_GELU_ERF = 0, 1
+THREADS = 256
+
+_INV_SQRT2 = np.float32(0.7071067811865476)
+_NEG_INF = np.float32(-np.inf)
+
+_CUDA_R_32F = 0
+_CUDA_R_16F = 2
+_CUBLAS_COMPUTE_32F = 68
+_CUBLAS_GEMM_DEFAULT = -1
+_CUBLAS_GEMM_DEFAULT_TENSOR_OP = 99
+_OP_N, _OP_T = 0, 1
+_ONE = np.array(1.0, dtype=np.float32)
+_ZERO = np.array(0.0, dtype=np.float32)
+
+
+def _sim() -> bool:
+    from numba.cuda import config
+
+    return bool(config.ENABLE_CUDASIM)
+
+
+# -- GEMM ------------------------------------------------------------------------------------------
+
+
+def gemm(x, w, y, stream_ptr: int = 0) -> None:
+    """y [n, rows] = x [n, k] @ w [rows, k]^T with float32 accumulation (cublasGemmEx).
+
+    x and w are both float16 (tensor cores) or both float32 (no TF32: cuBLAS's default math);
+    y is float16 or float32. Device arrays in C order. Under the simulator, numpy does the product."""
+    n, k = x.shape
+    rows = w.shape[0]
+    if _sim():
+        prod = x.copy_to_host().astype(np.float32) @ w.copy_to_host().astype(np.float32).T
+        y.copy_to_device(prod.astype(y.dtype))
+        return
+    import cupy
+    from cupy_backends.cuda.libs import cublas
+
+    types = {np.dtype(np.float16): _CUDA_R_16F, np.dtype(np.float32): _CUDA_R_32F}
+    tx, ty = types[np.dtype(x.dtype)], types[np.dtype(y.dtype)]
+    algo = _CUBLAS_GEMM_DEFAULT_TENSOR_OP if tx == _CUDA_R_16F else _CUBLAS_GEMM_DEFAULT
+    handle = cupy.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, stream_ptr)
+    # column-major view: Y^T (rows x n) = W (k x rows)^T . X^T (k x n)
+    cublas.gemmEx(
+        handle, _OP_T, _OP_N, rows, n, k, _ONE.ctypes.data,
+        w.__cuda_array_interface__["data"][0], tx, k,
+        x.__cuda_array_interface__["data"][0], tx, k,
+        _ZERO.ctypes.data, y.__cuda_array_interface__["data"][0], ty, rows,
+        _CUBLAS_COMPUTE_32F, algo,
+    )  # fmt: skip
+
+
+# -- bias + activation -----------------------------------------------------------------------------
+
+
+@cuda.jit
+def bias_act_kernel(x, bias, has_bias, n_cols, act, out):
+    """out[i] = act(x[i] + bias[i % n_cols]) on flat arrays (any float dtypes), grid-stride."""
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, x.shape[0], stride):
+        v = np.float32(x[i])
+        if has_bias:
+            v += bias[i % n_cols]
+        if act == ACT_GELU_ERF:
+            v = np.float32(0.5) * v * (np.float32(1.0) + math.erf(v * _INV_SQRT2))
+        out[i] = v
+
+
+def bias_act(x, bias, act: int, out, stream=0) -> None:
+    """out [n, f] = act(x [n, f] + bias [f]) (bias None: none); act ACT_NONE or ACT_GELU_ERF."""
+    n, f = x.shape
+    size = n * f
+    blocks = max(1, min(math.ceil(size / (THREADS * 4)), 132 * 32))
+    b = bias if bias is not None else x.reshape(size)
+    fast(bias_act_kernel)[blocks, THREADS, stream](
+        x.reshape(size), b, bias is not None, np.int64(f), np.int32(act), out.reshape(size)
+    )
+
+
+# -- residual + LayerNorm --------------------------------------------------------------------------
+
+
+@cache
+def _add_norm_kernel(per: int):
+    @cuda.jit
+    def kern(a, bias, has_bias, res, has_res, w, b, eps, out, out_lo):
+        """out[r] = LayerNorm(a[r] + bias + res[r]) * w + b, also written to out_lo; a warp per row."""
+        n, d = a.shape
+        row = (cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x) // 32
+        lane = cuda.threadIdx.x % 32
+        r = min(row, n - 1)  # every thread takes part in the reductions (no early return)
+        vals = cuda.local.array(per, dtype=np.float32)
+        s = np.float32(0.0)
+        for k in range(per):
+            i = lane + 32 * k
+            ic = min(i, d - 1)
+            v = np.float32(a[r, ic])
+            if has_bias:
+                v += bias[ic]
+            if has_res:
+                v += np.float32(res[r, ic])
+            v = v if i < d else np.float32(0.0)
+            vals[k] = v
+            s += v
+        mean = warp_sum(s) / np.float32(d)
+        ss = np.float32(0.0)
+        for k in range(per):
+            dv = vals[k] - mean if lane + 32 * k < d else np.float32(0.0)
+            ss += dv * dv
+        inv = np.float32(1.0) / math.sqrt(warp_sum(ss) / np.float32(d) + eps)
+        if row < n:
+            for k in range(per):
+                i = lane + 32 * k
+                if i < d:
+                    y = (vals[k] - mean) * inv * w[i] + b[i]
+                    out[r, i] = y
+                    out_lo[r, i] = y
+
+    return kern
+
+
+def add_norm(a, bias, res, w, b, eps: float, out, out_lo, stream=0) -> None:
+    """out, out_lo [n, d] = LayerNorm(a + bias + res) * w + b (bias / res may be None)."""
+    n, d = a.shape
+    per = max(1, math.ceil(d / 32))
+    threads = NORM_WARPS * 32
+    fast(_add_norm_kernel(per))[max(1, math.ceil(n / NORM_WARPS)), threads, stream](
+        a, bias if bias is not None else w, bias is not None, res if res is not None else a, res is not None,
+        w, b, np.float32(eps), out, out_lo,
+    )  # fmt: skip
+
+
+# -- fused attention -------------------------------------------------------------------------------
+
+
+@cache
+def _attention_kernel(hd: int):
+    @cuda.jit
+    def kern(qkv, bias, mask, n_head, scale, out):
+        """qkv [b*T, 3*d] (Q | K | V, heads inside each), bias float32 [3*d], mask int32 [b, T]
+        -> out [b*T, d]: softmax(q k^T * scale over unmasked keys) v per (sequence, head)."""
+        seq = cuda.blockIdx.x
+        h = cuda.blockIdx.y
+        tid = cuda.threadIdx.x
+        bq = cuda.blockDim.x
+        T = mask.shape[1]
+        d = n_head * hd
+        ks = cuda.shared.array((KEY_TILE, hd), dtype=np.float32)
+        vs = cuda.shared.array((KEY_TILE, hd), dtype=np.float32)
+        ms = cuda.shared.array(KEY_TILE, dtype=np.int32)
+        kend = cuda.shared.array(1, dtype=np.int32)
+        if tid == 0:
+            kend[0] = 0
+        cuda.syncthreads()
+        for j in range(tid, T, bq):
+            if mask[seq, j] != 0:
+                cuda.atomic.max(kend, 0, j + 1)
+        cuda.syncthreads()
+        n_keys = kend[0]
+        t = cuda.blockIdx.z * bq + tid
+        tc = min(t, T - 1)
+        active = t < T and mask[seq, tc] != 0
+        row0 = seq * T
+        qo = h * hd
+        q = cuda.local.array(hd, dtype=np.float32)
+        acc = cuda.local.array(hd, dtype=np.float32)
+        sc = cuda.local.array(KEY_TILE, dtype=np.float32)
+        for c in range(hd):
+            q[c] = (np.float32(qkv[row0 + tc, qo + c]) + bias[qo + c]) * scale
+            acc[c] = np.float32(0.0)
+        m = _NEG_INF
+        l = np.float32(0.0)
+        for j0 in range(0, n_keys, KEY_TILE):
+            for e in range(tid, KEY_TILE * hd, bq):
+                jj = e // hd
+                c = e % hd
+                j = min(j0 + jj, T - 1)
+                ks[jj, c] = np.float32(qkv[row0 + j, d + qo + c]) + bias[d + qo + c]
+                vs[jj, c] = np.float32(qkv[row0 + j, 2 * d + qo + c]) + bias[2 * d + qo + c]
+            for jj in range(tid, KEY_TILE, bq):
+                j = j0 + jj
+                ms[jj] = mask[seq, j] if j < n_keys else 0
+            cuda.syncthreads()
+            if active:
+                tmax = _NEG_INF
+                for jj in range(KEY_TILE):
+                    s = _NEG_INF
+                    if ms[jj] != 0:
+                        s = np.float32(0.0)
+                        for c in range(hd):
+                            s += q[c] * ks[jj, c]
+                    sc[jj] = s
+                    tmax = max(tmax, s)
+                if tmax > _NEG_INF:
+                    m_new = max(m, tmax)
+                    corr = math.exp(m - m_new)
+                    l *= corr
+                    for c in range(hd):
+                        acc[c] *= corr
+                    for jj in range(KEY_TILE):
+                        if ms[jj] != 0:
+                            p = math.exp(sc[jj] - m_new)
+                            l += p
+                            for c in range(hd):
+                                acc[c] += p * vs[jj, c]
+                    m = m_new
+            cuda.syncthreads()
+        if t < T:
+            inv = np.float32(1.0) / l if active and l > 0 else np.float32(0.0)
+            for c in range(hd):
+                out[row0 + t, qo + c] = acc[c] * inv
+
+    return kern
+
+
+def attention_ok(head_dim: int) -> bool:
+    """Whether `attention` has a kernel for this head width."""
+    return head_dim in ATTENTION_HEAD_DIMS
+
+
+def attention(qkv, bias, mask, n_head: int, scale: float, out, stream=0) -> None:
+    """out [b*t, d] = bidirectional attention of the fused projections qkv [b*t, 3*d] (+ bias float32
+    [3*d]) over mask int32 [b, t] (1 = token); padded query rows come back as zeros."""
+    b, t = mask.shape
+    d = out.shape[1]
+    hd = d // n_head
+    if not attention_ok(hd):
+        raise ValueError(f"attention: head_dim {hd} has no kernel (have {ATTENTION_HEAD_DIMS})")
+    bq = min(MAX_QUERY_BLOCK, max(32, 32 * math.ceil(t / 32)))
+    grid = (b, n_head, math.ceil(t / bq))
+    fast(_attention_kernel(hd))[grid, bq, stream](qkv, bias, mask, np.int32(n_head), np.float32(scale), out)
