@@ -7,35 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from embedkit.errors import InputError
-from embedkit.index.chunk import DEFAULT_OVERLAP, chunk_text
-from embedkit.index.extract import content_sha256
-from embedkit.index.pipeline import (
-    BULK_LOAD_CHUNKS,
-    DEFAULT_COLLECTION,
-    IndexProgress,
-    IndexReport,
-    _embed_and_write,
-    _finish,
-    _Pending,
-    default_chunk_tokens,
-    model_prefixes,
-)
+from embedkit.index.chunk import DEFAULT_OVERLAP
+from embedkit.index.pipeline import DEFAULT_COLLECTION, IndexProgress, IndexReport, index_texts
 from embedkit.store import Store
-from embedkit.store.collections import (
-    ModelIdentity,
-    drop_vector_indexes,
-    ensure_collection,
-    ensure_vector_indexes,
-    has_vector_indexes,
-)
-from embedkit.store.writes import DocumentRecord, document_hashes
+from embedkit.store.collections import ModelIdentity
 
 
 @dataclass(frozen=True)
@@ -91,50 +72,22 @@ def index_jsonl_documents(
     query_prefix: str | None = None,
     document_prefix: str | None = None,
 ) -> IndexReport:
-    """Index the documents of a JSON-lines corpus into `collection`, each under its `_id`. With `prune`,
-    documents of the collection absent from the file are removed."""
-    t0 = time.perf_counter()
-    report = IndexReport(collection=collection)
-    if chunk_tokens is None:
-        chunk_tokens = default_chunk_tokens(embedder)
-    with store.connect() as conn:
-        info = ensure_collection(conn, collection, model, chunk_tokens, overlap, reembed=reembed,
-                                 **model_prefixes(embedder, query_prefix, document_prefix))
-        known = document_hashes(conn, info.id)
-    pending: list[_Pending] = []
-    seen: set[str] = set()
-    for doc in read_jsonl_documents(path):
-        if doc.doc_id in seen:
-            report.skipped.append((doc.doc_id, "duplicate _id"))
-            continue
-        seen.add(doc.doc_id)
-        text = doc.full_text.replace("\x00", "")
-        data = text.encode("utf-8", "surrogatepass")
-        sha = content_sha256(data)
-        if known.get(doc.doc_id) == sha:
-            report.unchanged += 1
-            continue
-        chunks = chunk_text(text, embedder.count_tokens, info.chunk_tokens, info.chunk_overlap)
-        if not chunks:
-            report.skipped.append((doc.doc_id, "no text"))
-            continue
-        record = DocumentRecord(doc.doc_id, sha, 0.0, len(data), {"title": doc.title} if doc.title else {})
-        pending.append(_Pending(None, record, chunks))
-    total_chunks = sum(len(p.chunks) for p in pending)
-    if progress is not None:
-        progress.planned(len(pending), total_chunks)
-    bulk = total_chunks >= BULK_LOAD_CHUNKS and not known
-    with store.connect() as conn:
-        if bulk:
-            drop_vector_indexes(conn, info.id)
-        elif not has_vector_indexes(conn, info.id):
-            ensure_vector_indexes(conn, info.id, info.dim)
-    try:
-        _embed_and_write(store, info.id, pending, embedder, batch_size, report, progress, info.document_prefix)
-    finally:
-        if bulk:
-            with store.connect() as conn:
-                ensure_vector_indexes(conn, info.id, info.dim)
-    _finish(store, info, report, [k for k in known if k not in seen] if prune else [])
-    report.total_seconds = time.perf_counter() - t0
+    """Index the documents of a JSON-lines corpus into `collection`, each under its `_id` with its title as
+    metadata (see `index_texts`); a repeated `_id` is skipped. With `prune`, documents of the collection absent
+    from the file are removed."""
+    duplicates: list[str] = []
+
+    def items() -> Iterator[tuple[str, str, dict[str, Any]]]:
+        seen: set[str] = set()
+        for doc in read_jsonl_documents(path):
+            if doc.doc_id in seen:
+                duplicates.append(doc.doc_id)
+                continue
+            seen.add(doc.doc_id)
+            yield doc.doc_id, doc.full_text, ({"title": doc.title} if doc.title else {})
+
+    report = index_texts(store, items(), embedder, model, collection=collection, chunk_tokens=chunk_tokens,
+                         overlap=overlap, prune=prune, reembed=reembed, batch_size=batch_size, progress=progress,
+                         bulk=True, query_prefix=query_prefix, document_prefix=document_prefix)
+    report.skipped += [(d, "duplicate _id") for d in duplicates]
     return report

@@ -374,6 +374,8 @@ def index_texts(
     progress: IndexProgress | None = None,
     executor: Executor | None = None,
     bulk: bool = False,
+    query_prefix: str | None = None,
+    document_prefix: str | None = None,
 ) -> IndexReport:
     """Index texts that are not files: `items` yields `(key, text, metadata)` (or is a Ray Dataset with
     columns `key`, `text` and optionally `metadata`, indexed by a RayExecutor's `run_dataset`); the key plays
@@ -382,7 +384,7 @@ def index_texts(
     come, in groups, so a generator over a large table keeps memory flat.
 
     With `prune`, documents of the collection whose key did not come are removed. With `bulk`, the HNSW
-    indexes are built once after the load (for a first load of many texts).
+    indexes are built once after the load (for a first load of many texts). Prefixes as `index_paths`.
     """
     t0 = time.perf_counter()
     report = IndexReport(collection=collection)
@@ -390,7 +392,7 @@ def index_texts(
         chunk_tokens = default_chunk_tokens(embedder)
     with store.connect() as conn:
         info = ensure_collection(conn, collection, model, chunk_tokens, overlap, reembed=reembed,
-                                 **model_prefixes(embedder, None, None))
+                                 **model_prefixes(embedder, query_prefix, document_prefix))
         known = document_hashes(conn, info.id)
     is_dataset = hasattr(items, "map_batches") and hasattr(items, "iter_batches")  # a Ray Dataset
     total = len(items) if isinstance(items, Sized) and not is_dataset else None

@@ -13,7 +13,7 @@ import numpy as np
 
 from embedkit.errors import InputError
 from embedkit.index.chunk import DEFAULT_OVERLAP, chunk_text
-from embedkit.index.pipeline import default_chunk_tokens
+from embedkit.index.pipeline import default_chunk_tokens, model_prefixes
 from embedkit.store import Store
 from embedkit.store.collections import ModelIdentity, ensure_collection, ensure_vector_indexes, has_vector_indexes
 from embedkit.store.writes import ChunkRecord, DocumentRecord, write_document
@@ -54,21 +54,22 @@ def index_text(store: Store, embedder: Any, model: ModelIdentity, collection: st
     # the stored hash covers the metadata too, so posting the same text with new metadata updates it
     sha = hashlib.sha256(data + b"\x00" + json.dumps(meta, sort_keys=True).encode()).hexdigest()
     with store.connect() as conn:
-        info = ensure_collection(conn, collection, model, default_chunk_tokens(embedder), DEFAULT_OVERLAP)
+        info = ensure_collection(conn, collection, model, default_chunk_tokens(embedder), DEFAULT_OVERLAP,
+                                 **model_prefixes(embedder, None, None))
         if not has_vector_indexes(conn, info.id):
             ensure_vector_indexes(conn, info.id, info.dim)
         old = conn.execute("SELECT id, content_sha256, n_chunks, metadata FROM documents "
-                           "WHERE collection_id = %s AND path = %s", (info.id, key)).fetchone()
+                           "WHERE collection_id = %s AND md5(path) = md5(%s) AND path = %s", (info.id, key, key)).fetchone()
     if old is not None and old[1] == sha:
         return TextIndexed(old[0], "unchanged", old[2])
     chunks = chunk_text(text, embedder.count_tokens, info.chunk_tokens, info.chunk_overlap)
     if not chunks:
         raise InputError("the text has no words to index")
-    vecs = np.asarray(embedder.embed([c.text for c in chunks]), dtype=np.float32)
+    vecs = np.asarray(embedder.embed([info.document_prefix + c.text for c in chunks]), dtype=np.float32)
     records = [ChunkRecord(i, c.text, c.token_count, c.char_start, c.char_end) for i, c in enumerate(chunks)]
     doc = DocumentRecord(key, sha, time.time(), len(data), meta)
     with store.connect() as conn:
         outcome = write_document(conn, info.id, doc, records, vecs)
-        row = conn.execute("SELECT id FROM documents WHERE collection_id = %s AND path = %s",
-                           (info.id, key)).fetchone()
+        row = conn.execute("SELECT id FROM documents WHERE collection_id = %s AND md5(path) = md5(%s) AND path = %s",
+                           (info.id, key, key)).fetchone()
     return TextIndexed(row[0], outcome, len(chunks))
