@@ -22,7 +22,7 @@ SHAPE = dict(n_vocab=320, n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=256
 # float32: a decode row alone runs the int16-activation matvec, inside a batch the dequantized-tile GEMM
 FLOAT32_TOLERANCE = 1e-3
 EXACT_TOLERANCE = 1e-2  # llama.cpp's arithmetic: ggml's kernel choice depends on the number of rows
-MATHS = {"float32": FLOAT32_TOLERANCE, "llama.cpp": EXACT_TOLERANCE}
+MATHS = {"float32": FLOAT32_TOLERANCE, "ggml": EXACT_TOLERANCE}
 
 
 @pytest.fixture(scope="module")

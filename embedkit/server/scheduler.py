@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from embedkit.errors import GenerationError
 from embedkit.generate.batch_sequence import CANCELLED, ERROR, SequenceResult, TokenEvent
 from embedkit.generate.sampler import Sampler, SamplerParams
 from embedkit.generate.stops import StopReason
@@ -157,7 +156,8 @@ class GenerationScheduler:
 
     # -- callers ---------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> GenerationHandle:
-        """Queue a generation (call from the event loop); QueueFull when no slot and no queue place is free."""
+        """Queue a generation (call from the event loop); QueueFull when no slot and no queue place is free,
+        GenerationError for a request the engine refuses (e.g. a prompt longer than a slot)."""
         with self._count_lock:
             if self._in_flight >= self.slots + self.max_queue:
                 self.metrics.rejected.inc(model=self.model_name)
@@ -201,7 +201,8 @@ class GenerationScheduler:
             return
         if res.finish_reason == ERROR:
             self.metrics.generations.inc(model=self.model_name, outcome="error")
-            job.handle.post(GenerationEvent(error=GenerationError(res.error or "generation failed")))
+            # the engine's forward failed: not the request's fault, so a 500 (bad requests fail in `submit`)
+            job.handle.post(GenerationEvent(error=RuntimeError(f"generation failed: {res.error}")))
             return
         self.metrics.generations.inc(model=self.model_name, outcome="completed")
         job.handle.post(GenerationEvent(
