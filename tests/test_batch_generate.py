@@ -22,7 +22,7 @@ SHAPE = dict(n_vocab=320, n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=256
 # float32: a decode row alone runs the int16-activation matvec, inside a batch the dequantized-tile GEMM
 FLOAT32_TOLERANCE = 1e-3
 EXACT_TOLERANCE = 1e-2  # llama.cpp's arithmetic: ggml's kernel choice depends on the number of rows
-MATHS = {"float32": FLOAT32_TOLERANCE, "llama.cpp": EXACT_TOLERANCE}
+MATHS = {"float32": FLOAT32_TOLERANCE, "ggml": EXACT_TOLERANCE}
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +121,26 @@ def test_handle_streams_events_and_cancel_keeps_what_was_made(model_files):
     assert rb.tokens == alone.submit([12, 13], n_predict=5, sampler=GREEDY, ignore_eos=True).result().tokens
     with pytest.raises(GenerationError, match="only once"):
         list(h)
+
+
+def test_listener_pushes_events_then_result_and_on_step_counts_sequences(model_files):
+    """A listener sees the handle's events in order and then the final SequenceResult; `on_step` reports each
+    forward's sequences (2 when both decode together); n_running / n_waiting follow admission."""
+    bgen = BatchGenerator(model_files["llama"], n_ctx=128, n_parallel=2, background=False)
+    pushed: dict[str, list] = {"a": [], "b": [], "c": []}
+    steps: list[tuple[int, int]] = []
+    bgen.on_step = lambda rows, seqs: steps.append((rows, seqs))
+    handles = {k: bgen.submit([5 + i, 6, 7], n_predict=4 + i, sampler=GREEDY, ignore_eos=True,
+                              listener=pushed[k].append) for i, k in enumerate(pushed)}
+    assert (bgen.n_running, bgen.n_waiting) == (0, 3)
+    bgen.step()
+    assert (bgen.n_running, bgen.n_waiting) == (2, 1)
+    bgen.run()
+    assert (bgen.n_running, bgen.n_waiting) == (0, 0)
+    for k, h in handles.items():
+        *events, end = pushed[k]
+        assert events == list(h) and end == h.result() and end.finish_reason == "length"
+    assert max(seqs for _, seqs in steps) == 2 and len(steps) == bgen.steps
 
 
 def test_scheduler_thread_serves_concurrent_submitters(model_files):

@@ -18,7 +18,7 @@ PROMPTS = [
     "Water boils at a temperature of",
     "In 1969, the first humans",
 ]
-TOLERANCE = {"float32": 1e-3, "llama.cpp": 1e-2}
+TOLERANCE = {"float32": 1e-3, "ggml": 1e-2}
 
 
 @pytest.mark.slow

@@ -229,6 +229,42 @@ def test_chat_stream_equals_non_stream(oai, server):
     assert last["choices"][0]["finish_reason"] in ("stop", "length") and "timings" in last
 
 
+def test_concurrent_streams_decode_together_and_equal_solo(server, http):
+    """Two streamed greedy completions at once share the engine's forwards (the batch histogram counts forwards
+    with both sequences) and each streams exactly its solo, non-streamed text."""
+    prompts = ["The capital of France is", "Once upon a time, in a small village, there lived"]
+    n = 24
+    solo = [http.post("/v1/completions", json={"prompt": p, "max_tokens": n, "temperature": 0,
+                                               "ignore_eos": True}).json() for p in prompts]
+    assert all(s["usage"]["completion_tokens"] == n for s in solo), solo
+    name = "embedkit_generation_batch_sequences"
+
+    def shared_forwards(text: str) -> float:  # forwards that decoded more than one sequence
+        return metric(text, name + "_count") - metric(text, name + "_bucket", le="1")
+
+    before = http.get("/metrics").text
+
+    async def stream(c: httpx.AsyncClient, prompt: str) -> str:
+        body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "ignore_eos": True, "stream": True}
+        pieces = []
+        async with c.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    pieces.extend(ch["text"] for ch in json.loads(line.removeprefix("data: "))["choices"])
+        return "".join(pieces)
+
+    async def both() -> list[str]:
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=300) as c:
+            return await asyncio.gather(*(stream(c, p) for p in prompts))
+
+    got = asyncio.run(both())
+    assert got == [s["choices"][0]["text"] for s in solo]
+    after = http.get("/metrics").text
+    assert shared_forwards(after) - shared_forwards(before) >= n // 2, after
+    assert metric(after, "embedkit_generation_slots_busy") == 0
+
+
 def test_completions_logprobs_seed_stop(oai, http):
     a = oai.completions.create(model=GEN, prompt="The capital of France is", max_tokens=5,
                                temperature=0.9, seed=7, logprobs=2)

@@ -50,7 +50,7 @@ def _check_bindable(host: str, port: int) -> None:
               help="Largest request body in bytes.")
 @device_options
 def command(gen_model, embed_model, host, port, api_key, no_auth, parallel, max_queue, ctx_size, threads,
-            max_body, device, gpu_layers) -> None:
+            max_body, device, gpu_layers, cpu_math) -> None:
     """Serve /v1/embeddings, /v1/completions, /v1/chat/completions (OpenAI's API) and /v1/search."""
     import uvicorn
 
@@ -60,7 +60,7 @@ def command(gen_model, embed_model, host, port, api_key, no_auth, parallel, max_
     config = ServerConfig(
         gen_model=gen_model, embed_model=None if embed_model.lower() == "none" else embed_model, host=host,
         port=port, api_key=api_key, no_auth=no_auth, parallel=parallel, max_queue=max_queue, device=device,
-        gpu_layers=gpu_layers, ctx_size=ctx_size, threads=threads, max_body_bytes=max_body,
+        gpu_layers=gpu_layers, cpu_math=cpu_math, ctx_size=ctx_size, threads=threads, max_body_bytes=max_body,
     )
     config.check()
     _check_bindable(host, port)

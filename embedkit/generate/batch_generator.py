@@ -15,10 +15,15 @@ API (all of it thread-safe unless said otherwise):
   sequence; default: ``n_parallel`` x the model's context capped at 4096 / n_parallel, i.e. 4096 in all).
   ``n_batch``: most tokens in one forward (decode rows first, then prompt chunks fill the rest).
   ``BatchGenerator.from_parts(file, model, tokenizer, ...)`` wraps an already loaded model.
-- ``submit(prompt, n_predict=128, sampler=None, stop=(), ignore_eos=False, return_logits=False)
-  -> SequenceHandle``: ``prompt`` text (tokenized with BOS as the model asks) or token ids; ``sampler``
-  a `SamplerParams` (default llama.cpp's) or a `Sampler`; raises GenerationError at once for an empty
-  prompt, one longer than a slot, or bad token ids. Never blocks on the model.
+- ``submit(prompt, n_predict=128, sampler=None, stop=(), ignore_eos=False, return_logits=False,
+  listener=None) -> SequenceHandle``: ``prompt`` text (tokenized with BOS as the model asks) or token ids;
+  ``sampler`` a `SamplerParams` (default llama.cpp's) or a `Sampler`; raises GenerationError at once for an
+  empty prompt, one longer than a slot, or bad token ids. Never blocks on the model. ``listener``, if given,
+  is called on the scheduler thread with each `TokenEvent` as it is produced and then once with the
+  `SequenceResult` when the sequence finishes (for push-style consumers such as a server's event loop;
+  it must be quick and must not raise, and must not call back into the generator).
+- ``on_step``: None, or a callable run after each forward with (rows, sequences) of that forward.
+- ``n_running`` / ``n_waiting``: sequences holding a slot / waiting for one.
 - ``SequenceHandle``: iterate it for `TokenEvent(token, text)`; ``cancel()``; ``result(timeout=None)``
   waits and returns `SequenceResult(text, tokens, finish_reason, timings, prompt_tokens, error, logits)`;
   ``done``; ``id`` (submission order). finish_reason: "eog", "length", "stop", "context" (the slot is
@@ -48,7 +53,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -108,11 +113,12 @@ class BatchGenerator:
         n_parallel: int = 4,
         n_batch: int = 512,
         background: bool = True,
+        n_threads: int | None = None,
     ) -> BatchGenerator:
         """A batch generator over an already loaded model and tokenizer (``file`` gives the chat template)."""
         self = cls.__new__(cls)
         self.load_ms = 0.0
-        self._setup(file, model, tokenizer, n_ctx, n_parallel, n_batch, background, None)
+        self._setup(file, model, tokenizer, n_ctx, n_parallel, n_batch, background, n_threads)
         return self
 
     def _setup(
@@ -157,6 +163,7 @@ class BatchGenerator:
         self._closed = False
         self._step_lock = threading.Lock()
         self.steps = 0  # forwards run so far
+        self.on_step: Callable[[int, int], None] | None = None
         self._thread: threading.Thread | None = None
 
     # -- prompts -------------------------------------------------------------------------
@@ -184,6 +191,7 @@ class BatchGenerator:
         stop: Sequence[str] = (),
         ignore_eos: bool = False,
         return_logits: bool = False,
+        listener: Callable[[TokenEvent | SequenceResult], None] | None = None,
     ) -> SequenceHandle:
         """Queue a prompt; returns its handle at once (see the module docstring). Thread-safe."""
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
@@ -204,7 +212,7 @@ class BatchGenerator:
             if self._closed:
                 raise GenerationError("the batch generator is closed")
             seq = BatchSequence(
-                self, self._next_id, ids, int(n_predict), sampler, list(stop), ignore_eos, return_logits
+                self, self._next_id, ids, int(n_predict), sampler, list(stop), ignore_eos, return_logits, listener
             )
             self._next_id += 1
             if n_predict == 0:
@@ -216,6 +224,18 @@ class BatchGenerator:
                 self._thread = threading.Thread(target=self._loop, name="embedkit-batch", daemon=True)
                 self._thread.start()
         return SequenceHandle(seq)
+
+    @property
+    def n_running(self) -> int:
+        """Sequences holding a slot (reading their prompt or generating)."""
+        with self._lock:
+            return len(self._active)
+
+    @property
+    def n_waiting(self) -> int:
+        """Sequences waiting for a free slot."""
+        with self._lock:
+            return len(self._waiting)
 
     def _cancel(self, seq: BatchSequence) -> None:
         with self._lock:
@@ -332,6 +352,8 @@ class BatchGenerator:
                     seq.finish(ERROR, msg)
             return
         self.steps += 1
+        if self.on_step is not None:
+            self.on_step(len(ids), len(parts))
         by_slot = {seq.slot: seq for seq in self._active}
         for slot, _, n in parts:
             by_slot[slot].n_past += n

@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -65,8 +65,10 @@ class BatchSequence:
         stops: list[str],
         ignore_eos: bool,
         return_logits: bool,
+        listener: Callable[[TokenEvent | SequenceResult], None] | None = None,
     ) -> None:
         self.engine = engine
+        self._listener = listener
         self.id = seq_id
         self.prompt_ids = prompt_ids
         self.n_predict = n_predict
@@ -119,7 +121,7 @@ class BatchSequence:
         self.timings.gen_tokens = len(self.tokens)
         piece = self._stops.feed(self._decoder.feed(token))
         self.text += piece
-        self.events.put(TokenEvent(token, piece))
+        self._emit(TokenEvent(token, piece))
         if self._stops.stopped:
             self.finish(StopReason.STOP_STRING)
         elif not budget_left(len(self.tokens), self.n_predict):
@@ -137,11 +139,18 @@ class BatchSequence:
         tail = self._stops.feed(self._decoder.flush()) + self._stops.flush()
         if tail:
             self.text += tail
-            self.events.put(TokenEvent(None, tail))
+            self._emit(TokenEvent(None, tail))
         end = time.perf_counter()
         self.timings.gen_ms = 1000.0 * (end - self._t_first) if self._t_first is not None else 0.0
         self.events.put(None)
         self.finished.set()
+        if self._listener is not None:
+            self._listener(self.result())
+
+    def _emit(self, event: TokenEvent) -> None:
+        self.events.put(event)
+        if self._listener is not None:
+            self._listener(event)
 
     def result(self) -> SequenceResult:
         """The result so far (final once finished)."""

@@ -31,6 +31,7 @@ class ServerConfig:
     max_queue: int = 64
     device: str = "auto"
     gpu_layers: int | None = None
+    cpu_math: str | None = None  # decoders' CPU arithmetic (--cpu-math); None: EMBEDKIT_CPU_MATH or float32
     ctx_size: int | None = None  # per generation slot
     threads: int | None = None
     max_body_bytes: int = MAX_BODY_BYTES

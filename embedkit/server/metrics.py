@@ -158,9 +158,13 @@ class ServerMetrics:
         self.rejected = Counter("embedkit_rejected_total", "Requests refused because the queue was full.", ("model",))
         self.time_to_first_token = Histogram("embedkit_time_to_first_token_seconds",
                                              "From accepting a generation to its first token.", ("model",))
+        self.generation_batch_sequences = Histogram("embedkit_generation_batch_sequences",
+                                                    "Sequences decoded together in one generation forward.",
+                                                    ("model",), SIZE_BUCKETS)
         self._all = [self.requests, self.latency, self.tokens_in, self.tokens_out, self.embed_forwards,
                      self.embed_requests, self.embed_batch_texts, self.embed_batch_requests, self.queue_depth,
-                     self.slots_busy, self.generations, self.rejected, self.time_to_first_token]
+                     self.slots_busy, self.generations, self.rejected, self.time_to_first_token,
+                     self.generation_batch_sequences]
 
     def render(self) -> str:
         """The Prometheus text exposition of every metric."""

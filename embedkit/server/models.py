@@ -59,8 +59,8 @@ class GenerationModel(ServedModel):
 
     @property
     def generator(self) -> Any:
-        """Slot 0's generator: tokenizer and chat template (read-only use from the routes)."""
-        return self.scheduler.generators[0]
+        """The model's BatchGenerator: tokenizer and chat template (read-only use from the routes)."""
+        return self.scheduler.engine
 
 
 class BatchedEmbedder:
@@ -123,7 +123,8 @@ def load_models(config: ServerConfig, metrics: ServerMetrics) -> ServedModels:
     from embedkit.backend.placement import make_placement
     from embedkit.catalog import resolve_model
     from embedkit.embed import Embedder
-    from embedkit.generate import Generator
+    from embedkit.generate import BatchGenerator
+    from embedkit.generate.generator import default_ctx, load_generative
     from embedkit.kernels import set_num_threads
 
     if config.threads is not None:
@@ -142,16 +143,11 @@ def load_models(config: ServerConfig, metrics: ServerMetrics) -> ServedModels:
     if config.gen_model is not None:
         path = resolve_model(config.gen_model, kind="generate")
         name = served_name(config.gen_model)
-        placement = make_placement(config.device, config.gpu_layers)
-        first: list[Any] = []
-
-        def make(i: int) -> Any:
-            if i == 0:
-                first.append(Generator(path, n_ctx=config.ctx_size, placement=placement))
-                return first[0]
-            g = first[0]
-            return Generator.from_parts(g.file, g.model, g.tokenizer, n_ctx=g.n_ctx, n_batch=g.n_batch)
-
+        f, m, tok = load_generative(path, config.threads, make_placement(config.device, config.gpu_layers,
+                                                                            cpu_math=config.cpu_math))
+        per_slot = config.ctx_size or default_ctx(m.params.n_ctx_train)  # -c is per slot, as llama-server's
+        engine = BatchGenerator.from_parts(f, m, tok, n_ctx=per_slot * config.parallel, n_parallel=config.parallel,
+                                           n_threads=config.threads)
         generate = GenerationModel(name, _aliases(config.gen_model, path), "generate", path)
-        generate.scheduler = GenerationScheduler(make, config.parallel, config.max_queue, metrics, name)
+        generate.scheduler = GenerationScheduler(engine, config.max_queue, metrics, name)
     return ServedModels(embed, generate)

@@ -1,23 +1,22 @@
 """The generation seam: routes hand a `GenerationRequest` to `GenerationScheduler.submit` and read
 `GenerationEvent`s from the returned handle; nothing else of the engine is visible to them.
 
-This scheduler runs `embedkit.generate.Generator` on one thread per model: `slots` generators share the loaded
-weights, each with its own KV cache, and the thread advances the active ones in turn (one streamed piece each),
-so `--parallel N` requests progress together while the engine computes one sequence at a time. The engine's
-multi-sequence batching can replace `_run`'s loop (one batched step for all active slots) behind the same
-`submit` / handle interface without touching the routes.
+This scheduler runs one model's `embedkit.generate.BatchGenerator` (continuous batching): its `--parallel`
+slots each hold one sequence, and every engine step is one forward over all of them, so concurrent requests
+decode together. The engine's thread pushes each sequence's tokens and its end to a listener here, which turns
+them into `GenerationEvent`s on the request's asyncio queue; cancelling a handle cancels the sequence.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from embedkit.generate.batch_sequence import CANCELLED, ERROR, SequenceResult, TokenEvent
 from embedkit.generate.sampler import Sampler, SamplerParams
 from embedkit.generate.stops import StopReason
 from embedkit.server.logprobs import RecordingSampler, TokenLogprob
@@ -61,14 +60,14 @@ class GenerationHandle:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
-        self._cancelled = threading.Event()
+        self.on_cancel: Callable[[], None] | None = None  # stops the engine's sequence
 
     def post(self, event: GenerationEvent) -> None:
         """Deliver an event (from the scheduler's thread)."""
         try:
             self._loop.call_soon_threadsafe(self._events.put_nowait, event)
         except RuntimeError:  # the event loop is closed: the server is shutting down
-            self._cancelled.set()
+            self.cancel()
 
     async def events(self) -> AsyncIterator[GenerationEvent]:
         """Events until (and including) the one that is done or carries an error."""
@@ -86,25 +85,39 @@ class GenerationHandle:
             return None
 
     def cancel(self) -> None:
-        """Stop the generation at its next token (the client went away)."""
-        self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+        """Stop the generation at its next token (the client went away); a no-op once it has ended."""
+        if self.on_cancel is not None:
+            self.on_cancel()
 
 
-@dataclass
 class _Job:
-    request: GenerationRequest
-    handle: GenerationHandle
-    submitted: float
-    slot: int = -1
-    run: Any = None
-    it: Any = None
-    sampler: Any = None
-    reported_tokens: int = 0
-    reported_logprobs: int = 0
+    """One submitted generation, seen from the engine's thread (its listener)."""
+
+    def __init__(self, scheduler: GenerationScheduler, request: GenerationRequest, handle: GenerationHandle,
+                 sampler: Sampler) -> None:
+        self.scheduler, self.request, self.handle, self.sampler = scheduler, request, handle, sampler
+        self.submitted = time.perf_counter()
+        self.n_tokens = 0  # generated tokens delivered so far
+        self.reported = 0  # of them, how many had their log-probabilities sent
+
+    def __call__(self, item: TokenEvent | SequenceResult) -> None:
+        """The engine's listener: a token's text, or the sequence's end."""
+        if isinstance(item, SequenceResult):
+            self.scheduler._finished(self, item)
+            return
+        if item.token is not None:
+            self.n_tokens += 1
+            self.scheduler._token(self)
+        self.handle.post(GenerationEvent(text=item.text, logprobs=self.take_logprobs(self.n_tokens)))
+
+    def take_logprobs(self, upto: int) -> list[TokenLogprob]:
+        """Log-probabilities of the tokens not yet reported, up to the `upto`-th (when recorded): the sampler
+        also records the end-of-generation token it picks, which is not part of the completion."""
+        if not isinstance(self.sampler, RecordingSampler):
+            return []
+        new = self.sampler.records[self.reported : upto]
+        self.reported = max(self.reported, upto)
+        return new
 
 
 def _finish_reason(stop_reason: str | None) -> str:
@@ -124,139 +137,75 @@ def timings_json(t: Any) -> dict[str, Any]:
 
 
 class GenerationScheduler:
-    """Runs generations for one model on its own thread; at most `slots` at once, `max_queue` more waiting."""
+    """Runs generations for one model on its BatchGenerator: at most `slots` at once, `max_queue` more waiting."""
 
-    def __init__(self, make_generator: Callable[[int], Any], slots: int, max_queue: int, metrics: ServerMetrics,
-                 model_name: str) -> None:
-        """`make_generator(i)` builds slot i's Generator (slot 0 loads the model, the others share it)."""
-        self.generators = [make_generator(i) for i in range(slots)]
-        self.tokenizer = self.generators[0].tokenizer
-        self.n_ctx = self.generators[0].n_ctx
+    def __init__(self, engine: Any, max_queue: int, metrics: ServerMetrics, model_name: str) -> None:
+        """`engine`: a background `BatchGenerator` (its `n_parallel` slots are the server's slots)."""
+        self.engine = engine
+        self.slots = engine.n_parallel
+        self.tokenizer = engine.tokenizer
+        self.n_ctx = engine.n_ctx_slot  # one request's context: prompt plus completion
         self.max_queue = max_queue
         self.metrics = metrics
         self.model_name = model_name
-        self._waiting: collections.deque[_Job] = collections.deque()
-        self._free = list(range(slots))
-        self._active: list[_Job] = []
-        self._wake = threading.Condition()
-        self._stopping = False
-        metrics.queue_depth.set_function(lambda: len(self._waiting), model=model_name)
-        metrics.slots_busy.set_function(lambda: len(self._active), model=model_name)
-        self._thread = threading.Thread(target=self._run, name=f"embedkit-generate-{model_name}", daemon=True)
-        self._thread.start()
+        self._in_flight = 0  # submitted and not yet finished (running or waiting)
+        self._count_lock = threading.Lock()  # never held while calling into the engine
+        metrics.queue_depth.set_function(lambda: engine.n_waiting, model=model_name)
+        metrics.slots_busy.set_function(lambda: engine.n_running, model=model_name)
+        engine.on_step = self._observe_step
 
     # -- callers ---------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> GenerationHandle:
-        """Queue a generation (call from the event loop); QueueFull when no slot and no queue place is free."""
-        handle = GenerationHandle(asyncio.get_running_loop())
-        with self._wake:
-            busy = len(self._active) + len(self._waiting)
-            if busy >= len(self.generators) + self.max_queue:
+        """Queue a generation (call from the event loop); QueueFull when no slot and no queue place is free,
+        GenerationError for a request the engine refuses (e.g. a prompt longer than a slot)."""
+        with self._count_lock:
+            if self._in_flight >= self.slots + self.max_queue:
                 self.metrics.rejected.inc(model=self.model_name)
                 raise QueueFull()
-            self._waiting.append(_Job(request, handle, time.perf_counter()))
-            self._wake.notify()
+            self._in_flight += 1
+        handle = GenerationHandle(asyncio.get_running_loop())
+        try:
+            sampler = (RecordingSampler(request.sampler, self.tokenizer, request.top_logprobs)
+                       if request.top_logprobs is not None else Sampler(request.sampler))
+            job = _Job(self, request, handle, sampler)
+            seq = self.engine.submit(request.prompt_ids, n_predict=request.max_tokens, sampler=sampler,
+                                     stop=request.stop, ignore_eos=request.ignore_eos, listener=job)
+        except BaseException:
+            self._release()
+            raise
+        handle.on_cancel = seq.cancel
+        self.metrics.tokens_in.inc(len(request.prompt_ids), model=self.model_name)
         return handle
 
     def close(self) -> None:
-        """Stop the thread (running generations end as cancelled)."""
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        self._thread.join(timeout=30)
+        """Stop the engine (running and waiting generations end as cancelled)."""
+        self.engine.close()
 
-    # -- the thread ------------------------------------------------------------------------------
-    def _pick_slot(self, prompt: list[int]) -> int:
-        """The free slot whose cached tokens share the longest prefix with `prompt` (chat turns reuse it)."""
-        def shared(i: int) -> int:
-            n = 0
-            for a, b in zip(self.generators[i].cached, prompt, strict=False):
-                if a != b:
-                    break
-                n += 1
-            return n
+    # -- the engine's thread ---------------------------------------------------------------------
+    def _release(self) -> None:
+        with self._count_lock:
+            self._in_flight -= 1
 
-        best = max(self._free, key=shared)
-        self._free.remove(best)
-        return best
+    def _observe_step(self, rows: int, sequences: int) -> None:
+        self.metrics.generation_batch_sequences.observe(sequences, model=self.model_name)
 
-    def _admit(self) -> None:
-        while self._free and self._waiting:
-            job = self._waiting.popleft()
-            if job.handle.cancelled:
-                self.metrics.generations.inc(model=self.model_name, outcome="cancelled")
-                continue
-            job.slot = self._pick_slot(job.request.prompt_ids)
-            gen, req = self.generators[job.slot], job.request
-            try:
-                sampler = (RecordingSampler(req.sampler, gen.tokenizer, req.top_logprobs)
-                           if req.top_logprobs is not None else Sampler(req.sampler))
-                job.sampler = sampler
-                job.run = gen.start(req.prompt_ids, n_predict=req.max_tokens, sampler=sampler, stop=req.stop,
-                                    ignore_eos=req.ignore_eos)
-                job.it = iter(job.run)
-            except Exception as e:  # noqa: BLE001 - reported to the caller
-                self._end(job, error=e)
-                continue
-            self.metrics.tokens_in.inc(len(req.prompt_ids), model=self.model_name)
-            self._active.append(job)
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._stopping and not self._waiting and not self._active:
-                    self._wake.wait()
-                if self._stopping:
-                    for job in list(self._active) + list(self._waiting):
-                        job.handle.cancel()
-                        self._end(job, outcome="cancelled")
-                    return
-                self._admit()
-            for job in list(self._active):
-                self._step(job)
-
-    def _step(self, job: _Job) -> None:
-        if job.handle.cancelled:
-            self._end(job, outcome="cancelled")
-            return
-        try:
-            piece = next(job.it)
-        except StopIteration:
-            self._end(job, outcome="completed")
-            return
-        except Exception as e:  # noqa: BLE001 - reported to the caller
-            self._end(job, error=e)
-            return
-        if job.reported_tokens == 0:
+    def _token(self, job: _Job) -> None:
+        self.metrics.tokens_out.inc(model=self.model_name)
+        if job.n_tokens == 1:
             self.metrics.time_to_first_token.observe(time.perf_counter() - job.submitted, model=self.model_name)
-        job.handle.post(GenerationEvent(text=piece, logprobs=self._new_tokens(job)))
 
-    def _new_tokens(self, job: _Job) -> list[TokenLogprob]:
-        """Count tokens produced since the last event, and return their log-probabilities (if recorded)."""
-        n = len(job.run.tokens)
-        self.metrics.tokens_out.inc(n - job.reported_tokens, model=self.model_name)
-        job.reported_tokens = n
-        if not isinstance(job.sampler, RecordingSampler):
-            return []
-        new = job.sampler.records[job.reported_logprobs : n]
-        job.reported_logprobs = max(job.reported_logprobs, n)
-        return new
-
-    def _end(self, job: _Job, outcome: str = "error", error: BaseException | None = None) -> None:
-        if job in self._active:
-            self._active.remove(job)
-        if job.it is not None and outcome == "cancelled":
-            job.it.close()
-        if job.slot >= 0:
-            self._free.append(job.slot)
-        self.metrics.generations.inc(model=self.model_name, outcome=outcome)
-        if error is not None:
-            job.handle.post(GenerationEvent(error=error))
+    def _finished(self, job: _Job, res: SequenceResult) -> None:
+        self._release()
+        if res.finish_reason == CANCELLED:
+            self.metrics.generations.inc(model=self.model_name, outcome="cancelled")
             return
-        if outcome == "cancelled":
+        if res.finish_reason == ERROR:
+            self.metrics.generations.inc(model=self.model_name, outcome="error")
+            # the engine's forward failed: not the request's fault, so a 500 (bad requests fail in `submit`)
+            job.handle.post(GenerationEvent(error=RuntimeError(f"generation failed: {res.error}")))
             return
-        res = job.run.result
+        self.metrics.generations.inc(model=self.model_name, outcome="completed")
         job.handle.post(GenerationEvent(
-            logprobs=self._new_tokens(job), done=True, finish_reason=_finish_reason(res.stop_reason),
+            logprobs=job.take_logprobs(len(res.tokens)), done=True, finish_reason=_finish_reason(res.finish_reason),
             prompt_tokens=len(job.request.prompt_ids), completion_tokens=len(res.tokens),
             timings=timings_json(res.timings)))
