@@ -59,7 +59,8 @@ def index_text(store: Store, embedder: Any, model: ModelIdentity, collection: st
         if not has_vector_indexes(conn, info.id):
             ensure_vector_indexes(conn, info.id, info.dim)
         old = conn.execute("SELECT id, content_sha256, n_chunks, metadata FROM documents "
-                           "WHERE collection_id = %s AND md5(path) = md5(%s) AND path = %s", (info.id, key, key)).fetchone()
+                           "WHERE collection_id = %s AND md5(path) = md5(%s) AND path = %s",
+                           (info.id, key, key)).fetchone()
     if old is not None and old[1] == sha:
         return TextIndexed(old[0], "unchanged", old[2])
     chunks = chunk_text(text, embedder.count_tokens, info.chunk_tokens, info.chunk_overlap)
