@@ -263,8 +263,8 @@ class Backend:
 
     def pooled(self, x: Array, mask: np.ndarray, method: str) -> np.ndarray:
         """Hidden states x [b*t, d] pooled per sequence over mask [b, t] (mean, cls, last, none: see
-        `embedkit.embed.pooling.pool`) -> host float32 [b, d]."""
-        from embedkit.embed.pooling import pool
+        `embedkit.kernels.pooling.pool`) -> host float32 [b, d]."""
+        from embedkit.kernels.pooling import pool
 
         b, t = np.shape(mask)
         return pool(self.to_host(x).reshape(b, t, -1), mask, method)

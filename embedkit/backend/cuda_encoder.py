@@ -295,7 +295,7 @@ class CUDAEncoderBackend(Backend):
 
     def pooled(self, x: Array, mask: np.ndarray, method: str) -> np.ndarray:
         """Pool [b*t, d] hidden states per sequence on the GPU; host float32 [b, d]."""
-        from embedkit.embed.pooling import POOLINGS
+        from embedkit.kernels.pooling import POOLINGS
 
         if method not in POOLINGS:
             raise InputError(f"pooling {method!r}: expected one of {', '.join(POOLINGS)}")

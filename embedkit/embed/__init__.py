@@ -1,6 +1,6 @@
 """Text embeddings: tokenizer -> model -> pooling -> normalisation, batched."""
 
 from embedkit.embed.embedder import Embedder, EmbedStats
-from embedkit.embed.pooling import POOLINGS, l2_normalize, pool
+from embedkit.kernels.pooling import POOLINGS, l2_normalize, pool
 
 __all__ = ["POOLINGS", "EmbedStats", "Embedder", "l2_normalize", "pool"]

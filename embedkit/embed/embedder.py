@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from embedkit.embed.batching import pad_batch, plan_batches
-from embedkit.embed.pooling import POOLINGS, l2_normalize, pool
 from embedkit.errors import InputError, ModelOutputError
 from embedkit.gguf import GGUFFile
 from embedkit.gguf.keys import DOCUMENT_PREFIX_KEY, QUERY_PREFIX_KEY, ST_MAX_SEQ_LENGTH_KEY
+from embedkit.kernels.pooling import POOLINGS, l2_normalize, pool
 from embedkit.models import ENCODER_ARCHITECTURES, load_model
 from embedkit.tokenizer import load_tokenizer
 
