@@ -93,7 +93,57 @@ def models() -> None:
                   f"{_rel(hg[real], hc[real]):.2e} min cos {cos.min():.6f}", flush=True)  # fmt: skip
 
 
+def corruption() -> None:
+    """Does a large batch change anything it should not (weights, later results)?"""
+    from embedkit.backend.placement import make_placement
+    from embedkit.models import load_model
+    from embedkit.testing.random_quant import bert_spec, write_random_gguf
+
+    if os.environ.get("BENCH_ORDER"):  # the CUDA backend without graphs first, as bench_gpu.py makes it
+        from embedkit.backend.cuda import cuda_backend
+
+        cuda_backend()
+    work = Path(tempfile.mkdtemp())
+    path = write_random_gguf(work / "b.gguf", "bert", *bert_spec(384, 2, 12, 1536, 30522, "F32"))
+    cpu = load_model(path)
+    gpu = load_model(path, make_placement("cuda", -1, input_on_gpu=True))
+    rng = np.random.default_rng(2)
+    small = (rng.integers(1000, 30522, (8, 128)), np.ones((8, 128), np.int64))
+    ref = cpu.embed(*small, "mean")
+
+    def cos() -> float:
+        e = gpu.embed(*small, "mean")
+        return float(((ref * e).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(e, axis=1)).min())
+
+    def snapshot() -> dict:
+        out = {}
+        for i, layer in enumerate(gpu.layers):
+            for k, w in vars(layer).items():
+                d = w.data
+                arrs = [d] if not hasattr(d, "views") else [d.views[0]]
+                for v in getattr(d, "encoder_cache", {}).values():
+                    arrs.append(v[1])
+                for j, a in enumerate(arrs):
+                    out[f"{i}.{k}.{j}"] = a.copy_to_host()
+        return out
+
+    print(f"corruption: fresh cos {cos():.6f}", flush=True)
+    before = snapshot()
+    shapes = ((256, 128),) if os.environ.get("ONE_BATCH") else ((256, 128), (64, 256), (256, 8))
+    for b, t in shapes:
+        big = (rng.integers(1000, 30522, (b, t)), np.ones((b, t), np.int64))
+        gpu.embed(*big, "mean")
+        after = snapshot()
+        changed = [k for k in before if not np.array_equal(before[k], after[k], equal_nan=True)]
+        print(f"corruption: after {b}x{t}: cos {cos():.6f}; changed {changed[:12]} ({len(changed)})", flush=True)
+        before = snapshot()
+
+
 if __name__ == "__main__":
-    if "--models" not in sys.argv:
-        kernels()
-    models()
+    if "--corruption" in sys.argv:
+        corruption()
+    else:
+        if "--models" not in sys.argv:
+            kernels()
+        models()
+
