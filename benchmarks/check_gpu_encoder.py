@@ -32,7 +32,7 @@ def kernels() -> None:
         x = rng.standard_normal((n, d)).astype(dt)
         w = (rng.standard_normal((3 * d, d)) / 20).astype(dt)
         y = cuda.device_array((n, 3 * d), dtype=dt)
-        encoder.gemm(cuda.to_device(x), cuda.to_device(w), y, 0)
+        encoder.gemm(cuda.to_device(x), cuda.to_device(w), y)
         cuda.synchronize()
         ref = x[:300].astype(np.float64) @ w.astype(np.float64).T
         print(f"gemm {dt.__name__}: rel {_rel(y.copy_to_host()[:300], ref):.2e}", flush=True)
@@ -139,9 +139,58 @@ def corruption() -> None:
         before = snapshot()
 
 
+
+def timing() -> None:
+    """Device time of each float16 kernel of one MiniLM layer at 256 x 128 tokens (median of 20, events)."""
+    import cupy
+    from numba import cuda
+
+    from embedkit.kernels.cuda import encoder
+
+    rng = np.random.default_rng(3)
+    n, d, f, h = 256 * 128, 384, 1536, 12
+    f16 = np.float16
+
+    def dev(shape, scale=1.0, dt=f16):
+        return cuda.to_device((scale * rng.standard_normal(shape)).astype(dt))
+
+    x, wqkv, wo, wu, wd = dev((n, d)), dev((3 * d, d), 0.05), dev((d, d), 0.05), dev((f, d), 0.05), dev((d, f), 0.05)
+    qkv, att, y, hu, hg = dev((n, 3 * d)), dev((n, d)), dev((n, d)), dev((n, f)), dev((n, f))
+    b3, bd, bf = dev((3 * d,), 0.1, np.float32), dev((d,), 0.1, np.float32), dev((f,), 0.1, np.float32)
+    res, o32 = dev((n, d), 1.0, np.float32), dev((n, d), 1.0, np.float32)
+    mask = cuda.to_device(np.ones((256, 128), np.int32))
+    ops = {
+        "gemm qkv": lambda: encoder.gemm(x, wqkv, qkv),
+        "attention": lambda: encoder.attention(qkv, b3, mask, h, 0.17, att),
+        "gemm out": lambda: encoder.gemm(att, wo, y),
+        "add_norm": lambda: encoder.add_norm(y, bd, res, bd, bd, 1e-12, o32, x),
+        "gemm up": lambda: encoder.gemm(x, wu, hu),
+        "bias_gelu": lambda: encoder.bias_act(hu, bf, encoder.ACT_GELU_ERF, hg),
+        "gemm down": lambda: encoder.gemm(hg, wd, y),
+    }
+    total = 0.0
+    for name, fn in ops.items():
+        fn()
+        cuda.synchronize()
+        times = []
+        for _ in range(20):
+            a, b = cupy.cuda.Event(), cupy.cuda.Event()
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(a, b))
+        ms = float(np.median(times))
+        total += ms
+        print(f"timing {name}: {ms:.3f} ms", flush=True)
+    print(f"timing one layer: {total:.3f} ms; six layers {6 * total:.2f} ms per 256 x 128 batch", flush=True)
+
+
 if __name__ == "__main__":
     if "--corruption" in sys.argv:
         corruption()
+    elif "--timing" in sys.argv:
+        timing()
     else:
         if "--models" not in sys.argv:
             kernels()
