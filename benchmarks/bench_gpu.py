@@ -7,6 +7,9 @@ heads, 8 KV heads, FFN 14336, vocab 32000) in Q4_0 and Q8_0, Gemma 3 270M in Q8_
 The floor is (weight bytes a decode step reads) / (device-to-device copy bandwidth measured in the
 same run, counting bytes read + written). llama.cpp's figures on the same H100 model (issue 9,
 llama-bench -ngl 99, 2026-11-25) are printed alongside.
+BERT (`--only bert-minilm`): embeddings/s of embedkit's GPU encoder path (float16 and float32) beside torch +
+transformers' BertModel with the same weights in float32 and float16, same process, at 256 x 128 tokens and on a
+mixed-length set in `embed`'s batches, with each side's min cosine to the CPU backend's float32 vectors.
 
     python benchmarks/bench_gpu.py [--quick] [--only mistral-q4_0,...] [--json out.json]
 """

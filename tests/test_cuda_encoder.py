@@ -6,8 +6,8 @@ numpy stands in for cuBLAS; skipped elsewhere (CI has no GPU). Tolerances, max |
 - the same kernels on float16 inputs: against numpy on the same float16-rounded inputs, 1e-3
   (the outputs are rounded to float16);
 - whole BERT models, variable-length batches: pooled vectors cosine >= 0.9999 to the CPU backend's
-  float32 vectors in float16 (the default) and >= 0.999999 with EMBEDKIT_GPU_PRECISION=float32;
-  padded rows of the hidden states are zeros-free of NaN and real rows within 2e-2 (float16).
+  float32 vectors in float16 (the default) and >= 0.999999 with EMBEDKIT_GPU_PRECISION=float32; hidden
+  states free of NaN, real tokens' rows within 2e-2 (float16) / 1e-5 (float32).
 """
 
 from __future__ import annotations
@@ -96,10 +96,8 @@ def test_add_norm_and_bias_gelu(dtype):
     hb = (0.2 * rng.standard_normal(3 * d)).astype(np.float32)
     g = _dev(np.full((n, 3 * d), np.nan, dtype))
     encoder.bias_act(_dev(h), _dev(hb), encoder.ACT_GELU_ERF, g)
-    from scipy.special import erf
-
     x = h.astype(np.float64) + hb
-    assert _rel(g.copy_to_host(), 0.5 * x * (1 + erf(x / math.sqrt(2)))) < tol
+    assert _rel(g.copy_to_host(), 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))) < tol
 
 
 @pytest.fixture(scope="module")

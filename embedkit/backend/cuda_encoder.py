@@ -82,9 +82,9 @@ class CUDAEncoderBackend(Backend):
         """The wrapped backend's stream (every launch goes there, in order)."""
         return self.base.stream
 
-    def _stream_ptr(self) -> int:
-        cs = self.base._cp_stream
-        return cs.ptr if cs is not None else 0
+    def _cp_stream(self):
+        """The CuPy stream behind `stream` (cuBLAS runs there), None under the simulator."""
+        return self.base._cp_stream
 
     # -- conversions ---------------------------------------------------------------------
     def _empty(self, shape, dtype=np.float32):
@@ -221,7 +221,7 @@ class CUDAEncoderBackend(Backend):
         if xl.ndim != 2:
             xl = xl.reshape(xl.size // w.data.n_cols, w.data.n_cols)
         y = self._empty((xl.shape[0], w.data.n_rows), self.lo_dtype)
-        self._k.gemm(xl, self._matrix([w]), y, self._stream_ptr())
+        self._k.gemm(xl, self._matrix([w]), y, self._cp_stream())
         return _Act(lo=y, bias=bias.data if bias is not None else None)
 
     # -- elementwise (float32 on the CUDA backend, except the fused GELU) ------------------
@@ -283,7 +283,7 @@ class CUDAEncoderBackend(Backend):
             return super().self_attention(x, wq, bq, wk, bk, wv, bv, mask, n_head, scale)
         xl = self._lo(x)
         qkv = self._empty((b * t, 3 * d), self.lo_dtype)
-        self._k.gemm(xl, self._matrix([wq, wk, wv]), qkv, self._stream_ptr())
+        self._k.gemm(xl, self._matrix([wq, wk, wv]), qkv, self._cp_stream())
         out = self._empty((b * t, d), self.lo_dtype)
         self._k.attention(qkv, self._vector([bq, bk, bv]), self._mask(mask), n_head, scale, out, self.stream)
         return _Act(lo=out)

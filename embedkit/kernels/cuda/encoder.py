@@ -17,6 +17,7 @@ skipped, so a length-sorted batch of short texts costs what its tokens cost.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import cache
 
@@ -55,11 +56,14 @@ def _sim() -> bool:
 # -- GEMM ------------------------------------------------------------------------------------------
 
 
-def gemm(x, w, y, stream_ptr: int = 0) -> None:
-    """y [n, rows] = x [n, k] @ w [rows, k]^T with float32 accumulation (cublasGemmEx).
+def gemm(x, w, y, stream=None) -> None:
+    """y [n, rows] = x [n, k] @ w [rows, k]^T with float32 accumulation (cublasGemmEx) on the CuPy
+    `stream` (None: CuPy's current stream).
 
     x and w are both float16 (tensor cores) or both float32 (no TF32: cuBLAS's default math);
-    y is float16 or float32. Device arrays in C order. Under the simulator, numpy does the product."""
+    y is float16 or float32. Device arrays in C order. Under the simulator, numpy does the product.
+    CuPy's cuBLAS wrappers point the handle at CuPy's *current* stream before each call (a
+    `cublas.setStream` of ours would be overridden), so the call runs inside `with stream:`."""
     n, k = x.shape
     rows = w.shape[0]
     if _sim():
@@ -73,15 +77,16 @@ def gemm(x, w, y, stream_ptr: int = 0) -> None:
     tx, ty = types[np.dtype(x.dtype)], types[np.dtype(y.dtype)]
     algo = _CUBLAS_GEMM_DEFAULT_TENSOR_OP if tx == _CUDA_R_16F else _CUBLAS_GEMM_DEFAULT
     handle = cupy.cuda.device.get_cublas_handle()
-    cublas.setStream(handle, stream_ptr)
-    # column-major view: Y^T (rows x n) = W (k x rows)^T . X^T (k x n)
-    cublas.gemmEx(
-        handle, _OP_T, _OP_N, rows, n, k, _ONE.ctypes.data,
-        w.__cuda_array_interface__["data"][0], tx, k,
-        x.__cuda_array_interface__["data"][0], tx, k,
-        _ZERO.ctypes.data, y.__cuda_array_interface__["data"][0], ty, rows,
-        _CUBLAS_COMPUTE_32F, algo,
-    )  # fmt: skip
+    with stream if stream is not None else contextlib.nullcontext():
+        cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
+        # column-major view: Y^T (rows x n) = W (k x rows)^T . X^T (k x n)
+        cublas.gemmEx(
+            handle, _OP_T, _OP_N, rows, n, k, _ONE.ctypes.data,
+            w.__cuda_array_interface__["data"][0], tx, k,
+            x.__cuda_array_interface__["data"][0], tx, k,
+            _ZERO.ctypes.data, y.__cuda_array_interface__["data"][0], ty, rows,
+            _CUBLAS_COMPUTE_32F, algo,
+        )  # fmt: skip
 
 
 # -- bias + activation -----------------------------------------------------------------------------
