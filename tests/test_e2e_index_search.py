@@ -268,7 +268,9 @@ def test_sql_examples_run_in_psql(indexed, cli_env, store, tmp_path):
 def test_db_commands_and_errors(indexed, cli_env):
     work, _, _ = indexed
     st = json.loads(run_cli(cli_env, work, "db", "status", "--json").stdout)
-    assert st["running"] is True and st["pgvector"].startswith("0.8") and st["schema"] == "0001"
+    from embedkit.store import migrate
+
+    assert st["running"] is True and st["pgvector"].startswith("0.8") and st["schema"] == migrate.head_revision()
     assert any(c["name"] == "default" and c["dim"] == 384 for c in st["collections"])
     bad = run_cli(cli_env, work, "search", "x", "-c", "no'such", check=False)
     assert bad.returncode == 1 and bad.stderr.startswith("error: no collection named")
