@@ -185,7 +185,7 @@ def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: in
                     recall.append(len(set(got) & set(true_ids)) / 10)
                 rows.append((f"HNSW ef_search={ef} ({label})", times, float(np.mean(recall))))
         timed = {
-            "vector, documents (default search: 100 chunks grouped by document)":
+            "vector, documents (default search: 4 chunks per result, grouped by document)":
                 lambda q, t: search_vector(conn, info, q, k=10, documents=True),
             "keyword BM25, documents": lambda q, t: search_keyword(conn, info, t, k=10, documents=True),
             "keyword BM25, chunks": lambda q, t: search_keyword(conn, info, t, k=10),

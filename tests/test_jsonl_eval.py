@@ -72,3 +72,17 @@ def test_evaluate_modes(store, tmp_path, fresh_collection):
     with pytest.raises(InputError, match="mode"):
         evaluate(tmp_path / "qrels.tsv", tmp_path / "queries.jsonl", collection=fresh_collection, mode="bogus",
                  store=store, embedder=emb)
+
+
+def test_files_that_are_not_utf8_are_input_errors(store, tmp_path, fresh_collection):
+    from embedkit.search.evaluation import read_qrels, read_queries
+
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"_id": "a", "text": "caf\xe9"}\n')
+    emb = HashEmbedder()
+    with pytest.raises(InputError, match="not UTF-8"):
+        index_jsonl_documents(store, bad, emb, emb.identity(), collection=fresh_collection)
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_queries(bad)
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_qrels(bad)

@@ -43,7 +43,11 @@ def read_jsonl_documents(path: str | os.PathLike[str]) -> Iterator[JsonlDocument
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
     with fh:
-        for n, line in enumerate(fh, 1):
+        try:
+            lines = list(fh)
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not UTF-8 text; expected one JSON object per line") from None
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:

@@ -26,10 +26,7 @@ MRR_AT = 10
 def read_queries(path: str | os.PathLike[str]) -> dict[str, str]:
     """query id -> text from a BEIR `queries.jsonl`."""
     out: dict[str, str] = {}
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    lines = _read_lines(path)
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -46,10 +43,7 @@ def read_queries(path: str | os.PathLike[str]) -> dict[str, str]:
 def read_qrels(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
     """query id -> {corpus id: relevance} from a BEIR qrels TSV (header line optional)."""
     out: dict[str, dict[str, int]] = {}
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    lines = _read_lines(path)
     for n, line in enumerate(lines, 1):
         parts = line.split("\t") if "\t" in line else line.split()
         if not parts or not line.strip():
@@ -62,6 +56,15 @@ def read_qrels(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
             raise InputError(f"{path}:{n}: expected query-id, corpus-id and an integer score separated by tabs")
         out.setdefault(parts[0], {})[parts[1]] = int(parts[2])
     return out
+
+
+def _read_lines(path: str | os.PathLike[str]) -> list[str]:
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
 
 
 def ndcg_at(ranked: Sequence[str], judged: dict[str, int], k: int = NDCG_AT) -> float:

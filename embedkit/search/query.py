@@ -92,10 +92,13 @@ def keyword_chunks(conn, info, query, n, path_glob, metadata) -> list[ChunkHit]:
     return _rows_to_hits(conn.execute(sql, params).fetchall())
 
 
+DOC_CHUNKS_PER_RESULT = 4  # chunks first fetched per wanted document when grouping one ranking by document
+
+
 def _documents(fetch, k: int, candidates: int) -> list[ChunkHit]:
-    """The k best documents (each as its best chunk) from `fetch(n)`, a ranked chunk list; asks for more
-    chunks while a full list still holds fewer than k documents."""
-    n = min(MAX_K, max(candidates, k))
+    """The k best documents (each as its best chunk) from `fetch(n)`, a ranked chunk list: first
+    min(candidates, 4k) chunks (at least k), more while a full list still holds fewer than k documents."""
+    n = min(MAX_K, max(k, min(candidates, DOC_CHUNKS_PER_RESULT * k)))
     while True:
         hits = fetch(n)
         docs = best_per_document(hits)
