@@ -70,7 +70,7 @@ def run_llama_cpp(binary: str | None, path: Path, threads: int, npp: int, ntg: i
         return {}
     cmd = [binary, "-m", str(path), "-c", str(max(npl) * (npp + ntg) + 64), "-b", "2048", "-ub", "512",
            "-npp", str(npp), "-ntg", str(ntg), "-npl", ",".join(map(str, npl)), "-t", str(threads),
-           "-tb", str(threads), "--no-warmup"]  # fmt: skip
+           "-tb", str(threads)]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     rows = {}
     for line in p.stdout.splitlines():
