@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--npp", type=int, default=128)
     ap.add_argument("--ntg", type=int, default=128)
     ap.add_argument("--npl", default="1,2,4,8")
-    ap.add_argument("--cpu-math", default=None, choices=["llama.cpp", "float32"])
+    ap.add_argument("--cpu-math", default=None, choices=["float32", "ggml"])
     ap.add_argument("--llama-batched-bench", default=os.environ.get("LLAMA_BATCHED_BENCH"))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--random", default=None, help="ARCH:SHAPE:TYPE of a random-weight model to write and run")
