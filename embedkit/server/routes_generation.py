@@ -61,12 +61,16 @@ async def _collect(handle: GenerationHandle, request: Request) -> tuple[str, lis
     """Text, token log-probabilities and the final event of a generation; None if the client went away (the
     generation is then cancelled)."""
     parts, records = [], []
+    checked = time.monotonic()
     try:
         while True:
             ev = await handle.next_event(POLL_SECONDS)
-            if ev is None:
+            # look for a gone client between events too: a busy engine may never leave a quiet interval
+            if ev is None or time.monotonic() - checked >= POLL_SECONDS:
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     return None
+            if ev is None:
                 continue
             _raise_event_error(ev)
             parts.append(ev.text)
