@@ -53,8 +53,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from functools import cached_property
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -68,12 +67,11 @@ from embedkit.generate.batch_sequence import (
     SequenceResult,
     TokenEvent,
 )
-from embedkit.generate.chat_template import ChatTemplate, template_for_gguf
 from embedkit.generate.generator import (
     MAX_CTX,
+    PromptMethods,
     _kv_bytes,
     _out_of_memory,
-    chat_prompt_ids,
     default_ctx,
     load_generative,
 )
@@ -84,7 +82,7 @@ from embedkit.gguf import GGUFFile
 __all__ = ["BatchGenerator", "SequenceHandle", "SequenceResult", "TokenEvent"]
 
 
-class BatchGenerator:
+class BatchGenerator(PromptMethods):
     """A loaded model serving up to ``n_parallel`` sequences at once (see the module docstring)."""
 
     def __init__(
@@ -174,22 +172,6 @@ class BatchGenerator:
         self.steps = 0  # forwards run so far
         self.on_step: Callable[[int, int], None] | None = None
         self._thread: threading.Thread | None = None
-
-    # -- prompts -------------------------------------------------------------------------
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        """Token ids of a raw prompt (BOS as the model asks)."""
-        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
-
-    @cached_property
-    def chat_template(self) -> ChatTemplate:
-        """The file's ``tokenizer.chat_template``, or the built-in format that fits the model."""
-        if self.file is None:
-            raise GenerationError("no GGUF file to read a chat template from")
-        return template_for_gguf(self.file.metadata, self.file.architecture)
-
-    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of ``messages`` rendered by the chat template (special tokens in it are parsed)."""
-        return chat_prompt_ids(self.chat_template, self.tokenizer, messages, add_generation_prompt)
 
     # -- submitting ----------------------------------------------------------------------
     def submit(

@@ -206,7 +206,29 @@ class Generation:
             self.timings.gen_ms = 1000.0 * (time.perf_counter() - t1)
 
 
-class Generator:
+class PromptMethods:
+    """Prompt helpers shared by `Generator` and `BatchGenerator`: their ``tokenizer`` and GGUF ``file``."""
+
+    tokenizer: Any
+    file: GGUFFile | None
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """Token ids of a raw prompt (BOS as the model asks)."""
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    @cached_property
+    def chat_template(self) -> ChatTemplate:
+        """The file's ``tokenizer.chat_template``, or the built-in format that fits the model."""
+        if self.file is None:
+            raise GenerationError("no GGUF file to read a chat template from")
+        return template_for_gguf(self.file.metadata, self.file.architecture)
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of ``messages`` rendered by the chat template (special tokens in it are parsed)."""
+        return chat_prompt_ids(self.chat_template, self.tokenizer, messages, add_generation_prompt)
+
+
+class Generator(PromptMethods):
     """A loaded model, its tokenizer and a KV cache of ``n_ctx`` positions."""
 
     def __init__(
@@ -252,22 +274,6 @@ class Generator:
                 f"allocated; lower -c (the model was trained with {model.params.n_ctx_train})"
             ) from None
         self.cached: list[int] = []  # tokens whose keys/values are in self.state, positions 0..
-
-    # -- prompts --------------------------------------------------------------------------------
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        """Token ids of a raw prompt (BOS as the model asks)."""
-        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
-
-    @cached_property
-    def chat_template(self) -> ChatTemplate:
-        """The file's ``tokenizer.chat_template``, or the built-in format that fits the model."""
-        if self.file is None:
-            raise GenerationError("no GGUF file to read a chat template from")
-        return template_for_gguf(self.file.metadata, self.file.architecture)
-
-    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of ``messages`` rendered by the chat template (special tokens in it are parsed)."""
-        return chat_prompt_ids(self.chat_template, self.tokenizer, messages, add_generation_prompt)
 
     # -- the loop -------------------------------------------------------------------------------
     def start(

@@ -13,8 +13,7 @@ import numpy as np
 import psycopg
 
 from embedkit.errors import InputError
-from embedkit.search.similar import DocumentHit, source_vector
-from embedkit.search.sql import index_order_expr, set_hnsw
+from embedkit.search.similar import DocumentHit, nearest_documents, source_vector
 from embedkit.store.collections import CollectionInfo
 
 MAX_EXAMPLES = 100
@@ -55,17 +54,4 @@ def recommend_documents(
     pos = [source_vector(conn, info, t) for t in positive]
     neg = [source_vector(conn, info, t) for t in negative]
     query = recommendation_query([_array(v[0]) for v in pos], [_array(v[0]) for v in neg])
-    exclude = {v[1] for v in pos + neg}
-    n = k + len(exclude)
-    order = index_order_expr(info, "d.embedding")
-    cid = int(info.id)
-    sql = (
-        f"SELECT d.path, 1 - (d.embedding <=> %(q)s::vector), d.id, d.n_chunks FROM documents d "
-        f"WHERE d.collection_id = {cid} AND d.embedding IS NOT NULL ORDER BY {order} LIMIT %(k)s"
-    )
-    if info.index_kind == "bit":
-        sql = f"SELECT * FROM ({sql.replace('LIMIT %(k)s', 'LIMIT %(k)s * 10')}) x ORDER BY 2 DESC LIMIT %(k)s"
-    with conn.transaction():
-        set_hnsw(conn, n, ef_search, filtered=False)
-        rows = conn.execute(sql, {"q": query, "k": n}).fetchall()
-    return [DocumentHit(r[0], float(r[1]), r[2], r[3]) for r in rows if r[2] not in exclude][:k]
+    return nearest_documents(conn, info, query, {v[1] for v in pos + neg}, k, ef_search)

@@ -59,9 +59,16 @@ def similar_documents(
     if not 1 <= k <= 999:
         raise InputError(f"-k must be between 1 and 999, got {k}")
     vec, exclude, _ = source_vector(conn, info, target)
+    return nearest_documents(conn, info, vec, {exclude}, k, ef_search)
+
+
+def nearest_documents(conn: psycopg.Connection, info: CollectionInfo, query: Any, exclude: set[int], k: int,
+                      ef_search: int | None) -> list[DocumentHit]:
+    """The k documents whose mean vector is nearest to `query`, leaving out the documents (ids) in `exclude`."""
     order = index_order_expr(info, "d.embedding")
     cid = int(info.id)
-    # One extra row instead of a `d.id <> x` filter keeps this a plain index scan.
+    n = k + len(exclude)
+    # A few extra rows instead of a `d.id <> x` filter keep this a plain index scan.
     sql = (
         f"SELECT d.path, 1 - (d.embedding <=> %(q)s::vector), d.id, d.n_chunks FROM documents d "
         f"WHERE d.collection_id = {cid} AND d.embedding IS NOT NULL ORDER BY {order} LIMIT %(k)s"
@@ -69,6 +76,6 @@ def similar_documents(
     if info.index_kind == "bit":
         sql = f"SELECT * FROM ({sql.replace('LIMIT %(k)s', 'LIMIT %(k)s * 10')}) x ORDER BY 2 DESC LIMIT %(k)s"
     with conn.transaction():
-        set_hnsw(conn, k + 1, ef_search, filtered=False)
-        rows = conn.execute(sql, {"q": vec, "k": k + 1}).fetchall()
-    return [DocumentHit(r[0], float(r[1]), r[2], r[3]) for r in rows if r[2] != exclude][:k]
+        set_hnsw(conn, n, ef_search, filtered=False)
+        rows = conn.execute(sql, {"q": query, "k": n}).fetchall()
+    return [DocumentHit(r[0], float(r[1]), r[2], r[3]) for r in rows if r[2] not in exclude][:k]
