@@ -118,7 +118,7 @@ def test_a_long_path_indexes_with_the_rest(tmp_path, cli_env, bert, store, fresh
                             "--json")).stdout)
     assert (rep["added"], rep["skipped"]) == (2, 0)
     paths = doc_paths(store, fresh_collection)
-    assert max(len(p.encode()) for p in paths) >= 3516 and "docs/short.txt" in paths
+    assert max(len(p.encode()) for p in paths) >= 3516 and str(tmp_path.resolve() / "docs/short.txt") in paths
     again = json.loads(ok(cli(cli_env, tmp_path, "index", "docs", "-m", str(bert), "-c", fresh_collection,
                               "--json")).stdout)
     assert (again["added"], again["unchanged"]) == (0, 2)
@@ -306,35 +306,92 @@ def index_json(env, cwd, *args) -> dict:
     return json.loads(ok(cli(env, cwd, "index", *args, "--json")).stdout)
 
 
+def search_paths(env, cwd, collection, *args) -> list[str]:
+    out = json.loads(ok(cli(env, cwd, "search", "document topic", "-c", collection, "--json", *args)).stdout)
+    return sorted(h["path"] for h in out["results"])
+
+
 def test_one_file_is_one_document_however_its_path_is_spelled(tmp_path, cli_env, bert, store,
                                                               fresh_collection) -> None:
     """Indexing `c1`, `./c1/` and an absolute path to the same folder stored two copies, and search returned
     duplicates."""
-    write_docs(tmp_path / "c1", 3)
-    first = index_json(cli_env, tmp_path, "c1", "-m", str(bert), "-c", fresh_collection)
+    root = tmp_path.resolve()
+    write_docs(root / "c1", 3)
+    first = index_json(cli_env, root, "c1", "-m", str(bert), "-c", fresh_collection)
     assert first["added"] == 3
-    for spelling in ["./c1/", str(tmp_path / "c1"), str(tmp_path / "c1") + "/", "c1/../c1", "./c1/doc001.txt",
-                     str(tmp_path / "c1" / "doc002.txt")]:
-        rep = index_json(cli_env, tmp_path, spelling, "-m", str(bert), "-c", fresh_collection)
+    for spelling in ["./c1/", str(root / "c1"), str(root / "c1") + "/", "c1/../c1", "./c1/doc001.txt",
+                     str(root / "c1" / "doc002.txt")]:
+        rep = index_json(cli_env, root, spelling, "-m", str(bert), "-c", fresh_collection)
         assert rep["added"] == 0 and rep["unchanged"] >= 1, (spelling, rep)
     expected = ["c1/doc000.txt", "c1/doc001.txt", "c1/doc002.txt"]
-    assert doc_paths(store, fresh_collection) == expected
-    hits = json.loads(ok(cli(cli_env, tmp_path, "search", "document topic", "-c", fresh_collection,
-                             "--json")).stdout)["results"]
-    assert sorted(h["path"] for h in hits) == expected  # one chunk each, no duplicates
-    for target in ["c1/doc000.txt", "./c1/doc000.txt", str(tmp_path / "c1" / "doc000.txt")]:
-        sim = json.loads(ok(cli(cli_env, tmp_path, "similar", target, "-c", fresh_collection,
+    assert doc_paths(store, fresh_collection) == [str(root / p) for p in expected]
+    assert search_paths(cli_env, root, fresh_collection) == expected  # one chunk each, no duplicates
+    for target in ["c1/doc000.txt", "./c1/doc000.txt", str(root / "c1" / "doc000.txt")]:
+        sim = json.loads(ok(cli(cli_env, root, "similar", target, "-c", fresh_collection,
                                 "--json")).stdout)["results"]
         assert sorted(h["path"] for h in sim) == expected[1:], target
 
-    # earlier versions stored an absolute spelling under its absolute path: the next run adopts that document
+
+def test_one_folder_indexed_from_two_working_folders_is_one_copy(tmp_path, cli_env, bert, store,
+                                                                  fresh_collection) -> None:
+    """Keys were relative to the folder `index` ran in, so the same folder indexed from two working folders
+    (or once by absolute path) stored two copies. Keys are canonical; paths are shown relative to where the
+    user is; `--path` takes what the user types; keys stored relative by earlier versions are adopted."""
+    root = tmp_path.resolve()
+    proj, elsewhere = root / "proj", root / "elsewhere"
+    write_docs(proj / "c1", 3)
+    elsewhere.mkdir()
+    args = ("-m", str(bert), "-c", fresh_collection)
+    assert index_json(cli_env, proj, "c1", *args)["added"] == 3
+    for cwd, spelling in [(root, "proj/c1"), (elsewhere, str(proj / "c1")), (elsewhere, "../proj/c1/"),
+                          (root / "proj" / "c1", ".")]:
+        rep = index_json(cli_env, cwd, spelling, *args)
+        assert (rep["added"], rep["updated"], rep["unchanged"], rep["chunks_embedded"]) == (0, 0, 3, 0), (cwd, rep)
+    names = ["doc000.txt", "doc001.txt", "doc002.txt"]
+    assert doc_paths(store, fresh_collection) == [str(proj / "c1" / n) for n in names]
+
+    # shown relative to the current folder when below it, else absolute
+    assert search_paths(cli_env, proj, fresh_collection) == [f"c1/{n}" for n in names]
+    assert search_paths(cli_env, root, fresh_collection) == [f"proj/c1/{n}" for n in names]
+    assert search_paths(cli_env, elsewhere, fresh_collection) == [str(proj / "c1" / n) for n in names]
+
+    # --path as typed: relative, ./ and trailing /, absolute, globs; from any folder
+    for cwd, typed, want in [(proj, "c1", 3), (proj, "./c1/", 3), (proj, str(proj / "c1"), 3),
+                             (proj, "c1/*.txt", 3), (proj, "*doc001*", 1), (proj, "c1/doc002.txt", 1),
+                             (root, "proj/c1/doc001.txt", 1), (root, "proj", 3), (elsewhere, "../proj/c1", 3),
+                             (elsewhere, str(proj / "c1" / "doc000.txt"), 1), (proj, "c", 0), (proj, "c2", 0)]:
+        assert len(search_paths(cli_env, cwd, fresh_collection, "--path", typed)) == want, (cwd, typed)
+    sim = json.loads(ok(cli(cli_env, elsewhere, "similar", "../proj/c1/doc000.txt", "-c", fresh_collection,
+                            "--json")).stdout)["results"]
+    assert sorted(h["path"] for h in sim) == [str(proj / "c1" / n) for n in names[1:]]
+
+    # an upgraded store: documents keyed relative to the folder `index` ran in are adopted, not duplicated
     with store.connect() as conn:
-        conn.execute("UPDATE documents SET path = %s WHERE path = 'c1/doc001.txt' AND collection_id = "
-                     "(SELECT id FROM collections WHERE name = %s)", (str(tmp_path / "c1/doc001.txt"),
-                                                                        fresh_collection))
-    rep = index_json(cli_env, tmp_path, "c1", "-m", str(bert), "-c", fresh_collection)
+        conn.execute("UPDATE documents SET path = 'c1/doc001.txt' WHERE path = %s AND collection_id = "
+                     "(SELECT id FROM collections WHERE name = %s)", (str(proj / "c1/doc001.txt"), fresh_collection))
+    assert search_paths(cli_env, proj, fresh_collection) == [f"c1/{n}" for n in names]  # readable before
+    rep = index_json(cli_env, proj, "c1", *args)
     assert (rep["added"], rep["unchanged"], rep["chunks_embedded"]) == (0, 3, 0), rep
-    assert doc_paths(store, fresh_collection) == expected
+    assert doc_paths(store, fresh_collection) == [str(proj / "c1" / n) for n in names]
+
+    # --prune from another folder removes what is gone, under its canonical key
+    (proj / "c1" / "doc002.txt").unlink()
+    rep = index_json(cli_env, elsewhere, "../proj/c1", *args, "--prune")
+    assert (rep["removed"], rep["unchanged"], rep["chunks_embedded"]) == (1, 2, 0), rep
+
+
+def test_keys_that_are_not_paths_stay_verbatim(tmp_path, cli_env, bert, store, fresh_collection) -> None:
+    """`index --jsonl` ids (like texts posted to the server) are keys, not paths: stored and shown as given,
+    even when they look like a path below the current folder."""
+    root = tmp_path.resolve()
+    ids = [str(root / "a.txt"), "./b.txt", "c/../d.txt"]
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": i, "text": f"document topic {n}"}) + "\n"
+                              for n, i in enumerate(ids)), encoding="utf-8")
+    ok(cli(cli_env, root, "index", "--jsonl", str(corpus), "-m", str(bert), "-c", fresh_collection))
+    assert doc_paths(store, fresh_collection) == sorted(ids)
+    assert search_paths(cli_env, root, fresh_collection) == sorted(ids)
+    assert len(search_paths(cli_env, root, fresh_collection, "--path", "./b.txt")) == 1
 
 
 def test_symlinks_leaving_the_folder_are_not_followed(tmp_path, cli_env, bert, store, fresh_collection) -> None:
@@ -354,7 +411,9 @@ def test_symlinks_leaving_the_folder_are_not_followed(tmp_path, cli_env, bert, s
     os.mkfifo(docs / "fifo")
     (docs / "zero.txt").symlink_to("/dev/zero")  # a device: reading it would never end
     rep = index_json(cli_env, tmp_path, "docs", "-m", str(bert), "-c", fresh_collection)
-    assert doc_paths(store, fresh_collection) == ["docs/doc000.txt", "docs/doc001.txt", "docs/inside-link.txt"]
+    docs_key = str(docs.resolve())
+    assert doc_paths(store, fresh_collection) == [f"{docs_key}/{n}" for n in ["doc000.txt", "doc001.txt",
+                                                                              "inside-link.txt"]]
     reasons = dict((s["path"], s["reason"]) for s in rep["skipped_files"])
     assert "outside" in reasons["docs/secret-link.txt"] and "--follow-symlinks" in reasons["docs/secret-link.txt"]
     assert "docs/hostname" in reasons
@@ -362,7 +421,7 @@ def test_symlinks_leaving_the_folder_are_not_followed(tmp_path, cli_env, bert, s
     other = fresh_collection + "_follow"
     rep = index_json(cli_env, tmp_path, "docs", "-m", str(bert), "-c", other, "--follow-symlinks")
     paths = doc_paths(store, other)
-    assert {"docs/secret-link.txt", "docs/outdir/secret.txt"} <= set(paths), paths
+    assert {f"{docs_key}/secret-link.txt", f"{docs_key}/outdir/secret.txt"} <= set(paths), paths
     assert not any("pipe" in p or "fifo" in p or "zero" in p for p in paths), paths
 
 

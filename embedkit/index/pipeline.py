@@ -17,7 +17,8 @@ import numpy as np
 from embedkit.errors import InputError
 from embedkit.index.chunk import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, TextChunk, chunk_text
 from embedkit.index.extract import SkipFile, content_sha256, extract, read_file
-from embedkit.index.walk import FoundFile, legacy_key, root_key, walk_paths
+from embedkit.index.keys import file_key, legacy_file_key, legacy_keys, shown_path
+from embedkit.index.walk import FoundFile, walk_paths
 from embedkit.store import Store
 from embedkit.store.collections import (
     CollectionInfo,
@@ -34,7 +35,8 @@ from embedkit.store.writes import (
     DocumentRecord,
     delete_documents,
     document_hashes,
-    rename_document,
+    file_document_keys,
+    rekey_file_document,
     write_document,
 )
 
@@ -108,8 +110,8 @@ class Executor(Protocol):
         ...
 
 
-def _under(path: str, roots: Sequence[str]) -> bool:
-    return any(r == "." or path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+def _under(key: str, roots: Sequence[str]) -> bool:
+    return any(key == r or key.startswith(r.rstrip("/") + "/") for r in roots)
 
 
 def _utf8(text: str) -> bool:
@@ -164,7 +166,8 @@ def index_paths(
         info = ensure_collection(conn, collection, model, chunk_tokens, overlap, reembed=reembed,
                                  **model_prefixes(embedder, query_prefix, document_prefix))
         known = document_hashes(conn, info.id)
-        _adopt_legacy_keys(conn, info.id, files, known)
+        file_keys = file_document_keys(conn, info.id)
+        _adopt_legacy_keys(conn, info.id, files, known, file_keys)
 
     kept: set[str] = set()
     if executor is None:
@@ -190,8 +193,9 @@ def index_paths(
             kept |= executor.run(store, info, embedder, _read_changed(changed, report), len(changed), report,
                                  progress)
 
-    roots = [root_key(p) for p in paths]
-    _finish(store, info, report, [k for k in known if k not in kept and _under(k, roots)] if prune else [])
+    roots = [file_key(p) for p in paths]
+    gone = [k for k in known if k not in kept and k in file_keys and _under(legacy_file_key(k), roots)]
+    _finish(store, info, report, gone if prune else [])
     report.total_seconds = time.perf_counter() - t0
     return report
 
@@ -206,15 +210,15 @@ def _scan(files: Sequence[FoundFile], known: dict[str, str], report: IndexReport
     and mtime), counts the unchanged ones in `report` and `kept`, and records the unreadable ones as skipped."""
     for f in files:
         if not _utf8(f.key):  # PostgreSQL text is UTF-8: such a path cannot be stored (or printed as is)
-            report.skipped.append((_printable(f.key), "file name is not UTF-8"))
+            report.skipped.append((_printable(shown_path(f.key)), "file name is not UTF-8"))
             continue
         if f.skip is not None:
-            report.skipped.append((f.key, f.skip))
+            report.skipped.append((shown_path(f.key), f.skip))
             continue
         try:
             data, mtime = read_file(f.path)
         except SkipFile as why:
-            report.skipped.append((f.key, str(why)))
+            report.skipped.append((shown_path(f.key), str(why)))
             continue
         if known.get(f.key) == content_sha256(data):
             report.unchanged += 1
@@ -228,9 +232,9 @@ def _extract(f: FoundFile, data: bytes, mtime: float, report: IndexReport) -> Do
     try:
         ex = extract(f.path, data, mtime)
     except SkipFile as why:
-        report.skipped.append((f.key, str(why)))
+        report.skipped.append((shown_path(f.key), str(why)))
         return None
-    return DocumentText(DocumentRecord(f.key, ex.sha256, ex.mtime, ex.size, ex.metadata), ex.text)
+    return DocumentText(DocumentRecord(f.key, ex.sha256, ex.mtime, ex.size, ex.metadata, is_file=True), ex.text)
 
 
 def _read_changed(changed: Sequence[tuple[FoundFile, int]], report: IndexReport) -> Iterator[DocumentText]:
@@ -239,7 +243,7 @@ def _read_changed(changed: Sequence[tuple[FoundFile, int]], report: IndexReport)
         try:
             data, mtime = read_file(f.path)
         except SkipFile as why:
-            report.skipped.append((f.key, str(why)))
+            report.skipped.append((shown_path(f.key), str(why)))
             continue
         doc = _extract(f, data, mtime, report)
         if doc is not None:
@@ -250,7 +254,7 @@ def _chunk(doc: DocumentText, embedder: Any, info: CollectionInfo, report: Index
     """A document cut into chunks with the collection's chunking, or None (skipped) when nothing is left."""
     chunks = chunk_text(doc.text, embedder.count_tokens, info.chunk_tokens, info.chunk_overlap)
     if not chunks:
-        report.skipped.append((doc.doc.path, "no text"))
+        report.skipped.append((shown_path(doc.doc.path, doc.doc.is_file), "no text"))
         return None
     return _Pending(doc.doc, chunks)
 
@@ -299,16 +303,21 @@ def model_prefixes(embedder: Any, query_prefix: str | None, document_prefix: str
     return {"prefixes": (q, d), "check_prefixes": given}
 
 
-def _adopt_legacy_keys(conn, collection_id: int, files: Sequence[FoundFile], known: dict[str, str]) -> None:
-    """Documents that earlier versions stored under an absolute spelling of a path now keyed relative to the
-    current folder are renamed to the new key (same content, nothing re-embedded), so no file gets two."""
+def _adopt_legacy_keys(conn, collection_id: int, files: Sequence[FoundFile], known: dict[str, str],
+                       file_keys: set[str]) -> None:
+    """File documents that earlier versions stored under a path relative to the current folder are re-keyed
+    to their canonical key (same content, nothing re-embedded), so no file gets two. `known` and `file_keys`
+    are updated to match."""
     for f in files:
         if f.key in known or not _utf8(f.key):
             continue
-        old = legacy_key(f.key)
-        if old is not None and old in known:
-            rename_document(conn, collection_id, old, f.key)
-            known[f.key] = known.pop(old)
+        for old in legacy_keys(f.key):
+            if old in known:
+                rekey_file_document(conn, collection_id, old, f.key)
+                known[f.key] = known.pop(old)
+                file_keys.discard(old)
+                file_keys.add(f.key)
+                break
 
 
 def default_chunk_tokens(embedder: Any) -> int:

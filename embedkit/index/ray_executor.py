@@ -27,6 +27,7 @@ import numpy as np
 
 from embedkit.errors import CollectionMismatchError, EmbedkitError, InputError
 from embedkit.index.chunk import TextChunk
+from embedkit.index.keys import shown_path
 from embedkit.index.pipeline import DocumentText, IndexProgress, IndexReport, write_embedded
 from embedkit.index.ray_worker import DatasetEmbedder, EmbedWorker, GivenEmbedder, ModelLoader
 from embedkit.store import Store
@@ -190,7 +191,7 @@ class RayExecutor:
                     t = time.perf_counter()
                     for d, res in zip(batch, results, strict=True):
                         if isinstance(res, str):
-                            report.skipped.append((d.doc.path, res))
+                            report.skipped.append((shown_path(d.doc.path, d.doc.is_file), res))
                             meter.done()
                             continue
                         spans, vectors = res

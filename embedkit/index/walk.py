@@ -19,6 +19,7 @@ from pathlib import Path
 import pathspec
 
 from embedkit.errors import InputError
+from embedkit.index.keys import child_key, file_key
 
 IGNORE_FILE = ".embedkitignore"
 SKIPPED_DIRS = frozenset({"CVS", "__pycache__", "node_modules", "_darcs"})
@@ -26,31 +27,12 @@ SKIPPED_DIRS = frozenset({"CVS", "__pycache__", "node_modules", "_darcs"})
 
 @dataclass(frozen=True)
 class FoundFile:
-    """A file to index: where it is on disk and the path it is stored under (its key in the collection);
-    `skip` is the reason a file found is not indexed (a link leaving the indexed folders)."""
+    """A file to index: where it is on disk and its key in the collection (see `keys`); `skip` is the reason
+    a file found is not indexed (a link leaving the indexed folders)."""
 
     path: Path
     key: str
     skip: str | None = None
-
-
-def root_key(arg: str | os.PathLike[str]) -> str:
-    """The stored form of a path given on the command line, the same however it is spelled (`c1`, `./c1/`,
-    `c1/../c1`, its absolute path): relative to the current folder (`examples/x.md`) when it lies below it,
-    else absolute; folders of it resolved."""
-    resolved = Path(arg).resolve()
-    try:
-        return resolved.relative_to(Path.cwd().resolve()).as_posix() or "."
-    except ValueError:
-        return resolved.as_posix()
-
-
-def legacy_key(key: str) -> str | None:
-    """The key earlier versions stored for `key` when its path was given absolute (they kept absolute
-    spellings as they were), or None where both agree."""
-    if key.startswith("/"):
-        return None
-    return (Path.cwd().resolve() / key).as_posix() if key != "." else Path.cwd().resolve().as_posix()
 
 
 def _spec(patterns: Sequence[str], origin: str) -> pathspec.PathSpec | None:
@@ -120,7 +102,7 @@ def walk_paths(
         kind = _special_kind(p)
         if kind is not None:  # os.walk would find nothing in it and reading it could block
             raise InputError(f"{arg}: is {kind}; expected a file or a folder")
-        key = root_key(arg)
+        key = file_key(arg)
         if p.is_file():
             if wanted(p.name):
                 found.setdefault(key, FoundFile(p, key))
@@ -128,7 +110,7 @@ def walk_paths(
         for f in _walk_dir(p, follow_symlinks):
             rel = f.relative_to(p).as_posix()
             if wanted(rel):
-                k = rel if key == "." else f"{key}/{rel}"
+                k = child_key(key, rel)
                 found.setdefault(k, FoundFile(f, k, None if follow_symlinks else _leaves(f, roots)))
     return [found[k] for k in sorted(found)]
 

@@ -4,15 +4,14 @@ default store."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from embedkit.errors import InputError
+from embedkit.index.keys import typed_keys
 from embedkit.index.models import embedder_for_collection
 from embedkit.index.pipeline import DEFAULT_COLLECTION
-from embedkit.index.walk import legacy_key, root_key
 from embedkit.search.evaluation import (
     RECALL_AT,
     EvalReport,
@@ -158,21 +157,28 @@ def results_json(hits: list[ChunkHit] | list[DocumentHit]) -> dict[str, Any]:
 
 
 def resolve_target(conn, collection_id: int, target: str | int) -> str | int:
-    """A chunk id (int, or a string of digits that is not a stored path) or a stored document path."""
+    """A chunk id (int, or a string of digits that is not a stored path) or a stored document key (the key
+    as typed, else the file's key however its path was typed: see `embedkit.index.keys.typed_keys`)."""
     if isinstance(target, int):
         return target
-    on_disk = Path(target).exists()
-    # as given, then however else the file may be keyed (see walk.root_key and walk.legacy_key)
-    candidates = [target, root_key(target), legacy_key(root_key(target))] if on_disk else [target]
-    for key in candidates:
-        if key is not None and conn.execute(
+    key = stored_key(conn, collection_id, target)
+    if key is not None:
+        return key
+    if target.isdigit():
+        return int(target)
+    return target
+
+
+def stored_key(conn, collection_id: int, typed: str) -> str | None:
+    """The stored key of the document a user names by `typed` (a verbatim key, or a file's path as shown or
+    as it lies on disk), or None if no document of the collection has it."""
+    for key in typed_keys(typed):
+        if conn.execute(
             "SELECT 1 FROM documents WHERE collection_id = %s AND md5(path) = md5(%s) AND path = %s",
             (collection_id, key, key),
         ).fetchone():
             return key
-    if target.isdigit():
-        return int(target)
-    return root_key(target) if on_disk else target
+    return None
 
 
 def evaluate(

@@ -9,6 +9,7 @@ import numpy as np
 import psycopg
 
 from embedkit.errors import InputError
+from embedkit.index.keys import shown_path
 from embedkit.search.fusion import RRF_K, best_per_document, fuse_chunks, fuse_documents
 from embedkit.search.hits import ChunkHit
 from embedkit.search.keyword import keyword_scores
@@ -60,7 +61,7 @@ def _hits_sql(info: CollectionInfo, ranked: str, score: str, order: str) -> str:
     cid = int(info.id)
     return (
         f"WITH h AS MATERIALIZED ({ranked}) "
-        f"SELECT d.path, {score}, c.id, c.text, c.document_id, c.ordinal, c.char_start, c.char_end "
+        f"SELECT d.path, {score}, c.id, c.text, c.document_id, c.ordinal, c.char_start, c.char_end, d.is_file "
         f"FROM h JOIN chunks c ON c.collection_id = {cid} AND c.id = h.id "
         f"JOIN documents d ON d.collection_id = {cid} AND d.id = c.document_id "
         f"ORDER BY {order}, c.id"
@@ -68,7 +69,7 @@ def _hits_sql(info: CollectionInfo, ranked: str, score: str, order: str) -> str:
 
 
 def _rows_to_hits(rows) -> list[ChunkHit]:
-    return [ChunkHit(r[0], float(r[1]), *r[2:]) for r in rows]
+    return [ChunkHit(shown_path(r[0], r[8]), float(r[1]), *r[2:8]) for r in rows]
 
 
 def vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search) -> list[ChunkHit]:

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 
 from embedkit.errors import InputError
+from embedkit.index.keys import shown_path
 from embedkit.search.sql import index_order_expr, set_hnsw
 from embedkit.store.collections import CollectionInfo, display_name
 
@@ -70,7 +71,7 @@ def nearest_documents(conn: psycopg.Connection, info: CollectionInfo, query: Any
     n = k + len(exclude)
     # A few extra rows instead of a `d.id <> x` filter keep this a plain index scan.
     sql = (
-        f"SELECT d.path, 1 - (d.embedding <=> %(q)s::vector), d.id, d.n_chunks FROM documents d "
+        f"SELECT d.path, 1 - (d.embedding <=> %(q)s::vector), d.id, d.n_chunks, d.is_file FROM documents d "
         f"WHERE d.collection_id = {cid} AND d.embedding IS NOT NULL ORDER BY {order} LIMIT %(k)s"
     )
     if info.index_kind == "bit":
@@ -78,4 +79,4 @@ def nearest_documents(conn: psycopg.Connection, info: CollectionInfo, query: Any
     with conn.transaction():
         set_hnsw(conn, n, ef_search, filtered=False)
         rows = conn.execute(sql, {"q": query, "k": n}).fetchall()
-    return [DocumentHit(r[0], float(r[1]), r[2], r[3]) for r in rows if r[2] not in exclude][:k]
+    return [DocumentHit(shown_path(r[0], r[4]), float(r[1]), r[2], r[3]) for r in rows if r[2] not in exclude][:k]

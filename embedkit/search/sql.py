@@ -7,11 +7,14 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import posixpath
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from embedkit.errors import InputError
+from embedkit.index.keys import typed_keys
 from embedkit.store.collections import CollectionInfo, index_kind
 
 DEFAULT_EF_SEARCH = 100
@@ -56,6 +59,25 @@ def _like_escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def path_likes(typed: str) -> list[str]:
+    """LIKE patterns for the stored keys a `--path` value selects, as the user typed it: a key or folder as
+    typed (verbatim keys, keys shown relative to the current folder) or as a path from the current folder
+    (files are keyed by absolute path, see `embedkit.index.keys`); a glob likewise, as typed and below the
+    current folder. A folder means itself and everything below it."""
+    if any(ch in typed for ch in "*?["):
+        likes = [glob_to_like(typed)]
+        if not typed.startswith("/"):
+            likes.append(glob_to_like(posixpath.normpath(posixpath.join(Path.cwd().resolve().as_posix(), typed))))
+        return likes
+    base = typed.rstrip("/")
+    if not base:
+        return ["%"]
+    likes = []
+    for key in typed_keys(base):
+        likes += [_like_escape(key), _like_escape(key.rstrip("/")) + "/%"]
+    return likes
+
+
 def path_matches(path: str, glob: str) -> bool:
     """Python twin of glob_to_like (folder prefix or fnmatch), for checks outside SQL."""
     if not any(ch in glob for ch in "*?["):
@@ -70,13 +92,12 @@ def document_filter(
     """A SQL condition on chunk alias `c` restricting it to documents matching the filters ('' if none)."""
     conds = []
     if path_glob:
-        params["path_like"] = glob_to_like(path_glob)
-        conds.append(r"d.path LIKE %(path_like)s ESCAPE '\'")
-        if not any(ch in path_glob for ch in "*?["):
-            base = path_glob.rstrip("/")
-            params["path_like"] = _like_escape(base)
-            params["path_dir"] = _like_escape(base) + "/%"
-            conds[-1] = r"(d.path LIKE %(path_like)s ESCAPE '\' OR d.path LIKE %(path_dir)s ESCAPE '\')"
+        likes = path_likes(path_glob)
+        alts = []
+        for i, like in enumerate(likes):
+            params[f"path_like{i}"] = like
+            alts.append(f"d.path LIKE %(path_like{i})s ESCAPE '\\'")
+        conds.append("(" + " OR ".join(alts) + ")")
     if metadata:
         params["meta"] = json.dumps(metadata)
         conds.append("d.metadata @> %(meta)s::jsonb")

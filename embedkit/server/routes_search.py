@@ -11,8 +11,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
+from embedkit.index.keys import shown_path
 from embedkit.index.models import model_identity
-from embedkit.search.api import results_json, search
+from embedkit.search.api import results_json, search, stored_key
 from embedkit.search.recommend import recommend_documents
 from embedkit.search.similar import similar_documents
 from embedkit.search.sql import parse_metadata_filters
@@ -115,9 +116,10 @@ def _resolve(conn, info: CollectionInfo, ex: Any) -> str | int:
             return doc.key
         ex = ex.document if ex.document is not None else ex.chunk_id
     if isinstance(ex, str):
-        if get_document(conn, info.id, key=ex) is None:
+        key = stored_key(conn, info.id, ex)
+        if key is None:
             raise APIError(404, f"no document {ex!r} in collection {info.name!r}", "document_not_found")
-        return ex
+        return key
     if not chunk_exists(conn, info.id, ex):
         raise APIError(404, f"no chunk {ex} in collection {info.name!r}", "chunk_not_found")
     return ex
@@ -203,15 +205,18 @@ async def documents_route(name: str, state: State, key: str | None = None, docum
                 docs = list_documents(conn, info.id, limit + 1, offset)
                 more = len(docs) > limit
                 return {"collection": info.name,
-                        "documents": [{"document_id": d.document_id, "key": d.key, "n_chunks": d.n_chunks,
+                        "documents": [{"document_id": d.document_id, "key": d.key,
+                                       "path": shown_path(d.key, d.is_file), "n_chunks": d.n_chunks,
                                        "metadata": d.metadata} for d in docs[:limit]],
                         "next_offset": offset + limit if more else None}
-            doc = get_document(conn, info.id, key=key, document_id=document_id if key is None else None)
+            stored = stored_key(conn, info.id, key) if key is not None else None
+            doc = get_document(conn, info.id, key=stored, document_id=document_id) if key is None or stored else None
             if doc is None:
                 what = repr(key) if key is not None else str(document_id)
                 raise APIError(404, f"no document {what} in collection {info.name!r}", "document_not_found")
             chunks = document_chunks(conn, info.id, doc.document_id)
-            return {"collection": info.name, "document": doc.to_json(), "chunks": [c.to_json() for c in chunks]}
+            shown = {**doc.to_json(), "path": shown_path(doc.key, doc.is_file)}  # the key as search shows it
+            return {"collection": info.name, "document": shown, "chunks": [c.to_json() for c in chunks]}
 
     return await run_in_threadpool(work)
 

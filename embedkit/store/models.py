@@ -61,7 +61,8 @@ class Collection(Base):
 
 
 class Document(Base):
-    """One indexed file: its content hash (for incremental runs) and its mean vector (for `similar`)."""
+    """One indexed file (or text stored under a key): its content hash (for incremental runs) and its mean
+    vector (for `similar`)."""
 
     __tablename__ = "documents"
     __table_args__ = (
@@ -79,6 +80,9 @@ class Document(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default="{}")
     n_chunks: Mapped[int] = mapped_column(Integer)
     embedding = mapped_column(Vector(), nullable=True)  # normalised mean of the chunk vectors
+    # the path is a file's canonical key (embedkit.index.keys), shown relative to the user's folder; else a
+    # key given verbatim (index --jsonl, texts posted to the server)
+    is_file: Mapped[bool] = mapped_column(Boolean, server_default="false")
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

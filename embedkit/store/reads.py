@@ -13,12 +13,13 @@ class StoredDocument:
     """A document row (without its vector)."""
 
     document_id: int
-    key: str  # the path it was indexed under, or the key it was posted with
+    key: str  # a file's canonical path, or the key it was stored under (see embedkit.index.keys)
     n_chunks: int
     metadata: dict[str, Any]
     content_sha256: str
     mtime: float
     size: int
+    is_file: bool = False  # the key is a file's path
 
     def to_json(self) -> dict[str, Any]:
         """The document as a JSON object."""
@@ -44,11 +45,11 @@ class StoredChunk:
                 "char_start": self.char_start, "char_end": self.char_end, "token_count": self.token_count}
 
 
-_DOC_COLUMNS = "id, path, n_chunks, metadata, content_sha256, mtime, size"
+_DOC_COLUMNS = "id, path, n_chunks, metadata, content_sha256, mtime, size, is_file"
 
 
 def _doc(row) -> StoredDocument:
-    return StoredDocument(row[0], row[1], row[2], row[3] or {}, row[4], float(row[5]), int(row[6]))
+    return StoredDocument(row[0], row[1], row[2], row[3] or {}, row[4], float(row[5]), int(row[6]), row[7])
 
 
 def get_document(conn: psycopg.Connection, collection_id: int, key: str | None = None,

@@ -28,13 +28,15 @@ class ChunkRecord:
 
 @dataclass
 class DocumentRecord:
-    """One document to store, identified within its collection by `path`."""
+    """One document to store, identified within its collection by `path` (its key); `is_file`: the key is a
+    file's canonical path (see `embedkit.index.keys`), not a key given verbatim."""
 
     path: str
     content_sha256: str
     mtime: float
     size: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    is_file: bool = False
 
 
 def document_hashes(conn: psycopg.Connection, collection_id: int) -> dict[str, str]:
@@ -43,6 +45,12 @@ def document_hashes(conn: psycopg.Connection, collection_id: int) -> dict[str, s
         "SELECT path, content_sha256 FROM documents WHERE collection_id = %s", (collection_id,)
     ).fetchall()
     return dict(rows)
+
+
+def file_document_keys(conn: psycopg.Connection, collection_id: int) -> set[str]:
+    """The keys of a collection's documents that are files (not texts stored under a key)."""
+    rows = conn.execute("SELECT path FROM documents WHERE collection_id = %s AND is_file", (collection_id,))
+    return {r[0] for r in rows}
 
 
 def mean_vector(embeddings: np.ndarray) -> np.ndarray:
@@ -78,10 +86,10 @@ def write_document(
             conn.execute("DELETE FROM documents WHERE collection_id = %s AND id = %s", (collection_id, old[0]))
         doc_vec = mean_vector(emb) if len(emb) else None
         doc_id = conn.execute(
-            "INSERT INTO documents (collection_id, path, content_sha256, mtime, size, metadata, n_chunks, embedding) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            "INSERT INTO documents (collection_id, path, content_sha256, mtime, size, metadata, n_chunks, embedding, "
+            "is_file) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
             (collection_id, doc.path, doc.content_sha256, doc.mtime, doc.size, json.dumps(doc.metadata),
-             len(chunks), doc_vec),
+             len(chunks), doc_vec, doc.is_file),
         ).fetchone()[0]
         if chunks:
             _copy_chunks(conn, collection_id, doc_id, chunks, emb)
@@ -103,12 +111,12 @@ def _copy_chunks(conn, collection_id: int, doc_id: int, chunks: Sequence[ChunkRe
                 )
 
 
-def rename_document(conn: psycopg.Connection, collection_id: int, old: str, new: str) -> None:
-    """Store document `old` under the path `new` (its chunks and vectors unchanged)."""
+def rekey_file_document(conn: psycopg.Connection, collection_id: int, old: str, new: str) -> None:
+    """Store the file document keyed `old` under the key `new` (its chunks and vectors unchanged)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_WRITE_LOCK_NS, collection_id))
-        conn.execute("UPDATE documents SET path = %s WHERE collection_id = %s AND md5(path) = md5(%s) AND path = %s",
-                     (new, collection_id, old, old))
+        conn.execute("UPDATE documents SET path = %s, is_file = true WHERE collection_id = %s AND md5(path) = md5(%s) "
+                     "AND path = %s", (new, collection_id, old, old))
 
 
 def delete_documents(conn: psycopg.Connection, collection_id: int, paths: Iterable[str]) -> int:

@@ -362,7 +362,7 @@ async function openDocumentByKey(collection, key, chunkId, query) {
   await withKey(async () => {
     const params = new URLSearchParams({ key });
     const data = await api("GET", "/v1/collections/" + encodeURIComponent(collection) + "/documents?" + params);
-    $("doc-title").textContent = data.document.key;
+    $("doc-title").textContent = data.document.path;
     const body = $("doc-body");
     body.replaceChildren();
     let hit = null;
