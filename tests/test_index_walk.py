@@ -10,7 +10,8 @@ import pytest
 
 from embedkit.errors import InputError
 from embedkit.index.extract import SkipFile, extract, html_to_text
-from embedkit.index.walk import root_key, walk_paths
+from embedkit.index.keys import file_key, shown_path, typed_keys
+from embedkit.index.walk import walk_paths
 
 
 def _tree(root):
@@ -37,29 +38,34 @@ def _tree(root):
 def test_walk_skips_hidden_vcs_and_ignored(tmp_path, monkeypatch):
     _tree(tmp_path / "docs")
     monkeypatch.chdir(tmp_path)
-    keys = [f.key for f in walk_paths(["docs"])]
+    keys = [shown_path(f.key) for f in walk_paths(["docs"])]
     assert keys == ["docs/a.md", "docs/b.txt", "docs/sub/c.py"]
 
 
 def test_include_exclude(tmp_path, monkeypatch):
     _tree(tmp_path / "docs")
     monkeypatch.chdir(tmp_path)
-    assert [f.key for f in walk_paths(["docs"], include=["*.md"])] == ["docs/a.md"]
-    assert [f.key for f in walk_paths(["docs/"], exclude=["sub/"])] == ["docs/a.md", "docs/b.txt"]
+    assert [shown_path(f.key) for f in walk_paths(["docs"], include=["*.md"])] == ["docs/a.md"]
+    assert [shown_path(f.key) for f in walk_paths(["docs/"], exclude=["sub/"])] == ["docs/a.md", "docs/b.txt"]
 
 
 def test_explicit_file_and_keys(tmp_path, monkeypatch):
     _tree(tmp_path / "docs")
     monkeypatch.chdir(tmp_path)
     # an explicitly named file is taken even if an .embedkitignore would skip it
-    assert [f.key for f in walk_paths(["docs/sub/skip.log"])] == ["docs/sub/skip.log"]
-    # one key however the folder is spelled: absolute below the current folder too (issue #22 item 9)
-    assert root_key(str(tmp_path / "docs")) == root_key(str(tmp_path / "docs") + "/") == "docs"
-    assert root_key("./docs/") == "docs"
+    real = tmp_path.resolve().as_posix()
+    assert [f.key for f in walk_paths(["docs/sub/skip.log"])] == [f"{real}/docs/sub/skip.log"]
+    # one key however the folder is spelled and wherever `index` runs: its resolved absolute path (issue #22
+    # item 9), shown relative to the current folder when below it
+    docs = f"{real}/docs"
+    assert file_key(str(tmp_path / "docs")) == file_key(str(tmp_path / "docs") + "/") == file_key("./docs/") == docs
+    assert file_key("docs/../docs") == docs and shown_path(docs) == "docs"
     with pytest.raises(InputError, match="nope"):
         walk_paths(["nope"])
     monkeypatch.chdir(tmp_path / "docs" / "sub")
-    assert root_key("../a.md") == os.path.join(str(tmp_path), "docs", "a.md")
+    assert file_key("../a.md") == f"{docs}/a.md" and shown_path(f"{docs}/a.md") == f"{docs}/a.md"
+    assert shown_path(f"{docs}/sub/c.py") == "c.py" and shown_path(f"{docs}/sub/c.py", is_file=False) != "c.py"
+    assert typed_keys("../a.md") == ["../a.md", f"{docs}/a.md"]
 
 
 def test_extract_text_binary_encoding(tmp_path):
