@@ -33,6 +33,9 @@ def _check_bindable(host: str, port: int) -> None:
               help="Generation model (known name or GGUF path); none: no generation routes.")
 @click.option("--embed-model", default="all-minilm-l6-v2", show_default=True,
               help="Embedding model (known name or GGUF path); 'none': no embeddings or search.")
+@click.option("--rerank-model", default=None,
+              help="Cross-encoder for /v1/rerank (known name or GGUF path, e.g. from `embedkit convert` of a "
+                   "BertForSequenceClassification); none: no reranking.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--api-key", default=None, envvar="EMBEDKIT_API_KEY",
@@ -49,23 +52,24 @@ def _check_bindable(host: str, port: int) -> None:
 @click.option("--max-body", default=16 * 1024 * 1024, show_default=True, type=click.IntRange(min=1024),
               help="Largest request body in bytes.")
 @device_options
-def command(gen_model, embed_model, host, port, api_key, no_auth, parallel, max_queue, ctx_size, threads,
+def command(gen_model, embed_model, rerank_model, host, port, api_key, no_auth, parallel, max_queue, ctx_size, threads,
             max_body, device, gpu_layers, cpu_math) -> None:
-    """Serve /v1/embeddings, /v1/completions, /v1/chat/completions (OpenAI's API) and /v1/search."""
+    """Serve /v1/embeddings, /v1/completions, /v1/chat/completions (OpenAI's API), /v1/rerank and /v1/search."""
     import uvicorn
 
     from embedkit.catalog import resolve_model
     from embedkit.server import ServerConfig, create_app
 
     config = ServerConfig(
-        gen_model=gen_model, embed_model=None if embed_model.lower() == "none" else embed_model, host=host,
+        gen_model=gen_model, embed_model=None if embed_model.lower() == "none" else embed_model,
+        rerank_model=rerank_model, host=host,
         port=port, api_key=api_key, no_auth=no_auth, parallel=parallel, max_queue=max_queue, device=device,
         gpu_layers=gpu_layers, cpu_math=cpu_math, ctx_size=ctx_size, threads=threads, max_body_bytes=max_body,
     )
     config.check()
     _check_bindable(host, port)
     # resolve (and fetch once) before listening, so a wrong name is one line and no server
-    for name, kind in ((config.embed_model, "embed"), (config.gen_model, "generate")):
+    for name, kind in ((config.embed_model, "embed"), (config.gen_model, "generate"), (config.rerank_model, "embed")):
         if name is not None:
             resolve_model(name, kind=kind)
     server: uvicorn.Server | None = None

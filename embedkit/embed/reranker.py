@@ -61,10 +61,17 @@ class Reranker:
         ids = [cls_id, *q, sep_id, *d, sep_id]
         return ids, [0] * (len(q) + 2) + [1] * (len(d) + 1)
 
+    def pairs(self, query: str, documents: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        """(token ids, segment ids) of each (query, document) pair as the model reads it, truncated to fit."""
+        q = self.tokenizer.encode(query, add_special=False)
+        return [self._pair(q, self.tokenizer.encode(d, add_special=False)) for d in documents]
+
     def logits(self, query: str, documents: Sequence[str], batch_size: int = 16) -> np.ndarray:
         """The classifier's logits [n_documents, n_labels] for each (query, document) pair."""
-        q = self.tokenizer.encode(query, add_special=False)
-        pairs = [self._pair(q, self.tokenizer.encode(d, add_special=False)) for d in documents]
+        return self.pair_logits(self.pairs(query, documents), batch_size)
+
+    def pair_logits(self, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int = 16) -> np.ndarray:
+        """The classifier's logits [n_pairs, n_labels] of pairs made by `pairs`."""
         out = np.zeros((len(pairs), self.out_w.shape[0]), dtype=np.float32)
         if not pairs:
             return out

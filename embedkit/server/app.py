@@ -42,7 +42,7 @@ def _load_in_background(state: ServerState, loader: Callable[[], ServedModels],
 
 def create_app(config: ServerConfig, on_load_failure: Callable[[], None] | None = None) -> FastAPI:
     """The ASGI app for `config`; the models start loading when the app starts (lifespan)."""
-    from embedkit.server import page, routes_embeddings, routes_generation, routes_ops, routes_search
+    from embedkit.server import page, routes_embeddings, routes_generation, routes_ops, routes_rerank, routes_search
 
     metrics = ServerMetrics()
     state = ServerState(config, metrics)
@@ -63,7 +63,7 @@ def create_app(config: ServerConfig, on_load_failure: Callable[[], None] | None 
     )
     app.state.server = state
     install_error_handlers(app)
-    for module in (routes_ops, routes_embeddings, routes_generation, routes_search, page):
+    for module in (routes_ops, routes_embeddings, routes_generation, routes_rerank, routes_search, page):
         app.include_router(module.router)
     # added innermost first: AccessLog sees every answer, auth runs before the body is read
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)

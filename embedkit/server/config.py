@@ -10,6 +10,8 @@ from embedkit.errors import InputError
 
 # OpenAI's limit on inputs per embeddings request.
 MAX_EMBEDDING_INPUTS = 2048
+# Documents per rerank request (Cohere's recommended maximum).
+MAX_RERANK_DOCUMENTS = 1000
 MAX_BODY_BYTES = 16 * 1024 * 1024
 # The embeddings collector waits this long after the first request for others to share its forwards, and
 # closes a batch at this many tokens.
@@ -23,6 +25,7 @@ class ServerConfig:
 
     gen_model: str | None = None  # known name or GGUF path; None: no generation
     embed_model: str | None = "all-minilm-l6-v2"  # None: no embeddings (and no search)
+    rerank_model: str | None = None  # a cross-encoder (known name or GGUF path); None: no /v1/rerank
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = None
@@ -36,13 +39,14 @@ class ServerConfig:
     threads: int | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     max_embedding_inputs: int = MAX_EMBEDDING_INPUTS
+    max_rerank_documents: int = MAX_RERANK_DOCUMENTS
     batch_window_ms: float = BATCH_WINDOW_MS
     batch_tokens: int = BATCH_TOKENS
 
     def check(self) -> None:
         """InputError for settings that cannot be served (before anything loads)."""
-        if self.gen_model is None and self.embed_model is None:
-            raise InputError("nothing to serve: give -m GEN_MODEL and/or --embed-model MODEL")
+        if self.gen_model is None and self.embed_model is None and self.rerank_model is None:
+            raise InputError("nothing to serve: give -m GEN_MODEL, --embed-model MODEL and/or --rerank-model MODEL")
         if not 1 <= self.port <= 65535:
             raise InputError(f"--port {self.port}: expected 1..65535")
         if self.parallel < 1:

@@ -89,7 +89,8 @@ _TYPE_TAGS = ("str", "int", "float", "bool", "list", "dict", "function", "nullab
 
 def _param_of(loc: tuple[Any, ...]) -> str | None:
     """The field a validation error is about, without pydantic's union-member tags (`str`, `list[int]`)."""
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # the first element says where (body, query string, path, header); a field may be called "query" itself
+    parts = [str(p) for p in (loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)]
     parts = [p for p in parts if not (p.split("[")[0].split("-")[0] in _TYPE_TAGS or "[" in p)]
     return ".".join(parts) or None
 

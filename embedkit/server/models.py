@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ class ServedModel:
 
     name: str
     aliases: set[str]
-    kind: str  # "embed" | "generate"
+    kind: str  # "embed" | "generate" | "rerank"
     path: Path
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -63,6 +64,14 @@ class GenerationModel(ServedModel):
         return self.scheduler.engine
 
 
+@dataclass
+class RerankModel(ServedModel):
+    """A cross-encoder; one request scores at a time (each uses every CPU thread)."""
+
+    reranker: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 class BatchedEmbedder:
     """An `EmbedderLike` for search and indexing whose `embed` runs on the model's worker thread."""
 
@@ -83,24 +92,27 @@ class BatchedEmbedder:
 
 
 class ServedModels:
-    """The loaded embedding and generation models."""
+    """The loaded embedding, generation and reranking models."""
 
-    def __init__(self, embed: EmbeddingModel | None, generate: GenerationModel | None) -> None:
+    def __init__(self, embed: EmbeddingModel | None, generate: GenerationModel | None,
+                 rerank: RerankModel | None = None) -> None:
         self.embed = embed
         self.generate = generate
+        self.rerank = rerank
 
     def all(self) -> list[ServedModel]:
         """Every loaded model."""
-        return [m for m in (self.embed, self.generate) if m is not None]
+        return [m for m in (self.embed, self.generate, self.rerank) if m is not None]
 
     def find(self, name: str | None, kind: str) -> Any:
         """The loaded model of `kind` called `name` (None: the one of that kind), else OpenAI's 404."""
-        model = self.embed if kind == "embed" else self.generate
-        what = "embedding" if kind == "embed" else "generation"
+        model = {"embed": self.embed, "generate": self.generate, "rerank": self.rerank}[kind]
+        what = {"embed": "embedding", "generate": "generation", "rerank": "reranking"}[kind]
         served = ", ".join(m.name for m in self.all()) or "none"
         if model is None:
-            raise APIError(404, f"this server has no {what} model loaded (models: {served})", "model_not_found",
-                           "model")
+            hint = " (start it with --rerank-model MODEL)" if kind == "rerank" else ""
+            raise APIError(404, f"this server has no {what} model loaded{hint} (models: {served})",
+                           "model_not_found", "model")
         if name is None or name in model.aliases:
             return model
         raise APIError(404, f"the model {name!r} does not exist or is not a {what} model served here "
@@ -150,4 +162,11 @@ def load_models(config: ServerConfig, metrics: ServerMetrics) -> ServedModels:
                                            n_threads=config.threads)
         generate = GenerationModel(name, _aliases(config.gen_model, path), "generate", path)
         generate.scheduler = GenerationScheduler(engine, config.max_queue, metrics, name)
-    return ServedModels(embed, generate)
+    rerank = None
+    if config.rerank_model is not None:
+        from embedkit.embed.reranker import Reranker
+
+        path = resolve_model(config.rerank_model, kind="embed")
+        rerank = RerankModel(served_name(config.rerank_model), _aliases(config.rerank_model, path), "rerank", path,
+                             reranker=Reranker(path))
+    return ServedModels(embed, generate, rerank)
