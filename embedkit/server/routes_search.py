@@ -247,7 +247,8 @@ async def delete_document_route(name: str, key: str, state: State) -> dict:
     def work() -> dict:
         with state.store().connect() as conn:
             info = _collection(conn, state, name, searched=False)
-            if not delete_documents(conn, info.id, [key]):
+            stored = stored_key(conn, info.id, key)
+            if stored is None or not delete_documents(conn, info.id, [stored]):
                 raise APIError(404, f"no document {key!r} in collection {info.name!r}", "document_not_found")
         return {"collection": name, "key": key, "deleted": True}
 
