@@ -54,14 +54,15 @@ class RunningServer:
 
 
 def start_server(env: dict[str, str], log: Path, *args: str, key: str | None = None,
-                 timeout: float = 600) -> RunningServer:
-    """Start `embedkit serve ARGS` on a free port and wait until /health answers 200."""
+                 timeout: float = 600, cwd: Path = REPO) -> RunningServer:
+    """Start `embedkit serve ARGS` in `cwd` (the folder its paths are shown relative to) on a free port and wait
+    until /health answers 200."""
     port = free_port()
     cmd = [sys.executable, "-m", "embedkit.cli.main", "serve", "--port", str(port), *args]
     if key:
         cmd += ["--api-key", key]
     fh = open(log, "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=str(REPO))
+    proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=str(cwd))
     fh.close()
     srv = RunningServer(f"http://127.0.0.1:{port}", key, proc, log, [])
     deadline = time.monotonic() + timeout

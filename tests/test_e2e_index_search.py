@@ -79,23 +79,27 @@ def index_json(env, cwd, *args) -> dict:
     return json.loads(run_cli(env, cwd, "index", "examples/", "--json", *args).stdout)
 
 
-def snapshot(store, collection: str) -> tuple[list[tuple], dict[tuple, np.ndarray]]:
-    """Every chunk of a collection as comparable rows, and its embeddings by (path, ordinal)."""
+def snapshot(store, collection: str, work: Path) -> tuple[list[tuple], dict[tuple, np.ndarray]]:
+    """Every chunk of a collection as comparable rows, and its embeddings by (path, ordinal); paths relative to
+    `work`, the folder it was indexed from (files are keyed by absolute path)."""
     with store.connect() as conn:
         rows = conn.execute(
             "SELECT d.path, d.content_sha256, d.n_chunks, c.ordinal, c.text, c.token_count, c.char_start, "
             "c.char_end, c.embedding FROM chunks c JOIN documents d ON d.collection_id = c.collection_id "
             "AND d.id = c.document_id JOIN collections k ON k.id = c.collection_id WHERE k.name = %s "
             "ORDER BY d.path, c.ordinal", (collection,)).fetchall()
+        root = str(work.resolve()) + "/"
+        rows = [(r[0].removeprefix(root), *r[1:]) for r in rows]
         n_docs = conn.execute("SELECT count(*) FROM documents d JOIN collections k ON k.id = d.collection_id "
                               "WHERE k.name = %s", (collection,)).fetchone()[0]
     assert n_docs == len({r[0] for r in rows}), "every document has chunks"
     return [r[:8] for r in rows], {(r[0], r[3]): r[8].to_numpy() for r in rows}
 
 
-def assert_same(clean: tuple[list[tuple], dict], store, b: str) -> None:
-    """Collection `b` holds exactly the rows of the clean snapshot restricted to b's documents."""
-    rows_b, emb_b = snapshot(store, b)
+def assert_same(clean: tuple[list[tuple], dict], store, b: str, work: Path) -> None:
+    """Collection `b` (indexed from `work`) holds exactly the rows of the clean snapshot restricted to b's
+    documents."""
+    rows_b, emb_b = snapshot(store, b, work)
     paths = {r[0] for r in rows_b}
     rows_a = [r for r in clean[0] if r[0] in paths]
     emb_a = {k: v for k, v in clean[1].items() if k[0] in paths}
@@ -110,7 +114,7 @@ def indexed(tmp_path_factory, cli_env, store):
     """examples/ indexed into the `default` collection by the CLI; its report and a snapshot of the clean run."""
     work = copy_examples(tmp_path_factory.mktemp("e2e"))
     report = index_json(cli_env, work)
-    return work, report, snapshot(store, "default")
+    return work, report, snapshot(store, "default", work)
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +131,10 @@ def test_index_examples(indexed):
     assert report["chunks_embedded"] >= N_DOCS
 
 
-def test_known_queries_top3(indexed, store, embedder):
+def test_known_queries_top3(indexed, store, embedder, monkeypatch):
     from embedkit.search import search
+
+    monkeypatch.chdir(indexed[0])  # paths are shown relative to the current folder
 
     for query, expected in QUERIES.items():
         paths = [h.path for h in search(query, k=3, store=store, embedder=embedder)]
@@ -149,8 +155,10 @@ def test_search_json_shape_and_text_output(indexed, cli_env):
     assert text.startswith(" 1. ") and "examples/corpus/" in text
 
 
-def test_hybrid_and_path_filter(indexed, store, embedder):
+def test_hybrid_and_path_filter(indexed, store, embedder, monkeypatch):
     from embedkit.search import search
+
+    monkeypatch.chdir(indexed[0])  # paths are shown, and --path read, relative to the current folder
 
     hybrid = search("lambda", k=3, hybrid=True, store=store, embedder=embedder)
     assert "examples/corpus/python/lambda-expressions.txt" in [h.path for h in hybrid]
@@ -189,7 +197,7 @@ def test_sigkill_then_rerun_equals_clean(indexed, cli_env, store, tmp_path):
     assert 1 <= n_docs < len(SMALL), f"the kill must land mid-run ({n_docs} documents written)"
     rep = json.loads(run_cli(cli_env, work, "index", "examples/", "-c", "killed", "--json").stdout)
     assert rep["unchanged"] >= 1 and rep["added"] + rep["unchanged"] == len(SMALL)
-    assert_same(indexed[2], store, "killed")
+    assert_same(indexed[2], store, "killed", work)
     with store.connect() as conn:
         assert conn.execute("SELECT count(*) FROM documents d JOIN collections k ON k.id = d.collection_id "
                             "WHERE k.name = 'killed'").fetchone()[0] == len(SMALL)
@@ -204,8 +212,8 @@ def test_two_indexers_at_once(indexed, cli_env, store, tmp_path):
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
     reports = [json.loads(o[0]) for o in outs]
     assert sum(r["added"] for r in reports) == len(SMALL)  # each document written by exactly one of them
-    assert_same(indexed[2], store, "concurrent")
-    assert len({r[0] for r in snapshot(store, "concurrent")[0]}) == len(SMALL)
+    assert_same(indexed[2], store, "concurrent", work)
+    assert len({r[0] for r in snapshot(store, "concurrent", work)[0]}) == len(SMALL)
 
 
 def test_reindex_edit_prune(indexed, cli_env, store, embedder, monkeypatch):
@@ -216,13 +224,13 @@ def test_reindex_edit_prune(indexed, cli_env, store, embedder, monkeypatch):
     again = index_json(cli_env, work)
     assert again["chunks_embedded"] == 0 and again["unchanged"] == N_DOCS and again["added"] == 0
 
-    monkeypatch.chdir(work)  # the library run stores the same relative keys as the CLI
-    before, _ = snapshot(store, "default")
+    monkeypatch.chdir(work)  # the library run sees the same paths as the CLI
+    before, _ = snapshot(store, "default", work)
     target = work / "examples/corpus/readmes/click.md"
     target.write_text(target.read_text() + "\n\nA new closing paragraph about walruses and accordions.\n")
     edited = index(["examples/"], store=store, embedder=embedder)
     assert (edited.updated, edited.added, edited.unchanged) == (1, 0, N_DOCS - 1)
-    after, _ = snapshot(store, "default")
+    after, _ = snapshot(store, "default", work)
     key = "examples/corpus/readmes/click.md"
     assert [r for r in before if r[0] != key] == [r for r in after if r[0] != key]
     assert any("walruses" in r[4] for r in after if r[0] == key)
@@ -234,7 +242,7 @@ def test_reindex_edit_prune(indexed, cli_env, store, embedder, monkeypatch):
     assert kept.removed == 0 and kept.unchanged == N_DOCS - 1
     pruned = index_json(cli_env, work, "--prune")
     assert pruned["removed"] == 1 and pruned["chunks_embedded"] == 0
-    rows, _ = snapshot(store, "default")
+    rows, _ = snapshot(store, "default", work)
     assert "examples/corpus/python/nonlocal-statement.txt" not in {r[0] for r in rows}
     hits = search("nonlocal statement", k=10, store=store, embedder=embedder)
     assert "examples/corpus/python/nonlocal-statement.txt" not in [h.path for h in hits]
@@ -260,7 +268,8 @@ def test_sql_examples_run_in_psql(indexed, cli_env, store, tmp_path):
     }
     for name, needle in expect.items():
         p = subprocess.run([str(psql), url, "-X", "-v", "ON_ERROR_STOP=1", "-v", "collection=default",
-                            "-v", f"query_vector={qv}", "-v", "path=examples/corpus/python/with-statement.txt",
+                            "-v", f"query_vector={qv}", "-v", f"root={work.resolve()}",
+                            "-v", f"path={work.resolve()}/examples/corpus/python/with-statement.txt",
                             "-f", str(REPO / "examples/sql" / name)], capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, (name, p.stderr)
         assert needle in p.stdout, (name, p.stdout)

@@ -39,7 +39,7 @@ def env(pg_home, minilm_gguf_path):
 
 @pytest.fixture(scope="module")
 def corpus(env, tmp_path_factory) -> Path:
-    """examples/ indexed by the CLI into the collection `page` (keys 'examples/...')."""
+    """examples/ indexed by the CLI into the collection `page` (shown as 'examples/...' from this folder)."""
     work = tmp_path_factory.mktemp("page")
     shutil.copytree(REPO / "examples", work / "examples")
     p = subprocess.run([sys.executable, "-m", "embedkit.cli.main", "index", "examples/", "-c", COLLECTION, "-q"],
@@ -50,14 +50,14 @@ def corpus(env, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(env, corpus, tmp_path_factory):
-    srv = start_server(env, tmp_path_factory.mktemp("page-log") / "server.log")
+    srv = start_server(env, tmp_path_factory.mktemp("page-log") / "server.log", cwd=corpus)
     yield srv
     stop_server(srv)
 
 
 @pytest.fixture(scope="module")
 def keyed_server(env, corpus, tmp_path_factory):
-    srv = start_server(env, tmp_path_factory.mktemp("page-key-log") / "server.log", key=KEY)
+    srv = start_server(env, tmp_path_factory.mktemp("page-key-log") / "server.log", key=KEY, cwd=corpus)
     yield srv
     stop_server(srv)
 

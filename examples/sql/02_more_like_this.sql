@@ -1,6 +1,8 @@
 -- More like this: documents most similar to a given document (by their mean vectors), itself excluded.
 --
---   psql "$(embedkit db url)" -v collection=default -v path=examples/corpus/python/with-statement.txt -f examples/sql/02_more_like_this.sql
+--   psql "$(embedkit db url)" -v collection=default -v path="$PWD/examples/corpus/python/with-statement.txt" \
+--        -f examples/sql/02_more_like_this.sql
+-- (documents of files are stored under their absolute paths)
 WITH src AS (
     SELECT d.collection_id, d.id, d.embedding
     FROM documents d

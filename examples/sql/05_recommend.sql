@@ -4,8 +4,9 @@
 -- length. The examples themselves are left out.
 --
 --   psql "$(embedkit db url)" -v collection=default \
---        -v positive='{examples/corpus/python/with-statement.txt}' \
---        -v negative='{examples/corpus/python/try-statement.txt}' -f examples/sql/05_recommend.sql
+--        -v positive="{$PWD/examples/corpus/python/with-statement.txt}" \
+--        -v negative="{$PWD/examples/corpus/python/try-statement.txt}" -f examples/sql/05_recommend.sql
+-- (documents of files are stored under their absolute paths)
 WITH k AS (
     SELECT id FROM collections WHERE name = :'collection'
 ), pos AS (
