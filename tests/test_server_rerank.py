@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from server_fixtures import server_env, start_server, stop_server
+from server_fixtures import free_port, server_env, start_server, stop_server
 from store_fixtures import *  # noqa: F403  (pg_home)
 from test_rerank import tiny_cross_encoder
 
@@ -97,6 +97,20 @@ def test_malformed_json_is_400(rerank_server):
         err = error_of(c.post("/v1/rerank", content=b'{"query": "x", "documents": [', headers={
             "Content-Type": "application/json"}), 400)
     assert err["code"] == "invalid_json"
+
+
+def test_a_rerank_model_that_is_no_cross_encoder_is_one_line(pg_home, tmp_path):
+    import subprocess
+    import sys
+
+    from embedkit.testing.random_models import write_random_model
+
+    bert = write_random_model(tmp_path / "bert.gguf", "bert", {"n_embd": 64, "n_head": 4, "n_ff": 128})
+    p = subprocess.run([sys.executable, "-m", "embedkit.cli.main", "serve", "--embed-model", "none",
+                        "--rerank-model", str(bert), "--port", str(free_port())], env=server_env(pg_home, tmp_path),
+                       capture_output=True, text=True, timeout=120)
+    lines = p.stderr.splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and "not a cross-encoder" in lines[0], p.stderr
 
 
 def test_no_rerank_model_loaded_is_404(pg_home, tmp_path):

@@ -69,9 +69,16 @@ def command(gen_model, embed_model, rerank_model, host, port, api_key, no_auth, 
     config.check()
     _check_bindable(host, port)
     # resolve (and fetch once) before listening, so a wrong name is one line and no server
-    for name, kind in ((config.embed_model, "embed"), (config.gen_model, "generate"), (config.rerank_model, "embed")):
+    for name, kind in ((config.embed_model, "embed"), (config.gen_model, "generate")):
         if name is not None:
             resolve_model(name, kind=kind)
+    if config.rerank_model is not None:  # and a file that is no cross-encoder is one line, before listening
+        from embedkit.embed.reranker import check_cross_encoder
+        from embedkit.gguf import GGUFFile
+
+        path = resolve_model(config.rerank_model, kind="embed")
+        with GGUFFile(path) as f:
+            check_cross_encoder(f, path)
     server: uvicorn.Server | None = None
 
     def stop() -> None:

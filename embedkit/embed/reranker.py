@@ -32,17 +32,22 @@ def _f32(f: GGUFFile, name: str) -> np.ndarray:
     return np.asarray(dequantize(t.data, t.ggml_type, (rows, t.shape[0])), dtype=np.float32).reshape(t.np_shape)
 
 
+def check_cross_encoder(f: GGUFFile, path: str | os.PathLike[str]) -> None:
+    """UnsupportedModelError unless the GGUF is a BERT with a classification head (a cross-encoder)."""
+    if f.architecture != "bert" or "cls.output.weight" not in f.tensors:
+        raise UnsupportedModelError(
+            f"{path}: not a cross-encoder (expected a BERT with a classification head, e.g. a "
+            "BertForSequenceClassification converted by `embedkit convert`)"
+        )
+
+
 class Reranker:
     """A cross-encoder in a GGUF file (converted from a BertForSequenceClassification)."""
 
     def __init__(self, path: str | os.PathLike[str], max_tokens: int | None = None):
         self.path = Path(path)
         self.file = GGUFFile(self.path)
-        if self.file.architecture != "bert" or "cls.output.weight" not in self.file.tensors:
-            raise UnsupportedModelError(
-                f"{self.path}: not a cross-encoder (expected a BERT with a classification head, e.g. a "
-                "BertForSequenceClassification converted by `embedkit convert`)"
-            )
+        check_cross_encoder(self.file, self.path)
         self.model = BertModel(self.file)
         self.tokenizer = load_tokenizer(self.file)
         self.max_tokens = min(int(max_tokens or self.model.params.n_ctx_train), int(self.model.params.n_ctx_train))
