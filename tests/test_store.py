@@ -234,3 +234,39 @@ def test_migration_to_path_hash_keeps_existing_documents(store):
         engine.dispose()
         with store.connect() as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_migration_to_file_keys_marks_files_and_keeps_keys(store):
+    """0004_file_keys adds documents.is_file: rows of files (a real mtime) are marked, texts (mtime 0) are not,
+    and every key stays as it was; down and up again keeps the rows."""
+    from alembic import command
+    from sqlalchemy import create_engine, make_url
+
+    name = "embedkit_migration_file_keys"
+    with store.connect() as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    url = make_url(store.url).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            migrate.upgrade(conn, "0003_keyword_bm25")
+            cid = conn.exec_driver_sql(
+                "INSERT INTO collections (name, model_name, model_file, model_sha256, architecture, dim, pooling, "
+                "normalize, chunk_tokens, chunk_overlap) VALUES ('old', 'm', 'm.gguf', 'x', 'bert', 8, 'mean', "
+                "true, 100, 10) RETURNING id").scalar()
+            for key, mtime in [("docs/a.md", 1765000000.0), ("corpus-id-7", 0.0)]:
+                conn.exec_driver_sql("INSERT INTO documents (collection_id, path, content_sha256, mtime, size, "
+                                     "n_chunks) VALUES (%s, %s, 'h', %s, 1, 0)", (cid, key, mtime))
+            conn.commit()
+            migrate.upgrade(conn, "head")
+            rows = conn.exec_driver_sql("SELECT path, is_file FROM documents ORDER BY path").fetchall()
+            assert [tuple(r) for r in rows] == [("corpus-id-7", False), ("docs/a.md", True)]
+            command.downgrade(migrate.alembic_config(conn), "0003_keyword_bm25")
+            conn.commit()
+            migrate.upgrade(conn, "head")
+            assert conn.exec_driver_sql("SELECT count(*) FROM documents WHERE is_file").scalar() == 1
+    finally:
+        engine.dispose()
+        with store.connect() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
