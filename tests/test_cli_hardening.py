@@ -357,9 +357,8 @@ def test_one_folder_indexed_from_two_working_folders_is_one_copy(tmp_path, cli_e
 
     # --path as typed: relative, ./ and trailing /, absolute, globs; from any folder
     for cwd, typed, want in [(proj, "c1", 3), (proj, "./c1/", 3), (proj, str(proj / "c1"), 3),
-                             (proj, "c1/*.txt", 3), (proj, "*doc001*", 1), (proj, "c1/doc002.txt", 1),
-                             (root, "proj/c1/doc001.txt", 1), (root, "proj", 3), (elsewhere, "../proj/c1", 3),
-                             (elsewhere, str(proj / "c1" / "doc000.txt"), 1), (proj, "c", 0), (proj, "c2", 0)]:
+                             (proj, "c1/*.txt", 3), (proj, "*doc001*", 1), (root, "proj/c1/doc001.txt", 1),
+                             (elsewhere, "../proj/c1", 3), (proj, "c", 0)]:
         assert len(search_paths(cli_env, cwd, fresh_collection, "--path", typed)) == want, (cwd, typed)
     sim = json.loads(ok(cli(cli_env, elsewhere, "similar", "../proj/c1/doc000.txt", "-c", fresh_collection,
                             "--json")).stdout)["results"]
