@@ -308,7 +308,7 @@ def bench_scale(store: Store, kinds: list[str], dim: int, n_chunks: int, n_incre
             "max_wal_size", "synchronous_commit")}
         print(f"### {n_docs * PER_DOC:,} chunks x {dim} dims: {', '.join(kinds)}\n")
         print("Server settings: " + ", ".join(f"{k} {v}" for k, v in settings.items())
-              + f"; maintenance_work_mem {maintenance_work_mem} per index build (embedkit's setting).\n")
+              + f"; maintenance_work_mem {maintenance_work_mem} per index build (embedkit sets 512MB).\n")
         drop_collection(conn, name)
         info = ensure_collection(conn, name, model, 200, 0)
         drop_vector_indexes(conn, info.id)
