@@ -10,12 +10,17 @@
     python benchmarks/bench_search.py [--chunks 100000] [--queries 100]
 
 3. At scale (--scale N, toward 1,000,000; --scale-only skips 1 and 2): for each index flavour (--kinds
-   vector,halfvec,bit: 384, 2560 and 4096 dimensions, the dimension picks the flavour) N synthetic chunks
-   (random cluster centres plus noise, as above) are written through the indexer's write path; the first
-   --incremental chunks with the HNSW index maintained row by row, the rest as a bulk load with the index
-   built afterwards. Shown: both write rates (and the time an all-incremental load would take at that
-   rate), the index build time, sizes on disk (vectors, HNSW index), search latency p50/p95 and recall@10
-   against exact search measured in the same run.
+   vector,halfvec,bit: 384, 2560 and 4096 dimensions, the dimension picks the flavour as embedkit does; with
+   --dims D every flavour at D dimensions, the flavour forced with the same index and query SQL) N synthetic
+   chunks (random cluster centres plus noise, as above) are written once through the indexer's write path
+   with no index (the bulk first load); then per flavour: the first --incremental of the same chunks into an
+   empty collection with that HNSW index maintained row by row, the index built over all N, sizes on disk,
+   search latency p50/p95 and recall@10 against exact search (run once per dimension in the same run). Shown:
+   both write rates (and the time an all-incremental load would take at the incremental rate), the build
+   time, sizes (vectors, HNSW indexes), the server's settings, its notices (e.g. a graph outgrowing
+   maintenance_work_mem) and timestamped progress lines with the load average.
+
+    python benchmarks/bench_search.py --scale-only --scale 1000000 --dims 384 --incremental 20000 --queries 30
 
 Uses EMBEDKIT_DATABASE_URL if set, else an embedded server under a temporary EMBEDKIT_HOME (stopped at the end).
 """
@@ -30,6 +35,7 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +43,16 @@ import numpy as np
 from embedkit.index import index_paths
 from embedkit.index.models import load_embedder, model_identity
 from embedkit.search.query import search_hybrid, search_keyword, search_vector
+from embedkit.search.sql import index_order_expr
 from embedkit.store import Store
 from embedkit.store.collections import (
+    CollectionInfo,
     ModelIdentity,
     drop_collection,
     drop_vector_indexes,
     ensure_collection,
     ensure_vector_indexes,
+    index_kind,
 )
 from embedkit.store.engine import server_info
 from embedkit.store.server import start_embedded, stop_embedded
@@ -213,75 +222,175 @@ def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: in
 
 KIND_DIMS = {"vector": 384, "halfvec": 2560, "bit": 4096}
 
+# The index expression and operator class of each flavour, as migrations/versions/0001_initial.py builds them.
+FLAVOUR_INDEX = {
+    "vector": ("(embedding::vector({d}))", "vector_cosine_ops"),
+    "halfvec": ("(embedding::halfvec({d}))", "halfvec_cosine_ops"),
+    "bit": ("(binary_quantize(embedding)::bit({d}))", "bit_hamming_ops"),
+}
 
-def bench_scale(store: Store, kind: str, n_chunks: int, n_incremental: int, n_queries: int, seed: int = 0) -> None:
-    """Part 3 for one index flavour (see the module docstring)."""
+
+@dataclass(frozen=True)
+class FlavouredCollection(CollectionInfo):
+    """A collection searched through an index flavour other than the one its dimension picks (--dims)."""
+
+    flavour: str = "vector"
+
+    @property
+    def index_kind(self) -> str:
+        return self.flavour
+
+
+def build_indexes(conn, info: CollectionInfo, kind: str, maintenance_work_mem: str) -> None:
+    """The collection's two HNSW indexes of flavour `kind`: embedkit's own function when the dimension picks
+    that flavour, else the same statements with the flavour forced."""
+    if kind == index_kind(info.dim):
+        ensure_vector_indexes(conn, info.id, info.dim, maintenance_work_mem)
+        return
+    expr, ops = FLAVOUR_INDEX[kind]
+    cid = int(info.id)
+    with conn.transaction():
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (maintenance_work_mem,))
+        for table in ("chunks", "documents"):
+            conn.execute(f"CREATE INDEX {table}_hnsw_c{cid} ON {table} USING hnsw ({expr.format(d=int(info.dim))} "
+                         f"{ops}) WHERE collection_id = {cid}")
+
+
+def flavoured(info: CollectionInfo, kind: str) -> CollectionInfo:
+    return info if kind == index_kind(info.dim) else FlavouredCollection(**vars(info), flavour=kind)
+
+
+PER_DOC = 100
+
+
+def load_docs(conn, info: CollectionInfo, docs: range, vectors) -> float:
+    """Write documents of 100 synthetic chunks through the indexer's write path; seconds taken."""
+    t0 = time.perf_counter()
+    for d in docs:
+        chunks = [ChunkRecord(i, f"synthetic chunk {d}-{i}", 4, 0, 10) for i in range(PER_DOC)]
+        write_document(conn, info.id, DocumentRecord(f"doc{d:07d}.txt", f"h{d}", 0.0, 10), chunks, vectors(d))
+    return time.perf_counter() - t0
+
+
+def show_notice(diag) -> None:
+    """Print the server's notices (a graph outgrowing maintenance_work_mem, ...), not DROP ... IF EXISTS ones."""
+    if not (diag.message_primary or "").endswith("does not exist, skipping"):
+        print(f"  (server: {diag.message_primary})", flush=True)
+
+
+def stamp(what: str) -> None:
+    """A progress line with the time and the load average (the machine may be shared)."""
+    la = os.getloadavg()
+    print(f"- {time.strftime('%H:%M:%S')} UTC, load {la[0]:.1f} {la[1]:.1f} {la[2]:.1f}: {what}", flush=True)
+
+
+def bench_scale(store: Store, kinds: list[str], dim: int, n_chunks: int, n_incremental: int, n_queries: int,
+                maintenance_work_mem: str, seed: int = 0) -> None:
+    """Part 3 for the index flavours `kinds`, all over the same `n_chunks` vectors of `dim` dimensions (see the
+    module docstring): one bulk load, then per flavour its incremental rate, index build, sizes and search."""
     rng = np.random.default_rng(seed)
-    dim = KIND_DIMS[kind]
     centres = rng.standard_normal((max(64, n_chunks // 500), dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     sigma = 0.9 / np.sqrt(dim)
     model = ModelIdentity("synthetic", "synthetic", f"synthetic-scale-{dim}", "bench", dim, "mean", True)
-    per_doc = 100
-    n_docs = max(1, n_chunks // per_doc)
-    n_inc = min(n_docs, max(1, n_incremental // per_doc))
-    name = f"bench-scale-{kind}"
+    n_docs = max(1, n_chunks // PER_DOC)
+    n_inc = min(n_docs, max(1, n_incremental // PER_DOC))
+    seeds = rng.integers(0, 2**63, n_docs)  # one seed per document: every load writes the same vectors
 
-    def load(conn, docs) -> float:
-        t0 = time.perf_counter()
-        for d in docs:
-            chunks = [ChunkRecord(i, f"synthetic chunk {d}-{i}", 4, 0, 10) for i in range(per_doc)]
-            write_document(conn, info.id, DocumentRecord(f"doc{d:07d}.txt", f"h{d}", 0.0, 10), chunks,
-                           noisy(centres, per_doc, rng, sigma))
-        return time.perf_counter() - t0
+    def vectors(d: int) -> np.ndarray:
+        return noisy(centres, PER_DOC, np.random.default_rng(seeds[d]), sigma)
 
+    name = f"bench-scale-{dim}"
     with store.connect() as conn:
+        conn.add_notice_handler(show_notice)
+        settings = {k: conn.execute(f"SHOW {k}").fetchone()[0] for k in (
+            "shared_buffers", "work_mem", "max_parallel_maintenance_workers", "max_parallel_workers",
+            "max_wal_size", "synchronous_commit")}
+        print(f"### {n_docs * PER_DOC:,} chunks x {dim} dims: {', '.join(kinds)}\n")
+        print("Server settings: " + ", ".join(f"{k} {v}" for k, v in settings.items())
+              + f"; maintenance_work_mem {maintenance_work_mem} per index build (embedkit sets 512MB).\n")
         drop_collection(conn, name)
         info = ensure_collection(conn, name, model, 200, 0)
-        inc_s = load(conn, range(n_inc))
         drop_vector_indexes(conn, info.id)
-        bulk_s = load(conn, range(n_inc, n_docs))
-        t0 = time.perf_counter()
-        ensure_vector_indexes(conn, info.id, dim)
-        build_s = time.perf_counter() - t0
+        stamp(f"bulk load of {n_docs * PER_DOC:,} chunks (no index)")
+        bulk_s = load_docs(conn, info, range(n_docs), vectors)
         conn.execute("VACUUM ANALYZE chunks")
-        vec_mb, n = conn.execute("SELECT sum(pg_column_size(embedding)) / 1e6, count(*) FROM chunks "
+        conn.execute("VACUUM ANALYZE documents")
+        n, vec_mb = conn.execute("SELECT count(*), sum(pg_column_size(embedding)) / 1e6 FROM chunks "
                                  "WHERE collection_id = %s", (info.id,)).fetchone()
-        idx_mb = conn.execute("SELECT pg_relation_size(%s::regclass) / 1e6", (f"chunks_hnsw_c{info.id}",)).fetchone()[0]
+        heap_mb, table_mb = conn.execute("SELECT pg_relation_size('chunks') / 1e6, "
+                                         "pg_total_relation_size('chunks') / 1e6").fetchone()
+        stamp(f"bulk load done: {n / bulk_s:.0f} chunks/s; chunks heap {heap_mb:.0f} MB")
     queries = noisy(centres, n_queries, rng, sigma)
-    lat: dict[int, list[float]] = {}
-    rec: dict[int, list[float]] = {}
-    exact_t: list[float] = []
+    truth, exact_t = [], []
     with store.connect() as conn:
         for q in queries:
             t = time.perf_counter()
             with conn.transaction():
                 conn.execute("SET LOCAL enable_indexscan = off")
-                truth = [r[0] for r in conn.execute(
+                truth.append([r[0] for r in conn.execute(
                     f"SELECT id FROM chunks WHERE collection_id = {info.id} ORDER BY embedding <=> %s::vector, id "
-                    "LIMIT 10", (q,))]
+                    "LIMIT 10", (q,))])
             exact_t.append(time.perf_counter() - t)
-            for ef in (40, 100, 200):
-                t = time.perf_counter()
-                got = [h.chunk_id for h in search_vector(conn, info, q, k=10, ef_search=ef)]
-                lat.setdefault(ef, []).append(time.perf_counter() - t)
-                rec.setdefault(ef, []).append(len(set(got) & set(truth)) / 10)
+    stamp(f"exact search of {n_queries} queries: p50 {pct(exact_t, 50):.2f} s")
+    print(f"\nBulk load (all {n:,} chunks, no index): {n / bulk_s:.0f} chunks/s, {bulk_s:.0f} s. Vectors "
+          f"{vec_mb:.0f} MB; chunks table {heap_mb:.0f} MB heap, {table_mb:.0f} MB with TOAST and its other "
+          f"indexes. Exact search (the reference): p50 {pct(exact_t, 50) * 1e3:.0f} ms, p95 "
+          f"{pct(exact_t, 95) * 1e3:.0f} ms.\n", flush=True)
+    for kind in kinds:
+        with store.connect() as conn:
+            conn.add_notice_handler(show_notice)
+            # Incremental: the first n_inc documents into an empty collection whose index is kept row by row.
+            inc_name = f"bench-scale-inc-{dim}"
+            drop_collection(conn, inc_name)
+            inc = ensure_collection(conn, inc_name, model, 200, 0)
+            if kind != index_kind(dim):
+                drop_vector_indexes(conn, inc.id)
+                build_indexes(conn, inc, kind, maintenance_work_mem)
+            stamp(f"{kind}: incremental load of {n_inc * PER_DOC:,} chunks")
+            inc_s = load_docs(conn, inc, range(n_inc), vectors)
+            drop_collection(conn, inc_name)
+            stamp(f"{kind}: HNSW build over {n:,} chunks")
+            t0 = time.perf_counter()
+            build_indexes(conn, info, kind, maintenance_work_mem)
+            build_s = time.perf_counter() - t0
+            idx_mb, doc_idx_mb = conn.execute(
+                "SELECT pg_relation_size(%s::regclass) / 1e6, pg_relation_size(%s::regclass) / 1e6",
+                (f"chunks_hnsw_c{info.id}", f"documents_hnsw_c{info.id}")).fetchone()
+            stamp(f"{kind}: built in {build_s:.0f} s, {idx_mb:.0f} MB")
+        lat: dict[int, list[float]] = {}
+        rec: dict[int, list[float]] = {}
+        searched = flavoured(info, kind)
+        with store.connect() as conn:
+            plan = "\n".join(r[0] for r in conn.execute(
+                f"EXPLAIN SELECT c.id FROM chunks c WHERE c.collection_id = {int(info.id)} "
+                f"ORDER BY {index_order_expr(searched, 'c.embedding')} LIMIT 10", {"q": queries[0]}))
+            if f"chunks_hnsw_c{info.id}" not in plan:
+                print(f"  (the query plan does not use the {kind} HNSW index:)\n{plan}", flush=True)
+            for q, want in zip(queries, truth, strict=True):
+                for ef in (40, 100, 200):
+                    t = time.perf_counter()
+                    got = [h.chunk_id for h in search_vector(conn, searched, q, k=10, ef_search=ef)]
+                    lat.setdefault(ef, []).append(time.perf_counter() - t)
+                    rec.setdefault(ef, []).append(len(set(got) & set(want)) / 10)
+            drop_vector_indexes(conn, info.id)
+        inc_rate = n_inc * PER_DOC / inc_s
+        label = kind + (" (binary-quantized, exact re-rank)" if kind == "bit" else "")
+        print(f"\n#### {label}: {n:,} chunks x {dim} dims ({n_queries} queries, k=10)\n")
+        print("| incremental chunks/s (HNSW kept) | all-incremental load, est. s | bulk chunks/s (no index) | "
+              "HNSW build s | bulk load + build s | vectors MB | chunks HNSW MB | documents HNSW MB |")
+        print("|---|---|---|---|---|---|---|---|")
+        print(f"| {inc_rate:.0f} (first {n_inc * PER_DOC:,}) | {n / inc_rate:.0f} | {n / bulk_s:.0f} | {build_s:.1f} | "
+              f"{bulk_s + build_s:.1f} | {vec_mb:.0f} | {idx_mb:.0f} | {doc_idx_mb:.0f} |\n")
+        print("| method | p50 ms | p95 ms | recall@10 |")
+        print("|---|---|---|---|")
+        print(f"| exact — reference | {pct(exact_t, 50) * 1e3:.2f} | {pct(exact_t, 95) * 1e3:.2f} | 1.000 |")
+        for ef in (40, 100, 200):
+            print(f"| HNSW ef_search={ef} | {pct(lat[ef], 50) * 1e3:.2f} | {pct(lat[ef], 95) * 1e3:.2f} | "
+                  f"{np.mean(rec[ef]):.3f} |")
+        print(flush=True)
+    with store.connect() as conn:
         drop_collection(conn, name)
-    inc_rate = n_inc * per_doc / inc_s
-    bulk_rate = (n_docs - n_inc) * per_doc / bulk_s if n_docs > n_inc else float("nan")
-    print(f"### {kind}: {n:,} chunks x {dim} dims ({n_queries} queries, k=10)\n")
-    print("| incremental chunks/s (HNSW kept) | all-incremental load, est. s | bulk chunks/s (no index) | "
-          "HNSW build s | bulk load + build s | vectors MB | HNSW MB |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {inc_rate:.0f} (first {n_inc * per_doc:,}) | {n / inc_rate:.0f} | {bulk_rate:.0f} | {build_s:.1f} | "
-          f"{bulk_s + build_s:.1f} | {vec_mb:.0f} | {idx_mb:.0f} |\n")
-    print("| method | p50 ms | p95 ms | recall@10 |")
-    print("|---|---|---|---|")
-    print(f"| exact — reference | {pct(exact_t, 50) * 1e3:.2f} | {pct(exact_t, 95) * 1e3:.2f} | 1.000 |")
-    for ef in (40, 100, 200):
-        print(f"| HNSW ef_search={ef} | {pct(lat[ef], 50) * 1e3:.2f} | {pct(lat[ef], 95) * 1e3:.2f} | "
-              f"{np.mean(rec[ef]):.3f} |")
-    print()
 
 
 def main() -> None:
@@ -292,6 +401,10 @@ def main() -> None:
     ap.add_argument("--scale-only", action="store_true", help="run part 3 only")
     ap.add_argument("--kinds", default="vector,halfvec,bit", help="part 3: index flavours")
     ap.add_argument("--incremental", type=int, default=5_000, help="part 3: chunks written with HNSW kept")
+    ap.add_argument("--dims", type=int, default=0,
+                    help="part 3: one dimension for every flavour (the flavour is then forced, not picked by it)")
+    ap.add_argument("--maintenance-work-mem", default="512MB",
+                    help="part 3: memory per index build (embedkit sets 512MB)")
     ap.add_argument("--corpus", type=Path, default=REPO / "examples" / "corpus", help="folder to index in part 1")
     ap.add_argument("--random-centres", action="store_true",
                     help="skip part 1: centre vectors drawn at random (384 dims) instead of real chunk embeddings")
@@ -314,9 +427,18 @@ def main() -> None:
                 centres = bench_index(store, args.corpus.resolve())
             bench_search(store, centres, args.chunks, args.queries, args.corpus.resolve())
         if args.scale:
-            print(f"## At scale: {args.scale:,} chunks per index flavour\n")
-            for kind in [k.strip() for k in args.kinds.split(",") if k.strip()]:
-                bench_scale(store, kind, args.scale, args.incremental, args.queries)
+            print(f"## At scale: {args.scale:,} chunks per index flavour\n", flush=True)
+            kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+            if unknown := [k for k in kinds if k not in KIND_DIMS]:
+                ap.error(f"--kinds: unknown flavour {unknown[0]!r}; expected some of {', '.join(KIND_DIMS)}")
+            if args.dims and not 1 <= args.dims <= 2000 and "vector" in kinds:
+                ap.error(f"--dims {args.dims}: the vector flavour holds 1 to 2000 dimensions")
+            by_dim: dict[int, list[str]] = {}
+            for kind in kinds:
+                by_dim.setdefault(args.dims or KIND_DIMS[kind], []).append(kind)
+            for dim, group in by_dim.items():
+                bench_scale(store, group, dim, args.scale, args.incremental, args.queries,
+                            args.maintenance_work_mem)
     finally:
         store.close()
         if home is not None:

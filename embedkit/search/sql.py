@@ -15,7 +15,7 @@ import psycopg
 
 from embedkit.errors import InputError
 from embedkit.index.keys import typed_keys
-from embedkit.store.collections import CollectionInfo, index_kind
+from embedkit.store.collections import CollectionInfo
 
 DEFAULT_EF_SEARCH = 100
 MAX_K = 1000  # pgvector caps hnsw.ef_search at 1000
@@ -28,7 +28,7 @@ def index_order_expr(info: CollectionInfo, column: str) -> str:
     `info.id` and `info.dim` are integers from our own table, so formatting them in is safe; they must
     be literals for the planner to match the partial index predicate and its typed expression."""
     d = int(info.dim)
-    kind = index_kind(d)
+    kind = info.index_kind
     if kind == "vector":
         return f"{column}::vector({d}) <=> %(q)s::vector({d})"
     if kind == "halfvec":

@@ -253,9 +253,14 @@ def drop_vector_indexes(conn: psycopg.Connection, collection_id: int) -> None:
 
 def ensure_vector_indexes(conn: psycopg.Connection, collection_id: int, dim: int,
                           maintenance_work_mem: str = "512MB") -> None:
-    """(Re)build a collection's HNSW indexes if missing, with enough memory for a fast build."""
+    """(Re)build a collection's HNSW indexes if missing, with enough memory for a fast build: at least
+    `maintenance_work_mem`, or the server's (database's, role's) setting where that is larger."""
     with conn.transaction():
-        conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (maintenance_work_mem,))
+        # A graph that outgrows this memory is finished on disk several times more slowly (384 dims: 512MB holds
+        # about 240,000 chunks), so a larger setting made for a large collection must not be lowered here.
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, true) "
+                     "WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < pg_size_bytes(%s)",
+                     (maintenance_work_mem, maintenance_work_mem))
         conn.execute("SELECT embedkit_ensure_vector_indexes(%s, %s)", (collection_id, dim))
 
 
