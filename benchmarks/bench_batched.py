@@ -9,8 +9,9 @@ and each generates `ntg` tokens (greedy, end-of-generation ignored): like llama.
 -npp N -ntg N -npl B` (prompts not shared). T_PP: the steps until every sequence has its first token;
 T_TG: the `ntg` decode steps after it, B rows each; S_TG = B * ntg / T_TG (our figure includes the Python
 scheduler and sampling). llama-batched-bench is found from --llama-batched-bench or LLAMA_BATCHED_BENCH and
-runs the same files with the same thread count (its table is parsed and printed beside ours); skipped with
-a message when absent. Never build llama.cpp from here. `--device cuda` runs our side on the GPU (whole
+runs the same files with the same thread count, alternating with ours one sequence count at a time (its table
+is parsed and printed beside ours, with the 1-minute load average after each pair); skipped with a message
+when absent. Never build llama.cpp from here. `--device cuda` runs our side on the GPU (whole
 model); `--random ARCH:SHAPE:TYPE` benchmarks a random-weight model written first (SHAPE a name of
 `embedkit.testing.random_models.SHAPES` or of RANDOM_SHAPES here) instead of --models.
 """
@@ -82,6 +83,17 @@ def run_llama_cpp(binary: str | None, path: Path, threads: int, npp: int, ntg: i
     return rows
 
 
+def cpu_model() -> str:
+    """The CPU's model name (lscpu's), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def random_model(spec: str) -> Path:
     """Write the random-weight model ARCH:SHAPE:TYPE into a temporary folder (once per process)."""
     import tempfile
@@ -110,23 +122,23 @@ def main() -> None:
     npl = [int(x) for x in args.npl.split(",")]
     math = os.environ.get("EMBEDKIT_CPU_MATH", "(default)")
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"{platform.processor() or platform.machine()}, {args.device}, {args.threads} threads, npp {args.npp}, "
+    print(f"{cpu_model()}, {args.device}, {args.threads} threads, npp {args.npp}, "
           f"ntg {args.ntg}, EMBEDKIT_CPU_MATH={math}, {when}")  # fmt: skip
     from embedkit.catalog import resolve_model  # not needed (nor importable without platformdirs) for --random
 
     for name in [args.random] if args.random else args.models.split(","):
         path = random_model(args.random) if args.random else resolve_model(name, kind="generate")
         print(f"\n{name} ({path.name})")
-        ref = run_llama_cpp(args.llama_batched_bench, path, args.threads, args.npp, args.ntg, npl)
         print(f"  {'B':>3} {'ours S_PP':>10} {'ours S_TG':>10} {'x ours B=1':>10} {'llama S_PP':>10} {'llama S_TG':>10}"
-              f" {'TG vs llama':>11}")  # fmt: skip
+              f" {'TG vs llama':>11} {'load avg':>8}")  # fmt: skip
         base = None
-        for b in npl:
+        for b in npl:  # the two sides alternate, one sequence count at a time (a shared machine's load drifts)
+            ref = run_llama_cpp(args.llama_batched_bench, path, args.threads, args.npp, args.ntg, [b])
             pp, tg = run_ours(path, args.threads, args.npp, args.ntg, b, args.device)
             base = base or tg
             lp, lt = ref.get(b, (float("nan"), float("nan")))
-            print(f"  {b:>3} {pp:>10.1f} {tg:>10.1f} {tg / base:>10.2f} {lp:>10.1f} {lt:>10.1f} {tg / lt:>11.2f}",
-                  flush=True)  # fmt: skip
+            print(f"  {b:>3} {pp:>10.1f} {tg:>10.1f} {tg / base:>10.2f} {lp:>10.1f} {lt:>10.1f} {tg / lt:>11.2f}"
+                  f" {os.getloadavg()[0]:>8.1f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,7 @@ from embedkit.backend import cpu_ops
 from embedkit.backend.base import Array, Backend, KVCache, RopeStyle, Weight
 from embedkit.gguf import GGMLType
 from embedkit.kernels.cpu.dispatch import DEQUANTIZERS
-from embedkit.kernels.cpu.matmul import MAX_MATVEC_TOKENS, decode_layout, matmul_rows, matmul_rows_many
+from embedkit.kernels.cpu.matmul import MAX_DECODE_TOKENS, decode_layout, matmul_rows, matmul_rows_many
 from embedkit.kernels.cpu.row_blocks import can_split_blas, concurrent_callers, run_blocks
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -61,7 +62,7 @@ def _decode_ready(x: np.ndarray, w: Weight) -> bool:
     """A few float32 tokens against a matrix this backend wrapped (2-D rows of a type with kernels)."""
     return (
         x.ndim == 2
-        and x.shape[0] <= MAX_MATVEC_TOKENS
+        and x.shape[0] <= MAX_DECODE_TOKENS
         and x.dtype == np.float32
         and x.flags.c_contiguous
         and x.shape[1] == w.shape[1]
@@ -80,6 +81,7 @@ class CPUBackend(Backend):
         offload: the CPU layers' prompt matmuls, through its `offload_takes` / `host_matmul`)."""
         self._rope_tables: dict[tuple[int, float, float], tuple[np.ndarray, np.ndarray]] = {}
         self.batch_offload = batch_offload
+        self._last_spans: tuple[Sequence[tuple[int, int, int]], np.ndarray] | None = None
 
     # -- data movement -------------------------------------------------------------------
     def weight(self, t) -> Weight:
@@ -331,6 +333,57 @@ class CPUBackend(Backend):
         k = np.zeros((n_kv_heads, n_ctx, head_dim), dtype=np.float32)
         v = np.zeros((n_kv_heads, n_ctx, head_dim), dtype=np.float32)
         return KVCache(n_ctx, n_kv_heads, head_dim, k, v, "cpu")
+
+    def kv_cache_slots(self, n_slots: int, n_ctx: int, n_kv_heads: int, head_dim: int) -> list[KVCache]:
+        """One [n_slots, n_kv_heads, n_ctx, head_dim] allocation per K and V; slot s's cache is its s-th part
+        (so `attention_seqs` reaches every slot from one array)."""
+        k_all = np.zeros((n_slots, n_kv_heads, n_ctx, head_dim), dtype=np.float32)
+        v_all = np.zeros((n_slots, n_kv_heads, n_ctx, head_dim), dtype=np.float32)
+        return [
+            KVCache(n_ctx, n_kv_heads, head_dim, k_all[s], v_all[s], "cpu", group=(k_all, v_all, s))
+            for s in range(n_slots)
+        ]
+
+    def attention_seqs(
+        self,
+        q: Array,
+        caches: Sequence[KVCache],
+        k_new: Array,
+        v_new: Array,
+        spans: Sequence[tuple[int, int, int]],
+        scale: float,
+        causal: bool = True,
+        window: int | None = None,
+        softcap: float | None = None,
+    ) -> Array:
+        """Rows of several sequences (see Backend.attention_seqs): when every span is a few decode rows of
+        slots allocated together, one parallel region over every (row, head) pair (`cpu_ops.attention_spans`)."""
+        group = caches[0].group if caches else None
+        if (
+            len(spans) == 1
+            or not causal
+            or group is None
+            or any(c.group is None or c.group[0] is not group[0] for c in caches)
+            or any(b - a > _SMALL_ATTENTION_TOKENS for a, b, _ in spans)
+        ):
+            return super().attention_seqs(q, caches, k_new, v_new, spans, scale, causal, window, softcap)
+        n, n_head, hd = q.shape
+        out = np.empty((n, n_head * hd), dtype=np.float32)
+        cpu_ops.attention_spans(
+            np.ascontiguousarray(q), np.ascontiguousarray(k_new), np.ascontiguousarray(v_new), group[0], group[1],
+            self._span_table(caches, spans), np.float32(scale), window or 0, np.float32(softcap or 0.0), out,
+        )  # fmt: skip
+        return out
+
+    def _span_table(self, caches: Sequence[KVCache], spans: Sequence[tuple[int, int, int]]) -> np.ndarray:
+        """int64 [n_spans, 4] of (slot, start, stop, pos0), made once per batch (every layer passes the same
+        `spans` object)."""
+        last = self._last_spans
+        if last is not None and last[0] is spans:
+            return last[1]
+        table = np.array([(c.group[2], a, b, p0) for c, (a, b, p0) in zip(caches, spans, strict=True)], dtype=np.int64)
+        self._last_spans = (spans, table)
+        return table
 
     def attention(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 # Fast-math flags that allow vectorised reductions but keep inf/nan semantics (-inf is used as a start).
 _REASSOC = {"reassoc", "contract", "nsz", "arcp"}
@@ -128,3 +128,63 @@ def silu_mul(gate, up, out):  # pragma: no cover - compiled
     for i in range(gate.size):
         x = gate[i]
         out[i] = x / (np.float32(1.0) + math.exp(-x)) * up[i]
+
+
+@njit(parallel=True, cache=True, fastmath=_REASSOC)
+def attention_spans(q, k_new, v_new, k_all, v_all, spans, scale, window, softcap, out):  # pragma: no cover
+    """`attention_small` for the rows of several sequences in one parallel region over (row, head) pairs.
+
+    spans [n_spans, 4] int64: (slot, start, stop, pos0) — rows start:stop of q [n, H, hd] are tokens of
+    slot `slot` at positions pos0..; their keys/values k_new, v_new [n, Hkv, hd] are first stored in that
+    slot's cache k_all[slot], v_all[slot] [Hkv, n_ctx, hd]. out [n, H * hd].
+    """
+    n_head, hd = q.shape[1], q.shape[2]
+    g = n_head // k_new.shape[1]
+    row_slot = np.empty(q.shape[0], dtype=np.int64)
+    row_pos = np.empty(q.shape[0], dtype=np.int64)
+    for si in range(spans.shape[0]):
+        slot, start, stop, pos0 = spans[si, 0], spans[si, 1], spans[si, 2], spans[si, 3]
+        for t in range(start, stop):
+            p = pos0 + t - start
+            row_slot[t] = slot
+            row_pos[t] = p
+            k_all[slot, :, p, :] = k_new[t]
+            v_all[slot, :, p, :] = v_new[t]
+    for item in prange(q.shape[0] * n_head):
+        t = item // n_head
+        h = item % n_head
+        kv = h // g
+        slot = row_slot[t]
+        p = row_pos[t]
+        start = 0
+        if window > 0 and p - window + 1 > 0:
+            start = p - window + 1
+        m = p + 1 - start
+        s = np.empty(m, dtype=np.float32)
+        acc = np.zeros(hd, dtype=np.float32)
+        mx = -np.inf
+        for jj in range(m):
+            j = start + jj
+            dot = np.float32(0.0)
+            for i in range(hd):
+                dot += q[t, h, i] * k_all[slot, kv, j, i]
+            dot *= scale
+            if softcap > 0:
+                dot = np.float32(softcap * math.tanh(dot / softcap))
+            s[jj] = dot
+            if dot > mx:
+                mx = dot
+        tot = 0.0
+        for jj in range(m):
+            e = math.exp(s[jj] - mx)
+            s[jj] = e
+            tot += e
+        inv = np.float32(1.0 / tot)
+        for jj in range(m):
+            wgt = s[jj] * inv
+            j = start + jj
+            for i in range(hd):
+                acc[i] += wgt * v_all[slot, kv, j, i]
+        base = h * hd
+        for i in range(hd):
+            out[t, base + i] = acc[i]

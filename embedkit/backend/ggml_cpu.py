@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from embedkit.backend.base import Array, KVCache, RopeStyle, Weight
+from embedkit.backend.base import Array, Backend, KVCache, RopeStyle, Weight
 from embedkit.backend.cpu import CPUBackend
 from embedkit.errors import InputError
 from embedkit.kernels.cpu import threads
@@ -91,6 +91,10 @@ class GGMLCPUBackend(CPUBackend):
     ) -> Array:
         """ggml_rope_ext (ext_factor 0, attn_factor 1)."""
         return rope.rope(x, positions, n_rot, base, style, freq_scale)
+
+    # one cache per slot and attention per sequence (the float32 backend's one-array slots have its layout)
+    kv_cache_slots = Backend.kv_cache_slots
+    attention_seqs = Backend.attention_seqs
 
     def kv_cache(self, n_ctx: int, n_kv_heads: int, head_dim: int) -> KVCache:
         """Float16 keys and values laid out as llama.cpp's cache (see ggml_exact.attention)."""

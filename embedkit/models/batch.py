@@ -36,6 +36,7 @@ class SeqBatch:
     def __init__(self, spans: Sequence[SeqSpan]) -> None:
         """Check the spans tile the rows and give every row its position."""
         self.spans = tuple(spans)
+        self._attention_spans: list[tuple[int, int, int]] | None = None
         row = 0
         for s in self.spans:
             if s.start != row or s.n < 1 or s.pos0 < 0:
@@ -65,8 +66,11 @@ class SeqBatch:
         return cls(spans)
 
     def attention_spans(self) -> list[tuple[int, int, int]]:
-        """(start, stop, pos0) of every span, as the backends' `attention_seqs` takes them."""
-        return [(s.start, s.stop, s.pos0) for s in self.spans]
+        """(start, stop, pos0) of every span, as the backends' `attention_seqs` takes them (one list per batch,
+        returned to every layer: a backend may key per-batch tables on it)."""
+        if self._attention_spans is None:
+            self._attention_spans = [(s.start, s.stop, s.pos0) for s in self.spans]
+        return self._attention_spans
 
     def __repr__(self) -> str:
         return f"SeqBatch({list(self.spans)!r})"

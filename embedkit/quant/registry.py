@@ -15,6 +15,7 @@ Paths (which kernel family implements `x @ W.T` or a conversion for the type):
 | cpu.matvec | kernels/cpu/matvec_legacy, matvec_kquants | decode matvec, float32 activations |
 | cpu.int16 | kernels/cpu/matvec_int8 | decode matvec, activations in int16 blocks of 32 (taken before cpu.matvec) |
 | cpu.packed | kernels/cpu/<type>_packed | cpu.int16 on a layout repacked at the first decode |
+| cpu.multirow | kernels/cpu/matmul_multirow | a few rows (batched decode): each block dequantized once for all rows |
 | ggml_exact | kernels/cpu/ggml_exact | llama.cpp's x86 AVX2 kernels, bit for bit (`--cpu-math ggml`) |
 | cuda.generic | kernels/cuda/quant_elem, quant_generic | element decode: dequantize, float32 matvec |
 | cuda.fast | kernels/cuda/quant_fast | repacked at upload, int8 activations, dp4a |
@@ -33,12 +34,13 @@ CPU_QUANTIZE = "cpu.quantize"
 CPU_MATVEC = "cpu.matvec"
 CPU_INT16 = "cpu.int16"
 CPU_PACKED = "cpu.packed"
+CPU_MULTIROW = "cpu.multirow"
 GGML_EXACT = "ggml_exact"
 CUDA_GENERIC = "cuda.generic"
 CUDA_FAST = "cuda.fast"
 CUDA_LEGACY = "cuda.legacy"
 CUDA_KMATVEC = "cuda.kmatvec"
-PATHS = (CPU_DEQUANT, CPU_QUANTIZE, CPU_MATVEC, CPU_INT16, CPU_PACKED, GGML_EXACT,
+PATHS = (CPU_DEQUANT, CPU_QUANTIZE, CPU_MATVEC, CPU_INT16, CPU_PACKED, CPU_MULTIROW, GGML_EXACT,
          CUDA_GENERIC, CUDA_FAST, CUDA_LEGACY, CUDA_KMATVEC)  # fmt: skip
 
 
@@ -107,24 +109,24 @@ QUANT_TYPES: dict[GGMLType, QuantType] = {
         _q(_T.F16, "f16", (), None, CPU_DEQUANT, CPU_QUANTIZE, CPU_MATVEC, CUDA_GENERIC),
         _q(_T.BF16, "bf16", (), None, CPU_DEQUANT, CPU_QUANTIZE, CPU_MATVEC),
         _q(_T.Q4_0, "f16 d; u8 qs[16] (4-bit, -8)", (0,), _T.Q8_0,
-           CPU_DEQUANT, CPU_QUANTIZE, CPU_INT16, GGML_EXACT, CUDA_GENERIC, CUDA_FAST),
+           CPU_DEQUANT, CPU_QUANTIZE, CPU_INT16, CPU_MULTIROW, GGML_EXACT, CUDA_GENERIC, CUDA_FAST),
         _q(_T.Q4_1, "f16 d, m; u8 qs[16] (4-bit)", (0, 2), _T.Q8_1,
-           CPU_DEQUANT, CPU_QUANTIZE, CPU_INT16, CPU_PACKED, GGML_EXACT, CUDA_GENERIC, CUDA_LEGACY),
+           CPU_DEQUANT, CPU_QUANTIZE, CPU_INT16, CPU_MULTIROW, CPU_PACKED, GGML_EXACT, CUDA_GENERIC, CUDA_LEGACY),
         _q(_T.Q5_0, "f16 d; u8 qh[4]; u8 qs[16] (5-bit, -16)", (0,), _T.Q8_0,
-           CPU_DEQUANT, CPU_QUANTIZE, CPU_INT16, CPU_PACKED, GGML_EXACT, CUDA_GENERIC, CUDA_LEGACY),
+           CPU_DEQUANT, CPU_QUANTIZE, CPU_INT16, CPU_MULTIROW, CPU_PACKED, GGML_EXACT, CUDA_GENERIC, CUDA_LEGACY),
         _q(_T.Q5_1, "f16 d, m; u8 qh[4]; u8 qs[16] (5-bit)", (0, 2), _T.Q8_1,
-           CPU_DEQUANT, CPU_QUANTIZE, CPU_INT16, CUDA_GENERIC, CUDA_LEGACY),
+           CPU_DEQUANT, CPU_QUANTIZE, CPU_INT16, CPU_MULTIROW, CUDA_GENERIC, CUDA_LEGACY),
         _q(_T.Q8_0, "f16 d; i8 qs[32]", (0,), _T.Q8_0,
-           CPU_DEQUANT, CPU_QUANTIZE, CPU_INT16, GGML_EXACT, CUDA_GENERIC, CUDA_FAST),
+           CPU_DEQUANT, CPU_QUANTIZE, CPU_INT16, CPU_MULTIROW, GGML_EXACT, CUDA_GENERIC, CUDA_FAST),
         _q(_T.IQ4_NL, "f16 d; u8 qs[16] (4-bit indices into a 16-value table)", (0,), _T.Q8_0, CPU_DEQUANT, CPU_MATVEC),
         _q(_T.Q2_K, "u8 scales[16]; u8 qs[64]; f16 d, dmin", (80, 82), _T.Q8_K, CPU_DEQUANT),
         _q(_T.Q3_K, "u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d", (108,), _T.Q8_K, CPU_DEQUANT),
         _q(_T.Q4_K, "f16 d, dmin; u8 scales[12] (6-bit); u8 qs[128]", (0, 2), _T.Q8_K,
-           CPU_DEQUANT, CPU_QUANTIZE, CPU_INT16, GGML_EXACT, CUDA_GENERIC, CUDA_KMATVEC),
+           CPU_DEQUANT, CPU_QUANTIZE, CPU_INT16, CPU_MULTIROW, GGML_EXACT, CUDA_GENERIC, CUDA_KMATVEC),
         _q(_T.Q5_K, "f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]", (0, 2), _T.Q8_K,
            CPU_DEQUANT, CPU_MATVEC, GGML_EXACT),
         _q(_T.Q6_K, "u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d", (208,), _T.Q8_K,
-           CPU_DEQUANT, CPU_QUANTIZE, CPU_INT16, GGML_EXACT, CUDA_GENERIC, CUDA_KMATVEC),
+           CPU_DEQUANT, CPU_QUANTIZE, CPU_INT16, CPU_MULTIROW, GGML_EXACT, CUDA_GENERIC, CUDA_KMATVEC),
         _q(_T.IQ4_XS, "f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]", (0,), _T.Q8_K, CPU_DEQUANT, CPU_MATVEC),
     )
 }  # fmt: skip

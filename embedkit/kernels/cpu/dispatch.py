@@ -7,11 +7,12 @@ from embedkit.kernels.cpu import (
     dequant_float,
     dequant_kquants,
     dequant_legacy,
+    matmul_multirow,
     quantize_kquants,
     quantize_legacy,
 )
 from embedkit.quant import QUANT_TYPES, types_with
-from embedkit.quant.registry import CPU_DEQUANT, CPU_QUANTIZE
+from embedkit.quant.registry import CPU_DEQUANT, CPU_MULTIROW, CPU_QUANTIZE
 
 # elements per block -> the module holding that family's kernels
 _DEQUANT_MODULES = {1: dequant_float, 32: dequant_legacy, 256: dequant_kquants}
@@ -27,4 +28,9 @@ QUANTIZERS = {
     t: getattr(_QUANTIZE_MODULES[QUANT_TYPES[t].block_size], f"quantize_{QUANT_TYPES[t].kernel_suffix}")
     for t in types_with(CPU_QUANTIZE)
     if QUANT_TYPES[t].block_size > 1
+}
+
+# row decoders of the small-batch matmul (`matmul_multirow.multirow_matmul(decoder, w, x, y)`)
+MULTIROW_DECODERS = {
+    t: getattr(matmul_multirow, f"decode_{QUANT_TYPES[t].kernel_suffix}") for t in types_with(CPU_MULTIROW)
 }

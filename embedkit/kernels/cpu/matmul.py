@@ -1,4 +1,5 @@
-"""`y = x @ W.T` for quantized W: the fused matvec for a few tokens, dequantized tiles + BLAS for batches.
+"""`y = x @ W.T` for quantized W: the fused matvec for a few tokens, the small-batch kernel for a batched
+decode step (`matmul_multirow`), dequantized tiles + BLAS for larger batches.
 
 Batches (and types without a fused matvec) dequantize TILE_BYTES-sized tiles of W rows into one small
 float32 buffer, reused for every tile, and multiply each tile with the whole batch through BLAS: the
@@ -12,7 +13,8 @@ import numpy as np
 
 from embedkit.gguf.types import GGMLType
 from embedkit.kernels.cpu import matvec_int8, matvec_kquants, matvec_legacy, q4_1_packed, q5_0_packed
-from embedkit.kernels.cpu.dispatch import DEQUANTIZERS
+from embedkit.kernels.cpu.dispatch import DEQUANTIZERS, MULTIROW_DECODERS
+from embedkit.kernels.cpu.matmul_multirow import multirow_matmul
 from embedkit.kernels.cpu.threads import get_num_threads
 from embedkit.quant import QUANT_TYPES, types_with
 from embedkit.quant.registry import CPU_INT16, CPU_MATVEC, CPU_PACKED
@@ -59,6 +61,12 @@ PARALLEL_MIN_BYTES = 128 << 10
 
 # Up to this many tokens, run the fused matvec once per token; more, use dequantized tiles + BLAS.
 MAX_MATVEC_TOKENS = 4
+# From MIN_MULTIROW_TOKENS to MAX_MULTIROW_TOKENS tokens, types with a row decoder (registry path cpu.multirow)
+# run `matmul_multirow`: each weight block is dequantized once for all the tokens (a batched decode step).
+MIN_MULTIROW_TOKENS = 2
+MAX_MULTIROW_TOKENS = 16
+# Tokens up to which a decode matmul skips the backend's per-call validation (`backend.cpu`).
+MAX_DECODE_TOKENS = max(MAX_MATVEC_TOKENS, MAX_MULTIROW_TOKENS)
 # Float32 bytes of one dequantized tile of W (8 MiB: 512 rows of 4096; larger tiles gave BLAS more room).
 # Tiles are dequantized on the calling thread: switching between Numba's and OpenBLAS's thread pools for
 # every tile cost milliseconds (spinning BLAS workers), more than the dequantization itself.
@@ -105,6 +113,11 @@ def _integer_matvec(
     return y
 
 
+def _multirow(n_tokens: int, t: GGMLType) -> bool:
+    """Whether `matmul_rows` takes the small-batch kernel for n_tokens rows of x against a weight of type t."""
+    return MIN_MULTIROW_TOKENS <= n_tokens <= MAX_MULTIROW_TOKENS and t in MULTIROW_DECODERS
+
+
 def matmul_rows(
     x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int, packed: np.ndarray | None = None
 ) -> np.ndarray:
@@ -112,6 +125,10 @@ def matmul_rows(
     `decode_layout` if it has one, serves decode."""
     n_tokens = x.shape[0]
     n_rows = rows.shape[0]
+    if _multirow(n_tokens, t):
+        y = np.empty((n_tokens, n_rows), dtype=np.float32)
+        multirow_matmul(MULTIROW_DECODERS[t], rows, x, y)
+        return y
     if n_tokens <= MAX_MATVEC_TOKENS and packed is not None:
         acts = [integer_activations(x[i]) for i in range(n_tokens)]
         return _integer_matvec(packed, PACKED_MATVECS[t][2], acts, n_rows)
@@ -140,8 +157,8 @@ def matmul_rows_many(
     """`matmul_rows` for several W (rows, type, packed layout or None) sharing the input x: decode quantizes x
     once (int16 activations have one format for every type)."""
     n_tokens = x.shape[0]
-    if n_tokens > MAX_MATVEC_TOKENS:
-        return [matmul_rows(x, rows, t, n_cols) for rows, t, _ in weights]
+    if n_tokens > MAX_MATVEC_TOKENS or any(_multirow(n_tokens, t) for _, t, _ in weights):
+        return [matmul_rows(x, rows, t, n_cols, packed) for rows, t, packed in weights]
     acts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
     out = []
     for rows, t, packed in weights:
