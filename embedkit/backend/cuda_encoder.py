@@ -40,6 +40,15 @@ def gpu_precision() -> str:
     return value
 
 
+def attention_kind() -> str:
+    """EMBEDKIT_GPU_ATTENTION: "blas" (default: batched tensor-core GEMMs around a softmax, float16 only)
+    or "flash" (the fused float32-arithmetic kernel, also used for float32 and very long batches)."""
+    value = os.environ.get("EMBEDKIT_GPU_ATTENTION", "blas").strip().lower() or "blas"
+    if value not in ("blas", "flash"):
+        raise InputError(f"EMBEDKIT_GPU_ATTENTION={value!r}: expected blas or flash")
+    return value
+
+
 @dataclass
 class _Act:
     """An activation [n, d] on the GPU: `lo` in the GEMM dtype (maybe still missing `bias`, a float32
@@ -61,12 +70,13 @@ class CUDAEncoderBackend(Backend):
     name = "cuda"
 
     def __init__(self, base, precision: str | None = None) -> None:
-        from embedkit.kernels.cuda import elementwise, encoder, pooling, quant_fast, quant_generic
+        from embedkit.kernels.cuda import elementwise, encoder, encoder_blas, pooling, quant_fast, quant_generic
 
         self.base = base
         self.precision = precision or gpu_precision()
         self.lo_dtype = np.dtype(PRECISIONS[self.precision])
         self._k = encoder
+        self._blas = encoder_blas
         self._elementwise, self._pooling = elementwise, pooling
         self._quant_fast, self._quant_generic = quant_fast, quant_generic
         self._mask_host = None
@@ -285,7 +295,12 @@ class CUDAEncoderBackend(Backend):
         qkv = self._empty((b * t, 3 * d), self.lo_dtype)
         self._k.gemm(xl, self._matrix([wq, wk, wv]), qkv, self._cp_stream())
         out = self._empty((b * t, d), self.lo_dtype)
-        self._k.attention(qkv, self._vector([bq, bk, bv]), self._mask(mask), n_head, scale, out, self.stream)
+        bias = self._vector([bq, bk, bv])
+        if attention_kind() == "blas" and self._cp_stream() is not None and self._blas.blas_ok(b, t, n_head, qkv.dtype):
+            self._k.bias_act(qkv, bias, self._k.ACT_NONE, qkv, self.stream)  # in place, before the GEMMs
+            self._blas.attention(qkv, self._mask(mask), n_head, scale, out, self._empty, self.stream, self._cp_stream())
+        else:
+            self._k.attention(qkv, bias, self._mask(mask), n_head, scale, out, self.stream)
         return _Act(lo=out)
 
     def attention_batch(self, q: Array, k: Array, v: Array, mask: np.ndarray, scale: float) -> Array:
