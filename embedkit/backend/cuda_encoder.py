@@ -7,7 +7,8 @@ stream and memory pool and runs the encoder's hot ops its own way (`embedkit.ker
   and V concatenated into one matrix, so a layer's three projections are one GEMM);
 - the product stays on the GPU in the low dtype with its bias not yet added (`_Act`); the next kernel
   adds the bias: the fused attention (Q/K/V), the residual + LayerNorm (output projections), the GELU;
-- attention is flash-style over each (sequence, head), the padding mask applied, no scores in memory;
+- attention is flash-style over each (sequence, head), the padding mask applied, no scores in memory
+  (or, with EMBEDKIT_GPU_ATTENTION=blas, two batched tensor-core GEMMs around a softmax: `attention_kind`);
 - LayerNorm writes the float32 residual stream and the low-dtype copy the next GEMM reads;
 - `pooled` pools on the GPU, so only [batch, dim] crosses the bus.
 No op waits for the host until `to_host` / `pooled`.
@@ -41,9 +42,11 @@ def gpu_precision() -> str:
 
 
 def attention_kind() -> str:
-    """EMBEDKIT_GPU_ATTENTION: "blas" (default: batched tensor-core GEMMs around a softmax, float16 only)
-    or "flash" (the fused float32-arithmetic kernel, also used for float32 and very long batches)."""
-    value = os.environ.get("EMBEDKIT_GPU_ATTENTION", "blas").strip().lower() or "blas"
+    """EMBEDKIT_GPU_ATTENTION: "flash" (default: the fused kernel, float32 arithmetic, no scores in memory)
+    or "blas" (float16 only: batched tensor-core GEMMs around a masked softmax, `encoder_blas`; not yet
+    measured or checked on a GPU, so opt-in until `tests/test_cuda_encoder.py` and
+    `benchmarks/profile_gpu_encoder.py` have run there)."""
+    value = os.environ.get("EMBEDKIT_GPU_ATTENTION", "flash").strip().lower() or "flash"
     if value not in ("blas", "flash"):
         raise InputError(f"EMBEDKIT_GPU_ATTENTION={value!r}: expected blas or flash")
     return value
