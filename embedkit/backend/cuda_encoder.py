@@ -299,7 +299,8 @@ class CUDAEncoderBackend(Backend):
         self._k.gemm(xl, self._matrix([wq, wk, wv]), qkv, self._cp_stream())
         out = self._empty((b * t, d), self.lo_dtype)
         bias = self._vector([bq, bk, bv])
-        if attention_kind() == "blas" and self._cp_stream() is not None and self._blas.blas_ok(b, t, n_head, qkv.dtype):
+        usable = self._cp_stream() is not None or self.base._sim  # the simulator: numpy GEMMs
+        if attention_kind() == "blas" and usable and self._blas.blas_ok(b, t, n_head, qkv.dtype):
             self._k.bias_act(qkv, bias, self._k.ACT_NONE, qkv, self.stream)  # in place, before the GEMMs
             self._blas.attention(qkv, self._mask(mask), n_head, scale, out, self._empty, self.stream, self._cp_stream())
         else:

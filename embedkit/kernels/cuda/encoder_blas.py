@@ -110,13 +110,50 @@ def _batched(cublas, handle, transa, transb, m, n, k, alpha, a_ptrs, lda, b_ptrs
     )  # fmt: skip
 
 
+class _SimBlas:
+    """Under numba's simulator: `gemmBatchedEx` in numpy over host copies of the device buffers, reading
+    the pointer arrays as offsets from the buffers' base addresses (so the pointer kernel, the leading
+    dimensions and the transposes are all checked on the CPU)."""
+
+    def __init__(self, buffers) -> None:
+        self.buffers = buffers  # [(base address, device array)], C contiguous float16
+        self.host = [a.copy_to_host().reshape(-1) for _, a in buffers]
+
+    def _find(self, ptr: int):
+        for i, (base, a) in enumerate(self.buffers):
+            if base <= ptr < base + a.nbytes:
+                return i, (ptr - base) // 2
+        raise ValueError(f"pointer {ptr:#x} outside every buffer")
+
+    def gemm_batched(self, ptrs, transa, transb, m, n, k, alpha, a_row, lda, b_row, ldb, c_row, ldc) -> None:
+        for pa, pb, pc in zip(ptrs[a_row], ptrs[b_row], ptrs[c_row], strict=True):
+            mats = []
+            for p, ld, trans, rows, cols in ((pa, lda, transa, m, k), (pb, ldb, transb, k, n)):
+                i, off = self._find(int(p))
+                sr, sc = (rows, cols) if not trans else (cols, rows)  # stored column-major (sr x sc)
+                idx = off + np.arange(sr)[:, None] + ld * np.arange(sc)[None, :]
+                stored = self.host[i][idx].astype(np.float32)
+                mats.append(stored.T if trans else stored)
+            prod = float(alpha) * (mats[0] @ mats[1])  # m x n, column-major into C
+            i, off = self._find(int(pc))
+            idx = off + np.arange(m)[:, None] + ldc * np.arange(n)[None, :]
+            self.host[i][idx] = prod.astype(np.float16)
+
+    def store(self, index: int) -> None:
+        a = self.buffers[index][1]
+        a.copy_to_device(self.host[index].reshape(a.shape))
+
+
+def _sim() -> bool:
+    from numba.cuda import config
+
+    return bool(config.ENABLE_CUDASIM)
+
+
 def attention(qkv, mask, n_head: int, scale: float, out, empty, stream, cp_stream) -> None:
     """out [b*T, d] (float16) = attention of qkv [b*T, 3*d] (float16, biases already added) over mask int32
     [b, T]; `empty(shape, dtype)` allocates device scratch, `stream` is the numba stream and `cp_stream`
-    the CuPy stream of the same queue (cuBLAS runs there)."""
-    import cupy
-    from cupy_backends.cuda.libs import cublas
-
+    the CuPy stream of the same queue (cuBLAS runs there; None under the simulator, where numpy does)."""
     b, t = mask.shape
     d = out.shape[1]
     hd = d // n_head
@@ -125,25 +162,39 @@ def attention(qkv, mask, n_head: int, scale: float, out, empty, stream, cp_strea
     ptrs = empty((6, pairs), np.int64)
 
     def addr(a) -> int:
-        return a.__cuda_array_interface__["data"][0]
+        try:
+            return a.__cuda_array_interface__["data"][0]
+        except AttributeError:  # the simulator's arrays wrap host memory
+            return a._ary.ctypes.data
 
     fast(_pointers_kernel)[max(1, math.ceil(pairs / 128)), 128, stream](
         np.int64(addr(qkv)), np.int64(addr(s_buf)), np.int64(addr(out)), np.int64(b), np.int64(t),
         np.int64(n_head), np.int64(hd), np.int64(d), ptrs,
     )  # fmt: skip
-    row_ptr = [addr(ptrs) + i * pairs * 8 for i in range(6)]
     alpha = np.array(scale, dtype=np.float32)
+    n_rows = pairs * t
+    per = max(1, math.ceil(t / 32))
+    softmax = fast(_softmax_kernel(per))[max(1, math.ceil(n_rows / SOFTMAX_WARPS)), SOFTMAX_WARPS * 32, stream]
+    if cp_stream is None and _sim():
+        host_ptrs = ptrs.copy_to_host()
+        sim = _SimBlas([(addr(qkv), qkv), (addr(s_buf), s_buf), (addr(out), out)])
+        sim.gemm_batched(host_ptrs, _OP_T, _OP_N, t, t, hd, alpha, 0, 3 * d, 1, 3 * d, 2, t)
+        sim.store(1)
+        softmax(s_buf, mask, np.int64(b), np.int64(n_rows))
+        sim.host[1] = s_buf.copy_to_host().reshape(-1)
+        sim.gemm_batched(host_ptrs, _OP_N, _OP_N, hd, t, t, _ONE, 3, 3 * d, 4, t, 5, d)
+        sim.store(2)
+        return
+    import cupy
+    from cupy_backends.cuda.libs import cublas
+
+    row_ptr = [addr(ptrs) + i * pairs * 8 for i in range(6)]
     handle = cupy.cuda.device.get_cublas_handle()
     with cp_stream:
         # column-major: S^T (keys x queries) = K (hd x keys)^T . Q (hd x queries), scaled
         _batched(cublas, handle, _OP_T, _OP_N, t, t, hd, alpha, row_ptr[0], 3 * d, row_ptr[1], 3 * d, row_ptr[2], t,
                  pairs)  # fmt: skip
-    n_rows = pairs * t
-    per = max(1, math.ceil(t / 32))
-    threads = SOFTMAX_WARPS * 32
-    fast(_softmax_kernel(per))[max(1, math.ceil(n_rows / SOFTMAX_WARPS)), threads, stream](
-        s_buf, mask, np.int64(b), np.int64(n_rows)
-    )
+    softmax(s_buf, mask, np.int64(b), np.int64(n_rows))
     with cp_stream:
         # O^T (hd x queries) = V^T (hd x keys) . P^T (keys x queries), into the head's columns of out
         _batched(cublas, handle, _OP_N, _OP_N, hd, t, t, _ONE, row_ptr[3], 3 * d, row_ptr[4], t, row_ptr[5], d, pairs)
