@@ -44,10 +44,12 @@ def _cases() -> list[Case]:
 @pytest.mark.parametrize("name", ["llama", "gemma3"])
 def test_eight_sequences_on_gpu_match_solo_runs(model_files, monkeypatch, name, batch_graphs):
     import embedkit.backend.cuda as cuda_mod
+    import embedkit.generate.batch_generator as batch_generator
     from embedkit.backend.placement import make_placement
     from embedkit.generate import BatchGenerator, Generator
 
     monkeypatch.setattr(cuda_mod, "BATCH_GRAPHS", batch_graphs)
+    monkeypatch.setattr(batch_generator, "ALLOW_CUDA", True)  # BatchGenerator refuses CUDA until this passes
     gen = Generator(model_files[name], n_ctx=48, placement=make_placement("cuda", -1))
     be = gen.model.placement.layer(0)
     cases = _cases()

@@ -81,6 +81,9 @@ from embedkit.gguf import GGUFFile
 
 __all__ = ["BatchGenerator", "SequenceHandle", "SequenceResult", "TokenEvent"]
 
+# lifted by the GPU test and benchmarks/check_batch_gpu.py only: see `BatchGenerator._setup`
+ALLOW_CUDA = False
+
 
 class BatchGenerator(PromptMethods):
     """A loaded model serving up to ``n_parallel`` sequences at once (see the module docstring)."""
@@ -132,9 +135,10 @@ class BatchGenerator(PromptMethods):
     ) -> None:
         # The CUDA backend's multi-sequence forward does not yet reproduce each sequence's solo logits
         # (tests/test_batch_generate_gpu.py fails on an H100), so a model with layers on a GPU is refused
-        # rather than given wrong tokens.
+        # rather than given wrong tokens (unless ALLOW_CUDA, for that test and benchmarks/check_batch_gpu.py).
         placement = getattr(model, "placement", None)
-        if placement is not None and any(getattr(be, "name", "") == "cuda" for be in placement.backends):
+        on_gpu = placement is not None and any(getattr(be, "name", "") == "cuda" for be in placement.backends)
+        if on_gpu and not ALLOW_CUDA:
             raise UnsupportedModelError(
                 "continuous batching runs on the CPU only for now; use --device cpu (or -ngl 0) with "
                 "--parallel, or one sequence at a time on the GPU"

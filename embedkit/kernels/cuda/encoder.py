@@ -93,28 +93,27 @@ def gemm(x, w, y, stream=None) -> None:
 
 
 @cuda.jit
-def bias_act_kernel(x, bias, has_bias, n_cols, act, out):
-    """out[i] = act(x[i] + bias[i % n_cols]) on flat arrays (any float dtypes), grid-stride."""
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for i in range(start, x.shape[0], stride):
-        v = np.float32(x[i])
-        if has_bias:
-            v += bias[i % n_cols]
+def bias_act_kernel(x, bias, has_bias, act, out):
+    """out[r, c] = act(x[r, c] + bias[c]) on [n, f] arrays (any float dtypes); rows grid-strided over y
+    (2-D indexing: no 64-bit division per element)."""
+    c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    if c >= x.shape[1]:
+        return
+    bc = np.float32(bias[c]) if has_bias else np.float32(0.0)
+    for r in range(cuda.blockIdx.y, x.shape[0], cuda.gridDim.y):
+        v = np.float32(x[r, c]) + bc
         if act == ACT_GELU_ERF:
             v = np.float32(0.5) * v * (np.float32(1.0) + math.erf(v * _INV_SQRT2))
-        out[i] = v
+        out[r, c] = v
 
 
 def bias_act(x, bias, act: int, out, stream=0) -> None:
     """out [n, f] = act(x [n, f] + bias [f]) (bias None: none); act ACT_NONE or ACT_GELU_ERF."""
     n, f = x.shape
-    size = n * f
-    blocks = max(1, min(math.ceil(size / (THREADS * 4)), 132 * 32))
-    b = bias if bias is not None else x.reshape(size)
-    fast(bias_act_kernel)[blocks, THREADS, stream](
-        x.reshape(size), b, bias is not None, np.int64(f), np.int32(act), out.reshape(size)
-    )
+    col_blocks = max(1, math.ceil(f / THREADS))
+    rows = max(1, min(n, max(1, 132 * 32 // col_blocks) * 4))
+    b = bias if bias is not None else x.reshape(n * f)
+    fast(bias_act_kernel)[(col_blocks, rows), THREADS, stream](x, b, bias is not None, np.int32(act), out)
 
 
 # -- residual + LayerNorm --------------------------------------------------------------------------
