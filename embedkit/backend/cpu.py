@@ -120,7 +120,8 @@ class CPUBackend(Backend):
         """`batch_offload`: a GPU backend that runs this backend's large-batch matmuls (partial
         offload: the CPU layers' prompt matmuls, through its `offload_takes` / `host_matmul`)."""
         self._rope_tables: dict[tuple[int, float, float], tuple[np.ndarray, np.ndarray]] = {}
-        # decode's stacked weight groups by the ids of a `matmuls` call's weights (the weights kept with them)
+        # decode's stacked weight groups by the ids of a `matmuls` call's weights (the weights are kept with them,
+        # so that their ids cannot be reused by other objects while the entry exists)
         self._stacked: dict[tuple[int, ...], tuple[list[Weight], list[_StackedWeights]]] = {}
         self.batch_offload = batch_offload
 
