@@ -3,8 +3,10 @@
     nice .venv/bin/python benchmarks/bench_generate.py [--threads 2] [--models gemma3-270m,...] [--rounds 3]
         [--cpu-math llama.cpp|float32]
 
-llama-cpp-python is the reference when importable (dev machine only). Both sides get the same prompt ids,
-the same context (1024), batch (512) and thread count. Generation is greedy from the end of a 16-token prompt;
+llama-cpp-python is the reference when importable (dev machine only), else llama.cpp's `llama-bench` given by
+--llama-bench / LLAMA_CPP_BIN (its prompt is its own random tokens of the same length). Both sides get the same
+prompt ids, the same context (1024), batch (512) and thread count. Generation is greedy from the end of a
+16-token prompt;
 embedkit's figure includes its Python loop and sampling (argmax) per token. A short warm-up run
 compiles/caches the Numba kernels first. Also prints the per-token cost of the default sampler chain on
 each model's vocabulary.
@@ -87,6 +89,21 @@ def bench_llama_cpp(llm, ids: list[int]) -> tuple[float, float]:
     return pp, tg
 
 
+def bench_llama_bench(binary: str, path, threads: int) -> tuple[float, float]:
+    """(pp512, tg128) tokens/s from llama.cpp's own `llama-bench` (one repetition each), where llama-cpp-python
+    is absent: the same prompt length, generated tokens and threads."""
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        [binary, "-m", str(path), "-t", str(threads), "-p", str(N_PROMPT), "-n", str(N_GEN), "-b", str(N_BATCH),
+         "-r", "1", "-o", "json"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rates = {(r["n_prompt"], r["n_gen"]): float(r["avg_ts"]) for r in json.loads(out)}
+    return rates[(N_PROMPT, 0)], rates[(0, N_GEN)]
+
+
 def sampler_cost_ms(n_vocab: int) -> tuple[float, float]:
     """Milliseconds per token of greedy and of the default chain (top-k 40, top-p .95, min-p .05, temp .8)."""
     logits = (np.random.default_rng(0).standard_normal(n_vocab) * 3).astype(np.float32)
@@ -110,6 +127,9 @@ def main() -> None:
                          "(the dev VM's speed drifts within minutes)")
     ap.add_argument("--cpu-math", choices=["float32", "ggml"], default=None,
                     help="embedkit's CPU arithmetic for generation (EMBEDKIT_CPU_MATH; default float32)")
+    ap.add_argument("--llama-bench", default=os.environ.get("LLAMA_CPP_BIN"),
+                    help="path of llama.cpp's llama-bench, the reference where llama-cpp-python is not installed "
+                         "(default: $LLAMA_CPP_BIN)")
     args = ap.parse_args()
     if args.cpu_math:
         os.environ["EMBEDKIT_CPU_MATH"] = args.cpu_math
@@ -126,12 +146,17 @@ def main() -> None:
         path = resolve_model(name, kind="generate")
         gen = load_embedkit(path, args.threads)
         llm = load_llama_cpp(path, args.threads)
+        if llm is None and not args.llama_bench:
+            print(f"# {name}: no llama.cpp reference (install llama-cpp-python or pass --llama-bench)")
         pp = tg = rpp = rtg = float("nan")
         for _ in range(args.rounds):
             a, b = bench_embedkit(gen)
             pp, tg = np.nanmax([pp, a]), np.nanmax([tg, b])
             if llm is not None:
                 a, b = bench_llama_cpp(llm, prompt_ids(gen, N_PROMPT))
+                rpp, rtg = np.nanmax([rpp, a]), np.nanmax([rtg, b])
+            elif args.llama_bench:
+                a, b = bench_llama_bench(args.llama_bench, path, args.threads)
                 rpp, rtg = np.nanmax([rpp, a]), np.nanmax([rtg, b])
         load_ms = gen.load_ms
         greedy_ms, chain_ms = sampler_cost_ms(gen.model.params.n_vocab)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from embedkit.backend import Placement, Weight
-from embedkit.backend.cpu import CPUBackend
+from embedkit.backend.cpu import CPUBackend, CPUWeight
 from embedkit.gguf import GGMLType
 
 
@@ -230,3 +230,42 @@ def test_offload_placement_follows_llama_cpp() -> None:
     p = Placement.offload(cpu, gpu, 4, -1)
     assert all(b is gpu for b in p.layers) and p.output is gpu and p.input is cpu
     assert all(b is cpu for b in Placement.offload(cpu, gpu, 4, 0).layers)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q5_0"])
+def test_decode_matmuls_stack_weights_of_one_type(qtype: str) -> None:
+    """Decode runs same-type packed weights of one `matmuls` call in one stacked launch (q/k/v, gate/up): every
+    output is bit-identical to that weight's own `matmul`, biases included, against float64 within int16
+    activation rounding; a weight of another type (Q8_0) in the call goes its own way."""
+    from test_kernels_dequant import random_blocks
+
+    rng = np.random.default_rng(20261207)
+    n_cols = 256
+    shapes = [(132, n_cols), (64, n_cols), (64, n_cols)]
+    types = [qtype, qtype, "Q8_0"]
+    ws = []
+    for (n, c), t in zip(shapes, types, strict=True):
+        raw = random_blocks(rng, t, n, c).reshape(n, -1)
+        ws.append(CPUWeight(f"w{len(ws)}", int(GGMLType[t]), (n, c), raw))
+    bias = [_vec(rng.standard_normal(n).astype(np.float32)) for n, _ in shapes]
+    stacked_be, single_be = CPUBackend(), CPUBackend()
+    for n_tok in (1, 3, 1):
+        x = rng.standard_normal((n_tok, n_cols)).astype(np.float32)
+        ys = stacked_be.matmuls(x, ws, bias)
+        for w, b, y in zip(ws, bias, ys, strict=True):
+            own = single_be.matmul(x, CPUWeight(w.name, w.ggml_type, w.shape, w.data), b)
+            np.testing.assert_array_equal(y.view(np.uint32), own.view(np.uint32))
+            ref = x.astype(np.float64) @ be_dequant(w).T + b.data
+            _close(y, ref, 1e-4)
+            assert y.shape == (n_tok, w.shape[0]) and y.flags.c_contiguous
+    key = tuple(id(w) for w in ws)
+    (group,) = stacked_be._stacked[key][1]
+    assert [i for i, _, _ in group.parts] == [0, 1] and group.n_rows == 196
+    assert np.shares_memory(ws[0].packed, group.packed) and np.shares_memory(ws[1].packed, group.packed)
+
+
+def be_dequant(w: Weight) -> np.ndarray:
+    """W as float64 through the reference dequantizer."""
+    from embedkit import kernels
+
+    return kernels.dequantize(w.data, w.ggml_type, w.shape).astype(np.float64)

@@ -14,7 +14,14 @@ from embedkit.backend import cpu_ops
 from embedkit.backend.base import Array, Backend, KVCache, RopeStyle, Weight
 from embedkit.gguf import GGMLType
 from embedkit.kernels.cpu.dispatch import DEQUANTIZERS
-from embedkit.kernels.cpu.matmul import MAX_DECODE_TOKENS, decode_layout, matmul_rows, matmul_rows_many
+from embedkit.kernels.cpu.matmul import (
+    MAX_DECODE_TOKENS,
+    decode_layout,
+    integer_activations,
+    matmul_packed,
+    matmul_rows,
+    matmul_rows_many,
+)
 from embedkit.kernels.cpu.row_blocks import can_split_blas, concurrent_callers, run_blocks
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -43,6 +50,40 @@ def _packed(w: Weight) -> np.ndarray | None:
     if w.packed is False:
         w.packed = decode_layout(w.data, w.ggml_type, w.shape[1])
     return w.packed
+
+
+@dataclass(eq=False)
+class _StackedWeights:
+    """Weights of one `matmuls` call with the same packed decode layout, their packed rows stacked in one array
+    so that decode runs them in one kernel launch (q/k/v, gate/up): `parts` holds (index in the call, first
+    row, end row) of each, and each weight's own `packed` becomes a view of its rows of `packed`."""
+
+    ggml_type: int
+    packed: np.ndarray
+    n_rows: int
+    parts: list[tuple[int, int, int]]
+
+
+def _stack_packed(ws: list[Weight]) -> list[_StackedWeights]:
+    """The groups of two or more weights in ws that can run stacked (same type, a packed layout, whole quads
+    of rows: rows never share a quad across weights, so every row's result is that of its own weight's launch)."""
+    by_type: dict[int, list[int]] = {}
+    for i, w in enumerate(ws):
+        if isinstance(w, CPUWeight) and w.shape[0] % 4 == 0 and _packed(w) is not None:
+            by_type.setdefault(w.ggml_type, []).append(i)
+    groups = []
+    for t, idx in by_type.items():
+        if len(idx) < 2:
+            continue
+        packed = np.concatenate([ws[i].packed for i in idx], axis=0)
+        parts, r0 = [], 0
+        for i in idx:
+            n = ws[i].shape[0]
+            ws[i].packed = packed[r0 // 4 : (r0 + n) // 4]
+            parts.append((i, r0, r0 + n))
+            r0 += n
+        groups.append(_StackedWeights(t, packed, r0, parts))
+    return groups
 
 
 def _glu(kernel, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
@@ -80,6 +121,9 @@ class CPUBackend(Backend):
         """`batch_offload`: a GPU backend that runs this backend's large-batch matmuls (partial
         offload: the CPU layers' prompt matmuls, through its `offload_takes` / `host_matmul`)."""
         self._rope_tables: dict[tuple[int, float, float], tuple[np.ndarray, np.ndarray]] = {}
+        # decode's stacked weight groups by the ids of a `matmuls` call's weights (the weights are kept with them,
+        # so that their ids cannot be reused by other objects while the entry exists)
+        self._stacked: dict[tuple[int, ...], tuple[list[Weight], list[_StackedWeights]]] = {}
         self.batch_offload = batch_offload
         self._last_spans: tuple[Sequence[tuple[int, int, int]], np.ndarray] | None = None
 
@@ -174,12 +218,35 @@ class CPUBackend(Backend):
             ys = off.host_matmuls(x, ws)
         elif all(_decode_ready(x, w) for w in ws):
             kernels.apply_num_threads()
-            ys = matmul_rows_many(x, [(w.data, w.ggml_type, _packed(w)) for w in ws], x.shape[1])
+            ys = self._decode_matmuls(x, ws)
         else:  # batches, or weights the decode kernels don't take
             return super().matmuls(x, ws, biases)
         for y, b in zip(ys, biases or [None] * len(ws), strict=True):
             if b is not None:
                 y += b.data
+        return ys
+
+    def _decode_matmuls(self, x: np.ndarray, ws: list[Weight]) -> list[np.ndarray]:
+        """A few tokens times several weights: for one token, each group of stacked weights (`_stack_packed`) in
+        one kernel launch, x quantized once for them; the others (and several tokens) through `matmul_rows_many`."""
+        key = tuple(id(w) for w in ws)
+        hit = self._stacked.get(key)
+        if hit is None:
+            hit = self._stacked[key] = (list(ws), _stack_packed(ws))
+        groups = hit[1]
+        if not groups or x.shape[0] != 1:
+            return matmul_rows_many(x, [(w.data, w.ggml_type, _packed(w)) for w in ws], x.shape[1])
+        acts = [integer_activations(x[0])]
+        ys: list[np.ndarray | None] = [None] * len(ws)
+        for g in groups:
+            y = matmul_packed(acts, g.packed, g.ggml_type, g.n_rows)
+            for i, r0, r1 in g.parts:  # one token: each slice [1, r1 - r0] is contiguous
+                ys[i] = y[:, r0:r1]
+        rest = [i for i, y in enumerate(ys) if y is None]
+        if rest:
+            more = matmul_rows_many(x, [(ws[i].data, ws[i].ggml_type, _packed(ws[i])) for i in rest], x.shape[1])
+            for i, y in zip(rest, more, strict=True):
+                ys[i] = y
         return ys
 
     def _matmul_f32_blocks(self, x: np.ndarray, w: Weight, bias: Weight | None) -> np.ndarray:

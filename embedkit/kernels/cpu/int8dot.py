@@ -42,16 +42,25 @@ _V8F32 = ir.VectorType(_F32, 8)
 _V32I16 = ir.VectorType(_I16, 32)
 
 
-def _host_has_avx2() -> bool:
+def _target_features() -> set[str]:
+    """The CPU features Numba compiles for: NUMBA_CPU_FEATURES where set (how another host is emulated, e.g.
+    an AVX2-only one on an AVX-512 host: NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=+avx2,+fma,...), else
+    the host's."""
     try:
-        import llvmlite.binding as llvm
+        from numba.core import config
 
-        return "+avx2" in llvm.get_host_cpu_features().flatten()
+        if config.CPU_FEATURES is not None:
+            flat = config.CPU_FEATURES
+        else:
+            import llvmlite.binding as llvm
+
+            flat = llvm.get_host_cpu_features().flatten()
     except Exception:  # features unknown: the portable path is always correct
-        return False
+        return set()
+    return {f[1:] for f in flat.split(",") if f.startswith("+")}
 
 
-HAS_AVX2 = _host_has_avx2()
+HAS_AVX2 = "avx2" in _target_features()
 
 
 def _intrinsic_fn(builder, name, ret, args):

@@ -118,6 +118,13 @@ def _multirow(n_tokens: int, t: GGMLType) -> bool:
     return MIN_MULTIROW_TOKENS <= n_tokens <= MAX_MULTIROW_TOKENS and t in MULTIROW_DECODERS
 
 
+def matmul_packed(acts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], packed: np.ndarray, t: GGMLType,
+                  n_rows: int) -> np.ndarray:
+    """y [n_tokens, n_rows] of a weight in its decode layout `packed` (type t; rows of several weights of one
+    type may be stacked in it) against one token's `integer_activations` each: one kernel launch."""
+    return _integer_matvec(packed, PACKED_MATVECS[t][2], acts, n_rows)
+
+
 def matmul_rows(
     x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int, packed: np.ndarray | None = None
 ) -> np.ndarray:
