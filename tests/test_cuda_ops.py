@@ -311,9 +311,9 @@ def test_decode_attention_fused_rope(backends, rng, style, n_rot, window):
 def test_attention_prompt_vs_cpu(backends, rng, hd, window, blas, monkeypatch):
     """A prompt longer than one query tile (cuBLAS path, or the tiled kernel: several query and key
     tiles, GQA, a partial last tile), then one step, against the CPU backend (1e-5)."""
-    import embedkit.backend.cuda as cuda_backend_module
+    import embedkit.backend.cuda_attention as cuda_attention_module
 
-    monkeypatch.setattr(cuda_backend_module, "PROMPT_ATTENTION_BLAS", blas)
+    monkeypatch.setattr(cuda_attention_module, "PROMPT_ATTENTION_BLAS", blas)
     cpu, gpu = backends
     heads, kv_heads, n_ctx = 4, 2, 48
     cc, gc = cpu.kv_cache(n_ctx, kv_heads, hd), gpu.kv_cache(n_ctx, kv_heads, hd)

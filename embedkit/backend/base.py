@@ -213,8 +213,12 @@ class Backend:
 
         spans[i] = (start, stop, pos0): rows start:stop are one sequence's tokens at positions pos0..,
         stored in and attending over caches[i] only (its window counted in its own positions). The
-        default runs `attention` per span and stacks the outputs; one span is exactly `attention`.
+        default runs `attention` per span and stacks the outputs; one span is exactly `attention`. A
+        backend with one kernel for all the rows provides `_attention_seqs_fused`, tried first.
         """
+        fused = self._attention_seqs_fused(q, caches, k_new, v_new, spans, scale, causal, window, softcap)
+        if fused is not None:
+            return fused
         if len(spans) == 1:
             return self.attention(q, caches[0], k_new, v_new, spans[0][2], scale, causal, window, softcap)
         outs = [
@@ -225,6 +229,10 @@ class Backend:
             for cache, (a, b, pos0) in zip(caches, spans, strict=True)
         ]  # fmt: skip
         return self.concat_rows(outs)
+
+    def _attention_seqs_fused(self, q, caches, k_new, v_new, spans, scale, causal, window, softcap) -> Array | None:
+        """`attention_seqs` in one launch, or None where this backend has no such kernel for these caches."""
+        return None
 
     def concat_rows(self, parts: Sequence[Array]) -> Array:
         """Arrays of equal trailing shape stacked along the first axis (a new array)."""
