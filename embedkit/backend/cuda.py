@@ -9,7 +9,7 @@ Arrays are numba device arrays (float32, C order). The backend is put together f
   float16 copies for GEMMs, a CPU layer's prompt matmuls run here (partial offload);
 - `cuda_linear`: `get_rows`, matvecs for up to `MATVEC_MAX_ROWS` rows, cuBLAS GEMMs above;
 - `cuda_elementwise`: elementwise ops, activations, GLUs, norms;
-- `cuda_attention`: RoPE, the KV cache, attention, pooling;
+- `cuda_attention`: RoPE, the KV cache, attention;
 - `cuda_batch`: rows of several sequences in one forward (continuous batching).
 This module holds the device setup, data movement and which steps are recorded.
 """
@@ -68,7 +68,6 @@ class CUDABackend(CUDASeqOps, CUDAAttention, CUDAElementwise, CUDALinear, CUDAWe
             elementwise,
             gemm,
             norms,
-            pooling,
             quant_fast,
             quant_generic,
             quant_kmatvec,
@@ -83,7 +82,6 @@ class CUDABackend(CUDASeqOps, CUDAAttention, CUDAElementwise, CUDALinear, CUDAWe
             elementwise=elementwise,
             gemm=gemm,
             norms=norms,
-            pooling=pooling,
             quant_fast=quant_fast,
             quant_generic=quant_generic,
             rope=rope,

@@ -1,4 +1,4 @@
-"""The CUDA backend's positions and attention: RoPE, the KV cache, causal and padded attention, pooling.
+"""The CUDA backend's positions and attention: RoPE, the KV cache, causal and padded attention.
 
 Mixed into `CUDABackend`. The KV cache is float32 [n_ctx, n_kv_heads, head_dim] (position-major). A
 one-token step's decode attention also writes the int8 blocks of its output for the next matvec; while
@@ -20,7 +20,7 @@ FUSE_DECODE_ROPE = True  # graphs: RoPE of q and k + KV store inside the decode 
 
 
 class CUDAAttention:
-    """`rope`, `kv_cache`, `attention`, `attention_batch` and `pool` of `CUDABackend`."""
+    """`rope`, `kv_cache`, `attention` and `attention_batch` of `CUDABackend`."""
 
     def rope(
         self,
@@ -150,16 +150,3 @@ class CUDAAttention:
             return out.reshape(b, t, heads * hd), fn
 
         return self.steps.op(("attention_batch", q.shape, scale), b * t, build)
-
-    def pool(self, x: Array, mask: np.ndarray, mode: str) -> Array:
-        """Pool hidden states [b, t, d] over tokens: "mean" (masked), "cls" (first), "last" (last real)."""
-        pooling = self._k.pooling
-        b, t, d = x.shape
-        mask_dev = self.steps.input(np.asarray(mask, dtype=np.int32).reshape(b, t), ("mask",))
-        code = pooling.POOLING_MODES[mode]
-
-        def build():
-            out = self._empty((b, d))
-            return out, lambda s: pooling.pool(x, mask_dev, code, out, s)
-
-        return self.steps.op(("pool", x.shape, mode), b, build)

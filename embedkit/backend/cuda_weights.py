@@ -52,7 +52,7 @@ def bytes_per_token(m: DeviceMatrix) -> int:
 
 
 class CUDAWeights:
-    """`weight`, `upload_matrix`, `offload_takes`, `host_matmul(s)` and the float16 weight copies of
+    """`weight`, `upload_matrix`, `offload_takes`, `host_matmuls` and the float16 weight copies of
     `CUDABackend`."""
 
     def weight(self, t) -> Weight:
@@ -92,7 +92,7 @@ class CUDAWeights:
         return DeviceMatrix(type_name, None, (dev, dev.view(np.float16), c), n_rows, n_cols)
 
     def offload_takes(self, x: np.ndarray, w: Weight) -> bool:
-        """Whether `host_matmul` should run x @ W.T for a CPU layer: a batch of OFFLOAD_MIN_TOKENS or
+        """Whether `host_matmuls` should run x @ W.T for a CPU layer: a batch of OFFLOAD_MIN_TOKENS or
         more against a matrix of a type these kernels read."""
         return (
             x.ndim == 2
@@ -102,15 +102,11 @@ class CUDAWeights:
             and type_name(w.ggml_type) in GENERIC_TYPES
         )
 
-    def host_matmul(self, x: np.ndarray, w: Weight) -> np.ndarray:
-        """x @ W.T for host x [n, k] and a CPU-resident W (its raw GGUF rows): W is uploaded for this call
-        only, dequantized to float16 and multiplied by cuBLAS; the result comes back to the host. A
-        prompt batch does far more arithmetic per weight byte than the CPU does in the time the bus
-        takes to carry the bytes."""
-        return self.host_matmuls(x, [w])[0]
-
     def host_matmuls(self, x: np.ndarray, ws: list[Weight]) -> list[np.ndarray]:
-        """`host_matmul` for several CPU-resident weights sharing the input x, which goes up once."""
+        """x @ W.T for host x [n, k] and CPU-resident weights W (their raw GGUF rows): x goes up once, each
+        W is uploaded for this call only, dequantized to float16 and multiplied by cuBLAS; the results
+        come back to the host. A prompt batch does far more arithmetic per weight byte than the CPU does
+        in the time the bus takes to carry the bytes."""
         xd = self.asarray(x)
         ys = []
         for w in ws:
