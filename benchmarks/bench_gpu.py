@@ -61,14 +61,14 @@ def copy_bandwidth() -> float:
 def decode_bytes(model) -> int:
     """Bytes of the GPU-resident matrices one decode step reads (every layer + output head)."""
     from embedkit.backend.base import Weight
-    from embedkit.backend.cuda import _Matrix, bytes_per_token
+    from embedkit.backend.cuda_weights import DeviceMatrix, bytes_per_token
 
     total = 0
     for layer in model.layers:
         for w in vars(layer).values():
-            if isinstance(w, Weight) and isinstance(w.data, _Matrix):
+            if isinstance(w, Weight) and isinstance(w.data, DeviceMatrix):
                 total += bytes_per_token(w.data)
-    if isinstance(model.w_output.data, _Matrix):
+    if isinstance(model.w_output.data, DeviceMatrix):
         total += bytes_per_token(model.w_output.data)
     return total
 
@@ -108,28 +108,29 @@ def bench_decoder(path: Path, ngl: int, n_prompt: int, n_gen: int, reps: int) ->
 
     tg_tok_s = decode()
     tg_unfused = None
-    import embedkit.backend.cuda as cuda_module
+    import embedkit.backend.cuda_attention as cuda_module
 
-    if getattr(gpu, "_graph", None) is not None and cuda_module.FUSE_DECODE_ROPE:
+    if getattr(getattr(gpu, "steps", None), "graph", None) is not None and cuda_module.FUSE_DECODE_ROPE:
         # the same steps with RoPE + KV store as separate launches (graph recorded again), then back
         cuda_module.FUSE_DECODE_ROPE = False
-        gpu._graph = None
+        gpu.steps.forget()
         try:
             for i in range(4):
                 m.forward(toks[i : i + 1], state, i)
             tg_unfused = decode()
         finally:
             cuda_module.FUSE_DECODE_ROPE = True
-            gpu._graph = None
+            gpu.steps.forget()
         for i in range(4):
             m.forward(toks[i : i + 1], state, i)
     graph_ms = None
-    if getattr(gpu, "_graph", None) is not None:  # device time of one decode step: graph replays alone
+    # device time of one decode step: graph replays alone
+    if getattr(getattr(gpu, "steps", None), "graph", None) is not None:
         cs = gpu._cp_stream
         cs.synchronize()
         t = time.perf_counter()
         for _ in range(20):
-            gpu._graph.graph.launch(cs)
+            gpu.steps.graph.graph.launch(cs)
         cs.synchronize()
         graph_ms = (time.perf_counter() - t) / 20 * 1e3
     out = {
@@ -353,7 +354,7 @@ def bench_matvec(bandwidth: float) -> list[dict]:
     rng = np.random.default_rng(0)
 
     def timed(fn, n=20) -> float:
-        graph = be._capture([fn] * n)  # kernel time only: one graph of n launches
+        graph = be.steps.capture([fn] * n)  # kernel time only: one graph of n launches
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
         graph.launch(be._cp_stream)
         start.record(be._cp_stream)
@@ -379,7 +380,7 @@ def bench_matvec(bandwidth: float) -> list[dict]:
             y = be._empty((1, n_out))
             shape = f"{n_out}x{n_in}"
             if m.fast:
-                xq, xd = be._xq
+                xq, xd = be.steps.blocks_of(x)
                 qs, d = m.views[0], m.views[1]
                 old = lambda st, y=y, xq=xq, xd=xd, qs=qs, d=d, f=m.fast: cuda_matvec_v1.matvec_repacked(  # noqa: E731
                     f, qs, d, xq, xd, None, y, st
@@ -407,7 +408,7 @@ def bench_matvec(bandwidth: float) -> list[dict]:
                 label = gtype + (" (float32 activations)" if gtype in be.int8_matvecs else "")
                 row(label, shape, timed(fn), bytes_per_token(m))
             if gtype in be.int8_matvecs:
-                xq, xd = be._xq
+                xq, xd = be.steps.blocks_of(x)
                 launch = be.int8_matvecs[gtype]
                 fn = lambda st, m=m, y=y, xq=xq, xd=xd, launch=launch: launch(  # noqa: E731
                     m.layout, m.views, xq, xd, None, y, st
@@ -427,7 +428,7 @@ def bench_matvec(bandwidth: float) -> list[dict]:
                 ws = [upload(gtype, r, 4096) for r in outs]
                 x = be.asarray(rng.standard_normal((1, 4096)).astype(np.float32))
                 be.to_host(be.matmuls(x, ws)[0])
-                xq, xd = be._xq
+                xq, xd = be.steps.blocks_of(x)
                 mats = [(w.data.views[0], w.data.views[1], None, be._empty((1, w.data.n_rows))) for w in ws]
                 fn = lambda st, mats=mats, xq=xq, xd=xd, f=gtype: quant_fast.matvec_multi(  # noqa: E731
                     f, mats, xq, xd, stream=st
@@ -456,7 +457,6 @@ def launch_overhead() -> float:
     for _ in range(n):
         be.add(x, x)
     be.synchronize()
-    be._mode = "idle"
     return (time.perf_counter() - t) / n * 1e6
 
 

@@ -124,8 +124,8 @@ def profile_model(path: Path, n_prompt: int, n_steps: int, out_dir: Path | None,
     w, d = _events_ms(be, steps)
     res["tg_wall_ms_per_tok"], res["tg_dev_ms_per_tok"] = w / n_steps, d / n_steps
     print(f"  decode: wall {w / n_steps:.3f} ms/token, device span {d / n_steps:.3f} ms/token")
-    if be._graph is not None:
-        g = be._graph.graph
+    if be.steps.graph is not None:
+        g = be.steps.graph.graph
         w, d = _events_ms(be, lambda: [g.launch(be._cp_stream) for _ in range(20)])
         res["graph_ms"] = d / 20
         print(f"  decode graph replay alone: {d / 20:.3f} ms")

@@ -44,7 +44,7 @@ def measure(m, gpu, toks, setting) -> tuple[float, float, np.ndarray]:
     quant_fast._MV_ROWS[gtype], quant_fast._MV_WORDS[gtype] = rows, words
     quant_fast.MV_WARPS, quant_fast.MV_SPLIT_MIN_WARPS = warps, split_min
     norms.SPLIT_THREADS = norm_threads
-    gpu._graph = None
+    gpu.steps.forget()
     state = m.new_state(256)
     for i in range(4):  # records, then replays
         m.forward(toks[i : i + 1], state, i)
@@ -54,7 +54,7 @@ def measure(m, gpu, toks, setting) -> tuple[float, float, np.ndarray]:
     a, b = cupy.cuda.Event(), cupy.cuda.Event()
     a.record(cs)
     for _ in range(20):
-        gpu._graph.graph.launch(cs)
+        gpu.steps.graph.graph.launch(cs)
     b.record(cs)
     b.synchronize()
     graph_ms = cupy.cuda.get_elapsed_time(a, b) / 20
@@ -133,7 +133,7 @@ def main() -> None:
         quant_fast._MV_ROWS.update(defaults[0])
         quant_fast._MV_WORDS.update(defaults[1])
         quant_fast.MV_WARPS, norms.SPLIT_THREADS, quant_fast.MV_SPLIT_MIN_WARPS = defaults[2:]
-        gpu._graph = None
+        gpu.steps.forget()
         b = host_breakdown(m, gpu, toks)
         print(f"\nhost time of a replayed step at the defaults (median ms): forward entry to graph launch "
               f"{b['to_launch_ms']:.3f}, to the end of the Python replay {b['to_flush_ms']:.3f}, "

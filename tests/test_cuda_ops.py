@@ -311,9 +311,9 @@ def test_decode_attention_fused_rope(backends, rng, style, n_rot, window):
 def test_attention_prompt_vs_cpu(backends, rng, hd, window, blas, monkeypatch):
     """A prompt longer than one query tile (cuBLAS path, or the tiled kernel: several query and key
     tiles, GQA, a partial last tile), then one step, against the CPU backend (1e-5)."""
-    import embedkit.backend.cuda as cuda_backend_module
+    import embedkit.backend.cuda_attention as cuda_attention_module
 
-    monkeypatch.setattr(cuda_backend_module, "PROMPT_ATTENTION_BLAS", blas)
+    monkeypatch.setattr(cuda_attention_module, "PROMPT_ATTENTION_BLAS", blas)
     cpu, gpu = backends
     heads, kv_heads, n_ctx = 4, 2, 48
     cc, gc = cpu.kv_cache(n_ctx, kv_heads, hd), gpu.kv_cache(n_ctx, kv_heads, hd)
@@ -351,5 +351,12 @@ def test_pooling(backends, rng, mode):
         ref = x[:, 0]
     else:
         ref = x[np.arange(2), mask.sum(1) - 1]
-    got = gpu.to_host(gpu.pool(gpu.asarray(x), mask, mode))
+    from numba import cuda
+
+    from embedkit.kernels.cuda import pooling
+
+    out = cuda.device_array((2, 8), dtype=np.float32)
+    pooling.pool(cuda.to_device(x), cuda.to_device(mask), pooling.POOLING_MODES[mode], out, gpu.stream)
+    got = out.copy_to_host(stream=gpu.stream)
+    gpu.stream.synchronize()
     assert _rel(got, ref.astype(np.float64)) < 1e-5

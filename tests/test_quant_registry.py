@@ -44,10 +44,10 @@ def test_cpu_tables_are_the_registry() -> None:
 
 
 def test_cuda_backend_type_sets_match_the_registry() -> None:
-    cuda = pytest.importorskip("embedkit.backend.cuda")
-    assert set(names_with(r.CUDA_GENERIC)) == cuda._GENERIC_TYPES
-    assert set(names_with(r.CUDA_FAST)) == cuda._FAST_TYPES
-    assert set(names_with(r.CUDA_LEGACY)) | set(names_with(r.CUDA_KMATVEC)) <= cuda._GENERIC_TYPES
+    cuda = pytest.importorskip("embedkit.backend.cuda_weights")
+    assert set(names_with(r.CUDA_GENERIC)) == cuda.GENERIC_TYPES
+    assert set(names_with(r.CUDA_FAST)) == cuda.FAST_TYPES
+    assert set(names_with(r.CUDA_LEGACY)) | set(names_with(r.CUDA_KMATVEC)) <= cuda.GENERIC_TYPES
 
 
 def test_architecture_doc_table_is_the_registry() -> None:

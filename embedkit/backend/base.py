@@ -2,7 +2,9 @@
 
 Arrays are opaque handles owned by a backend (numpy float32 on the CPU, device arrays on CUDA).
 Architectures call only these methods, so one forward runs unchanged on every backend and on a
-mix of them (partial offload, see `placement.py`).
+mix of them (partial offload, see `placement.py`). Every method that returns an array returns a
+new one (or a view, where its docstring says so); none writes into an array the caller passes.
+A backend's KV caches are its own: their layout and precision are private to it (see `KVCache`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ class Weight:
 
 @dataclass
 class KVCache:
-    """Keys and values of one layer: `k`, `v` of shape [n_kv_heads, n_ctx, head_dim], allocated once."""
+    """Keys and values of one layer for `n_ctx` positions, allocated once by `Backend.kv_cache`.
+
+    `k` and `v` belong to the backend that allocated them (`backend_name`): their layout and precision
+    are that backend's choice (CPUBackend: float32 [n_kv_heads, n_ctx, head_dim]; CUDABackend: float32
+    [n_ctx, n_kv_heads, head_dim] in VRAM; GGMLCPUBackend: llama.cpp's float16 cache), and only that
+    backend's `attention` / `attention_seqs` read or write them. Other code keeps the cache, never its
+    arrays."""
 
     n_ctx: int
     n_kv_heads: int
@@ -57,7 +65,7 @@ class KVCache:
 
 
 class Backend:
-    """Abstract compute backend. Every method returns a new array unless `out` is given."""
+    """Abstract compute backend (see the module docstring for what every implementation promises)."""
 
     name: str = "abstract"
 
@@ -103,6 +111,18 @@ class Backend:
         """[x @ W.T (+ b) for each W] with one input (Q/K/V, gate/up); a backend may share work between them."""
         biases = biases or [None] * len(ws)
         return [self.matmul(x, w, b) for w, b in zip(ws, biases, strict=True)]
+
+    # -- another backend's matmuls (partial offload) ------------------------------------
+    def offload_takes(self, x: np.ndarray, w: Weight) -> bool:
+        """Whether this backend should run x @ W.T (`host_matmuls`) for another backend whose layer owns W
+        (host x [n, n_in], W in that backend's form): the CPU hands its prompt batches to a GPU this way.
+        The default takes none."""
+        return False
+
+    def host_matmuls(self, x: np.ndarray, ws: list[Weight]) -> list[np.ndarray]:
+        """[x @ W.T for each W] for host x and another backend's weights (`offload_takes` said yes),
+        results on the host."""
+        raise NotImplementedError
 
     # -- elementwise ---------------------------------------------------------------------
     def add(self, a: Array, b: Array) -> Array:
@@ -169,7 +189,7 @@ class Backend:
         raise NotImplementedError
 
     def kv_cache(self, n_ctx: int, n_kv_heads: int, head_dim: int) -> KVCache:
-        """Allocate one layer's key/value cache on this backend."""
+        """Allocate one layer's key/value cache on this backend, in this backend's own layout."""
         raise NotImplementedError
 
     def kv_cache_slots(self, n_slots: int, n_ctx: int, n_kv_heads: int, head_dim: int) -> list[KVCache]:
@@ -213,8 +233,12 @@ class Backend:
 
         spans[i] = (start, stop, pos0): rows start:stop are one sequence's tokens at positions pos0..,
         stored in and attending over caches[i] only (its window counted in its own positions). The
-        default runs `attention` per span and stacks the outputs; one span is exactly `attention`.
+        default runs `attention` per span and stacks the outputs; one span is exactly `attention`. A
+        backend with one kernel for all the rows provides `_attention_seqs_fused`, tried first.
         """
+        fused = self._attention_seqs_fused(q, caches, k_new, v_new, spans, scale, causal, window, softcap)
+        if fused is not None:
+            return fused
         if len(spans) == 1:
             return self.attention(q, caches[0], k_new, v_new, spans[0][2], scale, causal, window, softcap)
         outs = [
@@ -225,6 +249,10 @@ class Backend:
             for cache, (a, b, pos0) in zip(caches, spans, strict=True)
         ]  # fmt: skip
         return self.concat_rows(outs)
+
+    def _attention_seqs_fused(self, q, caches, k_new, v_new, spans, scale, causal, window, softcap) -> Array | None:
+        """`attention_seqs` in one launch, or None where this backend has no such kernel for these caches."""
+        return None
 
     def concat_rows(self, parts: Sequence[Array]) -> Array:
         """Arrays of equal trailing shape stacked along the first axis (a new array)."""

@@ -119,7 +119,7 @@ class CPUBackend(Backend):
 
     def __init__(self, batch_offload: Backend | None = None) -> None:
         """`batch_offload`: a GPU backend that runs this backend's large-batch matmuls (partial
-        offload: the CPU layers' prompt matmuls, through its `offload_takes` / `host_matmul`)."""
+        offload: the CPU layers' prompt matmuls, through its `offload_takes` / `host_matmuls`)."""
         self._rope_tables: dict[tuple[int, float, float], tuple[np.ndarray, np.ndarray]] = {}
         # decode's stacked weight groups by the ids of a `matmuls` call's weights (the weights are kept with them,
         # so that their ids cannot be reused by other objects while the entry exists)
@@ -202,7 +202,7 @@ class CPUBackend(Backend):
             kernels.apply_num_threads()
             y = matmul_rows(x, w.data, w.ggml_type, w.shape[1], _packed(w))
         elif off is not None and off.offload_takes(x, w):
-            y = off.host_matmul(x, w)
+            y = off.host_matmuls(x, [w])[0]
         else:
             y = kernels.matmul(x, w.data, w.ggml_type, w.shape)
         if bias is not None:

@@ -139,7 +139,7 @@ def make_placement(
 
         full = n_gpu < 0 or n_gpu > n_layer
         gpu = cuda_backend(graphs=True)
-        # the CPU layers hand their prompt-sized matmuls to the GPU (see CUDABackend.host_matmul)
+        # the CPU layers hand their prompt-sized matmuls to the GPU (see Backend.offload_takes, host_matmuls)
         placement = Placement.offload(CPUBackend(batch_offload=gpu), gpu, n_layer, n_gpu)
         on_gpu = full if input_on_gpu is None else input_on_gpu
         if on_gpu and (full or n_gpu >= n_layer):
