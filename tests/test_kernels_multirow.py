@@ -15,8 +15,7 @@ from test_kernels_dequant import random_blocks
 from embedkit import kernels
 from embedkit.gguf.types import GGMLType
 from embedkit.kernels.cpu import matmul as cpu_matmul
-from embedkit.kernels.cpu.dispatch import DEQUANTIZERS, MULTIROW_DECODERS
-from embedkit.kernels.cpu.matmul_multirow import multirow_matmul
+from embedkit.kernels.cpu.dispatch import DEQUANTIZERS, MULTIROW_DECODERS, MULTIROW_KERNELS
 from embedkit.quant import types_with
 from embedkit.quant.registry import CPU_MULTIROW
 
@@ -31,7 +30,7 @@ def _rel_err(y: np.ndarray, ref: np.ndarray) -> float:
 def test_registry_declares_the_packaged_models_types() -> None:
     # Gemma 3 / Qwen2.5 Q4_K_M files: Q4_K, Q6_K, Q5_0, Q8_0; SmolLM2: Q4_1
     assert {"Q4_K", "Q6_K", "Q5_0", "Q8_0", "Q4_1"} <= set(NAMES)
-    assert set(MULTIROW_DECODERS) == set(types_with(CPU_MULTIROW))
+    assert set(MULTIROW_DECODERS) == set(MULTIROW_KERNELS) == set(types_with(CPU_MULTIROW))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -43,7 +42,7 @@ def test_multirow_matches_float64(name: str) -> None:
         for n_x in range(1, 17):
             x = rng.standard_normal((n_x, n_cols)).astype(np.float32)
             y = np.full((n_x, n_rows), np.nan, dtype=np.float32)
-            multirow_matmul(MULTIROW_DECODERS[GGMLType[name]], raw, x, y)
+            MULTIROW_KERNELS[GGMLType[name]](raw, x, y)
             err = _rel_err(y, x.astype(np.float64) @ w64.T)
             assert err < TOL, (name, n_rows, n_cols, n_x, err)
 
@@ -61,7 +60,7 @@ def test_row_decoder_gives_the_dequantized_weights(name: str) -> None:
         x = np.zeros((16, n_cols), dtype=np.float32)
         x[np.arange(16), c0 + np.arange(16)] = 1.0
         y = np.empty((16, n_rows), dtype=np.float32)
-        multirow_matmul(MULTIROW_DECODERS[t], raw, x, y)
+        MULTIROW_KERNELS[t](raw, x, y)
         np.testing.assert_allclose(y.T, ref[:, c0 : c0 + 16], rtol=2e-7, atol=0, err_msg=name)
 
 

@@ -34,3 +34,7 @@ QUANTIZERS = {
 MULTIROW_DECODERS = {
     t: getattr(matmul_multirow, f"decode_{QUANT_TYPES[t].kernel_suffix}") for t in types_with(CPU_MULTIROW)
 }
+# the small-batch matmul of each such type (`matmul_multirow.multirow_<type>(w, x, y)`)
+MULTIROW_KERNELS = {
+    t: getattr(matmul_multirow, f"multirow_{QUANT_TYPES[t].kernel_suffix}") for t in types_with(CPU_MULTIROW)
+}

@@ -13,8 +13,7 @@ import numpy as np
 
 from embedkit.gguf.types import GGMLType
 from embedkit.kernels.cpu import matvec_int8, matvec_kquants, matvec_legacy, q4_1_packed, q5_0_packed
-from embedkit.kernels.cpu.dispatch import DEQUANTIZERS, MULTIROW_DECODERS
-from embedkit.kernels.cpu.matmul_multirow import multirow_matmul
+from embedkit.kernels.cpu.dispatch import DEQUANTIZERS, MULTIROW_KERNELS
 from embedkit.kernels.cpu.threads import get_num_threads
 from embedkit.quant import QUANT_TYPES, types_with
 from embedkit.quant.registry import CPU_INT16, CPU_MATVEC, CPU_PACKED
@@ -116,7 +115,7 @@ def _integer_matvec(
 
 def _multirow(n_tokens: int, t: GGMLType) -> bool:
     """Whether `matmul_rows` takes the small-batch kernel for n_tokens rows of x against a weight of type t."""
-    return MIN_MULTIROW_TOKENS <= n_tokens <= MAX_MULTIROW_TOKENS and t in MULTIROW_DECODERS
+    return MIN_MULTIROW_TOKENS <= n_tokens <= MAX_MULTIROW_TOKENS and t in MULTIROW_KERNELS
 
 
 def matmul_packed(acts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], packed: np.ndarray, t: GGMLType,
@@ -135,7 +134,7 @@ def matmul_rows(
     n_rows = rows.shape[0]
     if _multirow(n_tokens, t):
         y = np.empty((n_tokens, n_rows), dtype=np.float32)
-        multirow_matmul(MULTIROW_DECODERS[t], rows, x, y)
+        MULTIROW_KERNELS[t](rows, x, y)
         return y
     if n_tokens <= MAX_MATVEC_TOKENS and packed is not None:
         acts = [integer_activations(x[i]) for i in range(n_tokens)]

@@ -2,12 +2,12 @@
 read once, dequantized to float32 into a small per-thread buffer and multiplied with every activation row
 (registry path `cpu.multirow`).
 
-One generic driver (`multirow_matmul`) takes the type's row decoder as an argument (Numba compiles one
-specialisation per decoder): a decoder `decode_<type>(row, out)` turns one GGUF row (uint8 [row_bytes]) into
-float32 `out` [n_cols], block by block, with ggml's dequantization formulas. The driver decodes TILE_W
-weight rows at a time into an L1-sized buffer, then runs a TILE_W x TILE_X register tile of float32 FMAs
-over the columns (4 weight rows x 4 activation rows: 16 vector accumulators, 8 loads per 16 FMAs),
-in parallel over groups of weight rows (`prange`), so every kernel thread works.
+One generic driver (`multirow_matmul`) takes the type's row decoder as an argument and is inlined into one
+cached parallel kernel per type (`multirow_<type>`): a decoder `decode_<type>(row, out)` turns one GGUF row
+(uint8 [row_bytes]) into float32 `out` [n_cols], block by block, with ggml's dequantization formulas. The
+driver decodes TILE_W weight rows at a time into an L1-sized buffer, then runs a TILE_W x TILE_X register tile
+of float32 FMAs over the columns (4 weight rows x 4 activation rows: 16 vector accumulators, 8 loads per 16
+FMAs), in parallel over groups of weight rows (`prange`), so every kernel thread works.
 Activation rows past the last are clamped to it (their sums are computed and dropped).
 
 Accuracy: float32 weights identical to `dequant_*` up to FMA contraction, float32 accumulation in vector
@@ -225,10 +225,12 @@ def _store(y, r0, n0, n_x, n_live, k, s0, s1, s2, s3):
         y[r0 + 3, n] = s3
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(inline="always", fastmath=FAST)
 def multirow_matmul(decode, w, x, y):
     """y [n_x, n_rows] = x [n_x, n_cols] @ W.T, W = `w` uint8 [n_rows, row_bytes] decoded row by row with
-    `decode(row, out)` (one of this module's `decode_<type>`)."""
+    `decode(row, out)` (one of this module's `decode_<type>`). Inlined into each type's `multirow_<type>`:
+    a kernel that takes a decoder as an argument cannot be cached across processes (the argument's type is
+    made anew in each), so every process would compile it again, ~2 s per type."""
     n_rows = w.shape[0]
     n_x, n_cols = x.shape
     n_groups = (n_rows + TILE_W - 1) // TILE_W
@@ -243,3 +245,48 @@ def multirow_matmul(decode, w, x, y):
                 decode(w[n0 + min(k, n_live - 1)], wb[k])
             for r0 in range(0, n_x, TILE_X):
                 _tile(wb, x, y, n0, n_live, r0, n_x)
+
+
+# -- one cached parallel kernel per type (the driver inlined over its decoder) ---------------------------------
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def multirow_q4_0(w, x, y):
+    """`multirow_matmul` over Q4_0 rows."""
+    multirow_matmul(decode_q4_0, w, x, y)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def multirow_q4_1(w, x, y):
+    """`multirow_matmul` over Q4_1 rows."""
+    multirow_matmul(decode_q4_1, w, x, y)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def multirow_q5_0(w, x, y):
+    """`multirow_matmul` over Q5_0 rows."""
+    multirow_matmul(decode_q5_0, w, x, y)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def multirow_q5_1(w, x, y):
+    """`multirow_matmul` over Q5_1 rows."""
+    multirow_matmul(decode_q5_1, w, x, y)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def multirow_q8_0(w, x, y):
+    """`multirow_matmul` over Q8_0 rows."""
+    multirow_matmul(decode_q8_0, w, x, y)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def multirow_q4_k(w, x, y):
+    """`multirow_matmul` over Q4_K rows."""
+    multirow_matmul(decode_q4_k, w, x, y)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def multirow_q6_k(w, x, y):
+    """`multirow_matmul` over Q6_K rows."""
+    multirow_matmul(decode_q6_k, w, x, y)
