@@ -7,8 +7,7 @@ heads, 8 KV heads, FFN 14336, vocab 32000) in Q4_0 and Q8_0, Gemma 3 270M in Q8_
 The floor is (weight bytes a decode step reads) / (device-to-device copy bandwidth measured in the
 same run, counting bytes read + written). llama.cpp's figures on the same H100 model (issue 9,
 llama-bench -ngl 99, 2026-11-25) are printed alongside.
-BERT (`--only bert-minilm`): embeddings/s of embedkit's GPU encoder path (float16 with the flash and the blas
-attention, float32) beside torch +
+BERT (`--only bert-minilm`): embeddings/s of embedkit's GPU encoder path (float16 and float32) beside torch +
 transformers' BertModel with the same weights in float32 and float16, same process, at 256 x 128 tokens and on a
 mixed-length set in `embed`'s batches, with each side's min cosine to the CPU backend's float32 vectors.
 
@@ -236,15 +235,6 @@ def _embedkit_embed(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return l2_normalize(model.embed(ids, mask, "mean"))
 
 
-def _with_attention(kind: str, model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """`_embedkit_embed` with EMBEDKIT_GPU_ATTENTION=kind (read at each call, so one model serves both)."""
-    os.environ["EMBEDKIT_GPU_ATTENTION"] = kind
-    try:
-        return _embedkit_embed(model, ids, mask)
-    finally:
-        os.environ.pop("EMBEDKIT_GPU_ATTENTION", None)
-
-
 def _mixed_batches(n_texts: int, batch: int, n_vocab: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Padded batches as `Embedder.embed` makes them (length-sorted, `plan_batches`) of n_texts random texts
     whose token counts follow a log-normal law (median ~48, clipped to 8..256: MiniLM truncates at 256)."""
@@ -306,9 +296,7 @@ def bench_bert(path: Path, batch: int, seq: int, reps: int, n_mixed: int = 4096)
     for precision in ("float16", "float32"):
         os.environ["EMBEDKIT_GPU_PRECISION"] = precision
         m = load_model(path, make_placement("cuda", -1, input_on_gpu=True))
-        sides[f"embedkit {precision}"] = functools.partial(_with_attention, "flash", m)
-        if precision == "float16":
-            sides["embedkit float16, blas attention"] = functools.partial(_with_attention, "blas", m)
+        sides[f"embedkit {precision}"] = functools.partial(_embedkit_embed, m)
     os.environ.pop("EMBEDKIT_GPU_PRECISION")
     # the CUDA backend's float32 ops one by one (the path before the encoder backend), for the record
     saved = cuda_module.CUDABackend.for_encoder

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from batch_reference import Case, batched_run, max_rel_error, solo_run  # noqa: E402
 
 import embedkit.backend.cuda as cuda_mod  # noqa: E402
+import embedkit.backend.cuda_attention as cuda_attention  # noqa: E402
 import embedkit.generate.batch_generator as batch_generator  # noqa: E402
 from embedkit.backend.placement import make_placement  # noqa: E402
 from embedkit.generate import BatchGenerator, Generator  # noqa: E402
@@ -47,21 +48,21 @@ def cases() -> list[Case]:
 
 def run_variant(path: Path, cpu_ref: list, graphs: bool, batch_graphs: bool, fuse: bool) -> None:
     """One variant: GPU solo runs, the batched run, and their errors against each other and the CPU."""
-    cuda_mod.BATCH_GRAPHS, cuda_mod.FUSE_DECODE_ROPE = batch_graphs, fuse
+    cuda_mod.BATCH_GRAPHS, cuda_attention.FUSE_DECODE_ROPE = batch_graphs, fuse
     batch_generator.ALLOW_CUDA = True
     gen = Generator(path, n_ctx=48, placement=make_placement("cuda", -1))
     be = gen.model.placement.layer(0)
-    saved = be.graphs
-    be.graphs = graphs and saved
-    be._graphs.clear()
-    be._graph = None
+    saved = be.steps.enabled
+    be.steps.enabled = graphs and saved
+    be.steps.forget()
     try:
         solos = [solo_run(gen, c) for c in cases()]
         bgen = BatchGenerator.from_parts(gen.file, gen.model, gen.tokenizer, n_ctx=4 * 48, n_parallel=4, n_batch=8,
                                          background=False)  # fmt: skip
         res = batched_run(bgen, cases())
     finally:
-        be.graphs = saved
+        be.steps.enabled = saved
+        be.steps.forget()
 
     def errs(a, b):
         return " ".join(f"{max_rel_error(x.logits, y.logits):.3g}" if len(x.logits) == len(y.logits) else "len"

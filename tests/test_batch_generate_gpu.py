@@ -40,11 +40,16 @@ def _cases() -> list[Case]:
     return [Case(rng.integers(3, 320, n).tolist(), b, (), s) for n, b, s in zip(lengths, budgets, starts, strict=True)]
 
 
-@pytest.mark.xfail(reason="issue 19: the CUDA multi-sequence forward disagrees with solo runs on the H100 "
-                   "(relative logit error ~1 there, exact under the CUDA simulator); BatchGenerator refuses CUDA "
-                   "until it passes", strict=False)
+_LLAMA_FAILS = pytest.mark.xfail(
+    reason="issue 19: the CUDA multi-sequence forward of the Q4_0 llama model disagrees with its solo runs on H100 "
+    "and H200 (exact under the CUDA simulator; the Q4_K gemma3 model passes); BatchGenerator refuses CUDA until "
+    "it passes",
+    strict=False,
+)
+
+
 @pytest.mark.parametrize("batch_graphs", [True, False])
-@pytest.mark.parametrize("name", ["llama", "gemma3"])
+@pytest.mark.parametrize("name", [pytest.param("llama", marks=_LLAMA_FAILS), "gemma3"])
 def test_eight_sequences_on_gpu_match_solo_runs(model_files, monkeypatch, name, batch_graphs):
     import embedkit.backend.cuda as cuda_mod
     import embedkit.generate.batch_generator as batch_generator

@@ -7,8 +7,7 @@ stream and memory pool and runs the encoder's hot ops its own way (`embedkit.ker
   and V concatenated into one matrix, so a layer's three projections are one GEMM);
 - the product stays on the GPU in the low dtype with its bias not yet added (`_Act`); the next kernel
   adds the bias: the fused attention (Q/K/V), the residual + LayerNorm (output projections), the GELU;
-- attention is flash-style over each (sequence, head), the padding mask applied, no scores in memory
-  (or, with EMBEDKIT_GPU_ATTENTION=blas, two batched tensor-core GEMMs around a softmax: `attention_kind`);
+- attention is flash-style over each (sequence, head), the padding mask applied, no scores in memory;
 - LayerNorm writes the float32 residual stream and the low-dtype copy the next GEMM reads;
 - `pooled` pools on the GPU, so only [batch, dim] crosses the bus.
 No op waits for the host until `to_host` / `pooled`.
@@ -41,17 +40,6 @@ def gpu_precision() -> str:
     return value
 
 
-def attention_kind() -> str:
-    """EMBEDKIT_GPU_ATTENTION: "flash" (default: the fused kernel, float32 arithmetic, no scores in memory)
-    or "blas" (float16 only: batched tensor-core GEMMs around a masked softmax, `encoder_blas`; not yet
-    measured or checked on a GPU, so opt-in until `tests/test_cuda_encoder.py` and
-    `benchmarks/profile_gpu_encoder.py` have run there)."""
-    value = os.environ.get("EMBEDKIT_GPU_ATTENTION", "flash").strip().lower() or "flash"
-    if value not in ("blas", "flash"):
-        raise InputError(f"EMBEDKIT_GPU_ATTENTION={value!r}: expected blas or flash")
-    return value
-
-
 @dataclass
 class _Act:
     """An activation [n, d] on the GPU: `lo` in the GEMM dtype (maybe still missing `bias`, a float32
@@ -73,13 +61,12 @@ class CUDAEncoderBackend(Backend):
     name = "cuda"
 
     def __init__(self, base, precision: str | None = None) -> None:
-        from embedkit.kernels.cuda import elementwise, encoder, encoder_blas, pooling, quant_fast, quant_generic
+        from embedkit.kernels.cuda import elementwise, encoder, pooling, quant_fast, quant_generic
 
         self.base = base
         self.precision = precision or gpu_precision()
         self.lo_dtype = np.dtype(PRECISIONS[self.precision])
         self._k = encoder
-        self._blas = encoder_blas
         self._elementwise, self._pooling = elementwise, pooling
         self._quant_fast, self._quant_generic = quant_fast, quant_generic
         self._mask_host = None
@@ -298,13 +285,7 @@ class CUDAEncoderBackend(Backend):
         qkv = self._empty((b * t, 3 * d), self.lo_dtype)
         self._k.gemm(xl, self._matrix([wq, wk, wv]), qkv, self._cp_stream())
         out = self._empty((b * t, d), self.lo_dtype)
-        bias = self._vector([bq, bk, bv])
-        usable = self._cp_stream() is not None or self.base._sim  # the simulator: numpy GEMMs
-        if attention_kind() == "blas" and usable and self._blas.blas_ok(b, t, n_head, qkv.dtype):
-            self._k.bias_act(qkv, bias, self._k.ACT_NONE, qkv, self.stream)  # in place, before the GEMMs
-            self._blas.attention(qkv, self._mask(mask), n_head, scale, out, self._empty, self.stream, self._cp_stream())
-        else:
-            self._k.attention(qkv, bias, self._mask(mask), n_head, scale, out, self.stream)
+        self._k.attention(qkv, self._vector([bq, bk, bv]), self._mask(mask), n_head, scale, out, self.stream)
         return _Act(lo=out)
 
     def attention_batch(self, q: Array, k: Array, v: Array, mask: np.ndarray, scale: float) -> Array:
