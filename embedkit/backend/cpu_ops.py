@@ -58,6 +58,45 @@ def rope_rows(x, cos, sin, n_rot, neox, out):  # pragma: no cover - compiled
                 out[t, j, i] = x[t, j, i]
 
 
+@njit(cache=True, inline="always", fastmath=_REASSOC)
+def _attend_row(q, t, h, k, v, kv, p, scale, window, softcap, s, acc, out):  # pragma: no cover - compiled
+    """Query row t, head h at position p over cache head kv of k/v [Hkv, n_ctx, hd] into out[t, h*hd:(h+1)*hd]
+    (the rules of `attention_small`); s: scratch of at least p + 1 floats, acc: hd floats."""
+    hd = q.shape[2]
+    start = 0
+    if window > 0 and p - window + 1 > 0:
+        start = p - window + 1
+    m = p + 1 - start
+    mx = -np.inf
+    for jj in range(m):
+        j = start + jj
+        dot = np.float32(0.0)
+        for i in range(hd):
+            dot += q[t, h, i] * k[kv, j, i]
+        dot *= scale
+        if softcap > 0:
+            dot = np.float32(softcap * math.tanh(dot / softcap))
+        s[jj] = dot
+        if dot > mx:
+            mx = dot
+    tot = 0.0
+    for jj in range(m):
+        e = math.exp(s[jj] - mx)
+        s[jj] = e
+        tot += e
+    inv = np.float32(1.0 / tot)
+    for i in range(hd):
+        acc[i] = 0.0
+    for jj in range(m):
+        wgt = s[jj] * inv
+        j = start + jj
+        for i in range(hd):
+            acc[i] += wgt * v[kv, j, i]
+    base = h * hd
+    for i in range(hd):
+        out[t, base + i] = acc[i]
+
+
 @njit(cache=True, fastmath=_REASSOC)  # serial: a decode step has n_head rows of work, less than a thread wake-up
 def attention_small(q, k, v, pos0, scale, window, softcap, out):  # pragma: no cover - compiled
     """Attention of a few query tokens over the cache; q [n, H, hd], k/v [Hkv, n_ctx, hd], out [n, H*hd].
@@ -72,40 +111,7 @@ def attention_small(q, k, v, pos0, scale, window, softcap, out):  # pragma: no c
     for hh in range(n * n_head):
         t = hh // n_head
         h = hh % n_head
-        kv = h // g
-        p = pos0 + t
-        start = 0
-        if window > 0 and p - window + 1 > 0:
-            start = p - window + 1
-        m = p + 1 - start
-        mx = -np.inf
-        for jj in range(m):
-            j = start + jj
-            dot = np.float32(0.0)
-            for i in range(hd):
-                dot += q[t, h, i] * k[kv, j, i]
-            dot *= scale
-            if softcap > 0:
-                dot = np.float32(softcap * math.tanh(dot / softcap))
-            s[jj] = dot
-            if dot > mx:
-                mx = dot
-        tot = 0.0
-        for jj in range(m):
-            e = math.exp(s[jj] - mx)
-            s[jj] = e
-            tot += e
-        inv = np.float32(1.0 / tot)
-        for i in range(hd):
-            acc[i] = 0.0
-        for jj in range(m):
-            wgt = s[jj] * inv
-            j = start + jj
-            for i in range(hd):
-                acc[i] += wgt * v[kv, j, i]
-        base = h * hd
-        for i in range(hd):
-            out[t, base + i] = acc[i]
+        _attend_row(q, t, h, k, v, h // g, pos0 + t, scale, window, softcap, s, acc, out)
 
 
 @njit(cache=True, nogil=True)  # no fastmath: its no-infinities flag would void the exp-overflow limit below
@@ -153,38 +159,8 @@ def attention_spans(q, k_new, v_new, k_all, v_all, spans, scale, window, softcap
     for item in prange(q.shape[0] * n_head):
         t = item // n_head
         h = item % n_head
-        kv = h // g
         slot = row_slot[t]
         p = row_pos[t]
-        start = 0
-        if window > 0 and p - window + 1 > 0:
-            start = p - window + 1
-        m = p + 1 - start
-        s = np.empty(m, dtype=np.float32)
-        acc = np.zeros(hd, dtype=np.float32)
-        mx = -np.inf
-        for jj in range(m):
-            j = start + jj
-            dot = np.float32(0.0)
-            for i in range(hd):
-                dot += q[t, h, i] * k_all[slot, kv, j, i]
-            dot *= scale
-            if softcap > 0:
-                dot = np.float32(softcap * math.tanh(dot / softcap))
-            s[jj] = dot
-            if dot > mx:
-                mx = dot
-        tot = 0.0
-        for jj in range(m):
-            e = math.exp(s[jj] - mx)
-            s[jj] = e
-            tot += e
-        inv = np.float32(1.0 / tot)
-        for jj in range(m):
-            wgt = s[jj] * inv
-            j = start + jj
-            for i in range(hd):
-                acc[i] += wgt * v_all[slot, kv, j, i]
-        base = h * hd
-        for i in range(hd):
-            out[t, base + i] = acc[i]
+        s = np.empty(p + 1, dtype=np.float32)
+        acc = np.empty(hd, dtype=np.float32)
+        _attend_row(q, t, h, k_all[slot], v_all[slot], h // g, p, scale, window, softcap, s, acc, out)
