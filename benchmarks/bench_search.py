@@ -119,8 +119,20 @@ HYBRID_BEFORE = (
 )
 
 
+def reused_collection(conn, model: ModelIdentity, n_chunks: int) -> CollectionInfo | None:
+    """The "bench-search" collection of an earlier run kept under --home, if it holds `n_chunks` chunks of the
+    same synthetic model, else None (it is then built afresh)."""
+    from embedkit.store.collections import get_collection
+
+    info = get_collection(conn, "bench-search")
+    if info is None or info.model_sha256 != model.model_sha256:
+        return None
+    n = conn.execute("SELECT count(*) FROM chunks WHERE collection_id = %s", (info.id,)).fetchone()[0]
+    return info if n == n_chunks else None
+
+
 def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: int, corpus: Path,
-                 seed: int = 0) -> None:
+                 seed: int = 0, reuse: bool = False) -> None:
     rng = np.random.default_rng(seed)
     words, probs = word_distribution(corpus)
     dim = centres.shape[1]
@@ -142,24 +154,32 @@ def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: in
         return time.perf_counter() - t0
 
     with store.connect() as conn:
-        drop_collection(conn, "bench-search")
-        info = ensure_collection(conn, "bench-search", model, 200, 0)
-        inc_s = load(conn, range(n_incremental))
-        drop_vector_indexes(conn, info.id)  # what the indexer does for a large first load
-        bulk_s = load(conn, range(n_incremental, n_docs))
-        t0 = time.perf_counter()
-        ensure_vector_indexes(conn, info.id, dim)
-        build_s = time.perf_counter() - t0
+        info = reused_collection(conn, model, n_docs * per_doc) if reuse else None
+        if info is not None:
+            load_note = "Reused the stored collection of an earlier run with the same arguments (--home)."
+            # the loads draw from rng: draw as they would have, so the queries are the same as in that run
+            for _ in range(n_docs):
+                noisy(centres, per_doc, rng, sigma)
+                [rng.choice(words, 60, p=probs) for _ in range(per_doc)]
+        else:
+            drop_collection(conn, "bench-search")
+            info = ensure_collection(conn, "bench-search", model, 200, 0)
+            inc_s = load(conn, range(n_incremental))
+            drop_vector_indexes(conn, info.id)  # what the indexer does for a large first load
+            bulk_s = load(conn, range(n_incremental, n_docs))
+            t0 = time.perf_counter()
+            ensure_vector_indexes(conn, info.id, dim)
+            build_s = time.perf_counter() - t0
+            load_note = (
+                f"Write path (one transaction + binary COPY per 100-chunk document): {n_incremental * per_doc:,} "
+                f"chunks with HNSW maintained {n_incremental * per_doc / inc_s:.0f} chunks/s; "
+                f"{(n_docs - n_incremental) * per_doc:,} chunks without indexes (bulk first load) "
+                f"{(n_docs - n_incremental) * per_doc / bulk_s:.0f} chunks/s; HNSW build of both indexes "
+                f"afterwards {build_s:.1f} s."
+            )
         conn.execute("ANALYZE documents, chunks")
         conn.execute("SELECT gin_clean_pending_list('chunks_tsv_gin'::regclass)")
         n = conn.execute("SELECT count(*) FROM chunks WHERE collection_id = %s", (info.id,)).fetchone()[0]
-    load_note = (
-        f"Write path (one transaction + binary COPY per 100-chunk document): {n_incremental * per_doc:,} chunks "
-        f"with HNSW maintained {n_incremental * per_doc / inc_s:.0f} chunks/s; "
-        f"{(n_docs - n_incremental) * per_doc:,} chunks without indexes (bulk first load) "
-        f"{(n_docs - n_incremental) * per_doc / bulk_s:.0f} chunks/s; HNSW build of both indexes afterwards "
-        f"{build_s:.1f} s."
-    )
     queries = noisy(centres, n_queries, rng, sigma)
     query_texts = [" ".join(rng.choice(words, 4, p=probs)) for _ in range(n_queries)]
 
@@ -406,11 +426,17 @@ def main() -> None:
     ap.add_argument("--maintenance-work-mem", default="512MB",
                     help="part 3: memory per index build (embedkit sets 512MB)")
     ap.add_argument("--corpus", type=Path, default=REPO / "examples" / "corpus", help="folder to index in part 1")
+    ap.add_argument("--home", type=Path, default=None,
+                    help="keep the embedded store here and reuse its 'bench-search' collection when a later run "
+                         "asks for the same one (default: a temporary store, removed at the end)")
     ap.add_argument("--random-centres", action="store_true",
                     help="skip part 1: centre vectors drawn at random (384 dims) instead of real chunk embeddings")
     args = ap.parse_args()
     home = None
-    if not os.environ.get("EMBEDKIT_DATABASE_URL"):
+    if args.home is not None:
+        args.home.mkdir(parents=True, exist_ok=True)
+        store = Store(start_embedded(args.home))
+    elif not os.environ.get("EMBEDKIT_DATABASE_URL"):
         home = Path(tempfile.mkdtemp(prefix="embedkit-bench-"))
         store = Store(start_embedded(home))
     else:
@@ -418,14 +444,16 @@ def main() -> None:
     try:
         si = server_info(store.engine)
         print(f"# bench_search: {platform.machine()}, {os.cpu_count()} cores, PostgreSQL {si.postgres}, "
-              f"pgvector {si.pgvector}, {time.strftime('%Y-%m-%d')}\n")
+              f"pgvector {si.pgvector}, {time.strftime('%Y-%m-%d %H:%M %Z')}, load average "
+              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
         if not args.scale_only:
             if args.random_centres:
                 c = np.random.default_rng(1).standard_normal((196, 384)).astype(np.float32)
                 centres = c / np.linalg.norm(c, axis=1, keepdims=True)
             else:
                 centres = bench_index(store, args.corpus.resolve())
-            bench_search(store, centres, args.chunks, args.queries, args.corpus.resolve())
+            bench_search(store, centres, args.chunks, args.queries, args.corpus.resolve(),
+                         reuse=args.home is not None)
         if args.scale:
             print(f"## At scale: {args.scale:,} chunks per index flavour\n", flush=True)
             kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]

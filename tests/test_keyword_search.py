@@ -33,21 +33,27 @@ def _random_docs(rng: random.Random, n: int, prefix: str = "") -> dict[str, str]
     return {f"{prefix}d{i:02d}.txt": " ".join(rng.choices(VOCAB, k=rng.randint(5, 60))) for i in range(n)}
 
 
-def _stats(conn, cid: int) -> tuple[tuple, dict[str, int]]:
+def _stats(conn, cid: int) -> tuple[tuple, dict[str, int], dict[str, int]]:
     totals = conn.execute("SELECT chunks, tokens FROM keyword_stats WHERE collection_id = %s", (cid,)).fetchone()
     terms = dict(conn.execute("SELECT term, chunks FROM keyword_terms WHERE collection_id = %s", (cid,)).fetchall())
-    return tuple(totals) if totals else (0, 0), terms
+    impacts = dict(conn.execute("SELECT term || ' ' || tf || ' ' || lenb, chunks FROM keyword_impacts "
+                                "WHERE collection_id = %s", (cid,)).fetchall())
+    return tuple(totals) if totals else (0, 0), terms, impacts
 
 
-def _recomputed(conn, cid: int) -> tuple[tuple, dict[str, int]]:
-    """The statistics computed from scratch from the chunks themselves."""
+def _recomputed(conn, cid: int) -> tuple[tuple, dict[str, int], dict[str, int]]:
+    """The statistics computed from scratch from the chunks themselves (the impact keys by the function of the
+    GIN index)."""
     totals = conn.execute(
         "SELECT count(*), coalesce(sum(embedkit_tsv_length(tsv)), 0) FROM chunks WHERE collection_id = %s", (cid,)
     ).fetchone()
     terms = dict(conn.execute(
         "SELECT u.lexeme, count(*) FROM chunks c, unnest(c.tsv) u WHERE c.collection_id = %s GROUP BY 1", (cid,)
     ).fetchall())
-    return tuple(totals), terms
+    impacts = dict(conn.execute(
+        "SELECT k, count(*) FROM chunks c, unnest(embedkit_impact_keys(c.tsv)) k WHERE c.collection_id = %s "
+        "GROUP BY 1", (cid,)).fetchall())
+    return tuple(totals), terms, impacts
 
 
 def test_incremental_indexing_keeps_statistics_exact(store, tmp_path, fresh_collection):
@@ -88,10 +94,12 @@ def test_incremental_indexing_keeps_statistics_exact(store, tmp_path, fresh_coll
         assert bad == 0
         # deleting every document leaves no statistics behind; deleting the collection removes its rows
         conn.execute("DELETE FROM documents WHERE collection_id = %s", (inc.id,))
-        assert _stats(conn, inc.id) == ((0, 0), {})
+        assert _stats(conn, inc.id) == ((0, 0), {}, {})
         conn.execute("DELETE FROM collections WHERE id = %s", (new.id,))
         assert conn.execute("SELECT count(*) FROM keyword_terms WHERE collection_id = %s", (new.id,)).fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM keyword_stats WHERE collection_id = %s", (new.id,)).fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM keyword_impacts WHERE collection_id = %s",
+                            (new.id,)).fetchone()[0] == 0
 
 
 class _LuceneBM25(BM25Okapi):
@@ -210,8 +218,75 @@ def test_migration_backfills_statistics_of_existing_chunks(store):
             conn.commit()
             terms = dict(conn.execute(text("SELECT term, chunks FROM keyword_terms WHERE collection_id = 1")).all())
             assert terms == {"river": 2, "flow": 1, "sea": 1, "stone": 1}
+            impacts = sorted(conn.execute(text("SELECT term, tf, lenb, chunks FROM keyword_impacts")).all())
+            # lengths 3 and 2: buckets 2 (3 <= |d| < 4) and 1 (2 <= |d| < 3)
+            assert impacts == [("flow", 1, 2, 1), ("river", 1, 1, 1), ("river", 1, 2, 1), ("sea", 1, 2, 1),
+                               ("stone", 1, 1, 1)]
             assert tuple(conn.execute(text("SELECT chunks, tokens FROM keyword_stats")).one()) == (2, 5)
     finally:
         engine.dispose()
         with store.connect() as conn:
             conn.execute(f"DROP DATABASE {name}")
+
+
+def _zipf_collection(conn, name: str, emb, docs: int = 12, per_doc: int = 50):
+    """Chunks of 5 to 80 words drawn from a Zipf-like vocabulary (common words in most chunks, repeated)."""
+    rng = np.random.default_rng(23)
+    words = [f"w{i}x" for i in range(300)]
+    p = 1.0 / np.arange(1, len(words) + 1)
+    p /= p.sum()
+    info = ensure_collection(conn, name, emb.identity(), 64, 0)
+    for d in range(docs):
+        texts = [" ".join(rng.choice(words, int(rng.integers(5, 80)), p=p)) for _ in range(per_doc)]
+        chunks = [ChunkRecord(i, t, 32, 0, len(t)) for i, t in enumerate(texts)]
+        write_document(conn, info.id, DocumentRecord(f"doc{d}", f"h{d}", 0.0, 1), chunks, emb.embed(texts))
+    return info, words
+
+
+def test_impact_tiers_give_the_exact_top_n(store, fresh_collection):
+    """Reading impact tiers gives the top n of scoring every matching chunk (same ids, order and scores) when
+    the budget allows the proof, and with a small budget exact scores of a subset, flagged approximate."""
+    from embedkit.search.impacts import impact_top
+
+    emb = HashEmbedder()
+    with store.connect() as conn:
+        info, words = _zipf_collection(conn, fresh_collection, emb)
+        conn.execute("ANALYZE chunks")
+        # the tf read back from ts_rank equals the tsvector's positions, up to the 256 kept
+        texts = {tf: " ".join(["lanternx"] * tf + ["stone"] * 3) for tf in (1, 2, 7, 8, 9, 100, 255, 256, 300)}
+        for tf, t in texts.items():
+            write_document(conn, info.id, DocumentRecord(f"tf{tf}", f"t{tf}", 0.0, 1),
+                           [ChunkRecord(0, t, 8, 0, len(t))], emb.embed([t]))
+        rng = np.random.default_rng(3)
+        queries = [" ".join(rng.choice(words[:40], int(rng.integers(1, 5)))) for _ in range(12)]
+        queries += ["w0x w1x w2x", "w0x", "w250x w0x", "lanternx", "lanternx stone w3x"]
+        approximate = 0
+        for query in queries:
+            full = keyword_scores(conn, info, query, 10_000, path_glob="*")  # a filter: every matching chunk
+            params = query_terms(conn, info, query)
+            for n in (1, 5, 37, 200):
+                got = impact_top(conn, info, params["terms"], params["weights"], params["avgdl"], n, BM25_K1, BM25_B,
+                                 first=50, budget=10**9)
+                assert got.exact
+                assert [r[0] for r in got.rows] == [r[0] for r in full[:n]], (query, n)
+                np.testing.assert_allclose([r[1] for r in got.rows], [r[1] for r in full[:n]], rtol=1e-12)
+                small = impact_top(conn, info, params["terms"], params["weights"], params["avgdl"], n, BM25_K1,
+                                   BM25_B, first=20, budget=40)
+                exact_scores = dict(full)
+                assert all(abs(exact_scores[i] - s) <= 1e-12 * abs(s) for i, s in small.rows)
+                if small.exact:
+                    assert [r[0] for r in small.rows] == [r[0] for r in full[:n]]
+                else:
+                    approximate += 1
+            # the default path (unfiltered) agrees with the proof whenever it has one
+            default = keyword_scores(conn, info, query, 10, budget=None)
+            assert [r[0] for r in default] == [r[0] for r in full[:10]]
+            np.testing.assert_allclose([r[1] for r in default], [r[1] for r in full[:10]], rtol=1e-12)
+        assert approximate > 0  # the small budget was binding somewhere
+        lantern = keyword_scores(conn, info, "lanternx", 20, budget=None)
+        tfs = dict(conn.execute(
+            "SELECT c.id, array_length(u.positions, 1) FROM chunks c, unnest(c.tsv) u "
+            "WHERE c.collection_id = %s AND u.lexeme = 'lanternx'", (info.id,)).fetchall())
+        top = max(tfs.values())  # the positions a tsvector keeps
+        assert top >= 255 and sorted(tfs.values())[:6] == [1, 2, 7, 8, 9, 100]
+        assert [tfs[i] for i, _ in lantern][:2] == [top, top]

@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from embedkit.search.impacts import BUDGET_CHUNKS, impact_top
 from embedkit.search.sql import document_filter
 from embedkit.store.collections import CollectionInfo
 
@@ -91,15 +92,22 @@ def keyword_scores(
     metadata: dict[str, Any] | None = None,
     k1: float = BM25_K1,
     b: float = BM25_B,
+    budget: int | None = BUDGET_CHUNKS,
 ) -> list[tuple[int, float]]:
-    """(chunk id, BM25 score) of the n best chunks for `query`, best first (empty when no term is indexed),
-    with the exact scores and order of scoring every chunk that holds a query term (see the module's note on
-    pruning)."""
+    """(chunk id, BM25 score) of the n best chunks for `query`, best first (empty when no term is indexed).
+
+    Unfiltered searches read impact tiers (`embedkit.search.impacts`): exact scores, and the exact top n
+    unless proving it would read more than `budget` chunks (None: no limit). Filtered searches score every
+    matching chunk that holds a query term, with the pruning of this module's note (exact)."""
     params = query_terms(conn, info, query)
     if params is None:
         return []
     params["n"] = n
     filt = document_filter(info, path_glob, metadata, params)
+    if not filt:
+        limit = budget if budget is not None else sum(params["df"])  # the chunks of all keys
+        return impact_top(conn, info, params["terms"], params["weights"], params["avgdl"], n, k1, b,
+                          budget=limit).rows
     sql = keyword_ids_sql(info, filt, "n", k1, b)
     terms, bounds, df = params["terms"], [w * (k1 + 1) for w in params["weights"]], params["df"]
     used = 1
