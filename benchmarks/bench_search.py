@@ -125,7 +125,7 @@ def reused_collection(conn, model: ModelIdentity, n_chunks: int) -> CollectionIn
     from embedkit.store.collections import get_collection
 
     info = get_collection(conn, "bench-search")
-    if info is None or info.model_sha256 != model.model_sha256:
+    if info is None or info.model.model_sha256 != model.model_sha256:
         return None
     n = conn.execute("SELECT count(*) FROM chunks WHERE collection_id = %s", (info.id,)).fetchone()[0]
     return info if n == n_chunks else None
@@ -195,7 +195,7 @@ def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: in
                 "LIMIT 10", params)]
 
     rows = []
-    with store.connect() as conn:
+    with store.connect() as conn, store.connect() as conn2:
         truth = {}
         for label, glob, like in (("all", None, None), ("1% filter", "rare", "rare/%")):
             times, ids = [], []
@@ -218,7 +218,9 @@ def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: in
                 lambda q, t: search_vector(conn, info, q, k=10, documents=True),
             "keyword BM25, documents": lambda q, t: search_keyword(conn, info, t, k=10, documents=True),
             "keyword BM25, chunks": lambda q, t: search_keyword(conn, info, t, k=10),
-            "hybrid RRF, documents (100 + 100 candidates)":
+            "hybrid RRF, documents (100 + 100 candidates; halves at once on two connections, as `search`)":
+                lambda q, t: search_hybrid(conn, info, q, t, k=10, documents=True, keyword_conn=conn2),
+            "hybrid RRF, documents (100 + 100 candidates; one connection, halves in turn)":
                 lambda q, t: search_hybrid(conn, info, q, t, k=10, documents=True),
             "hybrid before (AND tsquery, ts_rank_cd, 50 + 50), chunks": lambda q, t: conn.execute(
                 HYBRID_BEFORE.format(cid=int(info.id), dim=dim), {"q": q, "text": t}).fetchall(),

@@ -81,10 +81,12 @@ def search(
         if embedder is None:
             embedder = embedder_for_collection(info, model)
         qvec = np.asarray(embedder.embed([info.query_prefix + query]), dtype=np.float32)[0]
-        with store.connect_read() as conn:
-            if hybrid:
+        if hybrid:
+            with store.connect_read() as conn, store.connect_read() as keyword_conn:
                 return search_hybrid(conn, info, qvec, query, k, path_glob, metadata, ef_search,
-                                     candidates=candidates, rrf_k=rrf_k, documents=not chunks)
+                                     candidates=candidates, rrf_k=rrf_k, documents=not chunks,
+                                     keyword_conn=keyword_conn)
+        with store.connect_read() as conn:
             return search_vector(conn, info, qvec, k, path_glob, metadata, min_score, ef_search,
                                  documents=not chunks, candidates=candidates)
     finally:

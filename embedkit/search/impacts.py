@@ -124,9 +124,10 @@ def impact_top(
         if hi > lo:
             with conn.transaction():
                 # only a bitmap scan of the GIN index reads candidates without computing keys per row
-                conn.execute("SET LOCAL enable_seqscan = off")
-                conn.execute("SET LOCAL enable_indexscan = off")
-                conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+                # and a plan for these keys, not a generic one (the driver prepares repeated statements)
+                conn.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_indexscan = off; "
+                             "SET LOCAL max_parallel_workers_per_gather = 0; "
+                             "SET LOCAL plan_cache_mode = force_custom_plan")
                 rows = conn.execute(sql, params | {"keys": [k[2] for k in keys[lo:hi]]}).fetchall()
             found.update((int(r[0]), float(r[1])) for r in rows)
         return sorted(found.items(), key=lambda x: (-x[1], x[0]))[:n]

@@ -3,6 +3,7 @@ see `keyword`), and hybrid (both fused by reciprocal rank fusion), each at chunk
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -164,17 +165,27 @@ def search_hybrid(
     candidates: int = HYBRID_CANDIDATES,
     rrf_k: float = RRF_K,
     documents: bool = False,
+    keyword_conn: psycopg.Connection | None = None,
 ) -> list[ChunkHit]:
     """Vector and BM25 rankings (`candidates` chunks each) fused by reciprocal rank fusion:
     score = sum over both rankings of 1 / (rrf_k + rank). With `documents`, each ranking is first collapsed to
-    its documents (a document ranks as its best chunk) and documents are fused (see `fuse_documents`)."""
+    its documents (a document ranks as its best chunk) and documents are fused (see `fuse_documents`).
+    With `keyword_conn` (a second connection to the same database), the keyword half runs on it while the
+    vector half runs on `conn`."""
     _check_k(k)
     _check_candidates(candidates)
     if not rrf_k >= 0:  # also refuses NaN
         raise InputError(f"--rrf-k must be >= 0, got {rrf_k}")
     n = min(MAX_K, max(candidates, k))
-    vec = vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search)
-    kw = keyword_chunks(conn, info, query, n, path_glob, metadata)
+    if keyword_conn is None:
+        vec = vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search)
+        kw = keyword_chunks(conn, info, query, n, path_glob, metadata)
+    else:
+        # the server runs both halves at once, one per connection
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(keyword_chunks, keyword_conn, info, query, n, path_glob, metadata)
+            vec = vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search)
+            kw = pending.result()
     if documents:
         return fuse_documents([vec, kw], k, rrf_k)
     return fuse_chunks([vec, kw], k, rrf_k)
