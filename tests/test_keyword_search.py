@@ -278,6 +278,10 @@ def test_impact_tiers_give_the_exact_top_n(store, fresh_collection):
                     assert [r[0] for r in small.rows] == [r[0] for r in full[:n]]
                 else:
                     approximate += 1
+                part = impact_top(conn, info, params["terms"], params["weights"], params["avgdl"], n, BM25_K1,
+                                  BM25_B, first=20, budget=10**9, proven=max(1, n // 4))
+                assert part.exact and min(max(1, n // 4), len(full)) <= len(part.rows) <= n
+                assert [r[0] for r in part.rows[:max(1, n // 4)]] == [r[0] for r in full[:max(1, n // 4)]]
             # the default path (unfiltered) agrees with the proof whenever it has one
             default = keyword_scores(conn, info, query, 10, budget=None)
             assert [r[0] for r in default] == [r[0] for r in full[:10]]

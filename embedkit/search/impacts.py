@@ -90,9 +90,13 @@ def impact_top(
     b: float,
     first: int = FIRST_CHUNKS,
     budget: int = BUDGET_CHUNKS,
+    proven: int | None = None,
 ) -> ImpactResult:
     """The n best chunks by BM25 for the query terms (each with weight qtf * idf), from impact tiers (see the
-    module's note); exact when `exact` says so, always when `budget` is at least the chunks of all keys."""
+    module's note); exact when `exact` says so, always when `budget` is at least the chunks of all keys.
+    With `proven` < n, only the first `proven` are proven (`exact`); the rest are the best of the chunks read
+    (fewer than n when those hold fewer)."""
+    proof = n if proven is None else max(1, min(n, proven))
     from embedkit.search.keyword import tsquery_lexeme
 
     weight = dict(zip(terms, weights, strict=True))
@@ -137,13 +141,13 @@ def impact_top(
         total += keys[j][3]
         j += 1
     top = read(0, j)
-    nth = top[-1][1] if len(top) == n else 0.0
-    if nth > rest(j) or j == len(keys):
+    nth = top[proof - 1][1] if len(top) >= proof else 0.0
+    if (nth > rest(j) and len(top) == n) or j == len(keys):
         return ImpactResult(top, True, total)
     hi = j
-    while hi < len(keys) and rest(hi) >= nth and total + keys[hi][3] <= budget:
+    while hi < len(keys) and (rest(hi) >= nth or total < n) and total + keys[hi][3] <= budget:
         total += keys[hi][3]
         hi += 1
     top = read(j, hi)
-    nth = top[-1][1] if len(top) == n else 0.0
+    nth = top[proof - 1][1] if len(top) >= proof else 0.0
     return ImpactResult(top, nth > rest(hi) or hi == len(keys), total)

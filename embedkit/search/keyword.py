@@ -93,11 +93,13 @@ def keyword_scores(
     k1: float = BM25_K1,
     b: float = BM25_B,
     budget: int | None = BUDGET_CHUNKS,
+    proven: int | None = None,
 ) -> list[tuple[int, float]]:
     """(chunk id, BM25 score) of the n best chunks for `query`, best first (empty when no term is indexed).
 
     Unfiltered searches read impact tiers (`embedkit.search.impacts`): exact scores, and the exact top n
-    unless proving it would read more than `budget` chunks (None: no limit). Filtered searches score every
+    unless proving it would read more than `budget` chunks (None: no limit); with `proven`, only the first
+    `proven` rows are proven and the rest are the best of the chunks read. Filtered searches score every
     matching chunk that holds a query term, with the pruning of this module's note (exact)."""
     params = query_terms(conn, info, query)
     if params is None:
@@ -107,7 +109,7 @@ def keyword_scores(
     if not filt:
         limit = budget if budget is not None else sum(params["df"])  # the chunks of all keys
         return impact_top(conn, info, params["terms"], params["weights"], params["avgdl"], n, k1, b,
-                          budget=limit).rows
+                          budget=limit, proven=proven).rows
     sql = keyword_ids_sql(info, filt, "n", k1, b)
     terms, bounds, df = params["terms"], [w * (k1 + 1) for w in params["weights"]], params["df"]
     used = 1

@@ -27,6 +27,9 @@ from embedkit.store.collections import CollectionInfo
 __all__ = ["ChunkHit", "HYBRID_CANDIDATES", "RRF_K", "search_hybrid", "search_keyword", "search_vector"]
 
 HYBRID_CANDIDATES = 100  # chunks taken from each ranking before fusing or grouping by document
+# The keyword half of hybrid proves its first 50 chunks; the ranks past them (each worth at most
+# 1 / (rrf_k + 51) in the fusion) are the best of the chunks read for that proof (measured in RESULTS.md).
+HYBRID_PROVEN_KEYWORD = 50
 
 
 def _check_k(k: int) -> None:
@@ -83,9 +86,9 @@ def vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search) -> list[C
         return _rows_to_hits(conn.execute(sql, params).fetchall())
 
 
-def keyword_chunks(conn, info, query, n, path_glob, metadata) -> list[ChunkHit]:
-    """The n best chunks for `query` by BM25 (the score), best first."""
-    ranked = keyword_scores(conn, info, query, n, path_glob, metadata)
+def keyword_chunks(conn, info, query, n, path_glob, metadata, proven=None) -> list[ChunkHit]:
+    """The n best chunks for `query` by BM25 (the score), best first (see `keyword_scores` for `proven`)."""
+    ranked = keyword_scores(conn, info, query, n, path_glob, metadata, proven=proven)
     if not ranked:
         return []
     params = {"ids": [r[0] for r in ranked], "scores": [r[1] for r in ranked]}
@@ -179,11 +182,12 @@ def search_hybrid(
     n = min(MAX_K, max(candidates, k))
     if keyword_conn is None:
         vec = vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search)
-        kw = keyword_chunks(conn, info, query, n, path_glob, metadata)
+        kw = keyword_chunks(conn, info, query, n, path_glob, metadata, HYBRID_PROVEN_KEYWORD)
     else:
         # the server runs both halves at once, one per connection
         with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(keyword_chunks, keyword_conn, info, query, n, path_glob, metadata)
+            pending = pool.submit(keyword_chunks, keyword_conn, info, query, n, path_glob, metadata,
+                                  HYBRID_PROVEN_KEYWORD)
             vec = vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search)
             kw = pending.result()
     if documents:
