@@ -287,6 +287,15 @@ def test_impact_tiers_give_the_exact_top_n(store, fresh_collection):
             assert [r[0] for r in default] == [r[0] for r in full[:10]]
             np.testing.assert_allclose([r[1] for r in default], [r[1] for r in full[:10]], rtol=1e-12)
         assert approximate > 0  # the small budget was binding somewhere
+        # the candidates come from the impact GIN index, in one process, even in a small table
+        from embedkit.search.impacts import _score_sql, tf_cuts
+
+        params = query_terms(conn, info, "w0x w1x")
+        plan = "\n".join(r[0] for r in conn.execute(
+            "EXPLAIN " + _score_sql(info, 2, BM25_K1, BM25_B),
+            {"cuts": tf_cuts(conn), "avgdl": params["avgdl"], "n": 10, "keys": ["w0x 3 9"], "w0": 1.0, "w1": 1.0,
+             "q0": "w0x", "q1": "w1x"}, prepare=False))
+        assert "chunks_impact_gin" in plan and "Gather" not in plan, plan
         lantern = keyword_scores(conn, info, "lanternx", 20, budget=None)
         tfs = dict(conn.execute(
             "SELECT c.id, array_length(u.positions, 1) FROM chunks c, unnest(c.tsv) u "

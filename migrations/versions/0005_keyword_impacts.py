@@ -26,10 +26,11 @@ LENGTH_BUCKETS = "ARRAY[2,3,4,6,8,11,16,23,32,45,64,91,128,181,256,362,512,724,1
 
 # Only pg_catalog functions: index builds run with search_path = pg_catalog (PostgreSQL 17+). The length is
 # embedkit_tsv_length's. COST: any plan that evaluated this per row instead of reading the GIN index would be
-# far slower; the high cost keeps the planner on the index.
+# far slower; the high cost keeps the planner on the index. PARALLEL UNSAFE: searches through the index then
+# run in one process; starting parallel workers for a few thousand rows cost more than they saved on 2 cores.
 IMPACT_KEYS = rf"""
 CREATE OR REPLACE FUNCTION embedkit_impact_keys(v tsvector) RETURNS text[]
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE COST 100000 AS $fn$
+LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE COST 100000 AS $fn$
     SELECT array_agg(u.lexeme || ' ' || least(coalesce(array_length(u.positions, 1), 1), 8) || ' ' || l.b)
     FROM unnest(v) u, (SELECT width_bucket(coalesce(sum(coalesce(array_length(w.positions, 1), 1)), 0)::integer,
                                            {LENGTH_BUCKETS}) AS b FROM unnest(v) w) l
