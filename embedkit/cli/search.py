@@ -30,8 +30,8 @@ def snippet(text: str, width: int = 160) -> str:
 @click.option("--rrf-k", type=click.FloatRange(0, None), default=60.0, show_default=True,
               help="Reciprocal rank fusion constant of --hybrid: score = sum of 1 / (rrf_k + rank).")
 @click.option("--candidates", type=click.IntRange(1, 1000), default=100, show_default=True,
-              help="Chunks taken from each ranking before fusing (--hybrid); grouping one ranking by document "
-                   "starts with at most this many (4 per result) and fetches more if they hold too few documents.")
+              help="Most chunks taken from each ranking (4 per result) before fusing (--hybrid); grouping one "
+                   "ranking by document starts with as many and fetches more if they hold too few documents.")
 @click.option("--rerank", "rerank_model", default=None, metavar="MODEL",
               help="Re-order the first --rerank-top results with this cross-encoder (GGUF path).")
 @click.option("--rerank-top", type=click.IntRange(1, 1000), default=20, show_default=True,

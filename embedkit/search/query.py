@@ -100,10 +100,15 @@ def keyword_chunks(conn, info, query, n, path_glob, metadata, proven=None) -> li
 DOC_CHUNKS_PER_RESULT = 4  # chunks first fetched per wanted document when grouping one ranking by document
 
 
+def _depth(k: int, candidates: int) -> int:
+    """Chunks taken from a ranking for k results: 4 per result, at most `candidates`, at least k."""
+    return min(MAX_K, max(k, min(candidates, DOC_CHUNKS_PER_RESULT * k)))
+
+
 def _documents(fetch, k: int, candidates: int) -> list[ChunkHit]:
     """The k best documents (each as its best chunk) from `fetch(n)`, a ranked chunk list: first
     min(candidates, 4k) chunks (at least k), more while a full list still holds fewer than k documents."""
-    n = min(MAX_K, max(k, min(candidates, DOC_CHUNKS_PER_RESULT * k)))
+    n = _depth(k, candidates)
     while True:
         hits = fetch(n)
         docs = best_per_document(hits)
@@ -170,7 +175,7 @@ def search_hybrid(
     documents: bool = False,
     keyword_conn: psycopg.Connection | None = None,
 ) -> list[ChunkHit]:
-    """Vector and BM25 rankings (`candidates` chunks each) fused by reciprocal rank fusion:
+    """Vector and BM25 rankings (4k chunks each, at most `candidates`, at least k) fused by reciprocal rank fusion:
     score = sum over both rankings of 1 / (rrf_k + rank). With `documents`, each ranking is first collapsed to
     its documents (a document ranks as its best chunk) and documents are fused (see `fuse_documents`).
     With `keyword_conn` (a second connection to the same database), the keyword half runs on it while the
@@ -179,7 +184,7 @@ def search_hybrid(
     _check_candidates(candidates)
     if not rrf_k >= 0:  # also refuses NaN
         raise InputError(f"--rrf-k must be >= 0, got {rrf_k}")
-    n = min(MAX_K, max(candidates, k))
+    n = _depth(k, candidates)
     if keyword_conn is None:
         vec = vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search)
         kw = keyword_chunks(conn, info, query, n, path_glob, metadata, HYBRID_PROVEN_KEYWORD)

@@ -55,7 +55,7 @@ class SearchRequest(BaseModel):
     keyword: bool = Field(False, description="BM25 keyword ranking alone (as `search --keyword`).")
     chunks: bool = Field(False, description="Rank chunks instead of documents (as `search --chunks`).")
     rrf_k: float = Field(60.0, gt=0, description="Reciprocal rank fusion constant of hybrid search.")
-    candidates: int = Field(100, ge=1, le=10000, description="Chunks taken from each ranking before fusion.")
+    candidates: int = Field(100, ge=1, le=10000, description="Most chunks per ranking before fusion (4 per result).")
     path: str | None = Field(None, description="A folder or a glob with * and ? over document keys.")
     meta: dict[str, Any] | list[StrictStr] | None = Field(None, description="Metadata the documents must contain.")
     min_score: float | None = None
