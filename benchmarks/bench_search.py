@@ -222,9 +222,9 @@ def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: in
                 lambda q, t: search_vector(conn, info, q, k=10, documents=True),
             "keyword BM25, documents": lambda q, t: search_keyword(conn, info, t, k=10, documents=True),
             "keyword BM25, chunks": lambda q, t: search_keyword(conn, info, t, k=10),
-            "hybrid RRF, documents (100 + 100 candidates; halves at once on two connections, as `search`)":
+            "hybrid RRF, documents (40 + 40 chunks at k = 10; halves at once on two connections, as `search`)":
                 lambda q, t: search_hybrid(conn, info, q, t, k=10, documents=True, keyword_conn=conn2),
-            "hybrid RRF, documents (100 + 100 candidates; one connection, halves in turn)":
+            "hybrid RRF, documents (40 + 40 chunks; one connection, halves in turn)":
                 lambda q, t: search_hybrid(conn, info, q, t, k=10, documents=True),
             "hybrid before (AND tsquery, ts_rank_cd, 50 + 50), chunks": lambda q, t: conn.execute(
                 HYBRID_BEFORE.format(cid=int(info.id), dim=dim), {"q": q, "text": t}).fetchall(),
