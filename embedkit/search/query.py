@@ -13,6 +13,7 @@ from embedkit.errors import InputError
 from embedkit.index.keys import shown_path
 from embedkit.search.fusion import RRF_K, best_per_document, fuse_chunks, fuse_documents
 from embedkit.search.hits import ChunkHit
+from embedkit.search.impacts import BUDGET_CHUNKS
 from embedkit.search.keyword import keyword_scores
 from embedkit.search.sql import (
     MAX_K,
@@ -30,6 +31,9 @@ HYBRID_CANDIDATES = 100  # chunks taken from each ranking before fusing or group
 # The keyword half of hybrid proves its first 50 chunks; the ranks past them (each worth at most
 # 1 / (rrf_k + 51) in the fusion) are the best of the chunks read for that proof (measured in RESULTS.md).
 HYBRID_PROVEN_KEYWORD = 50
+# The keyword half of hybrid reads at most this many chunks (keyword search alone: BUDGET_CHUNKS); the fusion
+# is robust to its small reorderings (measured in RESULTS.md).
+HYBRID_KEYWORD_BUDGET = 1500
 
 
 def _check_k(k: int) -> None:
@@ -86,9 +90,10 @@ def vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search) -> list[C
         return _rows_to_hits(conn.execute(sql, params).fetchall())
 
 
-def keyword_chunks(conn, info, query, n, path_glob, metadata, proven=None) -> list[ChunkHit]:
-    """The n best chunks for `query` by BM25 (the score), best first (see `keyword_scores` for `proven`)."""
-    ranked = keyword_scores(conn, info, query, n, path_glob, metadata, proven=proven)
+def keyword_chunks(conn, info, query, n, path_glob, metadata, proven=None, budget=BUDGET_CHUNKS) -> list[ChunkHit]:
+    """The n best chunks for `query` by BM25 (the score), best first (see `keyword_scores` for `proven` and
+    `budget`)."""
+    ranked = keyword_scores(conn, info, query, n, path_glob, metadata, proven=proven, budget=budget)
     if not ranked:
         return []
     params = {"ids": [r[0] for r in ranked], "scores": [r[1] for r in ranked]}
@@ -187,12 +192,12 @@ def search_hybrid(
     n = _depth(k, candidates)
     if keyword_conn is None:
         vec = vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search)
-        kw = keyword_chunks(conn, info, query, n, path_glob, metadata, HYBRID_PROVEN_KEYWORD)
+        kw = keyword_chunks(conn, info, query, n, path_glob, metadata, HYBRID_PROVEN_KEYWORD, HYBRID_KEYWORD_BUDGET)
     else:
         # the server runs both halves at once, one per connection
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(keyword_chunks, keyword_conn, info, query, n, path_glob, metadata,
-                                  HYBRID_PROVEN_KEYWORD)
+                                  HYBRID_PROVEN_KEYWORD, HYBRID_KEYWORD_BUDGET)
             vec = vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search)
             kw = pending.result()
     if documents:
