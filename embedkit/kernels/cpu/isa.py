@@ -2,6 +2,8 @@
 
 The features are those Numba compiles for: NUMBA_CPU_FEATURES where set (how another host is emulated, e.g. an
 AVX2-only one on an AVX-512 host: NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=+avx2,+fma,...), else the host's.
+Numba's cache keys a kernel on its own file's timestamp only: after editing PREFETCH_BYTES, touch the files of
+the kernels that use it (matvec_int8.py, q4_1_packed.py, q5_0_packed.py) or stale code keeps running.
 """
 
 from __future__ import annotations
