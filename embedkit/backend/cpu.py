@@ -91,7 +91,10 @@ def _glu(kernel, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     threads (one decode step's FFN is a single block, run here)."""
     out = np.empty_like(gate)
     g, u, o = gate.reshape(-1), up.reshape(-1), out.reshape(-1)
-    run_blocks(lambda a, b: kernel(g[a:b], u[a:b], o[a:b]), g.size, min_items=1 << 14)
+    if g.size < 1 << 15:  # one block: called here, without run_blocks' setup (a decode step calls this per layer)
+        kernel(g, u, o)
+    else:
+        run_blocks(lambda a, b: kernel(g[a:b], u[a:b], o[a:b]), g.size, min_items=1 << 14)
     return out
 
 
@@ -469,8 +472,12 @@ class CPUBackend(Backend):
         n_kv = cache.n_kv_heads
         g = n_head // n_kv
         end = pos0 + n
-        cache.k[:, pos0:end] = k_new.transpose(1, 0, 2)
-        cache.v[:, pos0:end] = v_new.transpose(1, 0, 2)
+        if n == 1:  # one decode token: plain row copies
+            cache.k[:, pos0] = k_new[0]
+            cache.v[:, pos0] = v_new[0]
+        else:
+            cache.k[:, pos0:end] = k_new.transpose(1, 0, 2)
+            cache.v[:, pos0:end] = v_new.transpose(1, 0, 2)
         if causal and n <= _SMALL_ATTENTION_TOKENS:
             out = np.empty((n, n_head * hd), dtype=np.float32)
             cpu_ops.attention_small(

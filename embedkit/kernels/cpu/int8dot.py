@@ -20,6 +20,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from embedkit.kernels.cpu.isa import HAS_AVX2, prefetch_ahead
+
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
 _V32I8 = ir.VectorType(_I8, 32)
@@ -40,27 +42,6 @@ _V16I16 = ir.VectorType(_I16, 16)
 _V8I32 = ir.VectorType(_I32, 8)
 _V8F32 = ir.VectorType(_F32, 8)
 _V32I16 = ir.VectorType(_I16, 32)
-
-
-def _target_features() -> set[str]:
-    """The CPU features Numba compiles for: NUMBA_CPU_FEATURES where set (how another host is emulated, e.g.
-    an AVX2-only one on an AVX-512 host: NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=+avx2,+fma,...), else
-    the host's."""
-    try:
-        from numba.core import config
-
-        if config.CPU_FEATURES is not None:
-            flat = config.CPU_FEATURES
-        else:
-            import llvmlite.binding as llvm
-
-            flat = llvm.get_host_cpu_features().flatten()
-    except Exception:  # features unknown: the portable path is always correct
-        return set()
-    return {f[1:] for f in flat.split(",") if f.startswith("+")}
-
-
-HAS_AVX2 = "avx2" in _target_features()
 
 
 def _intrinsic_fn(builder, name, ret, args):
@@ -255,6 +236,7 @@ def _make_dot4(name, block_bytes, decode):
                     b = loop.index
                     scale = builder.load(builder.gep(xda.data, [b]))
                     blk = builder.gep(rows[k], [builder.mul(b, ir.Constant(intp, block_bytes))])
+                    prefetch_ahead(builder, blk)
                     q, d, m = decode(builder, blk)
                     if x16:
                         xlo, xhi = _x16_halves(builder, xq_ptr, builder.mul(b, ir.Constant(intp, 32)))
@@ -358,6 +340,8 @@ def _q6_k_row_x16(builder, row, xq_ptr, xda, nb, intp):
     with cgutils.for_range(builder, nb) as loop:
         b = loop.index
         blk = builder.gep(row, [builder.mul(b, ir.Constant(intp, 210))])
+        for off in range(0, 210, 64):
+            prefetch_ahead(builder, builder.gep(blk, [ir.Constant(intp, off)]))
         g0 = builder.mul(b, ir.Constant(intp, 8))
         xd8 = builder.load(builder.bitcast(builder.gep(xda.data, [g0]), _V8F32.as_pointer()), align=4)
         dv = builder.insert_element(ir.Constant(_V8F32, ir.Undefined), _f16(builder, blk, 208), ir.Constant(_I32, 0))
@@ -546,6 +530,8 @@ def _q4_k_row_x16(builder, row, xq_ptr, xda, xsa, nb, intp):
     with cgutils.for_range(builder, nb) as loop:
         b = loop.index
         blk = builder.gep(row, [builder.mul(b, ir.Constant(intp, 144))])
+        for off in range(0, 144, 64):
+            prefetch_ahead(builder, builder.gep(blk, [ir.Constant(intp, off)]))
         d = _f16(builder, blk, 0)
         dmin = _f16(builder, blk, 2)
         sc, mv = _scale_min_k4_vec(builder, blk)

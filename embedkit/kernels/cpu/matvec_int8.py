@@ -4,7 +4,8 @@ and Q6_K (block dots in `int8dot`): x in int16 blocks of 32 (`quantize_activatio
 x ~= xd[b] * xq[32 b : 32 b + 32]; per element the error is at most |xd[b]| / 2, so a row's relative error is
 about 1e-5 of |y| on random data (tests bound it). (llama.cpp's 8-bit rounding is `ggml_exact`'s, bit for bit.)
 Signature: `(w uint8 [n_rows, row_bytes], xq int16 [n], xd float32 [n // 32], xsum float32 [n // 32], y)`
-(+ `r0, r1` for the serial `rows_*` kernels).
+(+ `r0, r1` for the serial `rows_*` kernels). On AVX-512 targets the block dots prefetch the weights 4 KiB ahead
+(`isa.PREFETCH_BYTES`).
 """
 
 from __future__ import annotations

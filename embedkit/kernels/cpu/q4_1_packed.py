@@ -33,6 +33,7 @@ from embedkit.kernels.cpu.int8dot import (
     _pairs_i32x8,
     _x16_halves,
 )
+from embedkit.kernels.cpu.isa import prefetch_ahead
 from embedkit.kernels.cpu.matvec_legacy import FAST, store4
 
 BLOCK_BYTES = 20  # Q4_1: f16 d, f16 m, 16 bytes of nibbles
@@ -135,6 +136,7 @@ def _dot_quad_q4_1_packed(typingctx, w, t, xq, xd, xsum):
             for k in range(4):
                 row_group = builder.add(builder.mul(g, ir.Constant(intp, 4)), ir.Constant(intp, k))
                 grp = builder.gep(base, [builder.mul(row_group, ir.Constant(intp, GROUP_BYTES))])
+                prefetch_ahead(builder, grp)
                 dm = builder.fpext(_load(builder, grp, 0, ir.VectorType(ir.HalfType(), 4)), ir.VectorType(_F32, 4))
                 d2 = builder.shuffle_vector(dm, dm, ir.Constant(ir.VectorType(_I32, 2), [0, 1]))
                 m2 = builder.shuffle_vector(dm, dm, ir.Constant(ir.VectorType(_I32, 2), [2, 3]))

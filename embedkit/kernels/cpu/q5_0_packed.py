@@ -44,6 +44,7 @@ from embedkit.kernels.cpu.int8dot import (
     _pairs_i32x8,
     _x16_halves,
 )
+from embedkit.kernels.cpu.isa import prefetch_ahead
 from embedkit.kernels.cpu.matvec_legacy import FAST, store4
 
 BLOCK_BYTES = 22  # Q5_0: f16 d, uint32 qh, 16 bytes qs
@@ -179,6 +180,8 @@ def _dot_quad_q5_0_packed(typingctx, w, t, xq, xd):
                         )
                     ],
                 )
+                for off in range(0, GROUP_BYTES, 64):
+                    prefetch_ahead(builder, builder.gep(grp, [ir.Constant(intp, off)]))
                 d4 = builder.fpext(_load(builder, grp, 0, ir.VectorType(ir.HalfType(), 4)), v4f)
                 s4 = builder.fmul(d4, xd4)  # d_b * xd_b of the 4 blocks, rounded as dot4_q5_0 rounds it
                 a = builder.load(accs[k])

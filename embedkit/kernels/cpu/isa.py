@@ -1,0 +1,52 @@
+"""What the Numba compile target offers (instruction sets) and what the decode kernels do with it.
+
+The features are those Numba compiles for: NUMBA_CPU_FEATURES where set (how another host is emulated, e.g. an
+AVX2-only one on an AVX-512 host: NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=+avx2,+fma,...), else the host's.
+Numba's cache keys a kernel on its own file's timestamp only: after editing PREFETCH_BYTES, touch the files of
+the kernels that use it (matvec_int8.py, q4_1_packed.py, q5_0_packed.py) or stale code keeps running.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba.core import cgutils
+
+
+def target_features() -> set[str]:
+    """The CPU features Numba compiles for (see the module docstring); empty where unknown."""
+    try:
+        from numba.core import config
+
+        if config.CPU_FEATURES is not None:
+            flat = config.CPU_FEATURES
+        else:
+            import llvmlite.binding as llvm
+
+            flat = llvm.get_host_cpu_features().flatten()
+    except Exception:  # features unknown: the portable path is always correct
+        return set()
+    return {f[1:] for f in flat.split(",") if f.startswith("+")}
+
+
+_FEATURES = target_features()
+HAS_AVX2 = "avx2" in _FEATURES
+HAS_AVX512 = "avx512bw" in _FEATURES
+
+# Software prefetch distance of the decode matvecs, in bytes ahead of the block being read (0: none). On the
+# AVX-512 Xeon hosts (2-vCPU KVM guests) the hardware prefetchers leave a weight stream from L3/DRAM latency
+# bound: Gemma 3's 178 MB Q8_0 head took 27 ms a pass on one thread, 15-17 ms (the rate of a plain read loop)
+# with prefetches 4 KiB ahead (benchmarks/RESULTS.md, issue 26). AVX2-only hosts keep the code measured there.
+PREFETCH_BYTES = 4096 if HAS_AVX512 else 0
+
+
+def prefetch_ahead(builder: ir.IRBuilder, ptr: ir.Value) -> None:
+    """Emit a prefetch (read, into all cache levels) of the byte PREFETCH_BYTES past `ptr` (an i8*); nothing
+    where PREFETCH_BYTES is 0."""
+    if not PREFETCH_BYTES:
+        return
+    i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8"
+    )
+    ahead = builder.gep(builder.bitcast(ptr, i8p), [ir.Constant(ir.IntType(64), PREFETCH_BYTES)])
+    builder.call(fn, [ahead, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
