@@ -538,6 +538,20 @@ class CPUBackend(Backend):
         )
         return out.reshape(b, t, h * hd)
 
+    def attention_packed(self, q: Array, k: Array, v: Array, spans: np.ndarray, scale: float) -> Array:
+        """Bidirectional attention of sequences packed without padding: q, k, v [n, heads, hd] (views allowed),
+        sequence i on rows spans[i] = (start, stop) attending over those rows only -> [n, heads * hd]."""
+        from embedkit.kernels.cpu.encoder_attention import attention_packed_items
+
+        n, h, hd = q.shape
+        out = np.empty((n, h, hd), dtype=np.float32)
+        spans = np.asarray(spans, dtype=np.int64)
+        s = np.float32(scale)
+        lengths = (spans[:, 1] - spans[:, 0]).astype(np.float64)
+        run_blocks(lambda i0, i1: attention_packed_items(q, k, v, spans, s, out, i0, i1), len(spans),
+                   cost=lengths**2, blas=True)
+        return out.reshape(n, h * hd)
+
     # -- independent forward passes on several threads -----------------------------------
     def forward_threads(self) -> int:
         """The kernel thread count when BLAS can be held to one thread per caller, else 1."""
