@@ -14,6 +14,8 @@ from embedkit.backend import Placement, Weight, cpu_placement
 from embedkit.backend.cpu import CPUBackend, CPUWeight
 from embedkit.errors import InputError
 from embedkit.gguf import GGMLType, GGUFFile
+from embedkit.kernels.cpu.dense_f32 import matmul_f32_cols
+from embedkit.kernels.cpu.row_blocks import single_thread_blas
 from embedkit.kernels.pooling import POOLINGS
 
 POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
@@ -146,6 +148,10 @@ class BertModel:
         of the same sequence (to float32 rounding)."""
         if not self.packs:
             raise InputError("embed_packed: this model's placement runs padded batches only (use embed)")
+        with single_thread_blas():
+            return self._embed_packed(seqs, pooling)
+
+    def _embed_packed(self, seqs: Sequence[Sequence[int]], pooling: str) -> np.ndarray:
         p = self.params
         if not seqs:
             return np.empty((0, p.n_embd), dtype=np.float32)
@@ -161,10 +167,10 @@ class BertModel:
         positions = np.arange(ids.size, dtype=np.int64) - np.repeat(starts, lengths)
 
         be = self.placement.input
-        x = be.get_rows(self.tok_embd, ids)
-        x = be.add(x, be.get_rows(self.pos_embd, positions))
+        x = _rows(be, self.tok_embd, ids)
+        x = be.add(x, _rows(be, self.pos_embd, positions))
         if self.type_embd is not None:  # every token in the first segment, as `embed`
-            x = be.add(x, be.get_rows(self.type_embd, np.zeros(1, dtype=np.int64)))
+            x = be.add(x, _rows(be, self.type_embd, np.zeros(1, dtype=np.int64)))
         x = be.layer_norm(x, self.embd_norm_w, self.embd_norm_b, p.norm_eps)
 
         d, hd = p.n_embd, p.head_dim
@@ -172,14 +178,14 @@ class BertModel:
         for i, L in enumerate(self.layers):
             be = self.placement.layer(i)
             if L.wqkv is not None:
-                qkv = be.matmul(x, L.wqkv, L.bqkv)
+                qkv = _dense(be, x, L.wqkv, L.bqkv)
                 q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
             else:
                 q, k, v = be.matmuls(x, [L.wq, L.wk, L.wv], [L.bq, L.bk, L.bv])
             q, k, v = (a.reshape(ids.size, p.n_head, hd) for a in (q, k, v))
             attn = be.attention_packed(q, k, v, spans, scale)
-            x = be.add_layer_norm(be.matmul(attn, L.wo, L.bo), x, L.attn_norm_w, L.attn_norm_b, p.norm_eps)
-            ff = be.matmul(be.gelu_erf(be.matmul(x, L.w_up, L.b_up)), L.w_down, L.b_down)
+            x = be.add_layer_norm(_dense(be, attn, L.wo, L.bo), x, L.attn_norm_w, L.attn_norm_b, p.norm_eps)
+            ff = _dense(be, be.gelu_erf(_dense(be, x, L.w_up, L.b_up)), L.w_down, L.b_down)
             x = be.add_layer_norm(ff, x, L.out_norm_w, L.out_norm_b, p.norm_eps)
         return pool_packed(x, starts, lengths, pooling)
 
@@ -220,6 +226,23 @@ def _can_pack(placement: Placement) -> bool:
     """Whether `embed_packed` can run: every layer on one CPU backend (it has the packed attention)."""
     backends = placement.backends
     return len(backends) == 1 and isinstance(backends[0], CPUBackend)
+
+
+def _rows(be: CPUBackend, w: Weight, ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` of an embedding table: float32 ones by numpy indexing (the backend's `get_rows` dequantizes in
+    a parallel Numba region, whose OpenMP threads then spin beside the kernel threads), others by the backend."""
+    if isinstance(w, CPUWeight) and w.ggml_type == GGMLType.F32:
+        return w.data.view(np.float32).reshape(w.shape)[ids]
+    return be.get_rows(w, ids)
+
+
+def _dense(be: CPUBackend, x: np.ndarray, w: Weight, b: Weight | None) -> np.ndarray:
+    """x @ W.T + b of the packed forward: float32 weights split by output columns over the kernel threads
+    (`matmul_f32_cols`), others through the backend."""
+    if isinstance(w, CPUWeight) and w.ggml_type == GGMLType.F32 and type(be) is CPUBackend:
+        return matmul_f32_cols(np.ascontiguousarray(x, dtype=np.float32), w.data.view(np.float32).reshape(w.shape),
+                               None if b is None else b.data)
+    return be.matmul(x, w, b)
 
 
 def _stacked_qkv(L: BertLayer) -> tuple[Weight | None, Weight | None]:
