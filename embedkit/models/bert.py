@@ -15,10 +15,13 @@ from embedkit.backend.cpu import CPUBackend, CPUWeight
 from embedkit.errors import InputError
 from embedkit.gguf import GGMLType, GGUFFile
 from embedkit.kernels.cpu.dense_f32 import matmul_f32_cols
-from embedkit.kernels.cpu.row_blocks import single_thread_blas
+from embedkit.kernels.cpu.gelu_erf import bias_gelu_erf_rows, bias_residual_layer_norm_block
+from embedkit.kernels.cpu.row_blocks import run_blocks, single_thread_blas
 from embedkit.kernels.pooling import POOLINGS
 
 POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+# Fewest rows per block of the packed forward's LayerNorm (fewer rows: one block on the calling thread).
+_MIN_NORM_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -184,9 +187,9 @@ class BertModel:
                 q, k, v = be.matmuls(x, [L.wq, L.wk, L.wv], [L.bq, L.bk, L.bv])
             q, k, v = (a.reshape(ids.size, p.n_head, hd) for a in (q, k, v))
             attn = be.attention_packed(q, k, v, spans, scale)
-            x = be.add_layer_norm(_dense(be, attn, L.wo, L.bo), x, L.attn_norm_w, L.attn_norm_b, p.norm_eps)
-            ff = _dense(be, be.gelu_erf(_dense(be, x, L.w_up, L.b_up)), L.w_down, L.b_down)
-            x = be.add_layer_norm(ff, x, L.out_norm_w, L.out_norm_b, p.norm_eps)
+            x = _dense_residual_norm(be, attn, L.wo, L.bo, x, L.attn_norm_w, L.attn_norm_b, p.norm_eps)
+            x = _dense_residual_norm(be, _dense_gelu(be, x, L.w_up, L.b_up), L.w_down, L.b_down, x,
+                                     L.out_norm_w, L.out_norm_b, p.norm_eps)
         return pool_packed(x, starts, lengths, pooling)
 
     def _hidden(self, batch_ids: np.ndarray, attention_mask: np.ndarray, token_types: np.ndarray | None = None):
@@ -243,6 +246,34 @@ def _dense(be: CPUBackend, x: np.ndarray, w: Weight, b: Weight | None) -> np.nda
         return matmul_f32_cols(np.ascontiguousarray(x, dtype=np.float32), w.data.view(np.float32).reshape(w.shape),
                                None if b is None else b.data)
     return be.matmul(x, w, b)
+
+
+def _fused_f32(be: CPUBackend, w: Weight, *vectors: Weight | None) -> bool:
+    """Whether the packed forward's fused float32 kernels take W and these vectors (biases, norm weights)."""
+    return (isinstance(w, CPUWeight) and w.ggml_type == GGMLType.F32 and type(be) is CPUBackend
+            and all(v is not None for v in vectors))
+
+
+def _dense_gelu(be: CPUBackend, x: np.ndarray, w: Weight, b: Weight | None) -> np.ndarray:
+    """gelu_erf(x @ W.T + b), the bias and GELU applied to each thread's block of columns right after its product."""
+    if not _fused_f32(be, w, b):
+        return be.gelu_erf(be.matmul(x, w, b))
+    return matmul_f32_cols(np.ascontiguousarray(x, dtype=np.float32), w.data.view(np.float32).reshape(w.shape),
+                           b.data, epilogue=bias_gelu_erf_rows)
+
+
+def _dense_residual_norm(be: CPUBackend, x: np.ndarray, w: Weight, b: Weight | None, residual: np.ndarray,
+                         norm_w: Weight | None, norm_b: Weight | None, eps: float) -> np.ndarray:
+    """layer_norm(x @ W.T + b + residual): the product, then its bias, the residual and the LayerNorm in one pass
+    over row blocks (a post-LayerNorm block's two halves end this way)."""
+    if not _fused_f32(be, w, b, norm_w, norm_b):
+        return be.add_layer_norm(be.matmul(x, w, b), residual, norm_w, norm_b, eps)
+    y = matmul_f32_cols(np.ascontiguousarray(x, dtype=np.float32), w.data.view(np.float32).reshape(w.shape), None)
+    res = np.ascontiguousarray(residual, dtype=np.float32)
+    bias, nw, nb = b.data, norm_w.data, norm_b.data
+    run_blocks(lambda r0, r1: bias_residual_layer_norm_block(y[r0:r1], bias, res[r0:r1], nw, nb, float(eps)),
+               y.shape[0], min_items=_MIN_NORM_ROWS)
+    return y
 
 
 def _stacked_qkv(L: BertLayer) -> tuple[Weight | None, Weight | None]:

@@ -8,6 +8,8 @@ packs each column of W once, and each block writes its own columns of the output
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from embedkit.kernels.cpu.row_blocks import run_blocks
@@ -19,9 +21,11 @@ _COL_ALIGN = 16
 _MIN_BLOCK_MACS = 1 << 18
 
 
-def matmul_f32_cols(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+def matmul_f32_cols(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                    epilogue: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
     """x [n, k] float32 @ w.T (w float32 [m, k], C order) + bias [m] -> [n, m], one block of output columns per
-    kernel thread (BLAS held to one thread inside each)."""
+    kernel thread (BLAS held to one thread inside each). `epilogue(block, bias_block)`, when given, replaces the
+    bias add: it runs on each block of columns right after its product (a fused bias + activation)."""
     n, m = x.shape[0], w.shape[0]
     y = np.empty((n, m), dtype=np.float32)
     n_blocks = max(1, min(get_num_threads(), m // _COL_ALIGN, (n * m * x.shape[1]) // _MIN_BLOCK_MACS))
@@ -32,7 +36,9 @@ def matmul_f32_cols(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np
         for c0, c1 in zip(cuts[i:j], cuts[i + 1 : j + 1], strict=True):
             out = y[:, c0:c1]
             np.matmul(x, w[c0:c1].T, out=out)
-            if bias is not None:
+            if epilogue is not None:
+                epilogue(out, bias[c0:c1])
+            elif bias is not None:
                 out += bias[c0:c1]
 
     run_blocks(block, n_blocks, blas=True)
