@@ -83,6 +83,7 @@ class BertLayer:
     out_norm_b: Weight
     wqkv: Weight | None = None  # (3 n_embd, n_embd): wq, wk, wv stacked for one product (packed CPU forward)
     bqkv: Weight | None = None
+    transposed: dict[int, np.ndarray] | None = None  # id(weight) -> its float32 transpose (packed CPU forward)
 
 
 class BertModel:
@@ -127,6 +128,8 @@ class BertModel:
         if self.packs:
             for L in self.layers:
                 L.wqkv, L.bqkv = _stacked_qkv(L)
+                L.transposed = {id(w): _transposed(w) for w in (L.wqkv, L.wo, L.w_up, L.w_down)
+                                if w is not None and _fused_f32(self.placement.layer(0), w)}
 
     def encode(self, batch_ids: np.ndarray, attention_mask: np.ndarray,
                token_types: np.ndarray | None = None) -> np.ndarray:
@@ -181,14 +184,15 @@ class BertModel:
         for i, L in enumerate(self.layers):
             be = self.placement.layer(i)
             if L.wqkv is not None:
-                qkv = _dense(be, x, L.wqkv, L.bqkv)
+                qkv = _dense(be, x, L.wqkv, L.bqkv, L.transposed)
                 q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
             else:
                 q, k, v = be.matmuls(x, [L.wq, L.wk, L.wv], [L.bq, L.bk, L.bv])
             q, k, v = (a.reshape(ids.size, p.n_head, hd) for a in (q, k, v))
             attn = be.attention_packed(q, k, v, spans, scale)
-            x = _dense_residual_norm(be, attn, L.wo, L.bo, x, L.attn_norm_w, L.attn_norm_b, p.norm_eps)
-            x = _dense_residual_norm(be, _dense_gelu(be, x, L.w_up, L.b_up), L.w_down, L.b_down, x,
+            wt = L.transposed or {}
+            x = _dense_residual_norm(be, attn, L.wo, L.bo, wt, x, L.attn_norm_w, L.attn_norm_b, p.norm_eps)
+            x = _dense_residual_norm(be, _dense_gelu(be, x, L.w_up, L.b_up, wt), L.w_down, L.b_down, wt, x,
                                      L.out_norm_w, L.out_norm_b, p.norm_eps)
         return pool_packed(x, starts, lengths, pooling)
 
@@ -239,11 +243,18 @@ def _rows(be: CPUBackend, w: Weight, ids: np.ndarray) -> np.ndarray:
     return be.get_rows(w, ids)
 
 
-def _dense(be: CPUBackend, x: np.ndarray, w: Weight, b: Weight | None) -> np.ndarray:
+def _transposed(w: Weight) -> np.ndarray:
+    """A float32 weight's transpose [n_in, n_out] in C order, the layout `matmul_f32_cols` takes (copied once, at
+    load: `BertLayer.transposed`)."""
+    return np.ascontiguousarray(w.data.view(np.float32).reshape(w.shape).T)
+
+
+def _dense(be: CPUBackend, x: np.ndarray, w: Weight, b: Weight | None,
+           transposed: dict[int, np.ndarray] | None) -> np.ndarray:
     """x @ W.T + b of the packed forward: float32 weights split by output columns over the kernel threads
     (`matmul_f32_cols`), others through the backend."""
-    if isinstance(w, CPUWeight) and w.ggml_type == GGMLType.F32 and type(be) is CPUBackend:
-        return matmul_f32_cols(np.ascontiguousarray(x, dtype=np.float32), w.data.view(np.float32).reshape(w.shape),
+    if transposed and id(w) in transposed:
+        return matmul_f32_cols(np.ascontiguousarray(x, dtype=np.float32), transposed[id(w)],
                                None if b is None else b.data)
     return be.matmul(x, w, b)
 
@@ -254,21 +265,22 @@ def _fused_f32(be: CPUBackend, w: Weight, *vectors: Weight | None) -> bool:
             and all(v is not None for v in vectors))
 
 
-def _dense_gelu(be: CPUBackend, x: np.ndarray, w: Weight, b: Weight | None) -> np.ndarray:
+def _dense_gelu(be: CPUBackend, x: np.ndarray, w: Weight, b: Weight | None,
+                transposed: dict[int, np.ndarray]) -> np.ndarray:
     """gelu_erf(x @ W.T + b), the bias and GELU applied to each thread's block of columns right after its product."""
-    if not _fused_f32(be, w, b):
+    if not (_fused_f32(be, w, b) and id(w) in transposed):
         return be.gelu_erf(be.matmul(x, w, b))
-    return matmul_f32_cols(np.ascontiguousarray(x, dtype=np.float32), w.data.view(np.float32).reshape(w.shape),
-                           b.data, epilogue=bias_gelu_erf_rows)
+    return matmul_f32_cols(np.ascontiguousarray(x, dtype=np.float32), transposed[id(w)], b.data,
+                           epilogue=bias_gelu_erf_rows)
 
 
-def _dense_residual_norm(be: CPUBackend, x: np.ndarray, w: Weight, b: Weight | None, residual: np.ndarray,
-                         norm_w: Weight | None, norm_b: Weight | None, eps: float) -> np.ndarray:
+def _dense_residual_norm(be: CPUBackend, x: np.ndarray, w: Weight, b: Weight | None, transposed: dict[int, np.ndarray],
+                         residual: np.ndarray, norm_w: Weight | None, norm_b: Weight | None, eps: float) -> np.ndarray:
     """layer_norm(x @ W.T + b + residual): the product, then its bias, the residual and the LayerNorm in one pass
     over row blocks (a post-LayerNorm block's two halves end this way)."""
-    if not _fused_f32(be, w, b, norm_w, norm_b):
+    if not (_fused_f32(be, w, b, norm_w, norm_b) and id(w) in transposed):
         return be.add_layer_norm(be.matmul(x, w, b), residual, norm_w, norm_b, eps)
-    y = matmul_f32_cols(np.ascontiguousarray(x, dtype=np.float32), w.data.view(np.float32).reshape(w.shape), None)
+    y = matmul_f32_cols(np.ascontiguousarray(x, dtype=np.float32), transposed[id(w)], None)
     res = np.ascontiguousarray(residual, dtype=np.float32)
     bias, nw, nb = b.data, norm_w.data, norm_b.data
     run_blocks(lambda r0, r1: bias_residual_layer_norm_block(y[r0:r1], bias, res[r0:r1], nw, nb, float(eps)),
