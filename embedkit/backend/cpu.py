@@ -12,6 +12,7 @@ import numpy as np
 from embedkit import kernels
 from embedkit.backend import cpu_ops
 from embedkit.backend.base import Array, Backend, KVCache, RopeStyle, Weight
+from embedkit.backend.cpu_packed import PackedEncoderOps
 from embedkit.gguf import GGMLType
 from embedkit.kernels.cpu.dispatch import DEQUANTIZERS
 from embedkit.kernels.cpu.matmul import (
@@ -112,7 +113,7 @@ def _decode_ready(x: np.ndarray, w: Weight) -> bool:
     )
 
 
-class CPUBackend(Backend):
+class CPUBackend(PackedEncoderOps, Backend):
     """Numpy/Numba backend. Weights stay as uint8 views over the mmap'd GGUF file."""
 
     name = "cpu"
@@ -537,20 +538,6 @@ class CPUBackend(Backend):
             blas=True,
         )
         return out.reshape(b, t, h * hd)
-
-    def attention_packed(self, q: Array, k: Array, v: Array, spans: np.ndarray, scale: float) -> Array:
-        """Bidirectional attention of sequences packed without padding: q, k, v [n, heads, hd] (views allowed),
-        sequence i on rows spans[i] = (start, stop) attending over those rows only -> [n, heads * hd]."""
-        from embedkit.kernels.cpu.encoder_attention import attention_packed_items
-
-        n, h, hd = q.shape
-        out = np.empty((n, h, hd), dtype=np.float32)
-        spans = np.asarray(spans, dtype=np.int64)
-        s = np.float32(scale)
-        lengths = (spans[:, 1] - spans[:, 0]).astype(np.float64)
-        run_blocks(lambda i0, i1: attention_packed_items(q, k, v, spans, s, out, i0, i1), len(spans),
-                   cost=lengths**2, blas=True)
-        return out.reshape(n, h * hd)
 
     # -- independent forward passes on several threads -----------------------------------
     def forward_threads(self) -> int:

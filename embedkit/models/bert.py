@@ -11,18 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from embedkit.backend import Placement, Weight, cpu_placement
-from embedkit.backend.cpu import CPUBackend, CPUWeight
 from embedkit.errors import InputError
-from embedkit.gguf import GGMLType, GGUFFile
-from embedkit.kernels.cpu.dense_f32 import matmul_f32_cols
-from embedkit.kernels.cpu.gelu_erf import bias_gelu_erf_rows, bias_residual_layer_norm_block
-from embedkit.kernels.cpu.row_blocks import run_blocks, single_thread_blas
-from embedkit.kernels.pooling import POOLINGS
+from embedkit.gguf import GGUFFile
 
 POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
-# Fewest rows per block of the packed forward's LayerNorm (~0.4 us a row of 384): below this a hand-off to
-# another thread costs more than it saves, so a lone request's norms run on the calling thread.
-_MIN_NORM_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -84,7 +76,6 @@ class BertLayer:
     out_norm_b: Weight
     wqkv: Weight | None = None  # (3 n_embd, n_embd): wq, wk, wv stacked for one product (packed CPU forward)
     bqkv: Weight | None = None
-    transposed: dict[int, np.ndarray] | None = None  # id(weight) -> its float32 transpose (packed CPU forward)
 
 
 class BertModel:
@@ -125,12 +116,12 @@ class BertModel:
                     w("layer_output_norm.weight"), w("layer_output_norm.bias"),
                 )
             )
-        self.packs = _can_pack(self.placement)
+        backends = self.placement.backends
+        # packed sequences (`embed_packed`): every layer on one backend that has the packed ops
+        self.packs = len(backends) == 1 and getattr(backends[0], "packs_sequences", False)
         if self.packs:
             for L in self.layers:
-                L.wqkv, L.bqkv = _stacked_qkv(L)
-                L.transposed = {id(w): _transposed(w) for w in (L.wqkv, L.wo, L.w_up, L.w_down)
-                                if w is not None and _fused_f32(self.placement.layer(0), w)}
+                L.wqkv, L.bqkv = backends[0].stack_weights([L.wq, L.wk, L.wv], [L.bq, L.bk, L.bv]) or (None, None)
 
     def encode(self, batch_ids: np.ndarray, attention_mask: np.ndarray,
                token_types: np.ndarray | None = None) -> np.ndarray:
@@ -155,7 +146,7 @@ class BertModel:
         of the same sequence (to float32 rounding)."""
         if not self.packs:
             raise InputError("embed_packed: this model's placement runs padded batches only (use embed)")
-        with single_thread_blas():
+        with self.placement.input.packed_forward():
             return self._embed_packed(seqs, pooling)
 
     def _embed_packed(self, seqs: Sequence[Sequence[int]], pooling: str) -> np.ndarray:
@@ -174,10 +165,10 @@ class BertModel:
         positions = np.arange(ids.size, dtype=np.int64) - np.repeat(starts, lengths)
 
         be = self.placement.input
-        x = _rows(be, self.tok_embd, ids)
-        x = be.add(x, _rows(be, self.pos_embd, positions))
+        x = be.embedding_rows(self.tok_embd, ids)
+        x = be.add(x, be.embedding_rows(self.pos_embd, positions))
         if self.type_embd is not None:  # every token in the first segment, as `embed`
-            x = be.add(x, _rows(be, self.type_embd, np.zeros(1, dtype=np.int64)))
+            x = be.add(x, be.embedding_rows(self.type_embd, np.zeros(1, dtype=np.int64)))
         x = be.layer_norm(x, self.embd_norm_w, self.embd_norm_b, p.norm_eps)
 
         d, hd = p.n_embd, p.head_dim
@@ -185,17 +176,16 @@ class BertModel:
         for i, L in enumerate(self.layers):
             be = self.placement.layer(i)
             if L.wqkv is not None:
-                qkv = _dense(be, x, L.wqkv, L.bqkv, L.transposed)
+                qkv = be.dense(x, L.wqkv, L.bqkv)
                 q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
             else:
                 q, k, v = be.matmuls(x, [L.wq, L.wk, L.wv], [L.bq, L.bk, L.bv])
             q, k, v = (a.reshape(ids.size, p.n_head, hd) for a in (q, k, v))
             attn = be.attention_packed(q, k, v, spans, scale)
-            wt = L.transposed or {}
-            x = _dense_residual_norm(be, attn, L.wo, L.bo, wt, x, L.attn_norm_w, L.attn_norm_b, p.norm_eps)
-            x = _dense_residual_norm(be, _dense_gelu(be, x, L.w_up, L.b_up, wt), L.w_down, L.b_down, wt, x,
-                                     L.out_norm_w, L.out_norm_b, p.norm_eps)
-        return pool_packed(x, starts, lengths, pooling)
+            x = be.dense_residual_norm(attn, L.wo, L.bo, x, L.attn_norm_w, L.attn_norm_b, p.norm_eps)
+            x = be.dense_residual_norm(be.dense_gelu(x, L.w_up, L.b_up), L.w_down, L.b_down, x,
+                                       L.out_norm_w, L.out_norm_b, p.norm_eps)
+        return be.pooled_packed(x, starts, lengths, pooling)
 
     def _hidden(self, batch_ids: np.ndarray, attention_mask: np.ndarray, token_types: np.ndarray | None = None):
         """(backend of the last layer, its hidden states [b*t, n_embd], float32 mask [b, t])."""
@@ -229,88 +219,3 @@ class BertModel:
             x = be.add_layer_norm(ff, x, L.out_norm_w, L.out_norm_b, p.norm_eps)
         return self.placement.layer(p.n_layer - 1), x, mask
 
-
-def _can_pack(placement: Placement) -> bool:
-    """Whether `embed_packed` can run: every layer on one CPU backend (it has the packed attention)."""
-    backends = placement.backends
-    return len(backends) == 1 and isinstance(backends[0], CPUBackend)
-
-
-def _rows(be: CPUBackend, w: Weight, ids: np.ndarray) -> np.ndarray:
-    """Rows `ids` of an embedding table: float32 ones by numpy indexing (the backend's `get_rows` dequantizes in
-    a parallel Numba region, whose OpenMP threads then spin beside the kernel threads), others by the backend."""
-    if isinstance(w, CPUWeight) and w.ggml_type == GGMLType.F32:
-        return w.data.view(np.float32).reshape(w.shape)[ids]
-    return be.get_rows(w, ids)
-
-
-def _transposed(w: Weight) -> np.ndarray:
-    """A float32 weight's transpose [n_in, n_out] in C order, the layout `matmul_f32_cols` takes (copied once, at
-    load: `BertLayer.transposed`)."""
-    return np.ascontiguousarray(w.data.view(np.float32).reshape(w.shape).T)
-
-
-def _dense(be: CPUBackend, x: np.ndarray, w: Weight, b: Weight | None,
-           transposed: dict[int, np.ndarray] | None) -> np.ndarray:
-    """x @ W.T + b of the packed forward: float32 weights split by output columns over the kernel threads
-    (`matmul_f32_cols`), others through the backend."""
-    if transposed and id(w) in transposed:
-        return matmul_f32_cols(np.ascontiguousarray(x, dtype=np.float32), transposed[id(w)],
-                               None if b is None else b.data)
-    return be.matmul(x, w, b)
-
-
-def _fused_f32(be: CPUBackend, w: Weight, *vectors: Weight | None) -> bool:
-    """Whether the packed forward's fused float32 kernels take W and these vectors (biases, norm weights)."""
-    return (isinstance(w, CPUWeight) and w.ggml_type == GGMLType.F32 and type(be) is CPUBackend
-            and all(v is not None for v in vectors))
-
-
-def _dense_gelu(be: CPUBackend, x: np.ndarray, w: Weight, b: Weight | None,
-                transposed: dict[int, np.ndarray]) -> np.ndarray:
-    """gelu_erf(x @ W.T + b), the bias and GELU applied to each thread's block of columns right after its product."""
-    if not (_fused_f32(be, w, b) and id(w) in transposed):
-        return be.gelu_erf(be.matmul(x, w, b))
-    return matmul_f32_cols(np.ascontiguousarray(x, dtype=np.float32), transposed[id(w)], b.data,
-                           epilogue=bias_gelu_erf_rows)
-
-
-def _dense_residual_norm(be: CPUBackend, x: np.ndarray, w: Weight, b: Weight | None, transposed: dict[int, np.ndarray],
-                         residual: np.ndarray, norm_w: Weight | None, norm_b: Weight | None, eps: float) -> np.ndarray:
-    """layer_norm(x @ W.T + b + residual): the product, then its bias, the residual and the LayerNorm in one pass
-    over row blocks (a post-LayerNorm block's two halves end this way)."""
-    if not (_fused_f32(be, w, b, norm_w, norm_b) and id(w) in transposed):
-        return be.add_layer_norm(be.matmul(x, w, b), residual, norm_w, norm_b, eps)
-    y = matmul_f32_cols(np.ascontiguousarray(x, dtype=np.float32), transposed[id(w)], None)
-    res = np.ascontiguousarray(residual, dtype=np.float32)
-    bias, nw, nb = b.data, norm_w.data, norm_b.data
-    run_blocks(lambda r0, r1: bias_residual_layer_norm_block(y[r0:r1], bias, res[r0:r1], nw, nb, float(eps)),
-               y.shape[0], min_items=_MIN_NORM_ROWS)
-    return y
-
-
-def _stacked_qkv(L: BertLayer) -> tuple[Weight | None, Weight | None]:
-    """wq, wk, wv (and their biases) as one float32 weight [3 n_embd, n_embd], when all three are float32 rows:
-    one product of three times the width runs faster than three."""
-    ws, bs = (L.wq, L.wk, L.wv), (L.bq, L.bk, L.bv)
-    if not all(isinstance(w, CPUWeight) and w.ggml_type == GGMLType.F32 for w in ws):
-        return None, None
-    n_in = ws[0].shape[1]
-    rows = np.concatenate([np.asarray(w.data).view(np.float32).reshape(w.shape) for w in ws], axis=0)
-    name = ws[0].name.replace("attn_q", "attn_qkv")
-    w = CPUWeight(name, int(GGMLType.F32), (rows.shape[0], n_in), rows.view(np.uint8))
-    b = Weight(name.replace(".weight", ".bias"), int(GGMLType.F32), (rows.shape[0],),
-               np.concatenate([np.asarray(b.data, dtype=np.float32) for b in bs]))
-    return w, b
-
-
-def pool_packed(x: np.ndarray, starts: np.ndarray, lengths: np.ndarray, method: str) -> np.ndarray:
-    """Pool hidden states x [n, d] of sequences packed at rows starts[i]..starts[i] + lengths[i] -> [b, d] float32
-    (the methods of `embedkit.kernels.pooling.pool`: mean in float64, cls and none the first token, last the last)."""
-    if method not in POOLINGS:
-        raise InputError(f"pooling {method!r}: expected one of {', '.join(POOLINGS)}")
-    if method == "mean":
-        sums = np.add.reduceat(x.astype(np.float64), starts, axis=0)
-        return (sums / lengths[:, None]).astype(np.float32)
-    rows = starts + lengths - 1 if method == "last" else starts
-    return np.ascontiguousarray(x[rows], dtype=np.float32)
