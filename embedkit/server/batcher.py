@@ -1,6 +1,6 @@
-"""The embeddings collector: one worker thread per embedding model gathers concurrent requests for a short
-window (up to a token budget), runs their texts through shared forward passes of `Embedder.embed_tokens`, and
-hands each caller exactly its own rows."""
+"""The embeddings collector: one worker thread per embedding model takes the requests queued when it is free (up
+to a token budget; optionally waiting a short window for more), runs their texts through shared forward passes of
+`Embedder.embed_tokens`, and hands each caller exactly its own rows."""
 
 from __future__ import annotations
 
