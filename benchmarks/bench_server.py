@@ -190,6 +190,7 @@ def main() -> None:
     items = texts(args.requests)
     rows_e: dict[str, dict[int, dict[str, float]]] = {}
     rows_g: dict[str, dict[int, dict[str, float]]] = {}
+    embed_loads: dict[str, tuple[float, float]] = {}  # 1-minute load average before and after each side's levels
     check_vectors: dict[str, np.ndarray] = {}  # one text's vector from each side (a sanity check)
     check_texts: dict[str, str] = {}  # one greedy completion from each side
     sides = [("embedkit", None)] + ([("llama-server", binary)] if binary else [])
@@ -200,7 +201,9 @@ def main() -> None:
             srv = Server(side, cmd, port).wait()
             try:
                 asyncio.run(embed_level(srv.url, args.embed_model, items[:8], 8))  # warm-up
+                loads = [os.getloadavg()[0]]
                 rows_e[side] = {c: asyncio.run(embed_level(srv.url, args.embed_model, items, c)) for c in EMBED_LEVELS}
+                embed_loads[side] = (loads[0], os.getloadavg()[0])
                 r = httpx.post(srv.url + "/v1/embeddings", json={"model": args.embed_model, "input": items[0]},
                                timeout=600)
                 check_vectors[side] = np.asarray(r.json()["data"][0]["embedding"], dtype=np.float64)
@@ -229,6 +232,12 @@ def main() -> None:
             cells = [f"{rows_e[s][c]['rps']:.1f} | {rows_e[s][c]['p50']:.0f} | {rows_e[s][c]['p95']:.0f}"
                      for s in rows_e]
             print(f"| {c} | " + " | ".join(cells) + " |")
+        if len(rows_e) == 2:
+            a, b = rows_e
+            ratios = ", ".join(f"c{c} {rows_e[a][c]['rps'] / rows_e[b][c]['rps']:.2f}x" for c in EMBED_LEVELS)
+            print(f"\nreq/s {a} / {b}: {ratios}")
+        print("load average (1 min) before / after each side's levels: "
+              + ", ".join(f"{s} {lo[0]:.1f} / {lo[1]:.1f}" for s, lo in embed_loads.items()))
     if len(check_vectors) == 2:
         a, b = check_vectors.values()
         print(f"\ncosine of the two sides' vectors of one text: {a @ b / (np.linalg.norm(a) * np.linalg.norm(b)):.6f}")

@@ -12,6 +12,7 @@ import numpy as np
 from embedkit import kernels
 from embedkit.backend import cpu_ops
 from embedkit.backend.base import Array, Backend, KVCache, RopeStyle, Weight
+from embedkit.backend.cpu_packed import PackedEncoderOps
 from embedkit.gguf import GGMLType
 from embedkit.kernels.cpu.dispatch import DEQUANTIZERS
 from embedkit.kernels.cpu.matmul import (
@@ -115,7 +116,7 @@ def _decode_ready(x: np.ndarray, w: Weight) -> bool:
     )
 
 
-class CPUBackend(Backend):
+class CPUBackend(PackedEncoderOps, Backend):
     """Numpy/Numba backend. Weights stay as uint8 views over the mmap'd GGUF file."""
 
     name = "cpu"

@@ -139,10 +139,16 @@ class Embedder:
             lengths = [len(s) for s in seqs]
             batches = list(plan_batches(lengths, batch_size))
 
-            def run(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
-                vecs = self.model.embed(ids, mask, self.pooling)
-                return (l2_normalize(vecs) if self.normalize else vecs), mask
+            packs = getattr(self.model, "packs", False)
+
+            def run(idx: np.ndarray) -> tuple[np.ndarray, int]:
+                if packs:  # no padding: each text's tokens only
+                    part = [seqs[i] for i in idx]
+                    vecs, n_tokens = self.model.embed_packed(part, self.pooling), sum(len(s) for s in part)
+                else:
+                    ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
+                    vecs, n_tokens = self.model.embed(ids, mask, self.pooling), int(mask.sum())
+                return (l2_normalize(vecs) if self.normalize else vecs), n_tokens
 
             backends = self.model.placement.backends
             n_workers = min(be.forward_threads() for be in backends) if CONCURRENT_BATCHES else 1
@@ -152,14 +158,14 @@ class Embedder:
                     for be in backends:
                         stack.enter_context(be.concurrent_forwards())
                     with ThreadPoolExecutor(n_workers, thread_name_prefix="embedkit-batch") as pool:
-                        for idx, (vecs, mask) in zip(batches, pool.map(run, batches), strict=True):
+                        for idx, (vecs, n_tokens) in zip(batches, pool.map(run, batches), strict=True):
                             out[idx] = vecs
-                            self._count(len(idx), int(mask.sum()), progress)
+                            self._count(len(idx), n_tokens, progress)
             else:
                 for idx in batches:
-                    vecs, mask = run(idx)
+                    vecs, n_tokens = run(idx)
                     out[idx] = vecs
-                    self._count(len(idx), int(mask.sum()), progress)
+                    self._count(len(idx), n_tokens, progress)
         else:
             for i, ids in enumerate(seqs):
                 hidden = self._decoder_hidden(ids)

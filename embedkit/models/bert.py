@@ -4,7 +4,7 @@ blocks of bidirectional attention and an exact-GELU feed-forward, over padded ba
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +74,8 @@ class BertLayer:
     b_down: Weight  # (n_embd,)
     out_norm_w: Weight  # (n_embd,) LayerNorm after FFN + residual
     out_norm_b: Weight
+    wqkv: Weight | None = None  # (3 n_embd, n_embd): wq, wk, wv stacked for one product (packed CPU forward)
+    bqkv: Weight | None = None
 
 
 class BertModel:
@@ -114,6 +116,12 @@ class BertModel:
                     w("layer_output_norm.weight"), w("layer_output_norm.bias"),
                 )
             )
+        backends = self.placement.backends
+        # packed sequences (`embed_packed`): every layer on one backend that has the packed ops
+        self.packs = len(backends) == 1 and getattr(backends[0], "packs_sequences", False)
+        if self.packs:
+            for L in self.layers:
+                L.wqkv, L.bqkv = backends[0].stack_weights([L.wq, L.wk, L.wv], [L.bq, L.bk, L.bv]) or (None, None)
 
     def encode(self, batch_ids: np.ndarray, attention_mask: np.ndarray,
                token_types: np.ndarray | None = None) -> np.ndarray:
@@ -130,6 +138,54 @@ class BertModel:
         pooled where the last layer ran (on a GPU only the vectors cross the bus)."""
         be, x, mask = self._hidden(batch_ids, attention_mask)
         return be.pooled(x, mask, pooling)
+
+    def embed_packed(self, seqs: Sequence[Sequence[int]], pooling: str) -> np.ndarray:
+        """One pooled vector per token sequence, host float32 [len(seqs), n_embd], the sequences packed one after
+        another without padding (`packs` must be True): the dense ops run on their real tokens only and each
+        sequence attends over its own, so a vector does not depend on the others of the call and equals `embed`'s
+        of the same sequence (to float32 rounding)."""
+        if not self.packs:
+            raise InputError("embed_packed: this model's placement runs padded batches only (use embed)")
+        with self.placement.input.packed_forward():
+            return self._embed_packed(seqs, pooling)
+
+    def _embed_packed(self, seqs: Sequence[Sequence[int]], pooling: str) -> np.ndarray:
+        p = self.params
+        if not seqs:
+            return np.empty((0, p.n_embd), dtype=np.float32)
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        if lengths.min() < 1 or lengths.max() > p.n_ctx_train:
+            raise InputError(f"embed_packed: every sequence needs 1..{p.n_ctx_train} tokens")
+        ids = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs])
+        if ids.min() < 0 or ids.max() >= p.n_vocab:
+            raise InputError(f"encode: token ids must be in [0, {p.n_vocab})")
+        stops = np.cumsum(lengths)
+        starts = stops - lengths
+        spans = np.stack([starts, stops], axis=1)
+        positions = np.arange(ids.size, dtype=np.int64) - np.repeat(starts, lengths)
+
+        be = self.placement.input
+        x = be.embedding_rows(self.tok_embd, ids)
+        x = be.add(x, be.embedding_rows(self.pos_embd, positions))
+        if self.type_embd is not None:  # every token in the first segment, as `embed`
+            x = be.add(x, be.embedding_rows(self.type_embd, np.zeros(1, dtype=np.int64)))
+        x = be.layer_norm(x, self.embd_norm_w, self.embd_norm_b, p.norm_eps)
+
+        d, hd = p.n_embd, p.head_dim
+        scale = 1.0 / math.sqrt(hd)
+        for i, L in enumerate(self.layers):
+            be = self.placement.layer(i)
+            if L.wqkv is not None:
+                qkv = be.dense(x, L.wqkv, L.bqkv)
+                q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
+            else:
+                q, k, v = be.matmuls(x, [L.wq, L.wk, L.wv], [L.bq, L.bk, L.bv])
+            q, k, v = (a.reshape(ids.size, p.n_head, hd) for a in (q, k, v))
+            attn = be.attention_packed(q, k, v, spans, scale)
+            x = be.dense_residual_norm(attn, L.wo, L.bo, x, L.attn_norm_w, L.attn_norm_b, p.norm_eps)
+            x = be.dense_residual_norm(be.dense_gelu(x, L.w_up, L.b_up), L.w_down, L.b_down, x,
+                                       L.out_norm_w, L.out_norm_b, p.norm_eps)
+        return be.pooled_packed(x, starts, lengths, pooling)
 
     def _hidden(self, batch_ids: np.ndarray, attention_mask: np.ndarray, token_types: np.ndarray | None = None):
         """(backend of the last layer, its hidden states [b*t, n_embd], float32 mask [b, t])."""
@@ -162,3 +218,4 @@ class BertModel:
             ff = be.matmul(be.gelu_erf(be.matmul(x, L.w_up, L.b_up)), L.w_down, L.b_down)
             x = be.add_layer_norm(ff, x, L.out_norm_w, L.out_norm_b, p.norm_eps)
         return self.placement.layer(p.n_layer - 1), x, mask
+

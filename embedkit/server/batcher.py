@@ -1,6 +1,6 @@
-"""The embeddings collector: one worker thread per embedding model gathers concurrent requests for a short
-window (up to a token budget), runs their texts through shared forward passes of `Embedder.embed_tokens`, and
-hands each caller exactly its own rows."""
+"""The embeddings collector: one worker thread per embedding model takes the requests queued when it is free (up
+to a token budget; optionally waiting a short window for more), runs their texts through shared forward passes of
+`Embedder.embed_tokens`, and hands each caller exactly its own rows."""
 
 from __future__ import annotations
 
@@ -33,11 +33,12 @@ class _Job:
 class EmbeddingBatcher:
     """Batches embedding work of many callers into the forwards of one `Embedder`, on one thread.
 
-    window_ms: how long the first request of a batch waits for others; batch_tokens: a batch closes at this
+    window_ms: how long the first request of a batch waits for others (0: not at all, a batch is what was
+    queued when the worker got to it); batch_tokens: a batch closes at this
     many tokens (a single larger request still runs, alone); batch_size: texts per forward pass.
     """
 
-    def __init__(self, embedder, model_name: str, metrics: ServerMetrics, window_ms: float = 5.0,
+    def __init__(self, embedder, model_name: str, metrics: ServerMetrics, window_ms: float = 0.0,
                  batch_tokens: int = 8192, batch_size: int = 32) -> None:
         self.embedder = embedder
         self.model_name = model_name
@@ -82,7 +83,12 @@ class EmbeddingBatcher:
 
     # -- the worker ------------------------------------------------------------------------------
     def _collect(self, first: _Job) -> tuple[list[_Job], object | None]:
-        """The batch that starts with `first`, and the item that did not fit (for the next round)."""
+        """The batch that starts with `first`, and the item that did not fit (for the next round).
+
+        Everything already queued joins (up to the token budget) without waiting: under load, the requests
+        that arrived while the previous forward ran are the next batch, and an idle server runs a lone request
+        at once. A positive window additionally waits that long after `first` for more.
+        """
         batch, tokens = [first], first.tokens
         if first.alone:
             return batch, None

@@ -13,9 +13,10 @@ MAX_EMBEDDING_INPUTS = 2048
 # Documents per rerank request (Cohere's recommended maximum).
 MAX_RERANK_DOCUMENTS = 1000
 MAX_BODY_BYTES = 16 * 1024 * 1024
-# The embeddings collector waits this long after the first request for others to share its forwards, and
-# closes a batch at this many tokens.
-BATCH_WINDOW_MS = 5.0
+# The embeddings collector runs what is queued when it is free, waiting this long after the first request for
+# others (0: no wait; under load the requests that came during a forward form the next batch), and closes a
+# batch at this many tokens.
+BATCH_WINDOW_MS = 0.0
 BATCH_TOKENS = 8192
 
 

@@ -110,3 +110,19 @@ def attention_items(q, k, v, keep, n_keep, prefix, scale, out, start: int, stop:
             masked_softmax_scaled_rows(s, keep[b], scale)
             np.matmul(s, v[b].transpose(1, 0, 2), out=out[b].transpose(1, 0, 2))
             out[b, keep[b] == 0] = 0.0
+
+
+def attention_packed_items(q, k, v, spans, scale, out, start: int, stop: int) -> None:
+    """out[a:b] = attention of the packed sequences start..stop, sequence i being rows spans[i] = (a, b).
+
+    q, k, v: float32 [n, heads, hd] (strided views allowed: the slices of one fused QKV product); out: float32
+    [n, heads, hd], contiguous; scale: float32. Each sequence attends over its own rows only, as a right-padded
+    sequence of `attention_items` does, so its result does not depend on the other sequences packed with it.
+    """
+    for i in range(start, stop):
+        a, b = int(spans[i, 0]), int(spans[i, 1])
+        s = np.matmul(q[a:b].transpose(1, 0, 2), k[a:b].transpose(1, 2, 0))  # [heads, n, n]
+        inv_sums = np.empty(s.shape[:2], dtype=np.float32)
+        exp_scaled_rows(s, scale, inv_sums)
+        np.matmul(s, v[a:b].transpose(1, 0, 2), out=out[a:b].transpose(1, 0, 2))
+        scale_head_rows(out[a:b], inv_sums)

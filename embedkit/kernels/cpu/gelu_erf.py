@@ -42,3 +42,34 @@ def layer_norm_block(x, w, b, eps, out):  # pragma: no cover - compiled
         for i in range(n):
             out[r, i] = np.float32((x[r, i] - mu) * inv) * w[i] + b[i]
 
+
+
+@njit(cache=True, fastmath=True, error_model="numpy", nogil=True)
+def bias_gelu_erf_rows(y, bias):  # pragma: no cover - compiled
+    """y[r] <- gelu_erf(y[r] + bias) in place, y [rows, n] (rows may be strided: a block of a product's columns)."""
+    n_rows, n = y.shape
+    for r in range(n_rows):
+        for i in range(n):
+            v = y[r, i] + bias[i]
+            y[r, i] = np.float32(0.5) * v * (np.float32(1.0) + erf_f32(v * np.float32(0.7071067811865476)))
+
+
+@njit(cache=True, fastmath=_REASSOC, nogil=True)
+def bias_residual_layer_norm_block(y, bias, res, w, b, eps):  # pragma: no cover - compiled
+    """y[r] <- layer_norm((y[r] + bias) + res[r]) * w + b in place, y, res [rows, n] float32: the product's bias, a
+    post-LayerNorm block's residual and its LayerNorm in one pass over the rows (as `layer_norm_block`)."""
+    n_rows, n = y.shape
+    for r in range(n_rows):
+        s = 0.0
+        for i in range(n):
+            t = (y[r, i] + bias[i]) + res[r, i]
+            y[r, i] = t
+            s += t
+        mu = s / n
+        ss = 0.0
+        for i in range(n):
+            d = y[r, i] - mu
+            ss += d * d
+        inv = 1.0 / np.sqrt(ss / n + eps)
+        for i in range(n):
+            y[r, i] = np.float32((y[r, i] - mu) * inv) * w[i] + b[i]

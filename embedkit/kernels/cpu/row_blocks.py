@@ -95,6 +95,13 @@ def concurrent_callers() -> Iterator[None]:
             _inline_depth -= 1
 
 
+def single_thread_blas() -> contextlib.AbstractContextManager[None]:
+    """A context in which BLAS stays at one thread (ops still split over the kernel threads by `run_blocks`):
+    for a whole forward pass, so that its unsplit BLAS calls (attention of one sequence, small products) wake
+    no BLAS threads that then spin beside the kernel threads, and split ops skip the per-op switch."""
+    return _SingleThreadBlas() if can_split_blas() else contextlib.nullcontext()
+
+
 def _executor(n_workers: int) -> ThreadPoolExecutor:
     global _pool, _pool_size
     with _lock:
