@@ -1,0 +1,15 @@
+#!/bin/bash
+# One device call (issue 19 diagnosis, GPU tests, encoder profile): run from the repository copy's root.
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:/tmp/site
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site _whl/*.whl > $OUT/pip.log 2>&1
+nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/gpu.txt
+cat $OUT/gpu.txt
+(timeout 280 python3 benchmarks/check_batch_gpu.py > $OUT/check_batch.log 2>&1; echo "check rc=$?" >> $OUT/check_batch.log) &
+timeout 330 python3 -m pytest -q -p no:cacheprovider tests/test_batch_generate_gpu.py tests/test_cuda_ops.py \
+  tests/test_cuda_models.py tests/test_cuda_encoder.py > $OUT/pytest.log 2>&1 || true
+wait
+tail -5 $OUT/pytest.log
+grep -v "^\s*$" $OUT/check_batch.log | tail -60
+timeout 90 python3 benchmarks/profile_encoder_stages.py > $OUT/profile.log 2>&1; cat $OUT/profile.log | tail -25
+timeout 90 python3 benchmarks/profile_encoder_stages.py --shape base --batch 128 >> $OUT/profile.log 2>&1; tail -18 $OUT/profile.log
