@@ -13,3 +13,12 @@ tail -5 $OUT/pytest.log
 grep -v "^\s*$" $OUT/check_batch.log | tail -60
 timeout 90 python3 benchmarks/profile_encoder_stages.py > $OUT/profile.log 2>&1; cat $OUT/profile.log | tail -25
 timeout 90 python3 benchmarks/profile_encoder_stages.py --shape base --batch 128 >> $OUT/profile.log 2>&1; tail -18 $OUT/profile.log
+# issue 24: the Ray GPU actor beside the single-process CUDA embedder (embed stage; no PostgreSQL on this image)
+if [ -f _ray/ray.tar.xz ]; then
+  python3 -c "import tarfile; tarfile.open('_ray/ray.tar.xz').extractall('/tmp/site')"
+  for shape in minilm-l6 bert-base; do
+    timeout 200 python3 benchmarks/bench_index.py --no-store --device cuda --random $shape --actors 1 --repeat 20 \
+      --batch-docs 16 > $OUT/bench_index_$shape.log 2>&1
+    tail -6 $OUT/bench_index_$shape.log
+  done
+fi
