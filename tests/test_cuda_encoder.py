@@ -144,13 +144,18 @@ def bert_file(tmp_path_factory):
     return write_random_gguf(d / "bert.gguf", "bert", *bert_spec(64, 2, 2, 128, 96), seed=4)
 
 
-@pytest.mark.parametrize("precision,min_cos", [("float16", 0.9999), ("float32", 0.999999)])
-def test_bert_variable_length_batch_vs_cpu(bert_file, monkeypatch, precision, min_cos):
+@pytest.mark.parametrize(
+    "precision,min_cos,gemm_attention",
+    [("float16", 0.9999, False), ("float16", 0.9999, True), ("float32", 0.999999, False)],
+)
+def test_bert_variable_length_batch_vs_cpu(bert_file, monkeypatch, precision, min_cos, gemm_attention):
+    import embedkit.backend.cuda_encoder as cuda_encoder
     from embedkit.backend.cuda_encoder import CUDAEncoderBackend
     from embedkit.backend.placement import make_placement
     from embedkit.models import load_model
 
     monkeypatch.setenv("EMBEDKIT_GPU_PRECISION", precision)
+    monkeypatch.setattr(cuda_encoder, "ATTENTION_GEMM", gemm_attention)
     rng = np.random.default_rng(5)
     b, t = 4, 13
     ids = rng.integers(0, 96, (b, t))

@@ -7,9 +7,9 @@ stream and memory pool and runs the encoder's hot ops its own way (`embedkit.ker
   and V concatenated into one matrix, so a layer's three projections are one GEMM);
 - the product stays on the GPU in the low dtype with its bias not yet added (`_Act`); the next kernel
   adds the bias: the fused attention (Q/K/V), the residual + LayerNorm (output projections), the GELU;
-- attention in float16 runs on tensor cores (`encoder_attention`: two strided-batched cuBLAS GEMMs per head
-  around a masked softmax; `ATTENTION_GEMM`), in float32 (or under the simulator) the flash-style kernel
-  over each (sequence, head), the padding mask applied, no scores in memory;
+- attention is flash-style over each (sequence, head), the padding mask applied, no scores in memory; with
+  `ATTENTION_GEMM` (opt-in) float16 attention runs on tensor cores instead (`encoder_attention`: two
+  strided-batched cuBLAS GEMMs per head around a masked softmax);
 - LayerNorm writes the float32 residual stream and the low-dtype copy the next GEMM reads;
 - `pooled` pools on the GPU, so only [batch, dim] crosses the bus.
 No op waits for the host until `to_host` / `pooled`.
@@ -32,7 +32,9 @@ from embedkit.backend.base import Array, Backend, Weight
 from embedkit.errors import InputError
 
 PRECISIONS = {"float16": np.float16, "float32": np.float32}
-ATTENTION_GEMM = True  # float16: attention through cuBLAS GEMMs (else the flash-style CUDA-core kernel)
+# float16: attention through cuBLAS GEMMs (else the flash-style CUDA-core kernel). Off until it has passed
+# tests/test_cuda_encoder.py on a GPU and measured faster there (benchmarks/profile_encoder_stages.py)
+ATTENTION_GEMM = False
 
 
 def gpu_precision() -> str:
