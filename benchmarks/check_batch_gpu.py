@@ -5,7 +5,10 @@ The case set of tests/test_batch_generate_gpu.py (8 prompts admitted at differen
 on/off, graphs of several-row steps (BATCH_GRAPHS), the fused decode RoPE. For each variant it prints, per
 sequence, the max relative logit error of the batched run against the GPU solo run, of the GPU solo run against
 the CPU backend's solo run, and of the batched run against the CPU, and whether the greedy tokens agree, so the
-side that is wrong and the switch that matters show at once.
+side that is wrong and the switch that matters show at once. The last variants run the solos in the batch's
+8-row forwards (int8 matvecs throughout, where a longer solo prompt would take the float16 GEMMs), and each
+model's line of top-2 logit gaps says how close its greedy choices are (a tie closer than the two paths agree
+can flip a token without any bug).
 
     python benchmarks/check_batch_gpu.py
 """
@@ -79,6 +82,16 @@ def run_variant(path: Path, cpu_ref: list, graphs: bool, batch_graphs: bool, fus
     print("   tokens equal:     ", [r.tokens == s.tokens for r, s in zip(res, solos, strict=True)], flush=True)
 
 
+def top2_gap(logits: list) -> float:
+    """The smallest (top-1 - top-2) / max |logit| over a run's steps: how far apart a greedy choice was."""
+    gaps = []
+    for step in logits:
+        v = np.asarray(step, dtype=np.float64).reshape(-1)
+        top = np.sort(v)[::-1]
+        gaps.append((top[0] - top[1]) / np.abs(v).max())
+    return min(gaps)
+
+
 def main() -> None:
     d = Path(tempfile.mkdtemp())
     files = [write_random_model(d / "llama.gguf", "llama", LLAMA, "Q4_0", seed=5),
@@ -86,6 +99,8 @@ def main() -> None:
     for path in files:
         cpu = Generator(path, n_ctx=48, placement=make_placement("cpu", 0))
         cpu_ref = [solo_run(cpu, c) for c in cases()]
+        print(f"{path.stem}: smallest top-2 logit gap / max |logit| of each case's greedy steps (CPU): "
+              + " ".join(f"{top2_gap(s.logits):.2e}" for s in cpu_ref), flush=True)  # fmt: skip
         for variant in VARIANTS:
             try:
                 run_variant(path, cpu_ref, *variant)
