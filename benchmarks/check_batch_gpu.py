@@ -5,7 +5,10 @@ The case set of tests/test_batch_generate_gpu.py (8 prompts admitted at differen
 on/off, graphs of several-row steps (BATCH_GRAPHS), the fused decode RoPE. For each variant it prints, per
 sequence, the max relative logit error of the batched run against the GPU solo run, of the GPU solo run against
 the CPU backend's solo run, and of the batched run against the CPU, and whether the greedy tokens agree, so the
-side that is wrong and the switch that matters show at once.
+side that is wrong and the switch that matters show at once. The last variants run the solos in the batch's
+8-row forwards (int8 matvecs throughout, where a longer solo prompt would take the float16 GEMMs), and each
+model's line of top-2 logit gaps says how close its greedy choices are (a tie closer than the two paths agree
+can flip a token without any bug).
 
     python benchmarks/check_batch_gpu.py
 """
@@ -34,7 +37,10 @@ from embedkit.testing.random_models import write_random_model  # noqa: E402
 LLAMA = dict(n_vocab=320, n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, n_ctx=256)
 GEMMA = dict(n_vocab=320, n_embd=256, n_layer=2, n_head=2, n_head_kv=1, head_dim=64, n_ff=512, n_ctx=256,
              sliding_window=7)  # fmt: skip
-VARIANTS = ((True, False, True), (False, False, True), (True, False, False), (True, True, True))
+# (decode graphs, BATCH_GRAPHS, fused decode RoPE, the solo runs' n_batch): the last two variants process the
+# solo prompts in the batched run's 8-row chunks (the int8 matvecs) instead of one float16 GEMM forward
+VARIANTS = ((True, False, True, 512), (False, False, True, 8), (True, True, True, 8), (False, False, True, 512),
+            (True, True, True, 512), (True, False, False, 512))  # fmt: skip
 
 
 def cases() -> list[Case]:
@@ -46,11 +52,11 @@ def cases() -> list[Case]:
     return [Case(rng.integers(3, 320, n).tolist(), b, (), s) for n, b, s in zip(lengths, budgets, starts, strict=True)]
 
 
-def run_variant(path: Path, cpu_ref: list, graphs: bool, batch_graphs: bool, fuse: bool) -> None:
+def run_variant(path: Path, cpu_ref: list, graphs: bool, batch_graphs: bool, fuse: bool, solo_batch: int) -> None:
     """One variant: GPU solo runs, the batched run, and their errors against each other and the CPU."""
     cuda_mod.BATCH_GRAPHS, cuda_attention.FUSE_DECODE_ROPE = batch_graphs, fuse
     batch_generator.ALLOW_CUDA = True
-    gen = Generator(path, n_ctx=48, placement=make_placement("cuda", -1))
+    gen = Generator(path, n_ctx=48, n_batch=solo_batch, placement=make_placement("cuda", -1))
     be = gen.model.placement.layer(0)
     saved = be.steps.enabled
     be.steps.enabled = graphs and saved
@@ -68,11 +74,22 @@ def run_variant(path: Path, cpu_ref: list, graphs: bool, batch_graphs: bool, fus
         return " ".join(f"{max_rel_error(x.logits, y.logits):.3g}" if len(x.logits) == len(y.logits) else "len"
                         for x, y in zip(a, b, strict=True))  # fmt: skip
 
-    print(f"{path.stem} graphs={graphs} batch_graphs={batch_graphs} fuse_rope={fuse}: {vars(be.stats)}")
+    print(f"{path.stem} graphs={graphs} batch_graphs={batch_graphs} fuse_rope={fuse} solo n_batch={solo_batch}: "
+          f"{vars(be.stats)}")  # fmt: skip
     print("   batch vs GPU solo:", errs(res, solos))
     print("   GPU solo vs CPU:  ", errs(solos, cpu_ref))
     print("   batch vs CPU:     ", errs(res, cpu_ref))
     print("   tokens equal:     ", [r.tokens == s.tokens for r, s in zip(res, solos, strict=True)], flush=True)
+
+
+def top2_gap(logits: list) -> float:
+    """The smallest (top-1 - top-2) / max |logit| over a run's steps: how far apart a greedy choice was."""
+    gaps = []
+    for step in logits:
+        v = np.asarray(step, dtype=np.float64).reshape(-1)
+        top = np.sort(v)[::-1]
+        gaps.append((top[0] - top[1]) / np.abs(v).max())
+    return min(gaps)
 
 
 def main() -> None:
@@ -82,6 +99,8 @@ def main() -> None:
     for path in files:
         cpu = Generator(path, n_ctx=48, placement=make_placement("cpu", 0))
         cpu_ref = [solo_run(cpu, c) for c in cases()]
+        print(f"{path.stem}: smallest top-2 logit gap / max |logit| of each case's greedy steps (CPU): "
+              + " ".join(f"{top2_gap(s.logits):.2e}" for s in cpu_ref), flush=True)  # fmt: skip
         for variant in VARIANTS:
             try:
                 run_variant(path, cpu_ref, *variant)

@@ -32,11 +32,15 @@ class Solo:
 
 
 def solo_run(gen: Generator, case: Case) -> Solo:
-    """Generate `case` alone (greedy), then recompute the logits it sampled from with plain forwards."""
+    """Generate `case` alone (greedy), then recompute the logits it sampled from with plain forwards (the
+    prompt in `gen.n_batch`-token forwards, as `gen` processed it)."""
     gen.reset()
     r = gen.generate(case.prompt, n_predict=case.n_predict, sampler=GREEDY, stop=list(case.stop), ignore_eos=True)
     model, state = gen.model, gen.model.new_state(len(case.prompt) + case.n_predict + 1)
-    logits = [model.forward(np.asarray(case.prompt, dtype=np.int32), state, 0)[-1]]
+    prompt = np.asarray(case.prompt, dtype=np.int32)
+    for i in range(0, len(prompt), gen.n_batch):
+        out = model.forward(prompt[i : i + gen.n_batch], state, i)
+    logits = [out[-1]]
     pos = len(case.prompt)
     for t in r.tokens[:-1]:
         logits.append(model.forward(np.asarray([t], dtype=np.int32), state, pos)[-1])

@@ -73,6 +73,42 @@ def test_attention_variable_lengths(dtype, hd, t):
     assert _rel(got, ref) < (1e-5 if dtype == np.float32 else 1e-3)
 
 
+@pytest.mark.parametrize("hd,t", [(32, 5), (32, 40), (16, 70), (64, 33), (32, 128)])
+def test_attention_gemm_variable_lengths(hd, t):
+    """The tensor-core path (float16 scores and probabilities through cuBLAS) on the same masks: 2e-3."""
+    from numba import cuda
+    from numba.cuda import config
+
+    from embedkit.kernels.cuda.encoder_attention import attention_gemm
+
+    if config.ENABLE_CUDASIM:
+        pytest.skip("needs cuBLAS (CuPy): not under the simulator")
+    import cupy
+
+    rng = np.random.default_rng(12)
+    n_head, b = 3, 3
+    d = n_head * hd
+    lengths = [t, max(1, t // 2), 1]
+    mask = (np.arange(t)[None, :] < np.array(lengths)[:, None]).astype(np.int32)
+    if t > 3:
+        mask[0, 1] = 0
+    bias = (0.1 * rng.standard_normal(3 * d)).astype(np.float32)
+    qkv = (rng.standard_normal((b * t, 3 * d)) + bias).astype(np.float16)  # biases already in
+    scale = 1.0 / math.sqrt(hd)
+    out = _dev(np.full((b * t, d), np.nan, dtype=np.float16))
+
+    def empty(shape, dtype):
+        return cuda.device_array(shape, dtype=dtype)
+
+    stream = cupy.cuda.Stream()
+    attention_gemm(_dev(qkv), _dev(mask), n_head, scale, out, empty, cuda.external_stream(stream.ptr), stream)
+    stream.synchronize()
+    got = out.copy_to_host()
+    ref = _ref_attention(qkv, np.zeros(3 * d), mask, n_head, scale)
+    assert np.isfinite(got).all()
+    assert _rel(got, ref) < 2e-3
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_add_norm_and_bias_gelu(dtype):
     from embedkit.kernels.cuda import encoder
@@ -108,13 +144,18 @@ def bert_file(tmp_path_factory):
     return write_random_gguf(d / "bert.gguf", "bert", *bert_spec(64, 2, 2, 128, 96), seed=4)
 
 
-@pytest.mark.parametrize("precision,min_cos", [("float16", 0.9999), ("float32", 0.999999)])
-def test_bert_variable_length_batch_vs_cpu(bert_file, monkeypatch, precision, min_cos):
+@pytest.mark.parametrize(
+    "precision,min_cos,gemm_attention",
+    [("float16", 0.9999, False), ("float16", 0.9999, True), ("float32", 0.999999, False)],
+)
+def test_bert_variable_length_batch_vs_cpu(bert_file, monkeypatch, precision, min_cos, gemm_attention):
+    import embedkit.backend.cuda_encoder as cuda_encoder
     from embedkit.backend.cuda_encoder import CUDAEncoderBackend
     from embedkit.backend.placement import make_placement
     from embedkit.models import load_model
 
     monkeypatch.setenv("EMBEDKIT_GPU_PRECISION", precision)
+    monkeypatch.setattr(cuda_encoder, "ATTENTION_GEMM", gemm_attention)
     rng = np.random.default_rng(5)
     b, t = 4, 13
     ids = rng.integers(0, 96, (b, t))

@@ -7,7 +7,9 @@ stream and memory pool and runs the encoder's hot ops its own way (`embedkit.ker
   and V concatenated into one matrix, so a layer's three projections are one GEMM);
 - the product stays on the GPU in the low dtype with its bias not yet added (`_Act`); the next kernel
   adds the bias: the fused attention (Q/K/V), the residual + LayerNorm (output projections), the GELU;
-- attention is flash-style over each (sequence, head), the padding mask applied, no scores in memory;
+- attention is flash-style over each (sequence, head), the padding mask applied, no scores in memory; with
+  `ATTENTION_GEMM` (opt-in) float16 attention runs on tensor cores instead (`encoder_attention`: two
+  strided-batched cuBLAS GEMMs per head around a masked softmax);
 - LayerNorm writes the float32 residual stream and the low-dtype copy the next GEMM reads;
 - `pooled` pools on the GPU, so only [batch, dim] crosses the bus.
 No op waits for the host until `to_host` / `pooled`.
@@ -30,6 +32,9 @@ from embedkit.backend.base import Array, Backend, Weight
 from embedkit.errors import InputError
 
 PRECISIONS = {"float16": np.float16, "float32": np.float32}
+# float16: attention through cuBLAS GEMMs (else the flash-style CUDA-core kernel). Off until it has passed
+# tests/test_cuda_encoder.py on a GPU and measured faster there (benchmarks/profile_encoder_stages.py)
+ATTENTION_GEMM = False
 
 
 def gpu_precision() -> str:
@@ -285,8 +290,23 @@ class CUDAEncoderBackend(Backend):
         qkv = self._empty((b * t, 3 * d), self.lo_dtype)
         self._k.gemm(xl, self._matrix([wq, wk, wv]), qkv, self._cp_stream())
         out = self._empty((b * t, d), self.lo_dtype)
-        self._k.attention(qkv, self._vector([bq, bk, bv]), self._mask(mask), n_head, scale, out, self.stream)
+        bias = self._vector([bq, bk, bv])
+        if self._attention_on_gemms(b, t, n_head):
+            from embedkit.kernels.cuda.encoder_attention import attention_gemm
+
+            self._k.bias_act(qkv, bias, self._k.ACT_NONE, qkv, self.stream)  # in place
+            attention_gemm(qkv, self._mask(mask), n_head, scale, out, self._empty, self.stream, self._cp_stream())
+            return _Act(lo=out)
+        self._k.attention(qkv, bias, self._mask(mask), n_head, scale, out, self.stream)
         return _Act(lo=out)
+
+    def _attention_on_gemms(self, b: int, t: int, n_head: int) -> bool:
+        """Whether this batch's attention runs on cuBLAS GEMMs (float16, cuBLAS there, scores fit)."""
+        if not (ATTENTION_GEMM and self.lo_dtype == np.float16 and self.base._cp is not None):
+            return False
+        from embedkit.kernels.cuda.encoder_attention import gemm_ok
+
+        return gemm_ok(b, t, n_head)
 
     def attention_batch(self, q: Array, k: Array, v: Array, mask: np.ndarray, scale: float) -> Array:
         """Padded bidirectional attention in float32 (the CUDA backend's kernel)."""

@@ -1,8 +1,31 @@
 """Indexing: walk folders, extract text, chunk by tokens, hash content, embed and write incrementally,
-in this process or on a Ray cluster (`RayExecutor`)."""
+in this process or on a Ray cluster (`RayExecutor`).
 
-from embedkit.index.api import index, index_jsonl, index_texts
-from embedkit.index.pipeline import DEFAULT_COLLECTION, IndexReport, index_paths
-from embedkit.index.ray_executor import RayExecutor
+The names below load on first use, so a Ray worker that imports `embedkit.index.ray_worker` (chunking and
+embedding only) does not load the store's PostgreSQL client."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_NAMES = {
+    "index": "embedkit.index.api",
+    "index_jsonl": "embedkit.index.api",
+    "index_texts": "embedkit.index.api",
+    "DEFAULT_COLLECTION": "embedkit.index.pipeline",
+    "IndexReport": "embedkit.index.pipeline",
+    "index_paths": "embedkit.index.pipeline",
+    "RayExecutor": "embedkit.index.ray_executor",
+}
 
 __all__ = ["DEFAULT_COLLECTION", "IndexReport", "RayExecutor", "index", "index_jsonl", "index_paths", "index_texts"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'embedkit.index' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
