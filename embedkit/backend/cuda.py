@@ -65,6 +65,7 @@ class CUDABackend(CUDASeqOps, CUDAAttention, CUDAElementwise, CUDALinear, CUDAWe
         config.CUDA_LOW_OCCUPANCY_WARNINGS = 0  # decode kernels run small grids on purpose
         from embedkit.kernels.cuda import (
             attention,
+            attention_prefill,
             elementwise,
             gemm,
             norms,
@@ -79,6 +80,7 @@ class CUDABackend(CUDASeqOps, CUDAAttention, CUDAElementwise, CUDALinear, CUDAWe
         # the kernel modules, looked up once (a function-level import costs ~1 us per op)
         self._k = SimpleNamespace(
             attention=attention,
+            attention_prefill=attention_prefill,
             elementwise=elementwise,
             gemm=gemm,
             norms=norms,

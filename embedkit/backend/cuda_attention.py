@@ -73,7 +73,7 @@ class CUDAAttention:
         softcap: float | None = None,
     ) -> Array:
         """Store k_new/v_new in the VRAM cache at pos0.., then attend (see Backend.attention)."""
-        attention = self._k.attention
+        attention, prefill = self._k.attention, self._k.attention_prefill
         n, heads, hd = q.shape
         pos_buf = self.steps.pos(pos0)
         win = int(window) if window else 0
@@ -82,7 +82,7 @@ class CUDAAttention:
         def build():
             out = self._empty((n, heads * hd))
             blocks = None
-            if not (attention.decode_ok(hd) and attention.prefill_ok(hd)):
+            if not (attention.decode_ok(hd) and prefill.prefill_ok(hd)):
                 attend = lambda s: attention.attention_cache(  # noqa: E731
                     q, cache.k, cache.v, pos_buf, causal, win, scale, cap, self._dummy_i32, out, s
                 )
@@ -106,7 +106,7 @@ class CUDAAttention:
                 o16 = self._empty((n, heads * hd), np.float16) if n > MATVEC_MAX_ROWS and self._cp else None
                 if o16 is not None:
                     self.steps.keep_f16(out, o16)
-                attend = lambda s: attention.attention_prefill(  # noqa: E731
+                attend = lambda s: prefill.attention_prefill(  # noqa: E731
                     q, cache.k, cache.v, pos_buf, causal, win, scale, cap, out, o16, s
                 )
 
