@@ -1,5 +1,5 @@
 """`y = x @ W.T` for quantized W: the fused matvec for a few tokens, the small-batch kernel for a batched
-decode step (`matmul_multirow`), dequantized tiles + BLAS for larger batches.
+decode step or a short prompt (`matmul_multirow`), dequantized tiles + BLAS for larger batches.
 
 Batches (and types without a fused matvec) dequantize TILE_BYTES-sized tiles of W rows into one small
 float32 buffer, reused for every tile, and multiply each tile with the whole batch through BLAS: the
@@ -62,9 +62,13 @@ PARALLEL_MIN_BYTES = 128 << 10
 MAX_MATVEC_TOKENS = 4
 # From MIN_MULTIROW_TOKENS to MAX_MULTIROW_TOKENS tokens, types with a row decoder (registry path cpu.multirow)
 # run `matmul_multirow`: each weight block is dequantized once for all the tokens (a batched decode step).
-# At 2 tokens two fused matvecs are faster (bench_batched, Qwen2.5 B=2: 28.1 against 20.7 tok/s).
+# At 2 tokens two fused matvecs are faster (bench_batched, Qwen2.5 B=2: 28.1 against 20.7 tok/s). Up to 64 it
+# also beats the tiles for short prompts (a server's requests): one thread, CPU time, SmolLM2's Q4_1 1536x576 at
+# 32 / 64 / 128 tokens 0.97 / 1.78 / 3.60 ms against 1.99 / 2.33 / 3.16, Qwen2.5's Q5_0 4864x896 5.5 / 9.1 / 22.5
+# against 7.8 / 10.6 / 18.7 (loaded 2-core VM, 2026-12-07); with more threads the kernel gains more (the tiles
+# are dequantized on one).
 MIN_MULTIROW_TOKENS = 3
-MAX_MULTIROW_TOKENS = 16
+MAX_MULTIROW_TOKENS = 64
 # Tokens up to which a decode matmul skips the backend's per-call validation (`backend.cpu`).
 MAX_DECODE_TOKENS = max(MAX_MATVEC_TOKENS, MAX_MULTIROW_TOKENS)
 # Float32 bytes of one dequantized tile of W (8 MiB: 512 rows of 4096; larger tiles gave BLAS more room).
