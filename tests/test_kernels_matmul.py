@@ -23,7 +23,7 @@ TOL_INT16 = 1e-4
 
 
 def _tolerance(t: GGMLType, n_tokens: int) -> float:
-    integer = t in cpu_matmul.INT8_MATVECS and n_tokens <= cpu_matmul.MAX_MATVEC_TOKENS
+    integer = t in cpu_matmul.INT8_MATVECS and n_tokens <= cpu_matmul.matvec_tokens(t)
     return TOL_INT16 if integer else TOL
 
 

@@ -70,7 +70,8 @@ def test_matmul_rows_takes_it_for_small_batches(name: str) -> None:
     n_rows, n_cols = 37, 512
     raw = random_blocks(rng, name, n_rows, n_cols).reshape(n_rows, -1)
     w64 = kernels.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)
-    for n_x in (cpu_matmul.MIN_MULTIROW_TOKENS, cpu_matmul.MAX_MULTIROW_TOKENS, cpu_matmul.MAX_MULTIROW_TOKENS + 1):
+    top = cpu_matmul.MAX_MULTIROW_TOKENS
+    for n_x in (cpu_matmul.multirow_from(GGMLType[name]), top, top + 1):
         x = rng.standard_normal((n_x, n_cols)).astype(np.float32)
         y = cpu_matmul.matmul_rows(x, raw, GGMLType[name], n_cols)
         assert _rel_err(y, x.astype(np.float64) @ w64.T) < TOL

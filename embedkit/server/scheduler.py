@@ -54,19 +54,49 @@ class GenerationEvent:
     error: BaseException | None = None
 
 
-class GenerationHandle:
-    """The caller's side of a submitted generation: `events()` to read, `cancel()` to stop it."""
+class _Outbox:
+    """Events from the engine's thread to one event loop, delivered by one loop callback per burst: every token of
+    a step (one per running sequence) wakes the loop once, not once each. Each wake-up hands the GIL and a core
+    to the loop thread while the engine's kernel threads want them, which on a small machine costs more than
+    the event's own work."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Queue[GenerationEvent], GenerationEvent]] = []
+        self._scheduled = False
+
+    def put(self, queue: asyncio.Queue[GenerationEvent], event: GenerationEvent) -> bool:
+        """Queue `event` for `queue` (from any thread); False if the loop is closed."""
+        with self._lock:
+            self._items.append((queue, event))
+            if self._scheduled:
+                return True
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the event loop is closed: the server is shutting down
+            return False
+        return True
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items, self._scheduled = self._items, [], False
+        for queue, event in items:
+            queue.put_nowait(event)
+
+
+class GenerationHandle:
+    """The caller's side of a submitted generation: `events()` to read, `cancel()` to stop it."""
+
+    def __init__(self, outbox: _Outbox) -> None:
+        self._outbox = outbox
         self._events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
         self.on_cancel: Callable[[], None] | None = None  # stops the engine's sequence
 
     def post(self, event: GenerationEvent) -> None:
         """Deliver an event (from the scheduler's thread)."""
-        try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
-        except RuntimeError:  # the event loop is closed: the server is shutting down
+        if not self._outbox.put(self._events, event):
             self.cancel()
 
     async def events(self) -> AsyncIterator[GenerationEvent]:
@@ -153,6 +183,7 @@ class GenerationScheduler:
         metrics.queue_depth.set_function(lambda: engine.n_waiting, model=model_name)
         metrics.slots_busy.set_function(lambda: engine.n_running, model=model_name)
         engine.on_step = self._observe_step
+        self._outboxes: dict[asyncio.AbstractEventLoop, _Outbox] = {}  # one per event loop (the server's)
 
     # -- callers ---------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> GenerationHandle:
@@ -163,7 +194,11 @@ class GenerationScheduler:
                 self.metrics.rejected.inc(model=self.model_name)
                 raise QueueFull()
             self._in_flight += 1
-        handle = GenerationHandle(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        outbox = self._outboxes.get(loop)
+        if outbox is None:
+            outbox = self._outboxes[loop] = _Outbox(loop)
+        handle = GenerationHandle(outbox)
         try:
             sampler = (RecordingSampler(request.sampler, self.tokenizer, request.top_logprobs)
                        if request.top_logprobs is not None else Sampler(request.sampler))

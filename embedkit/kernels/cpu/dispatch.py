@@ -34,7 +34,5 @@ QUANTIZERS = {
 MULTIROW_DECODERS = {
     t: getattr(matmul_multirow, f"decode_{QUANT_TYPES[t].kernel_suffix}") for t in types_with(CPU_MULTIROW)
 }
-# the small-batch matmul of each such type (`matmul_multirow.multirow_<type>(w, x, y)`)
-MULTIROW_KERNELS = {
-    t: getattr(matmul_multirow, f"multirow_{QUANT_TYPES[t].kernel_suffix}") for t in types_with(CPU_MULTIROW)
-}
+# the small-batch matmul of each such type (`matmul_multirow.multirow_kernel(<type>)(w, x, y)`)
+MULTIROW_KERNELS = {t: matmul_multirow.multirow_kernel(QUANT_TYPES[t].kernel_suffix) for t in types_with(CPU_MULTIROW)}

@@ -1,5 +1,5 @@
 """`y = x @ W.T` for quantized W: the fused matvec for a few tokens, the small-batch kernel for a batched
-decode step (`matmul_multirow`), dequantized tiles + BLAS for larger batches.
+decode step or a short prompt (`matmul_multirow`), dequantized tiles + BLAS for larger batches.
 
 Batches (and types without a fused matvec) dequantize TILE_BYTES-sized tiles of W rows into one small
 float32 buffer, reused for every tile, and multiply each tile with the whole batch through BLAS: the
@@ -58,13 +58,23 @@ PACKED_MATVECS = {
 # 64 KiB no better. A parallel launch (Numba's omp layer) costs ~2 us on the idle VM.
 PARALLEL_MIN_BYTES = 128 << 10
 
-# Up to this many tokens, run the fused matvec once per token; more, use dequantized tiles + BLAS.
+# Up to this many tokens, run the fused matvec once per token (types without the small-batch kernel); more, use
+# dequantized tiles + BLAS.
 MAX_MATVEC_TOKENS = 4
-# From MIN_MULTIROW_TOKENS to MAX_MULTIROW_TOKENS tokens, types with a row decoder (registry path cpu.multirow)
-# run `matmul_multirow`: each weight block is dequantized once for all the tokens (a batched decode step).
-# At 2 tokens two fused matvecs are faster (bench_batched, Qwen2.5 B=2: 28.1 against 20.7 tok/s).
+# From a type's first token count (`multirow_from`) to MAX_MULTIROW_TOKENS tokens, types with a row decoder (registry
+# path cpu.multirow) run `matmul_multirow`: each weight block is dequantized once for all the tokens (a batched
+# decode step); below it, one int16 matvec per token. The kernel's cost hardly grows from 1 to 4 tokens (the
+# decoding dominates), so the crossover depends on how fast the type's int16 matvec is: one thread, CPU time, Gemma 3
+# 270M's weights, small-batch kernel / 4 int16 matvecs at 4 tokens: Q5_0 (packed layout) 2048x640 0.46 / 0.29 ms
+# (even at 8: 0.59 / 0.57), Q6_K 640x2048 0.46 / 0.44 (0.56 / 0.65 at 6), Q4_K 640x1024 0.18 / 0.25, Q8_0
+# 262144x640 42.8 / 45.2 ms already at 2; SmolLM2's Q4_1 (packed) 1536x576 0.33 / 0.30 at 6, 0.33 / 0.40 at 8
+# (loaded 2-core VM, 2026-12-07). Up to 64 tokens the kernel also beats the tiles for short prompts (a server's
+# requests): SmolLM2's Q4_1 1536x576 at 32 / 64 / 128 tokens 0.97 / 1.78 / 3.60 ms against 1.99 / 2.33 / 3.16,
+# Qwen2.5's Q5_0 4864x896 5.5 / 9.1 / 22.5 against 7.8 / 10.6 / 18.7; with more threads the kernel gains more (the
+# tiles are dequantized on one).
 MIN_MULTIROW_TOKENS = 3
-MAX_MULTIROW_TOKENS = 16
+MULTIROW_FROM = {GGMLType.Q8_0: 2, GGMLType.Q6_K: 5, GGMLType.Q4_1: 7, GGMLType.Q5_0: 8}
+MAX_MULTIROW_TOKENS = 64
 # Tokens up to which a decode matmul skips the backend's per-call validation (`backend.cpu`).
 MAX_DECODE_TOKENS = max(MAX_MATVEC_TOKENS, MAX_MULTIROW_TOKENS)
 # Float32 bytes of one dequantized tile of W (8 MiB: 512 rows of 4096; larger tiles gave BLAS more room).
@@ -113,9 +123,19 @@ def _integer_matvec(
     return y
 
 
+def multirow_from(t: GGMLType) -> int:
+    """The fewest tokens for which a weight of type t takes the small-batch kernel."""
+    return MULTIROW_FROM.get(t, MIN_MULTIROW_TOKENS)
+
+
+def matvec_tokens(t: GGMLType) -> int:
+    """The most tokens that run as one fused matvec each against a weight of type t."""
+    return multirow_from(t) - 1 if t in MULTIROW_KERNELS else MAX_MATVEC_TOKENS
+
+
 def _multirow(n_tokens: int, t: GGMLType) -> bool:
     """Whether `matmul_rows` takes the small-batch kernel for n_tokens rows of x against a weight of type t."""
-    return MIN_MULTIROW_TOKENS <= n_tokens <= MAX_MULTIROW_TOKENS and t in MULTIROW_KERNELS
+    return t in MULTIROW_KERNELS and multirow_from(t) <= n_tokens <= MAX_MULTIROW_TOKENS
 
 
 def matmul_packed(acts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], packed: np.ndarray, t: GGMLType,
@@ -136,13 +156,13 @@ def matmul_rows(
         y = np.empty((n_tokens, n_rows), dtype=np.float32)
         MULTIROW_KERNELS[t](rows, x, y)
         return y
-    if n_tokens <= MAX_MATVEC_TOKENS and packed is not None:
+    if n_tokens <= matvec_tokens(t) and packed is not None:
         acts = [integer_activations(x[i]) for i in range(n_tokens)]
         return _integer_matvec(packed, PACKED_MATVECS[t][2], acts, n_rows)
     if t == GGMLType.F32:
         return x @ rows.view(np.float32).T
     int_kernels = INT8_MATVECS.get(t)
-    if int_kernels is not None and n_tokens <= MAX_MATVEC_TOKENS:
+    if int_kernels is not None and n_tokens <= matvec_tokens(t):
         return _integer_matvec(rows, int_kernels, [integer_activations(x[i]) for i in range(n_tokens)])
     kernel = MATVECS.get(t)
     if kernel is not None and n_tokens <= MAX_MATVEC_TOKENS:
@@ -164,7 +184,7 @@ def matmul_rows_many(
     """`matmul_rows` for several W (rows, type, packed layout or None) sharing the input x: decode quantizes x
     once (int16 activations have one format for every type)."""
     n_tokens = x.shape[0]
-    if n_tokens > MAX_MATVEC_TOKENS or any(_multirow(n_tokens, t) for _, t, _ in weights):
+    if any(n_tokens > matvec_tokens(t) for _, t, _ in weights):
         return [matmul_rows(x, rows, t, n_cols, packed) for rows, t, packed in weights]
     acts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
     out = []

@@ -3,8 +3,9 @@ read once, dequantized to float32 into a small per-thread buffer and multiplied 
 (registry path `cpu.multirow`).
 
 One generic driver (`multirow_matmul`) takes the type's row decoder as an argument and is inlined into one
-cached parallel kernel per type (`multirow_<type>`): a decoder `decode_<type>(row, out)` turns one GGUF row
-(uint8 [row_bytes]) into float32 `out` [n_cols], block by block, with ggml's dequantization formulas. The
+cached parallel kernel per type (`multirow_kernel(<type>)`, named `multirow_<type>`): a decoder
+`decode_<type>(row, out)` turns one GGUF row (uint8 [row_bytes]) into float32 `out` [n_cols], block by block,
+with ggml's dequantization formulas. The
 driver decodes TILE_W weight rows at a time into an L1-sized buffer, then runs a TILE_W x TILE_X register tile
 of float32 FMAs over the columns (4 weight rows x 4 activation rows: 16 vector accumulators, 8 loads per 16
 FMAs), in parallel over groups of weight rows (`prange`), so every kernel thread works.
@@ -16,6 +17,9 @@ against float64 numpy.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import numpy as np
 from numba import njit, prange
@@ -228,9 +232,9 @@ def _store(y, r0, n0, n_x, n_live, k, s0, s1, s2, s3):
 @njit(inline="always", fastmath=FAST)
 def multirow_matmul(decode, w, x, y):
     """y [n_x, n_rows] = x [n_x, n_cols] @ W.T, W = `w` uint8 [n_rows, row_bytes] decoded row by row with
-    `decode(row, out)` (one of this module's `decode_<type>`). Inlined into each type's `multirow_<type>`:
-    a kernel that takes a decoder as an argument cannot be cached across processes (the argument's type is
-    made anew in each), so every process would compile it again, ~2 s per type."""
+    `decode(row, out)` (one of this module's `decode_<type>`). Inlined into each type's kernel
+    (`multirow_kernel`): a kernel that takes a decoder as an argument cannot be cached across processes (the
+    argument's type is made anew in each), so every process would compile it again, ~2 s per type."""
     n_rows = w.shape[0]
     n_x, n_cols = x.shape
     n_groups = (n_rows + TILE_W - 1) // TILE_W
@@ -249,44 +253,36 @@ def multirow_matmul(decode, w, x, y):
 
 # -- one cached parallel kernel per type (the driver inlined over its decoder) ---------------------------------
 
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def multirow_q4_0(w, x, y):
-    """`multirow_matmul` over Q4_0 rows."""
-    multirow_matmul(decode_q4_0, w, x, y)
+# the `kernel_suffix` of each type with a row decoder, in the order of `multirow_kernel`'s branches
+DECODER_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q6_k")
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
-def multirow_q4_1(w, x, y):
-    """`multirow_matmul` over Q4_1 rows."""
-    multirow_matmul(decode_q4_1, w, x, y)
+@functools.cache
+def multirow_kernel(suffix: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray], None]:
+    """The parallel kernel `multirow_<suffix>(w, x, y)`: `multirow_matmul` over rows of the type whose decoder
+    is `decode_<suffix>` (a quant type's `kernel_suffix`), compiled once and cached on disk.
 
+    The kernel closes over the decoder's index, an int, and branches on it: Numba keys a closure's disk cache
+    on its pickled closure values, the same in every process for an int (a dispatcher's are not), and prunes
+    the branches a constant rules out before compiling, so each type's kernel holds only its own decoder and
+    loads from the cache as a module-level one does. Its name (cache file, profiles) is `multirow_<suffix>`."""
+    decoder = DECODER_TYPES.index(suffix)
 
-@njit(parallel=True, cache=True, fastmath=FAST)
-def multirow_q5_0(w, x, y):
-    """`multirow_matmul` over Q5_0 rows."""
-    multirow_matmul(decode_q5_0, w, x, y)
+    def kernel(w, x, y):
+        if decoder == 0:
+            multirow_matmul(decode_q4_0, w, x, y)
+        elif decoder == 1:
+            multirow_matmul(decode_q4_1, w, x, y)
+        elif decoder == 2:
+            multirow_matmul(decode_q5_0, w, x, y)
+        elif decoder == 3:
+            multirow_matmul(decode_q5_1, w, x, y)
+        elif decoder == 4:
+            multirow_matmul(decode_q8_0, w, x, y)
+        elif decoder == 5:
+            multirow_matmul(decode_q4_k, w, x, y)
+        else:
+            multirow_matmul(decode_q6_k, w, x, y)
 
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def multirow_q5_1(w, x, y):
-    """`multirow_matmul` over Q5_1 rows."""
-    multirow_matmul(decode_q5_1, w, x, y)
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def multirow_q8_0(w, x, y):
-    """`multirow_matmul` over Q8_0 rows."""
-    multirow_matmul(decode_q8_0, w, x, y)
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def multirow_q4_k(w, x, y):
-    """`multirow_matmul` over Q4_K rows."""
-    multirow_matmul(decode_q4_k, w, x, y)
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def multirow_q6_k(w, x, y):
-    """`multirow_matmul` over Q6_K rows."""
-    multirow_matmul(decode_q6_k, w, x, y)
+    kernel.__name__ = kernel.__qualname__ = f"multirow_{suffix}"
+    return njit(parallel=True, cache=True, fastmath=FAST)(kernel)
