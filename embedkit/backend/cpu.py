@@ -17,7 +17,7 @@ from embedkit.gguf import GGMLType
 from embedkit.kernels.cpu.dispatch import DEQUANTIZERS
 from embedkit.kernels.cpu.matmul import (
     MAX_DECODE_TOKENS,
-    MAX_INT16_TOKENS,
+    MAX_MATVEC_TOKENS,
     decode_layout,
     integer_activations,
     matmul_float,
@@ -240,8 +240,8 @@ class CPUBackend(PackedEncoderOps, Backend):
         return ys
 
     def rounds_decode(self, n_rows: int) -> bool:
-        """Up to MAX_INT16_TOKENS rows, decode kernels round activations to int16 blocks (~1e-5)."""
-        return n_rows <= MAX_INT16_TOKENS
+        """Up to MAX_MATVEC_TOKENS rows, the decode kernels round activations to int16 blocks (~1e-5)."""
+        return n_rows <= MAX_MATVEC_TOKENS
 
     @contextlib.contextmanager
     def exact_decode(self) -> Iterator[None]:

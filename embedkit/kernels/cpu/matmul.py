@@ -75,8 +75,6 @@ MAX_MATVEC_TOKENS = 4
 MIN_MULTIROW_TOKENS = 3
 MULTIROW_FROM = {GGMLType.Q8_0: 2, GGMLType.Q6_K: 5, GGMLType.Q4_1: 7, GGMLType.Q5_0: 8}
 MAX_MULTIROW_TOKENS = 64
-# The most tokens any type's decode runs through int16 matvecs (the rest keep float32 activations).
-MAX_INT16_TOKENS = max(MAX_MATVEC_TOKENS, *(n - 1 for n in MULTIROW_FROM.values()))
 # Tokens up to which a decode matmul skips the backend's per-call validation (`backend.cpu`).
 MAX_DECODE_TOKENS = max(MAX_MATVEC_TOKENS, MAX_MULTIROW_TOKENS)
 # Float32 bytes of one dequantized tile of W (8 MiB: 512 rows of 4096; larger tiles gave BLAS more room).
