@@ -112,16 +112,6 @@ class Backend:
         biases = biases or [None] * len(ws)
         return [self.matmul(x, w, b) for w, b in zip(ws, biases, strict=True)]
 
-    # -- decode arithmetic ---------------------------------------------------------------
-    def rounds_decode(self, n_rows: int) -> bool:
-        """Whether matmuls of `n_rows` activation rows round the activations (as the CPU's int16 decode
-        kernels do); the decoder recomputes a step whose top logits are nearly tied (models/decoder.py)."""
-        return False
-
-    def exact_decode(self) -> contextlib.AbstractContextManager[None]:
-        """Within this context, matmuls keep float32 activations (nothing to do where they always do)."""
-        return contextlib.nullcontext()
-
     # -- another backend's matmuls (partial offload) ------------------------------------
     def offload_takes(self, x: np.ndarray, w: Weight) -> bool:
         """Whether this backend should run x @ W.T (`host_matmuls`) for another backend whose layer owns W

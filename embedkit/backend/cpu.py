@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,10 +17,8 @@ from embedkit.gguf import GGMLType
 from embedkit.kernels.cpu.dispatch import DEQUANTIZERS
 from embedkit.kernels.cpu.matmul import (
     MAX_DECODE_TOKENS,
-    MAX_MATVEC_TOKENS,
     decode_layout,
     integer_activations,
-    matmul_float,
     matmul_packed,
     matmul_rows,
     matmul_rows_many,
@@ -132,7 +130,6 @@ class CPUBackend(PackedEncoderOps, Backend):
         self._stacked: dict[tuple[int, ...], tuple[list[Weight], list[_StackedWeights]]] = {}
         self.batch_offload = batch_offload
         self._last_spans: tuple[Sequence[tuple[int, int, int]], np.ndarray] | None = None
-        self._exact_decode = False  # set within `exact_decode()`
 
     # -- data movement -------------------------------------------------------------------
     def weight(self, t) -> Weight:
@@ -207,10 +204,7 @@ class CPUBackend(PackedEncoderOps, Backend):
         off = self.batch_offload
         if _decode_ready(x, w):  # decode: weights were checked at load, skip the per-call validation
             kernels.apply_num_threads()
-            if self._exact_decode:
-                y = matmul_float(x, w.data, w.ggml_type, w.shape[1])
-            else:
-                y = matmul_rows(x, w.data, w.ggml_type, w.shape[1], _packed(w))
+            y = matmul_rows(x, w.data, w.ggml_type, w.shape[1], _packed(w))
         elif off is not None and off.offload_takes(x, w):
             y = off.host_matmuls(x, [w])[0]
         else:
@@ -226,9 +220,6 @@ class CPUBackend(PackedEncoderOps, Backend):
         off = self.batch_offload
         if off is not None and all(off.offload_takes(x, w) for w in ws):  # a prompt batch: x goes up once
             ys = off.host_matmuls(x, ws)
-        elif self._exact_decode and all(_decode_ready(x, w) for w in ws):
-            kernels.apply_num_threads()
-            ys = [matmul_float(x, w.data, w.ggml_type, w.shape[1]) for w in ws]
         elif all(_decode_ready(x, w) for w in ws):
             kernels.apply_num_threads()
             ys = self._decode_matmuls(x, ws)
@@ -238,19 +229,6 @@ class CPUBackend(PackedEncoderOps, Backend):
             if b is not None:
                 y += b.data
         return ys
-
-    def rounds_decode(self, n_rows: int) -> bool:
-        """Up to MAX_MATVEC_TOKENS rows, the decode kernels round activations to int16 blocks (~1e-5)."""
-        return n_rows <= MAX_MATVEC_TOKENS
-
-    @contextlib.contextmanager
-    def exact_decode(self) -> Iterator[None]:
-        """Decode matmuls keep float32 activations within this context (see Backend.exact_decode)."""
-        self._exact_decode = True
-        try:
-            yield
-        finally:
-            self._exact_decode = False
 
     def _decode_matmuls(self, x: np.ndarray, ws: list[Weight]) -> list[np.ndarray]:
         """A few tokens times several weights: for one token, each group of stacked weights (`_stack_packed`) in

@@ -51,10 +51,6 @@ class GGMLCPUBackend(CPUBackend):
     name = "cpu"
 
     # -- linear algebra (get_rows: the inherited dequantization is ggml's, see ggml_exact.elementwise) ----
-    def rounds_decode(self, n_rows: int) -> bool:
-        """llama.cpp's 8-bit activations are this backend's purpose: no float32 recomputation."""
-        return False
-
     def matmul(self, x: Array, w: Weight, bias: Weight | None = None) -> Array:
         """x @ W.T as llama.cpp computes it for this weight type and number of rows (+ bias, a ggml add)."""
         return self.matmuls(x, [w], [bias])[0]

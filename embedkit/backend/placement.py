@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 from embedkit.backend.base import Array, Backend
@@ -43,17 +42,6 @@ class Placement:
             if all(b is not s for s in seen):
                 seen.append(b)
         return seen
-
-    def rounds_decode(self, n_rows: int) -> bool:
-        """Whether some backend rounds activations in a forward of `n_rows` rows (Backend.rounds_decode)."""
-        return any(b.rounds_decode(n_rows) for b in self.backends)
-
-    def exact_decode(self) -> contextlib.ExitStack:
-        """Every backend's `exact_decode` context at once."""
-        stack = contextlib.ExitStack()
-        for b in self.backends:
-            stack.enter_context(b.exact_decode())
-        return stack
 
     def for_decoder(self, weight_types: set[int]) -> Placement:
         """The placement a decoder (text generation) whose matrices have `weight_types` runs on.

@@ -21,25 +21,6 @@ from embedkit.models.params import ModelParams, read_params
 # rows of the last layer to keep: (start, stop), an index array, or None for all
 Rows = tuple[int, int] | np.ndarray | None
 
-# A decode step whose two best logits lie closer than this is recomputed with float32 activations where the
-# backend rounds them (the CPU's int16 decode kernels move logits by up to ~1e-3, see NEAR_TIE_LOGITS in
-# benchmarks/RESULTS.md): the most likely token is then the float32 forward's, as it is for prompt batches.
-NEAR_TIE_LOGITS = 5e-3
-
-
-def has_near_tie(logits: np.ndarray, margin: float = NEAR_TIE_LOGITS) -> bool:
-    """Whether some row of `logits` [n, n_vocab] has a second value within `margin` of its maximum."""
-    for row in logits:
-        # two max passes (~20 us each for 262k logits; a compare + count pass costs several times that)
-        best = int(row.argmax())
-        top = row[best]
-        row[best] = -np.inf
-        runner_up = row.max()
-        row[best] = top
-        if top - runner_up < margin:
-            return True
-    return False
-
 
 def matrix_types(f: GGUFFile) -> set[int]:
     """GGML types of the matrices a forward multiplies by (the layers' and the output head's)."""
@@ -208,17 +189,6 @@ class DecoderModel:
         return ids
 
     def _run(
-        self, ids: np.ndarray, state: ModelState | SlotState, batch: SeqBatch, keep: Rows, output: str
-    ) -> np.ndarray:
-        """`_forward`, recomputed with float32 activations when a backend rounded them and the result's top
-        logits are nearly tied (NEAR_TIE_LOGITS). The rerun writes the same cache cells again."""
-        out = self._forward(ids, state, batch, keep, output)
-        if output == "logits" and self.placement.rounds_decode(batch.n_rows) and has_near_tie(out, NEAR_TIE_LOGITS):
-            with self.placement.exact_decode():
-                out = self._forward(ids, state, batch, keep, output)
-        return out
-
-    def _forward(
         self, ids: np.ndarray, state: ModelState | SlotState, batch: SeqBatch, keep: Rows, output: str
     ) -> np.ndarray:
         """Embed, the layers across the placement (`keep` applied in the last), output norm and head."""

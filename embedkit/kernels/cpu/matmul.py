@@ -199,23 +199,6 @@ def matmul_rows_many(
     return out
 
 
-def matmul_float(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np.ndarray:
-    """x @ W.T keeping x in float32 for any number of tokens (no int16 rounding of the decode kernels): the
-    small-batch kernel where the type has a row decoder, else the float32 matvec, else dequantized tiles."""
-    n_tokens = x.shape[0]
-    if t in MULTIROW_KERNELS:
-        y = np.empty((n_tokens, rows.shape[0]), dtype=np.float32)
-        MULTIROW_KERNELS[t](rows, x, y)
-        return y
-    if t in MATVECS and n_tokens <= MAX_MATVEC_TOKENS and n_cols % 32 == 0:
-        y = np.empty((n_tokens, rows.shape[0]), dtype=np.float32)
-        xsum = x.reshape(n_tokens, n_cols // 32, 32).sum(axis=2, dtype=np.float32)
-        for i in range(n_tokens):
-            MATVECS[t](rows, x[i], xsum[i], y[i])
-        return y
-    return matmul_rows(x, rows, t, n_cols) if t == GGMLType.F32 else tiled_matmul(x, rows, t, n_cols)
-
-
 def tiled_matmul(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np.ndarray:
     """x @ W.T by dequantizing W a tile of rows at a time into one reused buffer and calling BLAS."""
     n_rows = rows.shape[0]
