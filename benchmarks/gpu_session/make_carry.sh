@@ -4,7 +4,7 @@
 # (pytest, platformdirs, Ray's jsonschema) in _whl/, and Ray 2.60 stripped of what indexing does not use (jars,
 # RLlib, Serve, Train, Tune, the dashboard's web client, tests; binaries stripped) as _ray/ray.tar.xz (~24 MB).
 #     benchmarks/gpu_session/make_carry.sh /work/main/.gpu3 [RAY_CP312_WHEEL]
-# Then on the device: cd .gpu3 && bash benchmarks/gpu_session/call1.sh   (or call2.sh, a shorter call)
+# Then on the device: cd .gpu3 && bash benchmarks/gpu_session/call.sh [full|short|shortest]
 set -eu
 DEST=$1
 RAY_WHL=${2:-}
