@@ -18,8 +18,7 @@ Indexing and search live in their packages (their names are taken by the subpack
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from embedkit.lazy_exports import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -41,10 +40,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = [*_EXPORTS, "__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'embedkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("embedkit", _EXPORTS, globals())

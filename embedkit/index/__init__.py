@@ -6,8 +6,7 @@ embedding only) does not load the store's PostgreSQL client."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from embedkit.lazy_exports import lazy_getattr
 
 _NAMES = {
     "index": "embedkit.index.api",
@@ -22,10 +21,4 @@ _NAMES = {
 __all__ = ["DEFAULT_COLLECTION", "IndexReport", "RayExecutor", "index", "index_jsonl", "index_paths", "index_texts"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'embedkit.index' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("embedkit.index", _NAMES, globals())
