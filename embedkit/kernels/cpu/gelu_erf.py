@@ -15,14 +15,19 @@ from embedkit.kernels.cpu.fast_f32 import erf_f32
 _REASSOC = {"reassoc", "contract", "nsz", "arcp"}
 
 
+@njit(cache=True, inline="always", fastmath=True, error_model="numpy")
+def _gelu_erf(v):  # pragma: no cover - compiled
+    """0.5 v (1 + erf(v / sqrt 2)) of one float32."""
+    return np.float32(0.5) * v * (np.float32(1.0) + erf_f32(v * np.float32(0.7071067811865476)))
+
+
 @njit(cache=True, fastmath=True, error_model="numpy", nogil=True)
 def gelu_erf_block(x, out):  # pragma: no cover - compiled
     """out <- 0.5 x (1 + erf(x / sqrt 2)) for C-contiguous float32 arrays of the same size (viewed flat)."""
     src = x.reshape(-1)
     dst = out.reshape(-1)
     for i in range(src.size):
-        v = src[i]
-        dst[i] = np.float32(0.5) * v * (np.float32(1.0) + erf_f32(v * np.float32(0.7071067811865476)))
+        dst[i] = _gelu_erf(src[i])
 
 
 @njit(cache=True, fastmath=_REASSOC, nogil=True)
@@ -50,8 +55,7 @@ def bias_gelu_erf_rows(y, bias):  # pragma: no cover - compiled
     n_rows, n = y.shape
     for r in range(n_rows):
         for i in range(n):
-            v = y[r, i] + bias[i]
-            y[r, i] = np.float32(0.5) * v * (np.float32(1.0) + erf_f32(v * np.float32(0.7071067811865476)))
+            y[r, i] = _gelu_erf(y[r, i] + bias[i])
 
 
 @njit(cache=True, fastmath=_REASSOC, nogil=True)
