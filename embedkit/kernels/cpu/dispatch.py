@@ -1,27 +1,22 @@
 """The kernel tables of the float32 CPU path, derived from the quant registry (`embedkit.quant`): each
-kernel module names its functions after the type (`dequant_q4_k`), by block size of the types it holds."""
+kernel module names its functions after the type (`quantize_q4_k`), by block size of the types it holds;
+dequantizers are compiled per type by `dequant.dequant_kernel`."""
 
 from __future__ import annotations
 
 from embedkit.kernels.cpu import (
-    dequant_float,
-    dequant_kquants,
-    dequant_legacy,
     matmul_multirow,
     quantize_kquants,
     quantize_legacy,
 )
+from embedkit.kernels.cpu.dequant import dequant_kernel
 from embedkit.quant import QUANT_TYPES, types_with
 from embedkit.quant.registry import CPU_DEQUANT, CPU_MULTIROW, CPU_QUANTIZE
 
 # elements per block -> the module holding that family's kernels
-_DEQUANT_MODULES = {1: dequant_float, 32: dequant_legacy, 256: dequant_kquants}
 _QUANTIZE_MODULES = {32: quantize_legacy, 256: quantize_kquants}
 
-DEQUANTIZERS = {
-    t: getattr(_DEQUANT_MODULES[QUANT_TYPES[t].block_size], f"dequant_{QUANT_TYPES[t].kernel_suffix}")
-    for t in types_with(CPU_DEQUANT)
-}
+DEQUANTIZERS = {t: dequant_kernel(t) for t in types_with(CPU_DEQUANT)}
 
 # block types only: F32/F16/BF16 are plain conversions (embedkit.kernels.quantize)
 QUANTIZERS = {

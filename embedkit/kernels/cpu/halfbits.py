@@ -85,3 +85,14 @@ def f32_to_bits(typingctx, value):
 def load_f16(buf, offset):
     """float32 of the little-endian IEEE half stored at `buf[offset:offset + 2]` (a uint8 array)."""
     return f16_to_f32(np.int32(buf[offset]) | (np.int32(buf[offset + 1]) << 8))
+
+
+@njit(cache=True, inline="always")
+def load_u32(buf, offset):
+    """The little-endian uint32 stored at `buf[offset:offset + 4]` (a uint8 array)."""
+    return (
+        np.uint32(buf[offset])
+        | (np.uint32(buf[offset + 1]) << 8)
+        | (np.uint32(buf[offset + 2]) << 16)
+        | (np.uint32(buf[offset + 3]) << 24)
+    )

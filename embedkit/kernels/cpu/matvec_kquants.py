@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from embedkit.kernels.cpu.bitfields import ubits2_f32
-from embedkit.kernels.cpu.dequant_legacy import IQ4NL_VALUES
+from embedkit.kernels.cpu.dequant import IQ4NL_VALUES
 from embedkit.kernels.cpu.halfbits import load_f16
 from embedkit.kernels.cpu.matvec_legacy import FAST, store4
 

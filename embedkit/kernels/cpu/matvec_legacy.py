@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from embedkit.kernels.cpu.dequant_legacy import IQ4NL_VALUES
+from embedkit.kernels.cpu.dequant import IQ4NL_VALUES
 from embedkit.kernels.cpu.halfbits import bits_to_f32, f16_to_f32, load_f16
 
 FAST = {"reassoc", "contract", "nsz", "arcp"}
