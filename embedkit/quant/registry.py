@@ -11,7 +11,7 @@ Paths (which kernel family implements `x @ W.T` or a conversion for the type):
 | path | module | what |
 |---|---|---|
 | cpu.dequant | kernels/cpu/dequant | GGUF rows -> float32 (get_rows; prompt matmuls: tiles + BLAS) |
-| cpu.quantize | kernels/cpu/quantize_* | float32 -> GGUF rows (random test weights, `convert`) |
+| cpu.quantize | kernels/cpu/quantizers | float32 -> GGUF rows (random test weights, `convert`) |
 | cpu.matvec | kernels/cpu/matvec_legacy, matvec_kquants | decode matvec, float32 activations |
 | cpu.int16 | kernels/cpu/matvec_int8 | decode matvec, activations in int16 blocks of 32 (taken before cpu.matvec) |
 | cpu.packed | kernels/cpu/<type>_packed | cpu.int16 on a layout repacked at the first decode |

@@ -1,29 +1,18 @@
-"""The kernel tables of the float32 CPU path, derived from the quant registry (`embedkit.quant`): each
-kernel module names its functions after the type (`quantize_q4_k`), by block size of the types it holds;
-dequantizers are compiled per type by `dequant.dequant_kernel`."""
+"""The kernel tables of the float32 CPU path, derived from the quant registry (`embedkit.quant`): the
+dequantizers and quantizers are compiled per type (`dequant.dequant_kernel`, `quantizers.quantize_kernel`)."""
 
 from __future__ import annotations
 
-from embedkit.kernels.cpu import (
-    matmul_multirow,
-    quantize_kquants,
-    quantize_legacy,
-)
+from embedkit.kernels.cpu import matmul_multirow
 from embedkit.kernels.cpu.dequant import dequant_kernel
+from embedkit.kernels.cpu.quantizers import quantize_kernel
 from embedkit.quant import QUANT_TYPES, types_with
 from embedkit.quant.registry import CPU_DEQUANT, CPU_MULTIROW, CPU_QUANTIZE
-
-# elements per block -> the module holding that family's kernels
-_QUANTIZE_MODULES = {32: quantize_legacy, 256: quantize_kquants}
 
 DEQUANTIZERS = {t: dequant_kernel(t) for t in types_with(CPU_DEQUANT)}
 
 # block types only: F32/F16/BF16 are plain conversions (embedkit.kernels.quantize)
-QUANTIZERS = {
-    t: getattr(_QUANTIZE_MODULES[QUANT_TYPES[t].block_size], f"quantize_{QUANT_TYPES[t].kernel_suffix}")
-    for t in types_with(CPU_QUANTIZE)
-    if QUANT_TYPES[t].block_size > 1
-}
+QUANTIZERS = {t: quantize_kernel(t) for t in types_with(CPU_QUANTIZE) if QUANT_TYPES[t].block_size > 1}
 
 # row decoders of the small-batch matmul (`matmul_multirow.multirow_matmul(decoder, w, x, y)`)
 MULTIROW_DECODERS = {

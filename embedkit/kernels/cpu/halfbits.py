@@ -96,3 +96,11 @@ def load_u32(buf, offset):
         | (np.uint32(buf[offset + 2]) << 16)
         | (np.uint32(buf[offset + 3]) << 24)
     )
+
+
+@njit(cache=True, inline="always")
+def store_f16(buf, offset, value):
+    """Write float32 `value` as a little-endian IEEE half at buf[offset:offset + 2]."""
+    h = f32_to_f16(value)
+    buf[offset] = np.uint8(h & 0xFF)
+    buf[offset + 1] = np.uint8(h >> 8)

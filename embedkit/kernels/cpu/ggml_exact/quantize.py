@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from embedkit.kernels.cpu.quantize_legacy import store_f16
+from embedkit.kernels.cpu.halfbits import store_f16
 
 _F127 = np.float32(127.0)
 
