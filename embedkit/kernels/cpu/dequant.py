@@ -1,12 +1,13 @@
-"""GGUF rows -> float32 for every type of the `cpu.dequant` path: one row-parallel driver, compiled per type
-over that type's block decoder (`dequant_kernel(t)`; the tables in `kernels.cpu.dispatch` hold one per type).
+"""GGUF rows -> float32 for every type of the `cpu.dequant` path: the row-parallel driver of `block_rows`,
+compiled per type over that type's block decoder (`dequant_kernel(t)`; `kernels.cpu.dispatch` holds one per type).
 
 A block decoder `block_<type>(row, o, dst, e)` writes the `block_size` values of the block at
 `row[o:o + type_size]` to `dst[e:e + block_size]`. Each mirrors ggml's `dequantize_row_*` (ggml-quants.c) with
 gguf-py's float32 rounding order (scale products first, no fused multiply-add), so results are bit-identical
 to `gguf.quants.dequantize`. The kernel's signature is `(data uint8 [n_rows, row_bytes], out float32
 [n_rows, n_cols])`; block bytes and elements come from the quant registry as compile-time constants and the
-decoder is inlined, so each type's machine code is that of a loop written for it alone.
+decoder is inlined, so each type's machine code is that of a loop written for it alone. Editing a decoder
+recompiles its kernel (`block_rows` keys the cache on this module's source).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import functools
 from collections.abc import Callable
 
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit
 
 from embedkit.gguf.types import GGMLType
+from embedkit.kernels.cpu.block_rows import block_rows_kernel
 from embedkit.kernels.cpu.halfbits import bits_to_f32, load_f16, load_u32
 from embedkit.quant import QUANT_TYPES
 
@@ -178,35 +179,34 @@ def block_q3_k(row, o, dst, e):
 
 
 @njit(cache=True, inline="always")
-def block_q4_k(row, o, dst, e):
-    """Q4_K: 144 bytes [d f16, dmin f16, scales 12 (6-bit scale/min x 8), qs 128 (nibbles)]."""
+def _block_q45_k(row, o, dst, e, qs, five):
+    """Q4_K / Q5_K: d, dmin f16 at row[o:], 6-bit scales/mins at row[o + 4:], nibbles at row[qs:] and (Q5_K,
+    `five`) 5th bits at row[o + 16:]; sub-block s: y = d * sc_s * q - dmin * m_s."""
     d = load_f16(row, o)
     dmin = load_f16(row, o + 2)
     for s in range(8):
         sc, mn = kquant_scale_min(row, o + 4, s)
         dl = d * np.float32(sc)
         ml = dmin * np.float32(mn)
-        qo = o + 16 + 32 * (s >> 1)
+        qo = qs + 32 * (s >> 1)
         shift = 4 * (s & 1)
         for l in range(32):
             q = (np.int32(row[qo + l]) >> shift) & 0xF
+            if five:
+                q |= ((np.int32(row[o + 16 + l]) >> s) & 1) << 4
             dst[e + 32 * s + l] = dl * np.float32(q) - ml
+
+
+@njit(cache=True, inline="always")
+def block_q4_k(row, o, dst, e):
+    """Q4_K: 144 bytes [d f16, dmin f16, scales 12 (6-bit scale/min x 8), qs 128 (nibbles)]."""
+    _block_q45_k(row, o, dst, e, o + 16, False)
 
 
 @njit(cache=True, inline="always")
 def block_q5_k(row, o, dst, e):
     """Q5_K: 176 bytes [d f16, dmin f16, scales 12, qh 32 (5th bits), qs 128 (nibbles)]."""
-    d = load_f16(row, o)
-    dmin = load_f16(row, o + 2)
-    for s in range(8):
-        sc, mn = kquant_scale_min(row, o + 4, s)
-        dl = d * np.float32(sc)
-        ml = dmin * np.float32(mn)
-        qo = o + 48 + 32 * (s >> 1)
-        shift = 4 * (s & 1)
-        for l in range(32):
-            q = ((np.int32(row[qo + l]) >> shift) & 0xF) | (((np.int32(row[o + 16 + l]) >> s) & 1) << 4)
-            dst[e + 32 * s + l] = dl * np.float32(q) - ml
+    _block_q45_k(row, o, dst, e, o + 48, True)
 
 
 @njit(cache=True, inline="always")
@@ -240,46 +240,13 @@ def block_iq4_xs(row, o, dst, e):
         _iq4_nibbles(row, o + 8 + 16 * ib, dl, dst, e + 32 * ib)
 
 
-# -- the driver: one kernel per type ---------------------------------------------------------------------------
-
-
-def decode_block(suffix, row, o, dst, e):
-    """In jitted code: `block_<suffix>(row, o, dst, e)`, with `suffix` a compile-time string (a type's
-    `kernel_suffix`); resolved at typing time, so the call compiles to the decoder inlined."""
-    raise TypeError("decode_block runs only in jitted code")
-
-
-@overload(decode_block, prefer_literal=True, inline="always")
-def _decode_block(suffix, row, o, dst, e):
-    if not isinstance(suffix, types.StringLiteral):
-        return None
-    decoder = globals()[f"block_{suffix.literal_value}"]
-
-    def impl(suffix, row, o, dst, e):
-        decoder(row, o, dst, e)
-
-    return impl
+# -- one kernel per type ----------------------------------------------------------------------------------------
 
 
 @functools.cache
 def dequant_kernel(t: GGMLType) -> Callable[[np.ndarray, np.ndarray], None]:
     """The parallel kernel `dequant_<type>(data, out)` of a registry type: rows of `data` (uint8 [n_rows,
-    row_bytes]) decoded block by block into `out` (float32 [n_rows, n_cols]), compiled once and cached on disk.
-
-    The kernel closes over the type's `kernel_suffix` (a string), bytes and elements per block: Numba keys a
-    closure's disk cache on its pickled closure values, the same in every process, and treats them as
-    constants, so the decoder is picked at compile time and the block offsets are multiplications by
-    constants, as in a kernel written for the type."""
+    row_bytes]) decoded block by block with `block_<type>` into `out` (float32 [n_rows, n_cols])."""
     q = QUANT_TYPES[t]
-    suffix, block_bytes, block_elems = q.kernel_suffix, q.type_size, q.block_size
-
-    def kernel(data, out):
-        nb = out.shape[1] // block_elems
-        for r in prange(data.shape[0]):
-            row = data[r]
-            dst = out[r]
-            for b in range(nb):
-                decode_block(suffix, row, block_bytes * b, dst, block_elems * b)
-
-    kernel.__name__ = kernel.__qualname__ = f"dequant_{suffix}"
-    return njit(parallel=True, cache=True)(kernel)
+    decoder = globals()[f"block_{q.kernel_suffix}"]
+    return block_rows_kernel(f"dequant_{q.kernel_suffix}", decoder, q.type_size, q.block_size)

@@ -1,5 +1,5 @@
-"""float32 -> GGUF rows for the block types of the `cpu.quantize` path: one row-parallel driver, compiled per
-type over that type's block encoder (`quantize_kernel(t)`; `kernels.cpu.dispatch.QUANTIZERS` holds one per type).
+"""float32 -> GGUF rows for the block types of the `cpu.quantize` path: the row-parallel driver of `block_rows`,
+compiled per type over that type's block encoder (`quantize_kernel(t)`; `kernels.cpu.dispatch` holds one per type).
 
 A block encoder `block_<type>(src, xo, dst, o)` quantizes `src[xo:xo + block_size]` into the block at
 `dst[o:o + type_size]`. Legacy types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) mirror ggml's `quantize_row_*_ref` with
@@ -17,10 +17,10 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit
 
 from embedkit.gguf.types import GGMLType
+from embedkit.kernels.cpu.block_rows import block_rows_kernel
 from embedkit.kernels.cpu.dequant import kquant_scale_min
 from embedkit.kernels.cpu.halfbits import store_f16
 from embedkit.kernels.cpu.kquant_fit import GROUP_MAX_EPS, f16_round, make_qkx2_quants, make_qx_quants, nearest_int
@@ -102,39 +102,45 @@ def block_q8_0(src, xo, dst, o):
 
 
 @njit(cache=True, inline="always")
+def _encode_32(src, xo, dst, o, nmax, with_min):
+    """A Q4/Q5 block of src[xo:xo+32] at dst[o:] (nmax 15 or 31). With a min (Q4_1, Q5_1): d = (max - min) /
+    nmax, m = min, q = min(nmax, trunc((x - m) / d + 0.5)); without (Q4_0, Q5_0): d = (signed absmax) /
+    -(nmax + 1) / 2, q = min(nmax, trunc(x / d + (nmax + 1) / 2 + 0.5))."""
+    if with_min:
+        vmin, vmax = _min_max(src, xo)
+        d = (vmax - vmin) / np.float32(nmax)
+        store_f16(dst, o, d)
+        store_f16(dst, o + 2, vmin)
+        _pack_32(src, xo, dst, o + 4, _inverse(d), vmin, np.float32(0.5), nmax)
+    else:
+        half = np.float32((nmax + 1) // 2)
+        d = _signed_absmax(src, xo) / -half
+        store_f16(dst, o, d)
+        _pack_32(src, xo, dst, o + 2, _inverse(d), np.float32(0.0), half + np.float32(0.5), nmax)
+
+
+@njit(cache=True, inline="always")
 def block_q4_0(src, xo, dst, o):
     """Q4_0: d = (signed absmax) / -8, q = min(15, trunc(x / d + 8.5))."""
-    d = _signed_absmax(src, xo) / np.float32(-8.0)
-    store_f16(dst, o, d)
-    _pack_32(src, xo, dst, o + 2, _inverse(d), np.float32(0.0), np.float32(8.5), 15)
+    _encode_32(src, xo, dst, o, 15, False)
 
 
 @njit(cache=True, inline="always")
 def block_q4_1(src, xo, dst, o):
     """Q4_1: d = (max - min) / 15, m = min, q = min(15, trunc((x - m) / d + 0.5))."""
-    vmin, vmax = _min_max(src, xo)
-    d = (vmax - vmin) / np.float32(15.0)
-    store_f16(dst, o, d)
-    store_f16(dst, o + 2, vmin)
-    _pack_32(src, xo, dst, o + 4, _inverse(d), vmin, np.float32(0.5), 15)
+    _encode_32(src, xo, dst, o, 15, True)
 
 
 @njit(cache=True, inline="always")
 def block_q5_0(src, xo, dst, o):
     """Q5_0: d = (signed absmax) / -16, q = min(31, trunc(x / d + 16.5)), 5th bits in qh."""
-    d = _signed_absmax(src, xo) / np.float32(-16.0)
-    store_f16(dst, o, d)
-    _pack_32(src, xo, dst, o + 2, _inverse(d), np.float32(0.0), np.float32(16.5), 31)
+    _encode_32(src, xo, dst, o, 31, False)
 
 
 @njit(cache=True, inline="always")
 def block_q5_1(src, xo, dst, o):
     """Q5_1: d = (max - min) / 31, m = min, q = min(31, trunc((x - m) / d + 0.5)), 5th bits in qh."""
-    vmin, vmax = _min_max(src, xo)
-    d = (vmax - vmin) / np.float32(31.0)
-    store_f16(dst, o, d)
-    store_f16(dst, o + 2, vmin)
-    _pack_32(src, xo, dst, o + 4, _inverse(d), vmin, np.float32(0.5), 31)
+    _encode_32(src, xo, dst, o, 31, True)
 
 
 # -- 256-element super-blocks ------------------------------------------------------------------------------------
@@ -238,42 +244,13 @@ def block_q6_k(src, xo, dst, o):
             )
 
 
-# -- the driver: one kernel per type ---------------------------------------------------------------------------
-
-
-def encode_block(suffix, src, xo, dst, o):
-    """In jitted code: `block_<suffix>(src, xo, dst, o)`, with `suffix` a compile-time string (a type's
-    `kernel_suffix`); resolved at typing time, so the call compiles to the encoder inlined."""
-    raise TypeError("encode_block runs only in jitted code")
-
-
-@overload(encode_block, prefer_literal=True, inline="always")
-def _encode_block(suffix, src, xo, dst, o):
-    if not isinstance(suffix, types.StringLiteral):
-        return None
-    encoder = globals()[f"block_{suffix.literal_value}"]
-
-    def impl(suffix, src, xo, dst, o):
-        encoder(src, xo, dst, o)
-
-    return impl
+# -- one kernel per type ----------------------------------------------------------------------------------------
 
 
 @functools.cache
 def quantize_kernel(t: GGMLType) -> Callable[[np.ndarray, np.ndarray], None]:
     """The parallel kernel `quantize_<type>(x, out)` of a registry block type: rows of `x` (float32 [n_rows,
-    n_cols]) encoded block by block into `out` (uint8 [n_rows, row_bytes]), compiled once and cached on disk.
-    As `dequant.dequant_kernel`, it closes over the type's suffix, bytes and elements per block (constants)."""
+    n_cols]) encoded block by block with `block_<type>` into `out` (uint8 [n_rows, row_bytes])."""
     q = QUANT_TYPES[t]
-    suffix, block_bytes, block_elems = q.kernel_suffix, q.type_size, q.block_size
-
-    def kernel(x, out):
-        nb = x.shape[1] // block_elems
-        for r in prange(x.shape[0]):
-            src = x[r]
-            dst = out[r]
-            for b in range(nb):
-                encode_block(suffix, src, block_elems * b, dst, block_bytes * b)
-
-    kernel.__name__ = kernel.__qualname__ = f"quantize_{suffix}"
-    return njit(parallel=True, cache=True)(kernel)
+    encoder = globals()[f"block_{q.kernel_suffix}"]
+    return block_rows_kernel(f"quantize_{q.kernel_suffix}", encoder, q.block_size, q.type_size)
