@@ -10,8 +10,12 @@ Signature: `(w uint8 [n_rows, row_bytes], xq int16 [n], xd float32 [n // 32], xs
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from embedkit.kernels.cpu.int8dot import (
     dot4_q4_0,
@@ -57,121 +61,75 @@ def quantize_activations16(x, xq, xd, xsum):
 # multiple of 4), called directly for small matrices, and `matvec_<type>_i8(w, xq, xd, xsum, y)`, which runs
 # it over chunks of CHUNK_ROWS rows in parallel. Numba hands each thread an equal share of the chunks: 64 rows
 # split a 896-row matrix (Qwen2.5's ffn_down, attn_q/o) 7/7 over two threads, where 256 gave 2/2 chunks of
-# 512 and 384 rows.
+# 512 and 384 rows. Both are `int16_kernels(<type>)`, compiled over the type's block dot.
 CHUNK_ROWS = 64
 
 
-@njit(cache=True, fastmath=FAST)
-def rows_q8_0_i8(w, xq, xd, xsum, y, r0, r1):
-    """Rows [r0, r1) of Q8_0 (ggml_vec_dot_q8_0_q8_0): y[r] = sum_b d_b * xd_b * (q . xq)_b."""
-    last = w.shape[0] - 1
-    for r in range(r0, r1, 4):
-        a0, a1, a2, a3 = dot4_q8_0(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
-        store4(y, r, a0, a1, a2, a3)
+@njit(cache=True, inline="always")
+def _dot_row_q6_k(w, r, xq, xd, xsum):
+    return dot_row_q6_k(w, r, xq, xd)  # Q6_K has no mins: no xsum term
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q8_0_i8(w, xq, xd, xsum, y):
-    """Q8_0 rows against int8 activations, chunks of CHUNK_ROWS rows in parallel."""
-    n = w.shape[0]
-    for c in prange((n + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        rows_q8_0_i8(w, xq, xd, xsum, y, c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
+# the block dots of each type (int8dot): four rows at a time for the 32-element types (ggml_vec_dot_<type>_q8_0
+# / _q8_1), one row at a time for the K-quants (rows side by side measured slower than reading the bytes in
+# address order)
+_DOT4 = {"q8_0": dot4_q8_0, "q4_0": dot4_q4_0, "q4_1": dot4_q4_1, "q5_0": dot4_q5_0, "q5_1": dot4_q5_1}
+_DOT1 = {"q4_k": dot_row_q4_k, "q6_k": _dot_row_q6_k}
 
 
-@njit(cache=True, fastmath=FAST)
-def rows_q4_0_i8(w, xq, xd, xsum, y, r0, r1):
-    """Rows [r0, r1) of Q4_0 (ggml_vec_dot_q4_0_q8_0): q = nibble - 8."""
-    last = w.shape[0] - 1
-    for r in range(r0, r1, 4):
-        a0, a1, a2, a3 = dot4_q4_0(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
-        store4(y, r, a0, a1, a2, a3)
+def row_range(suffix, w, xq, xd, xsum, y, r0, r1):
+    """In jitted code: y[r0:r1] = rows [r0, r1) of W (type `suffix`, a compile-time string) against the int16
+    activations; resolved at typing time to the type's block dot, inlined."""
+    raise TypeError("row_range runs only in jitted code")
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q4_0_i8(w, xq, xd, xsum, y):
-    """Q4_0 rows against int8 activations, chunks of CHUNK_ROWS rows in parallel."""
-    n = w.shape[0]
-    for c in prange((n + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        rows_q4_0_i8(w, xq, xd, xsum, y, c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
+@overload(row_range, prefer_literal=True, inline="always")
+def _row_range(suffix, w, xq, xd, xsum, y, r0, r1):
+    if not isinstance(suffix, types.StringLiteral):
+        return None
+    if suffix.literal_value in _DOT4:
+        dot4 = _DOT4[suffix.literal_value]
+
+        def rows4(suffix, w, xq, xd, xsum, y, r0, r1):
+            last = w.shape[0] - 1
+            for r in range(r0, r1, 4):
+                a0, a1, a2, a3 = dot4(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
+                store4(y, r, a0, a1, a2, a3)
+
+        return rows4
+    dot = _DOT1[suffix.literal_value]
+
+    def rows1(suffix, w, xq, xd, xsum, y, r0, r1):
+        for r in range(r0, r1):
+            y[r] = dot(w, r, xq, xd, xsum)
+
+    return rows1
 
 
-@njit(cache=True, fastmath=FAST)
-def rows_q4_1_i8(w, xq, xd, xsum, y, r0, r1):
-    """Rows [r0, r1) of Q4_1 (ggml_vec_dot_q4_1_q8_1): d_b xd_b (q . xq)_b + m_b xsum_b."""
-    last = w.shape[0] - 1
-    for r in range(r0, r1, 4):
-        a0, a1, a2, a3 = dot4_q4_1(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
-        store4(y, r, a0, a1, a2, a3)
+@functools.cache
+def int16_kernels(suffix: str) -> tuple[Callable[..., None], Callable[..., None]]:
+    """(`matvec_<suffix>_i8`, `rows_<suffix>_i8`) of a type on the `cpu.int16` path: the parallel kernel over
+    chunks of CHUNK_ROWS rows and the serial one over a row range, compiled once and cached on disk. Both close
+    over `suffix`, a string (Numba keys a closure's disk cache on its pickled closure values and treats them as
+    constants), so the type's block dot is picked at compile time."""
+
+    def matvec(w, xq, xd, xsum, y):
+        n = w.shape[0]
+        for c in prange((n + CHUNK_ROWS - 1) // CHUNK_ROWS):
+            row_range(suffix, w, xq, xd, xsum, y, c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
+
+    def rows(w, xq, xd, xsum, y, r0, r1):
+        row_range(suffix, w, xq, xd, xsum, y, r0, r1)
+
+    matvec.__name__ = matvec.__qualname__ = f"matvec_{suffix}_i8"
+    rows.__name__ = rows.__qualname__ = f"rows_{suffix}_i8"
+    return njit(parallel=True, cache=True, fastmath=FAST)(matvec), njit(cache=True, fastmath=FAST)(rows)
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q4_1_i8(w, xq, xd, xsum, y):
-    """Q4_1 rows against int8 activations, chunks of CHUNK_ROWS rows in parallel."""
-    n = w.shape[0]
-    for c in prange((n + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        rows_q4_1_i8(w, xq, xd, xsum, y, c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
-
-
-@njit(cache=True, fastmath=FAST)
-def rows_q5_0_i8(w, xq, xd, xsum, y, r0, r1):
-    """Rows [r0, r1) of Q5_0 (ggml_vec_dot_q5_0_q8_0): q = (nibble | 5th bit << 4) - 16."""
-    last = w.shape[0] - 1
-    for r in range(r0, r1, 4):
-        a0, a1, a2, a3 = dot4_q5_0(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
-        store4(y, r, a0, a1, a2, a3)
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q5_0_i8(w, xq, xd, xsum, y):
-    """Q5_0 rows against int8 activations, chunks of CHUNK_ROWS rows in parallel."""
-    n = w.shape[0]
-    for c in prange((n + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        rows_q5_0_i8(w, xq, xd, xsum, y, c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
-
-
-@njit(cache=True, fastmath=FAST)
-def rows_q5_1_i8(w, xq, xd, xsum, y, r0, r1):
-    """Rows [r0, r1) of Q5_1 (ggml_vec_dot_q5_1_q8_1): d_b xd_b (q . xq)_b + m_b xsum_b."""
-    last = w.shape[0] - 1
-    for r in range(r0, r1, 4):
-        a0, a1, a2, a3 = dot4_q5_1(w, r, min(r + 1, last), min(r + 2, last), min(r + 3, last), xq, xd, xsum)
-        store4(y, r, a0, a1, a2, a3)
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q5_1_i8(w, xq, xd, xsum, y):
-    """Q5_1 rows against int8 activations, chunks of CHUNK_ROWS rows in parallel."""
-    n = w.shape[0]
-    for c in prange((n + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        rows_q5_1_i8(w, xq, xd, xsum, y, c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
-
-
-@njit(cache=True, fastmath=FAST)
-def rows_q4_k_i8(w, xq, xd, xsum, y, r0, r1):
-    """Rows [r0, r1) of Q4_K against int8 activations (ggml_vec_dot_q4_K_q8_K), one row after the other
-    (rows side by side measured slower than reading the bytes in address order)."""
-    for r in range(r0, r1):
-        y[r] = dot_row_q4_k(w, r, xq, xd, xsum)
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q4_k_i8(w, xq, xd, xsum, y):
-    """Q4_K rows against int8 activations, chunks of CHUNK_ROWS rows in parallel."""
-    n = w.shape[0]
-    for c in prange((n + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        rows_q4_k_i8(w, xq, xd, xsum, y, c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
-
-
-@njit(cache=True, fastmath=FAST)
-def rows_q6_k_i8(w, xq, xd, xsum, y, r0, r1):
-    """Rows [r0, r1) of Q6_K against int8 activations (ggml_vec_dot_q6_K_q8_K), one row after the other."""
-    for r in range(r0, r1):
-        y[r] = dot_row_q6_k(w, r, xq, xd)
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q6_k_i8(w, xq, xd, xsum, y):
-    """Q6_K rows against int8 activations, chunks of CHUNK_ROWS rows in parallel."""
-    n = w.shape[0]
-    for c in prange((n + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        rows_q6_k_i8(w, xq, xd, xsum, y, c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
+matvec_q8_0_i8, rows_q8_0_i8 = int16_kernels("q8_0")
+matvec_q4_0_i8, rows_q4_0_i8 = int16_kernels("q4_0")
+matvec_q4_1_i8, rows_q4_1_i8 = int16_kernels("q4_1")
+matvec_q5_0_i8, rows_q5_0_i8 = int16_kernels("q5_0")
+matvec_q5_1_i8, rows_q5_1_i8 = int16_kernels("q5_1")
+matvec_q4_k_i8, rows_q4_k_i8 = int16_kernels("q4_k")
+matvec_q6_k_i8, rows_q6_k_i8 = int16_kernels("q6_k")

@@ -54,6 +54,12 @@ def _k4_scales(builder, wb):
     return builder.zext(builder.bitcast(vec, V16I8), V16I16)
 
 
+def _k4_scales_mins(builder, wb):
+    """Q4_K / Q5_K's sub-block scales, each splat to <16 x i16>, and mins as <8 x i16>."""
+    sm = _k4_scales(builder, wb)
+    return [shuffle(builder, sm, [i] * 16) for i in range(8)], shuffle(builder, sm, range(8, 16))
+
+
 class BlockQ4_K:
     w_bytes, x_bytes = block_bytes(GGMLType.Q4_K)
 
@@ -63,9 +69,7 @@ class BlockQ4_K:
 
     @staticmethod
     def decode(builder, wb):
-        sm = _k4_scales(builder, wb)
-        scales = [shuffle(builder, sm, [i] * 16) for i in range(8)]
-        mins = shuffle(builder, sm, range(8, 16))
+        scales, mins = _k4_scales_mins(builder, wb)
         quants = []
         for j in range(4):
             q4 = load(builder, wb, 16 + 32 * j, V32I8)
@@ -86,12 +90,18 @@ class BlockQ4_K:
         return sumi, madd(builder, mins, q8s)
 
     @staticmethod
-    def update(builder, dec, xb, acc):
+    def terms(builder, dec, xb):
+        """(d, -dmin, sumi, prod) of one super-block: the float scales y.d * d and -y.d * dmin, and `ints`."""
         dw, dminw = dec[:2]
         yd = load(builder, xb, 0, F32)
         d = builder.fmul(yd, dw)
         dmin = builder.fmul(builder.fneg(yd), dminw)
         sumi, prod = BlockQ4_K.ints(builder, dec, xb)
+        return d, dmin, sumi, prod
+
+    @staticmethod
+    def update(builder, dec, xb, acc):
+        d, dmin, sumi, prod = BlockQ4_K.terms(builder, dec, xb)
         acc_m = fma(builder, broadcast(builder, dmin, V4F32), builder.sitofp(prod, V4F32), acc[1])
         acc_v = fma(builder, broadcast(builder, d, V8F32), builder.sitofp(sumi, V8F32), acc[0])
         return [acc_v, acc_m]
@@ -110,9 +120,7 @@ class BlockQ5_K(BlockQ4_K):
 
     @staticmethod
     def decode(builder, wb):
-        sm = _k4_scales(builder, wb)
-        scales = [shuffle(builder, sm, [i] * 16) for i in range(8)]
-        mins = shuffle(builder, sm, range(8, 16))
+        scales, mins = _k4_scales_mins(builder, wb)
         qh = load(builder, wb, 16, V32I8)
         quants = []
         for j in range(4):
@@ -126,11 +134,7 @@ class BlockQ5_K(BlockQ4_K):
     @staticmethod
     def update(builder, dec, xb, acc):
         # as Q4_K's, except that the mins' integer dot is summed to one int32 and fused into a scalar
-        dw, dminw = dec[:2]
-        yd = load(builder, xb, 0, F32)
-        d = builder.fmul(yd, dw)
-        dmin = builder.fmul(builder.fneg(yd), dminw)
-        sumi, prod = BlockQ4_K.ints(builder, dec, xb)
+        d, dmin, sumi, prod = BlockQ4_K.terms(builder, dec, xb)
         summs = fma(builder, dmin, builder.sitofp(reduce_add(builder, prod), F32), acc[1])
         acc_v = fma(builder, broadcast(builder, d, V8F32), builder.sitofp(sumi, V8F32), acc[0])
         return [acc_v, summs]
