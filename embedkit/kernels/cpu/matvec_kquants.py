@@ -15,7 +15,7 @@ from numba import njit, prange
 from embedkit.kernels.cpu.bitfields import ubits2_f32
 from embedkit.kernels.cpu.dequant import IQ4NL_VALUES
 from embedkit.kernels.cpu.halfbits import load_f16
-from embedkit.kernels.cpu.matvec_legacy import FAST, store4
+from embedkit.kernels.cpu.matvec_legacy import FAST, iq4_dots4, store4
 
 
 @njit(cache=True, inline="always")
@@ -118,18 +118,7 @@ def matvec_iq4_xs(w, x, xsum, y):
             for ib in range(8):
                 qo = o + 8 + 16 * ib
                 xo = 256 * b + 32 * ib
-                t0 = t1 = t2 = t3 = np.float32(0.0)
-                for i in range(16):
-                    xl = x[xo + i]
-                    xh = x[xo + 16 + i]
-                    v0 = w0[qo + i]
-                    v1 = w1[qo + i]
-                    v2 = w2[qo + i]
-                    v3 = w3[qo + i]
-                    t0 += values[v0 & 0xF] * xl + values[v0 >> 4] * xh
-                    t1 += values[v1 & 0xF] * xl + values[v1 >> 4] * xh
-                    t2 += values[v2 & 0xF] * xl + values[v2 >> 4] * xh
-                    t3 += values[v3 & 0xF] * xl + values[v3 >> 4] * xh
+                t0, t1, t2, t3 = iq4_dots4(w0, w1, w2, w3, qo, x, xo, values)
                 a0 += _iq4_xs_scale(w0, o, ib) * t0
                 a1 += _iq4_xs_scale(w1, o, ib) * t1
                 a2 += _iq4_xs_scale(w2, o, ib) * t2

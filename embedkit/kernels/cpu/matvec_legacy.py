@@ -37,6 +37,25 @@ def store4(y, r, a0, a1, a2, a3):
         y[r + 3] = a3
 
 
+@njit(cache=True, inline="always")
+def iq4_dots4(w0, w1, w2, w3, qo, x, xo, values):
+    """Four rows' sums of values[q] * x over 32 elements of IQ4 nibbles (16 bytes at w*[qo:], low nibbles with
+    x[xo:xo + 16], high with x[xo + 16:xo + 32]); `values`: IQ4NL_VALUES as float32."""
+    t0 = t1 = t2 = t3 = np.float32(0.0)
+    for i in range(16):
+        xl = x[xo + i]
+        xh = x[xo + 16 + i]
+        v0 = w0[qo + i]
+        v1 = w1[qo + i]
+        v2 = w2[qo + i]
+        v3 = w3[qo + i]
+        t0 += values[v0 & 0xF] * xl + values[v0 >> 4] * xh
+        t1 += values[v1 & 0xF] * xl + values[v1 >> 4] * xh
+        t2 += values[v2 & 0xF] * xl + values[v2 >> 4] * xh
+        t3 += values[v3 & 0xF] * xl + values[v3 >> 4] * xh
+    return t0, t1, t2, t3
+
+
 @njit(parallel=True, cache=True, fastmath=FAST)
 def matvec_iq4_nl(w, x, xsum, y):
     """IQ4_NL rows: y[r] = sum_b d_b * sum_i IQ4NL_VALUES[q_i] x_i (a table lookup per element)."""
@@ -51,18 +70,7 @@ def matvec_iq4_nl(w, x, xsum, y):
         for b in range(nb):
             o = 18 * b + 2
             xo = 32 * b
-            t0 = t1 = t2 = t3 = np.float32(0.0)
-            for i in range(16):
-                xl = x[xo + i]
-                xh = x[xo + 16 + i]
-                v0 = w0[o + i]
-                v1 = w1[o + i]
-                v2 = w2[o + i]
-                v3 = w3[o + i]
-                t0 += values[v0 & 0xF] * xl + values[v0 >> 4] * xh
-                t1 += values[v1 & 0xF] * xl + values[v1 >> 4] * xh
-                t2 += values[v2 & 0xF] * xl + values[v2 >> 4] * xh
-                t3 += values[v3 & 0xF] * xl + values[v3 >> 4] * xh
+            t0, t1, t2, t3 = iq4_dots4(w0, w1, w2, w3, o, x, xo, values)
             a0 += load_f16(w0, o - 2) * t0
             a1 += load_f16(w1, o - 2) * t1
             a2 += load_f16(w2, o - 2) * t2
@@ -70,9 +78,18 @@ def matvec_iq4_nl(w, x, xsum, y):
         store4(y, r, a0, a1, a2, a3)
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_f16(w, x, xsum, y):
-    """F16 rows (vcvtph2ps with F16C)."""
+@njit(cache=True, inline="always")
+def _half_to_f32(h, bf16):
+    """float32 of a 16-bit float: IEEE half (vcvtph2ps with F16C) or, with `bf16`, bfloat16 (the high half of a
+    float32)."""
+    if bf16:
+        return bits_to_f32(np.uint32(h) << 16)
+    return f16_to_f32(h)
+
+
+@njit(cache=True, inline="always")
+def _matvec_halves(w, x, y, bf16):
+    """y = W @ x for rows of 16-bit floats (`_half_to_f32`), four rows at a time."""
     wu = w.view(np.uint16)
     n_rows = w.shape[0]
     n = x.shape[0]
@@ -83,28 +100,20 @@ def matvec_f16(w, x, xsum, y):
         a0 = a1 = a2 = a3 = np.float32(0.0)
         for i in range(n):
             xv = x[i]
-            a0 += f16_to_f32(w0[i]) * xv
-            a1 += f16_to_f32(w1[i]) * xv
-            a2 += f16_to_f32(w2[i]) * xv
-            a3 += f16_to_f32(w3[i]) * xv
+            a0 += _half_to_f32(w0[i], bf16) * xv
+            a1 += _half_to_f32(w1[i], bf16) * xv
+            a2 += _half_to_f32(w2[i], bf16) * xv
+            a3 += _half_to_f32(w3[i], bf16) * xv
         store4(y, r, a0, a1, a2, a3)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_f16(w, x, xsum, y):
+    """F16 rows."""
+    _matvec_halves(w, x, y, False)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
 def matvec_bf16(w, x, xsum, y):
-    """BF16 rows (each value is the high half of a float32)."""
-    wu = w.view(np.uint16)
-    n_rows = w.shape[0]
-    n = x.shape[0]
-    last = n_rows - 1
-    for g in prange((n_rows + 3) // 4):
-        r = 4 * g
-        w0, w1, w2, w3 = wu[r], wu[min(r + 1, last)], wu[min(r + 2, last)], wu[min(r + 3, last)]
-        a0 = a1 = a2 = a3 = np.float32(0.0)
-        for i in range(n):
-            xv = x[i]
-            a0 += bits_to_f32(np.uint32(w0[i]) << 16) * xv
-            a1 += bits_to_f32(np.uint32(w1[i]) << 16) * xv
-            a2 += bits_to_f32(np.uint32(w2[i]) << 16) * xv
-            a3 += bits_to_f32(np.uint32(w3[i]) << 16) * xv
-        store4(y, r, a0, a1, a2, a3)
+    """BF16 rows."""
+    _matvec_halves(w, x, y, True)
