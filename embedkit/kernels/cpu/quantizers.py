@@ -1,13 +1,14 @@
 """float32 -> GGUF rows for the block types of the `cpu.quantize` path: the row-parallel driver of `block_rows`,
 compiled per type over that type's block encoder (`quantize_kernel(t)`; `kernels.cpu.dispatch` holds one per type).
 
-A block encoder `block_<type>(src, xo, dst, o)` quantizes `src[xo:xo + block_size]` into the block at
-`dst[o:o + type_size]`. Legacy types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) mirror ggml's `quantize_row_*_ref` with
-gguf-py's float32 arithmetic and rounding (`np_roundf`, `trunc(x + 0.5)`), so the bytes are identical to
-`gguf.quants.quantize`; Q4_K and Q6_K are llama.cpp's reference quantizers (`quantize_row_q4_K_ref`,
-`quantize_row_q6_K_ref`, no importance matrix) on the scale searches of `kquant_fit`. The kernel's signature
-is `(x float32 [n_rows, n_cols], out uint8 [n_rows, row_bytes])`; block bytes and elements come from the
-quant registry as compile-time constants and the encoder is inlined.
+A block encoder `block_<type>(src, xo, dst, o)` (for the Q4/Q5 types, `_encode_32(src, xo, dst, o, *constants)`)
+quantizes `src[xo:xo + block_size]` into the block at `dst[o:o + type_size]`. Legacy types (Q8_0, Q4_0, Q4_1,
+Q5_0, Q5_1) mirror ggml's `quantize_row_*_ref` with gguf-py's float32 arithmetic and rounding (`np_roundf`,
+`trunc(x + 0.5)`), so the bytes are identical to `gguf.quants.quantize`; Q4_K and Q6_K are llama.cpp's
+reference quantizers (`quantize_row_q4_K_ref`, `quantize_row_q6_K_ref`, no importance matrix) on the scale
+searches of `kquant_fit`. The kernel's signature is `(x float32 [n_rows, n_cols], out uint8 [n_rows,
+row_bytes])`; block bytes and elements come from the quant registry as compile-time constants and the
+encoder is inlined.
 """
 
 from __future__ import annotations
@@ -119,28 +120,10 @@ def _encode_32(src, xo, dst, o, nmax, with_min):
         _pack_32(src, xo, dst, o + 2, _inverse(d), np.float32(0.0), half + np.float32(0.5), nmax)
 
 
-@njit(cache=True, inline="always")
-def block_q4_0(src, xo, dst, o):
-    """Q4_0: d = (signed absmax) / -8, q = min(15, trunc(x / d + 8.5))."""
-    _encode_32(src, xo, dst, o, 15, False)
-
-
-@njit(cache=True, inline="always")
-def block_q4_1(src, xo, dst, o):
-    """Q4_1: d = (max - min) / 15, m = min, q = min(15, trunc((x - m) / d + 0.5))."""
-    _encode_32(src, xo, dst, o, 15, True)
-
-
-@njit(cache=True, inline="always")
-def block_q5_0(src, xo, dst, o):
-    """Q5_0: d = (signed absmax) / -16, q = min(31, trunc(x / d + 16.5)), 5th bits in qh."""
-    _encode_32(src, xo, dst, o, 31, False)
-
-
-@njit(cache=True, inline="always")
-def block_q5_1(src, xo, dst, o):
-    """Q5_1: d = (max - min) / 31, m = min, q = min(31, trunc((x - m) / d + 0.5)), 5th bits in qh."""
-    _encode_32(src, xo, dst, o, 31, True)
+# the Q4/Q5 types, one `_encode_32` with their constants: (nmax, with a min). Q4_0: d = (signed absmax) / -8,
+# q = min(15, trunc(x / d + 8.5)); Q4_1: d = (max - min) / 15, m = min, q = min(15, trunc((x - m) / d + 0.5));
+# Q5_0 and Q5_1 likewise with 31 and -16, the 5th bits in qh.
+_ENCODE_32 = {"q4_0": (15, False), "q4_1": (15, True), "q5_0": (31, False), "q5_1": (31, True)}
 
 
 # -- 256-element super-blocks ------------------------------------------------------------------------------------
@@ -252,5 +235,7 @@ def quantize_kernel(t: GGMLType) -> Callable[[np.ndarray, np.ndarray], None]:
     """The parallel kernel `quantize_<type>(x, out)` of a registry block type: rows of `x` (float32 [n_rows,
     n_cols]) encoded block by block with `block_<type>` into `out` (uint8 [n_rows, row_bytes])."""
     q = QUANT_TYPES[t]
-    encoder = globals()[f"block_{q.kernel_suffix}"]
-    return block_rows_kernel(f"quantize_{q.kernel_suffix}", encoder, q.block_size, q.type_size)
+    name = f"quantize_{q.kernel_suffix}"
+    if q.kernel_suffix in _ENCODE_32:
+        return block_rows_kernel(name, _encode_32, q.block_size, q.type_size, _ENCODE_32[q.kernel_suffix])
+    return block_rows_kernel(name, globals()[f"block_{q.kernel_suffix}"], q.block_size, q.type_size)
