@@ -34,6 +34,7 @@ from embedkit.kernels.cpu.int8dot import (
     _V16I8,
     _V16I16,
     _V16I32,
+    _V32I16,
     _decode_q4_0,
     _decode_q4_1,
     _decode_q5_0,
@@ -50,7 +51,7 @@ from embedkit.kernels.cpu.int8dot import (
     _widen16,
     _x16_halves,
 )
-from embedkit.kernels.cpu.isa import prefetch_ahead
+from embedkit.kernels.cpu.isa import HAS_AVX512, prefetch_ahead
 from embedkit.kernels.cpu.matvec_int8 import quantize_activations16
 from embedkit.kernels.cpu.matvec_legacy import FAST
 
@@ -63,51 +64,116 @@ _LEGACY = {
     "q5_0": (22, _decode_q5_0),
     "q5_1": (24, _decode_q5_1),
 }
-GROUPS = (2, 4, 8)  # activation rows per call (`dot_rows`'s `group`)
+GROUPS = (2, 4, 8)  # activation rows of a call (`pair_layout`)
 CHUNK_ROWS = 16  # weight rows per prange chunk
+_V16F32 = ir.VectorType(_F32, 16)
 
 
-def _splat8(builder, v):
-    sv = builder.insert_element(ir.Constant(_V8F32, ir.Undefined), v, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(sv, sv, ir.Constant(_V8I32, [0] * 8))
+def _splat(builder, v, n):
+    """<n x float> of the scalar v in every lane."""
+    ty = ir.VectorType(_F32, n)
+    sv = builder.insert_element(ir.Constant(ty, ir.Undefined), v, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(sv, sv, ir.Constant(ir.VectorType(_I32, n), [0] * n))
 
 
-class _Row:
-    """One activation row of a call: pointers to its xq (int16), xd and xsum, and its accumulators."""
+def _pairs_i32x16(builder, a, b):
+    """<32 x i16> a, b -> <16 x i32> with lane j = a[2j] b[2j] + a[2j+1] b[2j+1] (one 512-bit vpmaddwd)."""
+    if HAS_AVX512:
+        return builder.call(_intrinsic_fn(builder, "llvm.x86.avx512.pmaddw.d.512", _V16I32, [_V32I16] * 2), [a, b])
+    halves = []
+    for h in range(2):
+        idx = ir.Constant(_V16I32, list(range(16 * h, 16 * h + 16)))
+        halves.append(_pairs_i32x8(builder, builder.shuffle_vector(a, a, idx), builder.shuffle_vector(b, b, idx)))
+    return builder.shuffle_vector(halves[0], halves[1], ir.Constant(_V16I32, list(range(16))))
 
-    def __init__(self, builder, xq_ptr, xd_ptr, xs_ptr, n_acc, has_min):
-        self.xq, self.xd, self.xs = xq_ptr, xd_ptr, xs_ptr
-        self.accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, [0.0] * 8)) for _ in range(n_acc)]
-        self.mins = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0)) if has_min else None
+
+def _dup(builder, v16):
+    """<16 x i16> v -> <32 x i16> [v, v] (the same weights against two activation rows)."""
+    return builder.shuffle_vector(v16, v16, ir.Constant(ir.VectorType(_I32, 32), list(range(16)) * 2))
+
+
+class _Acts:
+    """The activation rows of a call in their pair layout (`pair_layout`): xq pointer, the xd and xsum rows of
+    the transposed scales, the row count (2 * pairs) and the index type."""
+
+    def __init__(self, xq, xd, xs, n, intp):
+        self.xq, self.xd, self.xs, self.n, self.intp = xq, xd, xs, n, intp
+        self.vec = ir.VectorType(_F32, n)
+
+    def scales(self, builder, ptr, g):
+        """<n x float>: the n rows' values of group g of the transposed scales at ptr."""
+        p = builder.gep(ptr, [builder.mul(g, ir.Constant(self.intp, self.n))])
+        return builder.load(builder.bitcast(p, self.vec.as_pointer()), align=4)
+
+    def pair(self, builder, g, p, h):
+        """<32 x i16>: elements 16h .. 16h + 15 of group g of rows 2p and 2p + 1."""
+        k = builder.add(builder.mul(g, ir.Constant(self.intp, self.n // 2)), ir.Constant(self.intp, p))
+        off = builder.mul(builder.add(builder.mul(k, ir.Constant(self.intp, 2)), ir.Constant(self.intp, h)),
+                          ir.Constant(self.intp, 32))  # fmt: skip
+        return builder.load(builder.bitcast(builder.gep(self.xq, [off]), _V32I16.as_pointer()), align=2)
+
+    def pair_dot(self, builder, g, p, qlo2, qhi2):
+        """<16 x i32>: lanes 0-7 the 8 partial sums of group g of row 2p against the duplicated weights, lanes
+        8-15 those of row 2p + 1 (the single-row kernels' lo + hi vpmaddwd sums, lane for lane)."""
+        return builder.add(_pairs_i32x16(builder, qlo2, self.pair(builder, g, p, 0)),
+                           _pairs_i32x16(builder, qhi2, self.pair(builder, g, p, 1)))  # fmt: skip
+
+
+def _spread(builder, sv, p):
+    """<16 x float>: lane 2p of sv in lanes 0-7, lane 2p + 1 in lanes 8-15."""
+    return builder.shuffle_vector(sv, sv, ir.Constant(_V16I32, [2 * p] * 8 + [2 * p + 1] * 8))
 
 
 def _fmuladd_into(builder, acc, dot, sv):
-    fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v8f32", _V8F32, [_V8F32] * 3)
-    builder.store(builder.call(fmuladd, [builder.sitofp(dot, _V8F32), sv, builder.load(acc)]), acc)
+    fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v16f32", _V16F32, [_V16F32] * 3)
+    builder.store(builder.call(fmuladd, [builder.sitofp(dot, _V16F32), sv, builder.load(acc)]), acc)
 
 
-def _legacy_block(builder, blk, b, rows, intp, decode):
+def _vfma(builder, a, b, c):
+    """a * b + c rounded once, lane by lane (`int8dot._fma` per lane)."""
+    return builder.call(_intrinsic_fn(builder, f"llvm.fma.v{a.type.count}f32", a.type, [a.type] * 3), [a, b, c])
+
+
+class _State:
+    """Accumulators of a call: `n_acc` <16 x float> per pair of rows, a <rows x float> min-term sum."""
+
+    def __init__(self, builder, acts, n_acc, has_min):
+        zero16 = ir.Constant(_V16F32, [0.0] * 16)
+        self.accs = [[cgutils.alloca_once_value(builder, zero16) for _ in range(n_acc)] for _ in range(acts.n // 2)]
+        self.mins = cgutils.alloca_once_value(builder, ir.Constant(acts.vec, [0.0] * acts.n)) if has_min else None
+
+
+def _legacy_block(builder, blk, b, acts, st, decode):
     """One 32-element block against every row: `int8dot._make_dot4`'s int16 path."""
     prefetch_ahead(builder, blk)
     q, d, m = decode(builder, blk)
-    qlo, qhi = _widen16(builder, q, signed=m is None)
-    for row in rows:
-        scale = builder.load(builder.gep(row.xd, [b]))
-        xlo, xhi = _x16_halves(builder, row.xq, builder.mul(b, ir.Constant(intp, 32)))
-        idot = builder.add(_pairs_i32x8(builder, qlo, xlo), _pairs_i32x8(builder, qhi, xhi))
-        _fmuladd_into(builder, row.accs[0], idot, _splat8(builder, builder.fmul(d, scale)))
-        if m is not None:
-            xs = builder.load(builder.gep(row.xs, [b]))
-            builder.store(builder.fadd(builder.load(row.mins), builder.fmul(m, xs)), row.mins)
+    qlo, qhi = (_dup(builder, v) for v in _widen16(builder, q, signed=m is None))
+    sv = builder.fmul(_splat(builder, d, acts.n), acts.scales(builder, acts.xd, b))  # d * xd per row
+    for p in range(acts.n // 2):
+        _fmuladd_into(builder, st.accs[p][0], acts.pair_dot(builder, b, p, qlo, qhi), _spread(builder, sv, p))
+    if m is not None:
+        xs = acts.scales(builder, acts.xs, b)
+        builder.store(builder.fadd(builder.load(st.mins), builder.fmul(_splat(builder, m, acts.n), xs)), st.mins)
 
 
-def _legacy_finish(builder, row):
-    v = _hsum(builder, builder.load(row.accs[0]))
-    return v if row.mins is None else builder.fadd(v, builder.load(row.mins))
+def _row_sums(builder, acc):
+    """(sum of lanes 0-7, sum of lanes 8-15) of a pair's accumulator (`int8dot._hsum` of each row's 8 lanes)."""
+    lo = builder.shuffle_vector(acc, acc, ir.Constant(_V8I32, list(range(8))))
+    hi = builder.shuffle_vector(acc, acc, ir.Constant(_V8I32, list(range(8, 16))))
+    return _hsum(builder, lo), _hsum(builder, hi)
 
 
-def _q4_k_block(builder, blk, b, rows, intp):
+def _legacy_finish(builder, st, p):
+    v = _row_sums(builder, builder.load(st.accs[p][0]))
+    if st.mins is None:
+        return v
+    mins = builder.load(st.mins)
+    return tuple(builder.fadd(v[r], builder.extract_element(mins, ir.Constant(_I32, 2 * p + r))) for r in range(2))
+
+
+def _q4_k_block(builder, blk, b, acts, st):
     """One super-block against every row: `int8dot._q4_k_row_x16`."""
+    intp = acts.intp
     for off in range(0, 144, 64):
         prefetch_ahead(builder, builder.gep(blk, [ir.Constant(intp, off)]))
     d = _f16(builder, blk, 0)
@@ -115,12 +181,8 @@ def _q4_k_block(builder, blk, b, rows, intp):
     sc, mv = _scale_min_k4_vec(builder, blk)
     g0 = builder.mul(b, ir.Constant(intp, 8))
     fence = _intrinsic_fn(builder, "llvm.arithmetic.fence.v8f32", _V8F32, [_V8F32])
-    dsc = builder.call(fence, [builder.fmul(_splat8(builder, d), sc)])
-    scales = []
-    for row in rows:
-        xd8 = builder.load(builder.bitcast(builder.gep(row.xd, [g0]), _V8F32.as_pointer()), align=4)
-        scales.append(builder.fmul(dsc, xd8))
-    msums = [None] * len(rows)
+    dsc = builder.call(fence, [builder.fmul(_splat(builder, d, 8), sc)])
+    msum = None
     for j in range(4):
         halves = [
             builder.zext(_load(builder, blk, ir.Constant(_I32, 16 + 32 * j + 16 * h), _V16I8), _V16I16)
@@ -129,37 +191,33 @@ def _q4_k_block(builder, blk, b, rows, intp):
         for half in range(2):
             s = 2 * j + half
             if half:
-                q = [builder.lshr(v, ir.Constant(_V16I16, [4] * 16)) for v in halves]
+                q = [_dup(builder, builder.lshr(v, ir.Constant(_V16I16, [4] * 16))) for v in halves]
             else:
-                q = [builder.and_(v, ir.Constant(_V16I16, [15] * 16)) for v in halves]
+                q = [_dup(builder, builder.and_(v, ir.Constant(_V16I16, [15] * 16))) for v in halves]
             g = builder.add(g0, ir.Constant(intp, s))
-            m = builder.extract_element(mv, ir.Constant(_I32, s))
-            for i, row in enumerate(rows):
-                xlo, xhi = _x16_halves(builder, row.xq, builder.mul(g, ir.Constant(intp, 32)))
-                dot = builder.add(_pairs_i32x8(builder, q[0], xlo), _pairs_i32x8(builder, q[1], xhi))
-                sv = builder.shuffle_vector(scales[i], scales[i], ir.Constant(_V8I32, [s] * 8))
-                _fmuladd_into(builder, row.accs[half], dot, sv)
-                xs = builder.load(builder.gep(row.xs, [g]))
-                msums[i] = builder.fmul(m, xs) if s == 0 else _fma(builder, m, xs, msums[i])
-    for i, row in enumerate(rows):
-        builder.store(_fma(builder, dmin, msums[i], builder.load(row.mins)), row.mins)
+            es = ir.Constant(_I32, s)
+            sv = builder.fmul(_splat(builder, builder.extract_element(dsc, es), acts.n), acts.scales(builder, acts.xd, g))
+            for p in range(acts.n // 2):
+                _fmuladd_into(builder, st.accs[p][half], acts.pair_dot(builder, g, p, q[0], q[1]), _spread(builder, sv, p))
+            m = _splat(builder, builder.extract_element(mv, es), acts.n)
+            xs = acts.scales(builder, acts.xs, g)
+            msum = builder.fmul(m, xs) if s == 0 else _vfma(builder, m, xs, msum)
+    builder.store(_vfma(builder, _splat(builder, dmin, acts.n), msum, builder.load(st.mins)), st.mins)
 
 
-def _q4_k_finish(builder, row):
-    total = _hsum(builder, builder.fadd(builder.load(row.accs[0]), builder.load(row.accs[1])))
-    return builder.fsub(total, builder.load(row.mins))
+def _q4_k_finish(builder, st, p):
+    v = _row_sums(builder, builder.fadd(builder.load(st.accs[p][0]), builder.load(st.accs[p][1])))
+    mins = builder.load(st.mins)
+    return tuple(builder.fsub(v[r], builder.extract_element(mins, ir.Constant(_I32, 2 * p + r))) for r in range(2))
 
 
-def _q6_k_block(builder, blk, b, rows, intp):
+def _q6_k_block(builder, blk, b, acts, st):
     """One super-block against every row: `int8dot._q6_k_row_x16` (weights times their scales once)."""
+    intp = acts.intp
     for off in range(0, 210, 64):
         prefetch_ahead(builder, builder.gep(blk, [ir.Constant(intp, off)]))
     g0 = builder.mul(b, ir.Constant(intp, 8))
-    dv = _splat8(builder, _f16(builder, blk, 208))
-    gscales = []
-    for row in rows:
-        xd8 = builder.load(builder.bitcast(builder.gep(row.xd, [g0]), _V8F32.as_pointer()), align=4)
-        gscales.append(builder.fmul(dv, xd8))
+    dv = _splat(builder, _f16(builder, blk, 208), acts.n)
     sc16 = builder.sext(_load(builder, blk, ir.Constant(_I32, 192), _V16I8), _V16I16)
     for h in range(2):
         qh = _load(builder, blk, ir.Constant(_I32, 128 + 32 * h), ir.VectorType(ir.IntType(8), 32))
@@ -170,113 +228,91 @@ def _q6_k_block(builder, blk, b, rows, intp):
             i = 8 * h + 2 * k
             s0 = builder.shuffle_vector(sc16, sc16, ir.Constant(_V16I32, [i] * 16))
             s1 = builder.shuffle_vector(sc16, sc16, ir.Constant(_V16I32, [i + 1] * 16))
-            plo, phi = builder.mul(qlo, s0), builder.mul(qhi, s1)
-            for r, row in enumerate(rows):
-                xlo, xhi = _x16_halves(builder, row.xq, builder.mul(g, ir.Constant(intp, 32)))
-                idot = builder.add(_pairs_i32x8(builder, plo, xlo), _pairs_i32x8(builder, phi, xhi))
-                sv = builder.shuffle_vector(gscales[r], gscales[r], ir.Constant(_V8I32, [4 * h + k] * 8))
-                _fmuladd_into(builder, row.accs[k & 1], idot, sv)
+            plo, phi = _dup(builder, builder.mul(qlo, s0)), _dup(builder, builder.mul(qhi, s1))
+            sv = builder.fmul(dv, acts.scales(builder, acts.xd, g))  # d * xd_g per row
+            for p in range(acts.n // 2):
+                _fmuladd_into(builder, st.accs[p][k & 1], acts.pair_dot(builder, g, p, plo, phi), _spread(builder, sv, p))
 
 
-def _q6_k_finish(builder, row):
-    return _hsum(builder, builder.fadd(builder.load(row.accs[0]), builder.load(row.accs[1])))
+def _q6_k_finish(builder, st, p):
+    return _row_sums(builder, builder.fadd(builder.load(st.accs[p][0]), builder.load(st.accs[p][1])))
 
 
 def _kind_code(suffix):
-    """(block bytes, blocks per 32-element activation scale count divisor, accumulators, has a min term,
-    block function, finish function) of a type."""
+    """(block bytes, 32-element groups per block, accumulators per pair, has a min term, block function,
+    finish function) of a type."""
     if suffix == "q4_k":
         return 144, 8, 2, True, _q4_k_block, _q4_k_finish
     if suffix == "q6_k":
         return 210, 8, 2, False, _q6_k_block, _q6_k_finish
     block_bytes, decode = _LEGACY[suffix]
 
-    def block(builder, blk, b, rows, intp):
-        _legacy_block(builder, blk, b, rows, intp, decode)
+    def block(builder, blk, b, acts, st):
+        _legacy_block(builder, blk, b, acts, st, decode)
 
     return block_bytes, 1, 1, decode in (_decode_q4_1, _decode_q5_1), block, _legacy_finish
 
 
-def _row_ptr(context, builder, arr_ty, arr_val, i, elem):
-    """Pointer (to `elem`) at row i of a 2-D C-order array."""
-    a = context.make_array(arr_ty)(context, builder, arr_val)
-    stride = cgutils.unpack_tuple(builder, a.strides, 2)[0]
-    p = builder.gep(builder.bitcast(a.data, ir.IntType(8).as_pointer()), [builder.mul(i, stride)])
-    return builder.bitcast(p, elem.as_pointer()), a
-
-
 @intrinsic(prefer_literal=True)
-def dot_rows(typingctx, w, r, xq, xd, xsum, y, i0, kind, group):
-    """y[i, r] = W[r] . x[i] for the `group` activation rows i from i0 (clamped to the last), W of type
-    KINDS[kind] (uint8 [n_rows, row_bytes]); `kind` and `group` compile-time integer literals."""
-    if not (isinstance(kind, types.IntegerLiteral) and isinstance(group, types.IntegerLiteral)):
+def dot_rows(typingctx, w, r, xq, xd, xsum, y, kind):
+    """y[i, r] = W[r] . x[i] for every activation row i (xq, xd, xsum in `pair_layout`: xd [n // 32, n_x]
+    with n_x = 2, 4 or 8), W of type KINDS[kind] (uint8 [n_rows, row_bytes]); `kind` an integer literal."""
+    if not isinstance(kind, types.IntegerLiteral):
         return None
-    suffix, n_group = KINDS[kind.literal_value], group.literal_value
-    block_bytes, per_block, n_acc, has_min, block, finish = _kind_code(suffix)
-    sig = types.void(w, r, xq, xd, xsum, y, i0, kind, group)
+    block_bytes, per_block, n_acc, has_min, block, finish = _kind_code(KINDS[kind.literal_value])
+    sig = types.void(w, r, xq, xd, xsum, y, kind)
 
     def codegen(context, builder, signature, args):
-        wa = context.make_array(signature.args[0])(context, builder, args[0])
-        intp = cgutils.unpack_tuple(builder, wa.strides, 2)[0].type
+        wa, xqa, xda, xsa, ya = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 3, 4, 5))
+        w_stride = cgutils.unpack_tuple(builder, wa.strides, 2)[0]
+        intp = w_stride.type
         rr = context.cast(builder, args[1], signature.args[1], types.intp)
-        wrow = builder.gep(wa.data, [builder.mul(rr, cgutils.unpack_tuple(builder, wa.strides, 2)[0])])
-        first = context.cast(builder, args[6], signature.args[6], types.intp)
-        xqa = context.make_array(signature.args[2])(context, builder, args[2])
-        last = builder.sub(cgutils.unpack_tuple(builder, xqa.shape, 2)[0], ir.Constant(intp, 1))
-        rows, idx = [], []
-        for k in range(n_group):
-            want = builder.add(first, ir.Constant(intp, k))
-            i = builder.select(builder.icmp_signed("<", want, last), want, last)
-            xq_ptr, _ = _row_ptr(context, builder, signature.args[2], args[2], i, _I16)
-            xd_ptr, xda = _row_ptr(context, builder, signature.args[3], args[3], i, _F32)
-            xs_ptr, _ = _row_ptr(context, builder, signature.args[4], args[4], i, _F32)
-            rows.append(_Row(builder, xq_ptr, xd_ptr, xs_ptr, n_acc, has_min))
-            idx.append(i)
-        n_scales = cgutils.unpack_tuple(builder, xda.shape, 2)[1]
-        nb = builder.udiv(n_scales, ir.Constant(intp, per_block)) if per_block > 1 else n_scales
-        with cgutils.for_range(builder, nb) as loop:
-            b = loop.index
-            blk = builder.gep(wrow, [builder.mul(b, ir.Constant(intp, block_bytes))])
-            block(builder, blk, b, rows, intp)
-        for row, i in zip(rows, idx, strict=True):
-            y_ptr, _ = _row_ptr(context, builder, signature.args[5], args[5], i, _F32)
-            builder.store(finish(builder, row), builder.gep(y_ptr, [rr]))
+        wrow = builder.gep(wa.data, [builder.mul(rr, w_stride)])
+        n_groups, n_x = cgutils.unpack_tuple(builder, xda.shape, 2)
+        results = []
+        for n in GROUPS:  # one code path per row count, chosen at run time
+            results.append((n, builder.icmp_unsigned("==", n_x, ir.Constant(intp, n))))
+        end = builder.append_basic_block("dot_rows_end")
+        for n, is_n in results:
+            body = builder.append_basic_block(f"dot_rows_{n}")
+            nxt = builder.append_basic_block(f"dot_rows_not_{n}")
+            builder.cbranch(is_n, body, nxt)
+            builder.position_at_end(body)
+            acts = _Acts(builder.bitcast(xqa.data, _I16.as_pointer()), xda.data, xsa.data, n, intp)
+            st = _State(builder, acts, n_acc, has_min)
+            nb = builder.udiv(n_groups, ir.Constant(intp, per_block)) if per_block > 1 else n_groups
+            with cgutils.for_range(builder, nb) as loop:
+                b = loop.index
+                block(builder, builder.gep(wrow, [builder.mul(b, ir.Constant(intp, block_bytes))]), b, acts, st)
+            y_stride = cgutils.unpack_tuple(builder, ya.strides, 2)[0]
+            ybase = builder.bitcast(ya.data, ir.IntType(8).as_pointer())
+            for p in range(n // 2):
+                for k, v in enumerate(finish(builder, st, p)):
+                    yrow = builder.bitcast(builder.gep(ybase, [builder.mul(ir.Constant(intp, 2 * p + k), y_stride)]),
+                                           _F32.as_pointer())  # fmt: skip
+                    builder.store(v, builder.gep(yrow, [rr]))
+            builder.branch(end)
+            builder.position_at_end(nxt)
+        builder.branch(end)
+        builder.position_at_end(end)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-@njit(inline="always")
-def _rows_all(w, xq, xd, xsum, y, r, kind):
-    """Weight row r against every activation row, 8, 4 or 2 rows a call."""
-    n_x = xq.shape[0]
-    i0 = 0
-    while i0 < n_x:
-        left = n_x - i0
-        if left > 4:
-            dot_rows(w, r, xq, xd, xsum, y, i0, kind, 8)
-            i0 += 8
-        elif left > 2:
-            dot_rows(w, r, xq, xd, xsum, y, i0, kind, 4)
-            i0 += 4
-        else:
-            dot_rows(w, r, xq, xd, xsum, y, i0, kind, 2)
-            i0 += 2
-
-
 @functools.cache
 def int16_rows_kernel(suffix: str) -> Callable[..., None]:
     """The parallel kernel `int16_rows_<suffix>(w, xq, xd, xsum, y)`: y [n_x, n_rows] = x @ W.T for W of the type
-    with `kernel_suffix` `suffix` (uint8 [n_rows, row_bytes]) and x as int16 activations (xq int16 [n_x, n],
-    xd, xsum float32 [n_x, n // 32]), chunks of CHUNK_ROWS weight rows in parallel. Compiled once, cached on
-    disk (the kernel closes over the type's index, an int: see `matmul_multirow.multirow_kernel`)."""
+    with `kernel_suffix` `suffix` (uint8 [n_rows, row_bytes]) and x as int16 activations in `pair_layout` (n_x
+    2, 4 or 8), chunks of CHUNK_ROWS weight rows in parallel. Compiled once, cached on disk (the kernel closes
+    over the type's index, an int: see `matmul_multirow.multirow_kernel`)."""
     kind = KINDS.index(suffix)
 
     def kernel(w, xq, xd, xsum, y):
         n_rows = w.shape[0]
         for c in prange((n_rows + CHUNK_ROWS - 1) // CHUNK_ROWS):
             for r in range(c * CHUNK_ROWS, min(n_rows, (c + 1) * CHUNK_ROWS)):
-                _rows_all(w, xq, xd, xsum, y, r, kind)
+                dot_rows(w, r, xq, xd, xsum, y, kind)
 
     kernel.__name__ = kernel.__qualname__ = f"int16_rows_{suffix}"
     return njit(parallel=True, cache=True, fastmath=FAST)(kernel)
@@ -289,7 +325,7 @@ def int16_rows_serial(suffix: str) -> Callable[..., None]:
 
     def kernel(w, xq, xd, xsum, y):
         for r in range(w.shape[0]):
-            _rows_all(w, xq, xd, xsum, y, r, kind)
+            dot_rows(w, r, xq, xd, xsum, y, kind)
 
     kernel.__name__ = kernel.__qualname__ = f"int16_rows_serial_{suffix}"
     return njit(cache=True, fastmath=FAST)(kernel)
@@ -301,3 +337,24 @@ def quantize_rows16(x, xq, xd, xsum):
     for i in range(x.shape[0]):
         quantize_activations16(x[i], xq[i], xd[i], xsum[i])
 
+
+def padded_rows(n_x: int) -> int:
+    """The row count a call computes for n_x activation rows (2 <= n_x <= 8): 2, 4 or 8."""
+    return next(n for n in GROUPS if n >= n_x)
+
+
+def pair_layout(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x float32 [n_x, n] (n_x <= 8, n a multiple of 32) as the kernels' int16 activations (xq, xd, xsum): rows
+    padded to `padded_rows` with copies of the last, each quantized as `quantize_activations16`; xq flat, per
+    32-element group g, per pair of rows p, per half h (elements 16h .. 16h + 15): those 16 of row 2p, then those
+    of row 2p + 1 (one 512-bit load); xd, xsum transposed to [n // 32, rows] (one vector load per group)."""
+    n_x, n = x.shape
+    rows = padded_rows(n_x)
+    if rows != n_x:
+        x = np.concatenate([x, np.repeat(x[-1:], rows - n_x, axis=0)])
+    xq = np.empty((rows, n), dtype=np.int16)
+    xd = np.empty((rows, n // 32), dtype=np.float32)
+    xsum = np.empty((rows, n // 32), dtype=np.float32)
+    quantize_rows16(np.ascontiguousarray(x, dtype=np.float32), xq, xd, xsum)
+    pairs = xq.reshape(rows // 2, 2, n // 32, 2, 16).transpose(2, 0, 3, 1, 4)
+    return np.ascontiguousarray(pairs).reshape(-1), np.ascontiguousarray(xd.T), np.ascontiguousarray(xsum.T)
