@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from embedkit.gguf.types import GGMLType
-from embedkit.kernels.cpu import matvec_int8, matvec_kquants, matvec_legacy, q4_1_packed, q5_0_packed
+from embedkit.kernels.cpu import matvec_int8, matvec_kquants, matvec_legacy, multirow_int16, q4_1_packed, q5_0_packed
 from embedkit.kernels.cpu.dispatch import DEQUANTIZERS, MULTIROW_KERNELS
 from embedkit.kernels.cpu.threads import get_num_threads
 from embedkit.quant import QUANT_TYPES, types_with
@@ -34,6 +34,17 @@ INT8_MATVECS = {  # type -> (parallel kernel, serial kernel over a row range)
         getattr(matvec_int8, f"rows_{QUANT_TYPES[t].kernel_suffix}_i8"))
     for t in types_with(CPU_INT16)
 }  # fmt: skip
+
+# The same arithmetic for several activation rows at once (a batched decode step of 2..MAX_INT16_ROWS sequences):
+# each weight block decoded once for all rows, every row's result bit-identical to its single-row kernel, so a
+# sequence decodes the same in any batch. type -> (parallel kernel, serial kernel), activations in
+# `multirow_int16.pair_layout`.
+INT16_ROWS = {
+    t: (multirow_int16.int16_rows_kernel(QUANT_TYPES[t].kernel_suffix),
+        multirow_int16.int16_rows_serial(QUANT_TYPES[t].kernel_suffix))
+    for t in types_with(CPU_INT16)
+}  # fmt: skip
+MAX_INT16_ROWS = multirow_int16.GROUPS[-1]
 
 # Types with a decode layout repacked once from the GGUF bytes (path cpu.packed: same size, cheaper to decode):
 # type -> (whether rows of n_cols have it, pack(rows) -> packed, (parallel, serial) kernels).
@@ -123,6 +134,21 @@ def _integer_matvec(
     return y
 
 
+def _int16_rows(n_tokens: int, t: GGMLType, n_cols: int) -> bool:
+    """Whether n_tokens rows of x against a weight of type t take the several-row int16 kernel."""
+    return 2 <= n_tokens <= MAX_INT16_ROWS and t in INT16_ROWS and n_cols % QUANT_TYPES[t].block_size == 0
+
+
+def _int16_rows_matmul(
+    acts: tuple[np.ndarray, np.ndarray, np.ndarray], n_tokens: int, rows: np.ndarray, t: GGMLType
+) -> np.ndarray:
+    """y [n_tokens, n_rows] from the several-row int16 kernel of type t, x in `multirow_int16.pair_layout`."""
+    y = np.empty((acts[1].shape[1], rows.shape[0]), dtype=np.float32)
+    parallel = rows.nbytes >= PARALLEL_MIN_BYTES and get_num_threads() > 1
+    INT16_ROWS[t][0 if parallel else 1](rows, *acts, y)
+    return y[:n_tokens]
+
+
 def multirow_from(t: GGMLType) -> int:
     """The fewest tokens for which a weight of type t takes the small-batch kernel."""
     return MULTIROW_FROM.get(t, MIN_MULTIROW_TOKENS)
@@ -138,8 +164,9 @@ def _multirow(n_tokens: int, t: GGMLType) -> bool:
     return t in MULTIROW_KERNELS and multirow_from(t) <= n_tokens <= MAX_MULTIROW_TOKENS
 
 
-def matmul_packed(acts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], packed: np.ndarray, t: GGMLType,
-                  n_rows: int) -> np.ndarray:
+def matmul_packed(
+    acts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], packed: np.ndarray, t: GGMLType, n_rows: int
+) -> np.ndarray:
     """y [n_tokens, n_rows] of a weight in its decode layout `packed` (type t; rows of several weights of one
     type may be stacked in it) against one token's `integer_activations` each: one kernel launch."""
     return _integer_matvec(packed, PACKED_MATVECS[t][2], acts, n_rows)
@@ -152,6 +179,8 @@ def matmul_rows(
     `decode_layout` if it has one, serves decode."""
     n_tokens = x.shape[0]
     n_rows = rows.shape[0]
+    if _int16_rows(n_tokens, t, n_cols):
+        return _int16_rows_matmul(multirow_int16.pair_layout(x), n_tokens, rows, t)
     if _multirow(n_tokens, t):
         y = np.empty((n_tokens, n_rows), dtype=np.float32)
         MULTIROW_KERNELS[t](rows, x, y)
@@ -184,6 +213,9 @@ def matmul_rows_many(
     """`matmul_rows` for several W (rows, type, packed layout or None) sharing the input x: decode quantizes x
     once (int16 activations have one format for every type)."""
     n_tokens = x.shape[0]
+    if n_tokens > 1 and all(_int16_rows(n_tokens, t, n_cols) for _, t, _ in weights):
+        pairs = multirow_int16.pair_layout(x)
+        return [_int16_rows_matmul(pairs, n_tokens, rows, t) for rows, t, _ in weights]
     if any(n_tokens > matvec_tokens(t) for _, t, _ in weights):
         return [matmul_rows(x, rows, t, n_cols, packed) for rows, t, packed in weights]
     acts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None

@@ -41,7 +41,6 @@ from embedkit.kernels.cpu.int8dot import (
     _decode_q5_1,
     _decode_q8_0,
     _f16,
-    _fma,
     _hsum,
     _intrinsic_fn,
     _load,
@@ -49,11 +48,9 @@ from embedkit.kernels.cpu.int8dot import (
     _q6_k_quants,
     _scale_min_k4_vec,
     _widen16,
-    _x16_halves,
 )
-from embedkit.kernels.cpu.isa import HAS_AVX512, prefetch_ahead
+from embedkit.kernels.cpu.isa import HAS_AVX512, HAS_AVX512_VNNI, prefetch_ahead
 from embedkit.kernels.cpu.matvec_int8 import quantize_activations16
-from embedkit.kernels.cpu.matvec_legacy import FAST
 
 # the `kernel_suffix` of each type, in the order of their `kind` index
 KINDS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k")
@@ -115,8 +112,11 @@ class _Acts:
     def pair_dot(self, builder, g, p, qlo2, qhi2):
         """<16 x i32>: lanes 0-7 the 8 partial sums of group g of row 2p against the duplicated weights, lanes
         8-15 those of row 2p + 1 (the single-row kernels' lo + hi vpmaddwd sums, lane for lane)."""
-        return builder.add(_pairs_i32x16(builder, qlo2, self.pair(builder, g, p, 0)),
-                           _pairs_i32x16(builder, qhi2, self.pair(builder, g, p, 1)))  # fmt: skip
+        lo = _pairs_i32x16(builder, qlo2, self.pair(builder, g, p, 0))
+        if HAS_AVX512_VNNI:
+            dpwssd = _intrinsic_fn(builder, "llvm.x86.avx512.vpdpwssd.512", _V16I32, [_V16I32, _V32I16, _V32I16])
+            return builder.call(dpwssd, [lo, qhi2, self.pair(builder, g, p, 1)])
+        return builder.add(lo, _pairs_i32x16(builder, qhi2, self.pair(builder, g, p, 1)))
 
 
 def _spread(builder, sv, p):
@@ -127,6 +127,13 @@ def _spread(builder, sv, p):
 def _fmuladd_into(builder, acc, dot, sv):
     fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v16f32", _V16F32, [_V16F32] * 3)
     builder.store(builder.call(fmuladd, [builder.sitofp(dot, _V16F32), sv, builder.load(acc)]), acc)
+
+
+def _accumulate(builder, acts, st, slot, g, qlo2, qhi2, sv):
+    """Group g of every pair of rows against the duplicated weights, into accumulator `slot` of each pair, scaled
+    by its rows' lanes of sv (<rows x float>)."""
+    for p in range(acts.n // 2):
+        _fmuladd_into(builder, st.accs[p][slot], acts.pair_dot(builder, g, p, qlo2, qhi2), _spread(builder, sv, p))
 
 
 def _vfma(builder, a, b, c):
@@ -149,11 +156,12 @@ def _legacy_block(builder, blk, b, acts, st, decode):
     q, d, m = decode(builder, blk)
     qlo, qhi = (_dup(builder, v) for v in _widen16(builder, q, signed=m is None))
     sv = builder.fmul(_splat(builder, d, acts.n), acts.scales(builder, acts.xd, b))  # d * xd per row
-    for p in range(acts.n // 2):
-        _fmuladd_into(builder, st.accs[p][0], acts.pair_dot(builder, b, p, qlo, qhi), _spread(builder, sv, p))
+    _accumulate(builder, acts, st, 0, b, qlo, qhi, sv)
     if m is not None:
         xs = acts.scales(builder, acts.xs, b)
-        builder.store(builder.fadd(builder.load(st.mins), builder.fmul(_splat(builder, m, acts.n), xs)), st.mins)
+        # m * xs + mins rounded once: what `dot4_q4_1`'s multiply and add compile to (fastmath contracts them;
+        # `q4_1_packed` writes the same fma)
+        builder.store(_vfma(builder, _splat(builder, m, acts.n), xs, builder.load(st.mins)), st.mins)
 
 
 def _row_sums(builder, acc):
@@ -196,9 +204,8 @@ def _q4_k_block(builder, blk, b, acts, st):
                 q = [_dup(builder, builder.and_(v, ir.Constant(_V16I16, [15] * 16))) for v in halves]
             g = builder.add(g0, ir.Constant(intp, s))
             es = ir.Constant(_I32, s)
-            sv = builder.fmul(_splat(builder, builder.extract_element(dsc, es), acts.n), acts.scales(builder, acts.xd, g))
-            for p in range(acts.n // 2):
-                _fmuladd_into(builder, st.accs[p][half], acts.pair_dot(builder, g, p, q[0], q[1]), _spread(builder, sv, p))
+            dsc_s = _splat(builder, builder.extract_element(dsc, es), acts.n)
+            _accumulate(builder, acts, st, half, g, q[0], q[1], builder.fmul(dsc_s, acts.scales(builder, acts.xd, g)))
             m = _splat(builder, builder.extract_element(mv, es), acts.n)
             xs = acts.scales(builder, acts.xs, g)
             msum = builder.fmul(m, xs) if s == 0 else _vfma(builder, m, xs, msum)
@@ -230,8 +237,7 @@ def _q6_k_block(builder, blk, b, acts, st):
             s1 = builder.shuffle_vector(sc16, sc16, ir.Constant(_V16I32, [i + 1] * 16))
             plo, phi = _dup(builder, builder.mul(qlo, s0)), _dup(builder, builder.mul(qhi, s1))
             sv = builder.fmul(dv, acts.scales(builder, acts.xd, g))  # d * xd_g per row
-            for p in range(acts.n // 2):
-                _fmuladd_into(builder, st.accs[p][k & 1], acts.pair_dot(builder, g, p, plo, phi), _spread(builder, sv, p))
+            _accumulate(builder, acts, st, k & 1, g, plo, phi, sv)
 
 
 def _q6_k_finish(builder, st, p):
@@ -263,7 +269,9 @@ def dot_rows(typingctx, w, r, xq, xd, xsum, y, kind):
     sig = types.void(w, r, xq, xd, xsum, y, kind)
 
     def codegen(context, builder, signature, args):
-        wa, xqa, xda, xsa, ya = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 3, 4, 5))
+        wa, xqa, xda, xsa, ya = (
+            context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 3, 4, 5)
+        )
         w_stride = cgutils.unpack_tuple(builder, wa.strides, 2)[0]
         intp = w_stride.type
         rr = context.cast(builder, args[1], signature.args[1], types.intp)
@@ -315,7 +323,7 @@ def int16_rows_kernel(suffix: str) -> Callable[..., None]:
                 dot_rows(w, r, xq, xd, xsum, y, kind)
 
     kernel.__name__ = kernel.__qualname__ = f"int16_rows_{suffix}"
-    return njit(parallel=True, cache=True, fastmath=FAST)(kernel)
+    return njit(parallel=True, cache=True)(kernel)
 
 
 @functools.cache
@@ -328,7 +336,7 @@ def int16_rows_serial(suffix: str) -> Callable[..., None]:
             dot_rows(w, r, xq, xd, xsum, y, kind)
 
     kernel.__name__ = kernel.__qualname__ = f"int16_rows_serial_{suffix}"
-    return njit(cache=True, fastmath=FAST)(kernel)
+    return njit(cache=True)(kernel)
 
 
 @njit(cache=True)
