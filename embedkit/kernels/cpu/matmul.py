@@ -73,18 +73,12 @@ PARALLEL_MIN_BYTES = 128 << 10
 # dequantized tiles + BLAS.
 MAX_MATVEC_TOKENS = 4
 # From a type's first token count (`multirow_from`) to MAX_MULTIROW_TOKENS tokens, types with a row decoder (registry
-# path cpu.multirow) run `matmul_multirow`: each weight block is dequantized once for all the tokens (a batched
-# decode step); below it, one int16 matvec per token. The kernel's cost hardly grows from 1 to 4 tokens (the
-# decoding dominates), so the crossover depends on how fast the type's int16 matvec is: one thread, CPU time, Gemma 3
-# 270M's weights, small-batch kernel / 4 int16 matvecs at 4 tokens: Q5_0 (packed layout) 2048x640 0.46 / 0.29 ms
-# (even at 8: 0.59 / 0.57), Q6_K 640x2048 0.46 / 0.44 (0.56 / 0.65 at 6), Q4_K 640x1024 0.18 / 0.25, Q8_0
-# 262144x640 42.8 / 45.2 ms already at 2; SmolLM2's Q4_1 (packed) 1536x576 0.33 / 0.30 at 6, 0.33 / 0.40 at 8
-# (loaded 2-core VM, 2026-12-07). Up to 64 tokens the kernel also beats the tiles for short prompts (a server's
-# requests): SmolLM2's Q4_1 1536x576 at 32 / 64 / 128 tokens 0.97 / 1.78 / 3.60 ms against 1.99 / 2.33 / 3.16,
-# Qwen2.5's Q5_0 4864x896 5.5 / 9.1 / 22.5 against 7.8 / 10.6 / 18.7; with more threads the kernel gains more (the
-# tiles are dequantized on one).
+# path cpu.multirow) run `matmul_multirow`: each weight block is dequantized once for all the tokens. Types with
+# int16 kernels take it only above MAX_INT16_ROWS tokens (2..MAX_INT16_ROWS run `multirow_int16`, a batched decode
+# step); it beats the tiles for short prompts (a server's requests): SmolLM2's Q4_1 1536x576 at 32 / 64 / 128 tokens
+# 0.97 / 1.78 / 3.60 ms against 1.99 / 2.33 / 3.16, Qwen2.5's Q5_0 4864x896 5.5 / 9.1 / 22.5 against 7.8 / 10.6 /
+# 18.7 (loaded 2-core VM, 2026-12-07); with more threads the kernel gains more (the tiles are dequantized on one).
 MIN_MULTIROW_TOKENS = 3
-MULTIROW_FROM = {GGMLType.Q8_0: 2, GGMLType.Q6_K: 5, GGMLType.Q4_1: 7, GGMLType.Q5_0: 8}
 MAX_MULTIROW_TOKENS = 64
 # Tokens up to which a decode matmul skips the backend's per-call validation (`backend.cpu`).
 MAX_DECODE_TOKENS = max(MAX_MATVEC_TOKENS, MAX_MULTIROW_TOKENS)
@@ -150,12 +144,15 @@ def _int16_rows_matmul(
 
 
 def multirow_from(t: GGMLType) -> int:
-    """The fewest tokens for which a weight of type t takes the small-batch kernel."""
-    return MULTIROW_FROM.get(t, MIN_MULTIROW_TOKENS)
+    """The fewest tokens for which a weight of type t takes the small-batch (float32) kernel."""
+    return MAX_INT16_ROWS + 1 if t in INT16_ROWS else MIN_MULTIROW_TOKENS
 
 
 def matvec_tokens(t: GGMLType) -> int:
-    """The most tokens that run as one fused matvec each against a weight of type t."""
+    """The most tokens that run the integer decode kernels (one fused matvec per token, or the several-row int16
+    kernel) against a weight of type t."""
+    if t in INT16_ROWS:
+        return MAX_INT16_ROWS
     return multirow_from(t) - 1 if t in MULTIROW_KERNELS else MAX_MATVEC_TOKENS
 
 
