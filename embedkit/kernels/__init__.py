@@ -102,11 +102,11 @@ def dequantize(data: np.ndarray, ggml_type: str | int | GGMLType, shape: tuple[i
 def matmul(x: np.ndarray, data: np.ndarray, ggml_type: str | int | GGMLType, shape: tuple[int, int]) -> np.ndarray:
     """`x @ W.T` for float32 x [n_tokens, n_cols] and W given as raw GGUF bytes of `shape` (n_rows, n_cols).
 
-    Returns float32 [n_tokens, n_rows]. One or two tokens run the fused decode matvec, 3 to 64 the small-batch
-    kernel (`cpu/matmul_multirow`, float32) where the type has one, more run dequantized tiles through BLAS.
-    Accuracy: float32 activations (relative error ~1e-6) except the one-token decode of the types on the
-    registry's `cpu.int16` path (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K), which quantizes x to int16
-    blocks (~3e-5 of max|y|). llama.cpp's own arithmetic: `embedkit.kernels.cpu.ggml_exact`.
+    Returns float32 [n_tokens, n_rows]. Types on the registry's `cpu.int16` path (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+    Q4_K, Q6_K) run one token through the fused decode matvec and 2 to 8 through `cpu/multirow_int16` (each row's
+    result bit-identical to its one-token matvec), quantizing x to int16 blocks (~3e-5 of max|y|); up to 64 tokens
+    run the small-batch kernel (`cpu/matmul_multirow`, float32 activations, relative error ~1e-6) where the type
+    has one, more run dequantized tiles through BLAS. llama.cpp's own arithmetic: `embedkit.kernels.cpu.ggml_exact`.
     """
     t = _resolve(ggml_type)
     _dequantizer(t)

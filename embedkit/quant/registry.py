@@ -13,9 +13,9 @@ Paths (which kernel family implements `x @ W.T` or a conversion for the type):
 | cpu.dequant | kernels/cpu/dequant | GGUF rows -> float32 (get_rows; prompt matmuls: tiles + BLAS) |
 | cpu.quantize | kernels/cpu/quantizers | float32 -> GGUF rows (random test weights, `convert`) |
 | cpu.matvec | kernels/cpu/matvec_legacy, matvec_kquants | decode matvec, float32 activations |
-| cpu.int16 | kernels/cpu/matvec_int8 | decode matvec, activations in int16 blocks of 32 (taken before cpu.matvec) |
+| cpu.int16 | kernels/cpu/matvec_int8, multirow_int16 | decode (1 or 2-8 rows), x in int16 blocks (before cpu.matvec) |
 | cpu.packed | kernels/cpu/<type>_packed | cpu.int16 on a layout repacked at the first decode |
-| cpu.multirow | kernels/cpu/matmul_multirow | a few rows (batched decode): each block dequantized once for all rows |
+| cpu.multirow | kernels/cpu/matmul_multirow | a few rows (short prompts): each block dequantized once for all rows |
 | ggml_exact | kernels/cpu/ggml_exact | llama.cpp's x86 AVX2 kernels, bit for bit (`--cpu-math ggml`) |
 | cuda.generic | kernels/cuda/quant_elem, quant_generic | element decode: dequantize, float32 matvec |
 | cuda.fast | kernels/cuda/quant_fast | repacked at upload, int8 activations, dp4a |

@@ -31,6 +31,7 @@ def target_features() -> set[str]:
 _FEATURES = target_features()
 HAS_AVX2 = "avx2" in _FEATURES
 HAS_AVX512 = "avx512bw" in _FEATURES
+HAS_AVX512_VNNI = HAS_AVX512 and "avx512vnni" in _FEATURES  # vpdpwssd: a vpmaddwd and its add in one
 
 # Software prefetch distance of the decode matvecs, in bytes ahead of the block being read (0: none). On the
 # AVX-512 Xeon hosts (2-vCPU KVM guests) the hardware prefetchers leave a weight stream from L3/DRAM latency

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from embedkit.gguf.types import GGMLType
-from embedkit.kernels.cpu import matvec_int8, matvec_kquants, matvec_legacy, q4_1_packed, q5_0_packed
+from embedkit.kernels.cpu import matvec_int8, matvec_kquants, matvec_legacy, multirow_int16, q4_1_packed, q5_0_packed
 from embedkit.kernels.cpu.dispatch import DEQUANTIZERS, MULTIROW_KERNELS
 from embedkit.kernels.cpu.threads import get_num_threads
 from embedkit.quant import QUANT_TYPES, types_with
@@ -34,6 +34,17 @@ INT8_MATVECS = {  # type -> (parallel kernel, serial kernel over a row range)
         getattr(matvec_int8, f"rows_{QUANT_TYPES[t].kernel_suffix}_i8"))
     for t in types_with(CPU_INT16)
 }  # fmt: skip
+
+# The same arithmetic for several activation rows at once (a batched decode step of 2..MAX_INT16_ROWS sequences):
+# each weight block decoded once for all rows, every row's result bit-identical to its single-row kernel, so a
+# sequence decodes the same in any batch. type -> (parallel kernel, serial kernel), activations in
+# `multirow_int16.pair_layout`.
+INT16_ROWS = {
+    t: (multirow_int16.int16_rows_kernel(QUANT_TYPES[t].kernel_suffix),
+        multirow_int16.int16_rows_serial(QUANT_TYPES[t].kernel_suffix))
+    for t in types_with(CPU_INT16)
+}  # fmt: skip
+MAX_INT16_ROWS = multirow_int16.GROUPS[-1]
 
 # Types with a decode layout repacked once from the GGUF bytes (path cpu.packed: same size, cheaper to decode):
 # type -> (whether rows of n_cols have it, pack(rows) -> packed, (parallel, serial) kernels).
@@ -62,18 +73,12 @@ PARALLEL_MIN_BYTES = 128 << 10
 # dequantized tiles + BLAS.
 MAX_MATVEC_TOKENS = 4
 # From a type's first token count (`multirow_from`) to MAX_MULTIROW_TOKENS tokens, types with a row decoder (registry
-# path cpu.multirow) run `matmul_multirow`: each weight block is dequantized once for all the tokens (a batched
-# decode step); below it, one int16 matvec per token. The kernel's cost hardly grows from 1 to 4 tokens (the
-# decoding dominates), so the crossover depends on how fast the type's int16 matvec is: one thread, CPU time, Gemma 3
-# 270M's weights, small-batch kernel / 4 int16 matvecs at 4 tokens: Q5_0 (packed layout) 2048x640 0.46 / 0.29 ms
-# (even at 8: 0.59 / 0.57), Q6_K 640x2048 0.46 / 0.44 (0.56 / 0.65 at 6), Q4_K 640x1024 0.18 / 0.25, Q8_0
-# 262144x640 42.8 / 45.2 ms already at 2; SmolLM2's Q4_1 (packed) 1536x576 0.33 / 0.30 at 6, 0.33 / 0.40 at 8
-# (loaded 2-core VM, 2026-12-07). Up to 64 tokens the kernel also beats the tiles for short prompts (a server's
-# requests): SmolLM2's Q4_1 1536x576 at 32 / 64 / 128 tokens 0.97 / 1.78 / 3.60 ms against 1.99 / 2.33 / 3.16,
-# Qwen2.5's Q5_0 4864x896 5.5 / 9.1 / 22.5 against 7.8 / 10.6 / 18.7; with more threads the kernel gains more (the
-# tiles are dequantized on one).
+# path cpu.multirow) run `matmul_multirow`: each weight block is dequantized once for all the tokens. Types with
+# int16 kernels take it only above MAX_INT16_ROWS tokens (2..MAX_INT16_ROWS run `multirow_int16`, a batched decode
+# step); it beats the tiles for short prompts (a server's requests): SmolLM2's Q4_1 1536x576 at 32 / 64 / 128 tokens
+# 0.97 / 1.78 / 3.60 ms against 1.99 / 2.33 / 3.16, Qwen2.5's Q5_0 4864x896 5.5 / 9.1 / 22.5 against 7.8 / 10.6 /
+# 18.7 (loaded 2-core VM, 2026-12-07); with more threads the kernel gains more (the tiles are dequantized on one).
 MIN_MULTIROW_TOKENS = 3
-MULTIROW_FROM = {GGMLType.Q8_0: 2, GGMLType.Q6_K: 5, GGMLType.Q4_1: 7, GGMLType.Q5_0: 8}
 MAX_MULTIROW_TOKENS = 64
 # Tokens up to which a decode matmul skips the backend's per-call validation (`backend.cpu`).
 MAX_DECODE_TOKENS = max(MAX_MATVEC_TOKENS, MAX_MULTIROW_TOKENS)
@@ -123,13 +128,31 @@ def _integer_matvec(
     return y
 
 
+def _int16_rows(n_tokens: int, t: GGMLType, n_cols: int) -> bool:
+    """Whether n_tokens rows of x against a weight of type t take the several-row int16 kernel."""
+    return 2 <= n_tokens <= MAX_INT16_ROWS and t in INT16_ROWS and n_cols % QUANT_TYPES[t].block_size == 0
+
+
+def _int16_rows_matmul(
+    acts: tuple[np.ndarray, np.ndarray, np.ndarray], n_tokens: int, rows: np.ndarray, t: GGMLType
+) -> np.ndarray:
+    """y [n_tokens, n_rows] from the several-row int16 kernel of type t, x in `multirow_int16.pair_layout`."""
+    y = np.empty((acts[1].shape[1], rows.shape[0]), dtype=np.float32)
+    parallel = rows.nbytes >= PARALLEL_MIN_BYTES and get_num_threads() > 1
+    INT16_ROWS[t][0 if parallel else 1](rows, *acts, y)
+    return y[:n_tokens]
+
+
 def multirow_from(t: GGMLType) -> int:
-    """The fewest tokens for which a weight of type t takes the small-batch kernel."""
-    return MULTIROW_FROM.get(t, MIN_MULTIROW_TOKENS)
+    """The fewest tokens for which a weight of type t takes the small-batch (float32) kernel."""
+    return MAX_INT16_ROWS + 1 if t in INT16_ROWS else MIN_MULTIROW_TOKENS
 
 
 def matvec_tokens(t: GGMLType) -> int:
-    """The most tokens that run as one fused matvec each against a weight of type t."""
+    """The most tokens that run the integer decode kernels (one fused matvec per token, or the several-row int16
+    kernel) against a weight of type t."""
+    if t in INT16_ROWS:
+        return MAX_INT16_ROWS
     return multirow_from(t) - 1 if t in MULTIROW_KERNELS else MAX_MATVEC_TOKENS
 
 
@@ -138,8 +161,9 @@ def _multirow(n_tokens: int, t: GGMLType) -> bool:
     return t in MULTIROW_KERNELS and multirow_from(t) <= n_tokens <= MAX_MULTIROW_TOKENS
 
 
-def matmul_packed(acts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], packed: np.ndarray, t: GGMLType,
-                  n_rows: int) -> np.ndarray:
+def matmul_packed(
+    acts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], packed: np.ndarray, t: GGMLType, n_rows: int
+) -> np.ndarray:
     """y [n_tokens, n_rows] of a weight in its decode layout `packed` (type t; rows of several weights of one
     type may be stacked in it) against one token's `integer_activations` each: one kernel launch."""
     return _integer_matvec(packed, PACKED_MATVECS[t][2], acts, n_rows)
@@ -152,6 +176,8 @@ def matmul_rows(
     `decode_layout` if it has one, serves decode."""
     n_tokens = x.shape[0]
     n_rows = rows.shape[0]
+    if _int16_rows(n_tokens, t, n_cols):
+        return _int16_rows_matmul(multirow_int16.pair_layout(x), n_tokens, rows, t)
     if _multirow(n_tokens, t):
         y = np.empty((n_tokens, n_rows), dtype=np.float32)
         MULTIROW_KERNELS[t](rows, x, y)
@@ -184,6 +210,9 @@ def matmul_rows_many(
     """`matmul_rows` for several W (rows, type, packed layout or None) sharing the input x: decode quantizes x
     once (int16 activations have one format for every type)."""
     n_tokens = x.shape[0]
+    if n_tokens > 1 and all(_int16_rows(n_tokens, t, n_cols) for _, t, _ in weights):
+        pairs = multirow_int16.pair_layout(x)
+        return [_int16_rows_matmul(pairs, n_tokens, rows, t) for rows, t, _ in weights]
     if any(n_tokens > matvec_tokens(t) for _, t, _ in weights):
         return [matmul_rows(x, rows, t, n_cols, packed) for rows, t, packed in weights]
     acts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None

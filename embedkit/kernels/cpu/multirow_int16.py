@@ -1,0 +1,368 @@
+"""`y = x @ W.T` for a few activation rows (a continuous-batching decode step) with int16 activations: each weight
+block is read and decoded once and multiplied with every activation row (registry path `cpu.int16`, several rows).
+
+The arithmetic of each (weight row, activation row) pair is that of the single-row decode kernels
+(`matvec_int8`, block dots in `int8dot`) operation for operation: the same integer block dot (exact), the same
+float32 scale products, multiply-adds into the same 8-lane accumulators in the same order, the same horizontal
+sum. A sequence's logits therefore do not depend on the batch it runs in: bit-identical to its solo decode
+(tests/test_kernels_multirow_int16.py).
+
+One intrinsic `dot_rows(w, r, xq, xd, xsum, y, i0, kind, group)` computes weight row r against the `group`
+activation rows i0 .. i0 + group - 1 (clamped to the last row: a clamped row recomputes the last row's value and
+stores the same bits) for the quant type `kind` (an index into KINDS); `int16_rows_kernel(<type>)` makes the
+cached parallel kernel of a type over all rows. Activations: xq int16 [n_x, n], xd and xsum float32
+[n_x, n // 32] (`matvec_int8.quantize_activations16` of each row).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from embedkit.kernels.cpu.int8dot import (
+    _F32,
+    _I16,
+    _I32,
+    _V8F32,
+    _V8I32,
+    _V16I8,
+    _V16I16,
+    _V16I32,
+    _V32I16,
+    _decode_q4_0,
+    _decode_q4_1,
+    _decode_q5_0,
+    _decode_q5_1,
+    _decode_q8_0,
+    _f16,
+    _hsum,
+    _intrinsic_fn,
+    _load,
+    _pairs_i32x8,
+    _q6_k_quants,
+    _scale_min_k4_vec,
+    _widen16,
+)
+from embedkit.kernels.cpu.isa import HAS_AVX512, HAS_AVX512_VNNI, prefetch_ahead
+from embedkit.kernels.cpu.matvec_int8 import quantize_activations16
+
+# the `kernel_suffix` of each type, in the order of their `kind` index
+KINDS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k")
+_LEGACY = {
+    "q8_0": (34, _decode_q8_0),
+    "q4_0": (18, _decode_q4_0),
+    "q4_1": (20, _decode_q4_1),
+    "q5_0": (22, _decode_q5_0),
+    "q5_1": (24, _decode_q5_1),
+}
+GROUPS = (2, 4, 8)  # activation rows of a call (`pair_layout`)
+CHUNK_ROWS = 16  # weight rows per prange chunk
+_V16F32 = ir.VectorType(_F32, 16)
+
+
+def _splat(builder, v, n):
+    """<n x float> of the scalar v in every lane."""
+    ty = ir.VectorType(_F32, n)
+    sv = builder.insert_element(ir.Constant(ty, ir.Undefined), v, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(sv, sv, ir.Constant(ir.VectorType(_I32, n), [0] * n))
+
+
+def _pairs_i32x16(builder, a, b):
+    """<32 x i16> a, b -> <16 x i32> with lane j = a[2j] b[2j] + a[2j+1] b[2j+1] (one 512-bit vpmaddwd)."""
+    if HAS_AVX512:
+        return builder.call(_intrinsic_fn(builder, "llvm.x86.avx512.pmaddw.d.512", _V16I32, [_V32I16] * 2), [a, b])
+    halves = []
+    for h in range(2):
+        idx = ir.Constant(_V16I32, list(range(16 * h, 16 * h + 16)))
+        halves.append(_pairs_i32x8(builder, builder.shuffle_vector(a, a, idx), builder.shuffle_vector(b, b, idx)))
+    return builder.shuffle_vector(halves[0], halves[1], ir.Constant(_V16I32, list(range(16))))
+
+
+def _dup(builder, v16):
+    """<16 x i16> v -> <32 x i16> [v, v] (the same weights against two activation rows)."""
+    return builder.shuffle_vector(v16, v16, ir.Constant(ir.VectorType(_I32, 32), list(range(16)) * 2))
+
+
+class _Acts:
+    """The activation rows of a call in their pair layout (`pair_layout`): xq pointer, the xd and xsum rows of
+    the transposed scales, the row count (2 * pairs) and the index type."""
+
+    def __init__(self, xq, xd, xs, n, intp):
+        self.xq, self.xd, self.xs, self.n, self.intp = xq, xd, xs, n, intp
+        self.vec = ir.VectorType(_F32, n)
+
+    def scales(self, builder, ptr, g):
+        """<n x float>: the n rows' values of group g of the transposed scales at ptr."""
+        p = builder.gep(ptr, [builder.mul(g, ir.Constant(self.intp, self.n))])
+        return builder.load(builder.bitcast(p, self.vec.as_pointer()), align=4)
+
+    def pair(self, builder, g, p, h):
+        """<32 x i16>: elements 16h .. 16h + 15 of group g of rows 2p and 2p + 1."""
+        k = builder.add(builder.mul(g, ir.Constant(self.intp, self.n // 2)), ir.Constant(self.intp, p))
+        off = builder.mul(builder.add(builder.mul(k, ir.Constant(self.intp, 2)), ir.Constant(self.intp, h)),
+                          ir.Constant(self.intp, 32))  # fmt: skip
+        return builder.load(builder.bitcast(builder.gep(self.xq, [off]), _V32I16.as_pointer()), align=2)
+
+    def pair_dot(self, builder, g, p, qlo2, qhi2):
+        """<16 x i32>: lanes 0-7 the 8 partial sums of group g of row 2p against the duplicated weights, lanes
+        8-15 those of row 2p + 1 (the single-row kernels' lo + hi vpmaddwd sums, lane for lane)."""
+        lo = _pairs_i32x16(builder, qlo2, self.pair(builder, g, p, 0))
+        if HAS_AVX512_VNNI:
+            dpwssd = _intrinsic_fn(builder, "llvm.x86.avx512.vpdpwssd.512", _V16I32, [_V16I32, _V32I16, _V32I16])
+            return builder.call(dpwssd, [lo, qhi2, self.pair(builder, g, p, 1)])
+        return builder.add(lo, _pairs_i32x16(builder, qhi2, self.pair(builder, g, p, 1)))
+
+
+def _spread(builder, sv, p):
+    """<16 x float>: lane 2p of sv in lanes 0-7, lane 2p + 1 in lanes 8-15."""
+    return builder.shuffle_vector(sv, sv, ir.Constant(_V16I32, [2 * p] * 8 + [2 * p + 1] * 8))
+
+
+def _fmuladd_into(builder, acc, dot, sv):
+    fmuladd = _intrinsic_fn(builder, "llvm.fmuladd.v16f32", _V16F32, [_V16F32] * 3)
+    builder.store(builder.call(fmuladd, [builder.sitofp(dot, _V16F32), sv, builder.load(acc)]), acc)
+
+
+def _accumulate(builder, acts, st, slot, g, qlo2, qhi2, sv):
+    """Group g of every pair of rows against the duplicated weights, into accumulator `slot` of each pair, scaled
+    by its rows' lanes of sv (<rows x float>)."""
+    for p in range(acts.n // 2):
+        _fmuladd_into(builder, st.accs[p][slot], acts.pair_dot(builder, g, p, qlo2, qhi2), _spread(builder, sv, p))
+
+
+def _vfma(builder, a, b, c):
+    """a * b + c rounded once, lane by lane (`int8dot._fma` per lane)."""
+    return builder.call(_intrinsic_fn(builder, f"llvm.fma.v{a.type.count}f32", a.type, [a.type] * 3), [a, b, c])
+
+
+class _State:
+    """Accumulators of a call: `n_acc` <16 x float> per pair of rows, a <rows x float> min-term sum."""
+
+    def __init__(self, builder, acts, n_acc, has_min):
+        zero16 = ir.Constant(_V16F32, [0.0] * 16)
+        self.accs = [[cgutils.alloca_once_value(builder, zero16) for _ in range(n_acc)] for _ in range(acts.n // 2)]
+        self.mins = cgutils.alloca_once_value(builder, ir.Constant(acts.vec, [0.0] * acts.n)) if has_min else None
+
+
+def _legacy_block(builder, blk, b, acts, st, decode):
+    """One 32-element block against every row: `int8dot._make_dot4`'s int16 path."""
+    prefetch_ahead(builder, blk)
+    q, d, m = decode(builder, blk)
+    qlo, qhi = (_dup(builder, v) for v in _widen16(builder, q, signed=m is None))
+    sv = builder.fmul(_splat(builder, d, acts.n), acts.scales(builder, acts.xd, b))  # d * xd per row
+    _accumulate(builder, acts, st, 0, b, qlo, qhi, sv)
+    if m is not None:
+        xs = acts.scales(builder, acts.xs, b)
+        # m * xs + mins rounded once: what `dot4_q4_1`'s multiply and add compile to (fastmath contracts them;
+        # `q4_1_packed` writes the same fma)
+        builder.store(_vfma(builder, _splat(builder, m, acts.n), xs, builder.load(st.mins)), st.mins)
+
+
+def _row_sums(builder, acc):
+    """(sum of lanes 0-7, sum of lanes 8-15) of a pair's accumulator (`int8dot._hsum` of each row's 8 lanes)."""
+    lo = builder.shuffle_vector(acc, acc, ir.Constant(_V8I32, list(range(8))))
+    hi = builder.shuffle_vector(acc, acc, ir.Constant(_V8I32, list(range(8, 16))))
+    return _hsum(builder, lo), _hsum(builder, hi)
+
+
+def _legacy_finish(builder, st, p):
+    v = _row_sums(builder, builder.load(st.accs[p][0]))
+    if st.mins is None:
+        return v
+    mins = builder.load(st.mins)
+    return tuple(builder.fadd(v[r], builder.extract_element(mins, ir.Constant(_I32, 2 * p + r))) for r in range(2))
+
+
+def _q4_k_block(builder, blk, b, acts, st):
+    """One super-block against every row: `int8dot._q4_k_row_x16`."""
+    intp = acts.intp
+    for off in range(0, 144, 64):
+        prefetch_ahead(builder, builder.gep(blk, [ir.Constant(intp, off)]))
+    d = _f16(builder, blk, 0)
+    dmin = _f16(builder, blk, 2)
+    sc, mv = _scale_min_k4_vec(builder, blk)
+    g0 = builder.mul(b, ir.Constant(intp, 8))
+    fence = _intrinsic_fn(builder, "llvm.arithmetic.fence.v8f32", _V8F32, [_V8F32])
+    dsc = builder.call(fence, [builder.fmul(_splat(builder, d, 8), sc)])
+    msum = None
+    for j in range(4):
+        halves = [
+            builder.zext(_load(builder, blk, ir.Constant(_I32, 16 + 32 * j + 16 * h), _V16I8), _V16I16)
+            for h in range(2)
+        ]
+        for half in range(2):
+            s = 2 * j + half
+            if half:
+                q = [_dup(builder, builder.lshr(v, ir.Constant(_V16I16, [4] * 16))) for v in halves]
+            else:
+                q = [_dup(builder, builder.and_(v, ir.Constant(_V16I16, [15] * 16))) for v in halves]
+            g = builder.add(g0, ir.Constant(intp, s))
+            es = ir.Constant(_I32, s)
+            dsc_s = _splat(builder, builder.extract_element(dsc, es), acts.n)
+            _accumulate(builder, acts, st, half, g, q[0], q[1], builder.fmul(dsc_s, acts.scales(builder, acts.xd, g)))
+            m = _splat(builder, builder.extract_element(mv, es), acts.n)
+            xs = acts.scales(builder, acts.xs, g)
+            msum = builder.fmul(m, xs) if s == 0 else _vfma(builder, m, xs, msum)
+    builder.store(_vfma(builder, _splat(builder, dmin, acts.n), msum, builder.load(st.mins)), st.mins)
+
+
+def _q4_k_finish(builder, st, p):
+    v = _row_sums(builder, builder.fadd(builder.load(st.accs[p][0]), builder.load(st.accs[p][1])))
+    mins = builder.load(st.mins)
+    return tuple(builder.fsub(v[r], builder.extract_element(mins, ir.Constant(_I32, 2 * p + r))) for r in range(2))
+
+
+def _q6_k_block(builder, blk, b, acts, st):
+    """One super-block against every row: `int8dot._q6_k_row_x16` (weights times their scales once)."""
+    intp = acts.intp
+    for off in range(0, 210, 64):
+        prefetch_ahead(builder, builder.gep(blk, [ir.Constant(intp, off)]))
+    g0 = builder.mul(b, ir.Constant(intp, 8))
+    dv = _splat(builder, _f16(builder, blk, 208), acts.n)
+    sc16 = builder.sext(_load(builder, blk, ir.Constant(_I32, 192), _V16I8), _V16I16)
+    for h in range(2):
+        qh = _load(builder, blk, ir.Constant(_I32, 128 + 32 * h), ir.VectorType(ir.IntType(8), 32))
+        for k in range(4):
+            q = _q6_k_quants(builder, blk, qh, h, k)
+            g = builder.add(g0, ir.Constant(intp, 4 * h + k))
+            qlo, qhi = _widen16(builder, q, signed=True)
+            i = 8 * h + 2 * k
+            s0 = builder.shuffle_vector(sc16, sc16, ir.Constant(_V16I32, [i] * 16))
+            s1 = builder.shuffle_vector(sc16, sc16, ir.Constant(_V16I32, [i + 1] * 16))
+            plo, phi = _dup(builder, builder.mul(qlo, s0)), _dup(builder, builder.mul(qhi, s1))
+            sv = builder.fmul(dv, acts.scales(builder, acts.xd, g))  # d * xd_g per row
+            _accumulate(builder, acts, st, k & 1, g, plo, phi, sv)
+
+
+def _q6_k_finish(builder, st, p):
+    return _row_sums(builder, builder.fadd(builder.load(st.accs[p][0]), builder.load(st.accs[p][1])))
+
+
+def _kind_code(suffix):
+    """(block bytes, 32-element groups per block, accumulators per pair, has a min term, block function,
+    finish function) of a type."""
+    if suffix == "q4_k":
+        return 144, 8, 2, True, _q4_k_block, _q4_k_finish
+    if suffix == "q6_k":
+        return 210, 8, 2, False, _q6_k_block, _q6_k_finish
+    block_bytes, decode = _LEGACY[suffix]
+
+    def block(builder, blk, b, acts, st):
+        _legacy_block(builder, blk, b, acts, st, decode)
+
+    return block_bytes, 1, 1, decode in (_decode_q4_1, _decode_q5_1), block, _legacy_finish
+
+
+@intrinsic(prefer_literal=True)
+def dot_rows(typingctx, w, r, xq, xd, xsum, y, kind):
+    """y[i, r] = W[r] . x[i] for every activation row i (xq, xd, xsum in `pair_layout`: xd [n // 32, n_x]
+    with n_x = 2, 4 or 8), W of type KINDS[kind] (uint8 [n_rows, row_bytes]); `kind` an integer literal."""
+    if not isinstance(kind, types.IntegerLiteral):
+        return None
+    block_bytes, per_block, n_acc, has_min, block, finish = _kind_code(KINDS[kind.literal_value])
+    sig = types.void(w, r, xq, xd, xsum, y, kind)
+
+    def codegen(context, builder, signature, args):
+        wa, xqa, xda, xsa, ya = (
+            context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 3, 4, 5)
+        )
+        w_stride = cgutils.unpack_tuple(builder, wa.strides, 2)[0]
+        intp = w_stride.type
+        rr = context.cast(builder, args[1], signature.args[1], types.intp)
+        wrow = builder.gep(wa.data, [builder.mul(rr, w_stride)])
+        n_groups, n_x = cgutils.unpack_tuple(builder, xda.shape, 2)
+        results = []
+        for n in GROUPS:  # one code path per row count, chosen at run time
+            results.append((n, builder.icmp_unsigned("==", n_x, ir.Constant(intp, n))))
+        end = builder.append_basic_block("dot_rows_end")
+        for n, is_n in results:
+            body = builder.append_basic_block(f"dot_rows_{n}")
+            nxt = builder.append_basic_block(f"dot_rows_not_{n}")
+            builder.cbranch(is_n, body, nxt)
+            builder.position_at_end(body)
+            acts = _Acts(builder.bitcast(xqa.data, _I16.as_pointer()), xda.data, xsa.data, n, intp)
+            st = _State(builder, acts, n_acc, has_min)
+            nb = builder.udiv(n_groups, ir.Constant(intp, per_block)) if per_block > 1 else n_groups
+            with cgutils.for_range(builder, nb) as loop:
+                b = loop.index
+                block(builder, builder.gep(wrow, [builder.mul(b, ir.Constant(intp, block_bytes))]), b, acts, st)
+            y_stride = cgutils.unpack_tuple(builder, ya.strides, 2)[0]
+            ybase = builder.bitcast(ya.data, ir.IntType(8).as_pointer())
+            for p in range(n // 2):
+                for k, v in enumerate(finish(builder, st, p)):
+                    yrow = builder.bitcast(builder.gep(ybase, [builder.mul(ir.Constant(intp, 2 * p + k), y_stride)]),
+                                           _F32.as_pointer())  # fmt: skip
+                    builder.store(v, builder.gep(yrow, [rr]))
+            builder.branch(end)
+            builder.position_at_end(nxt)
+        builder.branch(end)
+        builder.position_at_end(end)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@functools.cache
+def int16_rows_kernel(suffix: str) -> Callable[..., None]:
+    """The parallel kernel `int16_rows_<suffix>(w, xq, xd, xsum, y)`: y [n_x, n_rows] = x @ W.T for W of the type
+    with `kernel_suffix` `suffix` (uint8 [n_rows, row_bytes]) and x as int16 activations in `pair_layout` (n_x
+    2, 4 or 8), chunks of CHUNK_ROWS weight rows in parallel. Compiled once, cached on disk (the kernel closes
+    over the type's index, an int: see `matmul_multirow.multirow_kernel`)."""
+    kind = KINDS.index(suffix)
+
+    def kernel(w, xq, xd, xsum, y):
+        n_rows = w.shape[0]
+        for c in prange((n_rows + CHUNK_ROWS - 1) // CHUNK_ROWS):
+            for r in range(c * CHUNK_ROWS, min(n_rows, (c + 1) * CHUNK_ROWS)):
+                dot_rows(w, r, xq, xd, xsum, y, kind)
+
+    kernel.__name__ = kernel.__qualname__ = f"int16_rows_{suffix}"
+    return njit(parallel=True, cache=True)(kernel)
+
+
+@functools.cache
+def int16_rows_serial(suffix: str) -> Callable[..., None]:
+    """`int16_rows_kernel` on the calling thread, for small weights (no parallel launch)."""
+    kind = KINDS.index(suffix)
+
+    def kernel(w, xq, xd, xsum, y):
+        for r in range(w.shape[0]):
+            dot_rows(w, r, xq, xd, xsum, y, kind)
+
+    kernel.__name__ = kernel.__qualname__ = f"int16_rows_serial_{suffix}"
+    return njit(cache=True)(kernel)
+
+
+@njit(cache=True)
+def quantize_rows16(x, xq, xd, xsum):
+    """Every row of x float32 [n_x, n] as int16 activations (`quantize_activations16`)."""
+    for i in range(x.shape[0]):
+        quantize_activations16(x[i], xq[i], xd[i], xsum[i])
+
+
+def padded_rows(n_x: int) -> int:
+    """The row count a call computes for n_x activation rows (2 <= n_x <= 8): 2, 4 or 8."""
+    return next(n for n in GROUPS if n >= n_x)
+
+
+def pair_layout(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x float32 [n_x, n] (n_x <= 8, n a multiple of 32) as the kernels' int16 activations (xq, xd, xsum): rows
+    padded to `padded_rows` with copies of the last, each quantized as `quantize_activations16`; xq flat, per
+    32-element group g, per pair of rows p, per half h (elements 16h .. 16h + 15): those 16 of row 2p, then those
+    of row 2p + 1 (one 512-bit load); xd, xsum transposed to [n // 32, rows] (one vector load per group)."""
+    n_x, n = x.shape
+    rows = padded_rows(n_x)
+    if rows != n_x:
+        x = np.concatenate([x, np.repeat(x[-1:], rows - n_x, axis=0)])
+    xq = np.empty((rows, n), dtype=np.int16)
+    xd = np.empty((rows, n // 32), dtype=np.float32)
+    xsum = np.empty((rows, n // 32), dtype=np.float32)
+    quantize_rows16(np.ascontiguousarray(x, dtype=np.float32), xq, xd, xsum)
+    pairs = xq.reshape(rows // 2, 2, n // 32, 2, 16).transpose(2, 0, 3, 1, 4)
+    return np.ascontiguousarray(pairs).reshape(-1), np.ascontiguousarray(xd.T), np.ascontiguousarray(xsum.T)

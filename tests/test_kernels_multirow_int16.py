@@ -1,0 +1,75 @@
+"""The several-row int16 decode kernels (`kernels/cpu/multirow_int16`): every row bit-identical to the single-row
+int16 kernel it mirrors (a sequence decodes the same in any batch), and close to float64 numpy.
+
+Every type of the registry's cpu.int16 path, seeded random blocks, 2..8 activation rows (padded to 2, 4 or 8),
+weight row counts that are not multiples of the kernels' chunks; through `matmul_rows` / `matmul_rows_many`
+as the decode step calls them, with the parallel and the serial kernel.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+from test_kernels_dequant import random_blocks
+
+from embedkit import kernels
+from embedkit.gguf.types import GGMLType
+from embedkit.kernels.cpu import matmul as cpu_matmul
+from embedkit.kernels.cpu import multirow_int16
+from embedkit.kernels.cpu.matmul import INT8_MATVECS, INT16_ROWS, integer_activations
+from embedkit.quant import types_with
+from embedkit.quant.registry import CPU_INT16
+
+NAMES = [t.name for t in types_with(CPU_INT16)]
+TOL = 2e-4  # max |y - ref| / max |ref|: int16 activations (~1e-5 of |y| per row on random data)
+
+
+def _solo(raw: np.ndarray, t: GGMLType, x: np.ndarray) -> np.ndarray:
+    """Each row of x through the single-row int16 kernel."""
+    y = np.empty((x.shape[0], raw.shape[0]), dtype=np.float32)
+    for i in range(x.shape[0]):
+        INT8_MATVECS[t][0](raw, *integer_activations(x[i]), y[i])
+    return y
+
+
+def test_every_packaged_type_has_the_kernel() -> None:
+    # Gemma 3 / Qwen2.5 Q4_K_M files: Q4_K, Q6_K, Q5_0, Q8_0; SmolLM2: Q4_1
+    assert {"Q4_K", "Q6_K", "Q5_0", "Q8_0", "Q4_1"} <= set(NAMES)
+    assert set(INT16_ROWS) == set(types_with(CPU_INT16))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rows_match_single_row_kernel_bits_and_float64(name: str) -> None:
+    t = GGMLType[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()) + 11)
+    for n_rows, n_cols in ((37, 768), (5, 512)):
+        raw = random_blocks(rng, name, n_rows, n_cols).reshape(n_rows, -1)
+        w64 = kernels.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)
+        for n_x in range(2, 9):
+            x = rng.standard_normal((n_x, n_cols)).astype(np.float32)
+            solo = _solo(raw, t, x)
+            for k in INT16_ROWS[t]:
+                acts = multirow_int16.pair_layout(x)
+                y = np.full((acts[1].shape[1], n_rows), np.nan, dtype=np.float32)
+                k(raw, *acts, y)
+                assert np.array_equal(y[:n_x], solo), (name, n_rows, n_cols, n_x)
+                ref = x.astype(np.float64) @ w64.T
+                err = float(np.abs(y[:n_x] - ref).max() / np.abs(ref).max())
+                assert err < TOL, (name, n_x, err)
+
+
+@pytest.mark.parametrize("name", ["Q5_0", "Q4_K", "Q6_K", "Q8_0", "Q4_1"])
+def test_decode_dispatch_takes_it(name: str) -> None:
+    t = GGMLType[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()) + 12)
+    n_rows, n_cols = 300, 512
+    raw = random_blocks(rng, name, n_rows, n_cols).reshape(n_rows, -1)
+    packed = cpu_matmul.decode_layout(raw, t, n_cols)
+    for n_x in (2, 3, 8):
+        x = rng.standard_normal((n_x, n_cols)).astype(np.float32)
+        solo = _solo(raw, t, x)
+        assert np.array_equal(cpu_matmul.matmul_rows(x, raw, t, n_cols, packed), solo), (name, n_x)
+        many = cpu_matmul.matmul_rows_many(x, [(raw, t, packed), (raw, t, None)], n_cols)
+        assert all(np.array_equal(y, solo) for y in many), (name, n_x)
