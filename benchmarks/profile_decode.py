@@ -4,7 +4,10 @@ attention, norms, RoPE, elementwise) and the rest (Python, dispatch), beside the
     PYTHONPATH=. python benchmarks/profile_decode.py [--models smollm2-135m,...] [--threads 2] [--steps 64]
 
 Each op is timed with perf_counter around the backend call (the timer itself costs ~0.2 us a call, counted
-in the op). "other" is the step's wall time minus the ops': embedding, the layer loops, argument handling.
+in the op); `--clock cpu` times with the calling thread's CPU time instead, which a shared, loaded machine
+inflates far less (with --threads 1 every kernel runs on that thread, so it is the whole cost; the CPU-time
+timer costs a few us a call under load). "other" is the step's time minus the ops': embedding, the layer loops,
+argument handling.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def _label(name: str, args) -> str:
     return name
 
 
-def profile(name: str, threads: int, steps: int) -> None:
+def profile(name: str, threads: int, steps: int, clock=time.perf_counter) -> None:
     """Print the per-op table of `steps` decode steps of model `name`."""
     gen = Generator(resolve_model(name, kind="generate"), n_ctx=1024, n_batch=512, n_threads=threads)
     greedy = SamplerParams(temp=0.0)
@@ -52,12 +55,12 @@ def profile(name: str, threads: int, steps: int) -> None:
             if active[0]:
                 return fn(self, *args, **kw)
             active[0] = True
-            t = time.perf_counter()
+            t = clock()
             try:
                 return fn(self, *args, **kw)
             finally:
                 key = _label(op, args)
-                totals[key] += time.perf_counter() - t
+                totals[key] += clock() - t
                 counts[key] += 1
                 active[0] = False
         return timed
@@ -68,10 +71,10 @@ def profile(name: str, threads: int, steps: int) -> None:
         logits = gen._process_prompt(ids[:16], Timings())
         totals.clear()
         counts.clear()
-        t = time.perf_counter()
+        t = clock()
         for _ in range(steps):
             logits = gen._decode(int(np.argmax(logits)))
-        return 1000 * (time.perf_counter() - t) / steps
+        return 1000 * (clock() - t) / steps
 
     plain_ms = min(decode_steps() for _ in range(3))
     for op, fn in originals.items():
@@ -81,7 +84,8 @@ def profile(name: str, threads: int, steps: int) -> None:
     finally:
         for op, fn in originals.items():
             setattr(CPUBackend, op, fn)
-    print(f"\n## {name}: {threads} threads, {steps} decode steps, load average {os.getloadavg()[0]:.2f}")
+    print(f"\n## {name}: {threads} threads, {steps} decode steps, {clock.__name__}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"step {plain_ms:.3f} ms untimed (best of 3) ({1000 / plain_ms:.1f} tok/s), {step_ms:.3f} ms with timers")
     print(f"{'op':58} {'calls/step':>10} {'us/call':>9} {'ms/step':>8} {'share':>6}")
     ops_ms = 0.0
@@ -99,9 +103,12 @@ def main() -> None:
     ap.add_argument("--models", default="smollm2-135m,gemma3-270m,qwen2.5-coder-0.5b")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: perf_counter; cpu: the calling thread's CPU time (thread_time)")
     args = ap.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.thread_time
     for name in args.models.split(","):
-        profile(name, args.threads, args.steps)
+        profile(name, args.threads, args.steps, clock)
 
 
 if __name__ == "__main__":

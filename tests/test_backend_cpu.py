@@ -118,6 +118,47 @@ def test_attention_prompt_then_decode(
         assert np.abs(out[0] - ref[p]).max() < 1e-5
 
 
+@pytest.mark.parametrize("n,window,softcap", [(1, 0, 0.0), (3, 0, 0.0), (1, 7, 0.0), (2, 0, 30.0)])
+def test_decode_attention_kernels_agree_bit_for_bit(
+    n: int, window: int, softcap: float, rng: np.random.Generator
+) -> None:
+    """The decode attention stores k/v and attends in one call, serial or over (token, head) pairs in parallel:
+    both give the bits of a plain cache store followed by `attention_small`."""
+    from embedkit.backend import cpu_ops
+
+    n_ctx, nh, nkv, hd, pos0 = 64, 9, 3, 64, 40
+    q = rng.standard_normal((n, nh, hd)).astype(np.float32)
+    k_new = rng.standard_normal((n, nkv, hd)).astype(np.float32)
+    v_new = rng.standard_normal((n, nkv, hd)).astype(np.float32)
+    k0 = rng.standard_normal((nkv, n_ctx, hd)).astype(np.float32)
+    v0 = rng.standard_normal((nkv, n_ctx, hd)).astype(np.float32)
+    args = (np.float32(0.125), window, np.float32(softcap))
+    k, v = k0.copy(), v0.copy()
+    k[:, pos0 : pos0 + n], v[:, pos0 : pos0 + n] = k_new.transpose(1, 0, 2), v_new.transpose(1, 0, 2)
+    ref = np.empty((n, nh * hd), dtype=np.float32)
+    cpu_ops.attention_small(q, k, v, pos0, *args, ref)
+    for kernel in (cpu_ops.store_attention_small, cpu_ops.store_attention_parallel):
+        kc, vc, out = k0.copy(), v0.copy(), np.empty_like(ref)
+        kernel(q, k_new, v_new, kc, vc, pos0, *args, out)
+        assert np.array_equal(kc, k) and np.array_equal(vc, v)
+        assert np.array_equal(out, ref), kernel.__name__
+
+
+@pytest.mark.parametrize("n", [1536, 4865])
+def test_parallel_glu_kernels_agree_bit_for_bit(n: int, rng: np.random.Generator) -> None:
+    """A decode step's GLU over the kernel threads gives the serial kernels' bits."""
+    from embedkit.backend import cpu_ops
+
+    gate = (rng.standard_normal(n) * 4).astype(np.float32)
+    up = rng.standard_normal(n).astype(np.float32)
+    for serial, parallel in ((cpu_ops.silu_mul, cpu_ops.silu_mul_parallel),
+                             (cpu_ops.gelu_tanh_mul, cpu_ops.gelu_tanh_mul_parallel)):  # fmt: skip
+        ref, out = np.empty_like(gate), np.empty_like(gate)
+        serial(gate, up, ref)
+        parallel(gate, up, out, 3)
+        assert np.array_equal(out, ref), serial.__name__
+
+
 def test_attention_batch_ignores_padding(be: CPUBackend, rng: np.random.Generator) -> None:
     b, t, h, hd = 2, 5, 2, 8
     q, k, v = (rng.standard_normal((b, t, h, hd)).astype(np.float32) for _ in range(3))

@@ -29,6 +29,13 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _NO_WEIGHT = np.empty(0, dtype=np.float32)
 # Up to this many query tokens attention runs in one fused loop; more go through BLAS batches.
 _SMALL_ATTENTION_TOKENS = 8
+# From this many multiply-adds per score pass (heads x keys x head_dim) a decode step's attention runs its
+# (token, head) pairs in parallel: 16384 is 256 key-head pairs at head_dim 64, ~9 us on one thread of the
+# AVX-512 dev VM (~35 ns a pair), several thread wake-ups.
+_PARALLEL_ATTENTION_WORK = 16384
+# From this many elements a decode step's GLU (libm's exp per element, ~10 ns) runs on all kernel threads: SmolLM2's
+# 1536 took ~12 us on one thread.
+_PARALLEL_GLU_ITEMS = 1024
 # Encoder-sized ops (F32 matmul, exact GELU, LayerNorm, add, batched attention) run over row blocks on
 # the kernel threads with single-threaded BLAS (see kernels/cpu/row_blocks.py).
 # Fewest rows per block: smaller ops run on the calling thread.
@@ -87,13 +94,20 @@ def _stack_packed(ws: list[Weight]) -> list[_StackedWeights]:
     return groups
 
 
-def _glu(kernel, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """kernel(gate, up, out) over the flattened arrays, in blocks of at least 16K elements on the kernel
-    threads (one decode step's FFN is a single block, run here)."""
+def _glu(kernels_: tuple, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """kernel(gate, up, out) over the flattened arrays (kernels_: the serial kernel and its one-region parallel
+    form): a decode step's few thousand elements in one Numba parallel region, a prompt's in blocks of at least
+    16K elements on the kernel threads."""
+    kernel, parallel = kernels_
     out = np.empty_like(gate)
     g, u, o = gate.reshape(-1), up.reshape(-1), out.reshape(-1)
-    if g.size < 1 << 15:  # one block: called here, without run_blocks' setup (a decode step calls this per layer)
-        kernel(g, u, o)
+    if g.size < 1 << 15:  # without run_blocks' setup (a decode step calls this per layer)
+        n_threads = kernels.get_num_threads()
+        if g.size >= _PARALLEL_GLU_ITEMS and n_threads > 1:
+            kernels.apply_num_threads()
+            parallel(g, u, o, n_threads)
+        else:
+            kernel(g, u, o)
     else:
         run_blocks(lambda a, b: kernel(g[a:b], u[a:b], o[a:b]), g.size, min_items=1 << 14)
     return out
@@ -103,17 +117,14 @@ def _vec(w: Weight | Array) -> np.ndarray:
     return w.data if isinstance(w, Weight) else w
 
 
-def _decode_ready(x: np.ndarray, w: Weight) -> bool:
-    """A few float32 tokens against a matrix this backend wrapped (2-D rows of a type with kernels)."""
-    return (
-        x.ndim == 2
-        and x.shape[0] <= MAX_DECODE_TOKENS
-        and x.dtype == np.float32
-        and x.flags.c_contiguous
-        and x.shape[1] == w.shape[1]
-        and w.data.ndim == 2
-        and w.ggml_type in DEQUANTIZERS
-    )
+def _decode_weight(w: Weight) -> bool:
+    """Whether the decode kernels take w (2-D rows of a type with kernels)."""
+    return w.data.ndim == 2 and w.ggml_type in DEQUANTIZERS
+
+
+def _decode_input(x: np.ndarray, n_cols: int) -> bool:
+    """Whether x (float32, C-contiguous) is a few tokens of n_cols values, as the decode kernels take them."""
+    return x.ndim == 2 and x.shape[0] <= MAX_DECODE_TOKENS and x.shape[1] == n_cols
 
 
 class CPUBackend(PackedEncoderOps, Backend):
@@ -128,8 +139,12 @@ class CPUBackend(PackedEncoderOps, Backend):
         # decode's stacked weight groups by the ids of a `matmuls` call's weights (the weights are kept with them,
         # so that their ids cannot be reused by other objects while the entry exists)
         self._stacked: dict[tuple[int, ...], tuple[list[Weight], list[_StackedWeights]]] = {}
+        # the n_in every weight of a `matmul(s)` call shares when the decode kernels take them all, else -1, by the
+        # ids of the call's weights (kept with it): a decode step checks only its input, not ~10 weight properties
+        self._decode_cols: dict[tuple[int, ...], tuple[list[Weight], int]] = {}
         self.batch_offload = batch_offload
         self._last_spans: tuple[Sequence[tuple[int, int, int]], np.ndarray] | None = None
+        self._last_rope: tuple | None = None
 
     # -- data movement -------------------------------------------------------------------
     def weight(self, t) -> Weight:
@@ -202,7 +217,7 @@ class CPUBackend(PackedEncoderOps, Backend):
         ):
             return self._matmul_f32_blocks(x, w, bias)
         off = self.batch_offload
-        if _decode_ready(x, w):  # decode: weights were checked at load, skip the per-call validation
+        if _decode_input(x, self._decode_n_cols((id(w),), (w,))):  # decode: the weight was checked once
             kernels.apply_num_threads()
             y = matmul_rows(x, w.data, w.ggml_type, w.shape[1], _packed(w))
         elif off is not None and off.offload_takes(x, w):
@@ -220,9 +235,9 @@ class CPUBackend(PackedEncoderOps, Backend):
         off = self.batch_offload
         if off is not None and all(off.offload_takes(x, w) for w in ws):  # a prompt batch: x goes up once
             ys = off.host_matmuls(x, ws)
-        elif all(_decode_ready(x, w) for w in ws):
+        elif _decode_input(x, self._decode_n_cols(key := tuple(map(id, ws)), ws)):
             kernels.apply_num_threads()
-            ys = self._decode_matmuls(x, ws)
+            ys = self._decode_matmuls(x, ws, key)
         else:  # batches, or weights the decode kernels don't take
             return super().matmuls(x, ws, biases)
         for y, b in zip(ys, biases or [None] * len(ws), strict=True):
@@ -230,10 +245,21 @@ class CPUBackend(PackedEncoderOps, Backend):
                 y += b.data
         return ys
 
-    def _decode_matmuls(self, x: np.ndarray, ws: list[Weight]) -> list[np.ndarray]:
+    def _decode_n_cols(self, key: tuple[int, ...], ws: Sequence[Weight]) -> int:
+        """The n_in of weights ws (ids `key`) when the decode kernels take them all, else -1 (checked once)."""
+        hit = self._decode_cols.get(key)
+        if hit is None:
+            cols = {w.shape[1] for w in ws}
+            ok = len(cols) == 1 and all(_decode_weight(w) for w in ws)
+            hit = self._decode_cols[key] = (list(ws), cols.pop() if ok else -1)
+        return hit[1]
+
+    def _decode_matmuls(self, x: np.ndarray, ws: list[Weight], key: tuple[int, ...] | None = None) -> list[np.ndarray]:
         """A few tokens times several weights: for one token, each group of stacked weights (`_stack_packed`) in
-        one kernel launch, x quantized once for them; the others (and several tokens) through `matmul_rows_many`."""
-        key = tuple(id(w) for w in ws)
+        one kernel launch, x quantized once for them; the others (and several tokens) through `matmul_rows_many`.
+        key: the weights' ids, where the caller has them."""
+        if key is None:
+            key = tuple(map(id, ws))
         hit = self._stacked.get(key)
         if hit is None:
             hit = self._stacked[key] = (list(ws), _stack_packed(ws))
@@ -317,11 +343,11 @@ class CPUBackend(PackedEncoderOps, Backend):
 
     def swiglu(self, gate: Array, up: Array) -> Array:
         """silu(gate) * up, one fused pass (a prompt's on all kernel threads)."""
-        return _glu(cpu_ops.silu_mul, gate, up)
+        return _glu((cpu_ops.silu_mul, cpu_ops.silu_mul_parallel), gate, up)
 
     def geglu(self, gate: Array, up: Array) -> Array:
         """gelu_tanh(gate) * up, one fused pass (a prompt's on all kernel threads)."""
-        return _glu(cpu_ops.gelu_tanh_mul, gate, up)
+        return _glu((cpu_ops.gelu_tanh_mul, cpu_ops.gelu_tanh_mul_parallel), gate, up)
 
     def softmax(self, x: Array) -> Array:
         """Numerically stable softmax over the last dim."""
@@ -386,18 +412,31 @@ class CPUBackend(PackedEncoderOps, Backend):
         freq_scale: float = 1.0,
     ) -> Array:
         """Rotate the first n_rot dims of every head; returns a new [n, heads, hd] array."""
-        positions = np.asarray(positions)
-        n, p0, p1 = len(positions), int(positions[0]), int(positions[-1])
-        contiguous = p1 - p0 == n - 1 and (n < 3 or bool((np.diff(positions) == 1).all()))
-        cos, sin = self._rope_table(n_rot, base, freq_scale, (p1 if contiguous else int(positions.max())) + 1)
-        if contiguous:
-            cos, sin = cos[p0 : p0 + n], sin[p0 : p0 + n]
-        else:
-            cos, sin = cos[positions], sin[positions]
+        cos, sin = self._rope_angles(positions, n_rot, base, freq_scale)
         x = np.ascontiguousarray(x)
         out = np.empty_like(x)
         cpu_ops.rope_rows(x, cos, sin, n_rot, style == "neox", out)
         return out
+
+    def _rope_angles(
+        self, positions: np.ndarray, n_rot: int, base: float, freq_scale: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """cos, sin [n, n_rot/2] of `positions`; the last answer is kept, as every layer (and Q and K) of a forward
+        passes the same positions array (its batch's): a decode step computes them once, not twice a layer."""
+        last = self._last_rope
+        if last is not None and last[0] is positions and last[1] == (n_rot, base, freq_scale):
+            return last[2], last[3]
+        pos = np.asarray(positions)
+        n, p0, p1 = len(pos), int(pos[0]), int(pos[-1])
+        contiguous = p1 - p0 == n - 1 and (n < 3 or bool((np.diff(pos) == 1).all()))
+        cos, sin = self._rope_table(n_rot, base, freq_scale, (p1 if contiguous else int(pos.max())) + 1)
+        if contiguous:
+            cos, sin = cos[p0 : p0 + n], sin[p0 : p0 + n]
+        else:
+            cos, sin = cos[pos], sin[pos]
+        if isinstance(positions, np.ndarray):  # kept with its array, whose id can't be reused meanwhile
+            self._last_rope = (positions, (n_rot, base, freq_scale), cos, sin)
+        return cos, sin
 
     def kv_cache(self, n_ctx: int, n_kv_heads: int, head_dim: int) -> KVCache:
         """Float32 keys and values, [n_kv_heads, n_ctx, head_dim] each."""
@@ -473,19 +512,18 @@ class CPUBackend(PackedEncoderOps, Backend):
         n_kv = cache.n_kv_heads
         g = n_head // n_kv
         end = pos0 + n
-        if n == 1:  # one decode token: plain row copies
-            cache.k[:, pos0] = k_new[0]
-            cache.v[:, pos0] = v_new[0]
-        else:
-            cache.k[:, pos0:end] = k_new.transpose(1, 0, 2)
-            cache.v[:, pos0:end] = v_new.transpose(1, 0, 2)
-        if causal and n <= _SMALL_ATTENTION_TOKENS:
+        if causal and n <= _SMALL_ATTENTION_TOKENS:  # decode: store and attend in one compiled call
             out = np.empty((n, n_head * hd), dtype=np.float32)
-            cpu_ops.attention_small(
-                np.ascontiguousarray(q), cache.k, cache.v, pos0, np.float32(scale), window or 0,
-                np.float32(softcap or 0.0), out,
+            kernels.apply_num_threads()
+            parallel = n_head * end * hd >= _PARALLEL_ATTENTION_WORK and kernels.get_num_threads() > 1
+            (cpu_ops.store_attention_parallel if parallel else cpu_ops.store_attention_small)(
+                np.ascontiguousarray(q, dtype=np.float32), np.ascontiguousarray(k_new, dtype=np.float32),
+                np.ascontiguousarray(v_new, dtype=np.float32), cache.k, cache.v, pos0, np.float32(scale),
+                window or 0, np.float32(softcap or 0.0), out,
             )  # fmt: skip
             return out
+        cache.k[:, pos0:end] = k_new.transpose(1, 0, 2)
+        cache.v[:, pos0:end] = v_new.transpose(1, 0, 2)
         start = 0
         if window is not None:
             start = max(0, pos0 - window + 1)

@@ -114,6 +114,40 @@ def attention_small(q, k, v, pos0, scale, window, softcap, out):  # pragma: no c
         _attend_row(q, t, h, k, v, h // g, pos0 + t, scale, window, softcap, s, acc, out)
 
 
+@njit(cache=True, inline="always")
+def _store_kv(k_new, v_new, k, v, pos0):  # pragma: no cover - compiled
+    """k_new, v_new [n, Hkv, hd] into the cache k, v [Hkv, n_ctx, hd] at positions pos0 .. pos0 + n - 1."""
+    n, n_kv, hd = k_new.shape
+    for t in range(n):
+        for h in range(n_kv):
+            for i in range(hd):
+                k[h, pos0 + t, i] = k_new[t, h, i]
+                v[h, pos0 + t, i] = v_new[t, h, i]
+
+
+@njit(cache=True, fastmath=_REASSOC)
+def store_attention_small(q, k_new, v_new, k, v, pos0, scale, window, softcap, out):  # pragma: no cover
+    """A few tokens' keys and values k_new, v_new [n, Hkv, hd] stored at positions pos0.. of the cache k/v
+    [Hkv, n_ctx, hd], then `attention_small` (one call where a decode step made three)."""
+    _store_kv(k_new, v_new, k, v, pos0)
+    attention_small(q, k, v, pos0, scale, window, softcap, out)
+
+
+@njit(parallel=True, cache=True, fastmath=_REASSOC)
+def store_attention_parallel(q, k_new, v_new, k, v, pos0, scale, window, softcap, out):  # pragma: no cover
+    """`store_attention_small` with the (token, head) pairs in one parallel region: each pair's result is
+    `_attend_row`'s, as in the serial kernel (for long contexts, where a pair costs more than a thread wake-up)."""
+    _store_kv(k_new, v_new, k, v, pos0)
+    n, n_head, hd = q.shape
+    g = n_head // k.shape[0]
+    for hh in prange(n * n_head):
+        t = hh // n_head
+        h = hh % n_head
+        s = np.empty(pos0 + t + 1, dtype=np.float32)
+        acc = np.empty(hd, dtype=np.float32)
+        _attend_row(q, t, h, k, v, h // g, pos0 + t, scale, window, softcap, s, acc, out)
+
+
 @njit(cache=True, nogil=True)  # no fastmath: its no-infinities flag would void the exp-overflow limit below
 def gelu_tanh_mul(gate, up, out):  # pragma: no cover - compiled
     """out = gelu_tanh(gate) * up, elementwise over 1-D arrays.
@@ -134,6 +168,24 @@ def silu_mul(gate, up, out):  # pragma: no cover - compiled
     for i in range(gate.size):
         x = gate[i]
         out[i] = x / (np.float32(1.0) + math.exp(-x)) * up[i]
+
+
+@njit(parallel=True, cache=True)
+def silu_mul_parallel(gate, up, out, n_parts):  # pragma: no cover - compiled
+    """`silu_mul` over n_parts slices in one parallel region (each element's result is the serial kernel's)."""
+    n = gate.size
+    for p in prange(n_parts):
+        a, b = p * n // n_parts, (p + 1) * n // n_parts
+        silu_mul(gate[a:b], up[a:b], out[a:b])
+
+
+@njit(parallel=True, cache=True)
+def gelu_tanh_mul_parallel(gate, up, out, n_parts):  # pragma: no cover - compiled
+    """`gelu_tanh_mul` over n_parts slices in one parallel region (each element's result is the serial kernel's)."""
+    n = gate.size
+    for p in prange(n_parts):
+        a, b = p * n // n_parts, (p + 1) * n // n_parts
+        gelu_tanh_mul(gate[a:b], up[a:b], out[a:b])
 
 
 @njit(parallel=True, cache=True, fastmath=_REASSOC)
