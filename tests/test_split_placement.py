@@ -1,0 +1,130 @@
+"""The multi-GPU placement's logic (embedkit/backend/split.py), without a GPU: parsing and checking
+`--tensor-split`, `--split-mode`, `--main-gpu` and EMBEDKIT_CUDA_DEVICES, llama.cpp's assignment of layers
+to devices, and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from embedkit.backend.split import (
+    layer_devices,
+    normalized_shares,
+    parse_devices,
+    parse_tensor_split,
+    split_placement,
+)
+from embedkit.errors import InputError
+
+
+def test_parse_tensor_split():
+    assert parse_tensor_split("3,1") == [3.0, 1.0]
+    assert parse_tensor_split(" 0.5 , 0.5 ") == [0.5, 0.5]
+    assert parse_tensor_split(None) is None
+    assert parse_tensor_split("") is None
+
+
+@pytest.mark.parametrize(
+    "text,named", [("3,x", "'x'"), ("1,-1", "'-1'"), ("1,,2", "''"), ("nan,1", "'nan'"), ("inf", "'inf'")]
+)
+def test_parse_tensor_split_rejects(text, named):
+    with pytest.raises(InputError) as e:
+        parse_tensor_split(text)
+    msg = str(e.value)
+    assert "--tensor-split" in msg and named in msg and "\n" not in msg
+
+
+def test_normalized_shares():
+    assert normalized_shares([3, 1], 2, [1, 1]) == [0.75, 0.25]
+    assert normalized_shares([1], 3, [1, 1, 1]) == [1.0, 0.0, 0.0]  # missing shares are 0, as llama.cpp
+    assert normalized_shares(None, 2, [6, 2]) == [0.75, 0.25]  # the default (free memory)
+    assert normalized_shares([0, 0], 2, [1, 3]) == [0.25, 0.75]  # all zero: the default
+    with pytest.raises(InputError, match="3 shares for 2 CUDA device"):
+        normalized_shares([1, 1, 1], 2, [1, 1])
+
+
+def test_parse_devices():
+    assert parse_devices("0,0", 1) == [0, 0]
+    assert parse_devices(None, 2) == [0, 1]
+    with pytest.raises(InputError, match="GPU 2 does not exist"):
+        parse_devices("0,2", 2)
+    with pytest.raises(InputError, match="'a' is not a GPU number"):
+        parse_devices("0,a", 2)
+
+
+@pytest.mark.parametrize(
+    "n_layer,ngl,shares,layers,out",
+    [
+        (32, -1, [0.5, 0.5], [0] * 17 + [1] * 15, 1),  # llama.cpp: the output counts as a layer
+        (3, -1, [0.5, 0.5], [0, 0, 1], 1),
+        (4, 4, [0.5, 0.5], [0, 0, 1, 1], None),  # -ngl n_layer: the output head on the CPU
+        (4, 2, [0.5, 0.5], [None, None, 0, 1], None),  # the first layers stay on the CPU
+        (4, -1, [0.0, 1.0], [1, 1, 1, 1], 1),
+        (4, 99, [0.25, 0.25, 0.5], [0, 0, 1, 2], 2),  # j / 5 against the points .25, .5, 1
+    ],
+)
+def test_layer_devices_as_llama_cpp(n_layer, ngl, shares, layers, out):
+    assert layer_devices(n_layer, ngl, shares) == (layers, out)
+
+
+class FakeBackend:
+    """Stands for a device backend: split_placement only places it."""
+
+    def __init__(self, name):
+        self.name = name
+
+
+def test_split_placement_layer_and_main_gpu():
+    cpu, d0, d1 = FakeBackend("cpu"), FakeBackend("d0"), FakeBackend("d1")
+    p = split_placement(3, -1, [d0, d1], cpu, [0.5, 0.5])
+    assert p.layers == [d0, d0, d1] and p.output is d1 and p.input is d0
+    assert [b.name for b in p.backends] == ["d0", "d1"]
+    p = split_placement(3, -1, [d0, d1], cpu, [0.5, 0.5], main_gpu=0)
+    assert p.output is d0 and p.input is d0
+    p = split_placement(3, 2, [d0, d1], cpu, [0.5, 0.5])
+    assert p.layers == [cpu, d0, d1] and p.output is cpu and p.input is cpu
+    p = split_placement(3, -1, [d0, d1], cpu, [0.5, 0.5], mode="none", main_gpu=1)
+    assert p.layers == [d1] * 3 and p.output is d1
+
+
+def test_split_placement_errors():
+    cpu, d0 = FakeBackend("cpu"), FakeBackend("d0")
+    with pytest.raises(InputError, match="--main-gpu 3: there are 1 CUDA device"):
+        split_placement(2, -1, [d0], cpu, [1.0], main_gpu=3)
+    with pytest.raises(InputError, match="row .*not implemented"):
+        split_placement(2, -1, [d0], cpu, [1.0], mode="row")
+    with pytest.raises(InputError, match="--split-mode must be one of none, layer, row, not 'rows'"):
+        split_placement(2, -1, [d0], cpu, [1.0], mode="rows")
+
+
+def test_make_placement_checks_before_any_device():
+    from embedkit.backend.placement import make_placement
+
+    with pytest.raises(InputError, match="'x' is not a number"):
+        make_placement("cpu", tensor_split="1,x")
+    with pytest.raises(InputError, match="not implemented"):
+        make_placement("cpu", split_mode="row")
+    with pytest.raises(InputError, match="--main-gpu must be >= 0"):
+        make_placement("cpu", main_gpu=-1)
+    factory = make_placement("cpu", split_mode="layer", tensor_split="1,1")
+    assert factory(2).layers[0].name == "cpu"  # --device cpu: the split options change nothing
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--tensor-split", "1,abc"], "error: --tensor-split '1,abc': 'abc' is not a number"),
+        (["-ts", "1,-1"], "error: --tensor-split '1,-1': '-1' must be a finite number >= 0"),
+        (["--split-mode", "diagonal"], "error: --split-mode must be one of none, layer, row, not 'diagonal'"),
+        (["-sm", "row"], "error: --split-mode row (matrices split across GPUs) is not implemented yet"),
+        (["--main-gpu", "-2"], "error: --main-gpu must be >= 0, not -2"),
+    ],
+)
+def test_cli_generate_split_errors(tmp_path, capsys, args, expected):
+    """Bad split options: one line naming the value, exit code 1, before any model loads."""
+    from embedkit.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "-m", str(tmp_path / "absent.gguf"), "-p", "hi", "--device", "cpu", *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 1
+    assert err.splitlines() == [err.strip()] and err.startswith(expected), err
