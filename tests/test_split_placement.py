@@ -128,3 +128,14 @@ def test_cli_generate_split_errors(tmp_path, capsys, args, expected):
     err = capsys.readouterr().err
     assert e.value.code == 1
     assert err.splitlines() == [err.strip()] and err.startswith(expected), err
+
+
+def test_cli_serve_split_error(capsys):
+    """`serve` takes the same options: a bad share is one line before anything starts."""
+    from embedkit.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "-m", "none.gguf", "--tensor-split", "2,two"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.splitlines() == [err.strip()], err
+    assert err.startswith("error: --tensor-split '2,two': 'two' is not a number"), err
