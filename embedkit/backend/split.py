@@ -78,9 +78,11 @@ def parse_devices(text: str | None, n_physical: int) -> list[int]:
 
 
 def check_split_mode(mode: str) -> str:
-    """`mode` if it is a known split mode (InputError otherwise)."""
+    """`mode` if it is a split mode that runs (InputError for an unknown one, and for `row`, not built yet)."""
     if mode not in SPLIT_MODES:
         raise InputError(f"--split-mode must be one of {', '.join(SPLIT_MODES)}, not {mode!r}")
+    if mode == "row":
+        raise InputError("--split-mode row (matrices split across GPUs) is not implemented yet: use layer or none")
     return mode
 
 
@@ -138,8 +140,6 @@ def split_placement(
     offload (else the CPU, as llama.cpp), or on `main_gpu`. mode `none`: every GPU layer and the output on
     `main_gpu` (default 0). `hand_off(x, src, dst)` moves activations between devices (see Placement)."""
     check_split_mode(mode)
-    if mode == "row":
-        raise InputError("--split-mode row (matrices split across GPUs) is not implemented yet: use layer or none")
     n = len(backends)
     if main_gpu is not None and not 0 <= main_gpu < n:
         raise InputError(f"--main-gpu {main_gpu}: there are {n} CUDA device(s) (0..{n - 1})")
@@ -186,8 +186,6 @@ def make_split_placement(
         shares = [check_share(v, listed) for v in tensor_split]
     if main_gpu is not None and main_gpu < 0:
         raise InputError(f"--main-gpu must be >= 0, not {main_gpu}")
-    if mode == "row":
-        split_placement(1, -1, [None], None, [1.0], mode)  # raises: not implemented
     from embedkit.kernels.cuda import cuda_available, cuda_unavailable_reason
 
     def on_cpu(n_layer: int) -> Placement:

@@ -35,11 +35,9 @@ def _tensor_split(ctx: click.Context, param: click.Parameter, value: str | None)
 
 
 def _split_mode(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from embedkit.backend.split import check_split_mode, split_placement
+    from embedkit.backend.split import check_split_mode
 
-    if value is not None and check_split_mode(value) == "row":
-        split_placement(1, -1, [None], None, [1.0], value)  # raises: not implemented yet
-    return value
+    return None if value is None else check_split_mode(value)
 
 
 def _main_gpu(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
