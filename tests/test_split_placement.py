@@ -139,3 +139,35 @@ def test_cli_serve_split_error(capsys):
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.splitlines() == [err.strip()], err
     assert err.startswith("error: --tensor-split '2,two': 'two' is not a number"), err
+
+
+def test_layer_split_over_two_cpu_backends(tmp_path, monkeypatch):
+    """The split's wiring without a GPU: a 3-layer llama over two CPU backends (as llama.cpp splits 1,1:
+    layers 0-1 on the first, layer 2 and the output head on the second) gives the one-backend logits over a
+    prompt and decode steps, and the placement's hand-off is asked once per forward."""
+    import numpy as np
+
+    from embedkit.backend.cpu import CPUBackend
+    from embedkit.models import load_model
+    from embedkit.testing.random_quant import llama_spec, write_random_gguf
+
+    monkeypatch.setenv("EMBEDKIT_CPU_MATH", "float32")
+    path = write_random_gguf(tmp_path / "t.gguf", "llama", *llama_spec(32, 3, 2, 1, 64, 48, "Q8_0", 32), seed=27)
+    first, second, host = CPUBackend(), CPUBackend(), CPUBackend()
+    asked = []
+
+    def hand_off(x, src, dst):
+        asked.append((src, dst))
+        return None  # no direct copy between these: the host path
+
+    split = load_model(path, split_placement(3, -1, [first, second], host, [0.5, 0.5], hand_off=hand_off))
+    assert split.placement.layers == [first, first, second] and split.placement.output is second
+    one = load_model(path)
+    rng = np.random.default_rng(27)
+    s1, s2, pos = one.new_state(16), split.new_state(16), 0
+    for n in (4, 1, 1, 1):
+        ids = rng.integers(0, 48, n).astype(np.int32)
+        np.testing.assert_array_equal(split.forward(ids, s2, pos, all_positions=True),
+                                      one.forward(ids, s1, pos, all_positions=True))  # fmt: skip
+        pos += n
+    assert asked == [(first, second)] * 4
