@@ -128,10 +128,12 @@ def test_layer_split_through_host(tiny, one_device, hand_offs):
 
 @gpu_only
 def test_main_gpu_holds_output(tiny, one_device, hand_offs):
-    """--main-gpu 0 with layer 2 on device 1: the hidden state comes back to device 0 for the output head."""
+    """--main-gpu 0 with layer 2 on device 1: the hidden state comes back to device 0 for the output head,
+    which has a backend of its own there (one run of the forward per backend, so each records one graph)."""
     got, p = _run(tiny, _split(tensor_split="1,1", main_gpu=0))
-    d0, d1 = p.backends
-    assert p.layers == [d0, d0, d1] and p.output is d0
+    d0, d1, out = p.backends
+    assert p.layers == [d0, d0, d1] and p.output is out
+    assert (out.logical, out.physical, out.stage) == (0, d0.physical, 1)
     np.testing.assert_allclose(got, one_device, rtol=1e-5, atol=1e-5 * np.abs(one_device).max())
     assert hand_offs == [(0, 1), (1, 0)] * len(STEPS)
 

@@ -86,6 +86,24 @@ def test_split_placement_layer_and_main_gpu():
     assert p.layers == [d1] * 3 and p.output is d1
 
 
+def test_separate_stages():
+    """A device the forward comes back to gets another backend for the later run (the CPU keeps one)."""
+    from embedkit.backend.split import separate_stages
+
+    cpu, d0, d1 = FakeBackend("cpu"), FakeBackend("d0"), FakeBackend("d1")
+    made = {}
+
+    def another(b, k):
+        return None if b is cpu else made.setdefault((b.name, k), FakeBackend(f"{b.name}+{k}"))
+
+    p = separate_stages(split_placement(3, -1, [d0, d1], cpu, [0.5, 0.5], main_gpu=0), another)
+    assert [b.name for b in (p.input, *p.layers, p.output)] == ["d0", "d0", "d0", "d1", "d0+1"]
+    p = separate_stages(split_placement(3, -1, [d0, d1], cpu, [0.5, 0.5], main_gpu=1), another)
+    assert [b.name for b in (p.input, *p.layers, p.output)] == ["d1", "d0", "d0", "d1+1", "d1+1"]
+    p = separate_stages(split_placement(3, 3, [d0, d1], cpu, [0.5, 0.5]), another)
+    assert [b.name for b in (p.input, *p.layers, p.output)] == ["cpu", "d0", "d0", "d1", "cpu"]
+
+
 def test_split_placement_errors():
     cpu, d0 = FakeBackend("cpu"), FakeBackend("d0")
     with pytest.raises(InputError, match="--main-gpu 3: there are 1 CUDA device"):

@@ -24,7 +24,7 @@ from embedkit.backend.cuda import CUDABackend
 from embedkit.backend.split import DEVICES_ENV, parse_devices
 
 _ACTIVE: list[int | None] = [None]  # the physical GPU current on the forward's thread
-_BACKENDS: dict[tuple[int, int, bool], DeviceCUDABackend] = {}
+_BACKENDS: dict[tuple[int, int, bool, int], DeviceCUDABackend] = {}
 _PEER: dict[tuple[int, int], bool] = {}
 
 
@@ -83,11 +83,13 @@ def make_current(physical: int) -> None:
 class DeviceCUDABackend(CUDABackend):
     """The CUDA backend of logical device `logical`, on physical GPU `physical` (see the module docstring)."""
 
-    def __init__(self, logical: int, physical: int, graphs: bool = False) -> None:
+    def __init__(self, logical: int, physical: int, graphs: bool = False, stage: int = 0) -> None:
         super().__init__(physical, graphs)
         _ACTIVE[0] = physical  # the constructor selected it
         self.logical = logical
         self.physical = physical
+        self.stage = stage  # > 0: a later run of the forward on this device (split.separate_stages)
+        self.graphs_asked = graphs
 
     def enter(self) -> None:
         """Make this device's GPU current (nothing to do while it already is)."""
@@ -132,20 +134,29 @@ class DeviceCUDABackend(CUDABackend):
         return super().host_matmuls(x, ws)
 
     def __repr__(self) -> str:
-        return f"DeviceCUDABackend(logical={self.logical}, physical={self.physical}, {self.device_name})"
+        return f"DeviceCUDABackend(logical={self.logical}, physical={self.physical}, stage={self.stage})"
 
 
 def device_backends(physical: Sequence[int], graphs: bool = True) -> list[DeviceCUDABackend]:
     """One backend per logical device (process-wide, created on first use): logical device i runs on
     physical GPU physical[i]."""
-    out = []
-    for logical, p in enumerate(physical):
-        key = (logical, int(p), bool(graphs))
-        be = _BACKENDS.get(key)
-        if be is None:
-            be = _BACKENDS[key] = DeviceCUDABackend(logical, int(p), graphs)
-        out.append(be)
-    return out
+    return [_backend(logical, int(p), bool(graphs), 0) for logical, p in enumerate(physical)]
+
+
+def stage_backend(be: Backend, stage: int) -> DeviceCUDABackend | None:
+    """Another backend of `be`'s logical device for a later run of the forward there (stage >= 1), or None
+    when `be` is no device backend (see split.separate_stages)."""
+    if not isinstance(be, DeviceCUDABackend):
+        return None
+    return _backend(be.logical, be.physical, be.graphs_asked, stage)
+
+
+def _backend(logical: int, physical: int, graphs: bool, stage: int) -> DeviceCUDABackend:
+    key = (logical, physical, graphs, stage)
+    be = _BACKENDS.get(key)
+    if be is None:
+        be = _BACKENDS[key] = DeviceCUDABackend(logical, physical, graphs, stage)
+    return be
 
 
 def _physical(be: CUDABackend) -> int:

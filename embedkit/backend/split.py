@@ -159,6 +159,27 @@ def split_placement(
     return Placement(inp, layers, output, hand_off=hand_off)
 
 
+def separate_stages(p: Placement, another: Callable[[object, int], object | None]) -> Placement:
+    """`p` where each backend serves one contiguous run of the forward (input, layers, output).
+
+    A device that the forward leaves and comes back to (`--main-gpu` naming a device whose layers are not at
+    that end) would run two steps per forward on one step recorder, and its decode graph would be recorded
+    afresh each time. Each later run goes instead to `another(backend, k)` (k = 1, 2, ...): a backend of its
+    own on the same device (None keeps the backend, as for the CPU, which records nothing)."""
+    parts = [p.input, *p.layers, p.output]
+    placed, ended, prev = [], [], None
+    for b in parts:
+        if b is prev:
+            placed.append(placed[-1])
+            continue
+        if prev is not None:
+            ended.append(prev)
+        k = sum(e is b for e in ended)
+        placed.append((another(b, k) or b) if k else b)
+        prev = b
+    return Placement(placed[0], placed[1:-1], placed[-1], cpu_math=p.cpu_math, hand_off=p.hand_off)
+
+
 def make_split_placement(
     device: str = "auto",
     gpu_layers: int | None = None,
@@ -231,7 +252,7 @@ def make_split_placement(
             cuda_devices.hand_off if peer_copy else None,
         )
         placement.cpu_math = cpu_math
-        return placement
+        return separate_stages(placement, cuda_devices.stage_backend)
 
     return factory
 
