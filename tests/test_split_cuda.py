@@ -92,6 +92,24 @@ def _split(**kw):
     return make_split_placement("cuda", **kw)
 
 
+def test_hand_off_copies_between_logical_devices():
+    """Two logical devices of GPU 0: the hand-off is a copy on the receiver (a new array of its own, the same
+    values), the host path gives the same, and a CPU end is left to the host path (None)."""
+    from embedkit.backend import Placement, cuda_devices
+    from embedkit.backend.cpu import CPUBackend
+
+    d0, d1 = cuda_devices.device_backends([0, 0], graphs=False)
+    assert d0 is not d1 and d0.physical == d1.physical == 0
+    x = np.random.default_rng(27).standard_normal((3, 40)).astype(np.float32)
+    xd = d0.asarray(x)
+    y = cuda_devices.hand_off(xd, d0, d1)
+    assert y is not xd and y.shape == (3, 40)
+    np.testing.assert_array_equal(d1.to_host(y), x)
+    assert cuda_devices.hand_off(xd, d0, CPUBackend()) is None
+    via_host = Placement(d0, [d0, d1], d1).move(xd, d0, d1)
+    np.testing.assert_array_equal(d1.to_host(via_host), x)
+
+
 def test_layer_split_sim(tmp_path, hand_offs):
     """-ngl 2 of 2 layers split 1,1: layer 0 on logical device 0, layer 1 on device 1, the output head on the
     CPU; a prompt and a decode step give the logits of -ngl 2 on one device."""
