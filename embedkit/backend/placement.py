@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from embedkit.backend.base import Array, Backend
@@ -12,7 +13,7 @@ class Placement:
     """Backends for the input embeddings, each of `n_layer` layers, and the output norm + head.
 
     The forward moves activations with `move(x, src, dst)` when it enters a layer, so a model runs
-    unchanged whether everything sits on one backend or layers are split across two.
+    unchanged whether everything sits on one backend or layers are split across several (split.py).
     """
 
     input: Backend
@@ -20,18 +21,23 @@ class Placement:
     output: Backend
     # decoders' CPU arithmetic (`float32` or `ggml`); None: EMBEDKIT_CPU_MATH, else float32
     cpu_math: str | None = None
+    # hand_off(x, src, dst): x as dst's array without the host (GPU to GPU, cuda_devices.hand_off), or None
+    hand_off: Callable[[Array, Backend, Backend], Array | None] | None = None
 
     def layer(self, i: int) -> Backend:
         """Backend of layer i."""
         return self.layers[i]
 
-    @staticmethod
-    def move(x: Array, src: Backend, dst: Backend) -> Array:
-        """x, computed on `src`, as an array `dst` works on: x itself on one backend; otherwise `src` ends
-        its step (a device backend runs what it deferred or recorded, as a decode step's CUDA graph) and
-        its host copy goes to `dst`."""
+    def move(self, x: Array, src: Backend, dst: Backend) -> Array:
+        """x, computed on `src`, as an array `dst` works on: x itself on one backend; a device-to-device
+        copy where `hand_off` makes one; otherwise `src` ends its step (a device backend runs what it
+        deferred or recorded, as a decode step's CUDA graph) and its host copy goes to `dst`."""
         if src is dst:
             return x
+        if self.hand_off is not None:
+            moved = self.hand_off(x, src, dst)
+            if moved is not None:
+                return moved
         return dst.take(src.to_host(x))
 
     @property
@@ -94,7 +100,13 @@ def cpu_placement(n_layer: int) -> Placement:
 
 
 def make_placement(
-    device: str = "auto", gpu_layers: int | None = None, input_on_gpu: bool | None = None, cpu_math: str | None = None
+    device: str = "auto",
+    gpu_layers: int | None = None,
+    input_on_gpu: bool | None = None,
+    cpu_math: str | None = None,
+    split_mode: str | None = None,
+    tensor_split: str | list[float] | None = None,
+    main_gpu: int | None = None,
 ):
     """A placement factory (n_layer -> Placement) for `--device auto|cpu|cuda`, `-ngl N` and `--cpu-math`.
 
@@ -107,14 +119,18 @@ def make_placement(
     the lookup then joins the decode step's graph instead of costing a host dequantization and an upload
     per token. With partial offload the CPU layers' matmuls over 32 or more tokens run on the GPU too, as
     llama.cpp's do. cpu_math chooses decoders' arithmetic on the CPU (see `Placement.for_decoder`).
+    split_mode, tensor_split, main_gpu (or EMBEDKIT_CUDA_DEVICES): the model over several GPUs (split.py).
     """
     from embedkit.backend.ggml_cpu import cpu_math as check_cpu_math
+    from embedkit.backend.split import make_split_placement, split_requested
     from embedkit.errors import InputError
 
     if device not in ("auto", "cpu", "cuda"):
         raise InputError(f"--device must be auto, cpu or cuda, not {device!r}")
     if cpu_math is not None:
         check_cpu_math(cpu_math)
+    if split_requested(split_mode, tensor_split, main_gpu):
+        return make_split_placement(device, gpu_layers, split_mode, tensor_split, main_gpu, input_on_gpu, cpu_math)
 
     def on_cpu(n_layer: int) -> Placement:
         placement = cpu_placement(n_layer)

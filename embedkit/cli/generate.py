@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from embedkit.cli.device_options import device_options, placement_from_options
+from embedkit.cli.device_options import device_options, placement_from_options, split_options
 from embedkit.errors import InputError
 
 
@@ -67,7 +67,7 @@ def load_generator(kw: dict[str, Any]) -> Any:
     from embedkit.generate import Generator
 
     path = resolve_model(kw["model"], kind="generate")
-    placement = placement_from_options(kw["device"], kw["gpu_layers"], cpu_math=kw["cpu_math"])
+    placement = placement_from_options(kw["device"], kw["gpu_layers"], cpu_math=kw["cpu_math"], **_split(kw))
     gen = Generator(path, n_ctx=kw["ctx_size"], n_batch=kw["batch_size"], n_threads=kw["threads"],
                     placement=placement)
     trained = int(getattr(gen.model.params, "n_ctx_train", 0) or 0)
@@ -75,6 +75,11 @@ def load_generator(kw: dict[str, Any]) -> Any:
         click.echo(f"warning: the context of {gen.n_ctx} tokens (-c) is above the {trained} the model was trained "
                    "with; output past that length may degrade", err=True)
     return gen
+
+
+def _split(kw: dict[str, Any]) -> dict[str, Any]:
+    """The multi-GPU options (`generate` has them, `chat` not yet)."""
+    return {k: kw.get(k) for k in ("split_mode", "tensor_split", "main_gpu")}
 
 
 def _read_prompt(prompt: str | None, file: str | None) -> str:
@@ -108,6 +113,7 @@ def _read_prompt(prompt: str | None, file: str | None) -> str:
               help="JSON lines of prompts ('-': stdin), generated together; one JSON result a line to stdout.")
 @click.option("--parallel", default=4, show_default=True, type=click.IntRange(min=1),
               help="With --batch: sequences generated at once (-c is split between them).")
+@split_options
 def command(prompt, file, stop, echo, ignore_eos, chat, system, as_json, quiet, batch_file, parallel, **kw) -> None:
     """Generate text that continues a prompt; the text streams to stdout, timings go to stderr."""
     if system is not None and not chat:
@@ -163,7 +169,7 @@ def _batch(batch_file, parallel, prompt, file, stop, echo, ignore_eos, chat, sys
     defaults = BatchLine(0, None, "", kw["n_predict"], sampler_params(kw), list(stop), ignore_eos)
     lines = read_lines(batch_file, defaults)
     path = resolve_model(kw["model"], kind="generate")
-    placement = placement_from_options(kw["device"], kw["gpu_layers"])
+    placement = placement_from_options(kw["device"], kw["gpu_layers"], **_split(kw))
     gen = BatchGenerator(path, n_ctx=kw["ctx_size"], n_parallel=parallel, n_batch=kw["batch_size"],
                          n_threads=kw["threads"], placement=placement, background=False)
     run_batch(gen, lines, chat, system, sys.stdout, quiet)

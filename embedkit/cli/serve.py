@@ -6,7 +6,7 @@ import os
 
 import click
 
-from embedkit.cli.device_options import device_options
+from embedkit.cli.device_options import device_options, split_options
 
 
 def _check_bindable(host: str, port: int) -> None:
@@ -52,8 +52,9 @@ def _check_bindable(host: str, port: int) -> None:
 @click.option("--max-body", default=16 * 1024 * 1024, show_default=True, type=click.IntRange(min=1024),
               help="Largest request body in bytes.")
 @device_options
+@split_options
 def command(gen_model, embed_model, rerank_model, host, port, api_key, no_auth, parallel, max_queue, ctx_size, threads,
-            max_body, device, gpu_layers, cpu_math) -> None:
+            max_body, device, gpu_layers, cpu_math, split_mode, tensor_split, main_gpu) -> None:
     """Serve /v1/embeddings, /v1/completions, /v1/chat/completions (OpenAI's API), /v1/rerank and /v1/search."""
     import uvicorn
 
@@ -65,6 +66,7 @@ def command(gen_model, embed_model, rerank_model, host, port, api_key, no_auth, 
         rerank_model=rerank_model, host=host,
         port=port, api_key=api_key, no_auth=no_auth, parallel=parallel, max_queue=max_queue, device=device,
         gpu_layers=gpu_layers, cpu_math=cpu_math, ctx_size=ctx_size, threads=threads, max_body_bytes=max_body,
+        split_mode=split_mode, tensor_split=tensor_split, main_gpu=main_gpu,
     )
     config.check()
     _check_bindable(host, port)

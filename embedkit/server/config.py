@@ -36,6 +36,10 @@ class ServerConfig:
     device: str = "auto"
     gpu_layers: int | None = None
     cpu_math: str | None = None  # decoders' CPU arithmetic (--cpu-math); None: EMBEDKIT_CPU_MATH or float32
+    # the generation model over several GPUs (--split-mode, --tensor-split, --main-gpu; backend/split.py)
+    split_mode: str | None = None
+    tensor_split: str | None = None
+    main_gpu: int | None = None
     ctx_size: int | None = None  # per generation slot
     threads: int | None = None
     max_body_bytes: int = MAX_BODY_BYTES

@@ -155,8 +155,10 @@ def load_models(config: ServerConfig, metrics: ServerMetrics) -> ServedModels:
     if config.gen_model is not None:
         path = resolve_model(config.gen_model, kind="generate")
         name = served_name(config.gen_model)
-        f, m, tok = load_generative(path, config.threads, make_placement(config.device, config.gpu_layers,
-                                                                            cpu_math=config.cpu_math))
+        placement = make_placement(config.device, config.gpu_layers, cpu_math=config.cpu_math,
+                                   split_mode=config.split_mode, tensor_split=config.tensor_split,
+                                   main_gpu=config.main_gpu)
+        f, m, tok = load_generative(path, config.threads, placement)
         per_slot = config.ctx_size or default_ctx(m.params.n_ctx_train)  # -c is per slot, as llama-server's
         engine = BatchGenerator.from_parts(f, m, tok, n_ctx=per_slot * config.parallel, n_parallel=config.parallel,
                                            n_threads=config.threads)

@@ -4,7 +4,8 @@
 it types every argument afresh (building a numba type per array) and marshals them generically.
 `fast(kernel)[grid, block, stream](*args)` makes the first launch for a given argument signature
 the normal way, then keeps the compiled kernel for that signature (keyed by each array's dtype,
-rank and contiguity, each scalar's Python type) and marshals the arguments exactly as numba's
+rank and contiguity, each scalar's Python type, and the stream: a model split over several GPUs launches
+each kernel in each GPU's context) and marshals the arguments exactly as numba's
 `_Kernel._prepare_args` does for device arrays and scalars. Under the simulator it is the plain
 dispatcher.
 """
@@ -106,7 +107,9 @@ else:
             self.signatures[key] = (kernel._codelibrary.get_cufunc().kernel, convs)
 
         def launch(self, grid, block, stream, args) -> None:
-            key = tuple(_arg_key(a) for a in args)
+            # per stream: the compiled kernel belongs to the CUDA context it was loaded in, and a model split
+            # over GPUs launches on each GPU's streams (each backend keeps one stream of one device)
+            key = (id(stream), *(_arg_key(a) for a in args))
             entry = self.signatures.get(key)
             if entry is None or entry is _SLOW:
                 self.dispatcher[grid, block, stream](*args)  # compiles on first use
