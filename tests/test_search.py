@@ -172,3 +172,25 @@ def test_large_dimensions_halfvec_and_binary_quantized(store, corpus, dim):
             assert hits[0].path.endswith(f"{doc}.md") and hits[0].score > 0.9
         conn.execute("RESET enable_sort")
     assert similar(str(corpus / "rare" / "doc10.md"), k=2, collection=f"big-{dim}", store=store)
+
+
+def test_vector_search_in_one_round_trip_leaves_the_connection_clean(store, indexed):
+    """The vector query's pipeline (BEGIN, SET LOCAL, query, COMMIT) leaves no transaction or setting behind,
+    after a result and after an error inside it."""
+    from embedkit.search.query import vector_chunks
+
+    emb, info, root = indexed
+    qvec = emb.embed(["glacier"])[0]
+    with store.connect() as conn:
+        before = conn.execute("SHOW hnsw.ef_search").fetchone()[0]
+        hits = vector_chunks(conn, info, qvec, 5, root + "/rare", None, 10)  # iterative scan set for the filter
+        assert len(hits) == 5 and all(h.path.startswith(root + "/rare/") for h in hits)
+        with pytest.raises(InputError):
+            vector_chunks(conn, info, qvec, 5, None, None, 5000)  # ef_search past pgvector's cap
+        with pytest.raises(Exception, match="dimensions"):
+            vector_chunks(conn, info, np.ones(3, dtype=np.float32), 5, None, None, None)
+        assert conn.info.transaction_status == conn.info.transaction_status.IDLE
+        assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == before
+        assert conn.execute("SHOW hnsw.iterative_scan").fetchone()[0] == "off"
+        assert [h.chunk_id for h in vector_chunks(conn, info, qvec, 5, None, None, None)] == \
+            [h.chunk_id for h in search_vector(conn, info, qvec, k=5)]

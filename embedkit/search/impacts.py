@@ -21,6 +21,7 @@ lexeme) turns it back into tf. That costs about as little as reading the row; un
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -39,7 +40,7 @@ BUDGET_CHUNKS = 3000  # chunks (by key counts) both passes read at most; past it
 class ImpactResult:
     """The top n (chunk id, score), best first, and whether it is proven exact."""
 
-    rows: list[tuple[int, float]]
+    rows: list[tuple]  # (chunk id, score, *the columns `wrap` adds)
     exact: bool
     chunks_read: int
 
@@ -91,21 +92,28 @@ def impact_top(
     first: int = FIRST_CHUNKS,
     budget: int = BUDGET_CHUNKS,
     proven: int | None = None,
+    impacts: list[tuple[str, int, int, int]] | None = None,
+    wrap: Callable[[str], str] | None = None,
 ) -> ImpactResult:
     """The n best chunks by BM25 for the query terms (each with weight qtf * idf), from impact tiers (see the
     module's note); exact when `exact` says so, always when `budget` is at least the chunks of all keys.
     With `proven` < n, only the first `proven` are proven (`exact`); the rest are the best of the chunks read
-    (fewer than n when those hold fewer)."""
+    (fewer than n when those hold fewer). `impacts` are the terms' (term, tf, length bucket, chunks) rows of
+    `keyword_impacts` when the caller has read them (else they are read here). `wrap` turns each pass's SQL
+    (id, score; best first) into SQL returning (id, score, *more columns) in the same order, so that callers
+    get what they show of the chunks in the same round trip."""
     proof = n if proven is None else max(1, min(n, proven))
     from embedkit.search.keyword import tsquery_lexeme
 
     weight = dict(zip(terms, weights, strict=True))
     order = {t: i for i, t in enumerate(terms)}
+    if impacts is None:
+        impacts = conn.execute(
+            "SELECT term, tf, lenb, chunks FROM keyword_impacts WHERE collection_id = %s AND term = ANY(%s)",
+            (int(info.id), terms),
+        ).fetchall()
     keys = []  # (ub, term index, key, chunks)
-    for term, tf, lenb, chunks in conn.execute(
-        "SELECT term, tf, lenb, chunks FROM keyword_impacts WHERE collection_id = %s AND term = ANY(%s)",
-        (int(info.id), terms),
-    ).fetchall():
+    for term, tf, lenb, chunks in impacts:
         kd = k1 * (1 - b + b * _length_floor(lenb) / avgdl)
         factor = (k1 + 1) if tf >= TF_CAP else tf * (k1 + 1) / (tf + kd)
         keys.append((weight[term] * factor, order[term], f"{term} {tf} {lenb}", chunks))
@@ -119,18 +127,20 @@ def impact_top(
         return sum(top.values())
 
     sql = _score_sql(info, len(terms), k1, b)
+    if wrap is not None:
+        sql = wrap(sql)
     params = {"cuts": tf_cuts(conn), "avgdl": avgdl, "n": n,
               **{f"w{i}": w for i, w in enumerate(weights)},
               **{f"q{i}": tsquery_lexeme(t) for i, t in enumerate(terms)}}
-    found: dict[int, float] = {}
+    found: dict[int, tuple] = {}
 
-    def read(lo: int, hi: int) -> list[tuple[int, float]]:
+    def read(lo: int, hi: int) -> list[tuple]:
         if hi > lo:
             # Never prepared: a generic plan (no keys known) read the same chunks 5-10x slower than a plan for
             # these keys. The key function's cost keeps every plan on the GIN index.
             rows = conn.execute(sql, params | {"keys": [k[2] for k in keys[lo:hi]]}, prepare=False).fetchall()
-            found.update((int(r[0]), float(r[1])) for r in rows)
-        return sorted(found.items(), key=lambda x: (-x[1], x[0]))[:n]
+            found.update((int(r[0]), (int(r[0]), float(r[1]), *r[2:])) for r in rows)
+        return sorted(found.values(), key=lambda x: (-x[1], x[0]))[:n]
 
     j, total = 0, 0
     while j < len(keys) and (total < first or j == 0):

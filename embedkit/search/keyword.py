@@ -21,11 +21,12 @@ and the query runs again (at worst with all of them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
-from embedkit.search.impacts import BUDGET_CHUNKS, impact_top
+from embedkit.search.impacts import BUDGET_CHUNKS, FIRST_CHUNKS, impact_top
 from embedkit.search.sql import document_filter
 from embedkit.store.collections import CollectionInfo
 
@@ -37,13 +38,16 @@ TEXT_CONFIG = "english"  # must be the configuration of the generated chunks.tsv
 def query_terms(conn: psycopg.Connection, info: CollectionInfo, query: str) -> dict[str, Any] | None:
     """The query's indexed terms as parameters of `keyword_ids_sql`: `tsq` (their OR as tsquery text),
     `terms`, `weights` (query frequency x idf of each), `df` (chunks holding each) and `avgdl`, rarest term
-    first. None when no term of the query is indexed."""
+    first, with `impacts`: the (term, tf, length bucket, chunks) keys of the terms from `keyword_impacts`,
+    read in the same round trip for `impact_top`. None when no term of the query is indexed."""
     cid = int(info.id)
     rows = conn.execute(
         f"WITH st AS (SELECT chunks::float8 AS n FROM keyword_stats WHERE collection_id = {cid}) "
         "SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) * ln(1 + (st.n - t.chunks + 0.5) / "
         "(t.chunks + 0.5)), (SELECT tokens::float8 / greatest(chunks, 1) FROM keyword_stats "
-        f"WHERE collection_id = {cid}), t.chunks FROM unnest(to_tsvector('{TEXT_CONFIG}'::regconfig, %s)) u "
+        f"WHERE collection_id = {cid}), t.chunks, (SELECT array_agg(ARRAY[i.tf, i.lenb, i.chunks]) "
+        f"FROM keyword_impacts i WHERE i.collection_id = {cid} AND i.term = u.lexeme) "
+        f"FROM unnest(to_tsvector('{TEXT_CONFIG}'::regconfig, %s)) u "
         f"JOIN keyword_terms t ON t.collection_id = {cid} AND t.term = u.lexeme CROSS JOIN st ORDER BY 4, 1",
         (query,),
     ).fetchall()
@@ -55,6 +59,7 @@ def query_terms(conn: psycopg.Connection, info: CollectionInfo, query: str) -> d
         "weights": [float(r[1]) for r in rows],
         "avgdl": float(rows[0][2]),
         "df": [int(r[3]) for r in rows],
+        "impacts": [(r[0], int(tf), int(lenb), int(n)) for r in rows for tf, lenb, n in (r[4] or [])],
     }
 
 
@@ -94,13 +99,16 @@ def keyword_scores(
     b: float = BM25_B,
     budget: int | None = BUDGET_CHUNKS,
     proven: int | None = None,
-) -> list[tuple[int, float]]:
+    first: int = FIRST_CHUNKS,
+    wrap: Callable[[str], str] | None = None,
+) -> list[tuple]:
     """(chunk id, BM25 score) of the n best chunks for `query`, best first (empty when no term is indexed).
 
     Unfiltered searches read impact tiers (`embedkit.search.impacts`): exact scores, and the exact top n
-    unless proving it would read more than `budget` chunks (None: no limit); with `proven`, only the first
-    `proven` rows are proven and the rest are the best of the chunks read. Filtered searches score every
-    matching chunk that holds a query term, with the pruning of this module's note (exact)."""
+    unless proving it would read more than `budget` chunks (None: no limit), after a first pass of about
+    `first` chunks; with `proven`, only the first `proven` rows are proven and the rest are the best of the
+    chunks read. There `wrap` (see `impact_top`) adds columns to each row. Filtered searches score every
+    matching chunk that holds a query term, with the pruning of this module's note (exact), and ignore `wrap`."""
     params = query_terms(conn, info, query)
     if params is None:
         return []
@@ -109,7 +117,7 @@ def keyword_scores(
     if not filt:
         limit = budget if budget is not None else sum(params["df"])  # the chunks of all keys
         return impact_top(conn, info, params["terms"], params["weights"], params["avgdl"], n, k1, b,
-                          budget=limit, proven=proven).rows
+                          first=first, budget=limit, proven=proven, impacts=params["impacts"], wrap=wrap).rows
     sql = keyword_ids_sql(info, filt, "n", k1, b)
     terms, bounds, df = params["terms"], [w * (k1 + 1) for w in params["weights"]], params["df"]
     used = 1

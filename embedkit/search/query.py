@@ -13,7 +13,7 @@ from embedkit.errors import InputError
 from embedkit.index.keys import shown_path
 from embedkit.search.fusion import RRF_K, best_per_document, fuse_chunks, fuse_documents
 from embedkit.search.hits import ChunkHit
-from embedkit.search.impacts import BUDGET_CHUNKS
+from embedkit.search.impacts import BUDGET_CHUNKS, FIRST_CHUNKS
 from embedkit.search.keyword import keyword_scores
 from embedkit.search.sql import (
     MAX_K,
@@ -85,17 +85,49 @@ def vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search) -> list[C
     params: dict[str, Any] = {"q": np.asarray(qvec, dtype=np.float32), "n": n}
     filt = document_filter(info, path_glob, metadata, params)
     sql = _hits_sql(info, _vector_ids_sql(info, filt, "n"), "1 - h.dist", "h.dist")
-    with conn.transaction():
-        set_hnsw(conn, n, ef_search, filtered=bool(filt))
-        return _rows_to_hits(conn.execute(sql, params).fetchall())
+    return _rows_to_hits(_in_one_round_trip(conn, lambda: set_hnsw(conn, n, ef_search, filtered=bool(filt)),
+                                            sql, params))
 
 
-def keyword_chunks(conn, info, query, n, path_glob, metadata, proven=None, budget=BUDGET_CHUNKS) -> list[ChunkHit]:
-    """The n best chunks for `query` by BM25 (the score), best first (see `keyword_scores` for `proven` and
-    `budget`)."""
-    ranked = keyword_scores(conn, info, query, n, path_glob, metadata, proven=proven, budget=budget)
+def _in_one_round_trip(conn: psycopg.Connection, settings, sql: str, params: dict[str, Any]) -> list[tuple]:
+    """The rows of `sql` run in a transaction after `settings()` (SET LOCAL statements), all sent in one
+    pipeline: a loaded server answers one round trip instead of four (BEGIN, settings, query, COMMIT each wait
+    for their turn on the CPU). `conn` is in autocommit mode, so the transaction is spelled out."""
+    try:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            settings()
+            cur = conn.execute(sql, params)
+            conn.execute("COMMIT")
+        return cur.fetchall()
+    except BaseException:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        raise
+
+
+def _with_hit_columns(info: CollectionInfo, ranked: str) -> str:
+    """`ranked` SQL (id, score; best first) as (id, score, path, text, document_id, ordinal, char_start,
+    char_end, is_file) in the same order: the chunks come back in the round trip that ranks them."""
+    cid = int(info.id)
+    return (
+        f"WITH h AS MATERIALIZED ({ranked}) "
+        "SELECT h.id, h.score, d.path, c.text, c.document_id, c.ordinal, c.char_start, c.char_end, d.is_file "
+        f"FROM h JOIN chunks c ON c.collection_id = {cid} AND c.id = h.id "
+        f"JOIN documents d ON d.collection_id = {cid} AND d.id = c.document_id ORDER BY h.score DESC, h.id"
+    )
+
+
+def keyword_chunks(conn, info, query, n, path_glob, metadata, proven=None, budget=BUDGET_CHUNKS,
+                   first=FIRST_CHUNKS) -> list[ChunkHit]:
+    """The n best chunks for `query` by BM25 (the score), best first (see `keyword_scores` for `proven`,
+    `budget` and `first`)."""
+    ranked = keyword_scores(conn, info, query, n, path_glob, metadata, proven=proven, budget=budget, first=first,
+                            wrap=lambda sql: _with_hit_columns(info, sql))
     if not ranked:
         return []
+    if len(ranked[0]) > 2:  # the chunks came with their scores
+        return [ChunkHit(shown_path(r[2], r[8]), float(r[1]), int(r[0]), *r[3:8]) for r in ranked]
     params = {"ids": [r[0] for r in ranked], "scores": [r[1] for r in ranked]}
     sql = _hits_sql(info, "SELECT * FROM unnest(%(ids)s::int8[], %(scores)s::float8[]) AS x(id, score)",
                     "h.score", "h.score DESC")
