@@ -159,7 +159,7 @@ def load_models(config: ServerConfig, metrics: ServerMetrics) -> ServedModels:
                                                                             cpu_math=config.cpu_math))
         per_slot = config.ctx_size or default_ctx(m.params.n_ctx_train)  # -c is per slot, as llama-server's
         engine = BatchGenerator.from_parts(f, m, tok, n_ctx=per_slot * config.parallel, n_parallel=config.parallel,
-                                           n_threads=config.threads)
+                                           n_threads=config.threads, reuse_prefixes=True)
         generate = GenerationModel(name, _aliases(config.gen_model, path), "generate", path)
         generate.scheduler = GenerationScheduler(engine, config.max_queue, metrics, name)
     rerank = None
