@@ -174,6 +174,7 @@ def load_models(config: ServerConfig, metrics: ServerMetrics) -> ServedModels:
         recorded = config.embed_model if config.embed_model in KNOWN_MODELS else str(Path(path).resolve())
         embed = EmbeddingModel(name, _aliases(config.embed_model, path), "embed", path, embedder=emb,
                                catalog_name=recorded)
+        emb.embed_tokens([emb.tokenize("warm up")])  # tokenizer tables and kernels, before the server is ready
         embed.batcher = EmbeddingBatcher(emb, name, metrics, config.batch_window_ms, config.batch_tokens)
     if config.gen_model is not None:
         path = resolve_model(config.gen_model, kind="generate")
