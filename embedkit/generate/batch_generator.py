@@ -57,6 +57,7 @@ llama.cpp-exact CPU arithmetic may differ in low bits across batch shapes, as ll
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -86,11 +87,31 @@ from embedkit.generate.generator import (
 from embedkit.generate.sampler import Sampler, SamplerParams
 from embedkit.generate.stops import StopReason
 from embedkit.gguf import GGUFFile
+from embedkit.kernels.cpu.matmul import MAX_MULTIROW_TOKENS
 
 __all__ = ["BatchGenerator", "SequenceHandle", "SequenceResult", "TokenEvent"]
 
 # lifted by the GPU test and benchmarks/check_batch_gpu.py only: see `BatchGenerator._setup`
 ALLOW_CUDA = False
+
+# Steps of more rows than the small-batch kernel takes multiply dequantized tiles with BLAS. OpenBLAS's own threads
+# then spin beside the kernel threads; held to one thread, a 111-row step of three SmolLM2 prompts took 1.2-3.0 s
+# instead of 15.8-20.5 s (3.9-4.4 s of CPU against 0.5-0.7 s) on the shared 2-core VM at load ~30, with 1 and 2
+# kernel threads alike. Smaller steps never reach BLAS, and the switch costs ~0.2 ms, so they skip it.
+BLAS_STEP_ROWS = MAX_MULTIROW_TOKENS
+_BLAS: Any = None  # threadpoolctl's BLAS controller, looked up once
+
+
+def _one_thread_blas() -> contextlib.AbstractContextManager:
+    """OpenBLAS (and any other BLAS threadpoolctl finds) held to one thread, restored on exit."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return contextlib.nullcontext()
+        _BLAS = ThreadpoolController().select(user_api="blas")
+    return _BLAS.limit(limits=1)
 
 
 class BatchGenerator(PromptMethods):
@@ -374,9 +395,10 @@ class BatchGenerator(PromptMethods):
 
         batch = SeqBatch.of(parts)
         try:
-            logits = self.model.forward_batch(
-                np.asarray(ids, dtype=np.int32), self.state, batch, out_rows if out_rows else [batch.n_rows - 1]
-            )
+            with _one_thread_blas() if len(ids) > BLAS_STEP_ROWS else contextlib.nullcontext():
+                logits = self.model.forward_batch(
+                    np.asarray(ids, dtype=np.int32), self.state, batch, out_rows if out_rows else [batch.n_rows - 1]
+                )
         except Exception as e:  # the step's sequences fail; the others (and the thread) go on
             msg = f"{type(e).__name__}: {e}"
             slots = {p[0] for p in parts}
