@@ -5,7 +5,10 @@ C in 1, 8, 32; the table shows requests/s and p50/p95 latency. embedkit batches 
 forwards; llama-server runs with `--embedding` (and `--parallel 32`, so it can batch them too).
 Generation: S concurrent streamed completions of T tokens each (temperature 0, different prompts), for S in 1, 4,
 8; the table shows aggregate generated tokens/s and each stream's mean time to first token. Both servers get
-`--parallel 8` slots.
+`--parallel 8` slots. Both keep a finished request's tokens in its slot and reuse the longest cached prefix of a
+new prompt (llama-server's `cache_prompt`, on by default on both): the levels reuse prompts of the warm-up and
+of earlier levels, as a chat's turns would. Apart from them, the time to first token of prompts neither server
+has seen (one request at a time) is measured too: the prompt's own forward.
 
 The servers run one at a time (embedkit's, then llama-server's for each half), never together, so each gets
 the machine's threads. llama-server's binary: --llama-server, else $LLAMA_CPP_BIN, else
@@ -34,6 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 EMBED_LEVELS = (1, 8, 32)
 GEN_LEVELS = (1, 4, 8)
+FRESH_PROMPTS = 4  # prompts new to the server (no cached prefix), sent one at a time for the prompt-only TTFT
 
 
 def free_port() -> int:
@@ -193,6 +197,7 @@ def main() -> None:
     embed_loads: dict[str, tuple[float, float]] = {}  # 1-minute load average before and after each side's levels
     check_vectors: dict[str, np.ndarray] = {}  # one text's vector from each side (a sanity check)
     check_texts: dict[str, str] = {}  # one greedy completion from each side
+    fresh_ttft: dict[str, float] = {}  # mean time to first token of prompts new to the server, one at a time
     sides = [("embedkit", None)] + ([("llama-server", binary)] if binary else [])
     for side, exe in sides:
         if not args.skip_embed:
@@ -218,6 +223,9 @@ def main() -> None:
                 asyncio.run(gen_level(srv.url, args.gen_model, prompts[:1], 4))  # warm-up
                 rows_g[side] = {s: asyncio.run(gen_level(srv.url, args.gen_model, prompts[:s], args.gen_tokens))
                                 for s in GEN_LEVELS}
+                fresh = texts(FRESH_PROMPTS, seed=3)  # distinct first words: nothing cached but BOS
+                fresh_ttft[side] = float(np.nanmean([asyncio.run(gen_level(srv.url, args.gen_model, [p], 2))["ttft"]
+                                                     for p in fresh]))
                 r = httpx.post(srv.url + "/v1/completions", json={"model": args.gen_model, "prompt": prompts[0],
                                                                   "max_tokens": 8, "temperature": 0}, timeout=1800)
                 check_texts[side] = r.json()["choices"][0]["text"]
@@ -248,6 +256,9 @@ def main() -> None:
         for n in GEN_LEVELS:
             cells = [f"{rows_g[s][n]['tps']:.1f} | {rows_g[s][n]['ttft']:.0f}" for s in rows_g]
             print(f"| {n} | " + " | ".join(cells) + " |")
+        print("\ntime to first token of a prompt new to the server (mean of "
+              f"{FRESH_PROMPTS}, one at a time, ~20-60 tokens): "
+              + ", ".join(f"{s} {ms:.0f} ms" for s, ms in fresh_ttft.items()))
 
     if len(check_texts) == 2:
         a, b = check_texts.values()

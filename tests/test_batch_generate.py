@@ -225,3 +225,26 @@ def test_cli_batch_bad_line_is_one_line_error(model_files, tmp_path, capsys, con
         main(["generate", "-m", str(model_files["llama"]), "--batch", str(src)])
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_reused_prefix_skips_cached_prompt_tokens_and_keeps_the_tokens(model_files):
+    """With reuse_prefixes, a prompt that starts with what a free slot's cache holds (the previous prompt and
+    its fed completion) processes only the rest and generates what it generates alone; a repeated prompt runs
+    just its last token; reuse_prefix=False and a different prompt process everything."""
+    gen = Generator(model_files["llama"], n_ctx=64)
+    first = [5, 6, 7, 8, 9, 10]
+    bgen = BatchGenerator.from_parts(gen.file, gen.model, gen.tokenizer, n_ctx=2 * 64, n_parallel=2,
+                                     background=False, reuse_prefixes=True)
+    r1 = bgen.submit(first, n_predict=4, sampler=GREEDY, ignore_eos=True).result()
+    assert r1.timings.prompt_tokens == len(first)
+    turn2 = first + r1.tokens[:3] + [11, 12]  # the fed part of the completion (the last token was not fed)
+    r2 = bgen.submit(turn2, n_predict=5, sampler=GREEDY, ignore_eos=True).result()
+    assert r2.timings.prompt_tokens == 2
+    gen.reset()
+    assert r2.tokens == gen.generate(turn2, n_predict=5, sampler=GREEDY, ignore_eos=True).tokens
+    r3 = bgen.submit(turn2, n_predict=5, sampler=GREEDY, ignore_eos=True).result()
+    assert r3.timings.prompt_tokens == 1 and r3.tokens == r2.tokens
+    r4 = bgen.submit(turn2, n_predict=5, sampler=GREEDY, ignore_eos=True, reuse_prefix=False).result()
+    assert r4.timings.prompt_tokens == len(turn2) and r4.tokens == r2.tokens
+    r5 = bgen.submit([40, 41, 42], n_predict=2, sampler=GREEDY, ignore_eos=True).result()
+    assert r5.timings.prompt_tokens == 3

@@ -281,6 +281,14 @@ def test_completions_logprobs_seed_stop(oai, http):
                                              "stop": [","]}).json()
     assert "," not in raw["choices"][0]["text"]
     assert {"prompt_n", "prompt_ms", "predicted_n", "predicted_ms", "predicted_per_second"} <= set(raw["timings"])
+    # the same prompt again starts from the slot's cache (llama-server's cache_prompt): only its last token runs
+    body = {"prompt": "One, two, three,", "max_tokens": 6, "temperature": 0, "stop": [","]}
+    again = http.post("/v1/completions", json=body).json()
+    n_prompt = again["usage"]["prompt_tokens"]
+    assert (again["timings"]["cache_n"], again["timings"]["prompt_n"]) == (n_prompt - 1, 1)
+    assert again["choices"][0]["text"] == raw["choices"][0]["text"]
+    fresh = http.post("/v1/completions", json={**body, "cache_prompt": False}).json()
+    assert (fresh["timings"]["cache_n"], fresh["timings"]["prompt_n"]) == (0, n_prompt)
     # max_tokens beyond the context (512) is capped, not an error
     capped = http.post("/v1/completions", json={"prompt": "word " * 500, "max_tokens": 10**6, "temperature": 0})
     assert capped.status_code == 200, capped.text

@@ -10,18 +10,21 @@
 API (all of it thread-safe unless said otherwise):
 
 - ``BatchGenerator(model, n_ctx=None, n_parallel=4, n_batch=512, n_threads=None, placement=None,
-  background=True)``: ``model`` a GGUF path or open `GGUFFile`. ``n_ctx`` is the total KV cache, split
-  evenly into ``n_parallel`` slots as llama-server does (``n_ctx_slot = n_ctx // n_parallel`` positions per
-  sequence; default: ``n_parallel`` x the model's context capped at 4096 / n_parallel, i.e. 4096 in all).
+  background=True, reuse_prefixes=False)``: ``model`` a GGUF path or open `GGUFFile`. ``n_ctx`` is the total
+  KV cache, split evenly into ``n_parallel`` slots as llama-server does (``n_ctx_slot = n_ctx // n_parallel``
+  positions per sequence; default: ``n_parallel`` x the model's context capped at 4096 / n_parallel, i.e. 4096 in all).
   ``n_batch``: most tokens in one forward (decode rows first, then prompt chunks fill the rest).
+  ``reuse_prefixes``: llama-server's prompt cache (see Scheduling).
   ``BatchGenerator.from_parts(file, model, tokenizer, ...)`` wraps an already loaded model.
 - ``submit(prompt, n_predict=128, sampler=None, stop=(), ignore_eos=False, return_logits=False,
-  listener=None) -> SequenceHandle``: ``prompt`` text (tokenized with BOS as the model asks) or token ids;
-  ``sampler`` a `SamplerParams` (default llama.cpp's) or a `Sampler`; raises GenerationError at once for an
-  empty prompt, one longer than a slot, or bad token ids. Never blocks on the model. ``listener``, if given,
+  listener=None, reuse_prefix=True) -> SequenceHandle``: ``prompt`` text (tokenized with BOS as the model
+  asks) or token ids; ``sampler`` a `SamplerParams` (default llama.cpp's) or a `Sampler`; raises
+  GenerationError at once for an empty prompt, one longer than a slot, or bad token ids. Never blocks on the
+  model. ``listener``, if given,
   is called on the scheduler thread with each `TokenEvent` as it is produced and then once with the
   `SequenceResult` when the sequence finishes (for push-style consumers such as a server's event loop;
-  it must be quick and must not raise, and must not call back into the generator).
+  it must be quick and must not raise, and must not call back into the generator). ``reuse_prefix=False``
+  processes the whole prompt even when a slot's cache holds its start.
 - ``on_step``: None, or a callable run after each forward with (rows, sequences) of that forward.
 - ``n_running`` / ``n_waiting``: sequences holding a slot / waiting for one.
 - ``SequenceHandle``: iterate it for `TokenEvent(token, text)`; ``cancel()``; ``result(timeout=None)``
@@ -29,7 +32,8 @@ API (all of it thread-safe unless said otherwise):
   ``done``; ``id`` (submission order). finish_reason: "eog", "length", "stop", "context" (the slot is
   full), "cancelled" or "error" (the forward raised; ``error`` holds the message and iterating raises
   GenerationError). ``timings.prompt_ms`` runs from the first prompt chunk to the first sampled token,
-  ``gen_ms`` from there to the end; both include the time shared with the other sequences of each step.
+  ``gen_ms`` from there to the end; both include the time shared with the other sequences of each step;
+  ``timings.prompt_tokens`` counts the prompt tokens processed (a reused prefix is not counted).
 - ``tokenize(text)``, ``chat_prompt(messages)``, ``chat_template``: as `Generator`'s.
 - ``close()`` (or ``with BatchGenerator(...) as gen``): cancel everything and stop the thread.
 
@@ -42,6 +46,10 @@ Scheduling (llama-server's): sequences wait FIFO for a free slot; each step take
 sequence that is generating, then fills the rest of the ``n_batch`` token budget with prompt chunks of
 sequences still reading their prompt (in admission order), and runs them all in one `forward_batch`:
 every weight is read once per step for all rows. Only rows that end a prompt or decode get logits.
+With ``reuse_prefixes`` a finished sequence's tokens stay in its slot's cache (as the one-sequence
+`Generator` keeps its own): a new sequence takes the free slot whose cached tokens share the longest
+prefix with its prompt (else the least recently used one) and processes only the rest of the prompt
+(at least its last token), so a chat's next turn or a repeated prompt starts at once.
 Each sequence samples with its own `Sampler` (seed, penalties over its own history) and stop strings;
 greedy output is the same as running the prompt alone (logits agree to float32 rounding; the
 llama.cpp-exact CPU arithmetic may differ in low bits across batch shapes, as llama.cpp's does).
@@ -49,6 +57,7 @@ llama.cpp-exact CPU arithmetic may differ in low bits across batch shapes, as ll
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -78,11 +87,31 @@ from embedkit.generate.generator import (
 from embedkit.generate.sampler import Sampler, SamplerParams
 from embedkit.generate.stops import StopReason
 from embedkit.gguf import GGUFFile
+from embedkit.kernels.cpu.matmul import MAX_MULTIROW_TOKENS
 
 __all__ = ["BatchGenerator", "SequenceHandle", "SequenceResult", "TokenEvent"]
 
 # lifted by the GPU test and benchmarks/check_batch_gpu.py only: see `BatchGenerator._setup`
 ALLOW_CUDA = False
+
+# Steps of more rows than the small-batch kernel takes multiply dequantized tiles with BLAS. OpenBLAS's own threads
+# then spin beside the kernel threads; held to one thread, a 111-row step of three SmolLM2 prompts took 1.2-3.0 s
+# instead of 15.8-20.5 s (3.9-4.4 s of CPU against 0.5-0.7 s) on the shared 2-core VM at load ~30, with 1 and 2
+# kernel threads alike. Smaller steps never reach BLAS, and the switch costs ~0.2 ms, so they skip it.
+BLAS_STEP_ROWS = MAX_MULTIROW_TOKENS
+_BLAS: Any = None  # threadpoolctl's BLAS controller, looked up once
+
+
+def _one_thread_blas() -> contextlib.AbstractContextManager:
+    """OpenBLAS (and any other BLAS threadpoolctl finds) held to one thread, restored on exit."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return contextlib.nullcontext()
+        _BLAS = ThreadpoolController().select(user_api="blas")
+    return _BLAS.limit(limits=1)
 
 
 class BatchGenerator(PromptMethods):
@@ -97,11 +126,12 @@ class BatchGenerator(PromptMethods):
         n_threads: int | None = None,
         placement: Any = None,
         background: bool = True,
+        reuse_prefixes: bool = False,
     ) -> None:
         """Load ``model`` and allocate ``n_parallel`` KV cache slots (see the module docstring)."""
         t0 = time.perf_counter()
         f, m, tok = load_generative(model, n_threads, placement)
-        self._setup(f, m, tok, n_ctx, n_parallel, n_batch, background, n_threads)
+        self._setup(f, m, tok, n_ctx, n_parallel, n_batch, background, n_threads, reuse_prefixes)
         self.load_ms = 1000.0 * (time.perf_counter() - t0)
 
     @classmethod
@@ -115,11 +145,12 @@ class BatchGenerator(PromptMethods):
         n_batch: int = 512,
         background: bool = True,
         n_threads: int | None = None,
+        reuse_prefixes: bool = False,
     ) -> BatchGenerator:
         """A batch generator over an already loaded model and tokenizer (``file`` gives the chat template)."""
         self = cls.__new__(cls)
         self.load_ms = 0.0
-        self._setup(file, model, tokenizer, n_ctx, n_parallel, n_batch, background, n_threads)
+        self._setup(file, model, tokenizer, n_ctx, n_parallel, n_batch, background, n_threads, reuse_prefixes)
         return self
 
     def _setup(
@@ -132,6 +163,7 @@ class BatchGenerator(PromptMethods):
         n_batch: int,
         background: bool,
         n_threads: int | None,
+        reuse_prefixes: bool = False,
     ) -> None:
         # The CUDA backend's multi-sequence forward does not yet reproduce each sequence's solo logits
         # (tests/test_batch_generate_gpu.py fails on an H100), so a model with layers on a GPU is refused
@@ -170,6 +202,10 @@ class BatchGenerator(PromptMethods):
         self._waiting: deque[BatchSequence] = deque()
         self._active: list[BatchSequence] = []  # admission order
         self._free = list(range(self.n_parallel))
+        self.reuse_prefixes = bool(reuse_prefixes)
+        self._slot_tokens: list[list[int]] = [[] for _ in range(self.n_parallel)]  # cached tokens, positions 0..
+        self._slot_freed = [0] * self.n_parallel  # when each slot was last released (a counter: least recent first)
+        self._n_released = 0
         self._next_id = 0
         self._closed = False
         self._step_lock = threading.Lock()
@@ -187,6 +223,7 @@ class BatchGenerator(PromptMethods):
         ignore_eos: bool = False,
         return_logits: bool = False,
         listener: Callable[[TokenEvent | SequenceResult], None] | None = None,
+        reuse_prefix: bool = True,
     ) -> SequenceHandle:
         """Queue a prompt; returns its handle at once (see the module docstring). Thread-safe."""
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
@@ -209,6 +246,7 @@ class BatchGenerator(PromptMethods):
             seq = BatchSequence(
                 self, self._next_id, ids, int(n_predict), sampler, list(stop), ignore_eos, return_logits, listener
             )
+            seq.may_reuse = reuse_prefix
             self._next_id += 1
             if n_predict == 0:
                 seq.finish(StopReason.LENGTH)
@@ -278,7 +316,7 @@ class BatchGenerator(PromptMethods):
                 self._retire_cancelled()
                 while self._waiting and self._free:
                     seq = self._waiting.popleft()
-                    seq.slot = self._free.pop(0)
+                    self._admit(seq)
                     self._active.append(seq)
                 active = list(self._active)
             if not active:
@@ -288,6 +326,27 @@ class BatchGenerator(PromptMethods):
                 self._forward(parts, ids, out_rows, owners)
             self._release_finished()
             return True
+
+    def _admit(self, seq: BatchSequence) -> None:
+        """Give `seq` a free slot (lock held): with prefix reuse, the one whose cached tokens share the longest
+        prefix with its prompt (ties and misses: the least recently released), starting after that prefix."""
+        if not self.reuse_prefixes:
+            seq.slot = self._free.pop(0)
+            return
+        best, best_key = self._free[0], (-1, 0)
+        for slot in self._free:
+            cached, n = self._slot_tokens[slot], 0
+            if seq.may_reuse:
+                for a, b in zip(cached, seq.prompt_ids, strict=False):
+                    if a != b:
+                        break
+                    n += 1
+            key = (n, -self._slot_freed[slot])
+            if key > best_key:
+                best, best_key = slot, key
+        self._free.remove(best)
+        seq.slot = best
+        seq.reuse_cached(min(best_key[0], len(seq.prompt_ids) - 1))  # the last prompt token runs for its logits
 
     def _retire_cancelled(self) -> None:
         """Finish cancelled sequences (lock held)."""
@@ -336,9 +395,10 @@ class BatchGenerator(PromptMethods):
 
         batch = SeqBatch.of(parts)
         try:
-            logits = self.model.forward_batch(
-                np.asarray(ids, dtype=np.int32), self.state, batch, out_rows if out_rows else [batch.n_rows - 1]
-            )
+            with _one_thread_blas() if len(ids) > BLAS_STEP_ROWS else contextlib.nullcontext():
+                logits = self.model.forward_batch(
+                    np.asarray(ids, dtype=np.int32), self.state, batch, out_rows if out_rows else [batch.n_rows - 1]
+                )
         except Exception as e:  # the step's sequences fail; the others (and the thread) go on
             msg = f"{type(e).__name__}: {e}"
             slots = {p[0] for p in parts}
@@ -365,6 +425,10 @@ class BatchGenerator(PromptMethods):
         for seq in done:
             self._active.remove(seq)
             self._free.append(seq.slot)
+            # what the slot's cache now holds (a failed forward may have left it half written: forget it)
+            self._slot_tokens[seq.slot] = [] if seq.finish_reason == ERROR else seq.history[: seq.n_past]
+            self._n_released += 1
+            self._slot_freed[seq.slot] = self._n_released
         self._free.sort()
 
     # -- shutting down -------------------------------------------------------------------

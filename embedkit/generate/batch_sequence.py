@@ -83,6 +83,7 @@ class BatchSequence:
         self.slot: int | None = None
         self.n_past = 0  # tokens of this sequence in its slot's cache
         self.pending: int | None = None  # sampled token to feed at the next step
+        self.may_reuse = True  # may start after a prefix its slot's cache already holds
         self.cancel_requested = False
         self.finish_reason: str | None = None
         self.error: str | None = None
@@ -98,6 +99,11 @@ class BatchSequence:
     def prompt_left(self) -> int:
         """Prompt tokens not yet in the cache."""
         return max(0, len(self.prompt_ids) - self.n_past)
+
+    def reuse_cached(self, n: int) -> None:
+        """The slot's cache already holds the first `n` prompt tokens: start after them."""
+        self.n_past = n
+        self.timings.prompt_tokens = len(self.prompt_ids) - n
 
     def started(self) -> None:
         """The first chunk of the prompt goes into a forward now."""

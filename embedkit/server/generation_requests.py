@@ -38,6 +38,8 @@ class SamplingFields(BaseModel):
     min_p: float | None = Field(None, ge=0.0, le=1.0, description="llama.cpp: min-p.")
     repeat_penalty: float | None = Field(None, gt=0.0, description="llama.cpp: repetition penalty.")
     ignore_eos: bool = Field(False, description="llama.cpp: keep generating past end-of-generation tokens.")
+    cache_prompt: bool = Field(True, description="llama.cpp: start after the part of the prompt a slot's cache "
+                                                 "already holds (false: process the whole prompt).")
 
     def stops(self) -> list[str]:
         """The stop strings as a list (at most 4, as OpenAI)."""

@@ -7,9 +7,10 @@ import base64
 from typing import Literal
 
 import numpy as np
+import orjson
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from embedkit.server.errors import APIError
@@ -114,7 +115,7 @@ def _apply_dimensions(model: EmbeddingModel, vecs: np.ndarray, dimensions: int |
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, summary="Create embeddings (OpenAI)")
-async def create_embeddings(req: EmbeddingRequest, state: State) -> JSONResponse:
+async def create_embeddings(req: EmbeddingRequest, state: State) -> Response:
     """Vectors of each input, in order, with `usage.prompt_tokens`."""
     model = state.require_models().find(req.model, "embed")
     items = _items(req.input)
@@ -129,14 +130,15 @@ async def create_embeddings(req: EmbeddingRequest, state: State) -> JSONResponse
     vecs = await model.batcher.embed(seqs)
     vecs = _apply_dimensions(model, vecs, req.dimensions)
     state.metrics.embed_requests.inc(model=model.name)
+    vecs = np.ascontiguousarray(vecs, dtype="<f4")
     if req.encoding_format == "base64":
-        rows = [base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode() for v in vecs]
+        rows = [base64.b64encode(v.tobytes()).decode() for v in vecs]
     else:
-        rows = vecs.tolist()
+        rows = list(vecs)  # float32 rows: orjson writes each number's shortest float32 form, which reads back exact
     n = sum(len(s) for s in seqs)
-    return JSONResponse({
+    return Response(orjson.dumps({
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(rows)],
         "model": model.name,
         "usage": {"prompt_tokens": n, "total_tokens": n},
-    })
+    }, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")

@@ -25,6 +25,9 @@ router = APIRouter()
 
 POLL_SECONDS = 0.25  # how often a non-streamed request checks that its client is still there
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection before the answer"
+# Prompts up to this many characters are tokenized (and chat templates rendered) on the event loop: a hand-off to
+# a worker thread and back costs more than the work, and on a busy machine each hop waits for a core.
+INLINE_TOKENIZE_CHARS = 4096
 
 
 def _budget(model: GenerationModel, prompt_ids: list[int], max_tokens: int | None, param: str) -> int:
@@ -123,7 +126,8 @@ async def create_completion(req: CompletionRequest, request: Request,
     gen = model.generator
     item = req.prompt_item()
     if isinstance(item, str):
-        prompt_ids = await run_in_threadpool(gen.tokenize, item)
+        prompt_ids = gen.tokenize(item) if len(item) <= INLINE_TOKENIZE_CHARS else \
+            await run_in_threadpool(gen.tokenize, item)
         prompt_text = item
     else:
         prompt_ids = item
@@ -133,7 +137,7 @@ async def create_completion(req: CompletionRequest, request: Request,
     if req.suffix:
         raise APIError(400, "suffix (fill-in-the-middle) is not supported", "unsupported_parameter", "suffix")
     greq = GenerationRequest(prompt_ids, _budget(model, prompt_ids, req.max_tokens, "prompt"),
-                             req.sampler_params(), req.stops(), req.logprobs, req.ignore_eos)
+                             req.sampler_params(), req.stops(), req.logprobs, req.ignore_eos, req.cache_prompt)
     try:
         greq.sampler.check()
     except EmbedkitError as e:
@@ -185,10 +189,12 @@ async def create_chat_completion(req: ChatRequest, request: Request,
     gen = model.generator
     top_n = req.top_n()
     messages = req.template_messages()
-    prompt_ids = await run_in_threadpool(gen.chat_prompt, messages)
+    n_chars = sum(len(m["content"]) for m in messages)
+    prompt_ids = gen.chat_prompt(messages) if n_chars <= INLINE_TOKENIZE_CHARS else \
+        await run_in_threadpool(gen.chat_prompt, messages)
     stops = [*req.stops(), *gen.chat_template.stops]
     greq = GenerationRequest(prompt_ids, _budget(model, prompt_ids, req.budget(), "messages"),
-                             req.sampler_params(), stops, top_n, req.ignore_eos)
+                             req.sampler_params(), stops, top_n, req.ignore_eos, req.cache_prompt)
     try:
         greq.sampler.check()
     except EmbedkitError as e:

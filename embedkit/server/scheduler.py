@@ -38,6 +38,7 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     top_logprobs: int | None = None
     ignore_eos: bool = False
+    cache_prompt: bool = True  # may start after a prefix a slot's cache holds
 
 
 @dataclass
@@ -154,14 +155,16 @@ def _finish_reason(stop_reason: str | None) -> str:
     return "stop" if stop_reason in (StopReason.EOG, StopReason.STOP_STRING) else "length"
 
 
-def timings_json(t: Any) -> dict[str, Any]:
-    """llama-server's `timings` object from a run's Timings."""
+def timings_json(t: Any, n_prompt: int) -> dict[str, Any]:
+    """llama-server's `timings` object from a run's Timings (`n_prompt`: the whole prompt's tokens, of which
+    `t.prompt_tokens` were processed and the rest, `cache_n`, came from the slot's cache)."""
     def per(ms: float, n: int) -> tuple[float, float]:
         return (ms / n if n else 0.0), (1000.0 * n / ms if ms > 0 else 0.0)
 
     p_tok, p_sec = per(t.prompt_ms, t.prompt_tokens)
     g_tok, g_sec = per(t.gen_ms, t.gen_tokens)
-    return {"prompt_n": t.prompt_tokens, "prompt_ms": round(t.prompt_ms, 3), "prompt_per_token_ms": round(p_tok, 3),
+    return {"cache_n": n_prompt - t.prompt_tokens,
+            "prompt_n": t.prompt_tokens, "prompt_ms": round(t.prompt_ms, 3), "prompt_per_token_ms": round(p_tok, 3),
             "prompt_per_second": round(p_sec, 3), "predicted_n": t.gen_tokens, "predicted_ms": round(t.gen_ms, 3),
             "predicted_per_token_ms": round(g_tok, 3), "predicted_per_second": round(g_sec, 3)}
 
@@ -204,7 +207,8 @@ class GenerationScheduler:
                        if request.top_logprobs is not None else Sampler(request.sampler))
             job = _Job(self, request, handle, sampler)
             seq = self.engine.submit(request.prompt_ids, n_predict=request.max_tokens, sampler=sampler,
-                                     stop=request.stop, ignore_eos=request.ignore_eos, listener=job)
+                                     stop=request.stop, ignore_eos=request.ignore_eos, listener=job,
+                                     reuse_prefix=request.cache_prompt)
         except BaseException:
             self._release()
             raise
@@ -243,4 +247,4 @@ class GenerationScheduler:
         job.handle.post(GenerationEvent(
             logprobs=job.take_logprobs(len(res.tokens)), done=True, finish_reason=_finish_reason(res.finish_reason),
             prompt_tokens=len(job.request.prompt_ids), completion_tokens=len(res.tokens),
-            timings=timings_json(res.timings)))
+            timings=timings_json(res.timings, len(job.request.prompt_ids))))

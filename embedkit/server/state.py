@@ -52,8 +52,9 @@ class ServerState:
             self._store.close()
 
 
-def server_state(request: Request) -> ServerState:
-    """The ServerState of the app that received `request` (a FastAPI dependency)."""
+async def server_state(request: Request) -> ServerState:
+    """The ServerState of the app that received `request` (a FastAPI dependency; async, so FastAPI calls it on
+    the event loop instead of handing every request to a worker thread and back)."""
     return request.app.state.server
 
 
