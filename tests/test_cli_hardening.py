@@ -64,9 +64,9 @@ def cli(env, cwd, *args, timeout=300) -> subprocess.CompletedProcess:
 @pytest.fixture()
 def cli_in_process(monkeypatch, capsys):
     """`cli` through the same entry point (embedkit.cli.main.main) in this process, from `cwd` with `env`'s
-    EMBEDKIT_HOME and EMBEDKIT_DATABASE_URL: for the tests of how paths are keyed and shown, which run ~20
-    commands from different working folders and would pay a fresh interpreter's imports (~2.5 s) for each.
-    Exit codes, one-line errors and killed commands keep their subprocess tests."""
+    EMBEDKIT_HOME and EMBEDKIT_DATABASE_URL: for the tests of how paths and keys are stored and shown, which run
+    up to ~20 commands from different working folders and would pay a fresh interpreter's imports (~2.5 s of
+    CPU) for each. Exit codes, one-line errors, special files and killed commands keep their subprocess tests."""
     from embedkit.cli.main import main
 
     def run(env, cwd, *args, timeout=300) -> subprocess.CompletedProcess:
@@ -410,7 +410,8 @@ def test_one_folder_indexed_from_two_working_folders_is_one_copy(tmp_path, cli_e
     assert (rep["removed"], rep["unchanged"], rep["chunks_embedded"]) == (1, 2, 0), rep
 
 
-def test_keys_that_are_not_paths_stay_verbatim(tmp_path, cli_env, bert, store, fresh_collection) -> None:
+def test_keys_that_are_not_paths_stay_verbatim(tmp_path, cli_env, bert, store, fresh_collection,
+                                               cli_in_process) -> None:
     """`index --jsonl` ids (like texts posted to the server) are keys, not paths: stored and shown as given,
     even when they look like a path below the current folder."""
     root = tmp_path.resolve()
@@ -418,10 +419,10 @@ def test_keys_that_are_not_paths_stay_verbatim(tmp_path, cli_env, bert, store, f
     corpus = root / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": i, "text": f"document topic {n}"}) + "\n"
                               for n, i in enumerate(ids)), encoding="utf-8")
-    ok(cli(cli_env, root, "index", "--jsonl", str(corpus), "-m", str(bert), "-c", fresh_collection))
+    ok(cli_in_process(cli_env, root, "index", "--jsonl", str(corpus), "-m", str(bert), "-c", fresh_collection))
     assert doc_paths(store, fresh_collection) == sorted(ids)
-    assert search_paths(cli_env, root, fresh_collection) == sorted(ids)
-    assert len(search_paths(cli_env, root, fresh_collection, "--path", "./b.txt")) == 1
+    assert search_paths(cli_env, root, fresh_collection, run=cli_in_process) == sorted(ids)
+    assert len(search_paths(cli_env, root, fresh_collection, "--path", "./b.txt", run=cli_in_process)) == 1
 
 
 def test_symlinks_leaving_the_folder_are_not_followed(tmp_path, cli_env, bert, store, fresh_collection) -> None:
