@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,34 @@ def cli_env(pg_home) -> dict[str, str]:
 def cli(env, cwd, *args, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "embedkit.cli.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture()
+def cli_in_process(monkeypatch, capsys):
+    """`cli` through the same entry point (embedkit.cli.main.main) in this process, from `cwd` with `env`'s
+    EMBEDKIT_HOME and EMBEDKIT_DATABASE_URL: for the tests of how paths and keys are stored and shown, which run
+    up to ~20 commands from different working folders and would pay a fresh interpreter's imports (~2.5 s of
+    CPU) for each. Exit codes, one-line errors, special files and killed commands keep their subprocess tests."""
+    from embedkit.cli.main import main
+
+    def run(env, cwd, *args, timeout=300) -> subprocess.CompletedProcess:
+        with monkeypatch.context() as m:
+            m.chdir(cwd)
+            for name in ("EMBEDKIT_HOME", "EMBEDKIT_DATABASE_URL"):
+                if name in env:
+                    m.setenv(name, env[name])
+                else:
+                    m.delenv(name, raising=False)
+            capsys.readouterr()
+            try:
+                main(list(args))
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+            out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+    return run
 
 
 def start_cli(env, cwd, *args) -> subprocess.Popen:
@@ -302,84 +331,87 @@ def test_context_above_the_trained_one_warns_once(tmp_path) -> None:
     assert "warning" not in p.stderr, p.stderr
 
 
-def index_json(env, cwd, *args) -> dict:
-    return json.loads(ok(cli(env, cwd, "index", *args, "--json")).stdout)
+def index_json(env, cwd, *args, run=cli) -> dict:
+    return json.loads(ok(run(env, cwd, "index", *args, "--json")).stdout)
 
 
-def search_paths(env, cwd, collection, *args) -> list[str]:
-    out = json.loads(ok(cli(env, cwd, "search", "document topic", "-c", collection, "--json", *args)).stdout)
+def search_paths(env, cwd, collection, *args, run=cli) -> list[str]:
+    out = json.loads(ok(run(env, cwd, "search", "document topic", "-c", collection, "--json", *args)).stdout)
     return sorted(h["path"] for h in out["results"])
 
 
-def test_one_file_is_one_document_however_its_path_is_spelled(tmp_path, cli_env, bert, store,
-                                                              fresh_collection) -> None:
+def test_one_file_is_one_document_however_its_path_is_spelled(tmp_path, cli_env, bert, store, fresh_collection,
+                                                              cli_in_process) -> None:
     """Indexing `c1`, `./c1/` and an absolute path to the same folder stored two copies, and search returned
     duplicates."""
     root = tmp_path.resolve()
+    index_here, search_here = partial(index_json, run=cli_in_process), partial(search_paths, run=cli_in_process)
     write_docs(root / "c1", 3)
-    first = index_json(cli_env, root, "c1", "-m", str(bert), "-c", fresh_collection)
+    first = index_here(cli_env, root, "c1", "-m", str(bert), "-c", fresh_collection)
     assert first["added"] == 3
     for spelling in ["./c1/", str(root / "c1"), str(root / "c1") + "/", "c1/../c1", "./c1/doc001.txt",
                      str(root / "c1" / "doc002.txt")]:
-        rep = index_json(cli_env, root, spelling, "-m", str(bert), "-c", fresh_collection)
+        rep = index_here(cli_env, root, spelling, "-m", str(bert), "-c", fresh_collection)
         assert rep["added"] == 0 and rep["unchanged"] >= 1, (spelling, rep)
     expected = ["c1/doc000.txt", "c1/doc001.txt", "c1/doc002.txt"]
     assert doc_paths(store, fresh_collection) == [str(root / p) for p in expected]
-    assert search_paths(cli_env, root, fresh_collection) == expected  # one chunk each, no duplicates
+    assert search_here(cli_env, root, fresh_collection) == expected  # one chunk each, no duplicates
     for target in ["c1/doc000.txt", "./c1/doc000.txt", str(root / "c1" / "doc000.txt")]:
-        sim = json.loads(ok(cli(cli_env, root, "similar", target, "-c", fresh_collection,
-                                "--json")).stdout)["results"]
+        sim = json.loads(ok(cli_in_process(cli_env, root, "similar", target, "-c", fresh_collection,
+                                           "--json")).stdout)["results"]
         assert sorted(h["path"] for h in sim) == expected[1:], target
 
 
 def test_one_folder_indexed_from_two_working_folders_is_one_copy(tmp_path, cli_env, bert, store,
-                                                                  fresh_collection) -> None:
+                                                                  fresh_collection, cli_in_process) -> None:
     """Keys were relative to the folder `index` ran in, so the same folder indexed from two working folders
     (or once by absolute path) stored two copies. Keys are canonical; paths are shown relative to where the
     user is; `--path` takes what the user types; keys stored relative by earlier versions are adopted."""
     root = tmp_path.resolve()
+    index_here, search_here = partial(index_json, run=cli_in_process), partial(search_paths, run=cli_in_process)
     proj, elsewhere = root / "proj", root / "elsewhere"
     write_docs(proj / "c1", 3)
     elsewhere.mkdir()
     args = ("-m", str(bert), "-c", fresh_collection)
-    assert index_json(cli_env, proj, "c1", *args)["added"] == 3
+    assert index_here(cli_env, proj, "c1", *args)["added"] == 3
     for cwd, spelling in [(root, "proj/c1"), (elsewhere, str(proj / "c1")), (elsewhere, "../proj/c1/"),
                           (root / "proj" / "c1", ".")]:
-        rep = index_json(cli_env, cwd, spelling, *args)
+        rep = index_here(cli_env, cwd, spelling, *args)
         assert (rep["added"], rep["updated"], rep["unchanged"], rep["chunks_embedded"]) == (0, 0, 3, 0), (cwd, rep)
     names = ["doc000.txt", "doc001.txt", "doc002.txt"]
     assert doc_paths(store, fresh_collection) == [str(proj / "c1" / n) for n in names]
 
     # shown relative to the current folder when below it, else absolute
-    assert search_paths(cli_env, proj, fresh_collection) == [f"c1/{n}" for n in names]
-    assert search_paths(cli_env, root, fresh_collection) == [f"proj/c1/{n}" for n in names]
-    assert search_paths(cli_env, elsewhere, fresh_collection) == [str(proj / "c1" / n) for n in names]
+    assert search_here(cli_env, proj, fresh_collection) == [f"c1/{n}" for n in names]
+    assert search_here(cli_env, root, fresh_collection) == [f"proj/c1/{n}" for n in names]
+    assert search_here(cli_env, elsewhere, fresh_collection) == [str(proj / "c1" / n) for n in names]
 
     # --path as typed: relative, ./ and trailing /, absolute, globs; from any folder
     for cwd, typed, want in [(proj, "c1", 3), (proj, "./c1/", 3), (proj, str(proj / "c1"), 3),
                              (proj, "c1/*.txt", 3), (proj, "*doc001*", 1), (root, "proj/c1/doc001.txt", 1),
                              (elsewhere, "../proj/c1", 3), (proj, "c", 0)]:
-        assert len(search_paths(cli_env, cwd, fresh_collection, "--path", typed)) == want, (cwd, typed)
-    sim = json.loads(ok(cli(cli_env, elsewhere, "similar", "../proj/c1/doc000.txt", "-c", fresh_collection,
-                            "--json")).stdout)["results"]
+        assert len(search_here(cli_env, cwd, fresh_collection, "--path", typed)) == want, (cwd, typed)
+    sim = json.loads(ok(cli_in_process(cli_env, elsewhere, "similar", "../proj/c1/doc000.txt", "-c",
+                                       fresh_collection, "--json")).stdout)["results"]
     assert sorted(h["path"] for h in sim) == [str(proj / "c1" / n) for n in names[1:]]
 
     # an upgraded store: documents keyed relative to the folder `index` ran in are adopted, not duplicated
     with store.connect() as conn:
         conn.execute("UPDATE documents SET path = 'c1/doc001.txt' WHERE path = %s AND collection_id = "
                      "(SELECT id FROM collections WHERE name = %s)", (str(proj / "c1/doc001.txt"), fresh_collection))
-    assert search_paths(cli_env, proj, fresh_collection) == [f"c1/{n}" for n in names]  # readable before
-    rep = index_json(cli_env, proj, "c1", *args)
+    assert search_here(cli_env, proj, fresh_collection) == [f"c1/{n}" for n in names]  # readable before
+    rep = index_here(cli_env, proj, "c1", *args)
     assert (rep["added"], rep["unchanged"], rep["chunks_embedded"]) == (0, 3, 0), rep
     assert doc_paths(store, fresh_collection) == [str(proj / "c1" / n) for n in names]
 
     # --prune from another folder removes what is gone, under its canonical key
     (proj / "c1" / "doc002.txt").unlink()
-    rep = index_json(cli_env, elsewhere, "../proj/c1", *args, "--prune")
+    rep = index_here(cli_env, elsewhere, "../proj/c1", *args, "--prune")
     assert (rep["removed"], rep["unchanged"], rep["chunks_embedded"]) == (1, 2, 0), rep
 
 
-def test_keys_that_are_not_paths_stay_verbatim(tmp_path, cli_env, bert, store, fresh_collection) -> None:
+def test_keys_that_are_not_paths_stay_verbatim(tmp_path, cli_env, bert, store, fresh_collection,
+                                               cli_in_process) -> None:
     """`index --jsonl` ids (like texts posted to the server) are keys, not paths: stored and shown as given,
     even when they look like a path below the current folder."""
     root = tmp_path.resolve()
@@ -387,10 +419,10 @@ def test_keys_that_are_not_paths_stay_verbatim(tmp_path, cli_env, bert, store, f
     corpus = root / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": i, "text": f"document topic {n}"}) + "\n"
                               for n, i in enumerate(ids)), encoding="utf-8")
-    ok(cli(cli_env, root, "index", "--jsonl", str(corpus), "-m", str(bert), "-c", fresh_collection))
+    ok(cli_in_process(cli_env, root, "index", "--jsonl", str(corpus), "-m", str(bert), "-c", fresh_collection))
     assert doc_paths(store, fresh_collection) == sorted(ids)
-    assert search_paths(cli_env, root, fresh_collection) == sorted(ids)
-    assert len(search_paths(cli_env, root, fresh_collection, "--path", "./b.txt")) == 1
+    assert search_paths(cli_env, root, fresh_collection, run=cli_in_process) == sorted(ids)
+    assert len(search_paths(cli_env, root, fresh_collection, "--path", "./b.txt", run=cli_in_process)) == 1
 
 
 def test_symlinks_leaving_the_folder_are_not_followed(tmp_path, cli_env, bert, store, fresh_collection) -> None:
