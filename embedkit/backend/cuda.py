@@ -163,6 +163,10 @@ class CUDABackend(CUDASeqOps, CUDAAttention, CUDAElementwise, CUDALinear, CUDAWe
         """A host array, uploaded (a per-step input of a recorded decode graph)."""
         return self.asarray(x)
 
+    def begin_forward(self, state, n_rows: int) -> None:
+        """The step's first key names the state whose caches it writes (see `StepRecorder.begin`)."""
+        self.steps.begin(state, n_rows)
+
     def for_encoder(self) -> Backend:
         """Encoders run on `cuda_encoder.CUDAEncoderBackend` (tensor-core GEMMs, fused attention)."""
         from embedkit.backend.cuda_encoder import encoder_backend
