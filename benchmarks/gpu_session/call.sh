@@ -26,8 +26,8 @@ if [ "$MODE" = lean ]; then
     > $OUT/bench_gpu_bert.log 2>&1
   tail -12 $OUT/bench_gpu_bert.log
   for g in on off; do
-    timeout 75 python3 benchmarks/bench_batched.py --device cuda --random llama:tinyllama-1.1b:Q4_0 --npp 128 \
-      --ntg 64 --npl 1,2,4,8 --batch-graphs $g >> $OUT/bench_batched.log 2>&1
+    timeout 70 python3 benchmarks/bench_batched.py --device cuda --random llama:tinyllama-1.1b:Q4_0 --npp 128 \
+      --ntg 32 --npl 1,4,8 --batch-graphs $g >> $OUT/bench_batched.log 2>&1
   done
   grep -v Warning $OUT/bench_batched.log | tail -16
   exit 0
