@@ -116,13 +116,20 @@ def main() -> None:
     ap.add_argument("--llama-batched-bench", default=os.environ.get("LLAMA_BATCHED_BENCH"))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--random", default=None, help="ARCH:SHAPE:TYPE of a random-weight model to write and run")
+    ap.add_argument("--batch-graphs", choices=["on", "off"], default=None,
+                    help="cuda: record steps of 2-8 rows as CUDA graphs (default: cuda.BATCH_GRAPHS)")  # fmt: skip
     args = ap.parse_args()
+    if args.batch_graphs:
+        import embedkit.backend.cuda as cuda_backend_module
+
+        cuda_backend_module.BATCH_GRAPHS = args.batch_graphs == "on"
     if args.cpu_math:
         os.environ["EMBEDKIT_CPU_MATH"] = args.cpu_math
     npl = [int(x) for x in args.npl.split(",")]
     math = os.environ.get("EMBEDKIT_CPU_MATH", "(default)")
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"{cpu_model()}, {args.device}, {args.threads} threads, npp {args.npp}, "
+    graphs = f", batch graphs {args.batch_graphs}" if args.batch_graphs else ""
+    print(f"{cpu_model()}, {args.device}{graphs}, {args.threads} threads, npp {args.npp}, "
           f"ntg {args.ntg}, EMBEDKIT_CPU_MATH={math}, {when}")  # fmt: skip
     from embedkit.catalog import resolve_model  # not needed (nor importable without platformdirs) for --random
 

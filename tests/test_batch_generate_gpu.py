@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from batch_reference import Case, batched_run, max_rel_error, solo_run
+from batch_reference import GREEDY, Case, batched_run, max_rel_error, solo_run
 
 from embedkit.kernels.cuda import cuda_available, cuda_unavailable_reason
 
@@ -46,18 +46,8 @@ def _cases() -> list[Case]:
     return [Case(rng.integers(3, 320, n).tolist(), b, (), s) for n, b, s in zip(lengths, budgets, starts, strict=True)]
 
 
-_LLAMA_FAILS = pytest.mark.xfail(
-    reason="issue 19: the CUDA multi-sequence forward of the Q4_0 llama model disagreed with its solo runs on H100 "
-    "and H200 (exact under the CUDA simulator; the Q4_K gemma3 model passes). Suspected: near-tied greedy steps "
-    "(top-2 gap down to 1.6e-3 of the largest logit, gemma3's >= 0.36) and solos that ran 10- and 12-token "
-    "prompts as float16 GEMMs; with the solos in 8-row forwards it has not yet run on a GPU. BatchGenerator "
-    "refuses CUDA until it passes",
-    strict=False,
-)
-
-
 @pytest.mark.parametrize("batch_graphs", [True, False])
-@pytest.mark.parametrize("name", [pytest.param("llama", marks=_LLAMA_FAILS), "gemma3"])
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
 def test_eight_sequences_on_gpu_match_solo_runs(model_files, monkeypatch, name, batch_graphs):
     import embedkit.backend.cuda as cuda_mod
     import embedkit.generate.batch_generator as batch_generator
@@ -79,3 +69,24 @@ def test_eight_sequences_on_gpu_match_solo_runs(model_files, monkeypatch, name, 
         assert r.tokens == s.tokens, (i, r.tokens, s.tokens)
     if be.graphs and batch_graphs:
         assert be.stats.replayed > before  # several-sequence steps replayed a recorded graph
+
+
+def test_background_generator_on_gpu_matches_solo_runs(model_files, monkeypatch):
+    """The server's way of running it: the BatchGenerator's own thread runs every step (the CUDA work comes
+    from that thread), prompts submitted together; each sequence's tokens and logits as in its solo run."""
+    import embedkit.generate.batch_generator as batch_generator
+    from embedkit.backend.placement import make_placement
+    from embedkit.generate import BatchGenerator, Generator
+
+    monkeypatch.setattr(batch_generator, "ALLOW_CUDA", True)
+    gen = Generator(model_files["gemma3"], n_ctx=48, n_batch=8, placement=make_placement("cuda", -1))
+    cases = _cases()[:6]
+    solos = [solo_run(gen, c) for c in cases]
+    with BatchGenerator.from_parts(gen.file, gen.model, gen.tokenizer, n_ctx=4 * 48, n_parallel=4, n_batch=8) as bgen:
+        handles = [bgen.submit(c.prompt, n_predict=c.n_predict, sampler=GREEDY, ignore_eos=True, return_logits=True)
+                   for c in cases]  # fmt: skip
+        results = [h.result(timeout=300) for h in handles]
+    for i, (r, s) in enumerate(zip(results, solos, strict=True)):
+        assert r.finish_reason == "length", (i, r.finish_reason, r.error)
+        assert max_rel_error(r.logits, s.logits) < GPU_TOLERANCE, i
+        assert r.tokens == s.tokens, (i, r.tokens, s.tokens)

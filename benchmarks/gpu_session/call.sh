@@ -1,11 +1,37 @@
 #!/bin/bash
 # One device call, run from the copy's root: issue 19's batch test and diagnosis, the GPU encoder tests, the Ray
 # GPU actor (issue 24), the encoder profile and bench (issue 25).
-#     bash benchmarks/gpu_session/call.sh [full|short|shortest]
+#     bash benchmarks/gpu_session/call.sh [full|short|shortest|lean]
 # full ~320 s (Ray actor on MiniLM and BERT-base shapes), short ~240 s (MiniLM only), shortest ~150 s (the batch
-# test, its diagnosis and the MiniLM actor; no encoder work).
+# test, its diagnosis and the MiniLM actor; no encoder work); lean ~420 s, no Ray (a carry made without it):
+# the batch tests (diagnosis only if they fail), the encoder tests, profile and bench, and bench_batched on a
+# random TinyLlama-shaped Q4_0 with several-row CUDA graphs on and off.
 set -u
 MODE=${1:-full}
+if [ "$MODE" = lean ]; then
+  . benchmarks/gpu_session/setup.sh
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -rxXf tests/test_cuda_steps.py tests/test_batch_generate_gpu.py \
+    > $OUT/pytest_batch.log 2>&1
+  echo "pytest rc=$?" >> $OUT/pytest_batch.log
+  grep -E "passed|failed|FAILED|XPASS|XFAIL|Error|rc=" $OUT/pytest_batch.log | tail -12
+  if ! grep -q "pytest rc=0" $OUT/pytest_batch.log; then
+    timeout 120 python3 benchmarks/check_batch_gpu.py > $OUT/check_batch.log 2>&1
+    grep -v "^\s*$" $OUT/check_batch.log | grep -v Warning | tail -40
+  fi
+  timeout 60 python3 -m pytest -q -p no:cacheprovider -rxXf tests/test_cuda_encoder.py > $OUT/pytest_encoder.log 2>&1
+  echo "pytest rc=$?" >> $OUT/pytest_encoder.log
+  grep -E "passed|failed|FAILED|Error|rc=" $OUT/pytest_encoder.log | tail -8
+  timeout 30 python3 benchmarks/profile_encoder_stages.py > $OUT/profile.log 2>&1; grep -v Warning $OUT/profile.log
+  timeout 90 python3 benchmarks/bench_gpu.py --only bert-minilm --no-matvec --json $OUT/bench_gpu_bert.json \
+    > $OUT/bench_gpu_bert.log 2>&1
+  tail -12 $OUT/bench_gpu_bert.log
+  for g in on off; do
+    timeout 70 python3 benchmarks/bench_batched.py --device cuda --random llama:tinyllama-1.1b:Q4_0 --npp 128 \
+      --ntg 32 --npl 1,4,8 --batch-graphs $g >> $OUT/bench_batched.log 2>&1
+  done
+  grep -v Warning $OUT/bench_batched.log | tail -16
+  exit 0
+fi
 case $MODE in
   full) LIMIT=125; TESTS="tests/test_batch_generate_gpu.py tests/test_cuda_encoder.py"; SHAPES="minilm-l6 bert-base" ;;
   short) LIMIT=85; TESTS="tests/test_batch_generate_gpu.py tests/test_cuda_encoder.py"; SHAPES=minilm-l6 ;;

@@ -86,6 +86,11 @@ class Backend:
         """Adopt a host array (another backend's `to_host` output, see `Placement.move`) as this backend's."""
         raise NotImplementedError
 
+    def begin_forward(self, state: Any, n_rows: int) -> None:
+        """A decoder forward of `n_rows` rows that reads and writes the KV caches of `state` starts (called
+        before its first op on this backend). A backend that replays recorded steps (the CUDA graphs) keys
+        the step on `state`, so a recording never runs against another state's caches. Default: nothing."""
+
     def view(self, x: Array, shape: tuple[int, ...]) -> Array:
         """The same contiguous data with another shape (no copy)."""
         raise NotImplementedError

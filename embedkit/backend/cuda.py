@@ -16,6 +16,7 @@ This module holds the device setup, data movement and which steps are recorded.
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -30,7 +31,8 @@ from embedkit.backend.cuda_weights import OFFLOAD_MIN_TOKENS, CUDAWeights, bytes
 from embedkit.errors import DeviceError
 
 # graphs: steps of 2..MATVEC_MAX_ROWS rows (several sequences decoding together) are recorded too, one
-# graph per row count (else only one-token steps are). Off: not yet checked on a GPU
+# graph per row count (else only one-token steps are). Off until tests/test_batch_generate_gpu.py has passed on
+# a GPU with the recorder's state guard (cuda_steps.StepRecorder.begin); eager steps cost ~50 us of host time an op
 BATCH_GRAPHS = False
 
 
@@ -122,6 +124,7 @@ class CUDABackend(CUDASeqOps, CUDAAttention, CUDAElementwise, CUDALinear, CUDAWe
         self._dummy_f32 = cuda.device_array((1, 1), dtype=np.float32)
         self._dummy_i32 = cuda.device_array((1, 1), dtype=np.int32)
         self._pinned = None  # host buffer for to_host
+        self._thread = threading.get_ident()  # the thread of the last forward (see begin_forward)
 
     @property
     def graphs(self) -> bool:
@@ -162,6 +165,17 @@ class CUDABackend(CUDASeqOps, CUDAAttention, CUDAElementwise, CUDALinear, CUDAWe
     def take(self, x: Array) -> Array:
         """A host array, uploaded (a per-step input of a recorded decode graph)."""
         return self.asarray(x)
+
+    def begin_forward(self, state, n_rows: int) -> None:
+        """The step's first key names the state whose caches it writes (see `StepRecorder.begin`). A forward
+        from another thread than the last (a `BatchGenerator`'s scheduler) first makes the device's context
+        current there: kernels launched through `launch.fast` skip numba's dispatcher, which would."""
+        thread = threading.get_ident()
+        if thread != self._thread:
+            if not self._sim:
+                self._cuda.current_context()
+            self._thread = thread
+        self.steps.begin(state, n_rows)
 
     def for_encoder(self) -> Backend:
         """Encoders run on `cuda_encoder.CUDAEncoderBackend` (tensor-core GEMMs, fused attention)."""

@@ -8,8 +8,11 @@ the recorded output array back; the per-step inputs (`input`, `pos`: a token's i
 device buffers refreshed before the launch, and the graph is launched as soon as the last of them is
 known, so the GPU runs while the rest of the model's Python replays. A step that departs from the
 recording runs the recorded prefix eagerly (recomputing anything an early launch did) and continues
-eagerly; the next step records afresh. Per-step inputs are staged in pinned host memory and copied by
-the graph's own memcpy nodes. Steps not recorded run every op at once (eager).
+eagerly; the next step records afresh. The early launch runs ops whose keys are not checked yet, so only
+a step whose first key names the state whose KV caches it writes (`begin`, from `Backend.begin_forward`)
+launches early: a graph recorded for one state must never run in another state's step, whose positions
+may lie past the end of the recorded state's caches. Per-step inputs are staged in pinned host memory and
+copied by the graph's own memcpy nodes. Steps not recorded run every op at once (eager).
 
 What the ops share through the recorder, all reset at each step's start:
 - memos of an activation's derived copies: its int8 blocks (`blocks_of`, written by the op that made it
@@ -47,6 +50,7 @@ class RecordedStep:
     fns: list
     outs: list
     inputs: list  # device buffers refreshed from the host before each launch, in op order
+    guarded: bool = False  # its first op names the state it writes (`StepRecorder.begin`): may launch early
     extras: list = field(default_factory=list)  # per op: None, ("q", src, (xq, xd)) memo, or an input's stage
     capture: dict = field(default_factory=dict)  # op index -> what the captured graph runs instead (fusions)
     graph: Any = None
@@ -91,6 +95,7 @@ class StepRecorder:
         self._marks: dict[int, tuple] = {}  # recording: id(output) -> (output, op index, note)
         self._capture_next = None
         self._launched = False
+        self._retired: RecordedStep | None = None  # a recording left mid-step: alive until the next step
 
     # -- what ops call ---------------------------------------------------------------------
     def op(self, key: tuple, n_rows: int, build: Callable[[], Built], keep_open: bool = False):
@@ -115,9 +120,10 @@ class StepRecorder:
         hit = self._replayed(key, n_rows)
         if hit is not None:
             self._dyn.append((self._hit_extra[1], host))
-            if len(self._dyn) == len(self._graph.inputs):
-                # every per-step input is known: launch now, so the GPU runs while the rest of the
-                # model's Python replays (a later departure from the recording recomputes eagerly)
+            if len(self._dyn) == len(self._graph.inputs) and self._graph.guarded:
+                # every per-step input is known and the state is the recorded one: launch now, so the GPU
+                # runs while the rest of the model's Python replays (a later departure from the recording
+                # recomputes eagerly, writing the same caches at the same positions)
                 self._push_inputs()
                 self._graph.graph.launch(self._cp_stream)
                 self._launched = True
@@ -138,6 +144,15 @@ class StepRecorder:
             return self._run(key, fn, buf, ("stage", stage))
         buf.copy_to_device(host, stream=self._stream)
         return buf
+
+    def begin(self, state, n_rows: int) -> None:
+        """A forward of `n_rows` rows over `state` (its KV caches) starts: the step's first key is the state's
+        identity (the recording keeps `state` alive, so the identity is not reused), so a step replays a
+        recording only for the same state, and such a recording may launch before all its keys are checked."""
+        first = self._mode == "idle"
+        self.op(("state", id(state)), n_rows, lambda: (state, None))
+        if first and self._mode == "record":
+            self._rec.guarded = True
 
     def pos(self, pos0: int):
         """Device int32 [1] holding pos0 (one per step, so graphs replay at any position)."""
@@ -261,6 +276,7 @@ class StepRecorder:
         self._capture_next = None
         self._dyn = []
         self._launched = False
+        self._retired = None
         if self.enabled and self._records(n_rows):
             self._cursor = 0
             self._graph_rows = n_rows
@@ -306,7 +322,10 @@ class StepRecorder:
                 fn(self._stream)
         self.stats.derailed += 1
         self._mode = "eager"
-        self._graph = None  # record afresh at the next step of this many rows
+        # record afresh at the next step of this many rows; the launches just queued (and an early launch of
+        # the graph) still read its buffers and pinned stages: keep them until the next step
+        self._retired = g
+        self._graph = None
         self._graphs.pop(self._graph_rows, None)
 
     def _run(self, key: tuple, fn, out, extra=None):

@@ -165,9 +165,10 @@ class BatchGenerator(PromptMethods):
         n_threads: int | None,
         reuse_prefixes: bool = False,
     ) -> None:
-        # The CUDA backend's multi-sequence forward does not yet reproduce each sequence's solo logits
-        # (tests/test_batch_generate_gpu.py fails on an H100), so a model with layers on a GPU is refused
-        # rather than given wrong tokens (unless ALLOW_CUDA, for that test and benchmarks/check_batch_gpu.py).
+        # The CUDA backend's multi-sequence forward has not yet reproduced each sequence's solo logits on a GPU
+        # (tests/test_batch_generate_gpu.py failed on an H100 before the recorder stopped launching decode graphs
+        # recorded for another state, and has not run since), so a model with layers on a GPU is refused rather
+        # than possibly given wrong tokens (unless ALLOW_CUDA, for that test and benchmarks/check_batch_gpu.py).
         placement = getattr(model, "placement", None)
         on_gpu = placement is not None and any(getattr(be, "name", "") == "cuda" for be in placement.backends)
         if on_gpu and not ALLOW_CUDA:

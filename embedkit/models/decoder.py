@@ -192,6 +192,8 @@ class DecoderModel:
         self, ids: np.ndarray, state: ModelState | SlotState, batch: SeqBatch, keep: Rows, output: str
     ) -> np.ndarray:
         """Embed, the layers across the placement (`keep` applied in the last), output norm and head."""
+        for be in self.placement.backends:
+            be.begin_forward(state, batch.n_rows)
         x = self.embed(ids)
         src = self.placement.input
         last = self.params.n_layer - 1
