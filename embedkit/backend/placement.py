@@ -99,6 +99,29 @@ def cpu_placement(n_layer: int) -> Placement:
     return Placement.single(CPUBackend(), n_layer)
 
 
+def cpu_fallback(device: str, gpu_layers: int | None, cpu_math: str | None) -> Callable[[int], Placement] | None:
+    """The CPU placement factory when the request (`--device cpu`, `-ngl 0`) or the host (no usable GPU with
+    `--device auto`) leaves no GPU to use; None when a GPU is to be used. `--device cuda` without a usable
+    GPU raises DeviceError naming why."""
+
+    def on_cpu(n_layer: int) -> Placement:
+        placement = cpu_placement(n_layer)
+        placement.cpu_math = cpu_math
+        return placement
+
+    if device == "cpu" or gpu_layers == 0:
+        return on_cpu
+    from embedkit.kernels.cuda import cuda_available, cuda_unavailable_reason
+
+    if not cuda_available():
+        if device == "cuda":
+            from embedkit.errors import DeviceError
+
+            raise DeviceError(f"--device cuda: {cuda_unavailable_reason()}")
+        return on_cpu
+    return None
+
+
 def make_placement(
     device: str = "auto",
     gpu_layers: int | None = None,
@@ -132,20 +155,8 @@ def make_placement(
     if split_requested(split_mode, tensor_split, main_gpu):
         return make_split_placement(device, gpu_layers, split_mode, tensor_split, main_gpu, input_on_gpu, cpu_math)
 
-    def on_cpu(n_layer: int) -> Placement:
-        placement = cpu_placement(n_layer)
-        placement.cpu_math = cpu_math
-        return placement
-
-    if device == "cpu" or gpu_layers == 0:
-        return on_cpu
-    from embedkit.kernels.cuda import cuda_available, cuda_unavailable_reason
-
-    if not cuda_available():
-        if device == "cuda":
-            from embedkit.errors import DeviceError
-
-            raise DeviceError(f"--device cuda: {cuda_unavailable_reason()}")
+    on_cpu = cpu_fallback(device, gpu_layers, cpu_math)
+    if on_cpu is not None:
         return on_cpu
     n_gpu = -1 if gpu_layers is None else int(gpu_layers)
 

@@ -197,7 +197,7 @@ def make_split_placement(
     split_mode: layer (default) or none; tensor_split: shares (text as on the command line, or numbers);
     peer_copy False sends activations between devices through the host even where a device-to-device copy
     works (to test that path). Without a usable GPU, `auto` runs on the CPU and `cuda` raises DeviceError."""
-    from embedkit.backend.placement import cpu_placement
+    from embedkit.backend.placement import cpu_fallback
 
     mode = check_split_mode(split_mode or "layer")
     if tensor_split is None or isinstance(tensor_split, str):
@@ -207,20 +207,8 @@ def make_split_placement(
         shares = [check_share(v, listed) for v in tensor_split]
     if main_gpu is not None and main_gpu < 0:
         raise InputError(f"--main-gpu must be >= 0, not {main_gpu}")
-    from embedkit.kernels.cuda import cuda_available, cuda_unavailable_reason
-
-    def on_cpu(n_layer: int) -> Placement:
-        placement = cpu_placement(n_layer)
-        placement.cpu_math = cpu_math
-        return placement
-
-    if device == "cpu" or gpu_layers == 0:
-        return on_cpu
-    if not cuda_available():
-        if device == "cuda":
-            from embedkit.errors import DeviceError
-
-            raise DeviceError(f"--device cuda: {cuda_unavailable_reason()}")
+    on_cpu = cpu_fallback(device, gpu_layers, cpu_math)
+    if on_cpu is not None:
         return on_cpu
     from embedkit.backend import cuda_devices
 

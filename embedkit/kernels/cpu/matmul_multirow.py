@@ -24,6 +24,7 @@ from collections.abc import Callable
 import numpy as np
 from numba import njit, prange
 
+from embedkit.kernels.cpu.dequant import kquant_scale_min
 from embedkit.kernels.cpu.halfbits import load_f16
 
 FAST = {"reassoc", "contract", "nsz", "arcp"}
@@ -111,18 +112,6 @@ def decode_q8_0(row, out):
             out[32 * b + j] = np.float32(np.int8(row[o + 2 + j])) * d
 
 
-@njit(cache=True, inline="always")
-def _scale_min_k4(row, o, j):
-    """6-bit (scale, min) of sub-block j from the 12 packed bytes at row[o:o+12] (ggml's get_scale_min_k4)."""
-    if j < 4:
-        sc = np.int32(row[o + j]) & 63
-        mn = np.int32(row[o + j + 4]) & 63
-    else:
-        sc = (np.int32(row[o + j + 4]) & 0xF) | ((np.int32(row[o + j - 4]) >> 6) << 4)
-        mn = (np.int32(row[o + j + 4]) >> 4) | ((np.int32(row[o + j]) >> 6) << 4)
-    return sc, mn
-
-
 @njit(cache=True, inline="always", fastmath=FAST)
 def decode_q4_k(row, out):
     """Q4_K super-blocks of 144 bytes: d, dmin f16; 12 bytes of 6-bit scales/mins; 128 bytes of nibbles."""
@@ -131,8 +120,8 @@ def decode_q4_k(row, out):
         d = load_f16(row, o)
         dmin = load_f16(row, o + 2)
         for j in range(4):
-            sc0, m0 = _scale_min_k4(row, o + 4, 2 * j)
-            sc1, m1 = _scale_min_k4(row, o + 4, 2 * j + 1)
+            sc0, m0 = kquant_scale_min(row, o + 4, 2 * j)
+            sc1, m1 = kquant_scale_min(row, o + 4, 2 * j + 1)
             d0 = d * np.float32(sc0)
             d1 = d * np.float32(sc1)
             n0 = dmin * np.float32(m0)
