@@ -137,7 +137,7 @@ def _page(state: ServerState, fields: dict[str, str], *, collections: list[dict[
 @router.get("/")
 async def page_route(request: Request) -> HTMLResponse:
     """The search page (its script does the searching)."""
-    state = server_state(request)
+    state = await server_state(request)
     fields = await _form(request)
     collections = [] if state.config.api_key else await _collections(state)
     return _page(state, fields, collections=collections)
@@ -148,7 +148,7 @@ async def search_page_route(request: Request) -> HTMLResponse:
     """The page with the results of `q` rendered on the server (the form's target without JavaScript)."""
     from embedkit.server.routes_search import SearchRequest, search_route
 
-    state = server_state(request)
+    state = await server_state(request)
     fields = await _form(request)
     notice = _key_problem(state, fields)
     if notice is not None:
@@ -172,7 +172,7 @@ async def document_page_route(request: Request) -> HTMLResponse:
     """One document's chunks in order (`?collection=&key=&chunk=`), the hit chunk marked and linked as #chunk-ID."""
     from embedkit.server.routes_search import documents_route
 
-    state = server_state(request)
+    state = await server_state(request)
     fields = await _form(request)
     notice = _key_problem(state, fields)
     if notice is not None:
