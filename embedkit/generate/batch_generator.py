@@ -88,6 +88,7 @@ from embedkit.generate.sampler import Sampler, SamplerParams
 from embedkit.generate.stops import StopReason
 from embedkit.gguf import GGUFFile
 from embedkit.kernels.cpu.matmul import MAX_MULTIROW_TOKENS
+from embedkit.kernels.cpu.row_blocks import single_thread_blas
 
 __all__ = ["BatchGenerator", "SequenceHandle", "SequenceResult", "TokenEvent"]
 
@@ -97,21 +98,9 @@ ALLOW_CUDA = False
 # Steps of more rows than the small-batch kernel takes multiply dequantized tiles with BLAS. OpenBLAS's own threads
 # then spin beside the kernel threads; held to one thread, a 111-row step of three SmolLM2 prompts took 1.2-3.0 s
 # instead of 15.8-20.5 s (3.9-4.4 s of CPU against 0.5-0.7 s) on the shared 2-core VM at load ~30, with 1 and 2
-# kernel threads alike. Smaller steps never reach BLAS, and the switch costs ~0.2 ms, so they skip it.
+# kernel threads alike. Smaller steps never reach BLAS, and the switch costs ~0.2 ms, so they skip it. The hold is
+# row_blocks' counted one, shared with the packed encoder's forwards that run beside it in a server.
 BLAS_STEP_ROWS = MAX_MULTIROW_TOKENS
-_BLAS: Any = None  # threadpoolctl's BLAS controller, looked up once
-
-
-def _one_thread_blas() -> contextlib.AbstractContextManager:
-    """OpenBLAS (and any other BLAS threadpoolctl finds) held to one thread, restored on exit."""
-    global _BLAS
-    if _BLAS is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
-            return contextlib.nullcontext()
-        _BLAS = ThreadpoolController().select(user_api="blas")
-    return _BLAS.limit(limits=1)
 
 
 class BatchGenerator(PromptMethods):
@@ -396,7 +385,7 @@ class BatchGenerator(PromptMethods):
 
         batch = SeqBatch.of(parts)
         try:
-            with _one_thread_blas() if len(ids) > BLAS_STEP_ROWS else contextlib.nullcontext():
+            with single_thread_blas() if len(ids) > BLAS_STEP_ROWS else contextlib.nullcontext():
                 logits = self.model.forward_batch(
                     np.asarray(ids, dtype=np.int32), self.state, batch, out_rows if out_rows else [batch.n_rows - 1]
                 )
