@@ -31,13 +31,14 @@ if [ "$MODE" != bench ]; then
 fi
 [ "$MODE" = tests ] && exit 0
 while [ ! -x $LB/llama-batched-bench ] && ! grep -q BUILD_DONE /tmp/llama/build.log 2>/dev/null; do sleep 5; done
-el "build: $(tail -1 /tmp/llama/build.log 2>/dev/null)"; tail -3 /tmp/llama/build.log | grep -v BUILD_DONE
+el "build: $(tail -1 /tmp/llama/build.log 2>/dev/null)"; grep -q "BUILD_DONE 0" /tmp/llama/build.log 2>/dev/null || \
+  { tail -20 /tmp/llama/cmake.log; grep -i -A5 error /tmp/llama/build.log | head -30; }
 if [ ! -f llama-bin.tar.xz.00 ] && [ -x $LB/llama-batched-bench ]; then
   ( cd /tmp/llama/build && tar -cf - bin/llama-bench bin/llama-batched-bench $(find . -name "*.so*" | sed 's|^\./||') \
     | xz -T8 -6 | split -b 15M -d - $OUT/llama-bin.tar.xz. ) &
 fi
-timeout 200 python3 benchmarks/profile_encoder_stages.py > $OUT/profile.log 2>&1; grep -v Warning $OUT/profile.log | tail -20
-timeout 100 python3 benchmarks/bench_gpu.py --only bert-minilm --no-matvec --json $OUT/bench_gpu_bert.json \
+[ -z "${SKIP_ENCODER:-}" ] && timeout 200 python3 benchmarks/profile_encoder_stages.py > $OUT/profile.log 2>&1; grep -v Warning $OUT/profile.log | tail -20
+[ -z "${SKIP_ENCODER:-}" ] && timeout 100 python3 benchmarks/bench_gpu.py --only bert-minilm --no-matvec --json $OUT/bench_gpu_bert.json \
   > $OUT/bench_gpu_bert.log 2>&1; tail -8 $OUT/bench_gpu_bert.log
 el encoder
 for t in Q4_0 Q4_K; do
