@@ -64,14 +64,18 @@ def run_ours(path: Path, threads: int, npp: int, ntg: int, n_seq: int, device: s
     return n_seq * npp / (t1 - t0), n_seq * ntg / (t2 - t1)
 
 
-def run_llama_cpp(binary: str | None, path: Path, threads: int, npp: int, ntg: int, npl: list[int]) -> dict:
-    """{B: (S_PP, S_TG)} from llama-batched-bench, or {} when it is not there."""
+def run_llama_cpp(binary: str | None, path: Path, threads: int, npp: int, ntg: int, npl: list[int],
+                  device: str = "cpu") -> dict:
+    """{B: (S_PP, S_TG)} from llama-batched-bench (every layer on the GPU for device cuda), or {} when it is not
+    there."""
     if not binary or not Path(binary).is_file():
         print(f"  llama-batched-bench not found ({binary!r}): reference skipped")
         return {}
     cmd = [binary, "-m", str(path), "-c", str(max(npl) * (npp + ntg) + 64), "-b", "2048", "-ub", "512",
            "-npp", str(npp), "-ntg", str(ntg), "-npl", ",".join(map(str, npl)), "-t", str(threads),
            "-tb", str(threads)]  # fmt: skip
+    if device == "cuda":
+        cmd += ["-ngl", "99"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     rows = {}
     for line in p.stdout.splitlines():
@@ -140,7 +144,7 @@ def main() -> None:
               f" {'TG vs llama':>11} {'load avg':>8}")  # fmt: skip
         base = None
         for b in npl:  # the two sides alternate, one sequence count at a time (a shared machine's load drifts)
-            ref = run_llama_cpp(args.llama_batched_bench, path, args.threads, args.npp, args.ntg, [b])
+            ref = run_llama_cpp(args.llama_batched_bench, path, args.threads, args.npp, args.ntg, [b], args.device)
             pp, tg = run_ours(path, args.threads, args.npp, args.ntg, b, args.device)
             base = base or tg
             lp, lt = ref.get(b, (float("nan"), float("nan")))

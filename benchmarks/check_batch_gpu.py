@@ -29,7 +29,6 @@ from batch_reference import Case, batched_run, max_rel_error, solo_run  # noqa: 
 
 import embedkit.backend.cuda as cuda_mod  # noqa: E402
 import embedkit.backend.cuda_attention as cuda_attention  # noqa: E402
-import embedkit.generate.batch_generator as batch_generator  # noqa: E402
 from embedkit.backend.placement import make_placement  # noqa: E402
 from embedkit.generate import BatchGenerator, Generator  # noqa: E402
 from embedkit.testing.random_models import write_random_model  # noqa: E402
@@ -55,7 +54,6 @@ def cases() -> list[Case]:
 def run_variant(path: Path, cpu_ref: list, graphs: bool, batch_graphs: bool, fuse: bool, solo_batch: int) -> None:
     """One variant: GPU solo runs, the batched run, and their errors against each other and the CPU."""
     cuda_mod.BATCH_GRAPHS, cuda_attention.FUSE_DECODE_ROPE = batch_graphs, fuse
-    batch_generator.ALLOW_CUDA = True
     gen = Generator(path, n_ctx=48, n_batch=solo_batch, placement=make_placement("cuda", -1))
     be = gen.model.placement.layer(0)
     saved = be.steps.enabled

@@ -50,12 +50,10 @@ def _cases() -> list[Case]:
 @pytest.mark.parametrize("name", ["llama", "gemma3"])
 def test_eight_sequences_on_gpu_match_solo_runs(model_files, monkeypatch, name, batch_graphs):
     import embedkit.backend.cuda as cuda_mod
-    import embedkit.generate.batch_generator as batch_generator
     from embedkit.backend.placement import make_placement
     from embedkit.generate import BatchGenerator, Generator
 
     monkeypatch.setattr(cuda_mod, "BATCH_GRAPHS", batch_graphs)
-    monkeypatch.setattr(batch_generator, "ALLOW_CUDA", True)  # BatchGenerator refuses CUDA until this passes
     gen = Generator(model_files[name], n_ctx=48, n_batch=8, placement=make_placement("cuda", -1))
     be = gen.model.placement.layer(0)
     cases = _cases()
@@ -71,14 +69,12 @@ def test_eight_sequences_on_gpu_match_solo_runs(model_files, monkeypatch, name, 
         assert be.stats.replayed > before  # several-sequence steps replayed a recorded graph
 
 
-def test_background_generator_on_gpu_matches_solo_runs(model_files, monkeypatch):
+def test_background_generator_on_gpu_matches_solo_runs(model_files):
     """The server's way of running it: the BatchGenerator's own thread runs every step (the CUDA work comes
     from that thread), prompts submitted together; each sequence's tokens and logits as in its solo run."""
-    import embedkit.generate.batch_generator as batch_generator
     from embedkit.backend.placement import make_placement
     from embedkit.generate import BatchGenerator, Generator
 
-    monkeypatch.setattr(batch_generator, "ALLOW_CUDA", True)
     gen = Generator(model_files["gemma3"], n_ctx=48, n_batch=8, placement=make_placement("cuda", -1))
     cases = _cases()[:6]
     solos = [solo_run(gen, c) for c in cases]

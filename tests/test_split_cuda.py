@@ -49,7 +49,7 @@ def _run(path, placement, steps=STEPS):
     from embedkit.models import load_model
 
     m = load_model(path, placement)
-    st = m.new_state(16)
+    st = m.new_state(max(16, sum(steps)))
     rng = np.random.default_rng(27)
     out, pos = [], 0
     for n in steps:

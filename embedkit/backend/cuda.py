@@ -31,9 +31,8 @@ from embedkit.backend.cuda_weights import OFFLOAD_MIN_TOKENS, CUDAWeights, bytes
 from embedkit.errors import DeviceError
 
 # graphs: steps of 2..MATVEC_MAX_ROWS rows (several sequences decoding together) are recorded too, one
-# graph per row count (else only one-token steps are). Off until tests/test_batch_generate_gpu.py has passed on
-# a GPU with the recorder's state guard (cuda_steps.StepRecorder.begin); eager steps cost ~50 us of host time an op
-BATCH_GRAPHS = False
+# graph per row count (else only one-token steps are; eager steps cost ~50 us of host time per op)
+BATCH_GRAPHS = True
 
 
 def _records_step(n_rows: int) -> bool:

@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from embedkit.errors import GenerationError, UnsupportedModelError
+from embedkit.errors import GenerationError
 from embedkit.generate.batch_sequence import (
     CANCELLED,
     ERROR,
@@ -91,9 +91,6 @@ from embedkit.kernels.cpu.matmul import MAX_MULTIROW_TOKENS
 from embedkit.kernels.cpu.row_blocks import single_thread_blas
 
 __all__ = ["BatchGenerator", "SequenceHandle", "SequenceResult", "TokenEvent"]
-
-# lifted by the GPU test and benchmarks/check_batch_gpu.py only: see `BatchGenerator._setup`
-ALLOW_CUDA = False
 
 # Steps of more rows than the small-batch kernel takes multiply dequantized tiles with BLAS. OpenBLAS's own threads
 # then spin beside the kernel threads; held to one thread, a 111-row step of three SmolLM2 prompts took 1.2-3.0 s
@@ -154,17 +151,6 @@ class BatchGenerator(PromptMethods):
         n_threads: int | None,
         reuse_prefixes: bool = False,
     ) -> None:
-        # The CUDA backend's multi-sequence forward has not yet reproduced each sequence's solo logits on a GPU
-        # (tests/test_batch_generate_gpu.py failed on an H100 before the recorder stopped launching decode graphs
-        # recorded for another state, and has not run since), so a model with layers on a GPU is refused rather
-        # than possibly given wrong tokens (unless ALLOW_CUDA, for that test and benchmarks/check_batch_gpu.py).
-        placement = getattr(model, "placement", None)
-        on_gpu = placement is not None and any(getattr(be, "name", "") == "cuda" for be in placement.backends)
-        if on_gpu and not ALLOW_CUDA:
-            raise UnsupportedModelError(
-                "continuous batching runs on the CPU only for now; use --device cpu (or -ngl 0) with "
-                "--parallel, or one sequence at a time on the GPU"
-            )
         if n_parallel < 1:
             raise GenerationError(f"parallel sequences must be >= 1, got {n_parallel}")
         if n_batch < 1:
