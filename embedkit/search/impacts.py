@@ -8,10 +8,23 @@ for the capped key) and |d| at least its length bucket's lower end, t's BM25 ter
 
 Keys are taken in decreasing ub. After the chunks of the keys taken so far are scored exactly, a chunk holding
 none of them scores at most `rest` = the sum over terms of the largest ub among each term's keys not taken. So
-when the n-th best exact score found is above `rest`, the top n is exact. The first pass takes keys until about
-`first` chunks (counted from `keyword_impacts`, an upper bound of the distinct chunks); the second takes the keys
-needed for the proof, unless their chunks would pass `budget` in all: then it stops at the budget and the top n
-is approximate (the highest-impact chunks scored exactly; measured in benchmarks/RESULTS.md).
+when the n-th best exact score found is above `rest`, the top n is exact.
+
+Common words make that bound loose: their keys hold thousands of chunks, and a chunk holding none of the keys
+read may still hold every query term. So the passes also score the chunks holding at least m of the query's
+heaviest terms H (at most TIER_TERMS of them; one tsquery over the `tsv` GIN index, an OR of the m-term ANDs,
+BitmapOr'ed with the keys' scan). A chunk scored by neither holds at most m - 1 terms of H, none through a key
+read, so it scores at most the sum of the m - 1 largest `rem(t)` over H plus `rem(t)` of the other terms, with
+`rem(t)` the largest ub among t's keys not read. The best documents of a multi-word query usually hold most of
+its words, and few chunks do (the GIN index intersects the posting lists without reading rows), so the proof
+comes after reading a few hundred chunks where the keys alone needed thousands.
+
+The first pass takes keys until about `first` chunks (counted from `keyword_impacts`, an upper bound of the
+distinct chunks) and the highest tier m expected (terms independent, from their document frequencies) to hold
+at most `first` chunks. The second pass is the cheapest (estimated chunks) pair of more keys and a lower tier
+whose bound is below the n-th score found, unless every such pass would pass `budget` chunks in all: then it
+takes keys up to the budget and the top n is approximate (the highest-impact chunks scored exactly; measured in
+benchmarks/RESULTS.md).
 
 A candidate's exact term frequencies come from `ts_rank` of each single-lexeme query with unit weights and no
 normalisation, which is sum_{i<=tf} 1/i^2 / (pi^2/6) (PostgreSQL's `calc_rank_or`), strictly increasing in tf:
@@ -23,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import combinations
 
 import psycopg
 
@@ -34,6 +48,8 @@ LENGTH_BUCKETS = (2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362,
 MAX_POSITIONS = 256  # positions a tsvector keeps per lexeme
 FIRST_CHUNKS = 500  # chunks (by key counts) the first pass reads
 BUDGET_CHUNKS = 3000  # chunks (by key counts) both passes read at most; past it the top n is approximate
+MAX_PASSES = 3  # round trips of impact passes at most
+TIER_TERMS = 6  # the heaviest query terms counted by the tiers: at most C(6, 3) = 20 ANDs in a tier's tsquery
 
 
 @dataclass
@@ -67,17 +83,59 @@ def _length_floor(bucket: int) -> int:
     return 1 if bucket == 0 else LENGTH_BUCKETS[bucket - 1]
 
 
-def _score_sql(info: CollectionInfo, n_terms: int, k1: float, b: float) -> str:
-    """SQL of (id, exact BM25 score) of the chunks holding any key of %(keys)s, best n first."""
+def _score_sql(info: CollectionInfo, n_terms: int, k1: float, b: float, keys: bool = True, tier: bool = False) -> str:
+    """SQL of (id, exact BM25 score) of the chunks holding any key of %(keys)s (with `keys`) or matching the
+    tsquery %(tier)s (with `tier`), best n first."""
     length = "coalesce(c.keyword_len, embedkit_tsv_length(c.tsv))"
     kd = f"({k1 * (1 - b)!r}::float8 + {k1 * b!r}::float8 * {length} / %(avgdl)s::float8)"
     # tf * (k1 + 1) / (tf + K) = (k1 + 1) * (1 - K / (tf + K)): tf appears once
     terms = " + ".join(
         f"%(w{i})s::float8 * (1 - {kd} / (width_bucket(ts_rank('{{1,1,1,1}}'::float4[], c.tsv, %(q{i})s::tsquery), "
         f"%(cuts)s::float4[]) + {kd}))" for i in range(n_terms))
+    found = [c for c, on in (("embedkit_impact_keys(c.tsv) && %(keys)s::text[]", keys),
+                             ("c.tsv @@ %(tier)s::tsquery", tier)) if on]
     return (f"SELECT c.id, {float(k1) + 1!r} * ({terms}) AS score FROM chunks c "
-            f"WHERE c.collection_id = {int(info.id)} AND embedkit_impact_keys(c.tsv) && %(keys)s::text[] "
+            f"WHERE c.collection_id = {int(info.id)} AND ({' OR '.join(found)}) "
             "ORDER BY score DESC, c.id LIMIT %(n)s")
+
+
+def tier_tsquery(lexemes: list[str], m: int) -> str:
+    """tsquery text matching the chunks that hold at least m of `lexemes` (an OR of every m-term AND)."""
+    from embedkit.search.keyword import tsquery_lexeme
+
+    return " | ".join("(" + " & ".join(tsquery_lexeme(t) for t in c) + ")" for c in combinations(lexemes, m))
+
+
+def _at_least(probs: list[float], total: int) -> dict[int, float]:
+    """Expected chunks holding at least m of terms held independently with `probs`, for each m (Poisson
+    binomial): what a tier is guessed to cost before reading it."""
+    dist = [1.0]
+    for p in probs:
+        dist = [(dist[i] if i < len(dist) else 0.0) * (1 - p) + (dist[i - 1] * p if i else 0.0)
+                for i in range(len(dist) + 1)]
+    return {m: total * sum(dist[m:]) for m in range(len(dist))}
+
+
+class _Bounds:
+    """Bounds on the score of a chunk not yet scored, after reading the keys keys[:j] and the chunks holding
+    at least m of the tier terms (m = None: no tier read)."""
+
+    def __init__(self, keys: list[tuple[float, int, str, int]], n_terms: int, tier_terms: list[int]):
+        self.keys, self.tier = keys, set(tier_terms)
+        # rem[j][t]: the largest ub of term t among keys[j:] (0 once all its keys are read)
+        rem = [0.0] * n_terms
+        self.rem = [list(rem)]
+        for ub, t, _, _ in reversed(keys):
+            rem[t] = max(rem[t], ub)
+            self.rem.append(list(rem))
+        self.rem.reverse()
+
+    def bound(self, j: int, m: int | None) -> float:
+        rem = self.rem[j]
+        if m is None:
+            return sum(rem)
+        tier = sorted((r for t, r in enumerate(rem) if t in self.tier), reverse=True)
+        return sum(tier[:m - 1]) + sum(r for t, r in enumerate(rem) if t not in self.tier)
 
 
 def impact_top(
@@ -94,14 +152,15 @@ def impact_top(
     proven: int | None = None,
     impacts: list[tuple[str, int, int, int]] | None = None,
     wrap: Callable[[str], str] | None = None,
+    total_chunks: int | None = None,
 ) -> ImpactResult:
     """The n best chunks by BM25 for the query terms (each with weight qtf * idf), from impact tiers (see the
     module's note); exact when `exact` says so, always when `budget` is at least the chunks of all keys.
     With `proven` < n, only the first `proven` are proven (`exact`); the rest are the best of the chunks read
     (fewer than n when those hold fewer). `impacts` are the terms' (term, tf, length bucket, chunks) rows of
-    `keyword_impacts` when the caller has read them (else they are read here). `wrap` turns each pass's SQL
-    (id, score; best first) into SQL returning (id, score, *more columns) in the same order, so that callers
-    get what they show of the chunks in the same round trip."""
+    `keyword_impacts` and `total_chunks` the collection's chunk count when the caller has read them (else they
+    are read here). `wrap` turns each pass's SQL (id, score; best first) into SQL returning (id, score, *more
+    columns) in the same order, so that callers get what they show of the chunks in the same round trip."""
     proof = n if proven is None else max(1, min(n, proven))
     from embedkit.search.keyword import tsquery_lexeme
 
@@ -112,48 +171,101 @@ def impact_top(
             "SELECT term, tf, lenb, chunks FROM keyword_impacts WHERE collection_id = %s AND term = ANY(%s)",
             (int(info.id), terms),
         ).fetchall()
+    if total_chunks is None:
+        row = conn.execute("SELECT chunks FROM keyword_stats WHERE collection_id = %s", (int(info.id),)).fetchone()
+        total_chunks = int(row[0]) if row else 0
     keys = []  # (ub, term index, key, chunks)
+    df = [0] * len(terms)
     for term, tf, lenb, chunks in impacts:
         kd = k1 * (1 - b + b * _length_floor(lenb) / avgdl)
         factor = (k1 + 1) if tf >= TF_CAP else tf * (k1 + 1) / (tf + kd)
         keys.append((weight[term] * factor, order[term], f"{term} {tf} {lenb}", chunks))
+        df[order[term]] += chunks
     keys.sort(key=lambda k: (-k[0], k[2]))
+    # the tiers count the heaviest terms (by their best key) held by at least one chunk
+    best: dict[int, float] = {}
+    for ub, t, _, _ in keys:
+        best.setdefault(t, ub)
+    heavy = sorted(best, key=lambda t: (-best[t], t))[:TIER_TERMS]
+    bounds = _Bounds(keys, len(terms), heavy)
+    tiers = list(range(len(heavy), 1, -1))  # m = |H| .. 2: fewer chunks first
+    expected = _at_least([min(1.0, df[t] / max(total_chunks, 1)) for t in heavy], total_chunks)
 
-    def rest(j: int) -> float:
-        """Bound on the score of a chunk holding none of keys[:j]."""
-        top: dict[int, float] = {}
-        for ub, t, _, _ in keys[j:]:
-            top.setdefault(t, ub)  # keys are in decreasing ub
-        return sum(top.values())
-
-    sql = _score_sql(info, len(terms), k1, b)
-    if wrap is not None:
-        sql = wrap(sql)
     params = {"cuts": tf_cuts(conn), "avgdl": avgdl, "n": n,
               **{f"w{i}": w for i, w in enumerate(weights)},
               **{f"q{i}": tsquery_lexeme(t) for i, t in enumerate(terms)}}
     found: dict[int, tuple] = {}
 
-    def read(lo: int, hi: int) -> list[tuple]:
-        if hi > lo:
+    def read(lo: int, hi: int, m: int | None) -> list[tuple]:
+        if hi > lo or m is not None:
+            sql = _score_sql(info, len(terms), k1, b, keys=hi > lo, tier=m is not None)
+            if wrap is not None:
+                sql = wrap(sql)
             # Never prepared: a generic plan (no keys known) read the same chunks 5-10x slower than a plan for
             # these keys. The key function's cost keeps every plan on the GIN index.
-            rows = conn.execute(sql, params | {"keys": [k[2] for k in keys[lo:hi]]}, prepare=False).fetchall()
+            more = {"keys": [k[2] for k in keys[lo:hi]]}
+            if m is not None:
+                more["tier"] = tier_tsquery([terms[t] for t in heavy], m)
+            rows = conn.execute(sql, params | more, prepare=False).fetchall()
             found.update((int(r[0]), (int(r[0]), float(r[1]), *r[2:])) for r in rows)
         return sorted(found.values(), key=lambda x: (-x[1], x[0]))[:n]
 
+    def nth_of(top: list[tuple]) -> float:
+        return top[proof - 1][1] if len(top) >= proof else 0.0
+
+    # first pass: the lowest tier expected to hold at most `first` chunks, and keys until `first` chunks (with
+    # a tier only keys that fit in them: a key is read whole)
+    m = min((t for t in tiers if expected[t] <= first), default=None)
     j, total = 0, 0
-    while j < len(keys) and (total < first or j == 0):
+    while j < len(keys) and (total + keys[j][3] <= first if m is not None else total < first):
         total += keys[j][3]
         j += 1
-    top = read(0, j)
-    nth = top[proof - 1][1] if len(top) >= proof else 0.0
-    if (nth > rest(j) and len(top) == n) or j == len(keys):
+    total += round(expected[m]) if m is not None else 0
+    top = read(0, j, m)
+    nth = nth_of(top)
+    if (nth > bounds.bound(j, m) and len(top) == n) or j == len(keys):
         return ImpactResult(top, True, total)
+    for _ in range(MAX_PASSES - 1):
+        step = _next_pass(bounds, keys, expected, tiers, j, m, nth, budget - total, first)
+        if step is None:
+            break
+        hi, m2, cost = step
+        top = read(j, hi, m2 if m2 != m else None)  # a tier's chunks are read once
+        j, m, total = hi, m2, total + cost
+        nth = nth_of(top)
+        if nth > bounds.bound(j, m) or j == len(keys):
+            return ImpactResult(top, True, total)
+    # no proof within the budget: the highest-impact keys up to it
     hi = j
-    while hi < len(keys) and (rest(hi) >= nth or total < n) and total + keys[hi][3] <= budget:
+    while hi < len(keys) and (bounds.bound(hi, m) >= nth or total < n) and total + keys[hi][3] <= budget:
         total += keys[hi][3]
         hi += 1
-    top = read(j, hi)
-    nth = top[proof - 1][1] if len(top) >= proof else 0.0
-    return ImpactResult(top, nth > rest(hi) or hi == len(keys), total)
+    top = read(j, hi, None)
+    nth = nth_of(top)
+    return ImpactResult(top, nth > bounds.bound(hi, m) or hi == len(keys), total)
+
+
+def _next_pass(bounds: _Bounds, keys: list[tuple[float, int, str, int]], expected: dict[int, float],
+               tiers: list[int], j: int, m: int | None, nth: float, left: int, first: int,
+               ) -> tuple[int, int | None, int] | None:
+    """(keys up to, tier, estimated chunks) of the next pass after reading keys[:j] and tier m, within `left`
+    chunks: the cheapest that proves the top n when the n-th score found so far (`nth`) is known, else a wider
+    look (the next lower tier and `first` more chunks of keys); None when nothing fits."""
+    lower = [t for t in tiers if m is None or t < m]
+    if nth <= 0:  # fewer than the chunks to prove found: widen
+        m2 = next((t for t in lower if expected[t] <= left), m)
+        hi, cost = j, round(expected[m2]) if m2 != m else 0
+        spent = cost
+        while hi < len(keys) and cost - spent < first and cost + keys[hi][3] <= left:
+            cost += keys[hi][3]
+            hi += 1
+        return (hi, m2, cost) if hi > j or m2 != m else None
+    plan = None
+    for m2 in [m, *lower]:
+        hi, cost = j, round(expected[m2]) if m2 != m else 0
+        while hi < len(keys) and bounds.bound(hi, m2) >= nth and cost + keys[hi][3] <= left:
+            cost += keys[hi][3]
+            hi += 1
+        if bounds.bound(hi, m2) < nth and cost <= left and (plan is None or cost < plan[2]):
+            plan = (hi, m2, cost)
+    return plan
