@@ -182,7 +182,8 @@ def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: in
                 f"afterwards {build_s:.1f} s."
             )
         conn.execute("ANALYZE documents, chunks")
-        conn.execute("SELECT gin_clean_pending_list('chunks_tsv_gin'::regclass)")
+        conn.execute("SELECT gin_clean_pending_list('chunks_tsv_gin'::regclass), "
+                     "gin_clean_pending_list('chunks_impact_gin'::regclass)")
         n = conn.execute("SELECT count(*) FROM chunks WHERE collection_id = %s", (info.id,)).fetchone()[0]
     queries = noisy(centres, n_queries, rng, sigma)
     query_texts = [" ".join(rng.choice(words, 4, p=probs)) for _ in range(n_queries)]

@@ -120,8 +120,8 @@ class _Bounds:
     """Bounds on the score of a chunk not yet scored, after reading the keys keys[:j] and the chunks holding
     at least m of the tier terms (m = None: no tier read)."""
 
-    def __init__(self, keys: list[tuple[float, int, str, int]], n_terms: int, tier_terms: list[int]):
-        self.keys, self.tier = keys, set(tier_terms)
+    def __init__(self, keys: list[tuple[float, int, str, int]], n_terms: int, heavy: list[int]):
+        self.keys, self.tier = keys, set(heavy)
         # rem[j][t]: the largest ub of term t among keys[j:] (0 once all its keys are read)
         rem = [0.0] * n_terms
         self.rem = [list(rem)]
@@ -153,14 +153,16 @@ def impact_top(
     impacts: list[tuple[str, int, int, int]] | None = None,
     wrap: Callable[[str], str] | None = None,
     total_chunks: int | None = None,
+    tier_terms: int = TIER_TERMS,
 ) -> ImpactResult:
     """The n best chunks by BM25 for the query terms (each with weight qtf * idf), from impact tiers (see the
     module's note); exact when `exact` says so, always when `budget` is at least the chunks of all keys.
     With `proven` < n, only the first `proven` are proven (`exact`); the rest are the best of the chunks read
     (fewer than n when those hold fewer). `impacts` are the terms' (term, tf, length bucket, chunks) rows of
     `keyword_impacts` and `total_chunks` the collection's chunk count when the caller has read them (else they
-    are read here). `wrap` turns each pass's SQL (id, score; best first) into SQL returning (id, score, *more
-    columns) in the same order, so that callers get what they show of the chunks in the same round trip."""
+    are read here). `tier_terms`: how many of the heaviest terms the tiers count (0: no tiers). `wrap` turns
+    each pass's SQL (id, score; best first) into SQL returning (id, score, *more columns) in the same order, so
+    that callers get what they show of the chunks in the same round trip."""
     proof = n if proven is None else max(1, min(n, proven))
     from embedkit.search.keyword import tsquery_lexeme
 
@@ -186,7 +188,7 @@ def impact_top(
     best: dict[int, float] = {}
     for ub, t, _, _ in keys:
         best.setdefault(t, ub)
-    heavy = sorted(best, key=lambda t: (-best[t], t))[:TIER_TERMS]
+    heavy = sorted(best, key=lambda t: (-best[t], t))[:tier_terms]
     bounds = _Bounds(keys, len(terms), heavy)
     tiers = list(range(len(heavy), 1, -1))  # m = |H| .. 2: fewer chunks first
     expected = _at_least([min(1.0, df[t] / max(total_chunks, 1)) for t in heavy], total_chunks)
