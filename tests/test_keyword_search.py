@@ -295,7 +295,7 @@ def test_impact_tiers_give_the_exact_top_n(store, fresh_collection):
         assert approximate > 0  # the small budget was binding somewhere
         assert read_tiers < read_keys  # the tiers proved the top n from fewer chunks
         # the candidates come from the impact GIN index, in one process, even in a small table
-        from embedkit.search.impacts import _score_sql, tf_cuts, tier_tsquery
+        from embedkit.search.impacts import _score_sql, tf_cuts, tier_tsqueries
 
         params = query_terms(conn, info, "w0x w1x")
         plan = "\n".join(r[0] for r in conn.execute(
@@ -305,9 +305,9 @@ def test_impact_tiers_give_the_exact_top_n(store, fresh_collection):
         assert "chunks_impact_gin" in plan and "Gather" not in plan, plan
         # a pass with a tier reads both GIN indexes (BitmapOr), still in one process
         plan = "\n".join(r[0] for r in conn.execute(
-            "EXPLAIN " + _score_sql(info, 2, BM25_K1, BM25_B, keys=True, tier=True),
+            "EXPLAIN " + _score_sql(info, 2, BM25_K1, BM25_B, keys=True, tier=1),
             {"cuts": tf_cuts(conn), "avgdl": params["avgdl"], "n": 10, "keys": ["w0x 3 9"], "w0": 1.0, "w1": 1.0,
-             "q0": "w0x", "q1": "w1x", "tier": tier_tsquery(["w0x", "w1x"], 2)}, prepare=False))
+             "q0": "w0x", "q1": "w1x", "tier0": tier_tsqueries(["w0x", "w1x"], 2)[0]}, prepare=False))
         assert "chunks_impact_gin" in plan and "chunks_tsv_gin" in plan and "Gather" not in plan, plan
         lantern = keyword_scores(conn, info, "lanternx", 20, budget=None)
         tfs = dict(conn.execute(

@@ -12,8 +12,8 @@ when the n-th best exact score found is above `rest`, the top n is exact.
 
 Common words make that bound loose: their keys hold thousands of chunks, and a chunk holding none of the keys
 read may still hold every query term. So the passes also score the chunks holding at least m of the query's
-heaviest terms H (at most TIER_TERMS of them; one tsquery over the `tsv` GIN index, an OR of the m-term ANDs,
-BitmapOr'ed with the keys' scan). A chunk scored by neither holds at most m - 1 terms of H, none through a key
+heaviest terms H (at most TIER_TERMS of them; the m-term ANDs as tsqueries over the `tsv` GIN index, BitmapOr'ed
+with the keys' scan). A chunk scored by neither holds at most m - 1 terms of H, none through a key
 read, so it scores at most the sum of the m - 1 largest `rem(t)` over H plus `rem(t)` of the other terms, with
 `rem(t)` the largest ub among t's keys not read. The best documents of a multi-word query usually hold most of
 its words, and few chunks do (the GIN index intersects the posting lists without reading rows), so the proof
@@ -49,7 +49,7 @@ MAX_POSITIONS = 256  # positions a tsvector keeps per lexeme
 FIRST_CHUNKS = 500  # chunks (by key counts) the first pass reads
 BUDGET_CHUNKS = 3000  # chunks (by key counts) both passes read at most; past it the top n is approximate
 MAX_PASSES = 3  # round trips of impact passes at most
-TIER_TERMS = 6  # the heaviest query terms counted by the tiers: at most C(6, 3) = 20 ANDs in a tier's tsquery
+TIER_TERMS = 6  # the heaviest query terms counted by the tiers: a tier is at most C(6, 3) = 20 ANDs
 
 
 @dataclass
@@ -83,27 +83,29 @@ def _length_floor(bucket: int) -> int:
     return 1 if bucket == 0 else LENGTH_BUCKETS[bucket - 1]
 
 
-def _score_sql(info: CollectionInfo, n_terms: int, k1: float, b: float, keys: bool = True, tier: bool = False) -> str:
-    """SQL of (id, exact BM25 score) of the chunks holding any key of %(keys)s (with `keys`) or matching the
-    tsquery %(tier)s (with `tier`), best n first."""
+def _score_sql(info: CollectionInfo, n_terms: int, k1: float, b: float, keys: bool = True, tier: int = 0) -> str:
+    """SQL of (id, exact BM25 score) of the chunks holding any key of %(keys)s (with `keys`) or matching any of
+    the `tier` tsqueries %(tier0)s, %(tier1)s, ..., best n first."""
     length = "coalesce(c.keyword_len, embedkit_tsv_length(c.tsv))"
     kd = f"({k1 * (1 - b)!r}::float8 + {k1 * b!r}::float8 * {length} / %(avgdl)s::float8)"
     # tf * (k1 + 1) / (tf + K) = (k1 + 1) * (1 - K / (tf + K)): tf appears once
     terms = " + ".join(
         f"%(w{i})s::float8 * (1 - {kd} / (width_bucket(ts_rank('{{1,1,1,1}}'::float4[], c.tsv, %(q{i})s::tsquery), "
         f"%(cuts)s::float4[]) + {kd}))" for i in range(n_terms))
-    found = [c for c, on in (("embedkit_impact_keys(c.tsv) && %(keys)s::text[]", keys),
-                             ("c.tsv @@ %(tier)s::tsquery", tier)) if on]
+    # one condition per AND: GIN reads each with its fast scan (skipping through the other terms' postings),
+    # measured 1.3-2.3x faster than one tsquery OR-ing the ANDs, whose every posting the index must check
+    found = ["embedkit_impact_keys(c.tsv) && %(keys)s::text[]"] if keys else []
+    found += [f"c.tsv @@ %(tier{i})s::tsquery" for i in range(tier)]
     return (f"SELECT c.id, {float(k1) + 1!r} * ({terms}) AS score FROM chunks c "
             f"WHERE c.collection_id = {int(info.id)} AND ({' OR '.join(found)}) "
             "ORDER BY score DESC, c.id LIMIT %(n)s")
 
 
-def tier_tsquery(lexemes: list[str], m: int) -> str:
-    """tsquery text matching the chunks that hold at least m of `lexemes` (an OR of every m-term AND)."""
+def tier_tsqueries(lexemes: list[str], m: int) -> list[str]:
+    """tsquery texts, one per m-term AND of `lexemes`: a chunk holds at least m of them when it matches any."""
     from embedkit.search.keyword import tsquery_lexeme
 
-    return " | ".join("(" + " & ".join(tsquery_lexeme(t) for t in c) + ")" for c in combinations(lexemes, m))
+    return [" & ".join(tsquery_lexeme(t) for t in c) for c in combinations(lexemes, m)]
 
 
 def _at_least(probs: list[float], total: int) -> dict[int, float]:
@@ -200,14 +202,13 @@ def impact_top(
 
     def read(lo: int, hi: int, m: int | None) -> list[tuple]:
         if hi > lo or m is not None:
-            sql = _score_sql(info, len(terms), k1, b, keys=hi > lo, tier=m is not None)
+            ands = tier_tsqueries([terms[t] for t in heavy], m) if m is not None else []
+            sql = _score_sql(info, len(terms), k1, b, keys=hi > lo, tier=len(ands))
             if wrap is not None:
                 sql = wrap(sql)
             # Never prepared: a generic plan (no keys known) read the same chunks 5-10x slower than a plan for
             # these keys. The key function's cost keeps every plan on the GIN index.
-            more = {"keys": [k[2] for k in keys[lo:hi]]}
-            if m is not None:
-                more["tier"] = tier_tsquery([terms[t] for t in heavy], m)
+            more = {"keys": [k[2] for k in keys[lo:hi]], **{f"tier{i}": q for i, q in enumerate(ands)}}
             rows = conn.execute(sql, params | more, prepare=False).fetchall()
             found.update((int(r[0]), (int(r[0]), float(r[1]), *r[2:])) for r in rows)
         return sorted(found.values(), key=lambda x: (-x[1], x[0]))[:n]
