@@ -11,20 +11,21 @@ none of them scores at most `rest` = the sum over terms of the largest ub among 
 when the n-th best exact score found is above `rest`, the top n is exact.
 
 Common words make that bound loose: their keys hold thousands of chunks, and a chunk holding none of the keys
-read may still hold every query term. So the passes also score the chunks holding at least m of the query's
-heaviest terms H (at most TIER_TERMS of them; the m-term ANDs as tsqueries over the `tsv` GIN index, BitmapOr'ed
-with the keys' scan). A chunk scored by neither holds at most m - 1 terms of H, none through a key
-read, so it scores at most the sum of the m - 1 largest `rem(t)` over H plus `rem(t)` of the other terms, with
-`rem(t)` the largest ub among t's keys not read. The best documents of a multi-word query usually hold most of
-its words, and few chunks do (the GIN index intersects the posting lists without reading rows), so the proof
-comes after reading a few hundred chunks where the keys alone needed thousands.
+read may still hold every query term. So the passes also read tiers: a tier (h, m) is the chunks holding at
+least m of the query's h heaviest terms (h at most TIER_TERMS; its m-term ANDs as tsqueries over the `tsv` GIN
+index, BitmapOr'ed with the keys' scan). A chunk scored by neither holds at most m - 1 of those h terms, none
+through a key read, so it scores at most the sum of the m - 1 largest `rem(t)` over them plus `rem(t)` of the
+other terms, with `rem(t)` the largest ub among t's keys not read (and at most the smallest such bound over the
+tiers read). The best chunks of a multi-word query usually hold most of its words, and few chunks do (the GIN
+index intersects the posting lists without reading rows), so the proof comes after reading a few hundred
+chunks where the keys alone needed thousands; leaving a very common, light term out of h keeps the tier small.
 
 The first pass takes keys until about `first` chunks (counted from `keyword_impacts`, an upper bound of the
-distinct chunks) and the highest tier m expected (terms independent, from their document frequencies) to hold
-at most `first` chunks. The second pass is the cheapest (estimated chunks) pair of more keys and a lower tier
-whose bound is below the n-th score found, unless every such pass would pass `budget` chunks in all: then it
-takes keys up to the budget and the top n is approximate (the highest-impact chunks scored exactly; measured in
-benchmarks/RESULTS.md).
+distinct chunks) and, of the tiers expected (terms independent, from their document frequencies) to hold at most
+`first` chunks, the one with the lowest bound. Each further pass (MAX_PASSES in all) is the cheapest (estimated
+chunks) set of more keys and at most one more tier whose bound is below the n-th score found, unless every such
+pass would pass `budget` chunks in all: then it takes keys up to the budget and the top n is approximate (the
+highest-impact chunks scored exactly; measured in benchmarks/RESULTS.md).
 
 A candidate's exact term frequencies come from `ts_rank` of each single-lexeme query with unit weights and no
 normalisation, which is sum_{i<=tf} 1/i^2 / (pi^2/6) (PostgreSQL's `calc_rank_or`), strictly increasing in tf:
@@ -49,7 +50,7 @@ MAX_POSITIONS = 256  # positions a tsvector keeps per lexeme
 FIRST_CHUNKS = 500  # chunks (by key counts) the first pass reads
 BUDGET_CHUNKS = 3000  # chunks (by key counts) both passes read at most; past it the top n is approximate
 MAX_PASSES = 3  # round trips of impact passes at most
-TIER_TERMS = 6  # the heaviest query terms counted by the tiers: a tier is at most C(6, 3) = 20 ANDs
+TIER_TERMS = 6  # the heaviest query terms the tiers count: a tier is at most C(6, 3) = 20 ANDs
 
 
 @dataclass
@@ -108,22 +109,27 @@ def tier_tsqueries(lexemes: list[str], m: int) -> list[str]:
     return [" & ".join(tsquery_lexeme(t) for t in c) for c in combinations(lexemes, m)]
 
 
-def _at_least(probs: list[float], total: int) -> dict[int, float]:
-    """Expected chunks holding at least m of terms held independently with `probs`, for each m (Poisson
-    binomial): what a tier is guessed to cost before reading it."""
-    dist = [1.0]
-    for p in probs:
+Tier = tuple[int, int]  # (h, m): the chunks holding at least m of the query's h heaviest terms
+
+
+def _expected(probs: list[float], total: int) -> dict[Tier, float]:
+    """Expected chunks of each tier (h, m), 2 <= m <= h, for terms held independently with `probs` (heaviest
+    first; Poisson binomial): what a tier is guessed to cost before reading it."""
+    out: dict[Tier, float] = {}
+    dist = [1.0]  # dist[i]: probability of holding exactly i of the first h terms
+    for h, p in enumerate(probs, start=1):
         dist = [(dist[i] if i < len(dist) else 0.0) * (1 - p) + (dist[i - 1] * p if i else 0.0)
                 for i in range(len(dist) + 1)]
-    return {m: total * sum(dist[m:]) for m in range(len(dist))}
+        out.update({(h, m): total * sum(dist[m:]) for m in range(2, h + 1)})
+    return out
 
 
 class _Bounds:
-    """Bounds on the score of a chunk not yet scored, after reading the keys keys[:j] and the chunks holding
-    at least m of the tier terms (m = None: no tier read)."""
+    """Bounds on the score of a chunk not yet scored, after reading the keys keys[:j] and the chunks of some
+    tiers (h, m) over `heavy`, the tier terms by decreasing weight."""
 
     def __init__(self, keys: list[tuple[float, int, str, int]], n_terms: int, heavy: list[int]):
-        self.keys, self.tier = keys, set(heavy)
+        self.heavy = heavy
         # rem[j][t]: the largest ub of term t among keys[j:] (0 once all its keys are read)
         rem = [0.0] * n_terms
         self.rem = [list(rem)]
@@ -132,12 +138,16 @@ class _Bounds:
             self.rem.append(list(rem))
         self.rem.reverse()
 
-    def bound(self, j: int, m: int | None) -> float:
+    def tier(self, j: int, tier: Tier) -> float:
+        """Bound on a chunk holding none of keys[:j] and fewer than m of the h heaviest terms."""
+        h, m = tier
         rem = self.rem[j]
-        if m is None:
-            return sum(rem)
-        tier = sorted((r for t, r in enumerate(rem) if t in self.tier), reverse=True)
-        return sum(tier[:m - 1]) + sum(r for t, r in enumerate(rem) if t not in self.tier)
+        inside = sorted((rem[t] for t in self.heavy[:h]), reverse=True)
+        return sum(inside[:m - 1]) + sum(rem) - sum(inside)
+
+    def bound(self, j: int, tiers: set[Tier]) -> float:
+        """Bound on a chunk holding none of keys[:j] and outside each of `tiers`."""
+        return min([sum(self.rem[j]), *(self.tier(j, t) for t in tiers)])
 
 
 def impact_top(
@@ -192,17 +202,16 @@ def impact_top(
         best.setdefault(t, ub)
     heavy = sorted(best, key=lambda t: (-best[t], t))[:tier_terms]
     bounds = _Bounds(keys, len(terms), heavy)
-    tiers = list(range(len(heavy), 1, -1))  # m = |H| .. 2: fewer chunks first
-    expected = _at_least([min(1.0, df[t] / max(total_chunks, 1)) for t in heavy], total_chunks)
+    expected = _expected([min(1.0, df[t] / max(total_chunks, 1)) for t in heavy], total_chunks)
 
     params = {"cuts": tf_cuts(conn), "avgdl": avgdl, "n": n,
               **{f"w{i}": w for i, w in enumerate(weights)},
               **{f"q{i}": tsquery_lexeme(t) for i, t in enumerate(terms)}}
     found: dict[int, tuple] = {}
 
-    def read(lo: int, hi: int, m: int | None) -> list[tuple]:
-        if hi > lo or m is not None:
-            ands = tier_tsqueries([terms[t] for t in heavy], m) if m is not None else []
+    def read(lo: int, hi: int, tier: Tier | None) -> list[tuple]:
+        if hi > lo or tier is not None:
+            ands = tier_tsqueries([terms[t] for t in heavy[:tier[0]]], tier[1]) if tier is not None else []
             sql = _score_sql(info, len(terms), k1, b, keys=hi > lo, tier=len(ands))
             if wrap is not None:
                 sql = wrap(sql)
@@ -216,59 +225,68 @@ def impact_top(
     def nth_of(top: list[tuple]) -> float:
         return top[proof - 1][1] if len(top) >= proof else 0.0
 
-    # first pass: the lowest tier expected to hold at most `first` chunks, and keys until `first` chunks (with
-    # a tier only keys that fit in them: a key is read whole)
-    m = min((t for t in tiers if expected[t] <= first), default=None)
+    # first pass: keys until `first` chunks (with a tier only keys that fit in them: a key is read whole) and,
+    # of the tiers expected to hold at most `first` chunks, the one with the lowest bound after those keys
     j, total = 0, 0
-    while j < len(keys) and (total + keys[j][3] <= first if m is not None else total < first):
+    while j < len(keys) and total + keys[j][3] <= first:
         total += keys[j][3]
         j += 1
-    total += round(expected[m]) if m is not None else 0
-    top = read(0, j, m)
+    fits = [t for t, e in expected.items() if e <= first]
+    tier = min(fits, key=lambda t: (bounds.tier(j, t), expected[t]), default=None)
+    if tier is None:
+        while j < len(keys) and (total < first or j == 0):
+            total += keys[j][3]
+            j += 1
+    read_tiers = {tier} if tier is not None else set()
+    total += round(expected[tier]) if tier is not None else 0
+    top = read(0, j, tier)
     nth = nth_of(top)
-    if (nth > bounds.bound(j, m) and len(top) == n) or j == len(keys):
+    if (nth > bounds.bound(j, read_tiers) and len(top) == n) or j == len(keys):
         return ImpactResult(top, True, total)
     for _ in range(MAX_PASSES - 1):
-        step = _next_pass(bounds, keys, expected, tiers, j, m, nth, budget - total, first)
+        step = _next_pass(bounds, keys, expected, j, read_tiers, nth, budget - total, first)
         if step is None:
             break
-        hi, m2, cost = step
-        top = read(j, hi, m2 if m2 != m else None)  # a tier's chunks are read once
-        j, m, total = hi, m2, total + cost
+        hi, tier, cost = step
+        top = read(j, hi, tier)
+        j, total = hi, total + cost
+        read_tiers |= {tier} if tier is not None else set()
         nth = nth_of(top)
-        if nth > bounds.bound(j, m) or j == len(keys):
+        if nth > bounds.bound(j, read_tiers) or j == len(keys):
             return ImpactResult(top, True, total)
     # no proof within the budget: the highest-impact keys up to it
     hi = j
-    while hi < len(keys) and (bounds.bound(hi, m) >= nth or total < n) and total + keys[hi][3] <= budget:
+    while hi < len(keys) and (bounds.bound(hi, read_tiers) >= nth or total < n) and total + keys[hi][3] <= budget:
         total += keys[hi][3]
         hi += 1
     top = read(j, hi, None)
     nth = nth_of(top)
-    return ImpactResult(top, nth > bounds.bound(hi, m) or hi == len(keys), total)
+    return ImpactResult(top, nth > bounds.bound(hi, read_tiers) or hi == len(keys), total)
 
 
-def _next_pass(bounds: _Bounds, keys: list[tuple[float, int, str, int]], expected: dict[int, float],
-               tiers: list[int], j: int, m: int | None, nth: float, left: int, first: int,
-               ) -> tuple[int, int | None, int] | None:
-    """(keys up to, tier, estimated chunks) of the next pass after reading keys[:j] and tier m, within `left`
-    chunks: the cheapest that proves the top n when the n-th score found so far (`nth`) is known, else a wider
-    look (the next lower tier and `first` more chunks of keys); None when nothing fits."""
-    lower = [t for t in tiers if m is None or t < m]
+def _next_pass(bounds: _Bounds, keys: list[tuple[float, int, str, int]], expected: dict[Tier, float], j: int,
+               read_tiers: set[Tier], nth: float, left: int, first: int) -> tuple[int, Tier | None, int] | None:
+    """(keys up to, tier to read or None, estimated chunks) of the next pass after reading keys[:j] and
+    `read_tiers`, within `left` chunks: the cheapest that proves the top n when the n-th score found so far
+    (`nth`) is known, else a wider look (the unread tier with the lowest bound and `first` more chunks of
+    keys); None when nothing fits."""
+    unread = [t for t in expected if t not in read_tiers and expected[t] <= left]
     if nth <= 0:  # fewer than the chunks to prove found: widen
-        m2 = next((t for t in lower if expected[t] <= left), m)
-        hi, cost = j, round(expected[m2]) if m2 != m else 0
+        tier = min(unread, key=lambda t: (bounds.tier(j, t), expected[t]), default=None)
+        hi, cost = j, round(expected[tier]) if tier is not None else 0
         spent = cost
         while hi < len(keys) and cost - spent < first and cost + keys[hi][3] <= left:
             cost += keys[hi][3]
             hi += 1
-        return (hi, m2, cost) if hi > j or m2 != m else None
+        return (hi, tier, cost) if hi > j or tier is not None else None
     plan = None
-    for m2 in [m, *lower]:
-        hi, cost = j, round(expected[m2]) if m2 != m else 0
-        while hi < len(keys) and bounds.bound(hi, m2) >= nth and cost + keys[hi][3] <= left:
+    for tier in [None, *unread]:
+        tiers = read_tiers | ({tier} if tier is not None else set())
+        hi, cost = j, round(expected[tier]) if tier is not None else 0
+        while hi < len(keys) and bounds.bound(hi, tiers) >= nth and cost + keys[hi][3] <= left:
             cost += keys[hi][3]
             hi += 1
-        if bounds.bound(hi, m2) < nth and cost <= left and (plan is None or cost < plan[2]):
-            plan = (hi, m2, cost)
+        if bounds.bound(hi, tiers) < nth and cost <= left and (hi > j or tier is not None) and (
+                plan is None or cost < plan[2]):
+            plan = (hi, tier, cost)
     return plan
