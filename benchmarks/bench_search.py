@@ -8,10 +8,13 @@
    embedding from step 1 plus Gaussian noise (cosine ~0.75 to its centre), renormalised; queries likewise.
 
     python benchmarks/bench_search.py [--chunks 100000] [--queries 100] [--random-centres] [--home DIR]
+                                      [--embed-queries]
 
    With --home the store is kept there and a later run with the same arguments reuses its collection (same
    chunks and queries) instead of writing it again. Keyword, hybrid and the hybrid SQL of before BM25 are timed
-   each over the queries in a row, then all round robin (the order turning by one place per query).
+   each over the queries in a row, then all round robin (the order turning by one place per query). With
+   --embed-queries, also both hybrids end to end as `search --hybrid` runs them: the query text embedded by the
+   default model first (before) or while the keyword half runs (now).
 
 3. At scale (--scale N, toward 1,000,000; --scale-only skips 1 and 2): for each index flavour (--kinds
    vector,halfvec,bit: 384, 2560 and 4096 dimensions, the dimension picks the flavour as embedkit does; with
@@ -136,7 +139,7 @@ def reused_collection(conn, model: ModelIdentity, n_chunks: int) -> CollectionIn
 
 
 def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: int, corpus: Path,
-                 seed: int = 0, reuse: bool = False) -> None:
+                 seed: int = 0, reuse: bool = False, embedder=None) -> None:
     rng = np.random.default_rng(seed)
     words, probs = word_distribution(corpus)
     dim = centres.shape[1]
@@ -182,7 +185,8 @@ def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: in
                 f"afterwards {build_s:.1f} s."
             )
         conn.execute("ANALYZE documents, chunks")
-        conn.execute("SELECT gin_clean_pending_list('chunks_tsv_gin'::regclass)")
+        conn.execute("SELECT gin_clean_pending_list('chunks_tsv_gin'::regclass), "
+                     "gin_clean_pending_list('chunks_impact_gin'::regclass)")
         n = conn.execute("SELECT count(*) FROM chunks WHERE collection_id = %s", (info.id,)).fetchone()[0]
     queries = noisy(centres, n_queries, rng, sigma)
     query_texts = [" ".join(rng.choice(words, 4, p=probs)) for _ in range(n_queries)]
@@ -229,6 +233,18 @@ def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: in
             "hybrid before (AND tsquery, ts_rank_cd, 50 + 50), chunks": lambda q, t: conn.execute(
                 HYBRID_BEFORE.format(cid=int(info.id), dim=dim), {"q": q, "text": t}).fetchall(),
         }
+        if embedder is not None:
+            # what `search --hybrid` does end to end: the query text embedded (the model's vector replaces the
+            # synthetic one), before it (old) or while the keyword half runs on the second connection (new)
+            def embedded(t: str) -> np.ndarray:
+                return np.asarray(embedder.embed([t]), dtype=np.float32)[0]
+
+            timed["query embedded while the keyword half runs, then hybrid RRF, documents (as `search --hybrid`)"] = (
+                lambda q, t: search_hybrid(conn, info, lambda: embedded(t), t, k=10, documents=True,
+                                           keyword_conn=conn2))
+            timed["query embedded, then hybrid before (as `search --hybrid` before BM25)"] = (
+                lambda q, t: conn.execute(HYBRID_BEFORE.format(cid=int(info.id), dim=dim),
+                                          {"q": embedded(t), "text": t}).fetchall())
         # Each method over all queries in a row, then all methods round robin query by query (on a shared
         # machine a change of load then hits every method alike), the order turning.
         for label, fn in timed.items():
@@ -448,6 +464,9 @@ def main() -> None:
     ap.add_argument("--home", type=Path, default=None,
                     help="keep the embedded store here and reuse its 'bench-search' collection when a later run "
                          "asks for the same one (default: a temporary store, removed at the end)")
+    ap.add_argument("--embed-queries", action="store_true",
+                    help="also time hybrid search end to end with the query text embedded by the default model "
+                         "(all-MiniLM-L6-v2), against the old hybrid with the query embedded first")
     ap.add_argument("--random-centres", action="store_true",
                     help="skip part 1: centre vectors drawn at random (384 dims) instead of real chunk embeddings")
     args = ap.parse_args()
@@ -471,8 +490,9 @@ def main() -> None:
                 centres = c / np.linalg.norm(c, axis=1, keepdims=True)
             else:
                 centres = bench_index(store, args.corpus.resolve())
+            embedder = load_embedder(None)[0] if args.embed_queries else None
             bench_search(store, centres, args.chunks, args.queries, args.corpus.resolve(),
-                         reuse=args.home is not None)
+                         reuse=args.home is not None, embedder=embedder)
         if args.scale:
             print(f"## At scale: {args.scale:,} chunks per index flavour\n", flush=True)
             kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]

@@ -80,6 +80,9 @@ def test_incremental_indexing_keeps_statistics_exact(store, tmp_path, fresh_coll
     fresh = fresh_collection + "_fresh"
     index_paths(store, [str(root)], emb, emb.identity(), collection=fresh, chunk_tokens=16, overlap=2)
     with store.connect() as conn:
+        # the indexer leaves both keyword GIN indexes with empty pending lists (every search reads them whole)
+        assert conn.execute("SELECT gin_clean_pending_list('chunks_tsv_gin'::regclass), "
+                            "gin_clean_pending_list('chunks_impact_gin'::regclass)").fetchone() == (0, 0)
         inc = require_collection(conn, fresh_collection)
         new = require_collection(conn, fresh)
         inc_stats, new_stats = _stats(conn, inc.id), _stats(conn, new.id)
@@ -245,7 +248,8 @@ def _zipf_collection(conn, name: str, emb, docs: int = 12, per_doc: int = 50):
 
 def test_impact_tiers_give_the_exact_top_n(store, fresh_collection):
     """Reading impact tiers gives the top n of scoring every matching chunk (same ids, order and scores) when
-    the budget allows the proof, and with a small budget exact scores of a subset, flagged approximate."""
+    the budget allows the proof, and with a small budget exact scores of a subset, flagged approximate; the
+    tiers of chunks holding most query terms prove the same top n from fewer chunks than the keys alone."""
     from embedkit.search.impacts import impact_top
 
     emb = HashEmbedder()
@@ -260,7 +264,7 @@ def test_impact_tiers_give_the_exact_top_n(store, fresh_collection):
         rng = np.random.default_rng(3)
         queries = [" ".join(rng.choice(words[:40], int(rng.integers(1, 5)))) for _ in range(12)]
         queries += ["w0x w1x w2x", "w0x", "w250x w0x", "lanternx", "lanternx stone w3x"]
-        approximate = 0
+        approximate, read_tiers, read_keys = 0, 0, 0
         for query in queries:
             full = keyword_scores(conn, info, query, 10_000, path_glob="*")  # a filter: every matching chunk
             params = query_terms(conn, info, query)
@@ -278,6 +282,11 @@ def test_impact_tiers_give_the_exact_top_n(store, fresh_collection):
                     assert [r[0] for r in small.rows] == [r[0] for r in full[:n]]
                 else:
                     approximate += 1
+                # without the tiers (impact keys only): the same top n, never from fewer chunks
+                keys_only = impact_top(conn, info, params["terms"], params["weights"], params["avgdl"], n, BM25_K1,
+                                       BM25_B, first=50, budget=10**9, tier_terms=0)
+                assert keys_only.exact and keys_only.rows == got.rows
+                read_tiers, read_keys = read_tiers + got.chunks_read, read_keys + keys_only.chunks_read
                 part = impact_top(conn, info, params["terms"], params["weights"], params["avgdl"], n, BM25_K1,
                                   BM25_B, first=20, budget=10**9, proven=max(1, n // 4))
                 assert part.exact and min(max(1, n // 4), len(full)) <= len(part.rows) <= n
@@ -287,8 +296,9 @@ def test_impact_tiers_give_the_exact_top_n(store, fresh_collection):
             assert [r[0] for r in default] == [r[0] for r in full[:10]]
             np.testing.assert_allclose([r[1] for r in default], [r[1] for r in full[:10]], rtol=1e-12)
         assert approximate > 0  # the small budget was binding somewhere
+        assert read_tiers < read_keys  # the tiers proved the top n from fewer chunks
         # the candidates come from the impact GIN index, in one process, even in a small table
-        from embedkit.search.impacts import _score_sql, tf_cuts
+        from embedkit.search.impacts import _score_sql, tf_cuts, tier_tsqueries
 
         params = query_terms(conn, info, "w0x w1x")
         plan = "\n".join(r[0] for r in conn.execute(
@@ -296,6 +306,12 @@ def test_impact_tiers_give_the_exact_top_n(store, fresh_collection):
             {"cuts": tf_cuts(conn), "avgdl": params["avgdl"], "n": 10, "keys": ["w0x 3 9"], "w0": 1.0, "w1": 1.0,
              "q0": "w0x", "q1": "w1x"}, prepare=False))
         assert "chunks_impact_gin" in plan and "Gather" not in plan, plan
+        # a pass with a tier reads both GIN indexes (BitmapOr), still in one process
+        plan = "\n".join(r[0] for r in conn.execute(
+            "EXPLAIN " + _score_sql(info, 2, BM25_K1, BM25_B, keys=True, tier=1),
+            {"cuts": tf_cuts(conn), "avgdl": params["avgdl"], "n": 10, "keys": ["w0x 3 9"], "w0": 1.0, "w1": 1.0,
+             "q0": "w0x", "q1": "w1x", "tier0": tier_tsqueries(["w0x", "w1x"], 2)[0]}, prepare=False))
+        assert "chunks_impact_gin" in plan and "chunks_tsv_gin" in plan and "Gather" not in plan, plan
         lantern = keyword_scores(conn, info, "lanternx", 20, budget=None)
         tfs = dict(conn.execute(
             "SELECT c.id, array_length(u.positions, 1) FROM chunks c, unnest(c.tsv) u "

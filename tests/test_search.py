@@ -108,6 +108,32 @@ def test_hybrid_finds_lexical_match(store, indexed):
     assert hits[0].score > hits[-1].score
 
 
+def test_hybrid_keyword_half_runs_while_the_query_vector_is_made(store, indexed):
+    """search_hybrid takes a function for the query vector (search embeds the query in it): called once, after
+    the keyword half started on its own connection, with the same results as a ready vector, on one connection
+    or two."""
+    from embedkit.search import search_hybrid
+
+    emb, info, _ = indexed
+    qvec = emb.embed(["glacier canyon river"])[0]
+    calls = []
+
+    def vector():
+        calls.append(1)
+        return qvec
+
+    with store.connect() as conn, store.connect() as conn2:
+        for documents in (False, True):
+            want = search_hybrid(conn, info, qvec, "glacier canyon river", k=5, documents=documents)
+            assert want
+            assert search_hybrid(conn, info, vector, "glacier canyon river", k=5, documents=documents,
+                                 keyword_conn=conn2) == want
+            assert search_hybrid(conn, info, vector, "glacier canyon river", k=5, documents=documents) == want
+    assert len(calls) == 4
+    assert search("glacier canyon river", k=5, collection="search-tests", store=store, embedder=emb,
+                  hybrid=True) == want
+
+
 def test_similar_excludes_itself(store, indexed):
     emb, info, root = indexed
     src = root + "/common/doc01.md"

@@ -284,8 +284,10 @@ def _finish(store: Store, info: CollectionInfo, report: IndexReport, gone: Seque
         with store.connect() as conn:
             # fresh statistics let the planner pick the HNSW index for the next searches
             conn.execute("ANALYZE documents, chunks")
-            # and an empty GIN pending list lets it cost (and run) keyword searches through the GIN index
-            conn.execute("SELECT gin_clean_pending_list('chunks_tsv_gin'::regclass)")
+            # and empty GIN pending lists let it cost (and run) keyword searches through the GIN indexes (a
+            # search reads the whole pending list of each index it uses)
+            conn.execute("SELECT gin_clean_pending_list('chunks_tsv_gin'::regclass), "
+                         "gin_clean_pending_list('chunks_impact_gin'::regclass)")
     if gone:
         with store.connect() as conn:
             report.removed = delete_documents(conn, info.id, gone)

@@ -80,12 +80,17 @@ def search(
                                       candidates=candidates)
         if embedder is None:
             embedder = embedder_for_collection(info, model)
-        qvec = np.asarray(embedder.embed([info.query_prefix + query]), dtype=np.float32)[0]
+
+        def embed_query() -> np.ndarray:
+            return np.asarray(embedder.embed([info.query_prefix + query]), dtype=np.float32)[0]
+
         if hybrid:
+            # the keyword half runs on its own connection while the query is embedded (see search_hybrid)
             with store.connect_read() as conn, store.connect_read() as keyword_conn:
-                return search_hybrid(conn, info, qvec, query, k, path_glob, metadata, ef_search,
+                return search_hybrid(conn, info, embed_query, query, k, path_glob, metadata, ef_search,
                                      candidates=candidates, rrf_k=rrf_k, documents=not chunks,
                                      keyword_conn=keyword_conn)
+        qvec = embed_query()
         with store.connect_read() as conn:
             return search_vector(conn, info, qvec, k, path_glob, metadata, min_score, ef_search,
                                  documents=not chunks, candidates=candidates)

@@ -38,15 +38,16 @@ TEXT_CONFIG = "english"  # must be the configuration of the generated chunks.tsv
 def query_terms(conn: psycopg.Connection, info: CollectionInfo, query: str) -> dict[str, Any] | None:
     """The query's indexed terms as parameters of `keyword_ids_sql`: `tsq` (their OR as tsquery text),
     `terms`, `weights` (query frequency x idf of each), `df` (chunks holding each) and `avgdl`, rarest term
-    first, with `impacts`: the (term, tf, length bucket, chunks) keys of the terms from `keyword_impacts`,
-    read in the same round trip for `impact_top`. None when no term of the query is indexed."""
+    first, with `impacts`: the (term, tf, length bucket, chunks) keys of the terms from `keyword_impacts`
+    and `total_chunks` (the collection's), read in the same round trip for `impact_top`. None when no term
+    of the query is indexed."""
     cid = int(info.id)
     rows = conn.execute(
         f"WITH st AS (SELECT chunks::float8 AS n FROM keyword_stats WHERE collection_id = {cid}) "
         "SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) * ln(1 + (st.n - t.chunks + 0.5) / "
         "(t.chunks + 0.5)), (SELECT tokens::float8 / greatest(chunks, 1) FROM keyword_stats "
         f"WHERE collection_id = {cid}), t.chunks, (SELECT array_agg(ARRAY[i.tf, i.lenb, i.chunks]) "
-        f"FROM keyword_impacts i WHERE i.collection_id = {cid} AND i.term = u.lexeme) "
+        f"FROM keyword_impacts i WHERE i.collection_id = {cid} AND i.term = u.lexeme), st.n "
         f"FROM unnest(to_tsvector('{TEXT_CONFIG}'::regconfig, %s)) u "
         f"JOIN keyword_terms t ON t.collection_id = {cid} AND t.term = u.lexeme CROSS JOIN st ORDER BY 4, 1",
         (query,),
@@ -60,6 +61,7 @@ def query_terms(conn: psycopg.Connection, info: CollectionInfo, query: str) -> d
         "avgdl": float(rows[0][2]),
         "df": [int(r[3]) for r in rows],
         "impacts": [(r[0], int(tf), int(lenb), int(n)) for r in rows for tf, lenb, n in (r[4] or [])],
+        "total_chunks": int(rows[0][5]),
     }
 
 
@@ -117,7 +119,8 @@ def keyword_scores(
     if not filt:
         limit = budget if budget is not None else sum(params["df"])  # the chunks of all keys
         return impact_top(conn, info, params["terms"], params["weights"], params["avgdl"], n, k1, b,
-                          first=first, budget=limit, proven=proven, impacts=params["impacts"], wrap=wrap).rows
+                          first=first, budget=limit, proven=proven, impacts=params["impacts"], wrap=wrap,
+                          total_chunks=params["total_chunks"]).rows
     sql = keyword_ids_sql(info, filt, "n", k1, b)
     terms, bounds, df = params["terms"], [w * (k1 + 1) for w in params["weights"]], params["df"]
     used = 1

@@ -3,6 +3,7 @@ see `keyword`), and hybrid (both fused by reciprocal rank fusion), each at chunk
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -201,7 +202,7 @@ def search_keyword(
 def search_hybrid(
     conn: psycopg.Connection,
     info: CollectionInfo,
-    qvec: np.ndarray,
+    qvec: np.ndarray | Callable[[], np.ndarray],
     query: str,
     k: int = 10,
     path_glob: str | None = None,
@@ -216,21 +217,25 @@ def search_hybrid(
     score = sum over both rankings of 1 / (rrf_k + rank). With `documents`, each ranking is first collapsed to
     its documents (a document ranks as its best chunk) and documents are fused (see `fuse_documents`).
     With `keyword_conn` (a second connection to the same database), the keyword half runs on it while the
-    vector half runs on `conn`."""
+    vector half runs on `conn`. `qvec` may be a function returning the query vector (e.g. embedding the query):
+    it is called after the keyword half has started, so that with `keyword_conn` the keyword half does not wait
+    for it."""
     _check_k(k)
     _check_candidates(candidates)
     if not rrf_k >= 0:  # also refuses NaN
         raise InputError(f"--rrf-k must be >= 0, got {rrf_k}")
     n = _depth(k, candidates)
+    vector = qvec if callable(qvec) else lambda: qvec
     if keyword_conn is None:
-        vec = vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search)
+        vec = vector_chunks(conn, info, vector(), n, path_glob, metadata, ef_search)
         kw = keyword_chunks(conn, info, query, n, path_glob, metadata, HYBRID_PROVEN_KEYWORD, HYBRID_KEYWORD_BUDGET)
     else:
-        # the server runs both halves at once, one per connection
+        # the server runs the keyword half on its own connection while this thread gets the query vector and
+        # runs the vector half: the hybrid's latency is the longer of the two, not their sum
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(keyword_chunks, keyword_conn, info, query, n, path_glob, metadata,
                                   HYBRID_PROVEN_KEYWORD, HYBRID_KEYWORD_BUDGET)
-            vec = vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search)
+            vec = vector_chunks(conn, info, vector(), n, path_glob, metadata, ef_search)
             kw = pending.result()
     if documents:
         return fuse_documents([vec, kw], k, rrf_k)
