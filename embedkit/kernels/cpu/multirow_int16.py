@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -114,9 +115,17 @@ class _Acts:
         8-15 those of row 2p + 1 (the single-row kernels' lo + hi vpmaddwd sums, lane for lane)."""
         lo = _pairs_i32x16(builder, qlo2, self.pair(builder, g, p, 0))
         if HAS_AVX512_VNNI:
-            dpwssd = _intrinsic_fn(builder, "llvm.x86.avx512.vpdpwssd.512", _V16I32, [_V16I32, _V32I16, _V32I16])
-            return builder.call(dpwssd, [lo, qhi2, self.pair(builder, g, p, 1)])
+            return _dpwssd(builder, lo, qhi2, self.pair(builder, g, p, 1))
         return builder.add(lo, _pairs_i32x16(builder, qhi2, self.pair(builder, g, p, 1)))
+
+
+def _dpwssd(builder, acc, a, b):
+    """acc + (the <16 x i32> pair sums of a * b): one vpdpwssd. Written as inline assembly: LLVM splits its
+    intrinsic into vpmaddwd + vpaddd for CPUs it does not tune as "fast-dpwssd" (the Xeons here among them), one
+    more uop on the two vector ports that a several-row step is bound by. The sums are integers: exact either way."""
+    llvm.initialize_native_asmparser()  # Numba's object emitter needs it for inline assembly (idempotent)
+    ty = ir.FunctionType(_V16I32, [_V16I32, _V32I16, _V32I16])
+    return builder.asm(ty, "vpdpwssd $3, $2, $0", "=v,0,v,v", [acc, a, b], side_effect=False, name="dpwssd")
 
 
 def _spread(builder, sv, p):
