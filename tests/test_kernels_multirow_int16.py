@@ -73,3 +73,26 @@ def test_decode_dispatch_takes_it(name: str) -> None:
         assert np.array_equal(cpu_matmul.matmul_rows(x, raw, t, n_cols, packed), solo), (name, n_x)
         many = cpu_matmul.matmul_rows_many(x, [(raw, t, packed), (raw, t, None)], n_cols)
         assert all(np.array_equal(y, solo) for y in many), (name, n_x)
+
+
+def test_activation_quantizer_and_pair_layout_match_their_numpy_definitions() -> None:
+    rng = np.random.default_rng(1907)
+    n = 640
+    x = (rng.standard_normal((5, n)) * rng.uniform(1e-3, 30.0, (5, n // 32)).repeat(32, axis=1)).astype(np.float32)
+    x[1, 64:96] = 0.0  # an all-zero block: scale 0, quants 0
+    x[2, 5] = 1e30  # a block whose other values round to 0
+    blocks = x.reshape(5, n // 32, 32)
+    amax = np.abs(blocks).max(axis=2)
+    inv = np.where(amax > 0, np.float32(32767.0) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.clip(np.rint(blocks * inv[:, :, None]), -32767, 32767).astype(np.int16)
+    d = (amax / np.float32(32767.0)).astype(np.float32)
+    s = (d * q.sum(axis=2, dtype=np.int64).astype(np.float32)).astype(np.float32)
+    for i in range(5):
+        xq, xd, xsum = integer_activations(x[i])
+        assert np.array_equal(xq, q[i].reshape(-1)) and np.array_equal(xd, d[i]) and np.array_equal(xsum, s[i])
+    xq, xd, xsum = multirow_int16.pair_layout(x)  # padded to 8 rows with copies of the last
+    rows = np.concatenate([q.reshape(5, n), np.repeat(q[-1:].reshape(1, n), 3, axis=0)])
+    pairs = rows.reshape(4, 2, n // 32, 2, 16).transpose(2, 0, 3, 1, 4).reshape(-1)
+    assert np.array_equal(xq, pairs)
+    assert np.array_equal(xd, np.concatenate([d, np.repeat(d[-1:], 3, axis=0)]).T)
+    assert np.array_equal(xsum, np.concatenate([s, np.repeat(s[-1:], 3, axis=0)]).T)

@@ -29,17 +29,27 @@ from embedkit.kernels.cpu.int8dot import (
 from embedkit.kernels.cpu.matvec_legacy import FAST, store4
 
 
-@njit(cache=True)
+# Written so that LLVM vectorises both loops (~4x faster than plain scalar loops; a batched decode step quantizes
+# ~70 activation rows): the max|x| reduction may be reordered under nnan and nsz (max is exact, |x| is never -0),
+# and clamping before the rounding gives the same integers as clamping after it (levels is an integer). For
+# finite x the bits are those of the scalar loops.
+@njit(cache=True, fastmath={"nnan", "nsz"})
 def _quantize_block32(x, b, xq, levels):
     """Block b of 32: xq = rint(x * levels / max|x|) (within +-levels), returns (max|x|, sum of xq)."""
+    xb = x[32 * b : 32 * b + 32]
+    qb = xq[32 * b : 32 * b + 32]
     amax = np.float32(0.0)
     for i in range(32):
-        amax = max(amax, abs(x[32 * b + i]))
-    inv = np.float32(levels) / amax if amax > np.float32(0.0) else np.float32(0.0)
-    qsum = 0
+        a = abs(xb[i])
+        amax = a if a > amax else amax
+    top = np.float32(levels)
+    inv = top / amax if amax > np.float32(0.0) else np.float32(0.0)
+    qsum = np.int32(0)
     for i in range(32):
-        q = min(levels, max(-levels, int(np.rint(x[32 * b + i] * inv))))
-        xq[32 * b + i] = q
+        v = xb[i] * inv
+        v = top if v > top else (-top if v < -top else v)
+        q = np.int32(np.rint(v))
+        qb[i] = q
         qsum += q
     return amax, qsum
 

@@ -349,10 +349,28 @@ def int16_rows_serial(suffix: str) -> Callable[..., None]:
 
 
 @njit(cache=True)
-def quantize_rows16(x, xq, xd, xsum):
-    """Every row of x float32 [n_x, n] as int16 activations (`quantize_activations16`)."""
-    for i in range(x.shape[0]):
-        quantize_activations16(x[i], xq[i], xd[i], xsum[i])
+def quantize_pairs(x, xq, xd_t, xsum_t):
+    """`pair_layout` of x float32 [n_x, n] into xq int16 [rows * n] (flat), xd_t, xsum_t float32 [n // 32, rows]:
+    row i (rows past n_x: the last row again) quantized by `quantize_activations16`, then its elements scattered
+    to their pair slots and its scales to column i (one compiled pass instead of a dozen numpy calls a matmul)."""
+    n_x, n = x.shape
+    rows = xd_t.shape[1]
+    half = rows // 2
+    q = np.empty(n, dtype=np.int16)
+    d = np.empty(n // 32, dtype=np.float32)
+    s = np.empty(n // 32, dtype=np.float32)
+    for i in range(rows):
+        if i < n_x:
+            quantize_activations16(x[i], q, d, s)
+        p, k = i // 2, i % 2
+        for g in range(n // 32):
+            xd_t[g, i] = d[g]
+            xsum_t[g, i] = s[g]
+            for h in range(2):
+                dst = ((g * half + p) * 2 + h) * 32 + 16 * k
+                src = 32 * g + 16 * h
+                for e in range(16):
+                    xq[dst + e] = q[src + e]
 
 
 def padded_rows(n_x: int) -> int:
@@ -367,11 +385,8 @@ def pair_layout(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     of row 2p + 1 (one 512-bit load); xd, xsum transposed to [n // 32, rows] (one vector load per group)."""
     n_x, n = x.shape
     rows = padded_rows(n_x)
-    if rows != n_x:
-        x = np.concatenate([x, np.repeat(x[-1:], rows - n_x, axis=0)])
-    xq = np.empty((rows, n), dtype=np.int16)
-    xd = np.empty((rows, n // 32), dtype=np.float32)
-    xsum = np.empty((rows, n // 32), dtype=np.float32)
-    quantize_rows16(np.ascontiguousarray(x, dtype=np.float32), xq, xd, xsum)
-    pairs = xq.reshape(rows // 2, 2, n // 32, 2, 16).transpose(2, 0, 3, 1, 4)
-    return np.ascontiguousarray(pairs).reshape(-1), np.ascontiguousarray(xd.T), np.ascontiguousarray(xsum.T)
+    xq = np.empty(rows * n, dtype=np.int16)
+    xd = np.empty((n // 32, rows), dtype=np.float32)
+    xsum = np.empty((n // 32, rows), dtype=np.float32)
+    quantize_pairs(np.ascontiguousarray(x, dtype=np.float32), xq, xd, xsum)
+    return xq, xd, xsum
