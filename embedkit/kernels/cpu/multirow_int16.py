@@ -90,6 +90,35 @@ def _dup(builder, v16):
     return builder.shuffle_vector(v16, v16, ir.Constant(ir.VectorType(_I32, 32), list(range(16)) * 2))
 
 
+def _dup_bytes16(builder, blk, off):
+    """<32 x i16>: the 16 signed bytes at blk + off, sign-extended, twice: a 128-bit broadcast load (no vector ALU
+    uop) and one vpmovsxbw, where widening 32 loaded bytes and duplicating each half took two more shuffles."""
+    v = _load(builder, blk, ir.Constant(_I32, off), _V16I8)
+    both = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 32), list(range(16)) * 2))
+    return builder.sext(both, _V32I16)
+
+
+def _q5_0_dup(builder, blk):
+    """(<32 x i16> of weights 0-15 twice, of weights 16-31 twice) of a Q5_0 block, decoded in 16-bit lanes: the
+    nibbles from one broadcast load (low nibbles: weights 0-15, high: 16-31), minus 16 where the fifth bit (from
+    the 32-bit plane, each half's 16 bits repeated for the two copies) is clear."""
+    v = _load(builder, blk, ir.Constant(_I32, 6), _V16I8)
+    z = builder.zext(builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 32), list(range(16)) * 2)), _V32I16)
+    qh = _load(builder, blk, ir.Constant(_I32, 2), _I32)
+    out = []
+    for h in range(2):
+        nib = (
+            builder.and_(z, ir.Constant(_V32I16, [15] * 32))
+            if h == 0
+            else builder.lshr(z, ir.Constant(_V32I16, [4] * 32))
+        )
+        bits = builder.and_(builder.lshr(qh, ir.Constant(_I32, 16 * h)), ir.Constant(_I32, 0xFFFF))
+        bits = builder.mul(bits, ir.Constant(_I32, 0x10001))  # the 16 bits in both halves of the mask
+        mask = builder.bitcast(bits, ir.VectorType(ir.IntType(1), 32))
+        out.append(builder.select(mask, nib, builder.sub(nib, ir.Constant(_V32I16, [16] * 32))))
+    return out[0], out[1]
+
+
 class _Acts:
     """The activation rows of a call in their pair layout (`pair_layout`): xq pointer, the xd and xsum rows of
     the transposed scales, the row count (2 * pairs) and the index type."""
@@ -163,7 +192,12 @@ def _legacy_block(builder, blk, b, acts, st, decode):
     """One 32-element block against every row: `int8dot._make_dot4`'s int16 path."""
     prefetch_ahead(builder, blk)
     q, d, m = decode(builder, blk)
-    qlo, qhi = (_dup(builder, v) for v in _widen16(builder, q, signed=m is None))
+    if decode is _decode_q8_0:
+        qlo, qhi = (_dup_bytes16(builder, blk, off) for off in (2, 18))
+    elif decode is _decode_q5_0:
+        qlo, qhi = _q5_0_dup(builder, blk)
+    else:
+        qlo, qhi = (_dup(builder, v) for v in _widen16(builder, q, signed=m is None))
     sv = builder.fmul(_splat(builder, d, acts.n), acts.scales(builder, acts.xd, b))  # d * xd per row
     _accumulate(builder, acts, st, 0, b, qlo, qhi, sv)
     if m is not None:
