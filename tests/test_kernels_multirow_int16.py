@@ -52,7 +52,7 @@ def test_rows_match_single_row_kernel_bits_and_float64(name: str) -> None:
             solo = _solo(raw, t, x)
             for k in INT16_ROWS[t]:
                 acts = multirow_int16.pair_layout(x)
-                y = np.full((acts[1].shape[1], n_rows), np.nan, dtype=np.float32)
+                y = np.full((acts[2].shape[1], n_rows), np.nan, dtype=np.float32)
                 k(raw, *acts, y)
                 assert np.array_equal(y[:n_x], solo), (name, n_rows, n_cols, n_x)
                 ref = x.astype(np.float64) @ w64.T
@@ -94,5 +94,6 @@ def test_activation_quantizer_and_pair_layout_match_their_numpy_definitions() ->
     rows = np.concatenate([q.reshape(5, n), np.repeat(q[-1:].reshape(1, n), 3, axis=0)])
     pairs = rows.reshape(4, 2, n // 32, 2, 16).transpose(2, 0, 3, 1, 4).reshape(-1)
     assert np.array_equal(xq, pairs)
-    assert np.array_equal(xd, np.concatenate([d, np.repeat(d[-1:], 3, axis=0)]).T)
+    d8 = np.concatenate([d, np.repeat(d[-1:], 3, axis=0)]).T  # [n // 32, 8]
+    assert np.array_equal(xd, d8.reshape(n // 32, 4, 2, 1).repeat(8, axis=3).reshape(n // 32, 4, 16))
     assert np.array_equal(xsum, np.concatenate([s, np.repeat(s[-1:], 3, axis=0)]).T)

@@ -137,7 +137,7 @@ def _int16_rows_matmul(
     acts: tuple[np.ndarray, np.ndarray, np.ndarray], n_tokens: int, rows: np.ndarray, t: GGMLType
 ) -> np.ndarray:
     """y [n_tokens, n_rows] from the several-row int16 kernel of type t, x in `multirow_int16.pair_layout`."""
-    y = np.empty((acts[1].shape[1], rows.shape[0]), dtype=np.float32)
+    y = np.empty((acts[2].shape[1], rows.shape[0]), dtype=np.float32)
     # the work of a weight byte grows with the pairs of rows it meets: a batch's small weights (Qwen2.5's 128-row
     # k and v, 79 and 122 KiB) are worth a parallel launch at 4 and 8 rows
     parallel = rows.nbytes * (y.shape[0] // 2) >= PARALLEL_MIN_BYTES and get_num_threads() > 1
