@@ -97,3 +97,18 @@ def test_activation_quantizer_and_pair_layout_match_their_numpy_definitions() ->
     d8 = np.concatenate([d, np.repeat(d[-1:], 3, axis=0)]).T  # [n // 32, 8]
     assert np.array_equal(xd, d8.reshape(n // 32, 4, 2, 1).repeat(8, axis=3).reshape(n // 32, 4, 16))
     assert np.array_equal(xsum, np.concatenate([s, np.repeat(s[-1:], 3, axis=0)]).T)
+
+
+def test_q5_0_rows_widened_to_q8_0_hold_the_same_values() -> None:
+    rng = np.random.default_rng(5008)
+    n_rows, n_cols = 33, 640
+    raw = random_blocks(rng, "Q5_0", n_rows, n_cols).reshape(n_rows, -1)
+    wide = multirow_int16.q5_0_as_q8_0(raw)
+    assert wide.shape == (n_rows, n_cols // 32 * 34)
+    q5 = kernels.dequantize(raw, "Q5_0", (n_rows, n_cols))
+    q8 = kernels.dequantize(wide, "Q8_0", (n_rows, n_cols))
+    assert np.array_equal(q5, q8)
+    # a batched step runs Q5_0 weights through the copy: every row still bit-identical to its solo decode
+    x = rng.standard_normal((8, n_cols)).astype(np.float32)
+    assert cpu_matmul.WIDEN_Q5_0
+    assert np.array_equal(cpu_matmul.matmul_rows(x, raw, GGMLType.Q5_0, n_cols), _solo(raw, GGMLType.Q5_0, x))

@@ -384,6 +384,30 @@ def int16_rows_serial(suffix: str) -> Callable[..., None]:
 
 
 @njit(cache=True)
+def q5_0_as_q8_0(rows):
+    """Q5_0 rows (uint8 [n_rows, 22 * nb]) as Q8_0 rows (uint8 [n_rows, 34 * nb]) of the same values: each block's
+    f16 scale copied, its 32 weights (nibble | fifth bit << 4) - 16 as signed bytes (ggml's dequantize_row_q5_0).
+    The several-row kernel then decodes a block with two sign extensions where Q5_0's bit plane took ~6 more vector
+    uops: the same integer dots and float operations, so the same bits as Q5_0's own kernels."""
+    n_rows, nb = rows.shape[0], rows.shape[1] // 22
+    out = np.empty((n_rows, 34 * nb), dtype=np.uint8)
+    for r in range(n_rows):
+        for b in range(nb):
+            s, o = 22 * b, 34 * b
+            out[r, o] = rows[r, s]
+            out[r, o + 1] = rows[r, s + 1]
+            qh = (np.uint32(rows[r, s + 2]) | (np.uint32(rows[r, s + 3]) << 8) | (np.uint32(rows[r, s + 4]) << 16)
+                  | (np.uint32(rows[r, s + 5]) << 24))  # fmt: skip
+            for i in range(16):
+                byte = np.int32(rows[r, s + 6 + i])
+                lo = (byte & 15) | (np.int32((qh >> i) & 1) << 4)
+                hi = (byte >> 4) | (np.int32((qh >> (i + 16)) & 1) << 4)
+                out[r, o + 2 + i] = np.uint8((lo - 16) & 0xFF)
+                out[r, o + 18 + i] = np.uint8((hi - 16) & 0xFF)
+    return out
+
+
+@njit(cache=True)
 def quantize_pairs(x, xq, xd_p, xsum_t):
     """`pair_layout` of x float32 [n_x, n] into xq int16 [rows * n] (flat), xd_p float32 [n // 32, rows // 2, 16],
     xsum_t float32 [n // 32, rows]: row i (rows past n_x: the last row again) quantized by
