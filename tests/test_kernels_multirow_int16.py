@@ -52,7 +52,7 @@ def test_rows_match_single_row_kernel_bits_and_float64(name: str) -> None:
             solo = _solo(raw, t, x)
             for k in INT16_ROWS[t]:
                 acts = multirow_int16.pair_layout(x)
-                y = np.full((acts[1].shape[1], n_rows), np.nan, dtype=np.float32)
+                y = np.full((acts[2].shape[1], n_rows), np.nan, dtype=np.float32)
                 k(raw, *acts, y)
                 assert np.array_equal(y[:n_x], solo), (name, n_rows, n_cols, n_x)
                 ref = x.astype(np.float64) @ w64.T
@@ -73,3 +73,42 @@ def test_decode_dispatch_takes_it(name: str) -> None:
         assert np.array_equal(cpu_matmul.matmul_rows(x, raw, t, n_cols, packed), solo), (name, n_x)
         many = cpu_matmul.matmul_rows_many(x, [(raw, t, packed), (raw, t, None)], n_cols)
         assert all(np.array_equal(y, solo) for y in many), (name, n_x)
+
+
+def test_activation_quantizer_and_pair_layout_match_their_numpy_definitions() -> None:
+    rng = np.random.default_rng(1907)
+    n = 640
+    x = (rng.standard_normal((5, n)) * rng.uniform(1e-3, 30.0, (5, n // 32)).repeat(32, axis=1)).astype(np.float32)
+    x[1, 64:96] = 0.0  # an all-zero block: scale 0, quants 0
+    x[2, 5] = 1e30  # a block whose other values round to 0
+    blocks = x.reshape(5, n // 32, 32)
+    amax = np.abs(blocks).max(axis=2)
+    inv = np.where(amax > 0, np.float32(32767.0) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.clip(np.rint(blocks * inv[:, :, None]), -32767, 32767).astype(np.int16)
+    d = (amax / np.float32(32767.0)).astype(np.float32)
+    s = (d * q.sum(axis=2, dtype=np.int64).astype(np.float32)).astype(np.float32)
+    for i in range(5):
+        xq, xd, xsum = integer_activations(x[i])
+        assert np.array_equal(xq, q[i].reshape(-1)) and np.array_equal(xd, d[i]) and np.array_equal(xsum, s[i])
+    xq, xd, xsum = multirow_int16.pair_layout(x)  # padded to 8 rows with copies of the last
+    rows = np.concatenate([q.reshape(5, n), np.repeat(q[-1:].reshape(1, n), 3, axis=0)])
+    pairs = rows.reshape(4, 2, n // 32, 2, 16).transpose(2, 0, 3, 1, 4).reshape(-1)
+    assert np.array_equal(xq, pairs)
+    d8 = np.concatenate([d, np.repeat(d[-1:], 3, axis=0)]).T  # [n // 32, 8]
+    assert np.array_equal(xd, d8.reshape(n // 32, 4, 2, 1).repeat(8, axis=3).reshape(n // 32, 4, 16))
+    assert np.array_equal(xsum, np.concatenate([s, np.repeat(s[-1:], 3, axis=0)]).T)
+
+
+def test_q5_0_rows_widened_to_q8_0_hold_the_same_values() -> None:
+    rng = np.random.default_rng(5008)
+    n_rows, n_cols = 33, 640
+    raw = random_blocks(rng, "Q5_0", n_rows, n_cols).reshape(n_rows, -1)
+    wide = multirow_int16.q5_0_as_q8_0(raw)
+    assert wide.shape == (n_rows, n_cols // 32 * 34)
+    q5 = kernels.dequantize(raw, "Q5_0", (n_rows, n_cols))
+    q8 = kernels.dequantize(wide, "Q8_0", (n_rows, n_cols))
+    assert np.array_equal(q5, q8)
+    # a batched step runs Q5_0 weights through the copy: every row still bit-identical to its solo decode
+    x = rng.standard_normal((8, n_cols)).astype(np.float32)
+    assert cpu_matmul.WIDEN_Q5_0
+    assert np.array_equal(cpu_matmul.matmul_rows(x, raw, GGMLType.Q5_0, n_cols), _solo(raw, GGMLType.Q5_0, x))

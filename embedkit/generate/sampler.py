@@ -161,12 +161,15 @@ def token_distribution(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The distribution the sampler draws from: ``(ids, probs)``, sorted by probability descending."""
     work = np.asarray(logits, dtype=np.float32)
-    top = work.max()  # NaN if any logit is NaN
-    if not np.isfinite(top):
-        what = "NaN" if np.isnan(top) else "infinite" if top > 0 else "only -infinity"
-        raise GenerationError(f"the model produced {what} logits: its weights are damaged or not computed right "
-                              "(sampling from them would be meaningless)")
-    if _penalties_active(history, params):
+    penalties = _penalties_active(history, params)
+    if params.greedy and not penalties:
+        # one pass over the vocabulary (a batched step samples each sequence's 150-260k logits): argmax gives the
+        # first NaN if there is one, else the largest value, so its logit is what `max` would report
+        best = int(np.argmax(work))
+        _check_top(work[best])
+        return np.array([best]), np.array([1.0])
+    _check_top(work.max())  # NaN if any logit is NaN
+    if penalties:
         work = work.copy()
         apply_penalties(work, history, params)
     if params.greedy:
@@ -174,6 +177,14 @@ def token_distribution(
         return np.array([best]), np.array([1.0])
     ids, vals = candidates(work, params)
     return ids, _softmax(vals.astype(np.float64) / params.temp)
+
+
+def _check_top(top: np.float32) -> None:
+    """Raise GenerationError unless the largest logit `top` is finite (NaN or infinite logits: broken weights)."""
+    if not np.isfinite(top):
+        what = "NaN" if np.isnan(top) else "infinite" if top > 0 else "only -infinity"
+        raise GenerationError(f"the model produced {what} logits: its weights are damaged or not computed right "
+                              "(sampling from them would be meaningless)")
 
 
 class Sampler:

@@ -29,30 +29,37 @@ from embedkit.kernels.cpu.int8dot import (
 from embedkit.kernels.cpu.matvec_legacy import FAST, store4
 
 
-@njit(cache=True)
-def _quantize_block32(x, b, xq, levels):
-    """Block b of 32: xq = rint(x * levels / max|x|) (within +-levels), returns (max|x|, sum of xq)."""
-    amax = np.float32(0.0)
-    for i in range(32):
-        amax = max(amax, abs(x[32 * b + i]))
-    inv = np.float32(levels) / amax if amax > np.float32(0.0) else np.float32(0.0)
-    qsum = 0
-    for i in range(32):
-        q = min(levels, max(-levels, int(np.rint(x[32 * b + i] * inv))))
-        xq[32 * b + i] = q
-        qsum += q
-    return amax, qsum
-
-
+# Both loops are written for LLVM to vectorise (a batched decode step quantizes ~70 activation rows of 8 tokens; the
+# plain loops took ~3 ns a value): max|x| as the largest of the values' bits with the sign cleared (for non-negative
+# floats the integer order is the float order: the same maximum, exactly), and clamping before the rounding, which
+# gives the same integers as clamping after it (levels is an integer). For finite x the results are bit for bit
+# those of `rint(x * (levels / max|x|))` clamped.
 @njit(cache=True)
 def quantize_activations16(x, xq, xd, xsum):
-    """x float32 [n] -> xq int16 [n] with one scale per 32 elements: x[32 b + i] ~= xd[b] * xq[32 b + i],
+    """x float32 [n] (contiguous) -> xq int16 [n] with one scale per 32 elements: x[32 b + i] ~= xd[b] * xq[32 b + i],
     xd[b] = max|x| / 32767 over the block, xsum[b] = xd[b] * sum(xq of the block).
 
     Per element the error is at most xd[b] / 2, so decode results stay within ~1e-5 of float32 arithmetic."""
+    bits = x.view(np.uint32)
+    box = np.empty(1, dtype=np.uint32)  # the bit cast of a block's maximum
+    top = np.float32(32767.0)
     for b in range(x.shape[0] // 32):
-        amax, qsum = _quantize_block32(x, b, xq, 32767)
-        d = amax / np.float32(32767.0)
+        xb, qb, ib = x[32 * b : 32 * b + 32], xq[32 * b : 32 * b + 32], bits[32 * b : 32 * b + 32]
+        m = np.uint32(0)
+        for i in range(32):
+            a = ib[i] & np.uint32(0x7FFFFFFF)
+            m = a if a > m else m
+        box[0] = m
+        amax = box.view(np.float32)[0]
+        inv = top / amax if amax > np.float32(0.0) else np.float32(0.0)
+        qsum = np.int32(0)
+        for i in range(32):
+            v = xb[i] * inv
+            v = top if v > top else (-top if v < -top else v)
+            q = np.int32(np.rint(v))
+            qb[i] = q
+            qsum += q
+        d = amax / top
         xd[b] = d
         xsum[b] = d * np.float32(qsum)
 

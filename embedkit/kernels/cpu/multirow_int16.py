@@ -10,8 +10,8 @@ sum. A sequence's logits therefore do not depend on the batch it runs in: bit-id
 One intrinsic `dot_rows(w, r, xq, xd, xsum, y, i0, kind, group)` computes weight row r against the `group`
 activation rows i0 .. i0 + group - 1 (clamped to the last row: a clamped row recomputes the last row's value and
 stores the same bits) for the quant type `kind` (an index into KINDS); `int16_rows_kernel(<type>)` makes the
-cached parallel kernel of a type over all rows. Activations: xq int16 [n_x, n], xd and xsum float32
-[n_x, n // 32] (`matvec_int8.quantize_activations16` of each row).
+cached parallel kernel of a type over all rows. Activations: each row quantized by
+`matvec_int8.quantize_activations16`, in `pair_layout`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -89,9 +90,38 @@ def _dup(builder, v16):
     return builder.shuffle_vector(v16, v16, ir.Constant(ir.VectorType(_I32, 32), list(range(16)) * 2))
 
 
+def _dup_bytes16(builder, blk, off):
+    """<32 x i16>: the 16 signed bytes at blk + off, sign-extended, twice: a 128-bit broadcast load (no vector ALU
+    uop) and one vpmovsxbw, where widening 32 loaded bytes and duplicating each half took two more shuffles."""
+    v = _load(builder, blk, ir.Constant(_I32, off), _V16I8)
+    both = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 32), list(range(16)) * 2))
+    return builder.sext(both, _V32I16)
+
+
+def _q5_0_dup(builder, blk):
+    """(<32 x i16> of weights 0-15 twice, of weights 16-31 twice) of a Q5_0 block, decoded in 16-bit lanes: the
+    nibbles from one broadcast load (low nibbles: weights 0-15, high: 16-31), minus 16 where the fifth bit (from
+    the 32-bit plane, each half's 16 bits repeated for the two copies) is clear."""
+    v = _load(builder, blk, ir.Constant(_I32, 6), _V16I8)
+    z = builder.zext(builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 32), list(range(16)) * 2)), _V32I16)
+    qh = _load(builder, blk, ir.Constant(_I32, 2), _I32)
+    out = []
+    for h in range(2):
+        nib = (
+            builder.and_(z, ir.Constant(_V32I16, [15] * 32))
+            if h == 0
+            else builder.lshr(z, ir.Constant(_V32I16, [4] * 32))
+        )
+        bits = builder.and_(builder.lshr(qh, ir.Constant(_I32, 16 * h)), ir.Constant(_I32, 0xFFFF))
+        bits = builder.mul(bits, ir.Constant(_I32, 0x10001))  # the 16 bits in both halves of the mask
+        mask = builder.bitcast(bits, ir.VectorType(ir.IntType(1), 32))
+        out.append(builder.select(mask, nib, builder.sub(nib, ir.Constant(_V32I16, [16] * 32))))
+    return out[0], out[1]
+
+
 class _Acts:
-    """The activation rows of a call in their pair layout (`pair_layout`): xq pointer, the xd and xsum rows of
-    the transposed scales, the row count (2 * pairs) and the index type."""
+    """The activation rows of a call in their pair layout (`pair_layout`): the xq, xd (per pair) and xsum
+    (transposed) pointers, the row count (2 * pairs) and the index type."""
 
     def __init__(self, xq, xd, xs, n, intp):
         self.xq, self.xd, self.xs, self.n, self.intp = xq, xd, xs, n, intp
@@ -101,6 +131,12 @@ class _Acts:
         """<n x float>: the n rows' values of group g of the transposed scales at ptr."""
         p = builder.gep(ptr, [builder.mul(g, ir.Constant(self.intp, self.n))])
         return builder.load(builder.bitcast(p, self.vec.as_pointer()), align=4)
+
+    def pair_scales(self, builder, g, p):
+        """<16 x float>: group g's scale of row 2p in lanes 0-7, of row 2p + 1 in lanes 8-15 (xd's pair layout)."""
+        k = builder.add(builder.mul(g, ir.Constant(self.intp, self.n // 2)), ir.Constant(self.intp, p))
+        ptr = builder.gep(self.xd, [builder.mul(k, ir.Constant(self.intp, 16))])
+        return builder.load(builder.bitcast(ptr, _V16F32.as_pointer()), align=4)
 
     def pair(self, builder, g, p, h):
         """<32 x i16>: elements 16h .. 16h + 15 of group g of rows 2p and 2p + 1."""
@@ -114,14 +150,17 @@ class _Acts:
         8-15 those of row 2p + 1 (the single-row kernels' lo + hi vpmaddwd sums, lane for lane)."""
         lo = _pairs_i32x16(builder, qlo2, self.pair(builder, g, p, 0))
         if HAS_AVX512_VNNI:
-            dpwssd = _intrinsic_fn(builder, "llvm.x86.avx512.vpdpwssd.512", _V16I32, [_V16I32, _V32I16, _V32I16])
-            return builder.call(dpwssd, [lo, qhi2, self.pair(builder, g, p, 1)])
+            return _dpwssd(builder, lo, qhi2, self.pair(builder, g, p, 1))
         return builder.add(lo, _pairs_i32x16(builder, qhi2, self.pair(builder, g, p, 1)))
 
 
-def _spread(builder, sv, p):
-    """<16 x float>: lane 2p of sv in lanes 0-7, lane 2p + 1 in lanes 8-15."""
-    return builder.shuffle_vector(sv, sv, ir.Constant(_V16I32, [2 * p] * 8 + [2 * p + 1] * 8))
+def _dpwssd(builder, acc, a, b):
+    """acc + (the <16 x i32> pair sums of a * b): one vpdpwssd. Written as inline assembly: LLVM splits its
+    intrinsic into vpmaddwd + vpaddd for CPUs it does not tune as "fast-dpwssd" (the Xeons here among them), one
+    more uop on the two vector ports that a several-row step is bound by. The sums are integers: exact either way."""
+    llvm.initialize_native_asmparser()  # Numba's object emitter needs it for inline assembly (idempotent)
+    ty = ir.FunctionType(_V16I32, [_V16I32, _V32I16, _V32I16])
+    return builder.asm(ty, "vpdpwssd $3, $2, $0", "=v,0,v,v", [acc, a, b], side_effect=False, name="dpwssd")
 
 
 def _fmuladd_into(builder, acc, dot, sv):
@@ -129,11 +168,14 @@ def _fmuladd_into(builder, acc, dot, sv):
     builder.store(builder.call(fmuladd, [builder.sitofp(dot, _V16F32), sv, builder.load(acc)]), acc)
 
 
-def _accumulate(builder, acts, st, slot, g, qlo2, qhi2, sv):
+def _accumulate(builder, acts, st, slot, g, qlo2, qhi2, scale):
     """Group g of every pair of rows against the duplicated weights, into accumulator `slot` of each pair, scaled
-    by its rows' lanes of sv (<rows x float>)."""
+    by the weights' float `scale` times each row's activation scale (one multiply of xd's pair vector, where a
+    vector of all rows' products and a permute per pair cost one more uop on the vector ports)."""
+    s16 = _splat(builder, scale, 16)
     for p in range(acts.n // 2):
-        _fmuladd_into(builder, st.accs[p][slot], acts.pair_dot(builder, g, p, qlo2, qhi2), _spread(builder, sv, p))
+        sv = builder.fmul(s16, acts.pair_scales(builder, g, p))
+        _fmuladd_into(builder, st.accs[p][slot], acts.pair_dot(builder, g, p, qlo2, qhi2), sv)
 
 
 def _vfma(builder, a, b, c):
@@ -154,9 +196,13 @@ def _legacy_block(builder, blk, b, acts, st, decode):
     """One 32-element block against every row: `int8dot._make_dot4`'s int16 path."""
     prefetch_ahead(builder, blk)
     q, d, m = decode(builder, blk)
-    qlo, qhi = (_dup(builder, v) for v in _widen16(builder, q, signed=m is None))
-    sv = builder.fmul(_splat(builder, d, acts.n), acts.scales(builder, acts.xd, b))  # d * xd per row
-    _accumulate(builder, acts, st, 0, b, qlo, qhi, sv)
+    if decode is _decode_q8_0:
+        qlo, qhi = (_dup_bytes16(builder, blk, off) for off in (2, 18))
+    elif decode is _decode_q5_0:
+        qlo, qhi = _q5_0_dup(builder, blk)
+    else:
+        qlo, qhi = (_dup(builder, v) for v in _widen16(builder, q, signed=m is None))
+    _accumulate(builder, acts, st, 0, b, qlo, qhi, d)  # d * xd per row
     if m is not None:
         xs = acts.scales(builder, acts.xs, b)
         # m * xs + mins rounded once: what `dot4_q4_1`'s multiply and add compile to (fastmath contracts them;
@@ -204,8 +250,7 @@ def _q4_k_block(builder, blk, b, acts, st):
                 q = [_dup(builder, builder.and_(v, ir.Constant(_V16I16, [15] * 16))) for v in halves]
             g = builder.add(g0, ir.Constant(intp, s))
             es = ir.Constant(_I32, s)
-            dsc_s = _splat(builder, builder.extract_element(dsc, es), acts.n)
-            _accumulate(builder, acts, st, half, g, q[0], q[1], builder.fmul(dsc_s, acts.scales(builder, acts.xd, g)))
+            _accumulate(builder, acts, st, half, g, q[0], q[1], builder.extract_element(dsc, es))
             m = _splat(builder, builder.extract_element(mv, es), acts.n)
             xs = acts.scales(builder, acts.xs, g)
             msum = builder.fmul(m, xs) if s == 0 else _vfma(builder, m, xs, msum)
@@ -224,7 +269,7 @@ def _q6_k_block(builder, blk, b, acts, st):
     for off in range(0, 210, 64):
         prefetch_ahead(builder, builder.gep(blk, [ir.Constant(intp, off)]))
     g0 = builder.mul(b, ir.Constant(intp, 8))
-    dv = _splat(builder, _f16(builder, blk, 208), acts.n)
+    dv = _f16(builder, blk, 208)
     sc16 = builder.sext(_load(builder, blk, ir.Constant(_I32, 192), _V16I8), _V16I16)
     for h in range(2):
         qh = _load(builder, blk, ir.Constant(_I32, 128 + 32 * h), ir.VectorType(ir.IntType(8), 32))
@@ -236,8 +281,7 @@ def _q6_k_block(builder, blk, b, acts, st):
             s0 = builder.shuffle_vector(sc16, sc16, ir.Constant(_V16I32, [i] * 16))
             s1 = builder.shuffle_vector(sc16, sc16, ir.Constant(_V16I32, [i + 1] * 16))
             plo, phi = _dup(builder, builder.mul(qlo, s0)), _dup(builder, builder.mul(qhi, s1))
-            sv = builder.fmul(dv, acts.scales(builder, acts.xd, g))  # d * xd_g per row
-            _accumulate(builder, acts, st, k & 1, g, plo, phi, sv)
+            _accumulate(builder, acts, st, k & 1, g, plo, phi, dv)  # d * xd_g per row
 
 
 def _q6_k_finish(builder, st, p):
@@ -261,7 +305,7 @@ def _kind_code(suffix):
 
 @intrinsic(prefer_literal=True)
 def dot_rows(typingctx, w, r, xq, xd, xsum, y, kind):
-    """y[i, r] = W[r] . x[i] for every activation row i (xq, xd, xsum in `pair_layout`: xd [n // 32, n_x]
+    """y[i, r] = W[r] . x[i] for every activation row i (xq, xd, xsum in `pair_layout`: xsum [n // 32, n_x]
     with n_x = 2, 4 or 8), W of type KINDS[kind] (uint8 [n_rows, row_bytes]); `kind` an integer literal."""
     if not isinstance(kind, types.IntegerLiteral):
         return None
@@ -276,7 +320,7 @@ def dot_rows(typingctx, w, r, xq, xd, xsum, y, kind):
         intp = w_stride.type
         rr = context.cast(builder, args[1], signature.args[1], types.intp)
         wrow = builder.gep(wa.data, [builder.mul(rr, w_stride)])
-        n_groups, n_x = cgutils.unpack_tuple(builder, xda.shape, 2)
+        n_groups, n_x = cgutils.unpack_tuple(builder, xsa.shape, 2)
         results = []
         for n in GROUPS:  # one code path per row count, chosen at run time
             results.append((n, builder.icmp_unsigned("==", n_x, ir.Constant(intp, n))))
@@ -340,10 +384,63 @@ def int16_rows_serial(suffix: str) -> Callable[..., None]:
 
 
 @njit(cache=True)
-def quantize_rows16(x, xq, xd, xsum):
-    """Every row of x float32 [n_x, n] as int16 activations (`quantize_activations16`)."""
-    for i in range(x.shape[0]):
-        quantize_activations16(x[i], xq[i], xd[i], xsum[i])
+def q5_0_as_q8_0(rows):
+    """Q5_0 rows (uint8 [n_rows, 22 * nb]) as Q8_0 rows (uint8 [n_rows, 34 * nb]) of the same values: each block's
+    f16 scale copied, its 32 weights (nibble | fifth bit << 4) - 16 as signed bytes (ggml's dequantize_row_q5_0).
+    The several-row kernel then decodes a block with two sign extensions where Q5_0's bit plane took ~6 more vector
+    uops: the same integer dots and float operations, so the same bits as Q5_0's own kernels."""
+    n_rows, nb = rows.shape[0], rows.shape[1] // 22
+    out = np.empty((n_rows, 34 * nb), dtype=np.uint8)
+    for r in range(n_rows):
+        for b in range(nb):
+            s, o = 22 * b, 34 * b
+            out[r, o] = rows[r, s]
+            out[r, o + 1] = rows[r, s + 1]
+            qh = (np.uint32(rows[r, s + 2]) | (np.uint32(rows[r, s + 3]) << 8) | (np.uint32(rows[r, s + 4]) << 16)
+                  | (np.uint32(rows[r, s + 5]) << 24))  # fmt: skip
+            for i in range(16):
+                byte = np.int32(rows[r, s + 6 + i])
+                lo = (byte & 15) | (np.int32((qh >> i) & 1) << 4)
+                hi = (byte >> 4) | (np.int32((qh >> (i + 16)) & 1) << 4)
+                out[r, o + 2 + i] = np.uint8((lo - 16) & 0xFF)
+                out[r, o + 18 + i] = np.uint8((hi - 16) & 0xFF)
+    return out
+
+
+@njit(cache=True)
+def quantize_pairs(x, xq, xd_p, xsum_t):
+    """`pair_layout` of x float32 [n_x, n] into xq int16 [rows * n] (flat), xd_p float32 [n // 32, rows // 2, 16],
+    xsum_t float32 [n // 32, rows]: row i (rows past n_x: the last row again) quantized by
+    `quantize_activations16`, then its elements and scales scattered to their pair slots (one compiled pass
+    instead of a dozen numpy calls a matmul)."""
+    n_x, n = x.shape
+    rows = xsum_t.shape[1]
+    half = rows // 2
+    q = np.empty(n, dtype=np.int16)
+    d = np.empty(n // 32, dtype=np.float32)
+    s = np.empty(n // 32, dtype=np.float32)
+    for i in range(rows):
+        if i < n_x:
+            quantize_activations16(x[i], q, d, s)
+        p, k = i // 2, i % 2
+        for g in range(n // 32):
+            for lane in range(8 * k, 8 * k + 8):
+                xd_p[g, p, lane] = d[g]
+            xsum_t[g, i] = s[g]
+            for h in range(2):
+                dst = ((g * half + p) * 2 + h) * 32 + 16 * k
+                src = 32 * g + 16 * h
+                for e in range(16):
+                    xq[dst + e] = q[src + e]
+
+
+def _aligned(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """An empty array whose data starts on a 64-byte boundary: the kernels read it in 64-byte vectors, and one that
+    straddles two cache lines costs two loads."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start : start + size].view(dtype).reshape(shape)
 
 
 def padded_rows(n_x: int) -> int:
@@ -355,14 +452,13 @@ def pair_layout(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x float32 [n_x, n] (n_x <= 8, n a multiple of 32) as the kernels' int16 activations (xq, xd, xsum): rows
     padded to `padded_rows` with copies of the last, each quantized as `quantize_activations16`; xq flat, per
     32-element group g, per pair of rows p, per half h (elements 16h .. 16h + 15): those 16 of row 2p, then those
-    of row 2p + 1 (one 512-bit load); xd, xsum transposed to [n // 32, rows] (one vector load per group)."""
+    of row 2p + 1 (one 512-bit load); xd [n // 32, rows // 2, 16]: per group and pair, row 2p's scale in 8 lanes,
+    then row 2p + 1's (the lanes of the pair's products); xsum transposed to [n // 32, rows] (one vector load per
+    group)."""
     n_x, n = x.shape
     rows = padded_rows(n_x)
-    if rows != n_x:
-        x = np.concatenate([x, np.repeat(x[-1:], rows - n_x, axis=0)])
-    xq = np.empty((rows, n), dtype=np.int16)
-    xd = np.empty((rows, n // 32), dtype=np.float32)
-    xsum = np.empty((rows, n // 32), dtype=np.float32)
-    quantize_rows16(np.ascontiguousarray(x, dtype=np.float32), xq, xd, xsum)
-    pairs = xq.reshape(rows // 2, 2, n // 32, 2, 16).transpose(2, 0, 3, 1, 4)
-    return np.ascontiguousarray(pairs).reshape(-1), np.ascontiguousarray(xd.T), np.ascontiguousarray(xsum.T)
+    xq = _aligned((rows * n,), np.int16)
+    xd = _aligned((n // 32, rows // 2, 16), np.float32)
+    xsum = np.empty((n // 32, rows), dtype=np.float32)
+    quantize_pairs(np.ascontiguousarray(x, dtype=np.float32), xq, xd, xsum)
+    return xq, xd, xsum
