@@ -14,6 +14,7 @@ import numpy as np
 from embedkit.gguf.types import GGMLType
 from embedkit.kernels.cpu import matvec_int8, matvec_kquants, matvec_legacy, multirow_int16, q4_1_packed, q5_0_packed
 from embedkit.kernels.cpu.dispatch import DEQUANTIZERS, MULTIROW_KERNELS
+from embedkit.kernels.cpu.row_blocks import run_blocks
 from embedkit.kernels.cpu.threads import get_num_threads
 from embedkit.quant import QUANT_TYPES, types_with
 from embedkit.quant.registry import CPU_INT16, CPU_MATVEC, CPU_PACKED
@@ -86,6 +87,10 @@ MAX_DECODE_TOKENS = max(MAX_MATVEC_TOKENS, MAX_MULTIROW_TOKENS)
 # Tiles are dequantized on the calling thread: switching between Numba's and OpenBLAS's thread pools for
 # every tile cost milliseconds (spinning BLAS workers), more than the dequantization itself.
 TILE_BYTES = 8 << 20
+# A big step's tiles + BLAS run over blocks of W rows on the kernel threads, each block at least this many rows
+# and this many multiply-adds (fewer: one block, on the calling thread).
+_MIN_SPLIT_ROWS = 64
+_MIN_SPLIT_MACS = 1 << 22
 
 
 def integer_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -229,20 +234,30 @@ def matmul_rows_many(
 
 
 def tiled_matmul(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np.ndarray:
-    """x @ W.T by dequantizing W a tile of rows at a time into one reused buffer and calling BLAS."""
+    """x @ W.T by dequantizing W a tile of rows at a time and calling BLAS, blocks of W rows split over the
+    kernel threads (`run_blocks`, BLAS held to one thread in each)."""
     n_rows = rows.shape[0]
-    dequant = DEQUANTIZERS[t]
     tile = max(16, min(n_rows, TILE_BYTES // (4 * n_cols)))
-    buf = np.empty((tile, n_cols), dtype=np.float32)
     y = np.empty((x.shape[0], n_rows), dtype=np.float32)
-    n_threads = numba.get_num_threads()
-    for r0 in range(0, n_rows, tile):
-        r1 = min(n_rows, r0 + tile)
-        w = buf[: r1 - r0]
-        numba.set_num_threads(1)
-        try:
-            dequant(rows[r0:r1], w)
-        finally:
-            numba.set_num_threads(n_threads)
-        y[:, r0:r1] = x @ w.T
+
+    def block(r0: int, r1: int) -> None:
+        buf = np.empty((min(tile, r1 - r0), n_cols), dtype=np.float32)
+        for a in range(r0, r1, tile):
+            b = min(r1, a + tile)
+            w = buf[: b - a]
+            _dequantize_serial(rows[a:b], w, t)
+            y[:, a:b] = x @ w.T
+
+    run_blocks(block, n_rows, min_items=min(n_rows, max(_MIN_SPLIT_ROWS, _MIN_SPLIT_MACS // (x.shape[0] * n_cols))),
+               blas=True)
     return y
+
+
+def _dequantize_serial(src: np.ndarray, out: np.ndarray, t: GGMLType) -> None:
+    """W rows to float32 on the calling thread only (the dequantizers are parallel kernels)."""
+    n_threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        DEQUANTIZERS[t](src, out)
+    finally:
+        numba.set_num_threads(n_threads)
