@@ -1,9 +1,9 @@
 """`y = x @ W.T` for quantized W: the fused matvec for a few tokens, the small-batch kernel for a batched
 decode step or a short prompt (`matmul_multirow`), dequantized tiles + BLAS for larger batches.
 
-Batches (and types without a fused matvec) dequantize TILE_BYTES-sized tiles of W rows into one small
-float32 buffer, reused for every tile, and multiply each tile with the whole batch through BLAS: the
-weight bytes are read once per batch, never once per token.
+Batches (and types without a fused matvec) dequantize TILE_BYTES-sized tiles of W rows into a small float32
+buffer per block of rows (blocks split over the kernel threads), reused for every tile of the block, and multiply
+each tile with the whole batch through BLAS: the weight bytes are read once per batch, never once per token.
 """
 
 from __future__ import annotations
@@ -84,11 +84,12 @@ MAX_MULTIROW_TOKENS = 64
 # Tokens up to which a decode matmul skips the backend's per-call validation (`backend.cpu`).
 MAX_DECODE_TOKENS = max(MAX_MATVEC_TOKENS, MAX_MULTIROW_TOKENS)
 # Float32 bytes of one dequantized tile of W (8 MiB: 512 rows of 4096; larger tiles gave BLAS more room).
-# Tiles are dequantized on the calling thread: switching between Numba's and OpenBLAS's thread pools for
-# every tile cost milliseconds (spinning BLAS workers), more than the dequantization itself.
+# Each tile is dequantized and multiplied on one thread (Numba and BLAS both at one thread there): switching
+# between Numba's and OpenBLAS's thread pools for every tile cost milliseconds (spinning BLAS workers), more than
+# the dequantization itself. Blocks of W rows run on the kernel threads (`run_blocks`), so all cores work; before,
+# every tile ran on the calling thread, and a 164-row step of three SmolLM2 prompts used one core of two.
 TILE_BYTES = 8 << 20
-# A big step's tiles + BLAS run over blocks of W rows on the kernel threads, each block at least this many rows
-# and this many multiply-adds (fewer: one block, on the calling thread).
+# Fewest W rows and multiply-adds in one such block (less work: one block, on the calling thread).
 _MIN_SPLIT_ROWS = 64
 _MIN_SPLIT_MACS = 1 << 22
 
