@@ -161,7 +161,9 @@ def load_models(config: ServerConfig, metrics: ServerMetrics) -> ServedModels:
     from embedkit.generate import BatchGenerator
     from embedkit.generate.generator import default_ctx, load_generative
     from embedkit.kernels import set_num_threads
+    from embedkit.kernels.cpu.threads import bound_spin_waits
 
+    bound_spin_waits()  # before the first parallel kernel
     if config.threads is not None:
         set_num_threads(config.threads)
     embed = generate = None

@@ -61,3 +61,23 @@ def apply_num_threads() -> None:
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
     _applied.n = n
+
+
+# Spins of an idle OpenMP thread before it sleeps (libgomp's GOMP_SPINCOUNT; ~32 ns a spin on the 2-core dev VM, so
+# ~0.1 ms here). libgomp's default, 300,000 (~10 ms), suits a machine with a core per thread; in a server the event
+# loop, the HTTP clients and the embedding threads take turns on the same cores, and a kernel thread preempted
+# mid-region then leaves its partner spinning through whole time slices: SmolLM2 served one stream at 1.5-6.6 tok/s
+# against 15-38 tok/s with 2,000 (shared VM at load 5-10, same minutes). Too few spins cost a futex wake-up (~50 us
+# on the VM) per parallel region: a decode step's gaps between regions were 21 us at the median and 74 us at the
+# 90th percentile (measured under load, so longer than idle), which this count covers.
+SERVER_SPIN_COUNT = 3000
+
+
+def bound_spin_waits(spin_count: int = SERVER_SPIN_COUNT) -> bool:
+    """Make idle kernel threads sleep after `spin_count` spins (see SERVER_SPIN_COUNT), unless GOMP_SPINCOUNT or
+    OMP_WAIT_POLICY is set already. libgomp reads them when it loads (the first parallel kernel), so call this
+    before any; returns whether the setting was made."""
+    if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
+        return False
+    os.environ["GOMP_SPINCOUNT"] = str(int(spin_count))
+    return True
