@@ -1,7 +1,8 @@
 """What the Numba compile target offers (instruction sets) and what the decode kernels do with it.
 
-The features are those Numba compiles for: NUMBA_CPU_FEATURES where set (how another host is emulated, e.g. an
-AVX2-only one on an AVX-512 host: NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=+avx2,+fma,...), else the host's.
+The features are those Numba compiles for: NUMBA_CPU_FEATURES where set, else the host's. EMBEDKIT_CPU_ISA=avx2
+(`embedkit.cpu_isa`) sets it to the host's features without AVX-512, AMX and AVX-VNNI, so an AVX-512 host runs
+as an AVX2-only one would: these flags and the machine code Numba emits both follow it.
 Numba's cache keys a kernel on its own file's timestamp only: after editing PREFETCH_BYTES, touch the files of
 the kernels that use it (matvec_int8.py, q4_1_packed.py, q5_0_packed.py) or stale code keeps running.
 """
@@ -10,6 +11,12 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba.core import cgutils
+
+from embedkit import cpu_isa
+from embedkit.errors import InputError
+
+if cpu_isa.problem():
+    raise InputError(cpu_isa.problem())
 
 
 def target_features() -> set[str]:

@@ -1,0 +1,85 @@
+"""EMBEDKIT_CPU_ISA: the kernel choice (`kernels.cpu.isa`) and Numba's machine code both follow it.
+
+Each case runs in a fresh interpreter: Numba fixes its compile target at the first `@njit` of a process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# the ISA flags, and the zmm registers in the machine code of a decode kernel that has a 512-bit form
+# (multirow_int16's q8_0 rows: vpmaddwd/vpdpwssd on zmm where the target has AVX-512)
+PROBE = """
+import json
+import numba
+import numpy as np
+from embedkit.kernels.cpu import isa
+from embedkit.kernels.cpu.multirow_int16 import int16_rows_serial, pair_layout
+
+rng = np.random.default_rng(26)
+w = rng.integers(0, 256, size=(4, 34 * 2), dtype=np.uint8)
+w[:, 0:2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)  # finite block scales
+w[:, 34:36] = np.frombuffer(np.float16(0.02).tobytes(), np.uint8)
+xq, xd, xsum = pair_layout(rng.standard_normal((2, 64)).astype(np.float32))
+y = np.zeros((2, 4), dtype=np.float32)
+k = int16_rows_serial("q8_0")
+k(w, xq, xd, xsum, y)
+print(json.dumps({"avx2": isa.HAS_AVX2, "avx512": isa.HAS_AVX512, "vnni": isa.HAS_AVX512_VNNI,
+                  "features": numba.config.CPU_FEATURES or "",
+                  "zmm": k.inspect_asm(k.signatures[0]).count("zmm")}))
+"""
+
+
+def _run(code: str, isa: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU", "EMBEDKIT_CPU_ISA"))}
+    env["PYTHONPATH"] = str(REPO)
+    if isa is not None:
+        env["EMBEDKIT_CPU_ISA"] = isa
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+
+
+def _probe(isa: str | None) -> dict:
+    out = _run(PROBE, isa)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _host_has(feature: str) -> bool:
+    import llvmlite.binding as llvm
+
+    return bool(llvm.get_host_cpu_features().get(feature))
+
+
+@pytest.mark.skipif(not _host_has("avx2"), reason="the host has no AVX2")
+def test_avx2_restricts_kernel_choice_and_machine_code():
+    got = _probe("avx2")
+    assert got["avx2"] and not got["avx512"] and not got["vnni"]
+    assert "-avx512f" in got["features"].split(",") and "+avx2" in got["features"].split(",")
+    assert got["zmm"] == 0
+
+
+@pytest.mark.skipif(not _host_has("avx512bw"), reason="the host has no AVX-512: nothing to restrict")
+def test_native_keeps_avx512_so_the_zmm_check_means_something():
+    got = _probe(None)
+    assert got["avx512"] and got["zmm"] > 0
+
+
+def test_bad_value_is_one_clear_error():
+    out = _run("import embedkit.kernels.cpu", "avx3")
+    assert out.returncode != 0
+    assert "EMBEDKIT_CPU_ISA='avx3': expected one of native, avx2" in out.stderr
+
+
+@pytest.mark.skipif(not _host_has("avx2"), reason="the host has no AVX2")
+def test_target_fixed_before_embedkit_is_refused():
+    code = "import numba\nnumba.njit(lambda x: x + 1)(1)\nimport embedkit.kernels.cpu\n"
+    out = _run(code, "avx2")
+    assert out.returncode != 0 and "before embedkit was imported" in out.stderr
