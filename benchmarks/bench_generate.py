@@ -183,6 +183,9 @@ def main() -> None:
         # Numba fixed its compile target when embedkit was imported above: start again with the variable set
         os.environ["EMBEDKIT_CPU_ISA"] = args.isa
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    if args.llama_bench and not os.access(args.llama_bench, os.X_OK):
+        print(f"# no llama-bench at {args.llama_bench}: llama.cpp columns skipped")
+        args.llama_bench = None
     if args.cpu_math:
         os.environ["EMBEDKIT_CPU_MATH"] = args.cpu_math
     print(f"# embedkit arithmetic: {os.environ.get('EMBEDKIT_CPU_MATH') or 'float32'} (EMBEDKIT_CPU_MATH)")
