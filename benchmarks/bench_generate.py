@@ -130,7 +130,14 @@ def embedkit_isa() -> str:
 
     have = "AVX-512" + (" VNNI" if isa.HAS_AVX512_VNNI else "") if isa.HAS_AVX512 else "AVX2" if isa.HAS_AVX2 else "SSE"
     how = "restricted by EMBEDKIT_CPU_ISA=avx2" if cpu_isa.requested() == "avx2" else "the host's"
-    return f"{have} ({how})"
+    try:
+        from threadpoolctl import threadpool_info
+
+        libs = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        blas = ", ".join(f"{i['internal_api']} {i.get('architecture')}" for i in libs)
+    except ImportError:
+        blas = "unknown"
+    return f"{have} ({how}), BLAS {blas or 'none'}"
 
 
 def llama_bench_isa(binary: str) -> str:
@@ -180,8 +187,10 @@ def main() -> None:
                     help="instruction sets of embedkit's kernels (EMBEDKIT_CPU_ISA; avx2: as on an AVX2-only host)")
     args = ap.parse_args()
     if args.isa and os.environ.get("EMBEDKIT_CPU_ISA", "native") != args.isa:
-        # Numba fixed its compile target when embedkit was imported above: start again with the variable set
-        os.environ["EMBEDKIT_CPU_ISA"] = args.isa
+        # numpy, OpenBLAS and Numba fixed their instruction sets at the imports above: start again with them set
+        from embedkit import cpu_isa
+
+        os.environ.update(cpu_isa.environment(args.isa))
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
     if args.llama_bench and not os.access(args.llama_bench, os.X_OK):
         print(f"# no llama-bench at {args.llama_bench}: llama.cpp columns skipped")

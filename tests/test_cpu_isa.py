@@ -19,8 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 # (multirow_int16's q8_0 rows: vpmaddwd/vpdpwssd on zmm where the target has AVX-512)
 PROBE = """
 import json
+import embedkit  # first: numpy and OpenBLAS read their instruction sets when loaded
 import numba
 import numpy as np
+from threadpoolctl import threadpool_info
 from embedkit.kernels.cpu import isa
 from embedkit.kernels.cpu.multirow_int16 import int16_rows_serial, pair_layout
 
@@ -32,22 +34,28 @@ xq, xd, xsum = pair_layout(rng.standard_normal((2, 64)).astype(np.float32))
 y = np.zeros((2, 4), dtype=np.float32)
 k = int16_rows_serial("q8_0")
 k(w, xq, xd, xsum, y)
+asm = k.inspect_asm(k.signatures[0]) if not sum(k.stats.cache_hits.values()) else ""  # cached code: no asm
 print(json.dumps({"avx2": isa.HAS_AVX2, "avx512": isa.HAS_AVX512, "vnni": isa.HAS_AVX512_VNNI,
                   "features": numba.config.CPU_FEATURES or "",
-                  "zmm": k.inspect_asm(k.signatures[0]).count("zmm")}))
+                  "blas": [i.get("architecture") for i in threadpool_info() if i["internal_api"] == "openblas"],
+                  "cache_hits": sum(k.stats.cache_hits.values()), "asm_lines": asm.count("\\n"),
+                  "zmm": asm.count("zmm")}))
 """
 
 
-def _run(code: str, isa: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU", "EMBEDKIT_CPU_ISA"))}
+def _run(code: str, isa: str | None, cache_dir: Path | None = None) -> subprocess.CompletedProcess:
+    own = ("NUMBA_CPU", "EMBEDKIT_CPU_ISA", "OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(own)}
     env["PYTHONPATH"] = str(REPO)
     if isa is not None:
         env["EMBEDKIT_CPU_ISA"] = isa
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = str(cache_dir)
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
 
 
-def _probe(isa: str | None) -> dict:
-    out = _run(PROBE, isa)
+def _probe(isa: str | None, cache_dir: Path) -> dict:
+    out = _run(PROBE, isa, cache_dir)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -59,17 +67,17 @@ def _host_has(feature: str) -> bool:
 
 
 @pytest.mark.skipif(not _host_has("avx2"), reason="the host has no AVX2")
-def test_avx2_restricts_kernel_choice_and_machine_code():
-    got = _probe("avx2")
+def test_avx2_restricts_kernel_choice_machine_code_and_blas(tmp_path):
+    native = _probe(None, tmp_path)  # compiles the kernel for the host into a fresh on-disk cache
+    if _host_has("avx512bw"):  # the zmm count below means something: the host's code has them
+        assert native["avx512"] and native["asm_lines"] > 100 and native["zmm"] > 0
+    got = _probe("avx2", tmp_path)
+    # the same cache, yet no hit: Numba keys it on the target's features, so no AVX-512 code comes back
+    assert got["cache_hits"] == 0 and got["asm_lines"] > 100
     assert got["avx2"] and not got["avx512"] and not got["vnni"]
     assert "-avx512f" in got["features"].split(",") and "+avx2" in got["features"].split(",")
     assert got["zmm"] == 0
-
-
-@pytest.mark.skipif(not _host_has("avx512bw"), reason="the host has no AVX-512: nothing to restrict")
-def test_native_keeps_avx512_so_the_zmm_check_means_something():
-    got = _probe(None)
-    assert got["avx512"] and got["zmm"] > 0
+    assert all(arch == "Haswell" for arch in got["blas"])
 
 
 def test_bad_value_is_one_clear_error():
