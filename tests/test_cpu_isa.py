@@ -91,3 +91,31 @@ def test_target_fixed_before_embedkit_is_refused():
     code = "import numba\nnumba.njit(lambda x: x + 1)(1)\nimport embedkit.kernels.cpu\n"
     out = _run(code, "avx2")
     assert out.returncode != 0 and "before embedkit was imported" in out.stderr
+
+
+def test_f16_by_integers_is_exact_for_every_half():
+    """The AVX2 kernels' f16 -> float conversion (`int8dot._f16_by_integers`) gives numpy's float32 of every one of
+    the 65536 bit patterns, bit for bit: zeros, subnormals, normals, infinities and NaN payloads."""
+    import numpy as np
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.extending import intrinsic
+
+    from embedkit.kernels.cpu.int8dot import _f16_by_integers
+
+    @intrinsic
+    def convert(typingctx, word):
+        def codegen(context, builder, sig, args):
+            return _f16_by_integers(builder, builder.trunc(args[0], ir.IntType(16)))
+
+        return types.float32(types.int32), codegen
+
+    @njit
+    def every_half(out):
+        for i in range(65536):
+            out[i] = convert(np.int32(i))
+
+    got = np.empty(65536, dtype=np.float32)
+    every_half(got)
+    want = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

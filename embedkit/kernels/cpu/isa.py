@@ -39,12 +39,31 @@ _FEATURES = target_features()
 HAS_AVX2 = "avx2" in _FEATURES
 HAS_AVX512 = "avx512bw" in _FEATURES
 HAS_AVX512_VNNI = HAS_AVX512 and "avx512vnni" in _FEATURES  # vpdpwssd: a vpmaddwd and its add in one
+# A lone f16 converted with F16C's vcvtph2ps (no AVX512-FP16 vmovsh): LLVM reads it with vpinsrw into whatever
+# vector register it picks for the untouched lanes, often a live float accumulator, which chains each block's
+# scale to the previous block's result (a dot loop then runs at that chain's latency, ~18 cycles a block).
+# `int8dot._f16` converts it with integer operations there instead (exact, no vector register read).
+HALF_BY_INTEGERS = "f16c" in _FEATURES and "avx512fp16" not in _FEATURES
+
+
+
+def _intel_host() -> bool:
+    """True where the host's CPU is an Intel one (/proc/cpuinfo's vendor_id), whatever the compile target."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
+    except OSError:
+        return False
+
 
 # Software prefetch distance of the decode matvecs, in bytes ahead of the block being read (0: none). On the
-# AVX-512 Xeon hosts (2-vCPU KVM guests) the hardware prefetchers leave a weight stream from L3/DRAM latency
+# Intel Xeon hosts (2-vCPU KVM guests) the hardware prefetchers leave a weight stream from L3/DRAM latency
 # bound: Gemma 3's 178 MB Q8_0 head took 27 ms a pass on one thread, 15-17 ms (the rate of a plain read loop)
-# with prefetches 4 KiB ahead (benchmarks/RESULTS.md, issue 26). AVX2-only hosts keep the code measured there.
-PREFETCH_BYTES = 4096 if HAS_AVX512 else 0
+# with prefetches 4 KiB ahead (benchmarks/RESULTS.md, issue 26). That is the memory system's doing, not the
+# instruction set's, so an Intel host compiled for AVX2 only (EMBEDKIT_CPU_ISA=avx2) prefetches too; other
+# hosts without AVX-512 (the AMD EPYC ones) keep the code measured there. The host's CPU name is part of
+# Numba's cache key, so code cached on another host is not handed back with another distance.
+PREFETCH_BYTES = 4096 if HAS_AVX512 or _intel_host() else 0
 
 
 def prefetch_ahead(builder: ir.IRBuilder, ptr: ir.Value) -> None:
