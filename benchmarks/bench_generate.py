@@ -5,7 +5,8 @@
 
 `--isa avx2` (EMBEDKIT_CPU_ISA=avx2) runs embedkit as on an AVX2-only host (no AVX-512 in its kernel choice or
 machine code); pair it with a `llama-bench` built without AVX-512 for an AVX2 table on an AVX-512 host. The
-header says the CPU (lscpu model name) and the instruction sets each side ran with.
+header says the CPU (lscpu model name) and the instruction sets each side ran with. After editing kernels, give
+the run a fresh NUMBA_CACHE_DIR: Numba's cache can hand back code compiled before the edit (see `kernels/cpu/isa.py`).
 
 llama-cpp-python is the reference when importable (dev machine only), else llama.cpp's `llama-bench` given by
 --llama-bench / LLAMA_CPP_BIN (its prompt is its own random tokens of the same length). Both sides get the same
