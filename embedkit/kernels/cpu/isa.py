@@ -3,8 +3,9 @@
 The features are those Numba compiles for: NUMBA_CPU_FEATURES where set, else the host's. EMBEDKIT_CPU_ISA=avx2
 (`embedkit.cpu_isa`) sets it to the host's features without AVX-512, AMX and AVX-VNNI, so an AVX-512 host runs
 as an AVX2-only one would: these flags and the machine code Numba emits both follow it.
-Numba's cache keys a kernel on its own file's timestamp only: after editing PREFETCH_BYTES, touch the files of
-the kernels that use it (matvec_int8.py, q4_1_packed.py, q5_0_packed.py) or stale code keeps running.
+Numba's cache keys a kernel on its own file's timestamp only: after editing this module or int8dot.py, touch the
+files of the kernels that use them (matvec_int8.py, q4_1_packed.py, q5_0_packed.py, multirow_int16.py) or give
+the process a fresh NUMBA_CACHE_DIR, or stale code keeps running (measurements included).
 """
 
 from __future__ import annotations
