@@ -1,7 +1,12 @@
 """Prompt processing (512 tokens) and generation (128 tokens) speed, embedkit vs llama.cpp, in one run.
 
     nice .venv/bin/python benchmarks/bench_generate.py [--threads 2] [--models gemma3-270m,...] [--rounds 3]
-        [--cpu-math llama.cpp|float32]
+        [--cpu-math llama.cpp|float32] [--llama-bench PATH] [--isa native|avx2]
+
+`--isa avx2` (EMBEDKIT_CPU_ISA=avx2) runs embedkit as on an AVX2-only host (no AVX-512 in its kernel choice or
+machine code); pair it with a `llama-bench` built without AVX-512 for an AVX2 table on an AVX-512 host. The
+header says the CPU (lscpu model name) and the instruction sets each side ran with. After editing kernels, give
+the run a fresh NUMBA_CACHE_DIR: Numba's cache can hand back code compiled before the edit (see `kernels/cpu/isa.py`).
 
 llama-cpp-python is the reference when importable (dev machine only), else llama.cpp's `llama-bench` given by
 --llama-bench / LLAMA_CPP_BIN (its prompt is its own random tokens of the same length). Both sides get the same
@@ -17,7 +22,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -104,6 +112,52 @@ def bench_llama_bench(binary: str, path, threads: int) -> tuple[float, float]:
     return rates[(N_PROMPT, 0)], rates[(0, N_GEN)]
 
 
+def cpu_model() -> str:
+    """lscpu's model name, else the platform's processor string."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def embedkit_isa() -> str:
+    """The instruction sets embedkit's kernels were compiled for, and how they were chosen."""
+    from embedkit import cpu_isa
+    from embedkit.kernels.cpu import isa
+
+    have = "AVX-512" + (" VNNI" if isa.HAS_AVX512_VNNI else "") if isa.HAS_AVX512 else "AVX2" if isa.HAS_AVX2 else "SSE"
+    how = "restricted by EMBEDKIT_CPU_ISA=avx2" if cpu_isa.requested() == "avx2" else "the host's"
+    try:
+        from threadpoolctl import threadpool_info
+
+        libs = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        blas = ", ".join(f"{i['internal_api']} {i.get('architecture')}" for i in libs)
+    except ImportError:
+        blas = "unknown"
+    return f"{have} ({how}), BLAS {blas or 'none'}"
+
+
+def llama_bench_isa(binary: str) -> str:
+    """The x86 instruction sets a llama-bench was built with, from the CMakeCache.txt of its build folder
+    (bin/..), else 'unknown'."""
+    cache = Path(binary).resolve().parent.parent / "CMakeCache.txt"
+    try:
+        lines = cache.read_text().splitlines()
+    except OSError:
+        return "unknown (no CMakeCache.txt beside its bin/)"
+    flags = dict(line.split(":BOOL=", 1) for line in lines if line.startswith("GGML_") and ":BOOL=" in line)
+    if flags.get("GGML_NATIVE") == "ON":
+        return "native (-march=native: the host's)"
+    names = ["AVX2", "FMA", "F16C", "AVX512", "AVX512_VNNI", "AVX512_BF16", "AVX_VNNI", "AMX_INT8"]
+    on = [n for n in names if flags.get(f"GGML_{n}") == "ON"]
+    off = [n for n in ("AVX512", "AMX_INT8") if n not in on]
+    return f"{' '.join(on) or 'none'} on" + (f", {' '.join(off)} off" if off else "")
+
+
 def sampler_cost_ms(n_vocab: int) -> tuple[float, float]:
     """Milliseconds per token of greedy and of the default chain (top-k 40, top-p .95, min-p .05, temp .8)."""
     logits = (np.random.default_rng(0).standard_normal(n_vocab) * 3).astype(np.float32)
@@ -130,13 +184,27 @@ def main() -> None:
     ap.add_argument("--llama-bench", default=os.environ.get("LLAMA_CPP_BIN"),
                     help="path of llama.cpp's llama-bench, the reference where llama-cpp-python is not installed "
                          "(default: $LLAMA_CPP_BIN)")
+    ap.add_argument("--isa", choices=["native", "avx2"], default=None,
+                    help="instruction sets of embedkit's kernels (EMBEDKIT_CPU_ISA; avx2: as on an AVX2-only host)")
     args = ap.parse_args()
+    if args.isa and os.environ.get("EMBEDKIT_CPU_ISA", "native") != args.isa:
+        # numpy, OpenBLAS and Numba fixed their instruction sets at the imports above: start again with them set
+        from embedkit import cpu_isa
+
+        os.environ.update(cpu_isa.environment(args.isa))
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    if args.llama_bench and not os.access(args.llama_bench, os.X_OK):
+        print(f"# no llama-bench at {args.llama_bench}: llama.cpp columns skipped")
+        args.llama_bench = None
     if args.cpu_math:
         os.environ["EMBEDKIT_CPU_MATH"] = args.cpu_math
     print(f"# embedkit arithmetic: {os.environ.get('EMBEDKIT_CPU_MATH') or 'float32'} (EMBEDKIT_CPU_MATH)")
     print(f"# {platform.machine()} {platform.system()}, {args.threads} threads, "
           f"pp{N_PROMPT} / tg{N_GEN}, n_ctx {N_CTX}, batch {N_BATCH}, best of {args.rounds} alternating round(s), "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")
+    print(f"# CPU: {cpu_model()}; embedkit: {embedkit_isa()}")
+    if args.llama_bench:
+        print(f"# llama.cpp: {args.llama_bench} ({llama_bench_isa(args.llama_bench)})")
     head = (f"{'model':22} {'embedkit pp t/s':>16} {'llama.cpp pp t/s':>17} {'ratio':>6} "
             f"{'embedkit tg t/s':>16} {'llama.cpp tg t/s':>17} {'ratio':>6} {'load ms':>8} "
             f"{'argmax ms':>9} {'chain ms':>8}")

@@ -18,7 +18,10 @@ Indexing and search live in their packages (their names are taken by the subpack
 
 from __future__ import annotations
 
+from embedkit import cpu_isa
 from embedkit.lazy_exports import lazy_getattr
+
+cpu_isa.apply()  # before any kernel module: Numba fixes its compile target at the first @njit
 
 __version__ = "0.1.0"
 

@@ -20,7 +20,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from embedkit.kernels.cpu.isa import HAS_AVX2, prefetch_ahead
+from embedkit.kernels.cpu.isa import HALF_BY_INTEGERS, HAS_AVX2, prefetch_ahead
 
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
@@ -79,8 +79,25 @@ def _load(builder, ptr, offset, ty):
 
 
 def _f16(builder, ptr, offset):
-    half = builder.bitcast(_load(builder, ptr, ir.Constant(_I32, offset), _I16), ir.HalfType())
-    return builder.fpext(half, _F32)
+    """The f16 at ptr+offset as a float (exact; by integers where `isa.HALF_BY_INTEGERS`)."""
+    bits = _load(builder, ptr, ir.Constant(_I32, offset), _I16)
+    if not HALF_BY_INTEGERS:
+        return builder.fpext(builder.bitcast(bits, ir.HalfType()), _F32)
+    return _f16_by_integers(builder, bits)
+
+
+def _f16_by_integers(builder, bits):
+    """f16 bits (i16) -> the float of that value, exactly, without a half-precision instruction: shifted to the
+    top of a word and arithmetically back by 3, the sign stays bit 31 and the exponent and mantissa land on
+    float32's low exponent and high mantissa bits, which reads as the value times 2^-112 (zeros and subnormals
+    too), so one multiply by 2^112 (exact) gives it; inf and NaN (exponent 31) get float32's all-ones exponent."""
+    c = lambda v: ir.Constant(_I32, v)  # noqa: E731
+    top = builder.shl(builder.zext(bits, _I32), c(16))
+    moved = builder.and_(builder.ashr(top, c(3)), c(0x8FFFE000 - (1 << 32)))
+    finite = builder.fmul(builder.bitcast(moved, _F32), ir.Constant(_F32, 2.0**112))
+    special = builder.bitcast(builder.or_(moved, c(0x7F800000)), _F32)
+    is_special = builder.icmp_unsigned("==", builder.and_(moved, c(0x0F800000)), c(0x0F800000))
+    return builder.select(is_special, special, finite)
 
 
 def _nibbles32(builder, ptr, offset):

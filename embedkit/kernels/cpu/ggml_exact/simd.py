@@ -8,6 +8,8 @@ from __future__ import annotations
 from llvmlite import ir
 from numba.core import cgutils
 
+from embedkit.kernels.cpu.isa import HAS_AVX2  # the target Numba compiles for (EMBEDKIT_CPU_ISA)
+
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
 I16 = ir.IntType(16)
@@ -25,16 +27,6 @@ V16I8 = ir.VectorType(I8, 16)
 V32I8 = ir.VectorType(I8, 32)
 
 
-def _host_has_avx2() -> bool:
-    try:
-        import llvmlite.binding as llvm
-
-        return "+avx2" in llvm.get_host_cpu_features().flatten()
-    except Exception:  # unknown: the portable IR is always correct
-        return False
-
-
-HAS_AVX2 = _host_has_avx2()
 
 
 def declare(builder, name, ret, args):
