@@ -214,8 +214,9 @@ def bert_file(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "precision,min_cos,gemm_attention",
-    [("float16", 0.9999, False), ("float16", 0.9999, True), ("float32", 0.999999, False)],
-)
+    [("float16", 0.9999, False), ("float16", 0.9999, "batched"), ("float16", 0.9999, "strided"),
+     ("float32", 0.999999, False)],
+)  # fmt: skip
 def test_bert_variable_length_batch_vs_cpu(bert_file, monkeypatch, precision, min_cos, gemm_attention):
     import embedkit.backend.cuda_encoder as cuda_encoder
     from embedkit.backend.cuda_encoder import CUDAEncoderBackend
@@ -223,7 +224,9 @@ def test_bert_variable_length_batch_vs_cpu(bert_file, monkeypatch, precision, mi
     from embedkit.models import load_model
 
     monkeypatch.setenv("EMBEDKIT_GPU_PRECISION", precision)
-    monkeypatch.setattr(cuda_encoder, "ATTENTION_GEMM", gemm_attention)
+    monkeypatch.setattr(cuda_encoder, "ATTENTION_GEMM", bool(gemm_attention))
+    if gemm_attention:
+        monkeypatch.setattr(cuda_encoder, "ATTENTION_MODE", gemm_attention)
     rng = np.random.default_rng(5)
     b, t = 4, 13
     ids = rng.integers(0, 96, (b, t))
@@ -242,6 +245,15 @@ def test_bert_variable_length_batch_vs_cpu(bert_file, monkeypatch, precision, mi
     real = mask.astype(bool)
     assert np.isfinite(h).all()
     assert _rel(h[real], h_ref[real]) < (2e-2 if precision == "float16" else 1e-5)
+    # the path the batches took: the GEMM attention where asked (float16 only), else the fused kernel
+    want = f"gemm-{gemm_attention}" if gemm_attention and precision == "float16" else "fused"
+    assert gpu.placement.layer(0).attention_path == want
+    if gemm_attention and precision == "float16":  # a mask with a hole: the fused kernel takes it
+        holed = mask.copy()
+        holed[0, 2] = 0
+        h_ref, h = cpu.encode(ids, holed), gpu.encode(ids, holed)
+        assert gpu.placement.layer(0).attention_path == "fused"
+        assert _rel(h[holed.astype(bool)], h_ref[holed.astype(bool)]) < 2e-2
 
 
 def test_bert_gpu_input_on_cpu_and_partial_offload(bert_file):
