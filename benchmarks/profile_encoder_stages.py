@@ -78,13 +78,15 @@ def main() -> None:
     key_u, key_bias = dev((heads, d), scale=0.05), cuda.device_array((heads, n), np.float32)
     scale = 1.0 / np.sqrt(d // heads)
 
-    def attn_gemm(mode: str, chunk_bytes: int | None = None):
-        saved = ea.SCORE_CHUNK_BYTES
-        ea.SCORE_CHUNK_BYTES = chunk_bytes or saved
+    def attn_gemm(mode: str, chunk_seqs: int | None = None):
+        """The GEMM attention; chunk_seqs sequences a chunk (None: the default chunking)."""
+        saved = ea.SCORE_CHUNK_BYTES, ea.MIN_CHUNK_SEQUENCES
+        if chunk_seqs is not None:
+            ea.SCORE_CHUNK_BYTES, ea.MIN_CHUNK_SEQUENCES = 0, chunk_seqs
         try:
             ea.attention_gemm(qkv, key_bias, b3[2 * d :], lengths, heads, scale, o, be._empty, stream, cps, mode)
         finally:
-            ea.SCORE_CHUNK_BYTES = saved
+            ea.SCORE_CHUNK_BYTES, ea.MIN_CHUNK_SEQUENCES = saved
 
     def gelu_one_a_thread():
         encoder.VECTOR_BIAS_ACT = False
@@ -93,17 +95,17 @@ def main() -> None:
         finally:
             encoder.VECTOR_BIAS_ACT = True
 
-    chunk_mb = ea.SCORE_CHUNK_BYTES >> 20
+    chunk = ea.chunk_sequences(args.batch, args.seq, heads)
     mode = "batched" if ea.batched_available() else "strided"
     stages = {
         "gemm qkv": lambda: encoder.gemm(x, w_qkv, qkv, cps),
         "gemm key bias": lambda: encoder.gemm(key_u, x, key_bias, cps),
-        f"attn gemm {mode} {chunk_mb}MB": lambda: attn_gemm(mode),
+        f"attn gemm {mode} {chunk} seqs": lambda: attn_gemm(mode),
         "[alt] fused attention": lambda: encoder.attention(qkv, b3, mask, heads, scale, o, stream),
         "[alt] attn gemm strided": lambda: attn_gemm("strided"),
-        "[alt] attn gemm 4MB": lambda: attn_gemm(mode, 4 << 20),
-        "[alt] attn gemm 32MB": lambda: attn_gemm(mode, 32 << 20),
-        "[alt] attn gemm 1 chunk": lambda: attn_gemm(mode, ea.MAX_SCORE_BYTES),
+        "[alt] attn gemm 16 seqs": lambda: attn_gemm(mode, 16),
+        "[alt] attn gemm 64 seqs": lambda: attn_gemm(mode, 64),
+        "[alt] attn gemm 1 chunk": lambda: attn_gemm(mode, args.batch),
         "gemm out": lambda: encoder.gemm(o, w_o, h2, cps),
         "add+layernorm": lambda: encoder.add_norm(h2, bd, res, ln_w, ln_b, 1e-12, out32, out_lo, stream),
         "gemm ffn up": lambda: encoder.gemm(out_lo, w_1, h1, cps),

@@ -112,6 +112,7 @@ def test_attention_gemm_vs_fused_and_reference(monkeypatch, mode, hd, t, b, n_he
     assert u.shape == (n_head, dm) and u.dtype == np.float16
     # scores of one sequence's two heads per chunk: several chunks, the last one partial
     monkeypatch.setattr(ea, "SCORE_CHUNK_BYTES", 2 * n_head * t * ea.padded_t(t) * 2)
+    monkeypatch.setattr(ea, "MIN_CHUNK_SEQUENCES", 1)
     assert ea.chunk_sequences(b, t, n_head) == min(2, b)
 
     def empty(shape, dtype):

@@ -19,7 +19,7 @@ chunks whose scores fit `SCORE_CHUNK_BYTES` (the scores stay in L2 between the t
 
 `mode` "batched" (default) makes each GEMM one cublasGemmBatchedEx over every pair of a chunk (device arrays
 of pointers filled by a kernel; CuPy does not wrap that call, so it goes through ctypes into the libcublas
-CuPy loaded); "strided" makes them one cublasGemmStridedBatchedEx per head (CuPy's wrapper). Under the CUDA
+CuPy links); "strided" makes them one cublasGemmStridedBatchedEx per head (CuPy's wrapper). Under the CUDA
 simulator numpy does both GEMMs from the same pointers, so the layout is checked without a GPU.
 """
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
-import os
 from functools import cache
 
 import numpy as np
@@ -46,6 +45,7 @@ _ZERO = np.array(0.0, dtype=np.float32)
 ROWS_PER_BLOCK = 4  # softmax: one warp per score row
 MAX_T = 512  # longest padded sequence the softmax holds in registers (16 scores a lane)
 SCORE_CHUNK_BYTES = 16 << 20  # scores of one chunk of sequences (H100 L2: 50 MB)
+MIN_CHUNK_SEQUENCES = 32  # but never fewer sequences a chunk than this (long texts: launches, not L2, bound)
 MAX_SCORE_BYTES = 1 << 30  # scratch bound (a single sequence's scores above it: the fused kernel)
 MODES = ("batched", "strided")
 
@@ -154,15 +154,12 @@ def _addr(a) -> int:
 
 @cache
 def _gemm_batched_ex():
-    """cublasGemmBatchedEx of the libcublas this process loaded (through CuPy), by ctypes."""
-    path = "libcublas.so.12"
-    with open("/proc/self/maps") as f:  # the very library CuPy's handle belongs to
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 6 and os.path.basename(parts[-1]).startswith("libcublas.so"):
-                path = parts[-1]
-                break
-    fn = ctypes.CDLL(path).cublasGemmBatchedEx
+    """cublasGemmBatchedEx by ctypes, looked up through CuPy's cuBLAS extension module: dlsym on its handle
+    searches the libraries it links (libcublas.so.N), so this is the very library CuPy's handle belongs to
+    (not another copy a second package, such as torch, may have loaded)."""
+    from cupy_backends.cuda.libs import cublas
+
+    fn = ctypes.CDLL(cublas.__file__).cublasGemmBatchedEx
     p, i = ctypes.c_void_p, ctypes.c_int
     fn.argtypes = [p, i, i, i, i, i, p, p, i, i, p, i, i, p, p, i, i, i, i, i]
     fn.restype = ctypes.c_int
@@ -264,8 +261,10 @@ class _Cublas:
 
 
 def chunk_sequences(b: int, t: int, n_head: int) -> int:
-    """Sequences per chunk: as many as keep the chunk's float16 scores within SCORE_CHUNK_BYTES (at least 1)."""
-    return max(1, min(b, SCORE_CHUNK_BYTES // (n_head * t * padded_t(t) * 2)))
+    """Sequences per chunk: as many as keep the chunk's float16 scores within SCORE_CHUNK_BYTES, at least
+    MIN_CHUNK_SEQUENCES (and 1), at most b."""
+    fit = SCORE_CHUNK_BYTES // (n_head * t * padded_t(t) * 2)
+    return max(1, min(b, max(fit, MIN_CHUNK_SEQUENCES)))
 
 
 def attention_gemm(qkv, key_bias, v_bias, lengths, n_head: int, scale: float, out, empty, stream, cp_stream,
