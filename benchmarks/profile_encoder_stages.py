@@ -125,7 +125,7 @@ def main() -> None:
             continue
         total += 0 if name.startswith("[alt]") else ms
         print(f"  embedkit {name:24s} {ms:8.3f} ms")
-    print(f"  embedkit layer total            {total:8.3f} ms")
+    print(f"  embedkit {'layer total':24s} {total:8.3f} ms")
 
     tx = torch.randn(n, d, device="cuda", dtype=torch.float16)
     tw = {k: torch.randn(r, c, device="cuda", dtype=torch.float16) * 0.05
