@@ -350,7 +350,7 @@ class CUDAEncoderBackend(Backend):
         d = out.shape[1]
         try:
             u = self._key_bias_weights(w_qkv, wq, wk, bq, n_head, scale)
-            key_bias = self._scratch((n_head, xl.shape[0]), np.float32)
+            key_bias = self._empty((n_head, xl.shape[0]))  # (the scratch's float32 [., .] holds the scores)
             self._k.gemm(u, xl, key_bias, self._cp_stream())  # key_bias[h, j] = U[h] . x_j
             ea.attention_gemm(qkv, key_bias, bias[2 * d : 3 * d], lengths, n_head, scale, out, self._scratch,
                               self.stream, self._cp_stream(), mode=mode)  # fmt: skip

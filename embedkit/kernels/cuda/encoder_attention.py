@@ -36,7 +36,9 @@ from numba import cuda
 from embedkit.kernels.cuda.intrinsics import warp_max, warp_sum
 from embedkit.kernels.cuda.launch import fast
 
+_CUDA_R_32F = 0
 _CUDA_R_16F = 2
+_TYPES = {np.dtype(np.float16): _CUDA_R_16F, np.dtype(np.float32): _CUDA_R_32F}
 _CUBLAS_COMPUTE_32F = 68
 _CUBLAS_GEMM_DEFAULT_TENSOR_OP = 99
 _OP_N, _OP_T = 0, 1
@@ -48,6 +50,9 @@ SCORE_CHUNK_BYTES = 16 << 20  # scores of one chunk of sequences (H100 L2: 50 MB
 MIN_CHUNK_SEQUENCES = 32  # but never fewer sequences a chunk than this (long texts: launches, not L2, bound)
 MAX_SCORE_BYTES = 1 << 30  # scratch bound (a single sequence's scores above it: the fused kernel)
 MODES = ("batched", "strided")
+# the scores' dtype: float32 keeps MiniLM's large logits (|s| ~ 60) exact enough for cosine >= 0.9999 to float32;
+# float16 halves their traffic (probabilities are float16 either way)
+SCORE_DTYPE = np.float32
 
 
 def padded_t(t: int) -> int:
@@ -71,9 +76,9 @@ def key_bias_weights(wk: np.ndarray, bq: np.ndarray, n_head: int, scale: float) 
 
 
 @cuda.jit
-def pointers_kernel(ptrs, qkv0, s0, out0, n_head, t, d, tp, chunk_pairs):
-    """ptrs int64 [5, pairs] = byte addresses of K, Q, S, V, O of pair p = seq * n_head + h (S in a scratch of
-    chunk_pairs pairs, reused by every chunk)."""
+def pointers_kernel(ptrs, qkv0, s0, s_item, p0, out0, n_head, t, d, tp, chunk_pairs):
+    """ptrs int64 [6, pairs] = byte addresses of K, Q, S, V, O, P of pair p = seq * n_head + h (S, of s_item
+    bytes an element, and P in scratches of chunk_pairs pairs, reused by every chunk)."""
     p = cuda.grid(1)
     if p < ptrs.shape[1]:
         seq = p // n_head
@@ -82,18 +87,20 @@ def pointers_kernel(ptrs, qkv0, s0, out0, n_head, t, d, tp, chunk_pairs):
         q = qkv0 + 2 * (seq * t * 3 * d + h * hd)
         ptrs[0, p] = q + 2 * d
         ptrs[1, p] = q
-        ptrs[2, p] = s0 + 2 * (p % chunk_pairs) * t * tp
+        ptrs[2, p] = s0 + s_item * (p % chunk_pairs) * t * tp
         ptrs[3, p] = q + 4 * d
         ptrs[4, p] = out0 + 2 * (seq * t * d + h * hd)
+        ptrs[5, p] = p0 + 2 * (p % chunk_pairs) * t * tp
 
 
 @cache
 def _softmax_kernel(per: int):
     @cuda.jit
-    def kern(s, t, pair0, n_head, lengths, key_bias, v_bias, out):
-        """Row r of s [pairs * t, Tp] (float16 scores of query i = r % t of pair pair0 + r // t) becomes its
-        probabilities over keys j < lengths[seq] after adding key_bias[h, seq * t + j] (0 past the length,
-        all 0 for a padded query); b_v's head slice (0 for a padded query) goes into that query's out row."""
+    def kern(s, p, t, pair0, n_head, lengths, key_bias, v_bias, out):
+        """Row r of p [pairs * t, Tp] float16 = the probabilities of row r of the scores s [pairs * t, Tp]
+        (query i = r % t of pair pair0 + r // t) over keys j < lengths[seq] after adding key_bias[h, seq * t + j]
+        (0 past the length, all 0 for a padded query); b_v's head slice (0 for a padded query) goes into that
+        query's out row."""
         lane = cuda.threadIdx.x % 32
         row = cuda.blockIdx.x * (cuda.blockDim.x // 32) + cuda.threadIdx.x // 32
         rows = s.shape[0]
@@ -128,7 +135,7 @@ def _softmax_kernel(per: int):
             for k in range(per):
                 j = lane + 32 * k
                 if j < t:
-                    s[r, j] = vals[k] * inv
+                    p[r, j] = vals[k] * inv
             hd = out.shape[1] // n_head
             for c in range(lane, hd, 32):
                 out[tok0 + i, h * hd + c] = v_bias[h * hd + c] if live else np.float32(0.0)
@@ -181,28 +188,29 @@ def batched_available() -> bool:
         return False
 
 
-def _sim_matrix(addr: int, rows: int, cols: int, ld: int) -> np.ndarray:
-    """A writable numpy view of the column-major float16 matrix rows x cols (leading dimension ld) at addr."""
+def _sim_matrix(addr: int, rows: int, cols: int, ld: int, dtype=np.float16) -> np.ndarray:
+    """A writable numpy view of the column-major matrix rows x cols (leading dimension ld) at addr."""
+    item = np.dtype(dtype).itemsize
     span = ld * (cols - 1) + rows
-    flat = np.frombuffer((ctypes.c_uint16 * span).from_address(addr), dtype=np.float16)
-    return np.lib.stride_tricks.as_strided(flat, (rows, cols), (2, 2 * ld))
+    flat = np.frombuffer((ctypes.c_char * (span * item)).from_address(addr), dtype=dtype)
+    return np.lib.stride_tricks.as_strided(flat, (rows, cols), (item, item * ld))
 
 
-def _sim_gemms(ta, tb, m, n, k, alpha, a_ptrs, lda, b_ptrs, ldb, beta, c_ptrs, ldc) -> None:
-    """numpy's cuBLAS GEMMs on float16 matrices at the given addresses (float32 arithmetic), one per pointer."""
+def _sim_gemms(ta, tb, m, n, k, alpha, a_ptrs, lda, b_ptrs, ldb, beta, c_ptrs, ldc, c_dtype) -> None:
+    """numpy's cuBLAS GEMMs (float16 A and B, C of c_dtype, float32 arithmetic) at the given addresses."""
     for pa, pb, pc in zip(a_ptrs, b_ptrs, c_ptrs, strict=True):
         a = _sim_matrix(int(pa), *((k, m) if ta == _OP_T else (m, k)), lda).astype(np.float32)
         b = _sim_matrix(int(pb), *((n, k) if tb == _OP_T else (k, n)), ldb).astype(np.float32)
-        c = _sim_matrix(int(pc), m, n, ldc)
+        c = _sim_matrix(int(pc), m, n, ldc, c_dtype)
         prod = np.float32(alpha) * ((a.T if ta == _OP_T else a) @ (b.T if tb == _OP_T else b))
         if beta != 0:
             prod += np.float32(beta) * c.astype(np.float32)
-        c[...] = prod.astype(np.float16)
+        c[...] = prod.astype(c_dtype)
 
 
 class _Cublas:
     """The two kinds of batched GEMM on one CuPy stream (None: CuPy's current one), or numpy's under the
-    simulator; every matrix float16 with float32 accumulation, alpha and beta host float32."""
+    simulator; A and B float16, C float16 or float32 (c_dtype), float32 accumulation, alpha and beta host float32."""
 
     def __init__(self, cp_stream) -> None:
         self.sim = _sim()
@@ -218,14 +226,15 @@ class _Cublas:
     def _on_stream(self):
         return self.stream if self.stream is not None else contextlib.nullcontext()
 
-    def pointers(self, ta, tb, m, n, k, alpha, a_arr, lda, b_arr, ldb, beta, c_arr, ldc, count, ptrs) -> None:
-        """One GEMM per pair from device pointer arrays: rows a_arr, b_arr, c_arr of `ptrs` [5, pairs] from
+    def pointers(self, ta, tb, m, n, k, alpha, a_arr, lda, b_arr, ldb, beta, c_arr, ldc, c_dtype, count, ptrs):
+        """One GEMM per pair from device pointer arrays: rows a_arr, b_arr, c_arr of `ptrs` [6, pairs] from
         column `count[0]`, `count[1]` of them."""
         first, num = count
         if self.sim:
             host = ptrs.copy_to_host()
             sl = slice(first, first + num)
-            _sim_gemms(ta, tb, m, n, k, alpha, host[a_arr, sl], lda, host[b_arr, sl], ldb, beta, host[c_arr, sl], ldc)
+            _sim_gemms(ta, tb, m, n, k, alpha, host[a_arr, sl], lda, host[b_arr, sl], ldb, beta, host[c_arr, sl], ldc,
+                       c_dtype)  # fmt: skip
             return
         base, row = _addr(ptrs), 8 * ptrs.shape[1]
         al, be = np.array(alpha, np.float32), np.array(beta, np.float32)
@@ -235,25 +244,27 @@ class _Cublas:
                 self.handle, ta, tb, m, n, k, al.ctypes.data,
                 base + a_arr * row + 8 * first, _CUDA_R_16F, lda,
                 base + b_arr * row + 8 * first, _CUDA_R_16F, ldb,
-                be.ctypes.data, base + c_arr * row + 8 * first, _CUDA_R_16F, ldc,
+                be.ctypes.data, base + c_arr * row + 8 * first, _TYPES[np.dtype(c_dtype)], ldc,
                 num, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT_TENSOR_OP,
             )  # fmt: skip
         if status != 0:
             raise RuntimeError(f"cublasGemmBatchedEx failed with status {status}")
 
-    def strided(self, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc, num) -> None:
-        """One GEMM per batch entry i from addresses a + 2*i*sa, b + 2*i*sb, c + 2*i*sc (strides in elements)."""
+    def strided(self, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc, c_dtype, num) -> None:
+        """One GEMM per batch entry i from a + 2*i*sa, b + 2*i*sb, c + item*i*sc (strides in elements)."""
         if self.sim:
             idx = np.arange(num)
+            item = np.dtype(c_dtype).itemsize
             _sim_gemms(ta, tb, m, n, k, alpha, a + 2 * sa * idx, lda, b + 2 * sb * idx, ldb, beta,
-                       c + 2 * sc * idx, ldc)  # fmt: skip
+                       c + item * sc * idx, ldc, c_dtype)  # fmt: skip
             return
         al, be = np.array(alpha, np.float32), np.array(beta, np.float32)
         with self._on_stream():
             self.cublas.setStream(self.handle, self.cupy.cuda.get_current_stream().ptr)
             self.cublas.gemmStridedBatchedEx(
                 self.handle, ta, tb, m, n, k, al.ctypes.data, a, _CUDA_R_16F, lda, sa, b, _CUDA_R_16F, ldb, sb,
-                be.ctypes.data, c, _CUDA_R_16F, ldc, sc, num, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+                be.ctypes.data, c, _TYPES[np.dtype(c_dtype)], ldc, sc, num, _CUBLAS_COMPUTE_32F,
+                _CUBLAS_GEMM_DEFAULT_TENSOR_OP,
             )  # fmt: skip
 
 
@@ -261,9 +272,9 @@ class _Cublas:
 
 
 def chunk_sequences(b: int, t: int, n_head: int) -> int:
-    """Sequences per chunk: as many as keep the chunk's float16 scores within SCORE_CHUNK_BYTES, at least
-    MIN_CHUNK_SEQUENCES (and 1), at most b."""
-    fit = SCORE_CHUNK_BYTES // (n_head * t * padded_t(t) * 2)
+    """Sequences per chunk: as many as keep the chunk's scores and probabilities within SCORE_CHUNK_BYTES, at
+    least MIN_CHUNK_SEQUENCES (and 1), at most b."""
+    fit = SCORE_CHUNK_BYTES // (n_head * t * padded_t(t) * (2 + np.dtype(SCORE_DTYPE).itemsize))
     return max(1, min(b, max(fit, MIN_CHUNK_SEQUENCES)))
 
 
@@ -286,15 +297,18 @@ def attention_gemm(qkv, key_bias, v_bias, lengths, n_head: int, scale: float, ou
     per = 1 << max(0, math.ceil(math.log2(math.ceil(t / 32))))
     chunk = chunk_sequences(b, t, n_head)
     chunk_pairs = chunk * n_head
-    s = empty((chunk_pairs * t, tp), np.float16)
+    sd = np.dtype(SCORE_DTYPE)
+    si = sd.itemsize
+    s = empty((chunk_pairs * t, tp), sd)  # scores
+    pr = empty((chunk_pairs * t, tp), np.float16)  # probabilities
     blas = _Cublas(cp_stream)
-    base, s0, o0, ld = _addr(qkv), _addr(s), _addr(out), 3 * d
+    base, s0, p0, o0, ld = _addr(qkv), _addr(s), _addr(pr), _addr(out), 3 * d
     ptrs = None
     if mode == "batched":
-        ptrs = empty((5, b * n_head), np.int64)
+        ptrs = empty((6, b * n_head), np.int64)
         fast(pointers_kernel)[math.ceil(b * n_head / 128), 128, stream](
-            ptrs, np.int64(base), np.int64(s0), np.int64(o0), np.int64(n_head), np.int64(t), np.int64(d),
-            np.int64(tp), np.int64(chunk_pairs),
+            ptrs, np.int64(base), np.int64(s0), np.int64(si), np.int64(p0), np.int64(o0), np.int64(n_head),
+            np.int64(t), np.int64(d), np.int64(tp), np.int64(chunk_pairs),
         )  # fmt: skip
     softmax = fast(_softmax_kernel(per))
     alpha = np.float32(scale)
@@ -303,22 +317,22 @@ def attention_gemm(qkv, key_bias, v_bias, lengths, n_head: int, scale: float, ou
         pairs, pair0 = nb * n_head, seq0 * n_head
         # S_p^T (keys x queries, column-major, ld Tp) = K_p (hd x T)^T . Q_p (hd x T)
         if ptrs is not None:
-            blas.pointers(_OP_T, _OP_N, t, t, hd, alpha, 0, ld, 1, ld, 0.0, 2, tp, (pair0, pairs), ptrs)
+            blas.pointers(_OP_T, _OP_N, t, t, hd, alpha, 0, ld, 1, ld, 0.0, 2, tp, sd, (pair0, pairs), ptrs)
         else:
             for h in range(n_head):
                 q = base + 2 * (seq0 * t * ld + h * hd)
                 blas.strided(_OP_T, _OP_N, t, t, hd, alpha, q + 2 * d, ld, t * ld, q, ld, t * ld, 0.0,
-                             s0 + 2 * h * t * tp, tp, n_head * t * tp, nb)  # fmt: skip
-        sv = s[: pairs * t]
+                             s0 + si * h * t * tp, tp, n_head * t * tp, sd, nb)  # fmt: skip
         blocks = math.ceil(pairs * t / ROWS_PER_BLOCK)
         softmax[blocks, ROWS_PER_BLOCK * 32, stream](
-            sv, np.int64(t), np.int64(pair0), np.int64(n_head), lengths, key_bias, v_bias, out
-        )
+            s[: pairs * t], pr[: pairs * t], np.int64(t), np.int64(pair0), np.int64(n_head), lengths, key_bias,
+            v_bias, out,
+        )  # fmt: skip
         # O_p^T (hd x queries) = V_p (hd x keys) . P_p^T (keys x queries), added onto b_v in out
         if ptrs is not None:
-            blas.pointers(_OP_N, _OP_N, hd, t, t, 1.0, 3, ld, 2, tp, 1.0, 4, d, (pair0, pairs), ptrs)
+            blas.pointers(_OP_N, _OP_N, hd, t, t, 1.0, 3, ld, 5, tp, 1.0, 4, d, np.float16, (pair0, pairs), ptrs)
         else:
             for h in range(n_head):
                 v = base + 2 * (seq0 * t * ld + 2 * d + h * hd)
-                blas.strided(_OP_N, _OP_N, hd, t, t, 1.0, v, ld, t * ld, s0 + 2 * h * t * tp, tp, n_head * t * tp,
-                             1.0, o0 + 2 * (seq0 * t * d + h * hd), d, t * d, nb)  # fmt: skip
+                blas.strided(_OP_N, _OP_N, hd, t, t, 1.0, v, ld, t * ld, p0 + 2 * h * t * tp, tp, n_head * t * tp,
+                             1.0, o0 + 2 * (seq0 * t * d + h * hd), d, t * d, np.float16, nb)  # fmt: skip
