@@ -4,7 +4,8 @@ SDPA attention) on the same arrays' shapes, so the stage that holds the gap to t
 
 The layer total counts the default path (attention on batched cuBLAS GEMMs with its key-bias GEMM, bias + GELU
 four float16 a thread); rows marked [alt] are the other choices, timed for comparison: the flash-style fused
-attention kernel, the per-head strided GEMMs, other score chunk sizes, bias + GELU one element a thread.
+attention kernel, the per-head strided GEMMs, other score chunk sizes, float16 scores, bias + GELU one element a
+thread.
 
     python benchmarks/profile_encoder_stages.py [--batch 256] [--seq 128] [--shape minilm|base]
 """
@@ -78,15 +79,17 @@ def main() -> None:
     key_u, key_bias = dev((heads, d), scale=0.05), cuda.device_array((heads, n), np.float32)
     scale = 1.0 / np.sqrt(d // heads)
 
-    def attn_gemm(mode: str, chunk_seqs: int | None = None):
-        """The GEMM attention; chunk_seqs sequences a chunk (None: the default chunking)."""
-        saved = ea.SCORE_CHUNK_BYTES, ea.MIN_CHUNK_SEQUENCES
+    def attn_gemm(mode: str, chunk_seqs: int | None = None, score_dtype=None):
+        """The GEMM attention; chunk_seqs sequences a chunk (None: the default chunking), scores in score_dtype
+        (None: the default)."""
+        saved = ea.SCORE_CHUNK_BYTES, ea.MIN_CHUNK_SEQUENCES, ea.SCORE_DTYPE
         if chunk_seqs is not None:
             ea.SCORE_CHUNK_BYTES, ea.MIN_CHUNK_SEQUENCES = 0, chunk_seqs
+        ea.SCORE_DTYPE = score_dtype or ea.SCORE_DTYPE
         try:
             ea.attention_gemm(qkv, key_bias, b3[2 * d :], lengths, heads, scale, o, be._empty, stream, cps, mode)
         finally:
-            ea.SCORE_CHUNK_BYTES, ea.MIN_CHUNK_SEQUENCES = saved
+            ea.SCORE_CHUNK_BYTES, ea.MIN_CHUNK_SEQUENCES, ea.SCORE_DTYPE = saved
 
     def gelu_one_a_thread():
         encoder.VECTOR_BIAS_ACT = False
@@ -106,6 +109,7 @@ def main() -> None:
         "[alt] attn gemm 16 seqs": lambda: attn_gemm(mode, 16),
         "[alt] attn gemm 64 seqs": lambda: attn_gemm(mode, 64),
         "[alt] attn gemm 1 chunk": lambda: attn_gemm(mode, args.batch),
+        "[alt] attn gemm f16 score": lambda: attn_gemm(mode, None, np.float16),
         "gemm out": lambda: encoder.gemm(o, w_o, h2, cps),
         "add+layernorm": lambda: encoder.add_norm(h2, bd, res, ln_w, ln_b, 1e-12, out32, out_lo, stream),
         "gemm ffn up": lambda: encoder.gemm(out_lo, w_1, h1, cps),
