@@ -11,11 +11,12 @@ place *without their biases*, which are folded in exactly instead of costing a p
   b_v into that row of `out` (zeros for padded queries) and the second GEMM adds onto it (beta = 1).
 
 Pairs (sequence, head) are numbered p = seq * n_head + h. The first GEMM writes the scores
-S_p = scale * Q_p K_p^T in float16 (float32 accumulation) to a scratch [pairs, T, Tp] (Tp = T rounded up to
-8, so every row starts 16-byte aligned); the softmax kernel (a warp per row) adds the key offsets, masks keys
-past the sequence's length and writes the probabilities over the scores in place (padded query rows all 0);
-the second GEMM writes O_p = P_p V_p straight into head h's columns of out [b*T, d]. Sequences go through in
-chunks whose scores fit `SCORE_CHUNK_BYTES` (the scores stay in L2 between the three steps).
+S_p = scale * Q_p K_p^T in `SCORE_DTYPE` (float32 accumulation) to a scratch [pairs, T, Tp] (Tp = T rounded up
+to 8, so every row starts 16-byte aligned); the softmax kernel (a warp per row) adds the key offsets, masks
+keys past the sequence's length and writes the probabilities P in float16 to a second scratch of that shape
+(padded query rows all 0); the second GEMM writes O_p = P_p V_p straight into head h's columns of
+out [b*T, d]. Sequences go through in chunks whose scores and probabilities fit `SCORE_CHUNK_BYTES` (at least
+`MIN_CHUNK_SEQUENCES` a chunk), so they can stay in L2 between the three steps.
 
 `mode` "batched" (default) makes each GEMM one cublasGemmBatchedEx over every pair of a chunk (device arrays
 of pointers filled by a kernel; CuPy does not wrap that call, so it goes through ctypes into the libcublas
