@@ -312,7 +312,8 @@ class CUDAEncoderBackend(Backend):
 
     # -- attention and pooling -----------------------------------------------------------
     def self_attention(self, x, wq, bq, wk, bk, wv, bv, mask: np.ndarray, n_head: int, scale: float) -> Array:
-        """Q/K/V as one GEMM, then the fused attention (biases added as Q/K/V are loaded)."""
+        """Q/K/V as one GEMM, then attention on cuBLAS GEMMs (float16, right-padded mask: `_attention_gemm`)
+        or the fused kernel (biases added as Q/K/V are loaded); `attention_path` says which ran."""
         b, t = np.shape(mask)
         d = wq.data.n_rows
         if not (self._k.attention_ok(d // n_head) and wk.data.n_rows == d and wv.data.n_rows == d):
