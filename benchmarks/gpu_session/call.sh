@@ -34,7 +34,7 @@ if [ "$MODE" = lean ]; then
   echo "pytest rc=$?" >> $OUT/pytest_encoder.log
   grep -E "passed|failed|FAILED|Error|rc=" $OUT/pytest_encoder.log | tail -8
   timeout 60 python3 benchmarks/profile_encoder_stages.py > $OUT/profile.log 2>&1; grep -v Warning $OUT/profile.log
-  timeout 90 python3 benchmarks/bench_gpu.py --only bert-minilm --no-matvec --json $OUT/bench_gpu_bert.json \
+  timeout 120 python3 benchmarks/bench_gpu.py --only bert-minilm --no-matvec --json $OUT/bench_gpu_bert.json \
     > $OUT/bench_gpu_bert.log 2>&1
   tail -12 $OUT/bench_gpu_bert.log
   for g in on off; do
