@@ -1,6 +1,11 @@
-"""Where a GPU encoder layer's time goes (issue 25): each kernel of `embedkit.kernels.cuda.encoder` timed
-alone with CUDA events at a BERT shape, beside torch's float16 pieces (cuBLAS GEMM, SDPA attention) on the
-same arrays' shapes, so the stage that holds the gap to torch shows at once.
+"""Where a GPU encoder layer's time goes (issue 25): each kernel of `embedkit.kernels.cuda.encoder` and
+`encoder_attention` timed alone with CUDA events at a BERT shape, beside torch's float16 pieces (cuBLAS GEMM,
+SDPA attention) on the same arrays' shapes, so the stage that holds the gap to torch shows at once.
+
+The layer total counts the default path (attention on batched cuBLAS GEMMs with its key-bias GEMM, bias + GELU
+four float16 a thread); rows marked [alt] are the other choices, timed for comparison: the flash-style fused
+attention kernel, the per-head strided GEMMs, other score chunk sizes, float16 scores, bias + GELU one element a
+thread.
 
     python benchmarks/profile_encoder_stages.py [--batch 256] [--seq 128] [--shape minilm|base]
 """
@@ -47,7 +52,7 @@ def main() -> None:
 
     from embedkit.backend.cuda import cuda_backend
     from embedkit.kernels.cuda import encoder
-    from embedkit.kernels.cuda.encoder_attention import attention_gemm
+    from embedkit.kernels.cuda import encoder_attention as ea
 
     be = cuda_backend()
     stream, cps = be.stream, be._cp_stream
@@ -70,16 +75,46 @@ def main() -> None:
     ln_w, ln_b = dev((d,), np.float32), dev((d,), np.float32)
     res, out32, out_lo = dev((n, d), np.float32), cuda.device_array((n, d), np.float32), dev((n, d))
     mask = cuda.to_device(np.ones((args.batch, args.seq), np.int32), stream=stream)
+    lengths = cuda.to_device(np.full(args.batch, args.seq, np.int32), stream=stream)
+    key_u, key_bias = dev((heads, d), scale=0.05), cuda.device_array((heads, n), np.float32)
     scale = 1.0 / np.sqrt(d // heads)
+
+    def attn_gemm(mode: str, chunk_seqs: int | None = None, score_dtype=None):
+        """The GEMM attention; chunk_seqs sequences a chunk (None: the default chunking), scores in score_dtype
+        (None: the default)."""
+        saved = ea.SCORE_CHUNK_BYTES, ea.MIN_CHUNK_SEQUENCES, ea.SCORE_DTYPE
+        if chunk_seqs is not None:
+            ea.SCORE_CHUNK_BYTES, ea.MIN_CHUNK_SEQUENCES = 0, chunk_seqs
+        ea.SCORE_DTYPE = score_dtype or ea.SCORE_DTYPE
+        try:
+            ea.attention_gemm(qkv, key_bias, b3[2 * d :], lengths, heads, scale, o, be._empty, stream, cps, mode)
+        finally:
+            ea.SCORE_CHUNK_BYTES, ea.MIN_CHUNK_SEQUENCES, ea.SCORE_DTYPE = saved
+
+    def gelu_one_a_thread():
+        encoder.VECTOR_BIAS_ACT = False
+        try:
+            encoder.bias_act(h1, bf, encoder.ACT_GELU_ERF, h1a, stream)
+        finally:
+            encoder.VECTOR_BIAS_ACT = True
+
+    chunk = ea.chunk_sequences(args.batch, args.seq, heads)
+    mode = "batched" if ea.batched_available() else "strided"
     stages = {
         "gemm qkv": lambda: encoder.gemm(x, w_qkv, qkv, cps),
-        "attention": lambda: encoder.attention(qkv, b3, mask, heads, scale, o, stream),
-        "[alt] qkv bias": lambda: encoder.bias_act(qkv, b3, encoder.ACT_NONE, qkv, stream),
-        "[alt] attn gemm": lambda: attention_gemm(qkv, mask, heads, scale, o, be._empty, stream, cps),
+        "gemm key bias": lambda: encoder.gemm(key_u, x, key_bias, cps),
+        f"attn gemm {mode} {chunk} seqs": lambda: attn_gemm(mode),
+        "[alt] fused attention": lambda: encoder.attention(qkv, b3, mask, heads, scale, o, stream),
+        "[alt] attn gemm strided": lambda: attn_gemm("strided"),
+        "[alt] attn gemm 16 seqs": lambda: attn_gemm(mode, 16),
+        "[alt] attn gemm 64 seqs": lambda: attn_gemm(mode, 64),
+        "[alt] attn gemm 1 chunk": lambda: attn_gemm(mode, args.batch),
+        "[alt] attn gemm f16 score": lambda: attn_gemm(mode, None, np.float16),
         "gemm out": lambda: encoder.gemm(o, w_o, h2, cps),
         "add+layernorm": lambda: encoder.add_norm(h2, bd, res, ln_w, ln_b, 1e-12, out32, out_lo, stream),
         "gemm ffn up": lambda: encoder.gemm(out_lo, w_1, h1, cps),
         "bias+gelu": lambda: encoder.bias_act(h1, bf, encoder.ACT_GELU_ERF, h1a, stream),
+        "[alt] bias+gelu 1-wide": gelu_one_a_thread,
         "gemm ffn down": lambda: encoder.gemm(h1a, w_2, h2, cps),
         "add+layernorm 2": lambda: encoder.add_norm(h2, bd, res, ln_w, ln_b, 1e-12, out32, out_lo, stream),
     }
@@ -87,10 +122,14 @@ def main() -> None:
           f"batch {args.batch} x {args.seq} = {n} tokens; ms per layer stage (median of 20)")  # fmt: skip
     total = 0.0
     for name, fn in stages.items():
-        ms = timed_ms(fn, cps)
+        try:
+            ms = timed_ms(fn, cps)
+        except Exception as e:  # one stage failing (a cuBLAS status) leaves the rest measured
+            print(f"  embedkit {name:24s}   failed: {e}")
+            continue
         total += 0 if name.startswith("[alt]") else ms
-        print(f"  embedkit {name:16s} {ms:8.3f} ms")
-    print(f"  embedkit layer total    {total:8.3f} ms")
+        print(f"  embedkit {name:24s} {ms:8.3f} ms")
+    print(f"  embedkit {'layer total':24s} {total:8.3f} ms")
 
     tx = torch.randn(n, d, device="cuda", dtype=torch.float16)
     tw = {k: torch.randn(r, c, device="cuda", dtype=torch.float16) * 0.05

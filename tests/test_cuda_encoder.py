@@ -73,40 +73,90 @@ def test_attention_variable_lengths(dtype, hd, t):
     assert _rel(got, ref) < (1e-5 if dtype == np.float32 else 1e-3)
 
 
-@pytest.mark.parametrize("hd,t", [(32, 5), (32, 40), (16, 70), (64, 33), (32, 128)])
-def test_attention_gemm_variable_lengths(hd, t):
-    """The tensor-core path (float16 scores and probabilities through cuBLAS) on the same masks: 2e-3."""
-    from numba import cuda
+def _sim() -> bool:
     from numba.cuda import config
 
-    from embedkit.kernels.cuda.encoder_attention import attention_gemm
+    return bool(config.ENABLE_CUDASIM)
 
-    if config.ENABLE_CUDASIM:
-        pytest.skip("needs cuBLAS (CuPy): not under the simulator")
-    import cupy
 
-    rng = np.random.default_rng(12)
-    n_head, b = 3, 3
+# under the simulator (numpy standing in for cuBLAS, a Python thread per CUDA thread) only the small cases
+_GEMM_CASES = [(32, 5, 3, 2), (16, 37, 2, 2), (32, 128, 5, 3), (64, 200, 4, 2), (32, 512, 2, 2)]
+
+
+@pytest.mark.parametrize(
+    "mode,score_dtype", [("batched", np.float32), ("strided", np.float32), ("batched", np.float16)]
+)
+@pytest.mark.parametrize("hd,t,b,n_head", _GEMM_CASES)
+def test_attention_gemm_vs_fused_and_reference(monkeypatch, mode, score_dtype, hd, t, b, n_head):
+    """The tensor-core attention (biases folded: key offsets from x, V's bias through beta = 1) on right-padded
+    variable lengths, chunked (several chunks of sequences): real rows within 2e-3 (float32 scores; 5e-3 float16)
+    of float64 attention of the float16 Q/K/V plus biases and of the fused kernel, padded rows 0, every element
+    written."""
+    from numba import cuda
+
+    from embedkit.kernels.cuda import encoder
+    from embedkit.kernels.cuda import encoder_attention as ea
+
+    if _sim() and t > 40:
+        pytest.skip("simulator: small shapes only")
+    if not _sim():
+        import cupy  # noqa: F401 (cuBLAS through CuPy on a GPU)
+    rng = np.random.default_rng(13)
     d = n_head * hd
-    lengths = [t, max(1, t // 2), 1]
-    mask = (np.arange(t)[None, :] < np.array(lengths)[:, None]).astype(np.int32)
-    if t > 3:
-        mask[0, 1] = 0
-    bias = (0.1 * rng.standard_normal(3 * d)).astype(np.float32)
-    qkv = (rng.standard_normal((b * t, 3 * d)) + bias).astype(np.float16)  # biases already in
+    dm = 48  # the layer input's width (only the projections see it)
+    lengths = np.array([t, max(1, t // 2), 1, max(1, t - 3), 2][:b], dtype=np.int32)
+    mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int32)
+    x = rng.standard_normal((b * t, dm)).astype(np.float16)
+    w = (rng.standard_normal((3 * d, dm)) / np.sqrt(dm)).astype(np.float16)
+    bias = (0.5 * rng.standard_normal(3 * d)).astype(np.float32)
+    qkv = (x.astype(np.float32) @ w.astype(np.float32).T).astype(np.float16)  # no biases (the GEMM's product)
     scale = 1.0 / math.sqrt(hd)
-    out = _dev(np.full((b * t, d), np.nan, dtype=np.float16))
+    u = ea.key_bias_weights(w[d : 2 * d].astype(np.float32), bias[:d], n_head, scale)
+    assert u.shape == (n_head, dm) and u.dtype == np.float16
+    # scores of one sequence's two heads per chunk: several chunks, the last one partial
+    monkeypatch.setattr(ea, "SCORE_DTYPE", score_dtype)
+    monkeypatch.setattr(ea, "SCORE_CHUNK_BYTES", 2 * n_head * t * ea.padded_t(t) * (2 + np.dtype(score_dtype).itemsize))
+    monkeypatch.setattr(ea, "MIN_CHUNK_SEQUENCES", 1)
+    assert ea.chunk_sequences(b, t, n_head) == min(2, b)
 
     def empty(shape, dtype):
-        return cuda.device_array(shape, dtype=dtype)
+        return cuda.to_device(np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -1, dtype=dtype))
 
-    stream = cupy.cuda.Stream()
-    attention_gemm(_dev(qkv), _dev(mask), n_head, scale, out, empty, cuda.external_stream(stream.ptr), stream)
-    stream.synchronize()
-    got = out.copy_to_host()
-    ref = _ref_attention(qkv, np.zeros(3 * d), mask, n_head, scale)
+    x_d, qkv_d = _dev(x), _dev(qkv)
+    key_bias = empty((n_head, b * t), np.float32)
+    stream = None if _sim() else __import__("cupy").cuda.Stream()
+    nb_stream = 0 if stream is None else cuda.external_stream(stream.ptr)
+    encoder.gemm(_dev(u), x_d, key_bias, stream)
+    out = empty((b * t, d), np.float16)  # poisoned: every element must be written
+    ea.attention_gemm(qkv_d, key_bias, _dev(bias[2 * d :]), _dev(lengths), n_head, scale, out, empty, nb_stream,
+                      stream, mode=mode)  # fmt: skip
+    fused = empty((b * t, d), np.float16)
+    encoder.attention(qkv_d, _dev(bias), _dev(mask), n_head, scale, fused, nb_stream)
+    if stream is not None:
+        stream.synchronize()
+    got, got_fused = out.copy_to_host(), fused.copy_to_host()
+    ref = _ref_attention(qkv, bias, mask, n_head, scale)
+    real = mask.reshape(-1) != 0
     assert np.isfinite(got).all()
-    assert _rel(got, ref) < 2e-3
+    assert not got[~real].any()  # padded query rows: zeros
+    tol = 5e-3 if score_dtype == np.float16 else 2e-3
+    assert _rel(got[real], ref[real]) < tol
+    assert _rel(got[real], got_fused[real].astype(np.float64)) < tol
+
+
+def test_key_bias_weights_fold_q_bias():
+    """x . U[h] is scale * b_q,h . k_h(x): the score offset Q's bias gives each key (float64 check)."""
+    from embedkit.kernels.cuda.encoder_attention import key_bias_weights
+
+    rng = np.random.default_rng(14)
+    n_head, hd, dm = 3, 8, 20
+    wk = rng.standard_normal((n_head * hd, dm))
+    bq = rng.standard_normal(n_head * hd)
+    x = rng.standard_normal((5, dm))
+    u = key_bias_weights(wk, bq, n_head, 0.25).astype(np.float64)
+    k = (x @ wk.T).reshape(5, n_head, hd)
+    ref = 0.25 * np.einsum("jhr,hr->jh", k, bq.reshape(n_head, hd))
+    assert _rel(x @ u.T, ref) < 1e-3
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
@@ -136,6 +186,30 @@ def test_add_norm_and_bias_gelu(dtype):
     assert _rel(g.copy_to_host(), 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))) < tol
 
 
+@pytest.mark.parametrize("f", [8, 300, 6])
+def test_bias_act_float16_widths(f):
+    """float16 bias + GELU four columns a thread (f % 4 == 0) or one (f = 6), bias or none, in place too:
+    within 1e-3 of float64 on the same float16 inputs."""
+    from embedkit.kernels.cuda import encoder
+
+    rng = np.random.default_rng(15)
+    n = 5
+    h = (2 * rng.standard_normal((n, f))).astype(np.float16)
+    hb = (0.3 * rng.standard_normal(f)).astype(np.float32)
+    x = h.astype(np.float64) + hb
+    gelu = 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    g = _dev(np.full((n, f), np.nan, np.float16))
+    encoder.bias_act(_dev(h), _dev(hb), encoder.ACT_GELU_ERF, g)
+    assert _rel(g.copy_to_host(), gelu) < 1e-3
+    hd = _dev(h)
+    encoder.bias_act(hd, _dev(hb), encoder.ACT_NONE, hd)  # in place, bias only
+    assert _rel(hd.copy_to_host(), x) < 1e-3
+    g2 = _dev(np.full((n, f), np.nan, np.float16))
+    encoder.bias_act(_dev(h), None, encoder.ACT_GELU_ERF, g2)  # no bias
+    x0 = h.astype(np.float64)
+    assert _rel(g2.copy_to_host(), 0.5 * x0 * (1 + np.vectorize(math.erf)(x0 / math.sqrt(2)))) < 1e-3
+
+
 @pytest.fixture(scope="module")
 def bert_file(tmp_path_factory):
     from embedkit.testing.random_quant import bert_spec, write_random_gguf
@@ -146,8 +220,9 @@ def bert_file(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "precision,min_cos,gemm_attention",
-    [("float16", 0.9999, False), ("float16", 0.9999, True), ("float32", 0.999999, False)],
-)
+    [("float16", 0.9999, False), ("float16", 0.9999, "batched"), ("float16", 0.9999, "strided"),
+     ("float32", 0.999999, False)],
+)  # fmt: skip
 def test_bert_variable_length_batch_vs_cpu(bert_file, monkeypatch, precision, min_cos, gemm_attention):
     import embedkit.backend.cuda_encoder as cuda_encoder
     from embedkit.backend.cuda_encoder import CUDAEncoderBackend
@@ -155,7 +230,9 @@ def test_bert_variable_length_batch_vs_cpu(bert_file, monkeypatch, precision, mi
     from embedkit.models import load_model
 
     monkeypatch.setenv("EMBEDKIT_GPU_PRECISION", precision)
-    monkeypatch.setattr(cuda_encoder, "ATTENTION_GEMM", gemm_attention)
+    monkeypatch.setattr(cuda_encoder, "ATTENTION_GEMM", bool(gemm_attention))
+    if gemm_attention:
+        monkeypatch.setattr(cuda_encoder, "ATTENTION_MODE", gemm_attention)
     rng = np.random.default_rng(5)
     b, t = 4, 13
     ids = rng.integers(0, 96, (b, t))
@@ -174,6 +251,15 @@ def test_bert_variable_length_batch_vs_cpu(bert_file, monkeypatch, precision, mi
     real = mask.astype(bool)
     assert np.isfinite(h).all()
     assert _rel(h[real], h_ref[real]) < (2e-2 if precision == "float16" else 1e-5)
+    # the path the batches took: the GEMM attention where asked (float16 only), else the fused kernel
+    want = f"gemm-{gemm_attention}" if gemm_attention and precision == "float16" else "fused"
+    assert gpu.placement.layer(0).attention_path == want
+    if gemm_attention and precision == "float16":  # a mask with a hole: the fused kernel takes it
+        holed = mask.copy()
+        holed[0, 2] = 0
+        h_ref, h = cpu.encode(ids, holed), gpu.encode(ids, holed)
+        assert gpu.placement.layer(0).attention_path == "fused"
+        assert _rel(h[holed.astype(bool)], h_ref[holed.astype(bool)]) < 2e-2
 
 
 def test_bert_gpu_input_on_cpu_and_partial_offload(bert_file):

@@ -1,13 +1,25 @@
 #!/bin/bash
 # One device call, run from the copy's root: issue 19's batch test and diagnosis, the GPU encoder tests, the Ray
 # GPU actor (issue 24), the encoder profile and bench (issue 25).
-#     bash benchmarks/gpu_session/call.sh [full|short|shortest|lean]
+#     bash benchmarks/gpu_session/call.sh [full|short|shortest|lean|encoder]
 # full ~320 s (Ray actor on MiniLM and BERT-base shapes), short ~240 s (MiniLM only), shortest ~150 s (the batch
 # test, its diagnosis and the MiniLM actor; no encoder work); lean ~420 s, no Ray (a carry made without it):
 # the batch tests (diagnosis only if they fail), the encoder tests, profile and bench, and bench_batched on a
 # random TinyLlama-shaped Q4_0 with several-row CUDA graphs on and off.
+# encoder ~300 s: only the encoder tests, the profile and the BERT bench (issue 25's embeddings).
 set -u
 MODE=${1:-full}
+if [ "$MODE" = encoder ]; then
+  . benchmarks/gpu_session/setup.sh
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -rxXfs tests/test_cuda_encoder.py > $OUT/pytest_encoder.log 2>&1
+  echo "pytest rc=$?" >> $OUT/pytest_encoder.log
+  grep -E "passed|failed|FAILED|Error|SKIP|rc=" $OUT/pytest_encoder.log | tail -12
+  timeout 60 python3 benchmarks/profile_encoder_stages.py > $OUT/profile.log 2>&1; grep -v Warning $OUT/profile.log
+  timeout 120 python3 benchmarks/bench_gpu.py --only bert-minilm --no-matvec --json $OUT/bench_gpu_bert.json \
+    > $OUT/bench_gpu_bert.log 2>&1
+  grep -E "embedkit|torch|^\|" $OUT/bench_gpu_bert.log | tail -16
+  exit 0
+fi
 if [ "$MODE" = lean ]; then
   . benchmarks/gpu_session/setup.sh
   timeout 150 python3 -m pytest -q -p no:cacheprovider -rxXf tests/test_cuda_steps.py tests/test_batch_generate_gpu.py \
@@ -18,11 +30,11 @@ if [ "$MODE" = lean ]; then
     timeout 120 python3 benchmarks/check_batch_gpu.py > $OUT/check_batch.log 2>&1
     grep -v "^\s*$" $OUT/check_batch.log | grep -v Warning | tail -40
   fi
-  timeout 60 python3 -m pytest -q -p no:cacheprovider -rxXf tests/test_cuda_encoder.py > $OUT/pytest_encoder.log 2>&1
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -rxXf tests/test_cuda_encoder.py > $OUT/pytest_encoder.log 2>&1
   echo "pytest rc=$?" >> $OUT/pytest_encoder.log
   grep -E "passed|failed|FAILED|Error|rc=" $OUT/pytest_encoder.log | tail -8
-  timeout 30 python3 benchmarks/profile_encoder_stages.py > $OUT/profile.log 2>&1; grep -v Warning $OUT/profile.log
-  timeout 90 python3 benchmarks/bench_gpu.py --only bert-minilm --no-matvec --json $OUT/bench_gpu_bert.json \
+  timeout 60 python3 benchmarks/profile_encoder_stages.py > $OUT/profile.log 2>&1; grep -v Warning $OUT/profile.log
+  timeout 120 python3 benchmarks/bench_gpu.py --only bert-minilm --no-matvec --json $OUT/bench_gpu_bert.json \
     > $OUT/bench_gpu_bert.log 2>&1
   tail -12 $OUT/bench_gpu_bert.log
   for g in on off; do

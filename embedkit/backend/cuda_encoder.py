@@ -7,9 +7,10 @@ stream and memory pool and runs the encoder's hot ops its own way (`embedkit.ker
   and V concatenated into one matrix, so a layer's three projections are one GEMM);
 - the product stays on the GPU in the low dtype with its bias not yet added (`_Act`); the next kernel
   adds the bias: the fused attention (Q/K/V), the residual + LayerNorm (output projections), the GELU;
-- attention is flash-style over each (sequence, head), the padding mask applied, no scores in memory; with
-  `ATTENTION_GEMM` (opt-in) float16 attention runs on tensor cores instead (`encoder_attention`: two
-  strided-batched cuBLAS GEMMs per head around a masked softmax);
+- float16 attention of right-padded batches runs on tensor cores (`encoder_attention`: one batched cuBLAS
+  GEMM for the scores of every (sequence, head), a softmax kernel, one for the outputs, the Q/K/V biases
+  folded in rather than added to Q/K/V); float32, masks with holes, or shapes it does not take use the
+  flash-style kernel over each (sequence, head) (the padding mask applied, no scores in memory);
 - LayerNorm writes the float32 residual stream and the low-dtype copy the next GEMM reads;
 - `pooled` pools on the GPU, so only [batch, dim] crosses the bus.
 No op waits for the host until `to_host` / `pooled`.
@@ -23,6 +24,7 @@ Any other op (decoders never get here) runs on the wrapped CUDA backend in float
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +34,11 @@ from embedkit.backend.base import Array, Backend, Weight
 from embedkit.errors import InputError
 
 PRECISIONS = {"float16": np.float16, "float32": np.float32}
-# float16: attention through cuBLAS GEMMs (else the flash-style CUDA-core kernel). Off until it has passed
-# tests/test_cuda_encoder.py on a GPU and measured faster there (benchmarks/profile_encoder_stages.py)
-ATTENTION_GEMM = False
+# float16: attention through cuBLAS GEMMs where the batch allows (else the flash-style CUDA-core kernel);
+# False keeps the fused kernel everywhere (for comparison: benchmarks/bench_gpu.py, profile_encoder_stages.py)
+ATTENTION_GEMM = True
+# how those GEMMs are issued: "batched" (one cublasGemmBatchedEx each) or "strided" (one call per head)
+ATTENTION_MODE = "batched"
 
 
 def gpu_precision() -> str:
@@ -76,6 +80,11 @@ class CUDAEncoderBackend(Backend):
         self._quant_fast, self._quant_generic = quant_fast, quant_generic
         self._mask_host = None
         self._mask_dev = None
+        self._lengths_host = None
+        self._lengths_dev = None
+        self._scratch_bufs: dict = {}
+        self._gemm_failed = False  # the attention GEMMs failed once: the fused kernel from then on
+        self.attention_path = ""  # the path the last self_attention took (tests and benchmarks read it)
 
     @property
     def device_name(self) -> str:
@@ -186,6 +195,28 @@ class CUDAEncoderBackend(Backend):
             self._mask_host, self._mask_dev = host, dev
         return self._mask_dev
 
+    def _lengths(self, mask: np.ndarray):
+        """int32 device lengths of a right-padded [b, t] mask (uploaded once per batch), None if the mask
+        has holes (a 0 before a 1)."""
+        m = np.asarray(mask) != 0
+        lengths = m.sum(axis=1).astype(np.int32)
+        if not np.array_equal(m, np.arange(m.shape[1])[None, :] < lengths[:, None]):
+            return None
+        if self._lengths_host is None or not np.array_equal(self._lengths_host, lengths):
+            dev = self._empty(lengths.shape, np.int32)
+            dev.copy_to_device(lengths, stream=self.stream)
+            self._lengths_host, self._lengths_dev = lengths, dev
+        return self._lengths_dev
+
+    def _scratch(self, shape, dtype):
+        """A device array reused across calls (the latest one per dtype and rank): work areas that every
+        layer fills before reading, in stream order."""
+        key = (np.dtype(dtype).str, len(shape))
+        a = self._scratch_bufs.get(key)
+        if a is None or tuple(a.shape) != tuple(shape):
+            a = self._scratch_bufs[key] = self._empty(shape, dtype)
+        return a
+
     # -- data movement -------------------------------------------------------------------
     def weight(self, t: Any) -> Weight:
         """Upload a GGUF tensor once (the CUDA backend's layout; converted for GEMMs at first use)."""
@@ -281,32 +312,71 @@ class CUDAEncoderBackend(Backend):
 
     # -- attention and pooling -----------------------------------------------------------
     def self_attention(self, x, wq, bq, wk, bk, wv, bv, mask: np.ndarray, n_head: int, scale: float) -> Array:
-        """Q/K/V as one GEMM, then the fused attention (biases added as Q/K/V are loaded)."""
+        """Q/K/V as one GEMM, then attention on cuBLAS GEMMs (float16, right-padded mask: `_attention_gemm`)
+        or the fused kernel (biases added as Q/K/V are loaded); `attention_path` says which ran."""
         b, t = np.shape(mask)
         d = wq.data.n_rows
         if not (self._k.attention_ok(d // n_head) and wk.data.n_rows == d and wv.data.n_rows == d):
             return super().self_attention(x, wq, bq, wk, bk, wv, bv, mask, n_head, scale)
         xl = self._lo(x)
         qkv = self._empty((b * t, 3 * d), self.lo_dtype)
-        self._k.gemm(xl, self._matrix([wq, wk, wv]), qkv, self._cp_stream())
+        w_qkv = self._matrix([wq, wk, wv])
+        self._k.gemm(xl, w_qkv, qkv, self._cp_stream())
         out = self._empty((b * t, d), self.lo_dtype)
         bias = self._vector([bq, bk, bv])
-        if self._attention_on_gemms(b, t, n_head):
-            from embedkit.kernels.cuda.encoder_attention import attention_gemm
-
-            self._k.bias_act(qkv, bias, self._k.ACT_NONE, qkv, self.stream)  # in place
-            attention_gemm(qkv, self._mask(mask), n_head, scale, out, self._empty, self.stream, self._cp_stream())
+        lengths = self._lengths(mask) if self._attention_on_gemms(b, t, n_head, (bq, bk, bv)) else None
+        if lengths is not None and self._attention_gemm(xl, qkv, w_qkv, wq, wk, bq, bias, lengths, n_head, scale, out):
             return _Act(lo=out)
         self._k.attention(qkv, bias, self._mask(mask), n_head, scale, out, self.stream)
+        self.attention_path = "fused"
         return _Act(lo=out)
 
-    def _attention_on_gemms(self, b: int, t: int, n_head: int) -> bool:
-        """Whether this batch's attention runs on cuBLAS GEMMs (float16, cuBLAS there, scores fit)."""
-        if not (ATTENTION_GEMM and self.lo_dtype == np.float16 and self.base._cp is not None):
+    def _attention_on_gemms(self, b: int, t: int, n_head: int, biases) -> bool:
+        """Whether this batch's attention may run on cuBLAS GEMMs (float16, cuBLAS there or the simulator,
+        Q/K/V biases present, the shape fits; the mask is checked next)."""
+        if not (ATTENTION_GEMM and self.lo_dtype == np.float16 and (self.base._cp is not None or self.base._sim)):
+            return False
+        if any(x is None for x in biases) or self._gemm_failed:
             return False
         from embedkit.kernels.cuda.encoder_attention import gemm_ok
 
         return gemm_ok(b, t, n_head)
+
+    def _attention_gemm(self, xl, qkv, w_qkv, wq, wk, bq, bias, lengths, n_head: int, scale: float, out) -> bool:
+        """Attention on cuBLAS GEMMs into `out` (`encoder_attention`); False (and a warning, once) if the
+        GEMMs fail, after which this backend keeps to the fused kernel."""
+        from embedkit.kernels.cuda import encoder_attention as ea
+
+        mode = ATTENTION_MODE if ATTENTION_MODE != "batched" or ea.batched_available() else "strided"
+        d = out.shape[1]
+        try:
+            u = self._key_bias_weights(w_qkv, wq, wk, bq, n_head, scale)
+            key_bias = self._empty((n_head, xl.shape[0]))  # (the scratch's float32 [., .] holds the scores)
+            self._k.gemm(u, xl, key_bias, self._cp_stream())  # key_bias[h, j] = U[h] . x_j
+            ea.attention_gemm(qkv, key_bias, bias[2 * d : 3 * d], lengths, n_head, scale, out, self._scratch,
+                              self.stream, self._cp_stream(), mode=mode)  # fmt: skip
+        except Exception as e:  # a cuBLAS or launch error: the fused kernel from now on
+            warnings.warn(f"GPU encoder: attention on cuBLAS GEMMs failed ({e}); using the fused kernel", stacklevel=2)
+            self._gemm_failed = True
+            return False
+        self.attention_path = f"gemm-{mode}"
+        return True
+
+    def _key_bias_weights(self, w_qkv, wq: Weight, wk: Weight, bq: Weight, n_head: int, scale: float):
+        """`encoder_attention.key_bias_weights` of this layer on the device (float16 [n_head, d]), made once
+        from W_k's rows of the stacked GEMM matrix `w_qkv` and b_q (cached on the weights)."""
+        from embedkit.kernels.cuda.encoder_attention import key_bias_weights
+
+        def make(ws):
+            d = wk.data.n_rows
+            w_k = w_qkv[d : 2 * d].copy_to_host(stream=self.stream)
+            b_q = bq.data.copy_to_host(stream=self.stream)
+            self.stream.synchronize()
+            dev = self._empty((n_head, w_k.shape[1]), np.float16)
+            dev.copy_to_device(key_bias_weights(w_k, b_q, n_head, scale), stream=self.stream)
+            return dev
+
+        return self._cached([wq, wk, bq], f"key_bias:{n_head}:{scale!r}", make)
 
     def attention_batch(self, q: Array, k: Array, v: Array, mask: np.ndarray, scale: float) -> Array:
         """Padded bidirectional attention in float32 (the CUDA backend's kernel)."""

@@ -1,4 +1,5 @@
-"""Warp-level helpers and PTX intrinsics numba-cuda lacks (dp4a), with twins for the CUDA simulator.
+"""Warp-level helpers and PTX intrinsics numba-cuda lacks (dp4a, float16 bit conversions), with twins for
+the CUDA simulator.
 
 The simulator has no warp shuffles: there `warp_sum`/`warp_max` go through shared memory and
 `syncthreads`, so every thread of the block must call them (kernels never return early before one).
@@ -47,6 +48,14 @@ if config.ENABLE_CUDASIM:
         """Sum of the four signed byte products of `a` and `b`, plus `c` (PTX dp4a.s32.s32)."""
         return int(c) + sum(_sbyte(a, k) * _sbyte(b, k) for k in range(4))
 
+    def half_bits_to_f32(u):
+        """The float16 whose bits are the low 16 of `u`, as float32 (PTX cvt.f32.f16)."""
+        return np.float32(np.array(int(u) & 0xFFFF, dtype=np.uint16).view(np.float16))
+
+    def f32_to_half_bits(v):
+        """The bits of `v` rounded to float16 (round to nearest even), as uint32 (PTX cvt.rn.f16.f32)."""
+        return np.uint32(np.array(v, dtype=np.float32).astype(np.float16).view(np.uint16))
+
 else:
     from llvmlite import ir
 
@@ -84,6 +93,32 @@ else:
             fnty = ir.FunctionType(i32, [i32, i32, i32])
             asm = ir.InlineAsm(fnty, "dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r")
             return builder.call(asm, vals)
+
+        return sig, codegen
+
+    @intrinsic
+    def half_bits_to_f32(typingctx, u):
+        """The float16 whose bits are the low 16 of `u`, as float32 (PTX cvt.f32.f16)."""
+        sig = types.float32(u)
+
+        def codegen(context, builder, sig, args):
+            val = context.cast(builder, args[0], sig.args[0], types.uint32)
+            fnty = ir.FunctionType(ir.FloatType(), [ir.IntType(32)])
+            asm = ir.InlineAsm(fnty, "{ .reg .b16 h; cvt.u16.u32 h, $1; cvt.f32.f16 $0, h; }", "=f,r")
+            return builder.call(asm, [val])
+
+        return sig, codegen
+
+    @intrinsic
+    def f32_to_half_bits(typingctx, v):
+        """The bits of `v` rounded to float16 (round to nearest even), as uint32 (PTX cvt.rn.f16.f32)."""
+        sig = types.uint32(v)
+
+        def codegen(context, builder, sig, args):
+            val = context.cast(builder, args[0], sig.args[0], types.float32)
+            fnty = ir.FunctionType(ir.IntType(32), [ir.FloatType()])
+            asm = ir.InlineAsm(fnty, "{ .reg .b16 h; cvt.rn.f16.f32 h, $1; cvt.u32.u16 $0, h; }", "=r,f")
+            return builder.call(asm, [val])
 
         return sig, codegen
 
