@@ -30,6 +30,11 @@ if [ "$MODE" != bench ]; then
   el split+encoder; grep -E "passed|failed|FAILED|SKIP|Error|rc=" $OUT/pytest_split_enc.log | tail -14
 fi
 [ "$MODE" = tests ] && exit 0
+if [ -n "${ENCODER_TESTS:-}" ]; then
+  timeout 170 python3 -m pytest -q -p no:cacheprovider -rxXfs tests/test_cuda_encoder.py > $OUT/pytest_encoder.log 2>&1
+  echo "pytest rc=$?" >> $OUT/pytest_encoder.log; el encoder-tests
+  grep -E "passed|failed|FAILED|Error|rc=" $OUT/pytest_encoder.log | tail -10
+fi
 while [ ! -x $LB/llama-batched-bench ] && ! grep -q BUILD_DONE /tmp/llama/build.log 2>/dev/null; do sleep 5; done
 el "build: $(tail -1 /tmp/llama/build.log 2>/dev/null)"; grep -q "BUILD_DONE 0" /tmp/llama/build.log 2>/dev/null || \
   { tail -20 /tmp/llama/cmake.log; grep -i -A5 error /tmp/llama/build.log | head -30; }
@@ -37,12 +42,12 @@ if [ ! -f llama-bin.tar.xz.00 ] && [ -x $LB/llama-batched-bench ]; then
   ( cd /tmp/llama/build && tar -cf - bin/llama-bench bin/llama-batched-bench $(find . -name "*.so*" | sed 's|^\./||') \
     | xz -T8 -6 | split -b 15M -d - $OUT/llama-bin.tar.xz. ) &
 fi
-[ -z "${SKIP_ENCODER:-}" ] && timeout 200 python3 benchmarks/profile_encoder_stages.py > $OUT/profile.log 2>&1; grep -v Warning $OUT/profile.log | tail -20
-[ -z "${SKIP_ENCODER:-}" ] && timeout 100 python3 benchmarks/bench_gpu.py --only bert-minilm --no-matvec --json $OUT/bench_gpu_bert.json \
-  > $OUT/bench_gpu_bert.log 2>&1; tail -8 $OUT/bench_gpu_bert.log
+[ -z "${SKIP_ENCODER:-}" ] && timeout 90 python3 benchmarks/profile_encoder_stages.py > $OUT/profile.log 2>&1; grep -v Warning $OUT/profile.log | tail -40
+[ -z "${SKIP_ENCODER:-}" ] && timeout 130 python3 benchmarks/bench_gpu.py --only bert-minilm --no-matvec --json $OUT/bench_gpu_bert.json \
+  > $OUT/bench_gpu_bert.log 2>&1; tail -10 $OUT/bench_gpu_bert.log
 el encoder
 for t in Q4_0 Q4_K; do
-  timeout 240 python3 benchmarks/bench_batched.py --device cuda --random llama:mistral-7b:$t --npp 128 --ntg 32 \
+  timeout ${BATCH_LIMIT:-240} python3 benchmarks/bench_batched.py --device cuda --random llama:mistral-7b:$t --npp 128 --ntg 32 \
     --npl ${NPL:-1,4,16,64} --llama-batched-bench $LB/llama-batched-bench >> $OUT/bench_batched.log 2>&1
   el "batched $t"; grep -v Warning $OUT/bench_batched.log | tail -8
 done
