@@ -132,29 +132,6 @@ def test_embedkit_threads_env(monkeypatch) -> None:
         kernels.set_num_threads(before)
 
 
-def test_tiled_path_split_over_threads_matches_one_thread(monkeypatch) -> None:
-    """A big step's tiles run in blocks of W rows on the kernel threads: the values of one thread, to float32
-    rounding (BLAS may take other edge kernels for another block width)."""
-    monkeypatch.setattr(cpu_matmul, "TILE_BYTES", 16 * 512 * 4)  # 16 rows a tile: blocks span several tiles
-    monkeypatch.setattr(cpu_matmul, "_MIN_SPLIT_ROWS", 8)
-    monkeypatch.setattr(cpu_matmul, "_MIN_SPLIT_MACS", 1)
-    rng = np.random.default_rng(5)
-    n_rows, n_cols = 150, 512
-    raw = random_blocks(rng, "Q4_1", n_rows, n_cols)
-    x = rng.standard_normal((cpu_matmul.MAX_MULTIROW_TOKENS + 9, n_cols)).astype(np.float32)
-    before = kernels.get_num_threads()
-    try:
-        kernels.set_num_threads(1)
-        one = kernels.matmul(x, raw, "Q4_1", (n_rows, n_cols))
-        kernels.set_num_threads(2)
-        split = kernels.matmul(x, raw, "Q4_1", (n_rows, n_cols))
-    finally:
-        kernels.set_num_threads(before)
-    assert _rel_err(split, one.astype(np.float64)) < 1e-6
-    w64 = kernels.dequantize(raw, "Q4_1", (n_rows, n_cols)).astype(np.float64)
-    assert _rel_err(split, x.astype(np.float64) @ w64.T) < TOL
-
-
 def test_bound_spin_waits_keeps_a_setting_made_outside(monkeypatch) -> None:
     from embedkit.kernels.cpu import threads
 

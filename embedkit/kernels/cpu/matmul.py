@@ -1,9 +1,9 @@
 """`y = x @ W.T` for quantized W: the fused matvec for a few tokens, the small-batch kernel for a batched
 decode step or a short prompt (`matmul_multirow`), dequantized tiles + BLAS for larger batches.
 
-Batches (and types without a fused matvec) dequantize TILE_BYTES-sized tiles of W rows into a small float32
-buffer per block of rows (blocks split over the kernel threads), reused for every tile of the block, and multiply
-each tile with the whole batch through BLAS: the weight bytes are read once per batch, never once per token.
+Batches (and types without a fused matvec) dequantize TILE_BYTES-sized tiles of W rows into one small
+float32 buffer, reused for every tile, and multiply each tile with the whole batch through BLAS: the
+weight bytes are read once per batch, never once per token.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import numpy as np
 from embedkit.gguf.types import GGMLType
 from embedkit.kernels.cpu import matvec_int8, matvec_kquants, matvec_legacy, multirow_int16, q4_1_packed, q5_0_packed
 from embedkit.kernels.cpu.dispatch import DEQUANTIZERS, MULTIROW_KERNELS
-from embedkit.kernels.cpu.row_blocks import run_blocks
 from embedkit.kernels.cpu.threads import get_num_threads
 from embedkit.quant import QUANT_TYPES, types_with
 from embedkit.quant.registry import CPU_INT16, CPU_MATVEC, CPU_PACKED
@@ -87,14 +86,12 @@ MAX_MULTIROW_TOKENS = 64
 # Tokens up to which a decode matmul skips the backend's per-call validation (`backend.cpu`).
 MAX_DECODE_TOKENS = max(MAX_MATVEC_TOKENS, MAX_MULTIROW_TOKENS)
 # Float32 bytes of one dequantized tile of W (8 MiB: 512 rows of 4096; larger tiles gave BLAS more room).
-# Each tile is dequantized and multiplied on one thread (Numba and BLAS both at one thread there): switching
-# between Numba's and OpenBLAS's thread pools for every tile cost milliseconds (spinning BLAS workers), more than
-# the dequantization itself. Blocks of W rows run on the kernel threads (`run_blocks`), so all cores work; before,
-# every tile ran on the calling thread, and a 164-row step of three SmolLM2 prompts used one core of two.
+# Tiles are dequantized on the calling thread: switching between Numba's and OpenBLAS's thread pools for
+# every tile cost milliseconds (spinning BLAS workers), more than the dequantization itself. Splitting blocks of W
+# rows over the kernel threads with BLAS at one thread in each was tried: it sped up Qwen2.5's and SmolLM2's 512-token
+# prompts by ~30% but slowed Gemma 3's by ~35% (two one-thread OpenBLAS calls at once ran no faster than one after
+# the other on this host), so the tiles stay on one thread and BLAS gets every core.
 TILE_BYTES = 8 << 20
-# Fewest W rows and multiply-adds in one such block (less work: one block, on the calling thread).
-_MIN_SPLIT_ROWS = 64
-_MIN_SPLIT_MACS = 1 << 22
 
 
 def integer_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -261,30 +258,20 @@ def matmul_rows_many(
 
 
 def tiled_matmul(x: np.ndarray, rows: np.ndarray, t: GGMLType, n_cols: int) -> np.ndarray:
-    """x @ W.T by dequantizing W a tile of rows at a time and calling BLAS, blocks of W rows split over the
-    kernel threads (`run_blocks`, BLAS held to one thread in each)."""
+    """x @ W.T by dequantizing W a tile of rows at a time into one reused buffer and calling BLAS."""
     n_rows = rows.shape[0]
+    dequant = DEQUANTIZERS[t]
     tile = max(16, min(n_rows, TILE_BYTES // (4 * n_cols)))
+    buf = np.empty((tile, n_cols), dtype=np.float32)
     y = np.empty((x.shape[0], n_rows), dtype=np.float32)
-
-    def block(r0: int, r1: int) -> None:
-        buf = np.empty((min(tile, r1 - r0), n_cols), dtype=np.float32)
-        for a in range(r0, r1, tile):
-            b = min(r1, a + tile)
-            w = buf[: b - a]
-            _dequantize_serial(rows[a:b], w, t)
-            y[:, a:b] = x @ w.T
-
-    run_blocks(block, n_rows, min_items=min(n_rows, max(_MIN_SPLIT_ROWS, _MIN_SPLIT_MACS // (x.shape[0] * n_cols))),
-               blas=True)
-    return y
-
-
-def _dequantize_serial(src: np.ndarray, out: np.ndarray, t: GGMLType) -> None:
-    """W rows to float32 on the calling thread only (the dequantizers are parallel kernels)."""
     n_threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        DEQUANTIZERS[t](src, out)
-    finally:
-        numba.set_num_threads(n_threads)
+    for r0 in range(0, n_rows, tile):
+        r1 = min(n_rows, r0 + tile)
+        w = buf[: r1 - r0]
+        numba.set_num_threads(1)
+        try:
+            dequant(rows[r0:r1], w)
+        finally:
+            numba.set_num_threads(n_threads)
+        y[:, r0:r1] = x @ w.T
+    return y
