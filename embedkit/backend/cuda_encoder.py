@@ -34,9 +34,10 @@ from embedkit.backend.base import Array, Backend, Weight
 from embedkit.errors import InputError
 
 PRECISIONS = {"float16": np.float16, "float32": np.float32}
-# float16: attention through cuBLAS GEMMs where the batch allows (else the flash-style CUDA-core kernel);
-# False keeps the fused kernel everywhere (for comparison: benchmarks/bench_gpu.py, profile_encoder_stages.py)
-ATTENTION_GEMM = True
+# True: float16 attention through cuBLAS GEMMs where the batch allows (else the flash-style CUDA-core kernel).
+# Off: on an H100 at 256 x 128 MiniLM-shaped tokens the GEMM path took 0.71-1.57 ms a layer (by chunk size)
+# against the fused kernel's 0.63 ms (benchmarks/profile_encoder_stages.py, benchmarks/bench_gpu.py)
+ATTENTION_GEMM = False
 # how those GEMMs are issued: "batched" (one cublasGemmBatchedEx each) or "strided" (one call per head)
 ATTENTION_MODE = "batched"
 
