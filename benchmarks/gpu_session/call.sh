@@ -9,8 +9,8 @@
 # encoder ~300 s: only the encoder tests, the profile and the BERT bench (issue 25's embeddings).
 set -u
 MODE=${1:-full}
-if [ "$MODE" = encoder ]; then
-  . benchmarks/gpu_session/setup.sh
+# the encoder tests, the per-stage profile and the BERT bench (issue 25), for the encoder and lean modes
+encoder_steps() {
   timeout 150 python3 -m pytest -q -p no:cacheprovider -rxXfs tests/test_cuda_encoder.py > $OUT/pytest_encoder.log 2>&1
   echo "pytest rc=$?" >> $OUT/pytest_encoder.log
   grep -E "passed|failed|FAILED|Error|SKIP|rc=" $OUT/pytest_encoder.log | tail -12
@@ -18,6 +18,10 @@ if [ "$MODE" = encoder ]; then
   timeout 120 python3 benchmarks/bench_gpu.py --only bert-minilm --no-matvec --json $OUT/bench_gpu_bert.json \
     > $OUT/bench_gpu_bert.log 2>&1
   grep -E "embedkit|torch|^\|" $OUT/bench_gpu_bert.log | tail -16
+}
+if [ "$MODE" = encoder ]; then
+  . benchmarks/gpu_session/setup.sh
+  encoder_steps
   exit 0
 fi
 if [ "$MODE" = lean ]; then
@@ -30,13 +34,7 @@ if [ "$MODE" = lean ]; then
     timeout 120 python3 benchmarks/check_batch_gpu.py > $OUT/check_batch.log 2>&1
     grep -v "^\s*$" $OUT/check_batch.log | grep -v Warning | tail -40
   fi
-  timeout 150 python3 -m pytest -q -p no:cacheprovider -rxXf tests/test_cuda_encoder.py > $OUT/pytest_encoder.log 2>&1
-  echo "pytest rc=$?" >> $OUT/pytest_encoder.log
-  grep -E "passed|failed|FAILED|Error|rc=" $OUT/pytest_encoder.log | tail -8
-  timeout 60 python3 benchmarks/profile_encoder_stages.py > $OUT/profile.log 2>&1; grep -v Warning $OUT/profile.log
-  timeout 120 python3 benchmarks/bench_gpu.py --only bert-minilm --no-matvec --json $OUT/bench_gpu_bert.json \
-    > $OUT/bench_gpu_bert.log 2>&1
-  tail -12 $OUT/bench_gpu_bert.log
+  encoder_steps
   for g in on off; do
     timeout 70 python3 benchmarks/bench_batched.py --device cuda --random llama:tinyllama-1.1b:Q4_0 --npp 128 \
       --ntg 32 --npl 1,4,8 --batch-graphs $g >> $OUT/bench_batched.log 2>&1

@@ -157,8 +157,7 @@ def step_tokens(placement: Any) -> int:
     """Most tokens in one forward of the server's generation engine (its per-step budget, llama-server's
     `--ubatch-size`): on the CPU the most rows the several-row kernels take, so admitting prompts beside running
     streams never makes a step that falls to dequantized tiles + BLAS, which a batched step holds to one thread
-    (measured at 4 streams: time to first token 435-468 ms instead of 987, tokens/s 1.0-1.3x llama-server's
-    instead of 0.7-0.95x); 512 where a layer runs on a GPU."""
+    (measured at 4 streams: time to first token 435-517 ms instead of 987-989); 512 where a layer runs on a GPU."""
     from embedkit.kernels.cpu.matmul import MAX_MULTIROW_TOKENS
 
     on_gpu = any(getattr(be, "name", "") == "cuda" for be in getattr(placement, "backends", ()))
