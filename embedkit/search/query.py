@@ -82,11 +82,25 @@ def _rows_to_hits(rows) -> list[ChunkHit]:
     return [ChunkHit(shown_path(r[0], r[8]), float(r[1]), *r[2:8]) for r in rows]
 
 
-def vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search) -> list[ChunkHit]:
-    """The n chunks nearest to `qvec` (cosine similarity as score), best first."""
+def _vector_ranks_sql(info: CollectionInfo, limit_param: str) -> str:
+    """SQL selecting (id, rank) of the nearest chunks in the HNSW index's own order, ranks from 1: no distance
+    is computed again from the stored embedding (which lives out of line, so each would be one more read)."""
+    return (
+        f"SELECT * FROM unnest(ARRAY(SELECT c.id FROM chunks c WHERE c.collection_id = {int(info.id)} "
+        f"ORDER BY {index_order_expr(info, 'c.embedding')} LIMIT %({limit_param})s)) WITH ORDINALITY AS x(id, r)"
+    )
+
+
+def vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search, ranks_only=False) -> list[ChunkHit]:
+    """The n chunks nearest to `qvec` (cosine similarity as score), best first. With `ranks_only` (for a
+    fusion, which reads only the order), an unfiltered search of a `vector` index takes the index's order (the
+    exact cosine order of the vectors it holds, which are the stored ones) and scores are 0."""
     params: dict[str, Any] = {"q": np.asarray(qvec, dtype=np.float32), "n": n}
     filt = document_filter(info, path_glob, metadata, params)
-    sql = _hits_sql(info, _vector_ids_sql(info, filt, "n"), "1 - h.dist", "h.dist")
+    if ranks_only and not filt and info.index_kind == "vector":
+        sql = _hits_sql(info, _vector_ranks_sql(info, "n"), "0.0::float8", "h.r")
+    else:
+        sql = _hits_sql(info, _vector_ids_sql(info, filt, "n"), "1 - h.dist", "h.dist")
     return _rows_to_hits(_in_one_round_trip(conn, lambda: set_hnsw(conn, n, ef_search, filtered=bool(filt)),
                                             sql, params))
 
@@ -228,7 +242,7 @@ def search_hybrid(
     n = _depth(k, candidates)
     vector = qvec if callable(qvec) else lambda: qvec
     if keyword_conn is None:
-        vec = vector_chunks(conn, info, vector(), n, path_glob, metadata, ef_search)
+        vec = vector_chunks(conn, info, vector(), n, path_glob, metadata, ef_search, ranks_only=True)
         kw = keyword_chunks(conn, info, query, n, path_glob, metadata, HYBRID_PROVEN_KEYWORD, HYBRID_KEYWORD_CHUNKS,
                             HYBRID_KEYWORD_CHUNKS)
     else:
@@ -237,7 +251,7 @@ def search_hybrid(
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(keyword_chunks, keyword_conn, info, query, n, path_glob, metadata,
                                   HYBRID_PROVEN_KEYWORD, HYBRID_KEYWORD_CHUNKS, HYBRID_KEYWORD_CHUNKS)
-            vec = vector_chunks(conn, info, vector(), n, path_glob, metadata, ef_search)
+            vec = vector_chunks(conn, info, vector(), n, path_glob, metadata, ef_search, ranks_only=True)
             kw = pending.result()
     if documents:
         return fuse_documents([vec, kw], k, rrf_k)
