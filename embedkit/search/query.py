@@ -122,15 +122,18 @@ def _in_one_round_trip(conn: psycopg.Connection, settings, sql: str, params: dic
         raise
 
 
-def _with_hit_columns(info: CollectionInfo, ranked: str) -> str:
-    """`ranked` SQL (id, score; best first) as (id, score, path, text, document_id, ordinal, char_start,
-    char_end, is_file) in the same order: the chunks come back in the round trip that ranks them."""
+# The chunk columns a ChunkHit shows, taken in the scan that scores the chunks (see `keyword_chunks`)
+_HIT_CHUNK_COLUMNS = ", c.text, c.document_id, c.ordinal, c.char_start, c.char_end"
+
+
+def _with_document_columns(info: CollectionInfo, ranked: str) -> str:
+    """`ranked` SQL (id, score, *_HIT_CHUNK_COLUMNS; best first) with the document's path and is_file added, in
+    the same order: the chunks come back in the round trip that ranks them, and only their documents are
+    looked up again."""
     cid = int(info.id)
     return (
-        f"WITH h AS MATERIALIZED ({ranked}) "
-        "SELECT h.id, h.score, d.path, c.text, c.document_id, c.ordinal, c.char_start, c.char_end, d.is_file "
-        f"FROM h JOIN chunks c ON c.collection_id = {cid} AND c.id = h.id "
-        f"JOIN documents d ON d.collection_id = {cid} AND d.id = c.document_id ORDER BY h.score DESC, h.id"
+        f"WITH h AS MATERIALIZED ({ranked}) SELECT h.*, d.path, d.is_file FROM h "
+        f"JOIN documents d ON d.collection_id = {cid} AND d.id = h.document_id ORDER BY h.score DESC, h.id"
     )
 
 
@@ -139,11 +142,11 @@ def keyword_chunks(conn, info, query, n, path_glob, metadata, proven=None, budge
     """The n best chunks for `query` by BM25 (the score), best first (see `keyword_scores` for `proven`,
     `budget` and `first`)."""
     ranked = keyword_scores(conn, info, query, n, path_glob, metadata, proven=proven, budget=budget, first=first,
-                            wrap=lambda sql: _with_hit_columns(info, sql))
+                            wrap=lambda sql: _with_document_columns(info, sql), columns=_HIT_CHUNK_COLUMNS)
     if not ranked:
         return []
     if len(ranked[0]) > 2:  # the chunks came with their scores
-        return [ChunkHit(shown_path(r[2], r[8]), float(r[1]), int(r[0]), *r[3:8]) for r in ranked]
+        return [ChunkHit(shown_path(r[7], r[8]), float(r[1]), int(r[0]), *r[2:7]) for r in ranked]
     params = {"ids": [r[0] for r in ranked], "scores": [r[1] for r in ranked]}
     sql = _hits_sql(info, "SELECT * FROM unnest(%(ids)s::int8[], %(scores)s::float8[]) AS x(id, score)",
                     "h.score", "h.score DESC")
