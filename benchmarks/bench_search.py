@@ -11,7 +11,8 @@
                                       [--embed-queries]
 
    With --home the store is kept there and a later run with the same arguments reuses its collection (same
-   chunks and queries) instead of writing it again. Keyword, hybrid and the hybrid SQL of before BM25 are timed
+   chunks and queries) instead of writing it again. Keyword, hybrid and the hybrid SQL of before BM25 (alone, at
+   pgvector's default ef_search of 40, and as it ran: after setting ef_search = 100 in its transaction) are timed
    each over the queries in a row, then all round robin (the order turning by one place per query). With
    --embed-queries, also both hybrids end to end as `search --hybrid` runs them: the query text embedded by the
    default model first (before) or while the keyword half runs (now).
@@ -126,6 +127,15 @@ HYBRID_BEFORE = (
 )
 
 
+def hybrid_before_as_it_ran(conn, cid: int, dim: int, q: np.ndarray, text: str) -> list[tuple]:
+    """HYBRID_BEFORE as `search --hybrid` ran it before BM25: in a transaction that first set hnsw.ef_search to
+    max(100, its 50 candidates) (BEGIN, SET LOCAL, the query, COMMIT); HYBRID_BEFORE alone runs at pgvector's
+    default ef_search of 40."""
+    with conn.transaction():
+        conn.execute("SET LOCAL hnsw.ef_search = 100")
+        return conn.execute(HYBRID_BEFORE.format(cid=cid, dim=dim), {"q": q, "text": text}).fetchall()
+
+
 def reused_collection(conn, model: ModelIdentity, n_chunks: int) -> CollectionInfo | None:
     """The "bench-search" collection of an earlier run kept under --home, if it holds `n_chunks` chunks of the
     same synthetic model, else None (it is then built afresh)."""
@@ -232,6 +242,8 @@ def bench_search(store: Store, centres: np.ndarray, n_chunks: int, n_queries: in
                 lambda q, t: search_hybrid(conn, info, q, t, k=10, documents=True),
             "hybrid before (AND tsquery, ts_rank_cd, 50 + 50), chunks": lambda q, t: conn.execute(
                 HYBRID_BEFORE.format(cid=int(info.id), dim=dim), {"q": q, "text": t}).fetchall(),
+            "hybrid before as it ran (the same SQL after SET LOCAL hnsw.ef_search = 100 in its transaction)":
+                lambda q, t: hybrid_before_as_it_ran(conn, int(info.id), dim, q, t),
         }
         if embedder is not None:
             # what `search --hybrid` does end to end: the query text embedded (the model's vector replaces the

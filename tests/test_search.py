@@ -134,6 +134,45 @@ def test_hybrid_keyword_half_runs_while_the_query_vector_is_made(store, indexed)
                   hybrid=True) == want
 
 
+def test_hybrid_vector_half_takes_the_index_order(store, indexed):
+    """The vector half of hybrid reads ranks from the HNSW index's own order, without computing distances again
+    from the stored embeddings: the same chunks in the same order as the scored vector search (up to ties),
+    through the index."""
+    from embedkit.search.query import vector_chunks
+
+    emb, info, _ = indexed
+    assert info.index_kind == "vector"
+    with store.connect() as conn:
+        conn.execute("ANALYZE chunks")
+        for text in ("glacier canyon river", "ocean", "zanzibar quokka", "meadow island volcano prairie"):
+            qvec = emb.embed([text])[0]
+            scored = vector_chunks(conn, info, qvec, 20, None, None, None)
+            conn.execute("SET enable_sort = off")  # tiny table: the planner would sort it instead of the index
+            ranked = vector_chunks(conn, info, qvec, 20, None, None, None, ranks_only=True)
+            conn.execute("RESET enable_sort")
+            assert len(scored) == 20
+            exact = {h.chunk_id: h.score for h in vector_chunks(conn, info, qvec, 1000, None, None, None)}
+            # the same order up to ties (chunks at the same distance, up to float rounding, in the index's order)
+            assert [exact[h.chunk_id] for h in ranked] == pytest.approx([h.score for h in scored], abs=1e-6)
+            by_id = {h.chunk_id: (h.path, h.text, h.document_id) for h in scored}
+            assert all((h.path, h.text, h.document_id) == by_id[h.chunk_id] for h in ranked if h.chunk_id in by_id)
+            assert {h.score for h in ranked} == {0.0}
+            # a filter keeps the exact distances (iterative scans may return rows out of order)
+            filtered = vector_chunks(conn, info, qvec, 5, "*/rare/*", None, None, ranks_only=True)
+            assert filtered and all(h.score > 0 for h in filtered)
+        conn.execute("SET enable_sort = off")
+        plan = "\n".join(r[0] for r in conn.execute(
+            "EXPLAIN " + query_sql_ranks(info), {"q": qvec, "n": 20}).fetchall())
+        conn.execute("RESET enable_sort")
+    assert f"chunks_hnsw_c{int(info.id)}" in plan
+
+
+def query_sql_ranks(info) -> str:
+    from embedkit.search.query import _vector_ranks_sql
+
+    return _vector_ranks_sql(info, "n")
+
+
 def test_similar_excludes_itself(store, indexed):
     emb, info, root = indexed
     src = root + "/common/doc01.md"

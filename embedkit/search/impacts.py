@@ -58,7 +58,7 @@ TIER_TERMS = 6  # the heaviest query terms the tiers count: a tier is at most C(
 class ImpactResult:
     """The top n (chunk id, score), best first, and whether it is proven exact."""
 
-    rows: list[tuple]  # (chunk id, score, *the columns `wrap` adds)
+    rows: list[tuple]  # (chunk id, score, *`columns`, *the columns `wrap` adds)
     exact: bool
     chunks_read: int
 
@@ -95,9 +95,11 @@ def _length_floor(bucket: int) -> int:
     return 1 if bucket == 0 else LENGTH_BUCKETS[bucket - 1]
 
 
-def _score_sql(info: CollectionInfo, n_terms: int, k1: float, b: float, keys: bool = True, tier: int = 0) -> str:
-    """SQL of (id, exact BM25 score) of the chunks holding any key of %(keys)s (with `keys`) or matching any of
-    the `tier` tsqueries %(tier0)s, %(tier1)s, ..., best n first."""
+def _score_sql(info: CollectionInfo, n_terms: int, k1: float, b: float, keys: bool = True, tier: int = 0,
+               columns: str = "") -> str:
+    """SQL of (id, exact BM25 score, *`columns`) of the chunks holding any key of %(keys)s (with `keys`) or
+    matching any of the `tier` tsqueries %(tier0)s, %(tier1)s, ..., best n first; `columns`: more columns of the
+    chunk (alias c) taken in the same scan, e.g. ", c.text"."""
     length = "coalesce(c.keyword_len, embedkit_tsv_length(c.tsv))"
     kd = f"({k1 * (1 - b)!r}::float8 + {k1 * b!r}::float8 * {length} / %(avgdl)s::float8)"
     # tf * (k1 + 1) / (tf + K) = (k1 + 1) * (1 - K / (tf + K)): tf appears once
@@ -108,7 +110,7 @@ def _score_sql(info: CollectionInfo, n_terms: int, k1: float, b: float, keys: bo
     # measured 1.3-2.3x faster than one tsquery OR-ing the ANDs, whose every posting the index must check
     found = ["embedkit_impact_keys(c.tsv) && %(keys)s::text[]"] if keys else []
     found += [f"c.tsv @@ %(tier{i})s::tsquery" for i in range(tier)]
-    return (f"SELECT c.id, {float(k1) + 1!r} * ({terms}) AS score FROM chunks c "
+    return (f"SELECT c.id, {float(k1) + 1!r} * ({terms}) AS score{columns} FROM chunks c "
             f"WHERE c.collection_id = {int(info.id)} AND ({' OR '.join(found)}) "
             "ORDER BY score DESC, c.id LIMIT %(n)s")
 
@@ -204,15 +206,17 @@ def impact_top(
     wrap: Callable[[str], str] | None = None,
     total_chunks: int | None = None,
     tier_terms: int = TIER_TERMS,
+    columns: str = "",
 ) -> ImpactResult:
     """The n best chunks by BM25 for the query terms (each with weight qtf * idf), from impact tiers (see the
     module's note); exact when `exact` says so, always when `budget` is at least the chunks of all keys.
     With `proven` < n, only the first `proven` are proven (`exact`); the rest are the best of the chunks read
     (fewer than n when those hold fewer). `impacts` are the terms' (term, tf, length bucket, chunks) rows of
     `keyword_impacts` and `total_chunks` the collection's chunk count when the caller has read them (else they
-    are read here). `tier_terms`: how many of the heaviest terms the tiers count (0: no tiers). `wrap` turns
-    each pass's SQL (id, score; best first) into SQL returning (id, score, *more columns) in the same order, so
-    that callers get what they show of the chunks in the same round trip."""
+    are read here). `tier_terms`: how many of the heaviest terms the tiers count (0: no tiers). `columns` (e.g.
+    ", c.text") are chunk columns each pass selects after id and score in the scan that scores the chunks, and
+    `wrap` turns each pass's SQL (id, score, *columns; best first) into SQL returning those and more columns in
+    the same order, so that callers get what they show of the chunks in the same round trip."""
     proof = n if proven is None else max(1, min(n, proven))
     from embedkit.search.keyword import tsquery_lexeme
 
@@ -250,7 +254,7 @@ def impact_top(
     def read(lo: int, hi: int, tier: Tier | None) -> list[tuple]:
         if hi > lo or tier is not None:
             ands = tier_tsqueries([terms[t] for t in heavy[:tier[0]]], tier[1]) if tier is not None else []
-            sql = _score_sql(info, len(terms), k1, b, keys=hi > lo, tier=len(ands))
+            sql = _score_sql(info, len(terms), k1, b, keys=hi > lo, tier=len(ands), columns=columns)
             if wrap is not None:
                 sql = wrap(sql)
             # Never prepared: a generic plan (no keys known) read the same chunks 5-10x slower than a plan for

@@ -103,14 +103,16 @@ def keyword_scores(
     proven: int | None = None,
     first: int = FIRST_CHUNKS,
     wrap: Callable[[str], str] | None = None,
+    columns: str = "",
 ) -> list[tuple]:
     """(chunk id, BM25 score) of the n best chunks for `query`, best first (empty when no term is indexed).
 
     Unfiltered searches read impact tiers (`embedkit.search.impacts`): exact scores, and the exact top n
     unless proving it would read more than `budget` chunks (None: no limit), after a first pass of about
     `first` chunks; with `proven`, only the first `proven` rows are proven and the rest are the best of the
-    chunks read. There `wrap` (see `impact_top`) adds columns to each row. Filtered searches score every
-    matching chunk that holds a query term, with the pruning of this module's note (exact), and ignore `wrap`."""
+    chunks read. There `columns` and `wrap` (see `impact_top`) add columns to each row. Filtered searches score
+    every matching chunk that holds a query term, with the pruning of this module's note (exact), and ignore
+    `columns` and `wrap`."""
     params = query_terms(conn, info, query)
     if params is None:
         return []
@@ -120,7 +122,7 @@ def keyword_scores(
         limit = budget if budget is not None else sum(params["df"])  # the chunks of all keys
         return impact_top(conn, info, params["terms"], params["weights"], params["avgdl"], n, k1, b,
                           first=first, budget=limit, proven=proven, impacts=params["impacts"], wrap=wrap,
-                          total_chunks=params["total_chunks"]).rows
+                          columns=columns, total_chunks=params["total_chunks"]).rows
     sql = keyword_ids_sql(info, filt, "n", k1, b)
     terms, bounds, df = params["terms"], [w * (k1 + 1) for w in params["weights"]], params["df"]
     used = 1

@@ -29,12 +29,13 @@ from embedkit.store.collections import CollectionInfo
 __all__ = ["ChunkHit", "HYBRID_CANDIDATES", "RRF_K", "search_hybrid", "search_keyword", "search_vector"]
 
 HYBRID_CANDIDATES = 100  # chunks taken from each ranking before fusing or grouping by document
-# The keyword half of hybrid proves its first 50 chunks; the ranks past them (each worth at most
-# 1 / (rrf_k + 51) in the fusion) are the best of the chunks read for that proof (measured in RESULTS.md).
-HYBRID_PROVEN_KEYWORD = 50
-# The keyword half of hybrid reads at most this many chunks (keyword search alone: BUDGET_CHUNKS); the fusion
-# is robust to its small reorderings (measured in RESULTS.md).
-HYBRID_KEYWORD_BUDGET = 1500
+# The keyword half of hybrid reads about HYBRID_KEYWORD_CHUNKS chunks, as a rule in one pass (the highest-impact
+# keys and one tier, see `impacts`), and ranks them by exact BM25: its first HYBRID_PROVEN_KEYWORD are proven when
+# that pass proves them, the rest are the best chunks read. The fusion is robust to that: hybrid's nDCG@10 on BEIR
+# SciFact and NegConstraint was the same or higher than with 50 proven ranks and up to 1,500 chunks, which read
+# 2-3x more chunks (measured in benchmarks/RESULTS.md).
+HYBRID_PROVEN_KEYWORD = 10
+HYBRID_KEYWORD_CHUNKS = 250
 
 
 def _check_k(k: int) -> None:
@@ -81,11 +82,25 @@ def _rows_to_hits(rows) -> list[ChunkHit]:
     return [ChunkHit(shown_path(r[0], r[8]), float(r[1]), *r[2:8]) for r in rows]
 
 
-def vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search) -> list[ChunkHit]:
-    """The n chunks nearest to `qvec` (cosine similarity as score), best first."""
+def _vector_ranks_sql(info: CollectionInfo, limit_param: str) -> str:
+    """SQL selecting (id, rank) of the nearest chunks in the HNSW index's own order, ranks from 1: no distance
+    is computed again from the stored embedding (which lives out of line, so each would be one more read)."""
+    return (
+        f"SELECT * FROM unnest(ARRAY(SELECT c.id FROM chunks c WHERE c.collection_id = {int(info.id)} "
+        f"ORDER BY {index_order_expr(info, 'c.embedding')} LIMIT %({limit_param})s)) WITH ORDINALITY AS x(id, r)"
+    )
+
+
+def vector_chunks(conn, info, qvec, n, path_glob, metadata, ef_search, ranks_only=False) -> list[ChunkHit]:
+    """The n chunks nearest to `qvec` (cosine similarity as score), best first. With `ranks_only` (for a
+    fusion, which reads only the order), an unfiltered search of a `vector` index takes the index's order (the
+    exact cosine order of the vectors it holds, which are the stored ones) and scores are 0."""
     params: dict[str, Any] = {"q": np.asarray(qvec, dtype=np.float32), "n": n}
     filt = document_filter(info, path_glob, metadata, params)
-    sql = _hits_sql(info, _vector_ids_sql(info, filt, "n"), "1 - h.dist", "h.dist")
+    if ranks_only and not filt and info.index_kind == "vector":
+        sql = _hits_sql(info, _vector_ranks_sql(info, "n"), "0.0::float8", "h.r")
+    else:
+        sql = _hits_sql(info, _vector_ids_sql(info, filt, "n"), "1 - h.dist", "h.dist")
     return _rows_to_hits(_in_one_round_trip(conn, lambda: set_hnsw(conn, n, ef_search, filtered=bool(filt)),
                                             sql, params))
 
@@ -107,15 +122,18 @@ def _in_one_round_trip(conn: psycopg.Connection, settings, sql: str, params: dic
         raise
 
 
-def _with_hit_columns(info: CollectionInfo, ranked: str) -> str:
-    """`ranked` SQL (id, score; best first) as (id, score, path, text, document_id, ordinal, char_start,
-    char_end, is_file) in the same order: the chunks come back in the round trip that ranks them."""
+# The chunk columns a ChunkHit shows, taken in the scan that scores the chunks (see `keyword_chunks`)
+_HIT_CHUNK_COLUMNS = ", c.text, c.document_id, c.ordinal, c.char_start, c.char_end"
+
+
+def _with_document_columns(info: CollectionInfo, ranked: str) -> str:
+    """`ranked` SQL (id, score, *_HIT_CHUNK_COLUMNS; best first) with the document's path and is_file added, in
+    the same order: the chunks come back in the round trip that ranks them, and only their documents are
+    looked up again."""
     cid = int(info.id)
     return (
-        f"WITH h AS MATERIALIZED ({ranked}) "
-        "SELECT h.id, h.score, d.path, c.text, c.document_id, c.ordinal, c.char_start, c.char_end, d.is_file "
-        f"FROM h JOIN chunks c ON c.collection_id = {cid} AND c.id = h.id "
-        f"JOIN documents d ON d.collection_id = {cid} AND d.id = c.document_id ORDER BY h.score DESC, h.id"
+        f"WITH h AS MATERIALIZED ({ranked}) SELECT h.*, d.path, d.is_file FROM h "
+        f"JOIN documents d ON d.collection_id = {cid} AND d.id = h.document_id ORDER BY h.score DESC, h.id"
     )
 
 
@@ -124,11 +142,11 @@ def keyword_chunks(conn, info, query, n, path_glob, metadata, proven=None, budge
     """The n best chunks for `query` by BM25 (the score), best first (see `keyword_scores` for `proven`,
     `budget` and `first`)."""
     ranked = keyword_scores(conn, info, query, n, path_glob, metadata, proven=proven, budget=budget, first=first,
-                            wrap=lambda sql: _with_hit_columns(info, sql))
+                            wrap=lambda sql: _with_document_columns(info, sql), columns=_HIT_CHUNK_COLUMNS)
     if not ranked:
         return []
     if len(ranked[0]) > 2:  # the chunks came with their scores
-        return [ChunkHit(shown_path(r[2], r[8]), float(r[1]), int(r[0]), *r[3:8]) for r in ranked]
+        return [ChunkHit(shown_path(r[7], r[8]), float(r[1]), int(r[0]), *r[2:7]) for r in ranked]
     params = {"ids": [r[0] for r in ranked], "scores": [r[1] for r in ranked]}
     sql = _hits_sql(info, "SELECT * FROM unnest(%(ids)s::int8[], %(scores)s::float8[]) AS x(id, score)",
                     "h.score", "h.score DESC")
@@ -227,15 +245,16 @@ def search_hybrid(
     n = _depth(k, candidates)
     vector = qvec if callable(qvec) else lambda: qvec
     if keyword_conn is None:
-        vec = vector_chunks(conn, info, vector(), n, path_glob, metadata, ef_search)
-        kw = keyword_chunks(conn, info, query, n, path_glob, metadata, HYBRID_PROVEN_KEYWORD, HYBRID_KEYWORD_BUDGET)
+        vec = vector_chunks(conn, info, vector(), n, path_glob, metadata, ef_search, ranks_only=True)
+        kw = keyword_chunks(conn, info, query, n, path_glob, metadata, HYBRID_PROVEN_KEYWORD, HYBRID_KEYWORD_CHUNKS,
+                            HYBRID_KEYWORD_CHUNKS)
     else:
         # the server runs the keyword half on its own connection while this thread gets the query vector and
         # runs the vector half: the hybrid's latency is the longer of the two, not their sum
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(keyword_chunks, keyword_conn, info, query, n, path_glob, metadata,
-                                  HYBRID_PROVEN_KEYWORD, HYBRID_KEYWORD_BUDGET)
-            vec = vector_chunks(conn, info, vector(), n, path_glob, metadata, ef_search)
+                                  HYBRID_PROVEN_KEYWORD, HYBRID_KEYWORD_CHUNKS, HYBRID_KEYWORD_CHUNKS)
+            vec = vector_chunks(conn, info, vector(), n, path_glob, metadata, ef_search, ranks_only=True)
             kw = pending.result()
     if documents:
         return fuse_documents([vec, kw], k, rrf_k)
