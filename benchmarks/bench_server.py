@@ -17,11 +17,16 @@ This machine's speed drifts within minutes, so both generation servers stay up (
 stream count is measured over --rounds rounds alternating the sides (which goes first alternates too); the table
 gives each side's median (min-max) and the ratio of the medians, with the 1-minute load average of the level.
 
+`--spin-counts 500,3000` measures one embedkit side per GOMP_SPINCOUNT value (how long its idle kernel threads
+spin before sleeping; `embedkit serve` sets 3000 unless the environment sets one) beside the same llama-server,
+each with its ratio; llama-server always runs without GOMP_SPINCOUNT/OMP_WAIT_POLICY (its libgomp's defaults).
+
 The embedding servers run one at a time (embedkit's, then llama-server's), never together. llama-server's binary:
 --llama-server, else $LLAMA_CPP_BIN, else /work/llamacpp/build/bin/llama-server; without one, only embedkit is
 measured (and a line says so).
 
-Usage: python benchmarks/bench_server.py [--threads 2] [--requests 64] [--gen-tokens 64] [--rounds 5] [--quick]
+Usage: python benchmarks/bench_server.py [--threads 2] [--requests 64] [--gen-tokens 64] [--rounds 5]
+       [--spin-counts N,M] [--quick]
 """
 
 from __future__ import annotations
@@ -150,6 +155,13 @@ async def gen_level(url: str, model: str, prompts: list[str], tokens: int) -> di
     return {"tps": sum(counts) / wall, "ttft": float(np.nanmean(firsts)) * 1000, "tokens": float(sum(counts))}
 
 
+def side_env(llama: bool, extra: dict[str, str]) -> dict[str, str]:
+    """A server's environment: llama-server's without OpenMP wait settings (its libgomp keeps its defaults, whatever
+    this shell sets), embedkit's with `extra` (`embedkit serve` bounds its spinning itself unless one is set)."""
+    env = {k: v for k, v in os.environ.items() if not (llama and k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"))}
+    return {**env, **extra}
+
+
 def embedkit_cmd(args, port: int, gen: bool) -> list[str]:
     """`embedkit serve` with only the model of the half being measured."""
     cmd = [sys.executable, "-m", "embedkit.cli.main", "serve", "--port", str(port), "--threads", str(args.threads)]
@@ -186,7 +198,7 @@ def measure_gen(servers: dict[str, Server], args) -> tuple[dict, dict, dict, dic
     loads: dict[int, list[float]] = {s: [] for s in GEN_LEVELS}
     for r in range(args.rounds):
         for s in GEN_LEVELS:
-            order = names if r % 2 == 0 else names[::-1]
+            order = names if r % 2 == 0 else names[::-1]  # each side first and last in turn
             for name in order:
                 loads[s].append(os.getloadavg()[0])
                 rounds[name][s].append(asyncio.run(gen_level(servers[name].url, args.gen_model, prompts[:s],
@@ -204,13 +216,17 @@ def measure_gen(servers: dict[str, Server], args) -> tuple[dict, dict, dict, dic
 
 
 def print_gen(args, rounds: dict, loads: dict, fresh_ttft: dict[str, float]) -> None:
-    """The generation table: per side median (min-max) tok/s and median TTFT, and the ratio of the medians."""
+    """The generation table: per side median (min-max) tok/s and median TTFT, and each embedkit side's ratio of
+    medians to llama-server's."""
     names = list(rounds)
+    ref = "llama-server" if "llama-server" in rounds else None
+    ours = [n for n in names if n != ref]
     print(f"\n## Generation: {len(GEN_LEVELS)} stream counts x {args.rounds} rounds, sides alternating; streams of "
           f"{args.gen_tokens} tokens, {args.gen_model}, greedy, ignore_eos, prompts cached but their last token")
-    print("| streams | " + " | ".join(f"{n} tok/s median (min-max) | {n} TTFT ms" for n in names)
-          + (" | ratio of medians" if len(names) == 2 else "") + " | load avg |")
-    print("|---|" + "---|" * (2 * len(names) + (1 if len(names) == 2 else 0)) + "---|")
+    ratio_heads = [f"{n} / {ref}" for n in ours] if ref else []
+    print("| streams | " + " | ".join([f"{n} tok/s median (min-max) | {n} TTFT ms" for n in names] + ratio_heads)
+          + " | load avg |")
+    print("|---|" + "---|" * (2 * len(names) + len(ratio_heads)) + "---|")
     for s in GEN_LEVELS:
         cells, med = [], {}
         for n in names:
@@ -218,8 +234,8 @@ def print_gen(args, rounds: dict, loads: dict, fresh_ttft: dict[str, float]) -> 
             med[n] = float(np.median(tps))
             cells.append(f"{med[n]:.1f} ({min(tps):.1f}-{max(tps):.1f}) | "
                          f"{float(np.median([x['ttft'] for x in rounds[n][s]])):.0f}")
-        ratio = [f"**{med[names[0]] / med[names[1]]:.2f}**"] if len(names) == 2 else []
-        print(f"| {s} | " + " | ".join(cells + ratio) + f" | {min(loads[s]):.1f}-{max(loads[s]):.1f} |")
+        ratios = [f"**{med[n] / med[ref]:.2f}**" for n in ours] if ref else []
+        print(f"| {s} | " + " | ".join(cells + ratios) + f" | {min(loads[s]):.1f}-{max(loads[s]):.1f} |")
     print("\ntime to first token of a prompt new to the server (mean of "
           f"{FRESH_PROMPTS}, one at a time, ~20-60 tokens): "
           + ", ".join(f"{n} {ms:.0f} ms" for n, ms in fresh_ttft.items()))
@@ -237,6 +253,8 @@ def main() -> None:
     ap.add_argument("--llama-server", default=None, help="llama-server binary (default: $LLAMA_CPP_BIN or the "
                                                          "/work/llamacpp build)")
     ap.add_argument("--no-cont-batching", action="store_true", help="llama-server without continuous batching")
+    ap.add_argument("--spin-counts", default="", help="comma-separated GOMP_SPINCOUNT values: one embedkit generation "
+                                                      "side per value (default: one side, `embedkit serve`'s own)")
     ap.add_argument("--skip-gen", action="store_true")
     ap.add_argument("--skip-embed", action="store_true")
     ap.add_argument("--quick", action="store_true", help="16 requests, 8 tokens, 1 round: checks the harness")
@@ -264,7 +282,7 @@ def main() -> None:
         for side, exe in sides:
             port = free_port()
             cmd = embedkit_cmd(args, port, gen=False) if exe is None else llama_cmd(exe, args, port, embed_path, False)
-            srv = Server(side, cmd, port).wait()
+            srv = Server(side, cmd, port, env=side_env(exe is not None, {})).wait()
             try:
                 asyncio.run(embed_level(srv.url, args.embed_model, items[:8], 8))  # warm-up
                 loads = [os.getloadavg()[0]]
@@ -278,11 +296,15 @@ def main() -> None:
     gen_results = None
     if not args.skip_gen:
         servers: dict[str, Server] = {}
+        spins = [int(v) for v in args.spin_counts.split(",") if v.strip()]
+        gen_sides = [(f"embedkit spin={n}", None, {"GOMP_SPINCOUNT": str(n)}) for n in spins]
+        gen_sides = gen_sides or [("embedkit", None, {})]
+        gen_sides += [(side, exe, {}) for side, exe in sides if exe is not None]
         try:
-            for side, exe in sides:  # started one after the other: each loads on a machine to itself
+            for side, exe, env in gen_sides:  # started one after the other: each loads on a machine to itself
                 port = free_port()
                 cmd = embedkit_cmd(args, port, gen=True) if exe is None else llama_cmd(exe, args, port, gen_path, True)
-                servers[side] = Server(side, cmd, port).wait()
+                servers[side] = Server(side, cmd, port, env=side_env(exe is not None, env)).wait()
             gen_results = measure_gen(servers, args)
         finally:
             for srv in servers.values():
@@ -308,12 +330,12 @@ def main() -> None:
     if gen_results is not None:
         rounds, loads, fresh_ttft, check_texts = gen_results
         print_gen(args, rounds, loads, fresh_ttft)
-        print(f"settings of both: --threads {args.threads} (llama-server -t {args.threads} -tb {args.threads}), "
+        print(f"settings of every side: --threads {args.threads} (llama-server -t {args.threads} -tb {args.threads}), "
               f"--parallel 8, {args.ctx} tokens per slot, continuous batching "
               f"{'off on llama-server' if args.no_cont_batching else 'on'}, prompt cache on")
-        if len(check_texts) == 2:
-            a, b = check_texts.values()
-            print(f"\ngreedy 8 tokens of one prompt: {'identical' if a == b else f'differ: {a!r} vs {b!r}'}")
+        if len(check_texts) >= 2:
+            same = len(set(check_texts.values())) == 1
+            print(f"\ngreedy 8 tokens of one prompt: {'identical' if same else f'differ: {check_texts}'}")
 
 
 if __name__ == "__main__":
