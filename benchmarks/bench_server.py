@@ -36,6 +36,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -255,10 +256,14 @@ def main() -> None:
     ap.add_argument("--no-cont-batching", action="store_true", help="llama-server without continuous batching")
     ap.add_argument("--spin-counts", default="", help="comma-separated GOMP_SPINCOUNT values: one embedkit generation "
                                                       "side per value (default: one side, `embedkit serve`'s own)")
+    ap.add_argument("--streams", default="1,4,8", help="comma-separated stream counts of the generation half")
     ap.add_argument("--skip-gen", action="store_true")
     ap.add_argument("--skip-embed", action="store_true")
     ap.add_argument("--quick", action="store_true", help="16 requests, 8 tokens, 1 round: checks the harness")
     args = ap.parse_args()
+    global GEN_LEVELS
+    GEN_LEVELS = tuple(int(v) for v in args.streams.split(",") if v.strip())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     if args.quick:
         args.requests, args.gen_tokens, args.rounds = 16, 8, 1
 
