@@ -3,23 +3,24 @@
 Embeddings: R requests of one short text each (seeded prose, ~20-60 tokens) sent by C concurrent clients, for
 C in 1, 8, 32; the table shows requests/s and p50/p95 latency. embedkit batches concurrent requests into shared
 forwards; llama-server runs with `--embedding` (and `--parallel 32`, so it can batch them too).
-Generation: S concurrent streamed completions of T tokens each, for S in 1, 4, 8; the table shows aggregate generated
-tokens/s (completion tokens of all streams over the wall time from sending the first request to the last stream's
-end, time to first token included) and each stream's mean time to first token. Both sides get the same requests:
-`/v1/completions`, the same prompts (prompt i of `texts(8, seed=2)` for stream i), greedy (temperature 0),
-`max_tokens` T with `ignore_eos`, `stream` with usage; and the same settings: `--threads`/`-t`/`-tb` N, 8 slots
-(`--parallel 8`) of `--ctx` tokens each (llama-server's -c is the total, not unified), continuous batching (on by
-default in both), the prompt cache (on by default in both: each slot keeps its last request's tokens and a new
-prompt reuses its longest cached prefix). A warm-up sends all 8 prompts to each side first, so every measured
-request finds its prompt cached but its last token, on both sides alike; apart from them, the time to first
-token of prompts neither server has seen (one request at a time) is measured too: the prompt's own forward.
-This machine's speed drifts within minutes, so both generation servers stay up (the idle one sleeps) and each
-stream count is measured over --rounds rounds alternating the sides (which goes first alternates too); the table
-gives each side's median (min-max) and the ratio of the medians, with the 1-minute load average of the level.
+Generation: S concurrent streamed completions of T tokens each, for S in 1, 4, 8 (`--streams`); the table shows
+aggregate generated tokens/s (completion tokens of all streams over the wall time from sending the first request to
+the last stream's end, time to first token included) and each stream's mean time to first token. Both sides get the
+same requests: `/v1/completions`, the same prompts (prompt i of `texts(8, seed=2)` for stream i), greedy
+(temperature 0), `max_tokens` T with `ignore_eos`, `stream` with usage; and the same settings:
+`--threads`/`-t`/`-tb` N, 8 slots (`--parallel 8`) of `--ctx` tokens each (llama-server's -c is the total, not
+unified), continuous batching (on by default in both), the prompt cache (on by default in both: each slot keeps its
+last request's tokens and a new prompt reuses its longest cached prefix). A warm-up sends all 8 prompts to each side
+first, so every measured request finds its prompt cached but its last token, on both sides alike; apart from them,
+the time to first token of prompts neither server has seen (one request at a time) is measured too: the prompt's own
+forward. This machine's speed drifts within minutes, so both generation servers stay up (the idle one sleeps) and
+each stream count is measured over --rounds rounds alternating the sides (which goes first alternates too); the
+table gives each side's median (min-max) and the ratio of the medians, with the 1-minute load average of the level.
 
-`--spin-counts 500,3000` measures one embedkit side per GOMP_SPINCOUNT value (how long its idle kernel threads
-spin before sleeping; `embedkit serve` sets 3000 unless the environment sets one) beside the same llama-server,
-each with its ratio; llama-server always runs without GOMP_SPINCOUNT/OMP_WAIT_POLICY (its libgomp's defaults).
+`--spin-counts 500,3000` measures one embedkit side per GOMP_SPINCOUNT value (how long its idle kernel threads spin
+before sleeping; `embedkit serve` picks 3000, or 500 on a busy machine, unless the environment sets one) beside the
+same llama-server, each with its ratio; llama-server always runs without GOMP_SPINCOUNT/OMP_WAIT_POLICY (its
+libgomp's defaults).
 
 The embedding servers run one at a time (embedkit's, then llama-server's), never together. llama-server's binary:
 --llama-server, else $LLAMA_CPP_BIN, else /work/llamacpp/build/bin/llama-server; without one, only embedkit is
