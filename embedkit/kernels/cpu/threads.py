@@ -73,10 +73,11 @@ def apply_num_threads() -> None:
 SERVER_SPIN_COUNT = 3000
 # Spins on a machine already busy when the server starts (1-minute load average at least BUSY_LOAD_PER_CORE per
 # core): there a kernel thread's partner is mostly waiting for a core, and each spin is time taken from it and from
-# the other processes. One SmolLM2 stream served at 43.3 tok/s with 500 against 25.7 with 3,000 (medians of 10
-# alternating rounds, shared 2-core VM at load 8-11; 3,000 against 20,000: 15.2 against 3.6). What 500 costs on an
-# idle machine, where gaps shorter than the spins stay awake, was not measured, so an idle machine keeps 3,000.
-BUSY_SPIN_COUNT = 500
+# the other processes. Served SmolLM2 tok/s, medians of 6-10 alternating rounds on the shared 2-core VM: 1 stream,
+# 3,000 spins 25.7 against 500 spins 43.3 (load 8-11), 500 27.6 against 100 48.8 (load 5.4), 100 43.1 against 0
+# 39.6; 8 streams, 3,000 53.5 against 500 116.2 (load 6), 500 91.1 against 100 116.9 (load 4). What so few spins
+# cost on an idle machine, where gaps shorter than the spins stay awake, was not measured: it keeps 3,000.
+BUSY_SPIN_COUNT = 100
 BUSY_LOAD_PER_CORE = 2.0
 
 
