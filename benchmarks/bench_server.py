@@ -3,18 +3,31 @@
 Embeddings: R requests of one short text each (seeded prose, ~20-60 tokens) sent by C concurrent clients, for
 C in 1, 8, 32; the table shows requests/s and p50/p95 latency. embedkit batches concurrent requests into shared
 forwards; llama-server runs with `--embedding` (and `--parallel 32`, so it can batch them too).
-Generation: S concurrent streamed completions of T tokens each (temperature 0, different prompts), for S in 1, 4,
-8; the table shows aggregate generated tokens/s and each stream's mean time to first token. Both servers get
-`--parallel 8` slots. Both keep a finished request's tokens in its slot and reuse the longest cached prefix of a
-new prompt (llama-server's `cache_prompt`, on by default on both): the levels reuse prompts of the warm-up and
-of earlier levels, as a chat's turns would. Apart from them, the time to first token of prompts neither server
-has seen (one request at a time) is measured too: the prompt's own forward.
+Generation: S concurrent streamed completions of T tokens each, for S in 1, 4, 8 (`--streams`); the table shows
+aggregate generated tokens/s (completion tokens of all streams over the wall time from sending the first request to
+the last stream's end, time to first token included) and each stream's mean time to first token. Both sides get the
+same requests: `/v1/completions`, the same prompts (prompt i of `texts(8, seed=2)` for stream i), greedy
+(temperature 0), `max_tokens` T with `ignore_eos`, `stream` with usage; and the same settings:
+`--threads`/`-t`/`-tb` N, 8 slots (`--parallel 8`) of `--ctx` tokens each (llama-server's -c is the total, not
+unified), continuous batching (on by default in both), the prompt cache (on by default in both: each slot keeps its
+last request's tokens and a new prompt reuses its longest cached prefix). A warm-up sends all 8 prompts to each side
+first, so every measured request finds its prompt cached but its last token, on both sides alike; apart from them,
+the time to first token of prompts neither server has seen (one request at a time) is measured too: the prompt's own
+forward. This machine's speed drifts within minutes, so both generation servers stay up (the idle one sleeps) and
+each stream count is measured over --rounds rounds alternating the sides (which goes first alternates too); the
+table gives each side's median (min-max) and the ratio of the medians, with the 1-minute load average of the level.
 
-The servers run one at a time (embedkit's, then llama-server's for each half), never together, so each gets
-the machine's threads. llama-server's binary: --llama-server, else $LLAMA_CPP_BIN, else
-/work/llamacpp/build/bin/llama-server; without one, only embedkit is measured (and a line says so).
+`--spin-counts 500,3000` measures one embedkit side per GOMP_SPINCOUNT value (how long its idle kernel threads spin
+before sleeping; `embedkit serve` picks 3000, or 500 on a busy machine, unless the environment sets one) beside the
+same llama-server, each with its ratio; llama-server always runs without GOMP_SPINCOUNT/OMP_WAIT_POLICY (its
+libgomp's defaults).
 
-Usage: python benchmarks/bench_server.py [--threads 2] [--requests 64] [--gen-tokens 32] [--quick]
+The embedding servers run one at a time (embedkit's, then llama-server's), never together. llama-server's binary:
+--llama-server, else $LLAMA_CPP_BIN, else /work/llamacpp/build/bin/llama-server; without one, only embedkit is
+measured (and a line says so).
+
+Usage: python benchmarks/bench_server.py [--threads 2] [--requests 64] [--gen-tokens 64] [--rounds 5]
+       [--spin-counts N,M] [--quick]
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -143,6 +157,13 @@ async def gen_level(url: str, model: str, prompts: list[str], tokens: int) -> di
     return {"tps": sum(counts) / wall, "ttft": float(np.nanmean(firsts)) * 1000, "tokens": float(sum(counts))}
 
 
+def side_env(llama: bool, extra: dict[str, str]) -> dict[str, str]:
+    """A server's environment: llama-server's without OpenMP wait settings (its libgomp keeps its defaults, whatever
+    this shell sets), embedkit's with `extra` (`embedkit serve` bounds its spinning itself unless one is set)."""
+    env = {k: v for k, v in os.environ.items() if not (llama and k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"))}
+    return {**env, **extra}
+
+
 def embedkit_cmd(args, port: int, gen: bool) -> list[str]:
     """`embedkit serve` with only the model of the half being measured."""
     cmd = [sys.executable, "-m", "embedkit.cli.main", "serve", "--port", str(port), "--threads", str(args.threads)]
@@ -162,23 +183,90 @@ def llama_cmd(binary: str, args, port: int, model_path: Path, gen: bool) -> list
     return cmd + ["--embedding", "--parallel", "32", "-c", str(32 * 512), "-b", "4096", "-ub", "4096"]
 
 
+def gen_prompts() -> list[str]:
+    """The generation prompts: stream i of every level sends prompt i."""
+    return [f"Story {i}: {t}" for i, t in enumerate(texts(8, seed=2))]
+
+
+def measure_gen(servers: dict[str, Server], args) -> tuple[dict, dict, dict, dict]:
+    """Both generation servers up: warm-up, then per stream count `args.rounds` rounds alternating the sides.
+    Returns per side and level the rounds' results, the load average of each level's rounds, each side's
+    fresh-prompt time to first token and one greedy completion of each side."""
+    prompts = gen_prompts()
+    names = list(servers)
+    for srv in servers.values():  # warm-up: every prompt cached in a slot, as the rounds will find them
+        asyncio.run(gen_level(srv.url, args.gen_model, prompts, 4))
+    rounds: dict[str, dict[int, list[dict[str, float]]]] = {n: {s: [] for s in GEN_LEVELS} for n in names}
+    loads: dict[int, list[float]] = {s: [] for s in GEN_LEVELS}
+    for r in range(args.rounds):
+        for s in GEN_LEVELS:
+            order = names if r % 2 == 0 else names[::-1]  # each side first and last in turn
+            for name in order:
+                loads[s].append(os.getloadavg()[0])
+                rounds[name][s].append(asyncio.run(gen_level(servers[name].url, args.gen_model, prompts[:s],
+                                                              args.gen_tokens)))
+    fresh_ttft: dict[str, list[float]] = {n: [] for n in names}
+    for i, p in enumerate(texts(FRESH_PROMPTS, seed=3)):  # distinct first words: nothing cached but BOS
+        for name in (names if i % 2 == 0 else names[::-1]):
+            fresh_ttft[name].append(asyncio.run(gen_level(servers[name].url, args.gen_model, [p], 2))["ttft"])
+    check: dict[str, str] = {}
+    for name, srv in servers.items():
+        r = httpx.post(srv.url + "/v1/completions", json={"model": args.gen_model, "prompt": prompts[0],
+                                                          "max_tokens": 8, "temperature": 0}, timeout=1800)
+        check[name] = r.json()["choices"][0]["text"]
+    return rounds, loads, {n: float(np.nanmean(v)) for n, v in fresh_ttft.items()}, check
+
+
+def print_gen(args, rounds: dict, loads: dict, fresh_ttft: dict[str, float]) -> None:
+    """The generation table: per side median (min-max) tok/s and median TTFT, and each embedkit side's ratio of
+    medians to llama-server's."""
+    names = list(rounds)
+    ref = "llama-server" if "llama-server" in rounds else None
+    ours = [n for n in names if n != ref]
+    print(f"\n## Generation: {len(GEN_LEVELS)} stream counts x {args.rounds} rounds, sides alternating; streams of "
+          f"{args.gen_tokens} tokens, {args.gen_model}, greedy, ignore_eos, prompts cached but their last token")
+    ratio_heads = [f"{n} / {ref}" for n in ours] if ref else []
+    print("| streams | " + " | ".join([f"{n} tok/s median (min-max) | {n} TTFT ms" for n in names] + ratio_heads)
+          + " | load avg |")
+    print("|---|" + "---|" * (2 * len(names) + len(ratio_heads)) + "---|")
+    for s in GEN_LEVELS:
+        cells, med = [], {}
+        for n in names:
+            tps = [x["tps"] for x in rounds[n][s]]
+            med[n] = float(np.median(tps))
+            cells.append(f"{med[n]:.1f} ({min(tps):.1f}-{max(tps):.1f}) | "
+                         f"{float(np.median([x['ttft'] for x in rounds[n][s]])):.0f}")
+        ratios = [f"**{med[n] / med[ref]:.2f}**" for n in ours] if ref else []
+        print(f"| {s} | " + " | ".join(cells + ratios) + f" | {min(loads[s]):.1f}-{max(loads[s]):.1f} |")
+    print("\ntime to first token of a prompt new to the server (mean of "
+          f"{FRESH_PROMPTS}, one at a time, ~20-60 tokens): "
+          + ", ".join(f"{n} {ms:.0f} ms" for n, ms in fresh_ttft.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--requests", type=int, default=64, help="embedding requests per concurrency level")
-    ap.add_argument("--gen-tokens", type=int, default=32, help="tokens per generation stream")
+    ap.add_argument("--gen-tokens", type=int, default=64, help="tokens per generation stream")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per stream count")
     ap.add_argument("--ctx", type=int, default=512, help="context per generation slot")
     ap.add_argument("--embed-model", default="all-minilm-l6-v2")
     ap.add_argument("--gen-model", default="smollm2-135m")
     ap.add_argument("--llama-server", default=None, help="llama-server binary (default: $LLAMA_CPP_BIN or the "
                                                          "/work/llamacpp build)")
     ap.add_argument("--no-cont-batching", action="store_true", help="llama-server without continuous batching")
+    ap.add_argument("--spin-counts", default="", help="comma-separated GOMP_SPINCOUNT values: one embedkit generation "
+                                                      "side per value (default: one side, `embedkit serve`'s own)")
+    ap.add_argument("--streams", default="1,4,8", help="comma-separated stream counts of the generation half")
     ap.add_argument("--skip-gen", action="store_true")
     ap.add_argument("--skip-embed", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="16 requests, 8 tokens: checks the harness")
+    ap.add_argument("--quick", action="store_true", help="16 requests, 8 tokens, 1 round: checks the harness")
     args = ap.parse_args()
+    global GEN_LEVELS
+    GEN_LEVELS = tuple(int(v) for v in args.streams.split(",") if v.strip())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     if args.quick:
-        args.requests, args.gen_tokens = 16, 8
+        args.requests, args.gen_tokens, args.rounds = 16, 8, 1
 
     from embedkit.catalog import resolve_model
 
@@ -193,17 +281,14 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f}")
     items = texts(args.requests)
     rows_e: dict[str, dict[int, dict[str, float]]] = {}
-    rows_g: dict[str, dict[int, dict[str, float]]] = {}
     embed_loads: dict[str, tuple[float, float]] = {}  # 1-minute load average before and after each side's levels
     check_vectors: dict[str, np.ndarray] = {}  # one text's vector from each side (a sanity check)
-    check_texts: dict[str, str] = {}  # one greedy completion from each side
-    fresh_ttft: dict[str, float] = {}  # mean time to first token of prompts new to the server, one at a time
     sides = [("embedkit", None)] + ([("llama-server", binary)] if binary else [])
-    for side, exe in sides:
-        if not args.skip_embed:
+    if not args.skip_embed:
+        for side, exe in sides:
             port = free_port()
             cmd = embedkit_cmd(args, port, gen=False) if exe is None else llama_cmd(exe, args, port, embed_path, False)
-            srv = Server(side, cmd, port).wait()
+            srv = Server(side, cmd, port, env=side_env(exe is not None, {})).wait()
             try:
                 asyncio.run(embed_level(srv.url, args.embed_model, items[:8], 8))  # warm-up
                 loads = [os.getloadavg()[0]]
@@ -214,22 +299,21 @@ def main() -> None:
                 check_vectors[side] = np.asarray(r.json()["data"][0]["embedding"], dtype=np.float64)
             finally:
                 srv.stop()
-        if not args.skip_gen:
-            port = free_port()
-            cmd = embedkit_cmd(args, port, gen=True) if exe is None else llama_cmd(exe, args, port, gen_path, True)
-            srv = Server(side, cmd, port).wait()
-            try:
-                prompts = [f"Story {i}: {t}" for i, t in enumerate(texts(8, seed=2))]
-                asyncio.run(gen_level(srv.url, args.gen_model, prompts[:1], 4))  # warm-up
-                rows_g[side] = {s: asyncio.run(gen_level(srv.url, args.gen_model, prompts[:s], args.gen_tokens))
-                                for s in GEN_LEVELS}
-                fresh = texts(FRESH_PROMPTS, seed=3)  # distinct first words: nothing cached but BOS
-                fresh_ttft[side] = float(np.nanmean([asyncio.run(gen_level(srv.url, args.gen_model, [p], 2))["ttft"]
-                                                     for p in fresh]))
-                r = httpx.post(srv.url + "/v1/completions", json={"model": args.gen_model, "prompt": prompts[0],
-                                                                  "max_tokens": 8, "temperature": 0}, timeout=1800)
-                check_texts[side] = r.json()["choices"][0]["text"]
-            finally:
+    gen_results = None
+    if not args.skip_gen:
+        servers: dict[str, Server] = {}
+        spins = [int(v) for v in args.spin_counts.split(",") if v.strip()]
+        gen_sides = [(f"embedkit spin={n}", None, {"GOMP_SPINCOUNT": str(n)}) for n in spins]
+        gen_sides = gen_sides or [("embedkit", None, {})]
+        gen_sides += [(side, exe, {}) for side, exe in sides if exe is not None]
+        try:
+            for side, exe, env in gen_sides:  # started one after the other: each loads on a machine to itself
+                port = free_port()
+                cmd = embedkit_cmd(args, port, gen=True) if exe is None else llama_cmd(exe, args, port, gen_path, True)
+                servers[side] = Server(side, cmd, port, env=side_env(exe is not None, env)).wait()
+            gen_results = measure_gen(servers, args)
+        finally:
+            for srv in servers.values():
                 srv.stop()
 
     if rows_e:
@@ -249,20 +333,15 @@ def main() -> None:
     if len(check_vectors) == 2:
         a, b = check_vectors.values()
         print(f"\ncosine of the two sides' vectors of one text: {a @ b / (np.linalg.norm(a) * np.linalg.norm(b)):.6f}")
-    if rows_g:
-        print(f"\n## Generation: streams of {args.gen_tokens} tokens, {args.gen_model}, temperature 0")
-        print("| streams | " + " | ".join(f"{s} tok/s | {s} TTFT ms" for s in rows_g) + " |")
-        print("|---|" + "---|" * (2 * len(rows_g)))
-        for n in GEN_LEVELS:
-            cells = [f"{rows_g[s][n]['tps']:.1f} | {rows_g[s][n]['ttft']:.0f}" for s in rows_g]
-            print(f"| {n} | " + " | ".join(cells) + " |")
-        print("\ntime to first token of a prompt new to the server (mean of "
-              f"{FRESH_PROMPTS}, one at a time, ~20-60 tokens): "
-              + ", ".join(f"{s} {ms:.0f} ms" for s, ms in fresh_ttft.items()))
-
-    if len(check_texts) == 2:
-        a, b = check_texts.values()
-        print(f"\ngreedy 8 tokens of one prompt: {'identical' if a == b else f'differ: {a!r} vs {b!r}'}")
+    if gen_results is not None:
+        rounds, loads, fresh_ttft, check_texts = gen_results
+        print_gen(args, rounds, loads, fresh_ttft)
+        print(f"settings of every side: --threads {args.threads} (llama-server -t {args.threads} -tb {args.threads}), "
+              f"--parallel 8, {args.ctx} tokens per slot, continuous batching "
+              f"{'off on llama-server' if args.no_cont_batching else 'on'}, prompt cache on")
+        if len(check_texts) >= 2:
+            same = len(set(check_texts.values())) == 1
+            print(f"\ngreedy 8 tokens of one prompt: {'identical' if same else f'differ: {check_texts}'}")
 
 
 if __name__ == "__main__":

@@ -142,3 +142,12 @@ def test_bound_spin_waits_keeps_a_setting_made_outside(monkeypatch) -> None:
     monkeypatch.delenv("GOMP_SPINCOUNT")
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
     assert not threads.bound_spin_waits() and "GOMP_SPINCOUNT" not in threads.os.environ
+
+
+def test_server_spin_count_is_lower_on_a_busy_machine() -> None:
+    from embedkit.kernels.cpu import threads
+
+    assert threads.server_spin_count(load=0.5, cores=2) == threads.SERVER_SPIN_COUNT
+    assert threads.server_spin_count(load=3.9, cores=2) == threads.SERVER_SPIN_COUNT
+    assert threads.server_spin_count(load=4.0, cores=2) == threads.BUSY_SPIN_COUNT
+    assert threads.server_spin_count(cores=1) in (threads.SERVER_SPIN_COUNT, threads.BUSY_SPIN_COUNT)

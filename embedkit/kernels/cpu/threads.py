@@ -71,13 +71,32 @@ def apply_num_threads() -> None:
 # on the VM) per parallel region: a decode step's gaps between regions were 21 us at the median and 74 us at the
 # 90th percentile (measured under load, so longer than idle), which this count covers.
 SERVER_SPIN_COUNT = 3000
+# Spins on a machine already busy when the server starts (1-minute load average at least BUSY_LOAD_PER_CORE per
+# core): there a kernel thread's partner is mostly waiting for a core, and each spin is time taken from it and from
+# the other processes. Served SmolLM2 tok/s, medians of 6-10 alternating rounds on the shared 2-core VM: 1 stream,
+# 3,000 spins 25.7 against 500 spins 43.3 (load 8-11), 500 27.6 against 100 48.8 (load 5.4), 100 43.1 against 0
+# 39.6; 8 streams, 3,000 53.5 against 500 116.2 (load 6), 500 91.1 against 100 116.9 (load 4). What so few spins
+# cost on an idle machine, where gaps shorter than the spins stay awake, was not measured: it keeps 3,000.
+BUSY_SPIN_COUNT = 100
+BUSY_LOAD_PER_CORE = 2.0
 
 
-def bound_spin_waits(spin_count: int = SERVER_SPIN_COUNT) -> bool:
-    """Make idle kernel threads sleep after `spin_count` spins (see SERVER_SPIN_COUNT), unless GOMP_SPINCOUNT or
-    OMP_WAIT_POLICY is set already. libgomp reads them when it loads (the first parallel kernel), so call this
+def server_spin_count(load: float | None = None, cores: int | None = None) -> int:
+    """Spins for a server's kernel threads: BUSY_SPIN_COUNT when the 1-minute load average (`load`, default: the
+    machine's) reaches BUSY_LOAD_PER_CORE per core (`cores`, default: the cores this process may use), else
+    SERVER_SPIN_COUNT."""
+    if load is None:
+        load = os.getloadavg()[0]
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return BUSY_SPIN_COUNT if load >= BUSY_LOAD_PER_CORE * cores else SERVER_SPIN_COUNT
+
+
+def bound_spin_waits(spin_count: int | None = None) -> bool:
+    """Make idle kernel threads sleep after `spin_count` spins (None: `server_spin_count()`), unless GOMP_SPINCOUNT
+    or OMP_WAIT_POLICY is set already. libgomp reads them when it loads (the first parallel kernel), so call this
     before any; returns whether the setting was made."""
     if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
         return False
-    os.environ["GOMP_SPINCOUNT"] = str(int(spin_count))
+    os.environ["GOMP_SPINCOUNT"] = str(int(server_spin_count() if spin_count is None else spin_count))
     return True
