@@ -7,7 +7,8 @@ embedkit/evaluate/fidelity.py). The default arithmetic (float32) must stay below
 top-1 agreement >= 99.9% as a prompt batch, and below 1e-6 with top-1 >= 99.5% one token per step (decode's
 int16-activation kernels: one flip in Qwen2.5's 483 positions); the
 compatibility arithmetic `ggml` (llama.cpp's 8-bit activation rounding) is reported, and only checked to stay
-in its known range (measured 2026-12-07: benchmarks/RESULTS.md).
+in its known range (measured 2026-12-07: benchmarks/RESULTS.md). benchmarks/bench_fidelity.py measures the same
+over five texts (~2,500 positions a model), enough to see decode's flip rate.
 """
 
 from __future__ import annotations
