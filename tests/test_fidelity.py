@@ -7,7 +7,8 @@ embedkit/evaluate/fidelity.py). The default arithmetic (float32) must stay below
 top-1 agreement >= 99.9% as a prompt batch, and below 1e-6 with top-1 >= 99.5% one token per step (decode's
 int16-activation kernels: one flip in Qwen2.5's 483 positions); the
 compatibility arithmetic `ggml` (llama.cpp's 8-bit activation rounding) is reported, and only checked to stay
-in its known range (measured 2026-12-07: benchmarks/RESULTS.md).
+in its known range (measured 2026-12-07: benchmarks/RESULTS.md). benchmarks/bench_fidelity.py measures the same
+over five texts (~2,500 positions a model), enough to see decode's flip rate.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import numpy as np
 import pytest
 
 from embedkit.backend import make_placement
-from embedkit.evaluate.fidelity import kl_on_support, measure_fidelity, top_k_log_probs
+from embedkit.evaluate.fidelity import kl_on_support, log_softmax64, measure_fidelity, model_logits, top_k_log_probs
 from embedkit.models import load_model
+from embedkit.testing.random_models import write_random_model
 
 DATA = Path(__file__).resolve().parent / "data" / "fidelity"
 MODELS = {"gemma_path": "gemma3-270m", "smollm_path": "smollm2-135m", "qwen_path": "qwen2.5-coder-0.5b"}
@@ -43,6 +45,25 @@ def test_kl_on_support_is_exact_when_the_rest_is_proportional() -> None:
     np.put_along_axis(q2, ids, np.take_along_axis(q, ids, axis=1), axis=1)
     lq2 = q2 - np.log(np.exp(q2).sum(axis=1, keepdims=True))
     assert np.allclose(kl_on_support(ids, top, lq2), (np.exp(lp) * (lp - lq2)).sum(axis=1), rtol=1e-9, atol=0)
+
+
+def test_measure_fidelity_reports_each_flip(tmp_path: Path) -> None:
+    """Against its own prompt logits a model agrees everywhere; a reference whose two best tokens are swapped at
+    one position is a flip there, by our margin between them (benchmarks/bench_fidelity.py prints these)."""
+    shape = dict(n_vocab=320, n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, n_ctx=64)
+    model = load_model(write_random_model(tmp_path / "m.gguf", "llama", shape, "Q8_0", seed=5), make_placement("cpu"))
+    ids = np.random.default_rng(3).integers(1, 320, size=20).astype(np.int32)
+    lp = np.concatenate([log_softmax64(x) for x in model_logits(model, ids)])
+    ref_ids, ref_lp = top_k_log_probs(lp, 8)
+    same = measure_fidelity(model, ids, ref_ids, ref_lp)
+    assert same.top1 == 1.0 and same.n == 20 and len(same.flips(ref_ids)) == 0 and (same.gap == 0).all()
+    assert same.mean_kl < 1e-12 and same.kl.shape == (20,)
+    ref_ids[7, [0, 1]] = ref_ids[7, [1, 0]]
+    ref_lp[7, [0, 1]] = ref_lp[7, [1, 0]]
+    swapped = measure_fidelity(model, ids, ref_ids, ref_lp)
+    assert swapped.flips(ref_ids).tolist() == [7] and swapped.top1 == 19 / 20
+    assert np.isclose(swapped.gap[7], lp[7].max() - lp[7, ref_ids[7, 0]], rtol=0, atol=1e-9)
+    assert swapped.gap[7] > 0 and (np.delete(swapped.gap, 7) == 0).all()
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ log-probability differences there. tests/data/fidelity/make_goldens.py prints bo
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -67,11 +67,20 @@ def model_logits(model: Any, ids: np.ndarray, decode: bool = False) -> Iterator[
 
 @dataclass
 class Fidelity:
-    """Mean KL(reference || ours) on the reference's support, and the fraction of equal argmaxes."""
+    """Mean KL(reference || ours) on the reference's support, and the fraction of equal argmaxes; per position
+    (not in the repr): the KL, our argmax, and our log-probability of our argmax minus that of the reference's
+    (0 where they agree: how far the other way a flipped position went)."""
 
     mean_kl: float
     top1: float
     n: int
+    kl: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+    argmax: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
+    gap: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+
+    def flips(self, ref_ids: np.ndarray) -> np.ndarray:
+        """Positions whose argmax differs from the reference's (`ref_ids[:, 0]`)."""
+        return np.flatnonzero(self.argmax != ref_ids[: self.n, 0])
 
 
 def measure_fidelity(
@@ -79,12 +88,16 @@ def measure_fidelity(
 ) -> Fidelity:
     """Fidelity of `model`'s logits on `ids` to a reference's top-k log-probabilities at every position
     (`decode`: computed one token at a time, as generation does, see `model_logits`)."""
-    kls, same = [], 0
+    kls, tops, gaps = [], [], []
     s = 0
     for logits in model_logits(model, ids, decode):
         n = len(logits)
-        kls.append(kl_on_support(ref_ids[s : s + n], ref_lp[s : s + n], log_softmax64(logits)))
-        same += int((logits.argmax(axis=1) == ref_ids[s : s + n, 0]).sum())
+        log_q = log_softmax64(logits)
+        kls.append(kl_on_support(ref_ids[s : s + n], ref_lp[s : s + n], log_q))
+        tops.append(logits.argmax(axis=1))
+        ref_top = np.take_along_axis(log_q, ref_ids[s : s + n, :1].astype(np.int64), axis=1)[:, 0]
+        gaps.append(log_q.max(axis=1) - ref_top)
         s += n
-    kl = np.concatenate(kls)
-    return Fidelity(float(kl.mean()), same / s, s)
+    kl, top = np.concatenate(kls), np.concatenate(tops)
+    same = int((top == ref_ids[:s, 0]).sum())
+    return Fidelity(float(kl.mean()), same / s, s, kl, top, np.concatenate(gaps))

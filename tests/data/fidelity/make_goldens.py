@@ -15,44 +15,24 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-import transformers
 
 from embedkit.backend import make_placement
 from embedkit.catalog import resolve_model
 from embedkit.evaluate.fidelity import log_softmax64, measure_fidelity, model_logits, top_k_log_probs
+from embedkit.evaluate.reference import load_reference, reference_log_probs
 from embedkit.models import load_model
 from embedkit.tokenizer import load_tokenizer
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b")
 TOP_K = 256
-ROWS = 32
-
-
-def reference_log_probs(path: Path, ids: np.ndarray) -> np.ndarray:
-    """float64 log-softmax [n, n_vocab] of transformers' forward of the dequantized GGUF."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
-    )
-    model = model.to(torch.float64).eval()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    with torch.no_grad():
-        hidden = model.model(torch.from_numpy(ids[None].astype(np.int64))).last_hidden_state[0]
-        out = []
-        for s in range(0, len(ids), ROWS):
-            logits = model.lm_head(hidden[s : s + ROWS])
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
-            out.append(torch.log_softmax(logits, dim=-1).numpy())
-    return np.concatenate(out)
 
 
 def make(name: str) -> None:
     path = Path(resolve_model(name, kind="generate"))
     text = (HERE / "prose.txt").read_text(encoding="utf-8")
     ids = np.asarray(load_tokenizer(path).encode(text, add_special=True), dtype=np.int32)
-    ref = reference_log_probs(path, ids)
+    ref = reference_log_probs(load_reference(path), ids)
     top_ids, top_lp = top_k_log_probs(ref, TOP_K)
     np.savez_compressed(HERE / f"{name}.npz", ids=ids, top_ids=top_ids, top_log_probs=top_lp)
     rest = 1 - np.exp(top_lp).sum(axis=1)
