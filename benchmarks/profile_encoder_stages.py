@@ -2,10 +2,10 @@
 `encoder_attention` timed alone with CUDA events at a BERT shape, beside torch's float16 pieces (cuBLAS GEMM,
 SDPA attention) on the same arrays' shapes, so the stage that holds the gap to torch shows at once.
 
-The layer total counts the default path (attention on batched cuBLAS GEMMs with its key-bias GEMM, bias + GELU
-four float16 a thread); rows marked [alt] are the other choices, timed for comparison: the flash-style fused
-attention kernel, the per-head strided GEMMs, other score chunk sizes, float16 scores, bias + GELU one element a
-thread.
+The layer total counts the default path (the tensor-core flash attention of `encoder_flash`, 4 warps a block,
+64-key tiles; bias + GELU four float16 a thread); rows marked [alt] are the other choices, timed for comparison:
+the flash kernel with 8 warps or 32-key tiles, the Numba CUDA-core attention kernel, attention on batched cuBLAS
+GEMMs (with its key-bias GEMM) and its variants, bias + GELU one element a thread.
 
     python benchmarks/profile_encoder_stages.py [--batch 256] [--seq 128] [--shape minilm|base]
 """
@@ -53,6 +53,7 @@ def main() -> None:
     from embedkit.backend.cuda import cuda_backend
     from embedkit.kernels.cuda import encoder
     from embedkit.kernels.cuda import encoder_attention as ea
+    from embedkit.kernels.cuda.encoder_flash import flash_attention
 
     be = cuda_backend()
     stream, cps = be.stream, be._cp_stream
@@ -102,9 +103,13 @@ def main() -> None:
     mode = "batched" if ea.batched_available() else "strided"
     stages = {
         "gemm qkv": lambda: encoder.gemm(x, w_qkv, qkv, cps),
-        "gemm key bias": lambda: encoder.gemm(key_u, x, key_bias, cps),
-        f"attn gemm {mode} {chunk} seqs": lambda: attn_gemm(mode),
+        "flash attention": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps),
+        "[alt] flash 8 warps": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps, 8),
+        "[alt] flash 32-key tiles": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps, 4, 32),
+        "[alt] flash 8w 32-key": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps, 8, 32),
         "[alt] fused attention": lambda: encoder.attention(qkv, b3, mask, heads, scale, o, stream),
+        "[alt] gemm key bias": lambda: encoder.gemm(key_u, x, key_bias, cps),
+        f"[alt] attn gemm {mode} {chunk}": lambda: attn_gemm(mode),
         "[alt] attn gemm strided": lambda: attn_gemm("strided"),
         "[alt] attn gemm 16 seqs": lambda: attn_gemm(mode, 16),
         "[alt] attn gemm 64 seqs": lambda: attn_gemm(mode, 64),

@@ -7,10 +7,11 @@ stream and memory pool and runs the encoder's hot ops its own way (`embedkit.ker
   and V concatenated into one matrix, so a layer's three projections are one GEMM);
 - the product stays on the GPU in the low dtype with its bias not yet added (`_Act`); the next kernel
   adds the bias: the fused attention (Q/K/V), the residual + LayerNorm (output projections), the GELU;
-- float16 attention of right-padded batches runs on tensor cores (`encoder_attention`: one batched cuBLAS
-  GEMM for the scores of every (sequence, head), a softmax kernel, one for the outputs, the Q/K/V biases
-  folded in rather than added to Q/K/V); float32, masks with holes, or shapes it does not take use the
-  flash-style kernel over each (sequence, head) (the padding mask applied, no scores in memory);
+- float16 attention runs flash-style on tensor cores (`encoder_flash`: CUDA C compiled by NVRTC through
+  CuPy, scores kept in registers, the Q/K/V biases added as tiles are loaded, any mask); float32, the
+  simulator, or head widths it does not take use the Numba flash-style kernel over each (sequence, head)
+  (`encoder.attention`, CUDA cores). `ATTENTION_GEMM` switches float16 right-padded batches to the older
+  cuBLAS route instead (`encoder_attention`: batched GEMMs around a softmax kernel, measured slower);
 - LayerNorm writes the float32 residual stream and the low-dtype copy the next GEMM reads;
 - `pooled` pools on the GPU, so only [batch, dim] crosses the bus.
 No op waits for the host until `to_host` / `pooled`.
@@ -34,6 +35,8 @@ from embedkit.backend.base import Array, Backend, Weight
 from embedkit.errors import InputError
 
 PRECISIONS = {"float16": np.float16, "float32": np.float32}
+# True: float16 attention through the tensor-core flash kernel (`encoder_flash`) where CuPy can compile it
+FLASH_ATTENTION = True
 # True: float16 attention through cuBLAS GEMMs where the batch allows (else the flash-style CUDA-core kernel).
 # Off: on an H100 at 256 x 128 MiniLM-shaped tokens the GEMM path took 0.71-1.57 ms a layer (by chunk size)
 # against the fused kernel's 0.63 ms (benchmarks/profile_encoder_stages.py, benchmarks/bench_gpu.py)
@@ -85,6 +88,7 @@ class CUDAEncoderBackend(Backend):
         self._lengths_dev = None
         self._scratch_bufs: dict = {}
         self._gemm_failed = False  # the attention GEMMs failed once: the fused kernel from then on
+        self._flash_failed = False  # the tensor-core flash kernel failed once (NVRTC): the fused kernel
         self.attention_path = ""  # the path the last self_attention took (tests and benchmarks read it)
 
     @property
@@ -328,9 +332,34 @@ class CUDAEncoderBackend(Backend):
         lengths = self._lengths(mask) if self._attention_on_gemms(b, t, n_head, (bq, bk, bv)) else None
         if lengths is not None and self._attention_gemm(xl, qkv, w_qkv, wq, wk, bq, bias, lengths, n_head, scale, out):
             return _Act(lo=out)
+        if self._flash_on(d, n_head) and self._attention_flash(qkv, bias, mask, n_head, scale, out):
+            return _Act(lo=out)
         self._k.attention(qkv, bias, self._mask(mask), n_head, scale, out, self.stream)
         self.attention_path = "fused"
         return _Act(lo=out)
+
+    def _flash_on(self, d: int, n_head: int) -> bool:
+        """Whether this layer's attention may take the tensor-core flash kernel (float16 on a real GPU with
+        CuPy, a head width it has, no earlier failure)."""
+        if not (FLASH_ATTENTION and self.lo_dtype == np.float16 and self.base._cp is not None and not self.base._sim):
+            return False
+        from embedkit.kernels.cuda.encoder_flash import flash_ok
+
+        return not self._flash_failed and flash_ok(d // n_head, d)
+
+    def _attention_flash(self, qkv, bias, mask, n_head: int, scale: float, out) -> bool:
+        """The tensor-core flash kernel into `out`; False (and a warning, once) if it cannot be compiled or
+        launched, after which this backend keeps to the Numba kernel."""
+        from embedkit.kernels.cuda.encoder_flash import flash_attention
+
+        try:
+            flash_attention(qkv, bias, self._mask(mask), n_head, scale, out, self._cp_stream())
+        except Exception as e:  # NVRTC or launch error: the Numba kernel from now on
+            warnings.warn(f"GPU encoder: tensor-core attention failed ({e}); using the fused kernel", stacklevel=2)
+            self._flash_failed = True
+            return False
+        self.attention_path = "flash"
+        return True
 
     def _attention_on_gemms(self, b: int, t: int, n_head: int, biases) -> bool:
         """Whether this batch's attention may run on cuBLAS GEMMs (float16, cuBLAS there or the simulator,
