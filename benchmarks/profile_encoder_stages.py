@@ -3,9 +3,10 @@
 SDPA attention) on the same arrays' shapes, so the stage that holds the gap to torch shows at once.
 
 The layer total counts the default path (the tensor-core flash attention of `encoder_flash`, 4 warps a block,
-64-key tiles; bias + GELU four float16 a thread); rows marked [alt] are the other choices, timed for comparison:
-the flash kernel with 8 warps or 32-key tiles, the Numba CUDA-core attention kernel, attention on batched cuBLAS
-GEMMs (with its key-bias GEMM) and its variants, bias + GELU one element a thread.
+64-key tiles; bias + GELU four float16 a thread; residual + LayerNorm on a float16 residual stream); rows marked
+[alt] are the other choices, timed for comparison: the flash kernel with 8 warps or 32-key tiles, the Numba
+CUDA-core attention kernel, attention on batched cuBLAS GEMMs (with its key-bias GEMM) and its variants, bias +
+GELU one element a thread, LayerNorm reading and writing a float32 residual stream too.
 
     python benchmarks/profile_encoder_stages.py [--batch 256] [--seq 128] [--shape minilm|base]
 """
@@ -75,6 +76,7 @@ def main() -> None:
     b3, bd, bf = dev((3 * d,), np.float32), dev((d,), np.float32), dev((f,), np.float32)
     ln_w, ln_b = dev((d,), np.float32), dev((d,), np.float32)
     res, out32, out_lo = dev((n, d), np.float32), cuda.device_array((n, d), np.float32), dev((n, d))
+    res_lo = dev((n, d))
     mask = cuda.to_device(np.ones((args.batch, args.seq), np.int32), stream=stream)
     lengths = cuda.to_device(np.full(args.batch, args.seq, np.int32), stream=stream)
     key_u, key_bias = dev((heads, d), scale=0.05), cuda.device_array((heads, n), np.float32)
@@ -116,12 +118,13 @@ def main() -> None:
         "[alt] attn gemm 1 chunk": lambda: attn_gemm(mode, args.batch),
         "[alt] attn gemm f16 score": lambda: attn_gemm(mode, None, np.float16),
         "gemm out": lambda: encoder.gemm(o, w_o, h2, cps),
-        "add+layernorm": lambda: encoder.add_norm(h2, bd, res, ln_w, ln_b, 1e-12, out32, out_lo, stream),
+        "add+layernorm": lambda: encoder.add_norm(h2, bd, res_lo, ln_w, ln_b, 1e-12, None, out_lo, stream),
+        "[alt] add+layernorm f32 res": lambda: encoder.add_norm(h2, bd, res, ln_w, ln_b, 1e-12, out32, out_lo, stream),
         "gemm ffn up": lambda: encoder.gemm(out_lo, w_1, h1, cps),
         "bias+gelu": lambda: encoder.bias_act(h1, bf, encoder.ACT_GELU_ERF, h1a, stream),
         "[alt] bias+gelu 1-wide": gelu_one_a_thread,
         "gemm ffn down": lambda: encoder.gemm(h1a, w_2, h2, cps),
-        "add+layernorm 2": lambda: encoder.add_norm(h2, bd, res, ln_w, ln_b, 1e-12, out32, out_lo, stream),
+        "add+layernorm 2": lambda: encoder.add_norm(h2, bd, res_lo, ln_w, ln_b, 1e-12, None, out_lo, stream),
     }
     print(f"{torch.cuda.get_device_name()}; {args.shape} shape d={d} heads={heads} ffn={f}; "
           f"batch {args.batch} x {args.seq} = {n} tokens; ms per layer stage (median of 20)")  # fmt: skip

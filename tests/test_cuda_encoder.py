@@ -252,6 +252,13 @@ def test_add_norm_and_bias_gelu(dtype):
     tol = 1e-5 if dtype == np.float32 else 1e-3
     assert _rel(out.copy_to_host(), ref) < tol
     assert _rel(out_lo.copy_to_host(), ref) < tol
+    # the residual in the low dtype and no float32 output (the encoder's RESIDUAL_LOW path)
+    res_lo = res.astype(dtype)
+    out_lo2 = _dev(np.full((n, d), np.nan, dtype))
+    encoder.add_norm(_dev(a), _dev(bias), _dev(res_lo), _dev(w), _dev(bb), 1e-12, None, out_lo2)
+    v = a.astype(np.float64) + bias + res_lo
+    ref = (v - v.mean(1, keepdims=True)) / np.sqrt(v.var(1, keepdims=True) + 1e-12) * w + bb
+    assert _rel(out_lo2.copy_to_host(), ref) < tol
 
     h = rng.standard_normal((n, 3 * d)).astype(dtype)
     hb = (0.2 * rng.standard_normal(3 * d)).astype(np.float32)

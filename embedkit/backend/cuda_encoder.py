@@ -12,12 +12,13 @@ stream and memory pool and runs the encoder's hot ops its own way (`embedkit.ker
   simulator, or head widths it does not take use the Numba flash-style kernel over each (sequence, head)
   (`encoder.attention`, CUDA cores). `ATTENTION_GEMM` switches float16 right-padded batches to the older
   cuBLAS route instead (`encoder_attention`: batched GEMMs around a softmax kernel, measured slower);
-- LayerNorm writes the float32 residual stream and the low-dtype copy the next GEMM reads;
+- LayerNorm writes the residual stream in the low dtype only, which the next GEMM and the next residual add read
+  (`RESIDUAL_LOW`; float32 made from it only where an op or the host needs it);
 - `pooled` pools on the GPU, so only [batch, dim] crosses the bus.
 No op waits for the host until `to_host` / `pooled`.
 
-Precision (`EMBEDKIT_GPU_PRECISION`): `float16` (default) rounds weights and the activations between
-GEMMs to float16 and accumulates in float32 (cosine to the CPU's float32 vectors >= 0.9999 on
+Precision (`EMBEDKIT_GPU_PRECISION`): `float16` (default) rounds weights, the activations between
+GEMMs and the residual stream to float16 and accumulates in float32 (cosine to the CPU's float32 vectors >= 0.9999 on
 MiniLM-shaped models); `float32` keeps everything in float32 (cuBLAS SGEMM, no TF32), slower.
 Any other op (decoders never get here) runs on the wrapped CUDA backend in float32.
 """
@@ -35,6 +36,9 @@ from embedkit.backend.base import Array, Backend, Weight
 from embedkit.errors import InputError
 
 PRECISIONS = {"float16": np.float16, "float32": np.float32}
+# True: the residual stream between LayerNorms stays in the low dtype alone (as torch's float16 model keeps it;
+# half the LayerNorm's bytes); False: LayerNorm also writes a float32 copy that the next residual add reads
+RESIDUAL_LOW = True
 # True: float16 attention through the tensor-core flash kernel (`encoder_flash`) where CuPy can compile it
 FLASH_ATTENTION = True
 # True: float16 attention through cuBLAS GEMMs where the batch allows (else the flash-style CUDA-core kernel).
@@ -296,7 +300,7 @@ class CUDAEncoderBackend(Backend):
 
     # -- normalization -------------------------------------------------------------------
     def layer_norm(self, x: Array, w: Weight | None, b: Weight | None, eps: float) -> Array:
-        """LayerNorm of [n, d] into the float32 stream + the low-dtype copy for the next GEMM."""
+        """LayerNorm of [n, d] into the low dtype (and float32 unless RESIDUAL_LOW)."""
         return self.add_layer_norm(x, None, w, b, eps)
 
     def add_layer_norm(self, a: Array, residual: Array | None, w: Weight | None, b: Weight | None, eps: float):
@@ -308,9 +312,12 @@ class CUDAEncoderBackend(Backend):
             src, bias = a.lo, a.bias
         else:
             src, bias = self._f32(a), None
-        res = self._f32(residual) if residual is not None else None
         n, d = src.shape
-        out = self._empty((n, d))
+        res = None
+        if residual is not None:
+            low = isinstance(residual, _Act) and residual.lo is not None and residual.bias is None
+            res = residual.lo if low and RESIDUAL_LOW and tuple(residual.lo.shape) == (n, d) else self._f32(residual)
+        out = None if RESIDUAL_LOW else self._empty((n, d))
         out_lo = self._empty((n, d), self.lo_dtype)
         self._k.add_norm(src, bias, res, w.data, b.data, eps, out, out_lo, self.stream)
         return _Act(lo=out_lo, f32=out)

@@ -183,8 +183,9 @@ def bias_act(x, bias, act: int, out, stream=0) -> None:
 @cache
 def _add_norm_kernel(per: int):
     @cuda.jit
-    def kern(a, bias, has_bias, res, has_res, w, b, eps, out, out_lo):
-        """out[r] = LayerNorm(a[r] + bias + res[r]) * w + b, also written to out_lo; a warp per row."""
+    def kern(a, bias, has_bias, res, has_res, w, b, eps, out, has_out, out_lo):
+        """out_lo[r] = LayerNorm(a[r] + bias + res[r]) * w + b (res in any float dtype), also written to out
+        if has_out; a warp per row."""
         n, d = a.shape
         row = (cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x) // 32
         lane = cuda.threadIdx.x % 32
@@ -213,20 +214,22 @@ def _add_norm_kernel(per: int):
                 i = lane + 32 * k
                 if i < d:
                     y = (vals[k] - mean) * inv * w[i] + b[i]
-                    out[r, i] = y
+                    if has_out:
+                        out[r, i] = y
                     out_lo[r, i] = y
 
     return kern
 
 
 def add_norm(a, bias, res, w, b, eps: float, out, out_lo, stream=0) -> None:
-    """out, out_lo [n, d] = LayerNorm(a + bias + res) * w + b (bias / res may be None)."""
+    """out, out_lo [n, d] = LayerNorm(a + bias + res) * w + b (bias / res / out may be None; res float32 or
+    the low dtype)."""
     n, d = a.shape
     per = max(1, math.ceil(d / 32))
     threads = NORM_WARPS * 32
     fast(_add_norm_kernel(per))[max(1, math.ceil(n / NORM_WARPS)), threads, stream](
         a, bias if bias is not None else w, bias is not None, res if res is not None else a, res is not None,
-        w, b, np.float32(eps), out, out_lo,
+        w, b, np.float32(eps), out if out is not None else out_lo, out is not None, out_lo,
     )  # fmt: skip
 
 
