@@ -102,27 +102,32 @@ def _where_wrong(got, ref, mask, n_head, tol) -> str:
     return f"{len(bad)} of {b * t * n_head} rows wrong, first (seq, query, head): {bad[:8].tolist()}"
 
 
-# (head_dim, t, lengths, n_head, warps, key_tile): single tokens, lengths off the 16-query and key tiles,
-# several query and key tiles, the longest sequences, holes in the mask
+# (head_dim, t, lengths, n_head, warps, key_tile, stage_keys): single tokens, lengths off the 16-query and key
+# tiles, several query tiles, key tiles and staging passes, the longest sequences, holes in the mask
 _FLASH_CASES = [
-    (32, 1, [1, 1], 2, 4, 64),
-    (32, 5, [5, 3, 1], 3, 4, 64),
-    (32, 17, [17, 16, 1], 2, 4, 64),
-    (32, 65, [65, 64, 63, 1], 2, 4, 64),
-    (32, 128, [128, 100, 77, 1], 12, 4, 64),
-    (32, 130, [130, 129, 2], 2, 8, 64),
-    (32, 128, [128, 90, 33], 4, 8, 32),
-    (32, 512, [512, 300], 2, 4, 64),
-    (16, 70, [70, 35, 1], 2, 4, 64),
-    (64, 33, [33, 20, 1], 2, 4, 64),
-    (64, 200, [200, 199], 2, 8, 64),
-    (128, 40, [40, 9], 2, 4, 32),
+    (32, 1, [1, 1], 2, 4, 64, None),
+    (32, 5, [5, 3, 1], 3, 4, 64, None),
+    (32, 17, [17, 16, 1], 2, 4, 64, None),
+    (32, 65, [65, 64, 63, 1], 2, 4, 64, None),
+    (32, 128, [128, 100, 77, 1], 12, 4, 64, None),
+    (32, 130, [130, 129, 2], 2, 8, 64, None),
+    (32, 128, [128, 90, 33], 4, 8, 32, None),
+    (32, 512, [512, 300], 2, 4, 64, None),
+    (32, 300, [300, 129, 5], 2, 4, 64, 64),
+    (32, 512, [512, 257, 1], 2, 4, 64, 256),
+    (32, 200, [200, 150], 2, 8, 32, 128),
+    (16, 70, [70, 35, 1], 2, 4, 64, None),
+    (64, 33, [33, 20, 1], 2, 4, 64, None),
+    (64, 200, [200, 199], 2, 8, 64, None),
+    (128, 40, [40, 9], 2, 4, 32, None),
+    (128, 150, [150, 70], 2, 4, 64, None),
 ]
 
 
-@pytest.mark.parametrize("hd,t,lengths,n_head,warps,key_tile", _FLASH_CASES)
+@pytest.mark.parametrize("hd,t,lengths,n_head,warps,key_tile,stage_keys", _FLASH_CASES)
 @pytest.mark.parametrize("holes", [False, True])
-def test_flash_attention_vs_reference(hd, t, lengths, n_head, warps, key_tile, holes):
+@pytest.mark.parametrize("version", [2, 1])
+def test_flash_attention_vs_reference(hd, t, lengths, n_head, warps, key_tile, stage_keys, holes, version):
     """The tensor-core flash kernel (`encoder_flash`) on variable lengths: real query rows within 5e-3 of
     float64 attention of the same float16 Q/K/V plus float32 biases (Q, K, V and the probabilities are rounded
     to float16 on the way), padded rows 0, every element of the poisoned output written."""
@@ -144,7 +149,7 @@ def test_flash_attention_vs_reference(hd, t, lengths, n_head, warps, key_tile, h
     scale = 1.0 / math.sqrt(hd)
     out = _dev(np.full((b * t, d), np.nan, np.float16))
     stream = cupy.cuda.Stream()
-    flash_attention(_dev(qkv), _dev(bias), _dev(mask), n_head, scale, out, stream, warps, key_tile)
+    flash_attention(_dev(qkv), _dev(bias), _dev(mask), n_head, scale, out, stream, warps, key_tile, stage_keys, version)
     stream.synchronize()
     got = out.copy_to_host()
     ref = _ref_attention(qkv, bias, mask, n_head, scale)
