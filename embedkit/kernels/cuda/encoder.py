@@ -36,7 +36,7 @@ THREADS = 256
 THREADS4 = 128  # threads per block of the four-column bias + activation kernel
 ROW_BLOCKS4 = 132 * 16  # its blocks in all (rows split over y): about 16 of 128 threads per H100 SM
 VECTOR_BIAS_ACT = True  # float16 bias + activation four columns a thread (False: one, for comparison)
-BIAS_ACT_PAIRS = True  # that kernel loads two rows before computing either (two loads in flight a thread)
+BIAS_ACT_PAIRS = False  # True: that kernel loads two rows before computing either (not yet timed on a GPU)
 _LOW16 = np.uint64(0xFFFF)
 _SHIFT16, _SHIFT32, _SHIFT48 = np.uint64(16), np.uint64(32), np.uint64(48)
 
