@@ -36,7 +36,9 @@ THREADS = 256
 THREADS4 = 128  # threads per block of the four-column bias + activation kernel
 ROW_BLOCKS4 = 132 * 16  # its blocks in all (rows split over y): about 16 of 128 threads per H100 SM
 VECTOR_BIAS_ACT = True  # float16 bias + activation four columns a thread (False: one, for comparison)
-BIAS_ACT_PAIRS = False  # True: that kernel loads two rows before computing either (not yet timed on a GPU)
+# True: that kernel loads two rows before computing either (on an H100, 0.130 ms against 0.141 at 32768 x 1536;
+# checked against numpy only under the simulator so far, so off)
+BIAS_ACT_PAIRS = False
 _LOW16 = np.uint64(0xFFFF)
 _SHIFT16, _SHIFT32, _SHIFT48 = np.uint64(16), np.uint64(32), np.uint64(48)
 

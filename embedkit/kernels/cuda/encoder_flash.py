@@ -27,8 +27,9 @@ import numpy as np
 
 KEY_TILE = 64  # keys per shared-memory tile (a multiple of 16)
 WARPS = 4  # warps a block: 16 queries each
-# the kernel `flash_attention` runs by default: 1, one staging pass a key tile (measured on an H100); 2 stages
-# STAGE_KEYS keys a pass with their loads batched (covered by the GPU tests, not yet run on a GPU)
+# the kernel `flash_attention` runs by default: 1, one staging pass a key tile; 2 stages STAGE_KEYS keys a pass
+# with their loads batched (both pass the GPU tests; on an H100 at 256 x 128 MiniLM tokens 0.136 ms a layer
+# against version 1's 0.142, within run-to-run noise, so version 1 stays the default the whole-model runs measured)
 VERSION = 1
 STAGE_KEYS = 128  # keys staged in shared memory a pass (a multiple of KEY_TILE), all loads issued together
 FLASH_HEAD_DIMS = (16, 32, 64, 128)  # head widths the kernel takes (multiples of 16)
