@@ -236,21 +236,20 @@ def _embedkit_embed(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _with_old_kernels(fn, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """fn(ids, mask) with the encoder's previous float16 kernels: the flash-style fused attention instead of the
-    cuBLAS GEMMs (`cuda_encoder.ATTENTION_GEMM`) and bias + GELU one element a thread (`VECTOR_BIAS_ACT`)."""
+    """fn(ids, mask) with the encoder's previous float16 attention: the Numba CUDA-core flash-style kernel instead
+    of the tensor-core one (`cuda_encoder.FLASH_ATTENTION`), no cuBLAS GEMM attention."""
     import embedkit.backend.cuda_encoder as cuda_encoder
-    from embedkit.kernels.cuda import encoder
 
-    saved = cuda_encoder.ATTENTION_GEMM, encoder.VECTOR_BIAS_ACT
-    cuda_encoder.ATTENTION_GEMM, encoder.VECTOR_BIAS_ACT = False, False
+    saved = cuda_encoder.ATTENTION_GEMM, cuda_encoder.FLASH_ATTENTION
+    cuda_encoder.ATTENTION_GEMM, cuda_encoder.FLASH_ATTENTION = False, False
     try:
         return fn(ids, mask)
     finally:
-        cuda_encoder.ATTENTION_GEMM, encoder.VECTOR_BIAS_ACT = saved
+        cuda_encoder.ATTENTION_GEMM, cuda_encoder.FLASH_ATTENTION = saved
 
 
 def _attention_path(model) -> str:
-    """The attention path the GPU encoder's last batch took ("gemm-batched", "gemm-strided", "fused")."""
+    """The attention path the GPU encoder's last batch took ("flash", "gemm-batched", "gemm-strided", "fused")."""
     return getattr(model.placement.layer(0), "attention_path", "")
 
 

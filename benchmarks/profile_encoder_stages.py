@@ -2,10 +2,12 @@
 `encoder_attention` timed alone with CUDA events at a BERT shape, beside torch's float16 pieces (cuBLAS GEMM,
 SDPA attention) on the same arrays' shapes, so the stage that holds the gap to torch shows at once.
 
-The layer total counts the default path (attention on batched cuBLAS GEMMs with its key-bias GEMM, bias + GELU
-four float16 a thread); rows marked [alt] are the other choices, timed for comparison: the flash-style fused
-attention kernel, the per-head strided GEMMs, other score chunk sizes, float16 scores, bias + GELU one element a
-thread.
+The layer total counts the default path (the tensor-core flash attention of `encoder_flash`, version 1, 4 warps
+a block, 64-key tiles; bias + GELU four float16 a thread; residual + LayerNorm on a float16 residual stream); rows
+marked [alt] are the other choices, timed for comparison: the flash kernel's version 2 (128 keys staged a pass),
+8 warps, 32-key tiles, the Numba CUDA-core attention kernel, attention on batched cuBLAS GEMMs (with its key-bias
+GEMM) and its variants, bias + GELU one element a thread or two rows a step, LayerNorm reading and writing a
+float32 residual stream too.
 
     python benchmarks/profile_encoder_stages.py [--batch 256] [--seq 128] [--shape minilm|base]
 """
@@ -53,6 +55,7 @@ def main() -> None:
     from embedkit.backend.cuda import cuda_backend
     from embedkit.kernels.cuda import encoder
     from embedkit.kernels.cuda import encoder_attention as ea
+    from embedkit.kernels.cuda.encoder_flash import flash_attention
 
     be = cuda_backend()
     stream, cps = be.stream, be._cp_stream
@@ -74,6 +77,7 @@ def main() -> None:
     b3, bd, bf = dev((3 * d,), np.float32), dev((d,), np.float32), dev((f,), np.float32)
     ln_w, ln_b = dev((d,), np.float32), dev((d,), np.float32)
     res, out32, out_lo = dev((n, d), np.float32), cuda.device_array((n, d), np.float32), dev((n, d))
+    res_lo = dev((n, d))
     mask = cuda.to_device(np.ones((args.batch, args.seq), np.int32), stream=stream)
     lengths = cuda.to_device(np.full(args.batch, args.seq, np.int32), stream=stream)
     key_u, key_bias = dev((heads, d), scale=0.05), cuda.device_array((heads, n), np.float32)
@@ -98,25 +102,41 @@ def main() -> None:
         finally:
             encoder.VECTOR_BIAS_ACT = True
 
+    def gelu_two_rows_a_step():
+        saved = encoder.BIAS_ACT_PAIRS
+        encoder.BIAS_ACT_PAIRS = True
+        try:
+            encoder.bias_act(h1, bf, encoder.ACT_GELU_ERF, h1a, stream)
+        finally:
+            encoder.BIAS_ACT_PAIRS = saved
+
     chunk = ea.chunk_sequences(args.batch, args.seq, heads)
     mode = "batched" if ea.batched_available() else "strided"
     stages = {
         "gemm qkv": lambda: encoder.gemm(x, w_qkv, qkv, cps),
-        "gemm key bias": lambda: encoder.gemm(key_u, x, key_bias, cps),
-        f"attn gemm {mode} {chunk} seqs": lambda: attn_gemm(mode),
+        "flash attention": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps),
+        "[alt] flash v2": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps, version=2),
+        "[alt] flash v2 stage 64": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps, 4, 64, 64, 2),
+        "[alt] flash v2 8 warps": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps, 8, version=2),
+        "[alt] flash 8 warps": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps, 8),
+        "[alt] flash 32-key tiles": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps, 4, 32),
         "[alt] fused attention": lambda: encoder.attention(qkv, b3, mask, heads, scale, o, stream),
+        "[alt] gemm key bias": lambda: encoder.gemm(key_u, x, key_bias, cps),
+        f"[alt] attn gemm {mode} {chunk}": lambda: attn_gemm(mode),
         "[alt] attn gemm strided": lambda: attn_gemm("strided"),
         "[alt] attn gemm 16 seqs": lambda: attn_gemm(mode, 16),
         "[alt] attn gemm 64 seqs": lambda: attn_gemm(mode, 64),
         "[alt] attn gemm 1 chunk": lambda: attn_gemm(mode, args.batch),
         "[alt] attn gemm f16 score": lambda: attn_gemm(mode, None, np.float16),
         "gemm out": lambda: encoder.gemm(o, w_o, h2, cps),
-        "add+layernorm": lambda: encoder.add_norm(h2, bd, res, ln_w, ln_b, 1e-12, out32, out_lo, stream),
+        "add+layernorm": lambda: encoder.add_norm(h2, bd, res_lo, ln_w, ln_b, 1e-12, None, out_lo, stream),
+        "[alt] add+layernorm f32 res": lambda: encoder.add_norm(h2, bd, res, ln_w, ln_b, 1e-12, out32, out_lo, stream),
         "gemm ffn up": lambda: encoder.gemm(out_lo, w_1, h1, cps),
         "bias+gelu": lambda: encoder.bias_act(h1, bf, encoder.ACT_GELU_ERF, h1a, stream),
         "[alt] bias+gelu 1-wide": gelu_one_a_thread,
+        "[alt] bias+gelu 2 rows a step": gelu_two_rows_a_step,
         "gemm ffn down": lambda: encoder.gemm(h1a, w_2, h2, cps),
-        "add+layernorm 2": lambda: encoder.add_norm(h2, bd, res, ln_w, ln_b, 1e-12, out32, out_lo, stream),
+        "add+layernorm 2": lambda: encoder.add_norm(h2, bd, res_lo, ln_w, ln_b, 1e-12, None, out_lo, stream),
     }
     print(f"{torch.cuda.get_device_name()}; {args.shape} shape d={d} heads={heads} ffn={f}; "
           f"batch {args.batch} x {args.seq} = {n} tokens; ms per layer stage (median of 20)")  # fmt: skip

@@ -5,6 +5,8 @@ numpy stands in for cuBLAS; skipped elsewhere (CI has no GPU). Tolerances, max |
 - kernels fed float32 arrays (attention, residual + LayerNorm, bias + GELU): 1e-5 against numpy;
 - the same kernels on float16 inputs: against numpy on the same float16-rounded inputs, 1e-3
   (the outputs are rounded to float16);
+- the tensor-core flash kernel (a real GPU only: CUDA C through NVRTC): 5e-3 against float64 attention of the
+  same float16 inputs (Q, K, V and the probabilities rounded to float16 inside);
 - whole BERT models, variable-length batches: pooled vectors cosine >= 0.9999 to the CPU backend's
   float32 vectors in float16 (the default) and >= 0.999999 with EMBEDKIT_GPU_PRECISION=float32; hidden
   states free of NaN, real tokens' rows within 2e-2 (float16) / 1e-5 (float32).
@@ -77,6 +79,84 @@ def _sim() -> bool:
     from numba.cuda import config
 
     return bool(config.ENABLE_CUDASIM)
+
+
+def _flash_available() -> bool:
+    """The tensor-core kernel needs a real GPU and CuPy (NVRTC); the simulator runs no CUDA C."""
+    if _sim():
+        return False
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _where_wrong(got, ref, mask, n_head, tol) -> str:
+    """Which (sequence, query, head) rows miss the tolerance: a short description for a failing assert."""
+    b, t = mask.shape
+    hd = ref.shape[1] // n_head
+    ref = np.nan_to_num(ref)  # a sequence with no token at all has no reference rows
+    err = np.abs(np.asarray(got, np.float64) - ref).reshape(b, t, n_head, hd).max(-1) / np.max(np.abs(ref))
+    bad = np.argwhere(~(err < tol))
+    return f"{len(bad)} of {b * t * n_head} rows wrong, first (seq, query, head): {bad[:8].tolist()}"
+
+
+# (head_dim, t, lengths, n_head, warps, key_tile, stage_keys): single tokens, lengths off the 16-query and key
+# tiles, several query tiles, key tiles and staging passes, the longest sequences, holes in the mask
+_FLASH_CASES = [
+    (32, 1, [1, 1], 2, 4, 64, None),
+    (32, 5, [5, 3, 1], 3, 4, 64, None),
+    (32, 17, [17, 16, 1], 2, 4, 64, None),
+    (32, 65, [65, 64, 63, 1], 2, 4, 64, None),
+    (32, 128, [128, 100, 77, 1], 12, 4, 64, None),
+    (32, 130, [130, 129, 2], 2, 8, 64, None),
+    (32, 128, [128, 90, 33], 4, 8, 32, None),
+    (32, 512, [512, 300], 2, 4, 64, None),
+    (32, 300, [300, 129, 5], 2, 4, 64, 64),
+    (32, 512, [512, 257, 1], 2, 4, 64, 256),
+    (32, 200, [200, 150], 2, 8, 32, 128),
+    (16, 70, [70, 35, 1], 2, 4, 64, None),
+    (64, 33, [33, 20, 1], 2, 4, 64, None),
+    (64, 200, [200, 199], 2, 8, 64, None),
+    (128, 40, [40, 9], 2, 4, 32, None),
+    (128, 150, [150, 70], 2, 4, 64, None),
+]
+
+
+@pytest.mark.parametrize("hd,t,lengths,n_head,warps,key_tile,stage_keys", _FLASH_CASES)
+@pytest.mark.parametrize("holes", [False, True])
+@pytest.mark.parametrize("version", [2, 1])
+def test_flash_attention_vs_reference(hd, t, lengths, n_head, warps, key_tile, stage_keys, holes, version):
+    """The tensor-core flash kernel (`encoder_flash`) on variable lengths: real query rows within 5e-3 of
+    float64 attention of the same float16 Q/K/V plus float32 biases (Q, K, V and the probabilities are rounded
+    to float16 on the way), padded rows 0, every element of the poisoned output written."""
+    if not _flash_available():
+        pytest.skip("the tensor-core kernel is CUDA C (NVRTC through CuPy): a real GPU only")
+    import cupy
+
+    from embedkit.kernels.cuda.encoder_flash import flash_attention
+
+    rng = np.random.default_rng(16)
+    b, d = len(lengths), n_head * hd
+    mask = (np.arange(t)[None, :] < np.array(lengths)[:, None]).astype(np.int32)
+    if holes:
+        mask[0, t // 2] = 0  # a key in the middle gets no weight, its query row is zero
+        if t > 40:
+            mask[-1, 3:40] = 0
+    qkv = (2 * rng.standard_normal((b * t, 3 * d))).astype(np.float16)
+    bias = (0.5 * rng.standard_normal(3 * d)).astype(np.float32)
+    scale = 1.0 / math.sqrt(hd)
+    out = _dev(np.full((b * t, d), np.nan, np.float16))
+    stream = cupy.cuda.Stream()
+    flash_attention(_dev(qkv), _dev(bias), _dev(mask), n_head, scale, out, stream, warps, key_tile, stage_keys, version)
+    stream.synchronize()
+    got = out.copy_to_host()
+    ref = _ref_attention(qkv, bias, mask, n_head, scale)
+    real = mask.reshape(-1) != 0
+    assert np.isfinite(got).all(), _where_wrong(got, ref, mask, n_head, 5e-3)
+    assert not got[~real].any()  # padded query rows: zeros
+    assert _rel(got[real], ref[real]) < 5e-3, _where_wrong(got, ref, mask, n_head, 5e-3)
 
 
 # under the simulator (numpy standing in for cuBLAS, a Python thread per CUDA thread) only the small cases
@@ -177,6 +257,13 @@ def test_add_norm_and_bias_gelu(dtype):
     tol = 1e-5 if dtype == np.float32 else 1e-3
     assert _rel(out.copy_to_host(), ref) < tol
     assert _rel(out_lo.copy_to_host(), ref) < tol
+    # the residual in the low dtype and no float32 output (the encoder's RESIDUAL_LOW path)
+    res_lo = res.astype(dtype)
+    out_lo2 = _dev(np.full((n, d), np.nan, dtype))
+    encoder.add_norm(_dev(a), _dev(bias), _dev(res_lo), _dev(w), _dev(bb), 1e-12, None, out_lo2)
+    v = a.astype(np.float64) + bias + res_lo
+    ref = (v - v.mean(1, keepdims=True)) / np.sqrt(v.var(1, keepdims=True) + 1e-12) * w + bb
+    assert _rel(out_lo2.copy_to_host(), ref) < tol
 
     h = rng.standard_normal((n, 3 * d)).astype(dtype)
     hb = (0.2 * rng.standard_normal(3 * d)).astype(np.float32)
@@ -251,14 +338,16 @@ def test_bert_variable_length_batch_vs_cpu(bert_file, monkeypatch, precision, mi
     real = mask.astype(bool)
     assert np.isfinite(h).all()
     assert _rel(h[real], h_ref[real]) < (2e-2 if precision == "float16" else 1e-5)
-    # the path the batches took: the GEMM attention where asked (float16 only), else the fused kernel
-    want = f"gemm-{gemm_attention}" if gemm_attention and precision == "float16" else "fused"
+    # the path the batches took: the GEMM attention where asked (float16 only), else the tensor-core flash
+    # kernel (float16 on a real GPU), else the Numba fused kernel
+    flash = "flash" if precision == "float16" and _flash_available() else "fused"
+    want = f"gemm-{gemm_attention}" if gemm_attention and precision == "float16" else flash
     assert gpu.placement.layer(0).attention_path == want
-    if gemm_attention and precision == "float16":  # a mask with a hole: the fused kernel takes it
+    if precision == "float16":  # a mask with a hole: not the GEMM attention's
         holed = mask.copy()
         holed[0, 2] = 0
         h_ref, h = cpu.encode(ids, holed), gpu.encode(ids, holed)
-        assert gpu.placement.layer(0).attention_path == "fused"
+        assert gpu.placement.layer(0).attention_path == flash
         assert _rel(h[holed.astype(bool)], h_ref[holed.astype(bool)]) < 2e-2
 
 

@@ -7,16 +7,18 @@ stream and memory pool and runs the encoder's hot ops its own way (`embedkit.ker
   and V concatenated into one matrix, so a layer's three projections are one GEMM);
 - the product stays on the GPU in the low dtype with its bias not yet added (`_Act`); the next kernel
   adds the bias: the fused attention (Q/K/V), the residual + LayerNorm (output projections), the GELU;
-- float16 attention of right-padded batches runs on tensor cores (`encoder_attention`: one batched cuBLAS
-  GEMM for the scores of every (sequence, head), a softmax kernel, one for the outputs, the Q/K/V biases
-  folded in rather than added to Q/K/V); float32, masks with holes, or shapes it does not take use the
-  flash-style kernel over each (sequence, head) (the padding mask applied, no scores in memory);
-- LayerNorm writes the float32 residual stream and the low-dtype copy the next GEMM reads;
+- float16 attention runs flash-style on tensor cores (`encoder_flash`: CUDA C compiled by NVRTC through
+  CuPy, scores kept in registers, the Q/K/V biases added as tiles are loaded, any mask); float32, the
+  simulator, or head widths it does not take use the Numba flash-style kernel over each (sequence, head)
+  (`encoder.attention`, CUDA cores). `ATTENTION_GEMM` switches float16 right-padded batches to the older
+  cuBLAS route instead (`encoder_attention`: batched GEMMs around a softmax kernel, measured slower);
+- LayerNorm writes the residual stream in the low dtype only, which the next GEMM and the next residual add read
+  (`RESIDUAL_LOW`; float32 made from it only where an op or the host needs it);
 - `pooled` pools on the GPU, so only [batch, dim] crosses the bus.
 No op waits for the host until `to_host` / `pooled`.
 
-Precision (`EMBEDKIT_GPU_PRECISION`): `float16` (default) rounds weights and the activations between
-GEMMs to float16 and accumulates in float32 (cosine to the CPU's float32 vectors >= 0.9999 on
+Precision (`EMBEDKIT_GPU_PRECISION`): `float16` (default) rounds weights, the activations between
+GEMMs and the residual stream to float16 and accumulates in float32 (cosine to the CPU's float32 vectors >= 0.9999 on
 MiniLM-shaped models); `float32` keeps everything in float32 (cuBLAS SGEMM, no TF32), slower.
 Any other op (decoders never get here) runs on the wrapped CUDA backend in float32.
 """
@@ -34,6 +36,11 @@ from embedkit.backend.base import Array, Backend, Weight
 from embedkit.errors import InputError
 
 PRECISIONS = {"float16": np.float16, "float32": np.float32}
+# True: the residual stream between LayerNorms stays in the low dtype alone (as torch's float16 model keeps it;
+# half the LayerNorm's bytes); False: LayerNorm also writes a float32 copy that the next residual add reads
+RESIDUAL_LOW = True
+# True: float16 attention through the tensor-core flash kernel (`encoder_flash`) where CuPy can compile it
+FLASH_ATTENTION = True
 # True: float16 attention through cuBLAS GEMMs where the batch allows (else the flash-style CUDA-core kernel).
 # Off: on an H100 at 256 x 128 MiniLM-shaped tokens the GEMM path took 0.71-1.57 ms a layer (by chunk size)
 # against the fused kernel's 0.63 ms (benchmarks/profile_encoder_stages.py, benchmarks/bench_gpu.py)
@@ -85,6 +92,7 @@ class CUDAEncoderBackend(Backend):
         self._lengths_dev = None
         self._scratch_bufs: dict = {}
         self._gemm_failed = False  # the attention GEMMs failed once: the fused kernel from then on
+        self._flash_failed = False  # the tensor-core flash kernel failed once (NVRTC): the fused kernel
         self.attention_path = ""  # the path the last self_attention took (tests and benchmarks read it)
 
     @property
@@ -292,7 +300,7 @@ class CUDAEncoderBackend(Backend):
 
     # -- normalization -------------------------------------------------------------------
     def layer_norm(self, x: Array, w: Weight | None, b: Weight | None, eps: float) -> Array:
-        """LayerNorm of [n, d] into the float32 stream + the low-dtype copy for the next GEMM."""
+        """LayerNorm of [n, d] into the low dtype (and float32 unless RESIDUAL_LOW)."""
         return self.add_layer_norm(x, None, w, b, eps)
 
     def add_layer_norm(self, a: Array, residual: Array | None, w: Weight | None, b: Weight | None, eps: float):
@@ -304,9 +312,12 @@ class CUDAEncoderBackend(Backend):
             src, bias = a.lo, a.bias
         else:
             src, bias = self._f32(a), None
-        res = self._f32(residual) if residual is not None else None
         n, d = src.shape
-        out = self._empty((n, d))
+        res = None
+        if residual is not None:
+            low = isinstance(residual, _Act) and residual.lo is not None and residual.bias is None
+            res = residual.lo if low and RESIDUAL_LOW and tuple(residual.lo.shape) == (n, d) else self._f32(residual)
+        out = None if RESIDUAL_LOW else self._empty((n, d))
         out_lo = self._empty((n, d), self.lo_dtype)
         self._k.add_norm(src, bias, res, w.data, b.data, eps, out, out_lo, self.stream)
         return _Act(lo=out_lo, f32=out)
@@ -328,9 +339,34 @@ class CUDAEncoderBackend(Backend):
         lengths = self._lengths(mask) if self._attention_on_gemms(b, t, n_head, (bq, bk, bv)) else None
         if lengths is not None and self._attention_gemm(xl, qkv, w_qkv, wq, wk, bq, bias, lengths, n_head, scale, out):
             return _Act(lo=out)
+        if self._flash_on(d, n_head) and self._attention_flash(qkv, bias, mask, n_head, scale, out):
+            return _Act(lo=out)
         self._k.attention(qkv, bias, self._mask(mask), n_head, scale, out, self.stream)
         self.attention_path = "fused"
         return _Act(lo=out)
+
+    def _flash_on(self, d: int, n_head: int) -> bool:
+        """Whether this layer's attention may take the tensor-core flash kernel (float16 on a real GPU with
+        CuPy, a head width it has, no earlier failure)."""
+        if not (FLASH_ATTENTION and self.lo_dtype == np.float16 and self.base._cp is not None and not self.base._sim):
+            return False
+        from embedkit.kernels.cuda.encoder_flash import flash_ok
+
+        return not self._flash_failed and flash_ok(d // n_head, d)
+
+    def _attention_flash(self, qkv, bias, mask, n_head: int, scale: float, out) -> bool:
+        """The tensor-core flash kernel into `out`; False (and a warning, once) if it cannot be compiled or
+        launched, after which this backend keeps to the Numba kernel."""
+        from embedkit.kernels.cuda.encoder_flash import flash_attention
+
+        try:
+            flash_attention(qkv, bias, self._mask(mask), n_head, scale, out, self._cp_stream())
+        except Exception as e:  # NVRTC or launch error: the Numba kernel from now on
+            warnings.warn(f"GPU encoder: tensor-core attention failed ({e}); using the fused kernel", stacklevel=2)
+            self._flash_failed = True
+            return False
+        self.attention_path = "flash"
+        return True
 
     def _attention_on_gemms(self, b: int, t: int, n_head: int, biases) -> bool:
         """Whether this batch's attention may run on cuBLAS GEMMs (float16, cuBLAS there or the simulator,
