@@ -112,3 +112,21 @@ def test_q5_0_rows_widened_to_q8_0_hold_the_same_values() -> None:
     x = rng.standard_normal((8, n_cols)).astype(np.float32)
     assert cpu_matmul.WIDEN_Q5_0
     assert np.array_equal(cpu_matmul.matmul_rows(x, raw, GGMLType.Q5_0, n_cols), _solo(raw, GGMLType.Q5_0, x))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_column_slices_carry_the_sums_bit_for_bit(name: str) -> None:
+    # a slice budget of 1 byte: one block per slice, every partial sum carried through the state between slices
+    t = GGMLType[name]
+    suffix = name.lower()
+    rng = np.random.default_rng(zlib.crc32(name.encode()) + 13)
+    n_rows, n_cols = multirow_int16.CHUNK_ROWS + 7, 1024
+    raw = random_blocks(rng, name, n_rows, n_cols).reshape(n_rows, -1)
+    for n_x in (2, 5, 8):
+        x = rng.standard_normal((n_x, n_cols)).astype(np.float32)
+        solo = _solo(raw, t, x)
+        acts = multirow_int16.pair_layout(x)
+        for k in (multirow_int16.int16_rows_kernel(suffix, 1), multirow_int16.int16_rows_serial(suffix, 3 * 8 * 256)):
+            y = np.full((acts[2].shape[1], n_rows), np.nan, dtype=np.float32)
+            k(raw, *acts, y)
+            assert np.array_equal(y[:n_x], solo), (name, n_x)

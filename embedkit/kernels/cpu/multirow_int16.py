@@ -64,6 +64,10 @@ _LEGACY = {
 }
 GROUPS = (2, 4, 8)  # activation rows of a call (`pair_layout`)
 CHUNK_ROWS = 16  # weight rows per prange chunk
+# Activation bytes a slice of columns may span (`_rows_sliced`): most of the 48 KiB L1 data cache, with room for
+# the weight rows streaming through and the chunk's carried sums.
+SLICE_BYTES = 24 << 10
+STATE_FLOATS = 4 * 2 * 16 + 16  # carried sums of a weight row: 2 accumulators per pair of 8 rows, the min terms
 _V16F32 = ir.VectorType(_F32, 16)
 
 
@@ -303,22 +307,39 @@ def _kind_code(suffix):
     return block_bytes, 1, 1, decode in (_decode_q4_1, _decode_q5_1), block, _legacy_finish
 
 
+def _spill(builder, st, state, n):
+    """The accumulators of `st` (n rows) to or from the float32 array at `state` (STATE_FLOATS floats)."""
+    slots = [a for accs in st.accs for a in accs]
+    ptrs = [builder.bitcast(builder.gep(state, [ir.Constant(_I32, 16 * k)]), _V16F32.as_pointer())
+            for k in range(len(slots))]  # fmt: skip
+    if st.mins is not None:
+        slots.append(st.mins)
+        ptrs.append(builder.bitcast(builder.gep(state, [ir.Constant(_I32, 16 * (len(slots) - 1))]),
+                                    ir.VectorType(_F32, n).as_pointer()))  # fmt: skip
+    return slots, ptrs
+
+
 @intrinsic(prefer_literal=True)
-def dot_rows(typingctx, w, r, xq, xd, xsum, y, kind):
-    """y[i, r] = W[r] . x[i] for every activation row i (xq, xd, xsum in `pair_layout`: xsum [n // 32, n_x]
-    with n_x = 2, 4 or 8), W of type KINDS[kind] (uint8 [n_rows, row_bytes]); `kind` an integer literal."""
+def dot_rows(typingctx, w, r, xq, xd, xsum, y, kind, b0, b1, state):
+    """Blocks b0 .. b1 - 1 of y[i, r] = W[r] . x[i] for every activation row i (xq, xd, xsum in `pair_layout`:
+    xsum [n // 32, n_x] with n_x = 2, 4 or 8), W of type KINDS[kind] (uint8 [n_rows, row_bytes]); `kind` an
+    integer literal. The partial sums carry over in `state` (float32 [STATE_FLOATS]) from a call that ended at
+    b0 (none for b0 = 0); the call that reaches the row's last block stores y. Slices of a row accumulate in the
+    order of one call over the whole row, so the bits do not depend on the slicing."""
     if not isinstance(kind, types.IntegerLiteral):
         return None
     block_bytes, per_block, n_acc, has_min, block, finish = _kind_code(KINDS[kind.literal_value])
-    sig = types.void(w, r, xq, xd, xsum, y, kind)
+    sig = types.void(w, r, xq, xd, xsum, y, kind, b0, b1, state)
 
     def codegen(context, builder, signature, args):
-        wa, xqa, xda, xsa, ya = (
-            context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 3, 4, 5)
+        wa, xqa, xda, xsa, ya, sta = (
+            context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 3, 4, 5, 9)
         )
         w_stride = cgutils.unpack_tuple(builder, wa.strides, 2)[0]
         intp = w_stride.type
         rr = context.cast(builder, args[1], signature.args[1], types.intp)
+        first = context.cast(builder, args[7], signature.args[7], types.intp)
+        stop = context.cast(builder, args[8], signature.args[8], types.intp)
         wrow = builder.gep(wa.data, [builder.mul(rr, w_stride)])
         n_groups, n_x = cgutils.unpack_tuple(builder, xsa.shape, 2)
         results = []
@@ -332,17 +353,24 @@ def dot_rows(typingctx, w, r, xq, xd, xsum, y, kind):
             builder.position_at_end(body)
             acts = _Acts(builder.bitcast(xqa.data, _I16.as_pointer()), xda.data, xsa.data, n, intp)
             st = _State(builder, acts, n_acc, has_min)
+            slots, ptrs = _spill(builder, st, sta.data, n)
+            with builder.if_then(builder.icmp_unsigned("!=", first, ir.Constant(intp, 0))):
+                for a, ptr in zip(slots, ptrs, strict=True):
+                    builder.store(builder.load(ptr, align=4), a)
             nb = builder.udiv(n_groups, ir.Constant(intp, per_block)) if per_block > 1 else n_groups
-            with cgutils.for_range(builder, nb) as loop:
-                b = loop.index
+            with cgutils.for_range_slice(builder, first, stop, ir.Constant(intp, 1), inc=True) as (b, _):
                 block(builder, builder.gep(wrow, [builder.mul(b, ir.Constant(intp, block_bytes))]), b, acts, st)
-            y_stride = cgutils.unpack_tuple(builder, ya.strides, 2)[0]
-            ybase = builder.bitcast(ya.data, ir.IntType(8).as_pointer())
-            for p in range(n // 2):
-                for k, v in enumerate(finish(builder, st, p)):
-                    yrow = builder.bitcast(builder.gep(ybase, [builder.mul(ir.Constant(intp, 2 * p + k), y_stride)]),
-                                           _F32.as_pointer())  # fmt: skip
-                    builder.store(v, builder.gep(yrow, [rr]))
+            with builder.if_else(builder.icmp_unsigned("<", stop, nb)) as (carry, last):
+                with carry:
+                    for a, ptr in zip(slots, ptrs, strict=True):
+                        builder.store(builder.load(a), ptr, align=4)
+                with last:
+                    y_stride = cgutils.unpack_tuple(builder, ya.strides, 2)[0]
+                    ybase = builder.bitcast(ya.data, ir.IntType(8).as_pointer())
+                    for p in range(n // 2):
+                        for k, v in enumerate(finish(builder, st, p)):
+                            yrow = builder.gep(ybase, [builder.mul(ir.Constant(intp, 2 * p + k), y_stride)])
+                            builder.store(v, builder.gep(builder.bitcast(yrow, _F32.as_pointer()), [rr]))
             builder.branch(end)
             builder.position_at_end(nxt)
         builder.branch(end)
@@ -352,32 +380,59 @@ def dot_rows(typingctx, w, r, xq, xd, xsum, y, kind):
     return sig, codegen
 
 
+@njit(cache=True, inline="always")
+def _slice_blocks(n_cols, n_x, block_cols, slice_bytes):
+    """Blocks of a row per slice: as many as keep the slice's activations (int16 values, pair scales, sums:
+    ~3 n_x bytes a column) within slice_bytes; at least one."""
+    return max(1, slice_bytes // (3 * n_x * block_cols))
+
+
+@njit(cache=True, inline="always")
+def _rows_sliced(w, xq, xd, xsum, y, kind, r0, r1, block_cols, slice_bytes, state):
+    """Weight rows r0 .. r1 - 1 (at most CHUNK_ROWS) against every activation row, a slice of columns at a time for
+    all of them: the slice's activations stay in L1 while the rows stream (8 rows of 4864 columns are ~117 KB of
+    activations, more than L1 holds, which each weight row read again from L2)."""
+    n_x = xsum.shape[1]
+    nb = xsum.shape[0] * 32 // block_cols
+    step = _slice_blocks(nb * block_cols, n_x, block_cols, slice_bytes)
+    for b0 in range(0, nb, step):
+        b1 = min(nb, b0 + step)
+        for r in range(r0, r1):
+            dot_rows(w, r, xq, xd, xsum, y, kind, b0, b1, state[r - r0])
+
+
 @functools.cache
-def int16_rows_kernel(suffix: str) -> Callable[..., None]:
+def int16_rows_kernel(suffix: str, slice_bytes: int = SLICE_BYTES) -> Callable[..., None]:
     """The parallel kernel `int16_rows_<suffix>(w, xq, xd, xsum, y)`: y [n_x, n_rows] = x @ W.T for W of the type
     with `kernel_suffix` `suffix` (uint8 [n_rows, row_bytes]) and x as int16 activations in `pair_layout` (n_x
-    2, 4 or 8), chunks of CHUNK_ROWS weight rows in parallel. Compiled once, cached on disk (the kernel closes
-    over the type's index, an int: see `matmul_multirow.multirow_kernel`)."""
+    2, 4 or 8), chunks of CHUNK_ROWS weight rows in parallel, each a slice of columns at a time (`_rows_sliced`).
+    Compiled once, cached on disk (the kernel closes over the type's index and ints: see
+    `matmul_multirow.multirow_kernel`)."""
     kind = KINDS.index(suffix)
+    block_cols = 256 if suffix in ("q4_k", "q6_k") else 32
 
     def kernel(w, xq, xd, xsum, y):
         n_rows = w.shape[0]
         for c in prange((n_rows + CHUNK_ROWS - 1) // CHUNK_ROWS):
-            for r in range(c * CHUNK_ROWS, min(n_rows, (c + 1) * CHUNK_ROWS)):
-                dot_rows(w, r, xq, xd, xsum, y, kind)
+            state = np.empty((CHUNK_ROWS, STATE_FLOATS), dtype=np.float32)
+            r0 = c * CHUNK_ROWS
+            _rows_sliced(w, xq, xd, xsum, y, kind, r0, min(n_rows, r0 + CHUNK_ROWS), block_cols, slice_bytes, state)
 
     kernel.__name__ = kernel.__qualname__ = f"int16_rows_{suffix}"
     return njit(parallel=True, cache=True)(kernel)
 
 
 @functools.cache
-def int16_rows_serial(suffix: str) -> Callable[..., None]:
+def int16_rows_serial(suffix: str, slice_bytes: int = SLICE_BYTES) -> Callable[..., None]:
     """`int16_rows_kernel` on the calling thread, for small weights (no parallel launch)."""
     kind = KINDS.index(suffix)
+    block_cols = 256 if suffix in ("q4_k", "q6_k") else 32
 
     def kernel(w, xq, xd, xsum, y):
-        for r in range(w.shape[0]):
-            dot_rows(w, r, xq, xd, xsum, y, kind)
+        n_rows = w.shape[0]
+        state = np.empty((CHUNK_ROWS, STATE_FLOATS), dtype=np.float32)
+        for r0 in range(0, n_rows, CHUNK_ROWS):
+            _rows_sliced(w, xq, xd, xsum, y, kind, r0, min(n_rows, r0 + CHUNK_ROWS), block_cols, slice_bytes, state)
 
     kernel.__name__ = kernel.__qualname__ = f"int16_rows_serial_{suffix}"
     return njit(cache=True)(kernel)
