@@ -97,6 +97,10 @@ def test_activation_quantizer_and_pair_layout_match_their_numpy_definitions() ->
     d8 = np.concatenate([d, np.repeat(d[-1:], 3, axis=0)]).T  # [n // 32, 8]
     assert np.array_equal(xd, d8.reshape(n // 32, 4, 2, 1).repeat(8, axis=3).reshape(n // 32, 4, 16))
     assert np.array_equal(xsum, np.concatenate([s, np.repeat(s[-1:], 3, axis=0)]).T)
+    # the kernel-threads version (wide rows) lays out the same values
+    par = [np.full_like(a, 7) for a in (xq, xd, xsum)]
+    multirow_int16.quantize_pairs_parallel(x, *par)
+    assert all(np.array_equal(a, b) for a, b in zip(par, (xq, xd, xsum), strict=True))
 
 
 def test_q5_0_rows_widened_to_q8_0_hold_the_same_values() -> None:
