@@ -97,6 +97,10 @@ def test_activation_quantizer_and_pair_layout_match_their_numpy_definitions() ->
     d8 = np.concatenate([d, np.repeat(d[-1:], 3, axis=0)]).T  # [n // 32, 8]
     assert np.array_equal(xd, d8.reshape(n // 32, 4, 2, 1).repeat(8, axis=3).reshape(n // 32, 4, 16))
     assert np.array_equal(xsum, np.concatenate([s, np.repeat(s[-1:], 3, axis=0)]).T)
+    # the kernel-threads version (wide rows) lays out the same values
+    par = [np.full_like(a, 7) for a in (xq, xd, xsum)]
+    multirow_int16.quantize_pairs_parallel(x, *par)
+    assert all(np.array_equal(a, b) for a, b in zip(par, (xq, xd, xsum), strict=True))
 
 
 def test_q5_0_rows_widened_to_q8_0_hold_the_same_values() -> None:
@@ -112,3 +116,21 @@ def test_q5_0_rows_widened_to_q8_0_hold_the_same_values() -> None:
     x = rng.standard_normal((8, n_cols)).astype(np.float32)
     assert cpu_matmul.WIDEN_Q5_0
     assert np.array_equal(cpu_matmul.matmul_rows(x, raw, GGMLType.Q5_0, n_cols), _solo(raw, GGMLType.Q5_0, x))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_column_slices_carry_the_sums_bit_for_bit(name: str) -> None:
+    # a slice budget of 1 byte: one block per slice, every partial sum carried through the state between slices
+    t = GGMLType[name]
+    suffix = name.lower()
+    rng = np.random.default_rng(zlib.crc32(name.encode()) + 13)
+    n_rows, n_cols = multirow_int16.CHUNK_ROWS + 7, 1024
+    raw = random_blocks(rng, name, n_rows, n_cols).reshape(n_rows, -1)
+    for n_x in (2, 5, 8):
+        x = rng.standard_normal((n_x, n_cols)).astype(np.float32)
+        solo = _solo(raw, t, x)
+        acts = multirow_int16.pair_layout(x)
+        for k in (multirow_int16.int16_rows_kernel(suffix, 1), multirow_int16.int16_rows_serial(suffix, 3 * 8 * 256)):
+            y = np.full((acts[2].shape[1], n_rows), np.nan, dtype=np.float32)
+            k(raw, *acts, y)
+            assert np.array_equal(y[:n_x], solo), (name, n_x)

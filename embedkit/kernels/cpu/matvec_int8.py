@@ -46,14 +46,16 @@ def quantize_activations16(x, xq, xd, xsum):
     for b in range(x.shape[0] // 32):
         xb, qb, ib = x[32 * b : 32 * b + 32], xq[32 * b : 32 * b + 32], bits[32 * b : 32 * b + 32]
         m = np.uint32(0)
-        for i in range(32):
+        # a trip count LLVM cannot see is 32: a constant one is fully unrolled before the vectoriser runs, into a
+        # chain of 32 scalar compare-and-moves
+        for i in range(min(32, x.shape[0] - 32 * b)):
             a = ib[i] & np.uint32(0x7FFFFFFF)
             m = a if a > m else m
         box[0] = m
         amax = box.view(np.float32)[0]
         inv = top / amax if amax > np.float32(0.0) else np.float32(0.0)
         qsum = np.int32(0)
-        for i in range(32):
+        for i in range(min(32, x.shape[0] - 32 * b)):
             v = xb[i] * inv
             v = top if v > top else (-top if v < -top else v)
             q = np.int32(np.rint(v))

@@ -17,6 +17,7 @@ cached parallel kernel of a type over all rows. Activations: each row quantized 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 
 import llvmlite.binding as llvm
@@ -52,6 +53,7 @@ from embedkit.kernels.cpu.int8dot import (
 )
 from embedkit.kernels.cpu.isa import HAS_AVX512, HAS_AVX512_VNNI, prefetch_ahead
 from embedkit.kernels.cpu.matvec_int8 import quantize_activations16
+from embedkit.kernels.cpu.threads import get_num_threads
 
 # the `kernel_suffix` of each type, in the order of their `kind` index
 KINDS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k")
@@ -64,6 +66,10 @@ _LEGACY = {
 }
 GROUPS = (2, 4, 8)  # activation rows of a call (`pair_layout`)
 CHUNK_ROWS = 16  # weight rows per prange chunk
+# Activation bytes a slice of columns may span (`_rows_sliced`): most of the 48 KiB L1 data cache, with room for
+# the weight rows streaming through and the chunk's carried sums.
+SLICE_BYTES = 24 << 10
+STATE_FLOATS = 4 * 2 * 16 + 16  # carried sums of a weight row: 2 accumulators per pair of 8 rows, the min terms
 _V16F32 = ir.VectorType(_F32, 16)
 
 
@@ -303,22 +309,39 @@ def _kind_code(suffix):
     return block_bytes, 1, 1, decode in (_decode_q4_1, _decode_q5_1), block, _legacy_finish
 
 
+def _spill(builder, st, state, n):
+    """The accumulators of `st` (n rows) to or from the float32 array at `state` (STATE_FLOATS floats)."""
+    slots = [a for accs in st.accs for a in accs]
+    ptrs = [builder.bitcast(builder.gep(state, [ir.Constant(_I32, 16 * k)]), _V16F32.as_pointer())
+            for k in range(len(slots))]  # fmt: skip
+    if st.mins is not None:
+        slots.append(st.mins)
+        ptrs.append(builder.bitcast(builder.gep(state, [ir.Constant(_I32, 16 * (len(slots) - 1))]),
+                                    ir.VectorType(_F32, n).as_pointer()))  # fmt: skip
+    return slots, ptrs
+
+
 @intrinsic(prefer_literal=True)
-def dot_rows(typingctx, w, r, xq, xd, xsum, y, kind):
-    """y[i, r] = W[r] . x[i] for every activation row i (xq, xd, xsum in `pair_layout`: xsum [n // 32, n_x]
-    with n_x = 2, 4 or 8), W of type KINDS[kind] (uint8 [n_rows, row_bytes]); `kind` an integer literal."""
+def dot_rows(typingctx, w, r, xq, xd, xsum, y, kind, b0, b1, state):
+    """Blocks b0 .. b1 - 1 of y[i, r] = W[r] . x[i] for every activation row i (xq, xd, xsum in `pair_layout`:
+    xsum [n // 32, n_x] with n_x = 2, 4 or 8), W of type KINDS[kind] (uint8 [n_rows, row_bytes]); `kind` an
+    integer literal. The partial sums carry over in `state` (float32 [STATE_FLOATS]) from a call that ended at
+    b0 (none for b0 = 0); the call that reaches the row's last block stores y. Slices of a row accumulate in the
+    order of one call over the whole row, so the bits do not depend on the slicing."""
     if not isinstance(kind, types.IntegerLiteral):
         return None
     block_bytes, per_block, n_acc, has_min, block, finish = _kind_code(KINDS[kind.literal_value])
-    sig = types.void(w, r, xq, xd, xsum, y, kind)
+    sig = types.void(w, r, xq, xd, xsum, y, kind, b0, b1, state)
 
     def codegen(context, builder, signature, args):
-        wa, xqa, xda, xsa, ya = (
-            context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 3, 4, 5)
+        wa, xqa, xda, xsa, ya, sta = (
+            context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 3, 4, 5, 9)
         )
         w_stride = cgutils.unpack_tuple(builder, wa.strides, 2)[0]
         intp = w_stride.type
         rr = context.cast(builder, args[1], signature.args[1], types.intp)
+        first = context.cast(builder, args[7], signature.args[7], types.intp)
+        stop = context.cast(builder, args[8], signature.args[8], types.intp)
         wrow = builder.gep(wa.data, [builder.mul(rr, w_stride)])
         n_groups, n_x = cgutils.unpack_tuple(builder, xsa.shape, 2)
         results = []
@@ -332,17 +355,24 @@ def dot_rows(typingctx, w, r, xq, xd, xsum, y, kind):
             builder.position_at_end(body)
             acts = _Acts(builder.bitcast(xqa.data, _I16.as_pointer()), xda.data, xsa.data, n, intp)
             st = _State(builder, acts, n_acc, has_min)
+            slots, ptrs = _spill(builder, st, sta.data, n)
+            with builder.if_then(builder.icmp_unsigned("!=", first, ir.Constant(intp, 0))):
+                for a, ptr in zip(slots, ptrs, strict=True):
+                    builder.store(builder.load(ptr, align=4), a)
             nb = builder.udiv(n_groups, ir.Constant(intp, per_block)) if per_block > 1 else n_groups
-            with cgutils.for_range(builder, nb) as loop:
-                b = loop.index
+            with cgutils.for_range_slice(builder, first, stop, ir.Constant(intp, 1), inc=True) as (b, _):
                 block(builder, builder.gep(wrow, [builder.mul(b, ir.Constant(intp, block_bytes))]), b, acts, st)
-            y_stride = cgutils.unpack_tuple(builder, ya.strides, 2)[0]
-            ybase = builder.bitcast(ya.data, ir.IntType(8).as_pointer())
-            for p in range(n // 2):
-                for k, v in enumerate(finish(builder, st, p)):
-                    yrow = builder.bitcast(builder.gep(ybase, [builder.mul(ir.Constant(intp, 2 * p + k), y_stride)]),
-                                           _F32.as_pointer())  # fmt: skip
-                    builder.store(v, builder.gep(yrow, [rr]))
+            with builder.if_else(builder.icmp_unsigned("<", stop, nb)) as (carry, last):
+                with carry:
+                    for a, ptr in zip(slots, ptrs, strict=True):
+                        builder.store(builder.load(a), ptr, align=4)
+                with last:
+                    y_stride = cgutils.unpack_tuple(builder, ya.strides, 2)[0]
+                    ybase = builder.bitcast(ya.data, ir.IntType(8).as_pointer())
+                    for p in range(n // 2):
+                        for k, v in enumerate(finish(builder, st, p)):
+                            yrow = builder.gep(ybase, [builder.mul(ir.Constant(intp, 2 * p + k), y_stride)])
+                            builder.store(v, builder.gep(builder.bitcast(yrow, _F32.as_pointer()), [rr]))
             builder.branch(end)
             builder.position_at_end(nxt)
         builder.branch(end)
@@ -352,32 +382,59 @@ def dot_rows(typingctx, w, r, xq, xd, xsum, y, kind):
     return sig, codegen
 
 
+@njit(cache=True, inline="always")
+def _slice_blocks(n_cols, n_x, block_cols, slice_bytes):
+    """Blocks of a row per slice: as many as keep the slice's activations (int16 values, pair scales, sums:
+    ~3 n_x bytes a column) within slice_bytes; at least one."""
+    return max(1, slice_bytes // (3 * n_x * block_cols))
+
+
+@njit(cache=True, inline="always")
+def _rows_sliced(w, xq, xd, xsum, y, kind, r0, r1, block_cols, slice_bytes, state):
+    """Weight rows r0 .. r1 - 1 (at most CHUNK_ROWS) against every activation row, a slice of columns at a time for
+    all of them: the slice's activations stay in L1 while the rows stream (8 rows of 4864 columns are ~117 KB of
+    activations, more than L1 holds, which each weight row read again from L2)."""
+    n_x = xsum.shape[1]
+    nb = xsum.shape[0] * 32 // block_cols
+    step = _slice_blocks(nb * block_cols, n_x, block_cols, slice_bytes)
+    for b0 in range(0, nb, step):
+        b1 = min(nb, b0 + step)
+        for r in range(r0, r1):
+            dot_rows(w, r, xq, xd, xsum, y, kind, b0, b1, state[r - r0])
+
+
 @functools.cache
-def int16_rows_kernel(suffix: str) -> Callable[..., None]:
+def int16_rows_kernel(suffix: str, slice_bytes: int = SLICE_BYTES) -> Callable[..., None]:
     """The parallel kernel `int16_rows_<suffix>(w, xq, xd, xsum, y)`: y [n_x, n_rows] = x @ W.T for W of the type
     with `kernel_suffix` `suffix` (uint8 [n_rows, row_bytes]) and x as int16 activations in `pair_layout` (n_x
-    2, 4 or 8), chunks of CHUNK_ROWS weight rows in parallel. Compiled once, cached on disk (the kernel closes
-    over the type's index, an int: see `matmul_multirow.multirow_kernel`)."""
+    2, 4 or 8), chunks of CHUNK_ROWS weight rows in parallel, each a slice of columns at a time (`_rows_sliced`).
+    Compiled once, cached on disk (the kernel closes over the type's index and ints: see
+    `matmul_multirow.multirow_kernel`)."""
     kind = KINDS.index(suffix)
+    block_cols = 256 if suffix in ("q4_k", "q6_k") else 32
 
     def kernel(w, xq, xd, xsum, y):
         n_rows = w.shape[0]
         for c in prange((n_rows + CHUNK_ROWS - 1) // CHUNK_ROWS):
-            for r in range(c * CHUNK_ROWS, min(n_rows, (c + 1) * CHUNK_ROWS)):
-                dot_rows(w, r, xq, xd, xsum, y, kind)
+            state = np.empty((CHUNK_ROWS, STATE_FLOATS), dtype=np.float32)
+            r0 = c * CHUNK_ROWS
+            _rows_sliced(w, xq, xd, xsum, y, kind, r0, min(n_rows, r0 + CHUNK_ROWS), block_cols, slice_bytes, state)
 
     kernel.__name__ = kernel.__qualname__ = f"int16_rows_{suffix}"
     return njit(parallel=True, cache=True)(kernel)
 
 
 @functools.cache
-def int16_rows_serial(suffix: str) -> Callable[..., None]:
+def int16_rows_serial(suffix: str, slice_bytes: int = SLICE_BYTES) -> Callable[..., None]:
     """`int16_rows_kernel` on the calling thread, for small weights (no parallel launch)."""
     kind = KINDS.index(suffix)
+    block_cols = 256 if suffix in ("q4_k", "q6_k") else 32
 
     def kernel(w, xq, xd, xsum, y):
-        for r in range(w.shape[0]):
-            dot_rows(w, r, xq, xd, xsum, y, kind)
+        n_rows = w.shape[0]
+        state = np.empty((CHUNK_ROWS, STATE_FLOATS), dtype=np.float32)
+        for r0 in range(0, n_rows, CHUNK_ROWS):
+            _rows_sliced(w, xq, xd, xsum, y, kind, r0, min(n_rows, r0 + CHUNK_ROWS), block_cols, slice_bytes, state)
 
     kernel.__name__ = kernel.__qualname__ = f"int16_rows_serial_{suffix}"
     return njit(cache=True)(kernel)
@@ -407,31 +464,54 @@ def q5_0_as_q8_0(rows):
     return out
 
 
+@njit(cache=True, inline="always")
+def _pair_row(x, i, xq, xd_p, xsum_t, q, d, s):
+    """Row i of `quantize_pairs` (rows past n_x: the last row again), quantized into the scratch q, d, s and then
+    scattered to its pair slots."""
+    n_x, n = x.shape
+    half = xsum_t.shape[1] // 2
+    i = np.int64(i)  # a prange index is unsigned: mixed with signed ints it would turn the indices into floats
+    quantize_activations16(x[min(i, n_x - 1)], q, d, s)
+    p, k = i // 2, i % 2
+    for g in range(n // 32):
+        for lane in range(8 * k, 8 * k + 8):
+            xd_p[g, p, lane] = d[g]
+        xsum_t[g, i] = s[g]
+        for h in range(2):
+            dst = ((g * half + p) * 2 + h) * 32 + 16 * k
+            src = 32 * g + 16 * h
+            for e in range(16):
+                xq[dst + e] = q[src + e]
+
+
 @njit(cache=True)
 def quantize_pairs(x, xq, xd_p, xsum_t):
     """`pair_layout` of x float32 [n_x, n] into xq int16 [rows * n] (flat), xd_p float32 [n // 32, rows // 2, 16],
     xsum_t float32 [n // 32, rows]: row i (rows past n_x: the last row again) quantized by
     `quantize_activations16`, then its elements and scales scattered to their pair slots (one compiled pass
     instead of a dozen numpy calls a matmul)."""
-    n_x, n = x.shape
-    rows = xsum_t.shape[1]
-    half = rows // 2
+    n = x.shape[1]
     q = np.empty(n, dtype=np.int16)
     d = np.empty(n // 32, dtype=np.float32)
     s = np.empty(n // 32, dtype=np.float32)
-    for i in range(rows):
-        if i < n_x:
-            quantize_activations16(x[i], q, d, s)
-        p, k = i // 2, i % 2
-        for g in range(n // 32):
-            for lane in range(8 * k, 8 * k + 8):
-                xd_p[g, p, lane] = d[g]
-            xsum_t[g, i] = s[g]
-            for h in range(2):
-                dst = ((g * half + p) * 2 + h) * 32 + 16 * k
-                src = 32 * g + 16 * h
-                for e in range(16):
-                    xq[dst + e] = q[src + e]
+    for i in range(xsum_t.shape[1]):
+        _pair_row(x, i, xq, xd_p, xsum_t, q, d, s)
+
+
+@njit(parallel=True, cache=True)
+def quantize_pairs_parallel(x, xq, xd_p, xsum_t):
+    """`quantize_pairs` with the rows on all kernel threads (the same values: rows are independent)."""
+    n = x.shape[1]
+    for i in prange(xsum_t.shape[1]):
+        q = np.empty(n, dtype=np.int16)
+        d = np.empty(n // 32, dtype=np.float32)
+        s = np.empty(n // 32, dtype=np.float32)
+        _pair_row(x, i, xq, xd_p, xsum_t, q, d, s)
+
+
+# From this many values (rows x columns) `pair_layout` quantizes on all kernel threads: 8 rows of 4864 (Qwen2.5's
+# down projection) took ~60 us on one thread while the other waited for the matmul.
+PARALLEL_QUANTIZE_VALUES = 16384
 
 
 def _aligned(shape: tuple[int, ...], dtype: type) -> np.ndarray:
@@ -441,6 +521,29 @@ def _aligned(shape: tuple[int, ...], dtype: type) -> np.ndarray:
     raw = np.empty(size + 64, dtype=np.uint8)
     start = -raw.ctypes.data % 64
     return raw[start : start + size].view(dtype).reshape(shape)
+
+
+# Each thread's activation buffers by (rows, n): a decode step lays out its activations ~5 times a layer, and two
+# aligned allocations took ~20 us of a call's ~40 (Gemma 3's 640 columns), on the calling thread while the other
+# kernel threads wait.
+_WORKSPACE = threading.local()
+
+
+def _workspace(rows: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This thread's (xq, xd, xsum) buffers for `rows` padded rows of n elements, made on first use."""
+    cache = getattr(_WORKSPACE, "buffers", None)
+    if cache is None:
+        cache = _WORKSPACE.buffers = {}
+    bufs = cache.get((rows, n))
+    if bufs is None:
+        if len(cache) >= 16:  # a model uses a handful of widths; bound the memory anyway
+            cache.clear()
+        bufs = cache[(rows, n)] = (
+            _aligned((rows * n,), np.int16),
+            _aligned((n // 32, rows // 2, 16), np.float32),
+            np.empty((n // 32, rows), dtype=np.float32),
+        )
+    return bufs
 
 
 def padded_rows(n_x: int) -> int:
@@ -454,11 +557,12 @@ def pair_layout(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     32-element group g, per pair of rows p, per half h (elements 16h .. 16h + 15): those 16 of row 2p, then those
     of row 2p + 1 (one 512-bit load); xd [n // 32, rows // 2, 16]: per group and pair, row 2p's scale in 8 lanes,
     then row 2p + 1's (the lanes of the pair's products); xsum transposed to [n // 32, rows] (one vector load per
-    group)."""
+    group).
+
+    The arrays are this thread's buffers for the shape: valid until its next `pair_layout` of the same shape."""
     n_x, n = x.shape
     rows = padded_rows(n_x)
-    xq = _aligned((rows * n,), np.int16)
-    xd = _aligned((n // 32, rows // 2, 16), np.float32)
-    xsum = np.empty((n // 32, rows), dtype=np.float32)
-    quantize_pairs(np.ascontiguousarray(x, dtype=np.float32), xq, xd, xsum)
+    xq, xd, xsum = _workspace(rows, n)
+    parallel = rows * n >= PARALLEL_QUANTIZE_VALUES and get_num_threads() > 1
+    (quantize_pairs_parallel if parallel else quantize_pairs)(np.ascontiguousarray(x, dtype=np.float32), xq, xd, xsum)
     return xq, xd, xsum
