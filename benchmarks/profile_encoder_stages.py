@@ -4,7 +4,8 @@ SDPA attention) on the same arrays' shapes, so the stage that holds the gap to t
 
 The layer total counts the default path (the tensor-core flash attention of `encoder_flash`, version 1, 4 warps
 a block, 64-key tiles; bias + GELU four float16 a thread; residual + LayerNorm on a float16 residual stream); rows
-marked [alt] are the other choices, timed for comparison: the flash kernel's version 2 (128 keys staged a pass),
+marked [alt] are the other choices, timed for comparison: the flash kernel's version 2 (128 keys staged a pass;
+benchmarks/kernels/encoder_flash_v2.py),
 8 warps, 32-key tiles, the Numba CUDA-core attention kernel, attention on batched cuBLAS GEMMs (with its key-bias
 GEMM) and its variants, bias + GELU one element a thread or two rows a step, LayerNorm reading and writing a
 float32 residual stream too.
@@ -24,6 +25,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SHAPES = {"minilm": (384, 12, 1536), "base": (768, 12, 3072)}
+
+
+def load_bench_kernel(name: str):
+    """benchmarks/kernels/<name>.py (a kernel kept for comparison), loaded by its path (a `kernels` package
+    installed in the environment would shadow the folder as a namespace package)."""
+    import importlib.util
+
+    path = Path(__file__).parent / "kernels" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def timed_ms(fn, stream, reps: int = 20) -> float:
@@ -57,9 +70,12 @@ def main() -> None:
     from embedkit.kernels.cuda import encoder_attention as ea
     from embedkit.kernels.cuda.encoder_flash import flash_attention
 
+    v2 = load_bench_kernel("encoder_flash_v2")
+
     be = cuda_backend()
     stream, cps = be.stream, be._cp_stream
     d, heads, f = SHAPES[args.shape]
+    hd = d // heads
     n = args.batch * args.seq
     rng = np.random.default_rng(0)
 
@@ -102,22 +118,21 @@ def main() -> None:
         finally:
             encoder.VECTOR_BIAS_ACT = True
 
+    pairs_kernel = load_bench_kernel("encoder_bias_act_x2").bias_act4x2_kernel
+
     def gelu_two_rows_a_step():
-        saved = encoder.BIAS_ACT_PAIRS
-        encoder.BIAS_ACT_PAIRS = True
-        try:
-            encoder.bias_act(h1, bf, encoder.ACT_GELU_ERF, h1a, stream)
-        finally:
-            encoder.BIAS_ACT_PAIRS = saved
+        encoder.bias_act(h1, bf, encoder.ACT_GELU_ERF, h1a, stream, kernel4=pairs_kernel)
 
     chunk = ea.chunk_sequences(args.batch, args.seq, heads)
     mode = "batched" if ea.batched_available() else "strided"
     stages = {
         "gemm qkv": lambda: encoder.gemm(x, w_qkv, qkv, cps),
         "flash attention": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps),
-        "[alt] flash v2": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps, version=2),
-        "[alt] flash v2 stage 64": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps, 4, 64, 64, 2),
-        "[alt] flash v2 8 warps": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps, 8, version=2),
+        "[alt] flash v2": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps, 4, 64, v2.source(hd)),
+        "[alt] flash v2 stage 64": lambda: flash_attention(
+            qkv, b3, mask, heads, scale, o, cps, 4, 64, v2.source(hd, 4, 64, 64)
+        ),
+        "[alt] flash v2 8 warps": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps, 8, 64, v2.source(hd, 8)),
         "[alt] flash 8 warps": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps, 8),
         "[alt] flash 32-key tiles": lambda: flash_attention(qkv, b3, mask, heads, scale, o, cps, 4, 32),
         "[alt] fused attention": lambda: encoder.attention(qkv, b3, mask, heads, scale, o, stream),

@@ -92,6 +92,18 @@ def _flash_available() -> bool:
     return True
 
 
+def _bench_kernel(name: str):
+    """benchmarks/kernels/<name>.py (a kernel kept for comparison), loaded by its path."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kernels" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _where_wrong(got, ref, mask, n_head, tol) -> str:
     """Which (sequence, query, head) rows miss the tolerance: a short description for a failing assert."""
     b, t = mask.shape
@@ -128,9 +140,10 @@ _FLASH_CASES = [
 @pytest.mark.parametrize("holes", [False, True])
 @pytest.mark.parametrize("version", [2, 1])
 def test_flash_attention_vs_reference(hd, t, lengths, n_head, warps, key_tile, stage_keys, holes, version):
-    """The tensor-core flash kernel (`encoder_flash`) on variable lengths: real query rows within 5e-3 of
-    float64 attention of the same float16 Q/K/V plus float32 biases (Q, K, V and the probabilities are rounded
-    to float16 on the way), padded rows 0, every element of the poisoned output written."""
+    """The tensor-core flash kernel (`encoder_flash`; version 2: the variant kept in benchmarks/kernels/) on
+    variable lengths: real query rows within 5e-3 of float64 attention of the same float16 Q/K/V plus float32
+    biases (Q, K, V and the probabilities are rounded to float16 on the way), padded rows 0, every element of the
+    poisoned output written."""
     if not _flash_available():
         pytest.skip("the tensor-core kernel is CUDA C (NVRTC through CuPy): a real GPU only")
     import cupy
@@ -149,7 +162,8 @@ def test_flash_attention_vs_reference(hd, t, lengths, n_head, warps, key_tile, s
     scale = 1.0 / math.sqrt(hd)
     out = _dev(np.full((b * t, d), np.nan, np.float16))
     stream = cupy.cuda.Stream()
-    flash_attention(_dev(qkv), _dev(bias), _dev(mask), n_head, scale, out, stream, warps, key_tile, stage_keys, version)
+    text = None if version == 1 else _bench_kernel("encoder_flash_v2").source(hd, warps, key_tile, stage_keys)
+    flash_attention(_dev(qkv), _dev(bias), _dev(mask), n_head, scale, out, stream, warps, key_tile, text)
     stream.synchronize()
     got = out.copy_to_host()
     ref = _ref_attention(qkv, bias, mask, n_head, scale)
@@ -274,10 +288,17 @@ def test_add_norm_and_bias_gelu(dtype):
 
 
 @pytest.mark.parametrize("f", [8, 300, 6])
-def test_bias_act_float16_widths(f):
+@pytest.mark.parametrize("pairs", [False, True])
+def test_bias_act_float16_widths(f, pairs):
     """float16 bias + GELU four columns a thread (f % 4 == 0) or one (f = 6), bias or none, in place too:
-    within 1e-3 of float64 on the same float16 inputs."""
+    within 1e-3 of float64 on the same float16 inputs; `pairs`: the two-rows-a-step four-column kernel kept in
+    benchmarks/kernels/ (an odd row count leaves one row without its pair)."""
+    from functools import partial
+
     from embedkit.kernels.cuda import encoder
+
+    kernel4 = _bench_kernel("encoder_bias_act_x2").bias_act4x2_kernel if pairs else None
+    bias_act = partial(encoder.bias_act, kernel4=kernel4)
 
     rng = np.random.default_rng(15)
     n = 5
@@ -286,13 +307,13 @@ def test_bias_act_float16_widths(f):
     x = h.astype(np.float64) + hb
     gelu = 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
     g = _dev(np.full((n, f), np.nan, np.float16))
-    encoder.bias_act(_dev(h), _dev(hb), encoder.ACT_GELU_ERF, g)
+    bias_act(_dev(h), _dev(hb), encoder.ACT_GELU_ERF, g)
     assert _rel(g.copy_to_host(), gelu) < 1e-3
     hd = _dev(h)
-    encoder.bias_act(hd, _dev(hb), encoder.ACT_NONE, hd)  # in place, bias only
+    bias_act(hd, _dev(hb), encoder.ACT_NONE, hd)  # in place, bias only
     assert _rel(hd.copy_to_host(), x) < 1e-3
     g2 = _dev(np.full((n, f), np.nan, np.float16))
-    encoder.bias_act(_dev(h), None, encoder.ACT_GELU_ERF, g2)  # no bias
+    bias_act(_dev(h), None, encoder.ACT_GELU_ERF, g2)  # no bias
     x0 = h.astype(np.float64)
     assert _rel(g2.copy_to_host(), 0.5 * x0 * (1 + np.vectorize(math.erf)(x0 / math.sqrt(2)))) < 1e-3
 

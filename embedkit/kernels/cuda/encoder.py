@@ -36,9 +36,6 @@ THREADS = 256
 THREADS4 = 128  # threads per block of the four-column bias + activation kernel
 ROW_BLOCKS4 = 132 * 16  # its blocks in all (rows split over y): about 16 of 128 threads per H100 SM
 VECTOR_BIAS_ACT = True  # float16 bias + activation four columns a thread (False: one, for comparison)
-# True: that kernel loads two rows before computing either (on an H100, 0.130 ms against 0.141 at 32768 x 1536;
-# checked against numpy only under the simulator so far, so off)
-BIAS_ACT_PAIRS = False
 _LOW16 = np.uint64(0xFFFF)
 _SHIFT16, _SHIFT32, _SHIFT48 = np.uint64(16), np.uint64(32), np.uint64(48)
 
@@ -150,28 +147,6 @@ def bias_act4_kernel(x4, bias, has_bias, act, out4):
         out4[r, c] = _act4(x4[r, c], b0, b1, b2, b3, act)
 
 
-@cuda.jit
-def bias_act4x2_kernel(x4, bias, has_bias, act, out4):
-    """`bias_act4_kernel` taking rows r and r + gridDim.y together: both loads issue before either row's
-    arithmetic, so each thread keeps two 8-byte loads in flight."""
-    c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    if c >= x4.shape[1]:
-        return
-    b0 = np.float32(bias[4 * c]) if has_bias else np.float32(0.0)
-    b1 = np.float32(bias[4 * c + 1]) if has_bias else np.float32(0.0)
-    b2 = np.float32(bias[4 * c + 2]) if has_bias else np.float32(0.0)
-    b3 = np.float32(bias[4 * c + 3]) if has_bias else np.float32(0.0)
-    n = x4.shape[0]
-    step = cuda.gridDim.y
-    for r in range(cuda.blockIdx.y, n, 2 * step):
-        r2 = r + step
-        w = x4[r, c]
-        w2 = x4[r2, c] if r2 < n else w
-        out4[r, c] = _act4(w, b0, b1, b2, b3, act)
-        if r2 < n:
-            out4[r2, c] = _act4(w2, b0, b1, b2, b3, act)
-
-
 def _packs4(x, out) -> bool:
     """Whether `bias_act` can take four float16 a thread: both float16, C order, columns a multiple of 4."""
     f16 = np.dtype(np.float16)
@@ -181,10 +156,11 @@ def _packs4(x, out) -> bool:
     )  # fmt: skip
 
 
-def bias_act(x, bias, act: int, out, stream=0) -> None:
+def bias_act(x, bias, act: int, out, stream=0, kernel4=None) -> None:
     """out [n, f] = act(x [n, f] + bias [f]) (bias None: none); act ACT_NONE or ACT_GELU_ERF.
 
-    float16 in and out with f % 4 == 0 (the encoder's feed-forward): four columns a thread (`bias_act4_kernel`);
+    float16 in and out with f % 4 == 0 (the encoder's feed-forward): four columns a thread (`bias_act4_kernel`,
+    or `kernel4`, a variant with its parameters and grid kept for comparison in benchmarks/kernels/);
     otherwise one a thread. Either may run in place (out is x)."""
     n, f = x.shape
     if VECTOR_BIAS_ACT and _packs4(x, out):
@@ -192,7 +168,7 @@ def bias_act(x, bias, act: int, out, stream=0) -> None:
         col_blocks = max(1, math.ceil(cols / THREADS4))
         rows = max(1, min(n, ROW_BLOCKS4 // col_blocks))
         b = bias if bias is not None else x.reshape(n * f)  # never read
-        kern = bias_act4x2_kernel if BIAS_ACT_PAIRS else bias_act4_kernel
+        kern = kernel4 or bias_act4_kernel
         fast(kern)[(col_blocks, rows), THREADS4, stream](
             x.view(np.uint64), b, bias is not None, np.int32(act), out.view(np.uint64)
         )
