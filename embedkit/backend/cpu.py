@@ -35,7 +35,10 @@ _SMALL_ATTENTION_TOKENS = 8
 _PARALLEL_ATTENTION_WORK = 16384
 # From this many elements a decode step's GLU (libm's exp per element, ~10 ns) runs on all kernel threads: SmolLM2's
 # 1536 took ~12 us on one thread.
-_PARALLEL_GLU_ITEMS = 1024
+_PARALLEL_GLU_ITEMS = 1 << 14
+# Below this many elements a GLU runs in one Numba parallel region rather than `run_blocks` (a Python thread pool,
+# ~200 us of hand-off): a batched decode step's 8 rows of 4864 gates took 224 us that way, 20 us of it compute.
+_GLU_REGION_ITEMS = 1 << 17
 # Encoder-sized ops (F32 matmul, exact GELU, LayerNorm, add, batched attention) run over row blocks on
 # the kernel threads with single-threaded BLAS (see kernels/cpu/row_blocks.py).
 # Fewest rows per block: smaller ops run on the calling thread.
@@ -101,7 +104,7 @@ def _glu(kernels_: tuple, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     kernel, parallel = kernels_
     out = np.empty_like(gate)
     g, u, o = gate.reshape(-1), up.reshape(-1), out.reshape(-1)
-    if g.size < 1 << 15:  # without run_blocks' setup (a decode step calls this per layer)
+    if g.size < _GLU_REGION_ITEMS:  # without run_blocks' setup (a decode step calls this per layer)
         n_threads = kernels.get_num_threads()
         if g.size >= _PARALLEL_GLU_ITEMS and n_threads > 1:
             kernels.apply_num_threads()

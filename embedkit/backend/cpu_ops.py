@@ -11,6 +11,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from embedkit.kernels.cpu.fast_f32 import exp_f32
+
 # Fast-math flags that allow vectorised reductions but keep inf/nan semantics (-inf is used as a start).
 _REASSOC = {"reassoc", "contract", "nsz", "arcp"}
 
@@ -95,7 +97,7 @@ def _attend_row(q, t, h, k, v, kv, p, scale, window, softcap, s, acc, out):  # p
     if window > 0 and p - window + 1 > 0:
         start = p - window + 1
     m = p + 1 - start
-    mx = -np.inf
+    mx = np.float32(-np.inf)  # float32: a float64 maximum would carry the exponentials below into float64
     for jj in range(m):
         j = start + jj
         dot = np.float32(0.0)
@@ -109,7 +111,7 @@ def _attend_row(q, t, h, k, v, kv, p, scale, window, softcap, s, acc, out):  # p
             mx = dot
     tot = 0.0
     for jj in range(m):
-        e = math.exp(s[jj] - mx)
+        e = exp_f32(s[jj] - mx)  # vectorised (a libm call per key cost as much as its dot product)
         s[jj] = e
         tot += e
     _weighted_rows(s, np.float32(1.0 / tot), v, kv, start, m, acc)
@@ -169,26 +171,30 @@ def store_attention_parallel(q, k_new, v_new, k, v, pos0, scale, window, softcap
         _attend_row(q, t, h, k, v, h // g, pos0 + t, scale, window, softcap, s, acc, out)
 
 
-@njit(cache=True, nogil=True)  # no fastmath: its no-infinities flag would void the exp-overflow limit below
+# contraction only: with reciprocal or reassociation flags the vector loop and its scalar remainder round differently,
+# and an element's bits would depend on where a thread's slice starts
+@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 def gelu_tanh_mul(gate, up, out):  # pragma: no cover - compiled
     """out = gelu_tanh(gate) * up, elementwise over 1-D arrays.
 
-    Uses 0.5 (1 + tanh(z)) = 1 / (1 + exp(-2 z)): libm's expf is ~4x cheaper than tanhf here, same accuracy
-    (relative error ~1e-7); exp overflowing to inf for very negative inputs gives the right limit, -0.
+    Uses 0.5 (1 + tanh(z)) = 1 / (1 + exp(-2 z)) with the vectorisable `exp_f32` (relative error ~2e-7, as
+    libm's tanhf/expf to a unit or two in the last place; a scalar libm call per element took ~4 ns, most of a
+    batched decode step's GLU). exp_f32 clamps its argument to [-87, 88], so very negative inputs give
+    x / (1 + e^88) ~ -0, the right limit.
     """
     c = np.float32(2.0 * math.sqrt(2.0 / math.pi))
     for i in range(gate.size):
         x = gate[i]
         z = c * (x + np.float32(0.044715) * x * x * x)
-        out[i] = x / (np.float32(1.0) + math.exp(-z)) * up[i]
+        out[i] = x / (np.float32(1.0) + exp_f32(-z)) * up[i]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 def silu_mul(gate, up, out):  # pragma: no cover - compiled
-    """out = silu(gate) * up, elementwise over 1-D arrays."""
+    """out = silu(gate) * up, elementwise over 1-D arrays (exp by `exp_f32`, as `gelu_tanh_mul`)."""
     for i in range(gate.size):
         x = gate[i]
-        out[i] = x / (np.float32(1.0) + math.exp(-x)) * up[i]
+        out[i] = x / (np.float32(1.0) + exp_f32(-x)) * up[i]
 
 
 @njit(parallel=True, cache=True)
