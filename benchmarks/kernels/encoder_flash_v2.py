@@ -10,11 +10,12 @@ attention and `benchmarks/profile_encoder_stages.py` times it:
 
 from __future__ import annotations
 
-from embedkit.kernels.cuda.encoder_flash import KEY_TILE, WARPS
+from embedkit.kernels.cuda.encoder_flash import KEY_TILE, PRELUDE, WARPS
 
 STAGE_KEYS = 128  # keys staged in shared memory a pass (a multiple of the key tile), all loads issued together
 
-SOURCE = r"""
+SOURCE = (
+    r"""
 #define HD {hd}
 #define BK {bk}
 #define NW {nw}
@@ -23,33 +24,9 @@ SOURCE = r"""
 #define BQ (16 * NW)
 #define KP (HD + 8)
 #define VP (SK + 8)
-typedef unsigned short u16;
-typedef unsigned int u32;
-struct __align__(16) U4 {{ u32 x, y, z, w; }};
-
-__device__ __forceinline__ float h2f(u32 h) {{
-  float f; u16 s = (u16)h; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(s)); return f;
-}}
-__device__ __forceinline__ u16 f2h(float f) {{
-  u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h;
-}}
-__device__ __forceinline__ u32 pack2(float lo, float hi) {{
-  u32 r; asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r;
-}}
-__device__ __forceinline__ float ex2(float x) {{
-  float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y;
-}}
-__device__ __forceinline__ u32 add_bias2(u32 x, const float* b) {{
-  return pack2(h2f(x & 0xffffu) + b[0], h2f(x >> 16) + b[1]);
-}}
-__device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1) {{
-  asm volatile(
-    "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {{%0,%1,%2,%3}}, {{%4,%5,%6,%7}}, {{%8,%9}}, {{%0,%1,%2,%3}};\n"
-    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}}
-
-extern "C" __global__ void __launch_bounds__(32 * NW)
+"""
+    + PRELUDE
+    + r"""extern "C" __global__ void __launch_bounds__(32 * NW)
 flash_attention(const unsigned long long qkv_p, const unsigned long long bias_p, const unsigned long long mask_p,
                 const unsigned long long out_p, const int T, const int n_head, const int n_qt, const float qscale)
 {{
@@ -249,6 +226,7 @@ flash_attention(const unsigned long long qkv_p, const unsigned long long bias_p,
   }}
 }}
 """
+)
 
 
 def stage_keys_for(head_dim: int, key_tile: int = KEY_TILE) -> int:

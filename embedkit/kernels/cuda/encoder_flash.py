@@ -30,14 +30,9 @@ WARPS = 4  # warps a block: 16 queries each
 FLASH_HEAD_DIMS = (16, 32, 64, 128)  # head widths the kernel takes (multiples of 16)
 _LOG2E = 1.4426950408889634
 
-SOURCE = r"""
-#define HD {hd}
-#define BK {bk}
-#define NW {nw}
-#define BQ (16 * NW)
-#define KP (HD + 8)
-#define VP (BK + 8)
-typedef unsigned short u16;
+# The device helpers of the flash kernels (this one and the variants kept in benchmarks/kernels/): the float16
+# conversions, exp2 and the m16n8k16 mma as inline PTX, in str.format form (braces doubled).
+PRELUDE = r"""typedef unsigned short u16;
 typedef unsigned int u32;
 struct __align__(16) U4 {{ u32 x, y, z, w; }};
 
@@ -63,7 +58,19 @@ __device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1)
     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }}
 
-extern "C" __global__ void __launch_bounds__(32 * NW)
+"""
+
+SOURCE = (
+    r"""
+#define HD {hd}
+#define BK {bk}
+#define NW {nw}
+#define BQ (16 * NW)
+#define KP (HD + 8)
+#define VP (BK + 8)
+"""
+    + PRELUDE
+    + r"""extern "C" __global__ void __launch_bounds__(32 * NW)
 flash_attention(const unsigned long long qkv_p, const unsigned long long bias_p, const unsigned long long mask_p,
                 const unsigned long long out_p, const int T, const int n_head, const int n_qt, const float qscale)
 {{
@@ -242,7 +249,7 @@ flash_attention(const unsigned long long qkv_p, const unsigned long long bias_p,
   }}
 }}
 """
-
+)
 
 
 def source(head_dim: int, warps: int = WARPS, key_tile: int = KEY_TILE) -> str:
