@@ -4,18 +4,18 @@
         [--npp 128] [--ntg 128] [--npl 1,2,4,8] [--cpu-math llama.cpp|float32] [--llama-batched-bench PATH]
         [--device cuda] [--random llama:tinyllama-1.1b:Q4_0] [--rounds 3]
 
-For each sequence count B, B prompts of `npp` tokens are submitted at once to a `BatchGenerator` with B slots
-and each generates `ntg` tokens (greedy, end-of-generation ignored): like llama.cpp's `llama-batched-bench
--npp N -ntg N -npl B` (prompts not shared). T_PP: the steps until every sequence has its first token;
-T_TG: the `ntg` decode steps after it, B rows each; S_TG = B * ntg / T_TG (our figure includes the Python
-scheduler and sampling). llama-batched-bench is found from --llama-batched-bench or LLAMA_BATCHED_BENCH and
-runs the same files with the same thread count, alternating with ours one sequence count at a time (its table
-is parsed and printed beside ours, with the 1-minute load average after each pair); skipped with a message
-when absent. `--rounds R` repeats every count R times, which side goes first alternating from round to round,
-and keeps each side's best figure (this machine's speed drifts within minutes). Never build llama.cpp from
-here. `--device cuda` runs our side on the GPU (whole model); `--random ARCH:SHAPE:TYPE` benchmarks a
-random-weight model written first (SHAPE a name of `embedkit.testing.random_models.SHAPES` or of RANDOM_SHAPES
-here) instead of --models.
+For each sequence count B, B prompts of `npp` tokens are submitted at once to a `BatchGenerator` with B slots and
+each generates `ntg` tokens (greedy, end-of-generation ignored): like llama.cpp's `llama-batched-bench -npp N -ntg N
+-npl B` (prompts not shared). T_PP: the steps until every sequence has its first token; T_TG: the `ntg` decode steps
+after it, B rows each; S_TG = B * ntg / T_TG (our figure includes the Python scheduler and sampling).
+llama-batched-bench is found from --llama-batched-bench or LLAMA_BATCHED_BENCH and runs the same files with the same
+thread count, alternating with ours one sequence count at a time (its table is parsed and printed beside ours, with
+the 1-minute load average after each pair); skipped with a message when absent. `--rounds R` repeats every count R
+times, which side goes first alternating from round to round, and keeps each side's best figure (this machine's
+speed drifts within minutes), then prints each side's median of the rounds. Never build llama.cpp from here.
+`--device cuda` runs our side on the GPU (whole model); `--random ARCH:SHAPE:TYPE` benchmarks a random-weight model
+written first (SHAPE a name of `embedkit.testing.random_models.SHAPES` or of RANDOM_SHAPES here) instead of
+--models.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import argparse
 import os
 import platform
 import re
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -146,6 +147,7 @@ def main() -> None:
         print(f"  {'B':>3} {'ours S_PP':>10} {'ours S_TG':>10} {'x ours B=1':>10} {'llama S_PP':>10} {'llama S_TG':>10}"
               f" {'TG vs llama':>11} {'load avg':>8}")  # fmt: skip
         best: dict[int, list[float]] = {b: [0.0, 0.0, 0.0, 0.0] for b in npl}  # ours pp, tg; llama pp, tg
+        rounds_tg: dict[int, tuple[list[float], list[float]]] = {b: ([], []) for b in npl}  # ours, llama.cpp
         for r in range(args.rounds):  # the two sides alternate, one sequence count at a time (load drifts)
             for b in npl:
                 ours_first = r % 2 == 1
@@ -157,6 +159,8 @@ def main() -> None:
                 lp, lt = ref.get(b, (float("nan"), float("nan")))
                 for i, v in enumerate((*ours, lp, lt)):
                     best[b][i] = max(best[b][i], v) if v == v else v
+                rounds_tg[b][0].append(ours[1])
+                rounds_tg[b][1].append(lt)
                 if args.rounds > 1:
                     print(f"  round {r + 1} B={b}: ours {ours[1]:.1f}, llama.cpp {lt:.1f} tok/s", flush=True)
         base = best[npl[0]][1]
@@ -164,6 +168,12 @@ def main() -> None:
             pp, tg, lp, lt = best[b]
             print(f"  {b:>3} {pp:>10.1f} {tg:>10.1f} {tg / base:>10.2f} {lp:>10.1f} {lt:>10.1f} {tg / lt:>11.2f}"
                   f" {os.getloadavg()[0]:>8.1f}", flush=True)  # fmt: skip
+        if args.rounds > 1:  # a lucky single round moves a best figure; the medians show the typical round
+            med = {b: (statistics.median(o), statistics.median(ll)) for b, (o, ll) in rounds_tg.items()}
+            print(
+                "  medians of the rounds (S_TG ours / llama.cpp, x ours B=1): "
+                + ", ".join(f"B={b} {o:.1f} / {ll:.1f}, {o / med[npl[0]][0]:.2f}" for b, (o, ll) in med.items())
+            )
 
 
 if __name__ == "__main__":
