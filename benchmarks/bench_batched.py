@@ -67,6 +67,38 @@ def run_ours(path: Path, threads: int, npp: int, ntg: int, n_seq: int, device: s
     return n_seq * npp / (t1 - t0), n_seq * ntg / (t2 - t1)
 
 
+def interleaved_ratio(path: Path, threads: int, npp: int, n_seq: int, chunks: int, steps: int = 16) -> None:
+    """Our S_TG at 1 and at n_seq sequences measured in alternating chunks of `steps` decode steps (two generators
+    loaded side by side, every sequence past its prompt; which count goes first alternates), so that the host's
+    drift, which moves whole rounds by 30-40% here, falls on both counts alike; prints each chunk pair and the
+    median of the pairs' ratios."""
+    gens, seqs = {}, {}
+    n_tokens = chunks * steps + 2
+    for b in (1, n_seq):
+        gen = BatchGenerator(path, n_ctx=b * (npp + n_tokens + 8), n_parallel=b, n_batch=max(512, npp * b),
+                             n_threads=threads, background=False)  # fmt: skip
+        ids = gen.tokenize(TEXT * (4 * npp // 30 + 1))[:npp]
+        for h in [gen.submit(ids, n_predict=3, sampler=GREEDY, ignore_eos=True) for _ in range(b)]:
+            h.result()
+        seqs[b] = [gen.submit(ids, n_predict=n_tokens, sampler=GREEDY, ignore_eos=True)._seq for _ in range(b)]
+        while not all(s.tokens for s in seqs[b]):
+            gen.step()
+        gens[b] = gen
+    ratios = []
+    for c in range(chunks):
+        rate = {}
+        for b in (1, n_seq) if c % 2 == 0 else (n_seq, 1):
+            t = time.perf_counter()
+            for _ in range(steps):
+                gens[b].step()
+            rate[b] = b * steps / (time.perf_counter() - t)
+        ratios.append(rate[n_seq] / rate[1])
+        line = f"B=1 {rate[1]:.1f}, B={n_seq} {rate[n_seq]:.1f} tok/s, ratio {ratios[-1]:.2f}"
+        print(f"  chunk {c + 1}: {line}", flush=True)
+    print(f"  interleaved B={n_seq} / B=1: median of {chunks} chunk pairs {statistics.median(ratios):.2f} "
+          f"(range {min(ratios):.2f}-{max(ratios):.2f})")
+
+
 def run_llama_cpp(binary: str | None, path: Path, threads: int, npp: int, ntg: int, npl: list[int],
                   device: str = "cpu") -> dict:
     """{B: (S_PP, S_TG)} from llama-batched-bench (every layer on the GPU for device cuda), or {} when it is not
@@ -123,6 +155,8 @@ def main() -> None:
     ap.add_argument("--llama-batched-bench", default=os.environ.get("LLAMA_BATCHED_BENCH"))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds per count; each side's best is kept")
+    ap.add_argument("--interleave", type=int, default=0, metavar="CHUNKS",
+                    help="then our B=1 against the largest count in CHUNKS alternating chunks of 16 steps")  # fmt: skip
     ap.add_argument("--random", default=None, help="ARCH:SHAPE:TYPE of a random-weight model to write and run")
     ap.add_argument("--batch-graphs", choices=["on", "off"], default=None,
                     help="cuda: record steps of 2-8 rows as CUDA graphs (default: cuda.BATCH_GRAPHS)")  # fmt: skip
@@ -174,6 +208,8 @@ def main() -> None:
                 "  medians of the rounds (S_TG ours / llama.cpp, x ours B=1): "
                 + ", ".join(f"B={b} {o:.1f} / {ll:.1f}, {o / med[npl[0]][0]:.2f}" for b, (o, ll) in med.items())
             )
+        if args.interleave:
+            interleaved_ratio(path, args.threads, args.npp, max(npl), args.interleave)
 
 
 if __name__ == "__main__":
