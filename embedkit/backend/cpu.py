@@ -33,8 +33,8 @@ _SMALL_ATTENTION_TOKENS = 8
 # (token, head) pairs in parallel: 16384 is 256 key-head pairs at head_dim 64, ~9 us on one thread of the
 # AVX-512 dev VM (~35 ns a pair), several thread wake-ups.
 _PARALLEL_ATTENTION_WORK = 16384
-# From this many elements a decode step's GLU (libm's exp per element, ~10 ns) runs on all kernel threads: SmolLM2's
-# 1536 took ~12 us on one thread.
+# From this many elements a decode step's GLU runs on all kernel threads: with the vectorised exp an element costs
+# ~0.5-1 ns, so a few thousand (one sequence's gate) take less on the calling thread than a parallel region's start.
 _PARALLEL_GLU_ITEMS = 1 << 14
 # Below this many elements a GLU runs in one Numba parallel region rather than `run_blocks` (a Python thread pool,
 # ~200 us of hand-off): a batched decode step's 8 rows of 4864 gates took 224 us that way, 20 us of it compute.
