@@ -41,19 +41,25 @@ RANDOM_SHAPES = {
 }
 
 
-def run_ours(path: Path, threads: int, npp: int, ntg: int, n_seq: int, device: str) -> tuple[float, float]:
-    """(S_PP, S_TG) tokens/s for n_seq sequences of npp prompt + ntg generated tokens."""
+def warm_generator(path: Path, threads: int, npp: int, n_tokens: int, n_seq: int, device: str = "cpu"):
+    """(a `BatchGenerator` with n_seq slots for npp prompt + n_tokens generated tokens each, the npp prompt ids),
+    warmed up by one short run of every slot (Numba caches, the decode layouts of the weights)."""
     placement = None
     if device == "cuda":
         from embedkit.backend.placement import make_placement
 
         placement = make_placement("cuda", -1)
-    gen = BatchGenerator(path, n_ctx=n_seq * (npp + ntg + 8), n_parallel=n_seq, n_batch=max(512, npp * n_seq),
+    gen = BatchGenerator(path, n_ctx=n_seq * (npp + n_tokens + 8), n_parallel=n_seq, n_batch=max(512, npp * n_seq),
                          n_threads=threads, placement=placement, background=False)  # fmt: skip
     ids = gen.tokenize(TEXT * (4 * npp // 30 + 1))[:npp]
-    # warm-up (Numba caches, the decode layouts of the weights), then the measured run
     for h in [gen.submit(ids, n_predict=3, sampler=GREEDY, ignore_eos=True) for _ in range(n_seq)]:
         h.result()
+    return gen, ids
+
+
+def run_ours(path: Path, threads: int, npp: int, ntg: int, n_seq: int, device: str) -> tuple[float, float]:
+    """(S_PP, S_TG) tokens/s for n_seq sequences of npp prompt + ntg generated tokens."""
+    gen, ids = warm_generator(path, threads, npp, ntg, n_seq, device)
     # ntg + 1 sampled tokens = ntg decode steps (the last sampled token is never run)
     handles = [gen.submit(ids, n_predict=ntg + 1, sampler=GREEDY, ignore_eos=True) for _ in range(n_seq)]
     seqs = [h._seq for h in handles]
@@ -72,16 +78,12 @@ def interleaved_ratio(path: Path, threads: int, npp: int, n_seq: int, chunks: in
     loaded side by side, every sequence past its prompt; which count goes first alternates), so that the host's
     drift, which moves whole rounds by 30-40% here, falls on both counts alike; prints each chunk pair and the
     median of the pairs' ratios."""
-    gens, seqs = {}, {}
+    gens = {}
     n_tokens = chunks * steps + 2
     for b in (1, n_seq):
-        gen = BatchGenerator(path, n_ctx=b * (npp + n_tokens + 8), n_parallel=b, n_batch=max(512, npp * b),
-                             n_threads=threads, background=False)  # fmt: skip
-        ids = gen.tokenize(TEXT * (4 * npp // 30 + 1))[:npp]
-        for h in [gen.submit(ids, n_predict=3, sampler=GREEDY, ignore_eos=True) for _ in range(b)]:
-            h.result()
-        seqs[b] = [gen.submit(ids, n_predict=n_tokens, sampler=GREEDY, ignore_eos=True)._seq for _ in range(b)]
-        while not all(s.tokens for s in seqs[b]):
+        gen, ids = warm_generator(path, threads, npp, n_tokens, b)
+        seqs = [gen.submit(ids, n_predict=n_tokens, sampler=GREEDY, ignore_eos=True)._seq for _ in range(b)]
+        while not all(s.tokens for s in seqs):
             gen.step()
         gens[b] = gen
     ratios = []
